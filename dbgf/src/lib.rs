@@ -1,0 +1,1 @@
+//! Debugger facility (VirtualBox DBGF): info handlers, debugger core, gdb stub.

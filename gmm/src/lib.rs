@@ -1,0 +1,1 @@
+//! Global memory manager (VirtualBox GMM): host memory chunks for guests.

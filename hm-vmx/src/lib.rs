@@ -1,0 +1,3 @@
+//! Hardware-assisted execution backend with VT-x semantics over KVM.
+
+pub mod vmx;

@@ -1,0 +1,5 @@
+//! Page manager (VirtualBox PGM): the guest-physical map, physical access
+//! handlers and guest paging.
+
+pub mod paging;
+pub mod phys;

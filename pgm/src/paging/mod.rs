@@ -1,0 +1,1 @@
+//! Guest paging: modes, page-table walks and translation.

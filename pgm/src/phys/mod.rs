@@ -1,0 +1,1 @@
+//! The guest-physical map: ranges, pages and physical access handlers.

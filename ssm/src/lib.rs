@@ -1,0 +1,1 @@
+//! Saved-state format and manager (VirtualBox SSM).

@@ -1,0 +1,1 @@
+//! Statistics registry (VirtualBox STAM): counters, gauges, profiles with hierarchical names.

@@ -1,0 +1,1 @@
+//! The VM: EMTs, buses, devices, boot and orchestration.
