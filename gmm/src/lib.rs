@@ -61,3 +61,6 @@ pub use ids::{Account, CHUNK_PAGES, CHUNK_SHIFT, CHUNK_SIZE, ChunkId, PAGE_SIZE,
 pub use sharing::ScanReport;
 pub use state::BalloonAction;
 pub use stats::{AccountPages, GmmStats, VmStats};
+
+#[cfg(test)]
+mod tests;
