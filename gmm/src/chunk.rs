@@ -1,5 +1,7 @@
-//! Chunk bookkeeping: per-page free/pending bitmaps and owners, and the chunk
-//! id bitmap.
+//! Chunk bookkeeping: per-page free/pending bitmaps and owners, the chunk id
+//! bitmap, and a cheap hasher for maps keyed by chunk or page id.
+
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::ids::{CHUNK_PAGES, ChunkId};
 
@@ -17,6 +19,8 @@ pub(crate) struct Chunk {
     pending: [u64; WORDS],
     in_region: [u64; WORDS],
     owner: Box<[u32; CHUNK_PAGES]>,
+    /// Pages each VM owns here: (VM id, pages); usually one entry.
+    users: Vec<(u32, u32)>,
     n_free: u16,
     n_pending: u16,
     /// Whether the chunk is in the GMM's set of partly used chunks.
@@ -33,6 +37,7 @@ impl Chunk {
             pending: [0; WORDS],
             in_region: [0; WORDS],
             owner: Box::new([OWNER_NONE; CHUNK_PAGES]),
+            users: Vec::new(),
             n_free: CHUNK_PAGES as u16,
             n_pending: 0,
             in_partial: false,
@@ -61,6 +66,33 @@ impl Chunk {
         self.owner[idx] = owner;
         self.n_free -= 1;
         Some(idx)
+    }
+
+    /// Counts one more page of VM `vm` here; true if it is the VM's first.
+    pub(crate) fn add_user(&mut self, vm: u32) -> bool {
+        match self.users.iter_mut().find(|u| u.0 == vm) {
+            Some(u) => {
+                u.1 += 1;
+                false
+            }
+            None => {
+                self.users.push((vm, 1));
+                true
+            }
+        }
+    }
+
+    /// Counts one page less of VM `vm` here; true if it was the VM's last.
+    pub(crate) fn drop_user(&mut self, vm: u32) -> bool {
+        let Some(i) = self.users.iter().position(|u| u.0 == vm) else {
+            return false;
+        };
+        self.users[i].1 -= 1;
+        if self.users[i].1 == 0 {
+            self.users.swap_remove(i);
+            return true;
+        }
+        false
     }
 
     pub(crate) fn owner(&self, idx: usize) -> u32 {
@@ -161,6 +193,34 @@ impl ChunkIdMap {
     }
 }
 
+/// Hasher for small integer keys (chunk and page ids, GMM-generated, so no
+/// flooding concern): one multiply instead of SipHash on the allocation path.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A `HashMap` keyed by chunk or page ids.
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +238,18 @@ mod tests {
         c.settle(0);
         assert_eq!(c.take(8), Some(0));
         assert_eq!(c.owner(0), 8);
+    }
+
+    #[test]
+    fn chunk_users_are_counted() {
+        let mut c = Chunk::new();
+        assert!(c.add_user(1));
+        assert!(!c.add_user(1));
+        assert!(c.add_user(2));
+        assert!(!c.drop_user(1));
+        assert!(c.drop_user(1));
+        assert!(!c.drop_user(1));
+        assert!(c.drop_user(2));
     }
 
     #[test]

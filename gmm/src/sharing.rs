@@ -22,10 +22,11 @@
 //! does it at a rendezvous): between comparing a page and remapping it, a
 //! guest write would be lost.
 
-use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::chunk::IdMap;
 use crate::error::Result;
 use crate::host::{Target, page_flags};
 use crate::ids::{PAGE_SIZE, PageId, VmId};
@@ -47,6 +48,8 @@ pub struct ScanReport {
     pub new_masters: u64,
     /// Shared pages a guest had written (now private copies), found first.
     pub unshared_by_write: u64,
+    /// Time spent finding duplicates (hashing and comparing pages).
+    pub detect_time: Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -56,7 +59,42 @@ enum Candidate {
         region: u64,
         index: u64,
         page: PageId,
+        ptr: *const u8,
     },
+}
+
+/// Pages seen so far by content hash: chains of candidates in one vector
+/// (no allocation per hash value).
+#[derive(Default)]
+struct Index {
+    heads: IdMap<u64, u32>,
+    nodes: Vec<(Candidate, u32)>,
+}
+
+const NO_NODE: u32 = u32::MAX;
+
+impl Index {
+    fn push(&mut self, hash: u64, cand: Candidate) {
+        let node = self.nodes.len() as u32;
+        let next = self.heads.insert(hash, node).unwrap_or(NO_NODE);
+        self.nodes.push((cand, next));
+    }
+
+    /// Walks the chain for `hash`: returns the node holding identical
+    /// content, or whether there is room for one more candidate.
+    fn find(&self, hash: u64, same: impl Fn(&Candidate) -> bool) -> Result<u32, bool> {
+        let mut node = self.heads.get(&hash).copied().unwrap_or(NO_NODE);
+        let mut len = 0;
+        while node != NO_NODE {
+            let (cand, next) = &self.nodes[node as usize];
+            if same(cand) {
+                return Ok(node);
+            }
+            node = *next;
+            len += 1;
+        }
+        Err(len < MAX_CANDIDATES)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -153,12 +191,10 @@ impl State {
         let extents = self.backing.data_extents()?;
         let zero = [0u8; PAGE_SIZE];
         let zero_hash = xxh3_64(&zero);
-        let mut index: HashMap<u64, Vec<Candidate>> = HashMap::new();
+        let detect_start = Instant::now();
+        let mut index = Index::default();
         for (m, sp) in &self.shared {
-            index
-                .entry(sp.hash)
-                .or_default()
-                .push(Candidate::Master(*m));
+            index.push(sp.hash, Candidate::Master(*m));
         }
         let mut region_ids: Vec<u64> = self.regions.keys().copied().collect();
         region_ids.sort_unstable();
@@ -181,47 +217,45 @@ impl State {
                     page: PageId(0),
                     hash: zero_hash,
                 };
+                report.pages_scanned += 1;
                 if own.is_some_and(|p| !is_data(&extents, p)) {
                     // A hole in the memfd: never written, reads zero.
-                    report.pages_scanned += 1;
                     actions.push(zero_action);
                     continue;
                 }
+                let ptr = r.map.page_ptr(i).cast_const();
                 // SAFETY: the region page is mapped (regions are always fully
                 // mapped) and, per the scan's contract, the VM's vCPUs are
                 // stopped, so nobody writes it while we read.
-                let bytes = unsafe { std::slice::from_raw_parts(r.map.page_ptr(i), PAGE_SIZE) };
-                report.pages_scanned += 1;
+                let bytes = unsafe { std::slice::from_raw_parts(ptr, PAGE_SIZE) };
                 let h = xxh3_64(bytes);
                 if h == zero_hash && bytes == zero {
                     actions.push(zero_action);
                     continue;
                 }
-                let cands = index.entry(h).or_default();
-                let found = cands.iter().position(|c| {
+                let found = index.find(h, |c| {
                     let other = match *c {
                         // SAFETY: masters are never written by anyone (see
                         // the module docs); the page is inside the backing.
                         Candidate::Master(m) => unsafe { self.backing.page_bytes(m.0) },
-                        Candidate::Private { region, index, .. } => match self.regions.get(&region)
-                        {
-                            // SAFETY: as for `bytes` above.
-                            Some(o) => unsafe {
-                                std::slice::from_raw_parts(o.map.page_ptr(index), PAGE_SIZE)
-                            },
-                            None => return false,
+                        // SAFETY: as for `bytes` above; regions stay mapped
+                        // while we hold the state.
+                        Candidate::Private { ptr, .. } => unsafe {
+                            std::slice::from_raw_parts(ptr, PAGE_SIZE)
                         },
                     };
                     other == bytes
                 });
                 match found {
-                    Some(k) => {
-                        let master = match cands[k] {
+                    Ok(k) => {
+                        let node = &mut index.nodes[k as usize].0;
+                        let master = match *node {
                             Candidate::Master(m) => m,
                             Candidate::Private {
                                 region,
                                 index,
                                 page,
+                                ..
                             } => {
                                 actions.push(Action {
                                     region,
@@ -230,7 +264,7 @@ impl State {
                                     page,
                                     hash: h,
                                 });
-                                cands[k] = Candidate::Master(page);
+                                *node = Candidate::Master(page);
                                 page
                             }
                         };
@@ -242,18 +276,23 @@ impl State {
                             hash: h,
                         });
                     }
-                    None => {
-                        if let (Some(page), true) = (own, cands.len() < MAX_CANDIDATES) {
-                            cands.push(Candidate::Private {
-                                region: rid,
-                                index: i,
-                                page,
-                            });
+                    Err(room) => {
+                        if let (Some(page), true) = (own, room) {
+                            index.push(
+                                h,
+                                Candidate::Private {
+                                    region: rid,
+                                    index: i,
+                                    page,
+                                    ptr,
+                                },
+                            );
                         }
                     }
                 }
             }
         }
+        report.detect_time = detect_start.elapsed();
         // Masters first: a page may only be shared once its master is
         // protected by a private view in its owner's region.
         actions.sort_unstable_by_key(|a| (a.kind != Kind::Promote, a.region, a.index));

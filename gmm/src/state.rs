@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::chunk::{Chunk, ChunkIdMap, OWNER_NONE, OWNER_SHARED};
+use crate::chunk::{Chunk, ChunkIdMap, IdMap, OWNER_NONE, OWNER_SHARED};
 use crate::config::GmmConfig;
 use crate::error::{Error, Result};
 use crate::host::{Backing, RegionMap, Target};
@@ -76,7 +76,7 @@ pub(crate) struct VmState {
     pub(crate) shared: u64,
     pub(crate) ballooned: u64,
     /// Chunk pages this VM owns, per chunk.
-    chunks: HashMap<ChunkId, u32>,
+    chunks: BTreeSet<ChunkId>,
     /// Small MRU cache of chunks to allocate from.
     cache: [u32; CACHE_WAYS],
     cache_next: usize,
@@ -120,7 +120,7 @@ pub(crate) struct State {
     vms: Vec<Option<VmState>>,
     pub(crate) regions: HashMap<u64, RegionState>,
     next_region: u64,
-    pub(crate) shared: HashMap<PageId, SharedPage>,
+    pub(crate) shared: IdMap<PageId, SharedPage>,
     /// Host pages in use: used chunk pages plus private copies made on write.
     pub(crate) host_pages: u64,
     pub(crate) anon_pages: u64,
@@ -148,7 +148,7 @@ impl State {
             vms: Vec::new(),
             regions: HashMap::new(),
             next_region: 1,
-            shared: HashMap::new(),
+            shared: IdMap::default(),
             host_pages: 0,
             anon_pages: 0,
             reserved_total: 0,
@@ -188,7 +188,7 @@ impl State {
             private: 0,
             shared: 0,
             ballooned: 0,
-            chunks: HashMap::new(),
+            chunks: BTreeSet::new(),
             cache: [0; CACHE_WAYS],
             cache_next: 0,
         });
@@ -198,7 +198,7 @@ impl State {
 
     /// Frees everything the VM still owns and forgets it. Its regions must be gone.
     pub(crate) fn deregister_vm(&mut self, vm: VmId) -> Result<()> {
-        let chunks: Vec<ChunkId> = self.vm(vm)?.chunks.keys().copied().collect();
+        let chunks: Vec<ChunkId> = self.vm(vm)?.chunks.iter().copied().collect();
         for cid in chunks {
             for idx in 0..CHUNK_PAGES {
                 let Some(ch) = self.chunk(cid) else { break };
@@ -356,7 +356,7 @@ impl State {
         }
         let own = v
             .chunks
-            .keys()
+            .iter()
             .copied()
             .find(|c| self.chunk(*c).is_some_and(|ch| ch.n_free() > 0));
         let cid = match own {
@@ -399,9 +399,12 @@ impl State {
         let idx = ch
             .take(owner_word(vm, account))
             .ok_or(Error::InvalidConfig("chunk table corrupt"))?;
+        let first_here = ch.add_user(vm.0);
         self.reclassify(cid, free_before);
         let v = self.vm_mut(vm)?;
-        *v.chunks.entry(cid).or_insert(0) += 1;
+        if first_here {
+            v.chunks.insert(cid);
+        }
         v.allocated[account.idx()] += 1;
         v.private += 1;
         self.host_pages += 1;
@@ -420,17 +423,20 @@ impl State {
         ch.release(pid.index());
         self.reclassify(cid, free_before);
         if let Some(vm) = owner_vm(owner) {
-            if let Ok(v) = self.vm_mut(vm) {
-                if let Some(n) = v.chunks.get_mut(&cid) {
-                    *n -= 1;
-                    if *n == 0 {
-                        v.chunks.remove(&cid);
-                    }
-                }
-            }
+            self.drop_chunk_user(vm, cid);
         }
         self.host_pages -= 1;
         self.pending.push(pid);
+    }
+
+    /// One page of `vm` in chunk `cid` is gone (freed or turned shared).
+    fn drop_chunk_user(&mut self, vm: VmId, cid: ChunkId) {
+        let last = self.chunk_mut(cid).is_some_and(|ch| ch.drop_user(vm.0));
+        if last {
+            if let Ok(v) = self.vm_mut(vm) {
+                v.chunks.remove(&cid);
+            }
+        }
     }
 
     /// Checks that `pid` is a raw (non-region) page of `vm`; returns its owner word.
@@ -472,7 +478,9 @@ impl State {
     /// empty chunks beyond the configured cache.
     pub(crate) fn flush(&mut self) -> Result<()> {
         let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_unstable();
+        if !pending.is_sorted() {
+            pending.sort_unstable();
+        }
         pending.dedup();
         let mut result = Ok(());
         let mut i = 0;
@@ -834,14 +842,7 @@ impl State {
             ch.set_in_region(pid.index(), false);
         }
         if let Some(vm) = owner {
-            if let Ok(v) = self.vm_mut(vm) {
-                if let Some(n) = v.chunks.get_mut(&cid) {
-                    *n -= 1;
-                    if *n == 0 {
-                        v.chunks.remove(&cid);
-                    }
-                }
-            }
+            self.drop_chunk_user(vm, cid);
         }
         self.shared.insert(pid, SharedPage { refs: 0, hash });
     }
