@@ -1,5 +1,17 @@
 //! The VT-x architecture model: what a VMX VMM sees, as the Intel SDM names it.
+//!
+//! Pure data and logic, no KVM: VMCS field encodings, exit reasons and exit
+//! qualifications, the capability MSRs and control adjustment, the VM-entry
+//! checks on the guest-state area, multi-processor consistency and the text
+//! of the `hm` info handler. The KVM backend feeds it plain values.
 
+mod exit_qual;
 mod exit_reason;
+mod vmcs_field;
 
+pub use exit_qual::{
+    CrAccessQualification, CrAccessType, DebugQualification, EptViolationQualification,
+    IoDirection, IoQualification, QualError, TaskSwitchQualification, TaskSwitchSource,
+};
 pub use exit_reason::ExitReason;
+pub use vmcs_field::{FieldAccess, FieldType, FieldWidth, VmcsField, VmcsFieldError};
