@@ -5,13 +5,21 @@
 //! checks on the guest-state area, multi-processor consistency and the text
 //! of the `hm` info handler. The KVM backend feeds it plain values.
 
+mod caps;
+mod controls;
 mod exit_qual;
 mod exit_reason;
+mod programmed;
 mod vmcs_field;
 
+pub use caps::{
+    ActivityStates, CapsError, EptVpidCap, ProfileSource, VmxBasic, VmxCapabilities, VmxMisc, msr,
+};
+pub use controls::{Control, ControlCaps, ControlError, ControlKind};
 pub use exit_qual::{
     CrAccessQualification, CrAccessType, DebugQualification, EptViolationQualification,
     IoDirection, IoQualification, QualError, TaskSwitchQualification, TaskSwitchSource,
 };
 pub use exit_reason::ExitReason;
+pub use programmed::ProgrammedControls;
 pub use vmcs_field::{FieldAccess, FieldType, FieldWidth, VmcsField, VmcsFieldError};
