@@ -9,6 +9,8 @@ mod caps;
 mod controls;
 mod exit_qual;
 mod exit_reason;
+mod guest_checks;
+mod guest_state;
 mod programmed;
 mod vmcs_field;
 
@@ -21,5 +23,10 @@ pub use exit_qual::{
     IoDirection, IoQualification, QualError, TaskSwitchQualification, TaskSwitchSource,
 };
 pub use exit_reason::ExitReason;
+pub use guest_checks::{CheckEnv, Rule, Violation, check_guest_state};
+pub use guest_state::{
+    AccessRights, DescriptorTable, EventKind, GuestControls, GuestState, InjectedEvent,
+    KvmSegmentFields, SegReg, Segment, activity, cr0, cr4, efer, interruptibility, pending_debug,
+};
 pub use programmed::ProgrammedControls;
 pub use vmcs_field::{FieldAccess, FieldType, FieldWidth, VmcsField, VmcsFieldError};
