@@ -11,6 +11,8 @@ mod exit_qual;
 mod exit_reason;
 mod guest_checks;
 mod guest_state;
+mod info;
+mod mp;
 mod programmed;
 mod vmcs_field;
 
@@ -28,5 +30,7 @@ pub use guest_state::{
     AccessRights, DescriptorTable, EventKind, GuestControls, GuestState, InjectedEvent,
     KvmSegmentFields, SegReg, Segment, activity, cr0, cr4, efer, interruptibility, pending_debug,
 };
+pub use info::{HostVendor, format_hm_info};
+pub use mp::{Difference, VcpuView, ViewItem, compare_vcpus};
 pub use programmed::ProgrammedControls;
 pub use vmcs_field::{FieldAccess, FieldType, FieldWidth, VmcsField, VmcsFieldError};
