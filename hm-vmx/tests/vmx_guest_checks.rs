@@ -159,6 +159,9 @@ const CASES: &[Case] = &[
             vector: 2,
         });
     }),
+    (Rule::IntEnclaveMovSs, lm, |g| {
+        g.interruptibility = intr::ENCLAVE | intr::MOV_SS
+    }),
     (Rule::PendingDebugReserved, lm, |g| {
         g.pending_debug_exceptions = 1 << 4
     }),

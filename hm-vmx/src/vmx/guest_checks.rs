@@ -266,6 +266,9 @@ rules! {
     /// NMI blocking with virtual NMIs and an injected NMI.
     IntNmiBlocked = "GS-INT-NMI", "28.3.1.5",
         "With virtual NMIs, injecting an NMI requires blocking by NMI to be 0.";
+    /// Enclave interruption with MOV SS blocking.
+    IntEnclaveMovSs = "GS-INT-ENCLAVE", "28.3.1.5",
+        "If the enclave-interruption bit is 1, blocking by MOV SS must be 0.";
     /// Pending debug exceptions reserved bits.
     PendingDebugReserved = "GS-PDE-RSVD", "28.3.1.5",
         "Pending-debug-exceptions bits 11:4, 13, 15 and 63:17 must be 0.";
@@ -692,6 +695,11 @@ impl Checker<'_> {
         self.check(i & intr::SMI == 0, Rule::IntSmi, || {
             format!("interruptibility {i:#x}")
         });
+        self.check(
+            i & intr::ENCLAVE == 0 || i & intr::MOV_SS == 0,
+            Rule::IntEnclaveMovSs,
+            || format!("interruptibility {i:#x}"),
+        );
         let p = gs.pending_debug_exceptions;
         let rsvd = p & !(pde::B0_3 | pde::ENABLED_BREAKPOINT | pde::BS | pde::RTM);
         self.check(rsvd == 0, Rule::PendingDebugReserved, || {
