@@ -17,6 +17,7 @@ use std::fmt;
 
 use super::caps::VmxCapabilities;
 use super::controls::{Control, ControlError, ControlKind};
+use super::guest_state::GuestControls;
 
 /// Adjusted values of the five control fields, plus the optional controls
 /// the profile made us go without.
@@ -144,6 +145,23 @@ impl ProgrammedControls {
     pub fn is_set(&self, c: Control) -> bool {
         self.value(c.kind) & c.mask() != 0
     }
+
+    /// The control bits the guest-state checks need, for a guest that is
+    /// (`ia32e_mode_guest = true`) or is not in IA-32e mode; "IA-32e mode
+    /// guest" is the one entry control that follows the guest.
+    pub fn guest_controls(&self, ia32e_mode_guest: bool) -> GuestControls {
+        let ia32e = if ia32e_mode_guest {
+            Control::IA32E_MODE_GUEST.mask()
+        } else {
+            0
+        };
+        GuestControls::from_values(
+            self.value(ControlKind::PinBased),
+            self.value(ControlKind::ProcBased),
+            self.value(ControlKind::ProcBased2),
+            self.value(ControlKind::Entry) | ia32e,
+        )
+    }
 }
 
 impl fmt::Display for ProgrammedControls {
@@ -201,6 +219,10 @@ mod tests {
             text.contains("HLT exiting") && text.contains("Unrestricted guest"),
             "{text}"
         );
+        let g = p.guest_controls(true);
+        assert!(g.ia32e_mode_guest && g.load_efer && g.unrestricted_guest && g.enable_ept);
+        assert!(g.virtual_nmis && !g.load_debug_controls);
+        assert!(!p.guest_controls(false).ia32e_mode_guest);
     }
 
     #[test]
