@@ -23,6 +23,9 @@ pub enum QualError {
     /// does not define (only 0, 1 and 3 are defined).
     #[error("I/O exit qualification {0:#x}: undefined access-size encoding {1}")]
     IoSize(u64, u8),
+    /// An interruption-information field uses the reserved type 1.
+    #[error("interruption information {0:#x}: reserved interruption type 1")]
+    InterruptionType(u32),
 }
 
 /// Direction of an I/O instruction.
@@ -217,6 +220,41 @@ impl DebugQualification {
     }
 }
 
+/// Direction of a MOV DR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrDirection {
+    /// MOV to DR (bit 4 = 0).
+    ToDr,
+    /// MOV from DR (bit 4 = 1).
+    FromDr,
+}
+
+/// Exit qualification for MOV DR (exit reason 29).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MovDrQualification {
+    /// Debug register number (bits 2:0).
+    pub dr: u8,
+    /// Direction (bit 4).
+    pub direction: DrDirection,
+    /// General-purpose register (bits 11:8), numbered as for CR accesses.
+    pub gpr: u8,
+}
+
+impl MovDrQualification {
+    /// Decodes a MOV-DR exit qualification.
+    pub fn decode(raw: u64) -> MovDrQualification {
+        MovDrQualification {
+            dr: (raw & 7) as u8,
+            direction: if raw & (1 << 4) != 0 {
+                DrDirection::FromDr
+            } else {
+                DrDirection::ToDr
+            },
+            gpr: ((raw >> 8) & 0xf) as u8,
+        }
+    }
+}
+
 /// What started a task switch (bits 31:30).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskSwitchSource {
@@ -314,6 +352,16 @@ mod tests {
         assert!(q.read && !q.linear_address_valid && !q.translated_access);
         let q = EptViolationQualification::decode(1 << 12 | 1 << 16 | 1 << 13);
         assert!(q.nmi_unblocking && q.asynchronous && q.shadow_stack);
+    }
+
+    #[test]
+    fn mov_dr_qualification() {
+        // mov dr7, rax
+        let q = MovDrQualification::decode(0x0007);
+        assert_eq!((q.dr, q.direction, q.gpr), (7, DrDirection::ToDr, 0));
+        // mov r9, dr6
+        let q = MovDrQualification::decode(0x0916);
+        assert_eq!((q.dr, q.direction, q.gpr), (6, DrDirection::FromDr, 9));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod caps;
 mod controls;
+mod exit_info;
 mod exit_qual;
 mod exit_reason;
 mod guest_checks;
@@ -20,9 +21,11 @@ pub use caps::{
     ActivityStates, CapsError, EptVpidCap, ProfileSource, VmxBasic, VmxCapabilities, VmxMisc, msr,
 };
 pub use controls::{Control, ControlCaps, ControlError, ControlKind};
+pub use exit_info::{ExitReasonField, InterruptionInfo};
 pub use exit_qual::{
-    CrAccessQualification, CrAccessType, DebugQualification, EptViolationQualification,
-    IoDirection, IoQualification, QualError, TaskSwitchQualification, TaskSwitchSource,
+    CrAccessQualification, CrAccessType, DebugQualification, DrDirection,
+    EptViolationQualification, IoDirection, IoQualification, MovDrQualification, QualError,
+    TaskSwitchQualification, TaskSwitchSource,
 };
 pub use exit_reason::ExitReason;
 pub use guest_checks::{CheckEnv, Rule, Violation, check_guest_state};
