@@ -10,6 +10,7 @@ mod controls;
 mod exit_info;
 mod exit_qual;
 mod exit_reason;
+mod from_kvm;
 mod guest_checks;
 mod guest_state;
 mod info;
@@ -28,6 +29,10 @@ pub use exit_qual::{
     TaskSwitchQualification, TaskSwitchSource,
 };
 pub use exit_reason::ExitReason;
+pub use from_kvm::{
+    KvmDtableFields, KvmRegsFields, KvmSregsFields, activity_from_kvm_mp_state,
+    interruptibility_from_kvm,
+};
 pub use guest_checks::{CheckEnv, Rule, Violation, check_guest_state};
 pub use guest_state::{
     AccessRights, DescriptorTable, EventKind, GuestControls, GuestState, InjectedEvent,
