@@ -4,6 +4,33 @@
 //! qualifications, the capability MSRs and control adjustment, the VM-entry
 //! checks on the guest-state area, multi-processor consistency and the text
 //! of the `hm` info handler. The KVM backend feeds it plain values.
+//!
+//! The usual flow: build the capability profile (from the host's VMX MSRs,
+//! or the documented baseline), derive the controls a KVM-like VMM would
+//! program, and check a guest state against both.
+//!
+//! ```
+//! use hm_vmx::vmx::{
+//!     check_guest_state, format_hm_info, CheckEnv, GuestState, HostVendor, ProgrammedControls,
+//!     VmxCapabilities,
+//! };
+//!
+//! // The backend passes what KVM reports; an empty map falls back to the baseline.
+//! let caps = VmxCapabilities::from_msrs_or_baseline(Vec::new()).unwrap();
+//! let programmed = ProgrammedControls::kvm_like(&caps).unwrap();
+//! let env = CheckEnv::from_caps(&caps, 48);
+//!
+//! let mut gs = GuestState::long_mode_flat();
+//! gs.controls = programmed.guest_controls(true);
+//! assert!(check_guest_state(&gs, &env).is_empty());
+//!
+//! gs.tr.selector |= 4; // TR selector must not point into the LDT
+//! for v in check_guest_state(&gs, &env) {
+//!     println!("{v}"); // [GS-TR-TI] SDM 28.3.1.2: The TI flag ... (TR selector 0x1c)
+//! }
+//! let text = format_hm_info("kvm", &HostVendor::Intel, &caps);
+//! assert!(text.contains("baseline"));
+//! ```
 
 mod caps;
 mod controls;
