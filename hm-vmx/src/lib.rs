@@ -22,6 +22,7 @@ mod exit;
 mod hypervisor;
 mod vcpu;
 mod vm;
+pub mod testing;
 pub mod vmx;
 
 pub use error::{Error, Result};
