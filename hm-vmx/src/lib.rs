@@ -20,9 +20,9 @@
 mod error;
 mod exit;
 mod hypervisor;
+pub mod testing;
 mod vcpu;
 mod vm;
-pub mod testing;
 pub mod vmx;
 
 pub use error::{Error, Result};

@@ -5,7 +5,10 @@ use std::process::{Command, Output};
 use hm_vmx::testing::kvm_available;
 
 fn vmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmm")).args(args).output().expect("vmm starts")
+    Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .output()
+        .expect("vmm starts")
 }
 
 fn stderr(out: &Output) -> String {
@@ -16,7 +19,11 @@ fn stderr(out: &Output) -> String {
 fn zero_cpus_is_rejected_with_a_message() {
     let out = vmm(&["run", "--cpus", "0"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("at least one vCPU"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at least one vCPU"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -33,7 +40,11 @@ fn more_cpus_than_supported_is_rejected_with_a_message() {
 fn zero_memory_is_rejected_with_a_message() {
     let out = vmm(&["run", "--mem", "0"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("guest RAM cannot be 0"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("guest RAM cannot be 0"),
+        "{}",
+        stderr(&out)
+    );
     let out = vmm(&["run", "--mem", "lots"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a size"), "{}", stderr(&out));
@@ -43,7 +54,11 @@ fn zero_memory_is_rejected_with_a_message() {
 fn unknown_guest_is_rejected_and_guests_are_listed() {
     let out = vmm(&["run", "--guest", "nope"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no embedded guest named \"nope\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no embedded guest named \"nope\""),
+        "{}",
+        stderr(&out)
+    );
     let out = vmm(&["run", "--list-guests"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
@@ -56,7 +71,12 @@ fn run_boots_the_demo_guest_and_exits_with_its_status() {
     }
     let out = vmm(&["run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        stderr(&out)
+    );
     assert!(stdout.contains("vmm demo: real mode"), "{stdout}");
     assert!(stdout.contains("vmm demo: all checks passed"), "{stdout}");
 }
@@ -88,8 +108,16 @@ fn bios_runs_a_flat_binary_from_the_reset_vector() {
     std::fs::write(&path, &image).unwrap();
     let out = vmm(&["run", "--bios", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
-    let out = vmm(&["run", "--bios", dir.path().join("missing.bin").to_str().unwrap()]);
-    assert!(stderr(&out).contains("cannot read firmware"), "{}", stderr(&out));
+    let out = vmm(&[
+        "run",
+        "--bios",
+        dir.path().join("missing.bin").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("cannot read firmware"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

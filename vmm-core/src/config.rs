@@ -81,5 +81,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
 }
 
 fn not_a_size(text: &str) -> Error {
-    Error::Config(format!("{text:?} is not a size (examples: 64, 512M, 2G; units K, M, G, T)"))
+    Error::Config(format!(
+        "{text:?} is not a size (examples: 64, 512M, 2G; units K, M, G, T)"
+    ))
 }

@@ -36,7 +36,11 @@ fn demo_guest_passes_every_stage_in_order() {
     }
     let (_, outcome, serial) = run(guests::find("demo").unwrap().firmware().unwrap());
     let text = serial.text();
-    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0), "serial output:\n{text}");
+    assert_eq!(
+        outcome.unwrap(),
+        RunOutcome::GuestExit(0),
+        "serial output:\n{text}"
+    );
     let lines: Vec<&str> = text.lines().collect();
     let stage = |prefix: &str| {
         lines
@@ -49,7 +53,10 @@ fn demo_guest_passes_every_stage_in_order() {
     let pae = stage("vmm demo: PAE paging");
     let long = stage("vmm demo: long mode, paged memory check ok");
     let done = stage("vmm demo: all checks passed");
-    assert!(real < protected && protected < pae && pae < long && long < done, "{text}");
+    assert!(
+        real < protected && protected < pae && pae < long && long < done,
+        "{text}"
+    );
     assert!(!text.contains("FAILED"), "{text}");
 }
 
@@ -63,7 +70,10 @@ fn triple_fault_ends_the_run_with_an_error_naming_the_exit() {
     // IVT limits are not enforced by every KVM; a divide error rather than
     // `ud2` or `int3` because some software KVMs cannot emulate those at CPL0.)
     let mut rom = RomImage::new(64 * 1024).unwrap();
-    let gdt: Vec<u8> = [0u64, 0x00cf_9b00_0000_ffff].iter().flat_map(|d| d.to_le_bytes()).collect();
+    let gdt: Vec<u8> = [0u64, 0x00cf_9b00_0000_ffff]
+        .iter()
+        .flat_map(|d| d.to_le_bytes())
+        .collect();
     rom.place(0, &gdt).unwrap();
     rom.place(0x20, &[15, 0, 0x00, 0x00, 0x0f, 0x00]).unwrap(); // limit 15, base 0xf0000
     let mut a = CodeAssembler::new(16).unwrap();
@@ -73,7 +83,8 @@ fn triple_fault_ends_the_run_with_an_error_naming_the_exit() {
     a.mov(eax, cr0).unwrap();
     a.or(eax, 1).unwrap();
     a.mov(cr0, eax).unwrap();
-    let far = iced_x86::Instruction::with_far_branch(iced_x86::Code::Jmp_ptr1632, 8, 0xf2000).unwrap();
+    let far =
+        iced_x86::Instruction::with_far_branch(iced_x86::Code::Jmp_ptr1632, 8, 0xf2000).unwrap();
     a.add_instruction(far).unwrap();
     rom.place(0x1000, &a.assemble(0x1000).unwrap()).unwrap();
     let mut a = CodeAssembler::new(32).unwrap();
@@ -86,7 +97,12 @@ fn triple_fault_ends_the_run_with_an_error_naming_the_exit() {
     let firmware = rom.into_bytes();
     let (_, outcome, _) = run(firmware);
     match outcome {
-        Err(e @ Error::UnhandledExit { reason: Some(ExitReason::TripleFault), .. }) => {
+        Err(
+            e @ Error::UnhandledExit {
+                reason: Some(ExitReason::TripleFault),
+                ..
+            },
+        ) => {
             let message = e.to_string();
             assert!(message.contains("Triple fault"), "{message}");
             assert!(message.contains("VMX exit reason 2"), "{message}");
