@@ -24,6 +24,7 @@ mod error;
 mod flag;
 mod gauge;
 mod name;
+mod output;
 mod pattern;
 mod profile;
 mod ratio;

@@ -304,6 +304,26 @@ impl Registry {
         Snapshot { samples }
     }
 
+    /// Prints the samples matching `pattern` as a text table (see
+    /// [`Snapshot::write_text`]).
+    ///
+    /// ```
+    /// let reg = stam::Registry::new();
+    /// reg.counter("/A/c", stam::Unit::Count, "Things")?.add(3);
+    /// let mut out = String::new();
+    /// reg.print("/A/*", &mut out, true).unwrap();
+    /// assert!(out.ends_with("3 count - Things\n"));
+    /// # Ok::<(), stam::Error>(())
+    /// ```
+    pub fn print(
+        &self,
+        pattern: &str,
+        out: &mut dyn std::fmt::Write,
+        descriptions: bool,
+    ) -> std::fmt::Result {
+        self.snapshot(pattern).write_text(out, descriptions)
+    }
+
     /// Resets the resettable samples matching `pattern`; returns how many.
     ///
     /// Counters and profiles go back to zero (a profile's minimum back to
