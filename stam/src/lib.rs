@@ -19,6 +19,7 @@
 //! # Ok::<(), stam::Error>(())
 //! ```
 
+mod clock;
 mod counter;
 mod error;
 mod flag;

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::shard::Sharded;
 
 /// One shard of a profile.
@@ -76,8 +77,10 @@ pub(crate) fn reset(cells: &ProfileCells) {
 /// A hot-path handle to a profile sample.
 ///
 /// [`start`](Profile::start) returns a scope timer that reads the clock once
-/// when created and once when dropped, then records the period in the calling
-/// thread's shard (two relaxed adds; min/max are only written when they change).
+/// when created and once when dropped (the CPU's invariant time-stamp counter
+/// where there is one, calibrated to nanoseconds; the monotonic clock
+/// otherwise), then records the period in the calling thread's shard (two
+/// relaxed adds; min/max are only written when they change).
 ///
 /// ```
 /// let reg = stam::Registry::new();
@@ -95,11 +98,15 @@ pub(crate) fn reset(cells: &ProfileCells) {
 #[derive(Clone)]
 pub struct Profile {
     cells: Arc<ProfileCells>,
+    clock: Clock,
 }
 
 impl Profile {
     pub(crate) fn from_cells(cells: Arc<ProfileCells>) -> Self {
-        Profile { cells }
+        Profile {
+            cells,
+            clock: Clock::get(),
+        }
     }
 
     /// Starts timing a period; the period ends when the timer is dropped or stopped.
@@ -107,7 +114,7 @@ impl Profile {
     pub fn start(&self) -> ProfileTimer<'_> {
         ProfileTimer {
             profile: self,
-            start: Instant::now(),
+            start: self.clock.now(),
         }
     }
 
@@ -153,7 +160,7 @@ impl std::fmt::Debug for Profile {
 #[must_use = "the period ends when the timer is dropped"]
 pub struct ProfileTimer<'a> {
     profile: &'a Profile,
-    start: Instant,
+    start: u64,
 }
 
 impl ProfileTimer<'_> {
@@ -164,7 +171,9 @@ impl ProfileTimer<'_> {
 impl Drop for ProfileTimer<'_> {
     #[inline]
     fn drop(&mut self) {
-        let ns = self.start.elapsed().as_nanos();
-        self.profile.add_ns(u64::try_from(ns).unwrap_or(u64::MAX));
+        let clock = self.profile.clock;
+        // A counter read on another core may be a little behind: count zero then.
+        let ticks = clock.now().saturating_sub(self.start);
+        self.profile.add_ns(clock.ticks_to_ns(ticks));
     }
 }

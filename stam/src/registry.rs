@@ -96,14 +96,14 @@ impl Entry {
         }
     }
 
-    fn snapshot(&self) -> SampleSnapshot {
+    fn snapshot_with(&self, value: Value) -> SampleSnapshot {
         SampleSnapshot {
             name: Arc::clone(&self.name),
             unit: self.unit,
             description: Arc::clone(&self.description),
             visibility: self.visibility,
             resettable: self.resettable,
-            value: self.value(),
+            value,
         }
     }
 }
@@ -295,12 +295,24 @@ impl Registry {
     }
 
     fn snapshot_filtered(&self, pattern: &str, include_unused: bool) -> Snapshot {
-        let samples = self
-            .matching(&Pattern::new(pattern))
-            .iter()
-            .map(|e| e.snapshot())
-            .filter(|s| include_unused || s.visibility != Visibility::Used || !s.value.is_zero())
-            .collect();
+        let mut samples = Vec::new();
+        // Callbacks run user code, so they are read after the lock is released.
+        let mut callbacks = Vec::new();
+        self.for_each_matching(&Pattern::new(pattern), |entry| {
+            let value = if let Kind::Callback { hex, .. } = entry.kind {
+                callbacks.push((samples.len(), Arc::clone(entry)));
+                Value::Callback { value: 0, hex }
+            } else {
+                entry.value()
+            };
+            samples.push(entry.snapshot_with(value));
+        });
+        for (index, entry) in callbacks {
+            samples[index].value = entry.value();
+        }
+        if !include_unused {
+            samples.retain(|s| s.visibility != Visibility::Used || !s.value.is_zero());
+        }
         Snapshot { samples }
     }
 
@@ -331,38 +343,35 @@ impl Registry {
     /// resettable go back to zero; plain ones are left alone; callbacks run
     /// their reset hook if they have one.
     pub fn reset(&self, pattern: &str) -> usize {
-        let entries = self.matching(&Pattern::new(pattern));
-        entries
-            .iter()
-            .filter(|e| e.resettable)
-            .map(|e| e.reset())
-            .count()
+        let mut entries = Vec::new();
+        self.for_each_matching(&Pattern::new(pattern), |e| {
+            if e.resettable {
+                entries.push(Arc::clone(e));
+            }
+        });
+        // Reset hooks run user code: call them without the lock.
+        entries.iter().for_each(|e| e.reset());
+        entries.len()
     }
 
-    /// The entries matching `pattern`, in name order. The lock is only held
-    /// while collecting, so values are read (and callbacks run) without it.
-    fn matching(&self, pattern: &Pattern) -> Vec<Arc<Entry>> {
+    /// Calls `f` on the entries matching `pattern`, in name order, with the
+    /// registry lock held (`f` must not run user code).
+    fn for_each_matching(&self, pattern: &Pattern, mut f: impl FnMut(&Arc<Entry>)) {
         let map = self.samples.read();
-        let mut out = Vec::new();
         match pattern.prefixes() {
-            None => out.extend(
-                map.iter()
-                    .filter(|(name, _)| pattern.matches(name))
-                    .map(|(_, e)| Arc::clone(e)),
-            ),
+            None => map
+                .iter()
+                .filter(|(name, _)| pattern.matches(name))
+                .for_each(|(_, e)| f(e)),
             Some(prefixes) => {
                 for prefix in prefixes {
-                    let range = map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-                    out.extend(
-                        range
-                            .take_while(|(name, _)| name.starts_with(prefix))
-                            .filter(|(name, _)| pattern.matches(name))
-                            .map(|(_, e)| Arc::clone(e)),
-                    );
+                    map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                        .take_while(|(name, _)| name.starts_with(prefix))
+                        .filter(|(name, _)| pattern.matches(name))
+                        .for_each(|(_, e)| f(e));
                 }
             }
         }
-        out
     }
 
     fn insert(&self, b: SampleBuilder<'_>, default_reset: bool, kind: Kind) -> Result<(), Error> {
