@@ -1,16 +1,11 @@
 //! Counters: monotonically increasing, sharded per thread.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::shard::Sharded;
+use crate::shard::Slot;
 
 /// The shared cells behind a [`Counter`].
-pub(crate) type CounterCells = Sharded<AtomicU64>;
-
-pub(crate) fn new_cells() -> Arc<CounterCells> {
-    Arc::new(Sharded::new_with(|| AtomicU64::new(0)))
-}
+pub(crate) type CounterCells = Slot<AtomicU64>;
 
 pub(crate) fn read(cells: &CounterCells) -> u64 {
     cells
@@ -37,11 +32,11 @@ pub(crate) fn reset(cells: &CounterCells) {
 /// ```
 #[derive(Clone)]
 pub struct Counter {
-    cells: Arc<CounterCells>,
+    cells: CounterCells,
 }
 
 impl Counter {
-    pub(crate) fn from_cells(cells: Arc<CounterCells>) -> Self {
+    pub(crate) fn from_cells(cells: CounterCells) -> Self {
         Counter { cells }
     }
 

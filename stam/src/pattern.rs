@@ -13,7 +13,46 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
     /// `None` matches everything (the empty pattern).
-    alternatives: Option<Vec<String>>,
+    alternatives: Option<Vec<Alternative>>,
+}
+
+/// One `|`-separated alternative, with fast forms for the common shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Alternative {
+    /// No wildcard: the name itself.
+    Exact(String),
+    /// A literal followed only by `*`s: every name starting with it.
+    Prefix(String),
+    /// Anything else.
+    Glob(String),
+}
+
+impl Alternative {
+    fn new(text: &str) -> Self {
+        match text.find(['*', '?']) {
+            None => Alternative::Exact(text.to_owned()),
+            Some(i) if text[i..].bytes().all(|b| b == b'*') => {
+                Alternative::Prefix(text[..i].to_owned())
+            }
+            Some(_) => Alternative::Glob(text.to_owned()),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Alternative::Exact(text) => name == text,
+            Alternative::Prefix(prefix) => name.starts_with(prefix.as_str()),
+            Alternative::Glob(text) => glob_match(text.as_bytes(), name),
+        }
+    }
+
+    /// The literal text every matching name starts with.
+    fn literal_prefix(&self) -> &str {
+        match self {
+            Alternative::Exact(text) | Alternative::Prefix(text) => text,
+            Alternative::Glob(text) => &text[..text.find(['*', '?']).unwrap_or(text.len())],
+        }
+    }
 }
 
 impl Pattern {
@@ -26,7 +65,7 @@ impl Pattern {
         let alternatives = pattern
             .split('|')
             .filter(|a| !a.is_empty())
-            .map(str::to_owned)
+            .map(Alternative::new)
             .collect();
         Pattern {
             alternatives: Some(alternatives),
@@ -37,7 +76,7 @@ impl Pattern {
     pub fn matches(&self, name: &str) -> bool {
         match &self.alternatives {
             None => true,
-            Some(alts) => alts.iter().any(|a| glob_match(a.as_bytes(), name)),
+            Some(alts) => alts.iter().any(|a| a.matches(name)),
         }
     }
 
@@ -46,10 +85,7 @@ impl Pattern {
     /// `None` means a name may start with anything.
     pub(crate) fn prefixes(&self) -> Option<Vec<&str>> {
         let alts = self.alternatives.as_ref()?;
-        let mut prefixes: Vec<&str> = alts
-            .iter()
-            .map(|a| &a[..a.find(['*', '?']).unwrap_or(a.len())])
-            .collect();
+        let mut prefixes: Vec<&str> = alts.iter().map(Alternative::literal_prefix).collect();
         if prefixes.iter().any(|p| p.is_empty()) {
             return None;
         }

@@ -1,11 +1,10 @@
 //! Profiles: periods, total, minimum and maximum duration in nanoseconds.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::shard::Sharded;
+use crate::shard::Slot;
 
 /// One shard of a profile.
 pub(crate) struct ProfileCell {
@@ -15,8 +14,8 @@ pub(crate) struct ProfileCell {
     max_ns: AtomicU64,
 }
 
-impl ProfileCell {
-    fn new() -> Self {
+impl Default for ProfileCell {
+    fn default() -> Self {
         ProfileCell {
             periods: AtomicU64::new(0),
             total_ns: AtomicU64::new(0),
@@ -27,11 +26,7 @@ impl ProfileCell {
 }
 
 /// The shared cells behind a [`Profile`].
-pub(crate) type ProfileCells = Sharded<ProfileCell>;
-
-pub(crate) fn new_cells() -> Arc<ProfileCells> {
-    Arc::new(Sharded::new_with(ProfileCell::new))
-}
+pub(crate) type ProfileCells = Slot<ProfileCell>;
 
 /// Aggregated profile figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +92,12 @@ pub(crate) fn reset(cells: &ProfileCells) {
 /// ```
 #[derive(Clone)]
 pub struct Profile {
-    cells: Arc<ProfileCells>,
+    cells: ProfileCells,
     clock: Clock,
 }
 
 impl Profile {
-    pub(crate) fn from_cells(cells: Arc<ProfileCells>) -> Self {
+    pub(crate) fn from_cells(cells: ProfileCells) -> Self {
         Profile {
             cells,
             clock: Clock::get(),

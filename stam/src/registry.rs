@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -13,8 +13,9 @@ use crate::flag::Flag;
 use crate::gauge::{Gauge, GaugeCell, GaugeValue};
 use crate::name::validate_name;
 use crate::pattern::Pattern;
-use crate::profile::{self, Profile, ProfileCells};
+use crate::profile::{self, Profile, ProfileCell, ProfileCells};
 use crate::ratio::{Ratio, RatioCells};
+use crate::shard::SlotAllocator;
 use crate::snapshot::{SampleSnapshot, Snapshot, Value};
 use crate::unit::{Unit, Visibility};
 
@@ -23,13 +24,13 @@ type ResetFn = Arc<dyn Fn() + Send + Sync>;
 
 /// The storage of one sample, shared with its handles.
 enum Kind {
-    Counter(Arc<CounterCells>),
+    Counter(CounterCells),
     Gauge {
         cell: GaugeCell,
         hex: bool,
     },
     Flag(Arc<AtomicBool>),
-    Profile(Arc<ProfileCells>),
+    Profile(ProfileCells),
     Ratio(Arc<RatioCells>),
     Callback {
         read: ReadFn,
@@ -136,7 +137,15 @@ impl Entry {
 /// ```
 #[derive(Clone, Default)]
 pub struct Registry {
-    samples: Arc<RwLock<BTreeMap<Arc<str>, Arc<Entry>>>>,
+    samples: Arc<RwLock<Samples>>,
+}
+
+/// Everything behind the registry lock.
+#[derive(Default)]
+struct Samples {
+    map: BTreeMap<Arc<str>, Arc<Entry>>,
+    counters: SlotAllocator<AtomicU64>,
+    profiles: SlotAllocator<ProfileCell>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -256,13 +265,13 @@ impl Registry {
     /// Removes the sample called `name`; returns whether there was one.
     /// Handles to it keep working but are no longer reported.
     pub fn remove(&self, name: &str) -> bool {
-        self.samples.write().remove(name).is_some()
+        self.samples.write().map.remove(name).is_some()
     }
 
     /// Removes every sample matching `pattern`; returns how many.
     pub fn remove_matching(&self, pattern: &str) -> usize {
         let pattern = Pattern::new(pattern);
-        let mut map = self.samples.write();
+        let map = &mut self.samples.write().map;
         let before = map.len();
         map.retain(|name, _| !pattern.matches(name));
         before - map.len()
@@ -270,17 +279,17 @@ impl Registry {
 
     /// Whether a sample called `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
-        self.samples.read().contains_key(name)
+        self.samples.read().map.contains_key(name)
     }
 
     /// Number of registered samples.
     pub fn len(&self) -> usize {
-        self.samples.read().len()
+        self.samples.read().map.len()
     }
 
     /// Whether no sample is registered.
     pub fn is_empty(&self) -> bool {
-        self.samples.read().is_empty()
+        self.samples.read().map.is_empty()
     }
 
     /// Copies the values of the samples matching `pattern`, sorted by name,
@@ -357,7 +366,8 @@ impl Registry {
     /// Calls `f` on the entries matching `pattern`, in name order, with the
     /// registry lock held (`f` must not run user code).
     fn for_each_matching(&self, pattern: &Pattern, mut f: impl FnMut(&Arc<Entry>)) {
-        let map = self.samples.read();
+        let samples = self.samples.read();
+        let map = &samples.map;
         match pattern.prefixes() {
             None => map
                 .iter()
@@ -374,8 +384,21 @@ impl Registry {
         }
     }
 
-    fn insert(&self, b: SampleBuilder<'_>, default_reset: bool, kind: Kind) -> Result<(), Error> {
+    /// Registers the sample described by `b`; `make` creates its storage
+    /// (under the registry lock, after the name was found free) and the
+    /// handle returned to the caller.
+    fn insert<H>(
+        &self,
+        b: SampleBuilder<'_>,
+        default_reset: bool,
+        make: impl FnOnce(&mut Samples) -> (Kind, H),
+    ) -> Result<H, Error> {
         let name: Arc<str> = Arc::from(b.name);
+        let mut samples = self.samples.write();
+        if samples.map.contains_key(&name) {
+            return Err(Error::Duplicate(name.to_string()));
+        }
+        let (kind, handle) = make(&mut samples);
         let entry = Arc::new(Entry {
             name: Arc::clone(&name),
             unit: b.unit,
@@ -384,12 +407,8 @@ impl Registry {
             resettable: b.resettable.unwrap_or(default_reset),
             kind,
         });
-        let mut map = self.samples.write();
-        if map.contains_key(&name) {
-            return Err(Error::Duplicate(name.to_string()));
-        }
-        map.insert(name, entry);
-        Ok(())
+        samples.map.insert(name, entry);
+        Ok(handle)
     }
 }
 
@@ -446,10 +465,11 @@ impl SampleBuilder<'_> {
     pub fn counter(self) -> Result<Counter, Error> {
         self.check()?;
         self.no_hex()?;
-        let cells = counter::new_cells();
         let registry = self.registry;
-        registry.insert(self, true, Kind::Counter(Arc::clone(&cells)))?;
-        Ok(Counter::from_cells(cells))
+        registry.insert(self, true, |samples| {
+            let cells = samples.counters.alloc();
+            (Kind::Counter(cells.clone()), Counter::from_cells(cells))
+        })
     }
 
     /// Registers a gauge of width `T`.
@@ -458,8 +478,7 @@ impl SampleBuilder<'_> {
         let (gauge, cell) = Gauge::<T>::new();
         let hex = self.hex;
         let registry = self.registry;
-        registry.insert(self, false, Kind::Gauge { cell, hex })?;
-        Ok(gauge)
+        registry.insert(self, false, |_| (Kind::Gauge { cell, hex }, gauge))
     }
 
     /// Registers a boolean.
@@ -468,18 +487,18 @@ impl SampleBuilder<'_> {
         self.no_hex()?;
         let (flag, cell) = Flag::new();
         let registry = self.registry;
-        registry.insert(self, false, Kind::Flag(cell))?;
-        Ok(flag)
+        registry.insert(self, false, |_| (Kind::Flag(cell), flag))
     }
 
     /// Registers a profile.
     pub fn profile(self) -> Result<Profile, Error> {
         self.check()?;
         self.no_hex()?;
-        let cells = profile::new_cells();
         let registry = self.registry;
-        registry.insert(self, true, Kind::Profile(Arc::clone(&cells)))?;
-        Ok(Profile::from_cells(cells))
+        registry.insert(self, true, |samples| {
+            let cells = samples.profiles.alloc();
+            (Kind::Profile(cells.clone()), Profile::from_cells(cells))
+        })
     }
 
     /// Registers a ratio.
@@ -488,8 +507,7 @@ impl SampleBuilder<'_> {
         self.no_hex()?;
         let (ratio, cells) = Ratio::new();
         let registry = self.registry;
-        registry.insert(self, false, Kind::Ratio(cells))?;
-        Ok(ratio)
+        registry.insert(self, false, |_| (Kind::Ratio(cells), ratio))
     }
 
     /// Registers a callback sample without a reset hook.
@@ -511,6 +529,8 @@ impl SampleBuilder<'_> {
         let hex = self.hex;
         let has_reset = reset.is_some();
         let registry = self.registry;
-        registry.insert(self, has_reset, Kind::Callback { read, reset, hex })
+        registry.insert(self, has_reset, |_| {
+            (Kind::Callback { read, reset, hex }, ())
+        })
     }
 }
