@@ -353,9 +353,19 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
     fn read_record_header(&mut self) -> Result<Rec> {
         const WHAT: &str = "record header";
         let at = self.inp.pos();
-        match self.inp.read_u8(WHAT)? {
+        // Read the whole header in one go: one copy, one CRC update.
+        let tag = self.inp.peek_u8(WHAT)?;
+        let mut h = [0u8; 5];
+        let hlen = match tag {
+            REC_RAW | REC_ZERO => 5,
+            REC_LZ4 => 3,
+            _ => 1,
+        };
+        self.inp.read_exact(&mut h[..hlen], WHAT)?;
+        let arg32 = u32::from_le_bytes([h[1], h[2], h[3], h[4]]);
+        match tag {
             REC_RAW => {
-                let len = self.inp.read_u32(WHAT)?;
+                let len = arg32;
                 if len == 0 || len > MAX_RAW_RECORD {
                     return Err(Error::malformed(at, WHAT, format!("raw length {len}")));
                 }
@@ -364,7 +374,7 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
                 Ok(Rec::Raw(len))
             }
             REC_ZERO => {
-                let count = self.inp.read_u32(WHAT)?;
+                let count = arg32;
                 if count < 2 {
                     return Err(Error::malformed(
                         at,
@@ -387,7 +397,7 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
                         "compressed record in an uncompressed stream",
                     ));
                 }
-                let clen = usize::from(self.inp.read_u16(WHAT)?);
+                let clen = usize::from(u16::from_le_bytes([h[1], h[2]]));
                 if clen == 0 || clen > PAGE_SIZE {
                     return Err(Error::malformed(
                         at,

@@ -145,10 +145,6 @@ impl<R: BufRead + ?Sized> Input<R> {
         Ok(self.read_array::<1>(what)?[0])
     }
 
-    pub(crate) fn read_u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.read_array(what)?))
-    }
-
     pub(crate) fn read_u32(&mut self, what: &str) -> Result<u32> {
         Ok(u32::from_le_bytes(self.read_array(what)?))
     }
@@ -188,6 +184,15 @@ impl<R: BufRead + ?Sized> Input<R> {
             n -= k as u64;
         }
         Ok(())
+    }
+
+    /// The next byte, left unread.
+    pub(crate) fn peek_u8(&mut self, what: &str) -> Result<u8> {
+        let pos = self.pos;
+        match self.fill()?.first() {
+            Some(&b) => Ok(b),
+            None => Err(Error::truncated(pos, what)),
+        }
     }
 
     /// How many bytes the source holds buffered (0 at end of stream).
