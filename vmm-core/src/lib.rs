@@ -1,1 +1,3 @@
 //! The VM: EMTs, buses, devices, boot and orchestration.
+
+pub mod vmstate;
