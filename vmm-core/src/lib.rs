@@ -1,3 +1,5 @@
 //! The VM: EMTs, buses, devices, boot and orchestration.
 
+pub mod ffs;
+pub mod halt;
 pub mod vmstate;
