@@ -2,4 +2,5 @@
 
 pub mod ffs;
 pub mod halt;
+pub mod request;
 pub mod vmstate;
