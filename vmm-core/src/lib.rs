@@ -2,5 +2,6 @@
 
 pub mod ffs;
 pub mod halt;
+pub mod rendezvous;
 pub mod request;
 pub mod vmstate;
