@@ -85,6 +85,20 @@ impl PhysMap {
         Ok(report)
     }
 
+    /// Number of RAM pages currently occupying host memory.
+    pub fn resident_ram_pages(&self) -> Result<u64, PhysError> {
+        let mut resident = Vec::new();
+        let mut count = 0;
+        for range in &self.ranges {
+            if let Backing::Ram(mem) = &range.backing {
+                self.host
+                    .residency(&mem.region, 0, mem.region.size(), &mut resident)?;
+                count += resident.iter().filter(|&&r| r).count() as u64;
+            }
+        }
+        Ok(count)
+    }
+
     /// Resets the map as a machine reset does: RAM is zeroed and given back
     /// to the host (unless [`PhysConfig::zero_ram_on_reset`] is off), ROM
     /// protection returns to its initial mode and the shadow to the ROM
