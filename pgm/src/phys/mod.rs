@@ -8,15 +8,22 @@
 //! and handles the accesses KVM cannot satisfy ([`PhysMap::mmio_exit`]).
 
 mod access;
+mod dirty;
+mod dump;
 mod error;
 mod handler;
 mod host;
+mod layout;
 mod map;
 mod page;
 mod range;
+mod report;
 mod slots;
+mod view;
 mod zero;
 
+pub use dirty::DirtyLog;
+pub use dump::DumpReport;
 pub use error::PhysError;
 pub use handler::{
     DEFAULT_MAX_HANDLERS, HandlerAction, HandlerError, HandlerFn, HandlerKind, HandlerRange,
@@ -24,11 +31,13 @@ pub use handler::{
     PhysAccess,
 };
 pub use host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
+pub use layout::{FOUR_GIB, HIGH_RAM_START, LOW_RAM_END, PcLayout};
 pub use map::{PhysConfig, PhysMap};
 pub use page::{
     PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageSlot, PageState,
     PageType,
 };
 pub use range::{Mmio2Id, RangeId, RangeInfo, RangeKind, RomProtection};
+pub use report::PageStats;
 pub use slots::{KvmSlot, SlotChanges, SlotSet};
 pub use zero::ZeroScanReport;
