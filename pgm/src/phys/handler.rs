@@ -136,8 +136,10 @@ pub enum IntegrityError {
         /// `forward` or `backward`.
         direction: &'static str,
     },
-    /// The lookup key disagrees with the entry.
-    #[error("handler {index}: key {key:#x} differs from its start {first:#x}")]
+    /// The lookup keys disagree with the entry.
+    #[error(
+        "handler {index}: key {key:#x} differs from its start {first:#x} or its end key is stale"
+    )]
     Key {
         /// Entry index.
         index: usize,
@@ -184,6 +186,7 @@ pub enum IntegrityError {
 #[derive(Debug, Clone)]
 pub struct HandlerTable {
     keys: Vec<u64>,
+    lasts: Vec<u64>,
     entries: Vec<HandlerRange>,
     max: usize,
 }
@@ -198,6 +201,7 @@ impl HandlerTable {
         }
         Ok(Self {
             keys: Vec::new(),
+            lasts: Vec::new(),
             entries: Vec::new(),
             max,
         })
@@ -207,6 +211,7 @@ impl HandlerTable {
     pub fn with_default_max() -> Self {
         Self {
             keys: Vec::new(),
+            lasts: Vec::new(),
             entries: Vec::new(),
             max: DEFAULT_MAX_HANDLERS,
         }
@@ -232,7 +237,7 @@ impl HandlerTable {
     fn find(&self, addr: u64) -> Option<usize> {
         let idx = self.keys.partition_point(|&k| k <= addr);
         let i = idx.checked_sub(1)?;
-        (self.entries.get(i)?.last >= addr).then_some(i)
+        (*self.lasts.get(i)? >= addr).then_some(i)
     }
 
     /// The handler range covering `addr`.
@@ -269,6 +274,7 @@ impl HandlerTable {
         }
         let idx = self.keys.partition_point(|&k| k < range.first);
         self.keys.insert(idx, range.first);
+        self.lasts.insert(idx, range.last);
         self.entries.insert(idx, range);
         Ok(())
     }
@@ -280,6 +286,7 @@ impl HandlerTable {
             .binary_search(&first)
             .map_err(|_| PhysError::NoSuchHandler(first))?;
         self.keys.remove(idx);
+        self.lasts.remove(idx);
         Ok(self.entries.remove(idx))
     }
 
@@ -306,7 +313,8 @@ impl HandlerTable {
                 });
             }
             let key = self.keys.get(index).copied().unwrap_or(!e.first);
-            if key != e.first {
+            let last = self.lasts.get(index).copied().unwrap_or(!e.last);
+            if key != e.first || last != e.last {
                 return Err(IntegrityError::Key {
                     index,
                     key,
@@ -340,7 +348,7 @@ impl HandlerTable {
             next = Some((index, e));
             backward += 1;
         }
-        if forward != len || backward != len || self.keys.len() != len {
+        if forward != len || backward != len || self.keys.len() != len || self.lasts.len() != len {
             return Err(IntegrityError::Count {
                 forward,
                 backward,
@@ -400,6 +408,11 @@ mod tests {
         t.check_integrity().unwrap();
         let mut bad = t.clone();
         bad.entries[0].last = 0x3000;
+        assert!(matches!(
+            bad.check_integrity(),
+            Err(IntegrityError::Key { .. })
+        ));
+        bad.lasts[0] = 0x3000;
         assert!(matches!(
             bad.check_integrity(),
             Err(IntegrityError::Order { .. })
