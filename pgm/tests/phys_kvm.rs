@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::*;
-use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use pgm::phys::{HandlerAction, HandlerKind, PageState, PhysMap, RomProtection};
 
@@ -33,7 +33,12 @@ fn vm(kvm: &Kvm, map: &PhysMap) -> (VmFd, VcpuFd) {
     for s in &map.kvm_slots().slots {
         let region = kvm_userspace_memory_region {
             slot: s.slot,
-            flags: if s.read_only { KVM_MEM_READONLY } else { 0 },
+            flags: if s.read_only { KVM_MEM_READONLY } else { 0 }
+                | if s.log_dirty {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
             guest_phys_addr: s.guest_addr,
             memory_size: s.size,
             userspace_addr: s.host_addr,
@@ -196,4 +201,36 @@ fn zero_scan_returns_guest_zeroed_pages_to_host() {
     assert_eq!(map.page_info(0x2_0000).state, PageState::Zero);
     assert_eq!(map.page_info(0x3_0000).state, PageState::Zero);
     assert_eq!(byte(&map, 0x1_0000), 1);
+}
+
+/// `DirtyLog` over the VM's `KVM_GET_DIRTY_LOG`.
+struct KvmDirtyLog<'a>(&'a VmFd);
+
+impl pgm::phys::DirtyLog for KvmDirtyLog<'_> {
+    fn dirty_bitmap(&mut self, slot: &pgm::phys::KvmSlot) -> Result<Vec<u64>, String> {
+        self.0
+            .get_dirty_log(slot.slot, slot.size as usize)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn guest_writes_show_up_through_the_dirty_log() {
+    let Some(kvm) = kvm() else { return };
+    let mut map = base_map();
+    load(&map, |a| {
+        a.mov(ax, 0x4000u32)?;
+        a.mov(ds, ax)?;
+        a.mov(byte_ptr(0x123), 9u32)
+    });
+    map.set_write_monitoring(true);
+    assert!(map.kvm_slots().slots.iter().all(|s| s.log_dirty));
+    let (vm, mut vcpu) = vm(&kvm, &map);
+    run(&mut vcpu, &map);
+    map.sync_dirty_log(&mut KvmDirtyLog(&vm)).unwrap();
+    let mut dirty = Vec::new();
+    map.take_dirty_pages(&mut dirty);
+    assert!(dirty.contains(&0x4_0000), "{dirty:x?}");
+    assert!(!dirty.contains(&0x5_0000), "{dirty:x?}");
+    assert_eq!(map.page_info(0x4_0000).state, PageState::WriteMonitored);
 }

@@ -14,6 +14,7 @@ mod error;
 mod handler;
 mod host;
 mod layout;
+mod live;
 mod map;
 mod page;
 mod range;
@@ -32,6 +33,7 @@ pub use handler::{
 };
 pub use host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
 pub use layout::{FOUR_GIB, HIGH_RAM_START, LOW_RAM_END, PcLayout};
+pub use live::{DIRTY_HISTORY, LiveVote, LiveVoter};
 pub use map::{PhysConfig, PhysMap};
 pub use page::{
     PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageSlot, PageState,
