@@ -8,13 +8,20 @@ use super::error::PhysError;
 use super::map::PhysMap;
 use super::page::{PAGE_SHIFT, PAGE_SIZE, PageState};
 use super::range::Backing;
-use super::slots::KvmSlot;
+use super::slots::{KvmSlot, SlotSet};
 
 /// Source of KVM dirty bitmaps (one bit per 4 KiB page of a slot, bit 0 of
 /// word 0 is the slot's first page; reading clears KVM's log).
 pub trait DirtyLog {
     /// Returns and clears the dirty bitmap of `slot`.
     fn dirty_bitmap(&mut self, slot: &KvmSlot) -> Result<Vec<u64>, String>;
+
+    /// Called when the slot set changed under a live save (write
+    /// monitoring switched on or off): the VMM re-registers the slots with
+    /// the new dirty-logging flags. The default does nothing.
+    fn slots_changed(&mut self, _slots: &SlotSet) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl PhysMap {

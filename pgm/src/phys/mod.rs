@@ -19,6 +19,7 @@ mod map;
 mod page;
 mod range;
 mod report;
+mod saved;
 mod slots;
 mod view;
 mod zero;
@@ -41,5 +42,8 @@ pub use page::{
 };
 pub use range::{Mmio2Id, RangeId, RangeInfo, RangeKind, RomProtection};
 pub use report::PageStats;
+pub use saved::{
+    PgmUnit, REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_SHADOW, REC_ZERO,
+};
 pub use slots::{KvmSlot, SlotChanges, SlotSet};
 pub use zero::ZeroScanReport;
