@@ -1,0 +1,451 @@
+//! The CPU as the oracle: guests on KVM write markers through virtual
+//! addresses in every paging mode, and the walker must agree with where
+//! they landed, with KVM's own `KVM_TRANSLATE`, and with the accessed and
+//! dirty flags the CPU set.
+
+mod paging_support;
+
+use iced_x86::code_asm::{CodeAssembler, dword_ptr, eax, rax};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use paging_support::{Builder, Format};
+use pgm::paging::{
+    A, Access, CpuFeatures, D, FlatMemory, P, PagingState, PhysAccess, PhysAccessError, RW,
+    WalkOptions, XD, cr0, cr4, efer, pf_err, translate, walk,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Guest RAM size.
+const MEM_SIZE: u64 = 32 << 20;
+/// Guest code lives here, identity-mapped.
+const CODE: u64 = 0x1000;
+/// A flat GDT (32-bit code 0x08, data 0x10, 64-bit code 0x18),
+/// identity-mapped.
+const GDT: u64 = 0x2000;
+const GDT_ENTRIES: [u64; 4] = [
+    0,
+    0x00cf_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x00af_9b00_0000_ffff,
+];
+/// Page tables are built in this range.
+const TABLES: (u64, u64) = (0x10_0000, 0x20_0000);
+
+/// KVM guest memory as the walker sees it.
+struct GuestMem(GuestMemoryMmap<()>);
+
+impl PhysAccess for GuestMem {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysAccessError> {
+        self.0
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| PhysAccessError::Unmapped {
+                gpa,
+                len: buf.len(),
+            })
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), PhysAccessError> {
+        self.0
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| PhysAccessError::Unmapped {
+                gpa,
+                len: data.len(),
+            })
+    }
+}
+
+struct Guest {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpu: VcpuFd,
+    mem: GuestMem,
+    features: CpuFeatures,
+}
+
+/// Opens KVM, or explains loudly why not (a failure under `CI=true`).
+fn kvm() -> Option<Kvm> {
+    match Kvm::new() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "/dev/kvm is required under CI=true: {e}"
+            );
+            eprintln!("!!! SKIPPING KVM paging test: cannot open /dev/kvm ({e}) !!!");
+            None
+        }
+    }
+}
+
+impl Guest {
+    fn new() -> Option<Self> {
+        let kvm = kvm()?;
+        let vm = kvm.create_vm().expect("create VM");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+            .expect("guest memory");
+        let host = mem.get_host_address(GuestAddress(0)).expect("host address");
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is backed by `mem`, which the `Guest` keeps alive
+        // as long as the VM.
+        unsafe { vm.set_user_memory_region(region) }.expect("memory slot");
+        let vcpu = vm.create_vcpu(0).expect("vCPU");
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .expect("CPUID");
+        vcpu.set_cpuid2(&cpuid).expect("set CPUID");
+        let leaf = |f: u32| {
+            cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == f && e.index == 0)
+        };
+        let features = CpuFeatures::from_cpuid(
+            leaf(1).map_or(0, |e| e.edx),
+            leaf(0x8000_0001).map_or(0, |e| e.edx),
+            leaf(0x8000_0008).map(|e| e.eax),
+        )
+        .expect("features");
+        Some(Self {
+            _kvm: kvm,
+            _vm: vm,
+            vcpu,
+            mem: GuestMem(mem),
+            features,
+        })
+    }
+
+    fn zero(&self, from: u64, to: u64) {
+        let zeros = vec![0u8; (to - from) as usize];
+        self.mem.write(from, &zeros).unwrap();
+    }
+
+    /// Puts the vCPU into the paging mode `state` describes at CPL 0, flat
+    /// segments, RIP at `CODE`. Returns whether KVM kept CR0.PG (this
+    /// host's KVM drops it outside long mode).
+    fn enter(&self, state: &PagingState) -> bool {
+        let long = state.efer & efer::LMA != 0;
+        let mut s = self.vcpu.get_sregs().expect("sregs");
+        let seg = |selector: u16, type_: u8, code64: bool| kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: 0,
+            db: u8::from(!code64),
+            s: 1,
+            l: u8::from(code64),
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        for (i, d) in GDT_ENTRIES.iter().enumerate() {
+            self.mem.write_u64(GDT + 8 * i as u64, *d).unwrap();
+        }
+        s.gdt.base = GDT;
+        s.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
+        s.cs = seg(if long { 0x18 } else { 0x08 }, 0xb, long);
+        s.ds = seg(0x10, 3, false);
+        s.es = s.ds;
+        s.fs = s.ds;
+        s.gs = s.ds;
+        s.ss = s.ds;
+        s.cr0 = state.cr0 | 0x30; // ET | NE
+        s.cr3 = state.cr3;
+        s.cr4 = state.cr4;
+        s.efer = state.efer;
+        self.vcpu.set_sregs(&s).expect("set sregs");
+        let kept = self.vcpu.get_sregs().expect("sregs").cr0 & cr0::PG != 0;
+        let mut r = self.vcpu.get_regs().expect("regs");
+        r.rip = CODE;
+        r.rflags = 2;
+        self.vcpu.set_regs(&r).expect("set regs");
+        kept
+    }
+
+    /// Runs the guest to its HLT; returns the guest-physical addresses of
+    /// writes that went to unbacked memory (MMIO exits).
+    fn run_to_hlt(&mut self) -> Vec<u64> {
+        let mut mmio = Vec::new();
+        for _ in 0..64 {
+            let exit = match self.vcpu.run().expect("KVM_RUN") {
+                VcpuExit::Hlt => return mmio,
+                VcpuExit::MmioWrite(gpa, _) => {
+                    mmio.push(gpa);
+                    continue;
+                }
+                other => format!("{other:?}"),
+            };
+            panic!(
+                "unexpected exit {exit}: {:x?} {:x?}",
+                self.vcpu.get_regs(),
+                self.vcpu.get_sregs()
+            );
+        }
+        panic!("guest did not halt");
+    }
+
+    /// Guest code writing each marker through its virtual address, then HLT.
+    fn load_code(&self, bits: u32, markers: &[(u64, u32)]) {
+        let mut a = CodeAssembler::new(bits).unwrap();
+        for &(va, value) in markers {
+            if bits == 64 {
+                a.mov(rax, va).unwrap();
+                a.mov(dword_ptr(rax), value).unwrap();
+            } else {
+                a.mov(eax, va as u32).unwrap();
+                a.mov(dword_ptr(eax), value).unwrap();
+            }
+        }
+        a.hlt().unwrap();
+        let code = a.assemble(CODE).unwrap();
+        assert!(code.len() < 0x1000);
+        self.mem.write(CODE, &code).unwrap();
+    }
+
+    /// What `KVM_TRANSLATE` says about `va`: the GPA, or `None`.
+    fn kvm_translate(&self, va: u64) -> Option<u64> {
+        let t = self.vcpu.translate_gva(va).expect("KVM_TRANSLATE");
+        (t.valid != 0).then_some(t.physical_address)
+    }
+}
+
+/// One paging-mode scenario.
+struct Scenario {
+    format: Format,
+    state: PagingState,
+    /// (va, gpa, leaf level, leaf flags)
+    maps: Vec<(u64, u64, u8, u64)>,
+    /// (va, marker) the guest writes.
+    markers: Vec<(u64, u32)>,
+    /// Addresses left unmapped.
+    holes: Vec<u64>,
+}
+
+fn run_scenario(g: &mut Guest, sc: &Scenario) {
+    g.zero(0, MEM_SIZE);
+    let mut b = Builder::new(&g.mem, sc.format, TABLES.0, TABLES.1);
+    let tflags = P | RW;
+    b.map(CODE, CODE, 1, P | RW, tflags).expect("map code");
+    b.map(GDT, GDT, 1, P | RW, tflags).expect("map GDT");
+    for &(va, gpa, level, flags) in &sc.maps {
+        b.map(va, gpa, level, flags, tflags).expect("map");
+    }
+    let state = sc.state.with_cr3(b.root);
+    let tables = b.tables.clone();
+    // Our own prediction of the accessed/dirty flags, on a copy of memory.
+    let shadow = FlatMemory::new(TABLES.1 as usize);
+    let mut buf = vec![0u8; TABLES.1 as usize];
+    g.mem.read(0, &mut buf).unwrap();
+    shadow.write(0, &buf).unwrap();
+    let ad = WalkOptions {
+        update_accessed_dirty: true,
+    };
+    translate(&state, &shadow, CODE, Access::supervisor_exec(), ad).unwrap();
+    for &(va, _) in &sc.markers {
+        translate(&state, &shadow, va, Access::supervisor_write(), ad).unwrap();
+    }
+
+    let bits = if sc.format == Format::Legacy || sc.format == Format::Pae {
+        32
+    } else {
+        64
+    };
+    g.load_code(bits, &sc.markers);
+    if !g.enter(&state) {
+        // This host's KVM (a software layer) clears CR0.PG outside long
+        // mode and shuts the guest down when it sets PG itself: there is no
+        // CPU to ask. Hardware KVM runs these scenarios.
+        eprintln!(
+            "!!! SKIPPING {:?} scenario: this host's KVM refuses CR0.PG outside long mode !!!",
+            sc.format
+        );
+        return;
+    }
+    let mmio = g.run_to_hlt();
+
+    for &(va, value) in &sc.markers {
+        let t = walk(&state, &g.mem, va, Access::supervisor_write()).expect("walk");
+        if t.gpa >= MEM_SIZE {
+            assert!(
+                mmio.contains(&t.gpa),
+                "no MMIO write at {:#x} for {va:#x}: {mmio:x?}",
+                t.gpa
+            );
+        } else {
+            assert_eq!(
+                g.mem.read_u32(t.gpa).unwrap(),
+                value,
+                "marker for {va:#x} at {:#x}",
+                t.gpa
+            );
+        }
+        assert_eq!(
+            g.kvm_translate(va),
+            Some(t.gpa),
+            "KVM_TRANSLATE for {va:#x}"
+        );
+    }
+    for &va in &sc.holes {
+        let e = walk(&state, &g.mem, va, Access::supervisor_write()).unwrap_err();
+        let pf = e.page_fault().expect("page fault");
+        assert_eq!(pf.error_code, pf_err::W, "hole {va:#x}: {e}");
+        assert_eq!(g.kvm_translate(va), None, "KVM_TRANSLATE maps hole {va:#x}");
+    }
+    // The flags the CPU set must be the ones the walker sets (an extra
+    // accessed flag is allowed: CPUs may set those speculatively).
+    let esz = sc.format.entry_size();
+    for &table in &tables {
+        for off in (0..0x1000).step_by(esz as usize) {
+            let read = |m: &dyn PhysAccess| {
+                if esz == 4 {
+                    u64::from(m.read_u32(table + off).unwrap())
+                } else {
+                    m.read_u64(table + off).unwrap()
+                }
+            };
+            let (cpu, ours) = (read(&g.mem), read(&shadow));
+            assert!(
+                cpu == ours || cpu == ours | A,
+                "entry at {:#x}: CPU {cpu:#x}, walker {ours:#x}",
+                table + off
+            );
+        }
+    }
+}
+
+fn paged(g: &Guest) -> PagingState {
+    PagingState::new(g.features).with_cr0(cr0::PE | cr0::PG | cr0::WP)
+}
+
+#[test]
+fn long_mode_4k_and_2m_pages() {
+    let Some(mut g) = Guest::new() else { return };
+    let st = paged(&g)
+        .with_cr4(cr4::PAE)
+        .with_efer(efer::LME | efer::LMA | efer::NXE);
+    let sc = Scenario {
+        format: Format::Long4,
+        state: st,
+        maps: vec![
+            (0x4000_0000, 0x30_0000, 1, P | RW),
+            (0x0000_7fff_ffff_f000, 0x31_2000, 1, P | RW | XD),
+            (0xffff_8000_0020_0000, 0x60_0000, 2, P | RW),
+            (0xffff_ffff_ffe0_0000, 0xa0_0000, 2, P | RW | D),
+        ],
+        markers: vec![
+            (0x4000_0ffc, 0x1111_1111),
+            (0x0000_7fff_ffff_f010, 0x2222_2222),
+            (0xffff_8000_0031_2344, 0x3333_3333),
+            (0xffff_ffff_ffe0_0008, 0x4444_4444),
+        ],
+        holes: vec![
+            0x4000_1000,
+            0x8000_0000,
+            0xffff_8000_0040_0000,
+            0x0000_7fff_fff0_0000,
+        ],
+    };
+    run_scenario(&mut g, &sc);
+}
+
+#[test]
+fn legacy_32bit_4k_pages() {
+    let Some(mut g) = Guest::new() else { return };
+    let sc = Scenario {
+        format: Format::Legacy,
+        state: paged(&g),
+        maps: vec![
+            (0x4000_0000, 0x30_0000, 1, P | RW),
+            (0xc000_1000, 0x31_2000, 1, P | RW | D),
+            (0xffff_f000, 0x1ff_f000, 1, P | RW),
+            // PS is ignored without CR4.PSE: this is a page table pointer.
+            (0x8000_0000, 0x40_0000, 1, P | RW),
+        ],
+        markers: vec![
+            (0x4000_0ffc, 0x1111_1111),
+            (0xc000_1234, 0x2222_2222),
+            (0xffff_fff8, 0x3333_3333),
+            (0x8000_0010, 0x4444_4444),
+        ],
+        holes: vec![0x4000_1000, 0xc000_0000, 0x0040_0000, 0xffff_e000],
+    };
+    run_scenario(&mut g, &sc);
+}
+
+#[test]
+fn legacy_32bit_pse_4m_pages_and_pse36() {
+    let Some(mut g) = Guest::new() else { return };
+    assert!(g.features.pse36(), "KVM offers PSE-36");
+    let sc = Scenario {
+        format: Format::Legacy,
+        state: paged(&g).with_cr4(cr4::PSE),
+        maps: vec![
+            (0x8000_0000, 0x80_0000, 2, P | RW),
+            (0xffc0_0000, 0x140_0000, 2, P | RW),
+            (0x4000_0000, 0x30_0000, 1, P | RW),
+            // PSE-36: physical bit 32 comes from PDE bit 13; nothing backs
+            // it, so the guest's write must exit as MMIO at that address.
+            (0x4040_0000, 0x1_0040_0000, 2, P | RW),
+        ],
+        markers: vec![
+            (0x8012_3454, 0x1111_1111),
+            (0xffff_fffc, 0x2222_2222),
+            (0x4000_0004, 0x3333_3333),
+            (0x4050_0000, 0x4444_4444),
+        ],
+        holes: vec![0x8040_0000, 0x4000_1000, 0xff80_0000],
+    };
+    run_scenario(&mut g, &sc);
+}
+
+#[test]
+fn pae_4k_and_2m_pages_in_all_four_pdptes() {
+    let Some(mut g) = Guest::new() else { return };
+    let sc = Scenario {
+        format: Format::Pae,
+        state: paged(&g).with_cr4(cr4::PAE).with_efer(efer::NXE),
+        maps: vec![
+            (0x4000_0000, 0x30_0000, 1, P | RW),
+            (0x8020_0000, 0x60_0000, 2, P | RW),
+            (0xc000_0000, 0x31_5000, 1, P | RW | XD),
+            // Above 4 GiB: unbacked, so the write exits as MMIO.
+            (0x8040_0000, 0x2_0000_0000, 2, P | RW),
+        ],
+        markers: vec![
+            (0x4000_0ff0, 0x1111_1111),
+            (0x803f_fffc, 0x2222_2222),
+            (0xc000_0800, 0x3333_3333),
+            (0x8041_0000, 0x4444_4444),
+        ],
+        holes: vec![0x4000_1000, 0x8060_0000, 0xc000_1000, 0x7fe0_0000],
+    };
+    run_scenario(&mut g, &sc);
+}
+
+#[test]
+fn long_mode_1g_pages_when_offered() {
+    let Some(mut g) = Guest::new() else { return };
+    if !g.features.page_1gb() {
+        eprintln!("KVM's CPUID has no 1 GiB pages: covered by the in-memory tests only");
+        return;
+    }
+    let st = paged(&g)
+        .with_cr4(cr4::PAE)
+        .with_efer(efer::LME | efer::LMA | efer::NXE);
+    let sc = Scenario {
+        format: Format::Long4,
+        state: st,
+        maps: vec![(0x40_0000_0000, 0, 3, P | RW)],
+        markers: vec![(0x40_0080_0004, 0x1111_1111)],
+        holes: vec![0x40_4000_0000],
+    };
+    run_scenario(&mut g, &sc);
+}
