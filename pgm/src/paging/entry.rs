@@ -1,6 +1,7 @@
 //! Paging-structure entry bits and the reserved (must-be-zero) bits of
 //! each entry kind, computed from the guest's MAXPHYADDR and features.
 
+use super::mode::PagingMode;
 use super::state::{CpuFeatures, PagingState};
 
 /// Present.
@@ -51,8 +52,13 @@ pub(crate) struct Reserved {
 impl Reserved {
     /// Masks for the mode `state` selects.
     pub fn for_state(state: &PagingState) -> Self {
+        Self::new(state, state.mode())
+    }
+
+    /// Masks for `mode`, which is `state.mode()`.
+    #[inline]
+    pub fn new(state: &PagingState, mode: PagingMode) -> Self {
         let f = state.features;
-        let mode = state.mode();
         if !mode.is_pae_format() {
             return Self::legacy(&f);
         }

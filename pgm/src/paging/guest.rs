@@ -3,10 +3,11 @@
 
 use super::fault::{Access, AccessKind, WalkError};
 use super::mode::ModeTracker;
+use super::mode::PagingMode;
 use super::phys_access::PhysAccess;
 use super::state::{PagingState, cr0};
 use super::tlb::{Tlb, TlbEntry, TlbStats};
-use super::walk::{WalkOptions, access_denied, linear_address, translate};
+use super::walk::{WalkOptions, access_denied, linear_address, linear_in, translate};
 
 /// One vCPU's view of guest paging.
 ///
@@ -39,6 +40,9 @@ use super::walk::{WalkOptions, access_denied, linear_address, translate};
 #[derive(Debug, Clone)]
 pub struct GuestPaging {
     state: PagingState,
+    /// `state.mode()` and `state.la57()`, kept for the TLB-hit path.
+    mode: PagingMode,
+    la57: bool,
     tracker: ModeTracker,
     tlb: Tlb,
     options: WalkOptions,
@@ -51,6 +55,8 @@ impl GuestPaging {
         tracker.update(&state);
         Self {
             state,
+            mode: state.mode(),
+            la57: state.la57(),
             tracker,
             tlb: Tlb::new(),
             options: WalkOptions::default(),
@@ -101,6 +107,8 @@ impl GuestPaging {
             self.tlb.flush();
         }
         self.state = state;
+        self.mode = state.mode();
+        self.la57 = state.la57();
         self.tracker.update(&state)
     }
 
@@ -124,7 +132,7 @@ impl GuestPaging {
         addr: u64,
         access: Access,
     ) -> Result<u64, WalkError> {
-        let linear = linear_address(&self.state, addr)?;
+        let linear = linear_in(self.mode, self.la57, addr)?;
         if let Some(&e) = self.tlb.lookup(linear) {
             let needs_dirty =
                 access.kind == AccessKind::Write && self.options.update_accessed_dirty && !e.dirty;
@@ -140,7 +148,12 @@ impl GuestPaging {
     }
 
     fn allows(&self, e: &TlbEntry, access: Access) -> bool {
-        !access_denied(&self.state, access, e.writable, e.user, e.executable)
+        !access_denied(
+            &self.state,
+            self.mode,
+            access,
+            (e.writable, e.user, e.executable),
+        )
     }
 
     /// Reads guest-virtual memory at `addr` into `buf`, across page
@@ -184,7 +197,7 @@ impl GuestPaging {
     }
 
     fn wraps_at_4g(&self) -> bool {
-        !self.state.mode().is_long()
+        !self.mode.is_long()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The guest-physical memory access the page walker needs, and a plain
 //! in-memory implementation of it.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a guest-physical access failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,8 +83,10 @@ impl<T: PhysAccess + ?Sized> PhysAccess for &T {
 
 /// Guest-physical memory held in one host buffer starting at address 0.
 ///
-/// Meant for tests, tools and examples: it is `Sync` (bytes are relaxed
-/// atomics), so one instance can be shared like real guest RAM.
+/// Meant for tests, tools and examples: it is `Sync` (the buffer is made of
+/// relaxed atomic words, and aligned 4- and 8-byte accesses are single
+/// atomic operations, like page-table accesses on real hardware), so one
+/// instance can be shared like real guest RAM.
 ///
 /// ```
 /// use pgm::paging::{FlatMemory, PhysAccess};
@@ -95,50 +97,108 @@ impl<T: PhysAccess + ?Sized> PhysAccess for &T {
 /// ```
 #[derive(Debug)]
 pub struct FlatMemory {
-    bytes: Box<[AtomicU8]>,
+    words: Box<[AtomicU64]>,
+    len: usize,
 }
 
 impl FlatMemory {
     /// Creates `size` bytes of zeroed memory.
     pub fn new(size: usize) -> Self {
         Self {
-            bytes: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            words: (0..size.div_ceil(8)).map(|_| AtomicU64::new(0)).collect(),
+            len: size,
         }
     }
 
     /// Size in bytes.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 
     /// Whether the memory has no bytes at all.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len == 0
     }
 
-    fn range(&self, gpa: u64, len: usize) -> Result<&[AtomicU8], PhysAccessError> {
-        let err = PhysAccessError::Unmapped { gpa, len };
-        let start = usize::try_from(gpa).map_err(|_| err.clone())?;
-        let end = start.checked_add(len).ok_or_else(|| err.clone())?;
-        self.bytes.get(start..end).ok_or(err)
+    /// The byte offset of `[gpa, gpa + len)`, if it lies inside.
+    #[inline]
+    fn offset(&self, gpa: u64, len: usize) -> Result<usize, PhysAccessError> {
+        usize::try_from(gpa)
+            .ok()
+            .filter(|&start| start.checked_add(len).is_some_and(|end| end <= self.len))
+            .ok_or(PhysAccessError::Unmapped { gpa, len })
+    }
+
+    fn byte(&self, at: usize) -> u8 {
+        (self.words[at / 8].load(Ordering::Relaxed) >> ((at % 8) * 8)) as u8
+    }
+
+    /// Replaces the bits `mask << shift` of the word holding byte `at`.
+    fn merge(&self, at: usize, mask: u64, value: u64) {
+        let shift = (at % 8) * 8;
+        let (mask, value) = (mask << shift, value << shift);
+        // The closure always returns `Some`, so the update cannot fail.
+        let _ = self.words[at / 8].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some((old & !mask) | (value & mask))
+        });
     }
 }
 
 impl PhysAccess for FlatMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysAccessError> {
-        let src = self.range(gpa, buf.len())?;
-        for (d, s) in buf.iter_mut().zip(src) {
-            *d = s.load(Ordering::Relaxed);
+        let start = self.offset(gpa, buf.len())?;
+        for (i, d) in buf.iter_mut().enumerate() {
+            *d = self.byte(start + i);
         }
         Ok(())
     }
 
     fn write(&self, gpa: u64, data: &[u8]) -> Result<(), PhysAccessError> {
-        let dst = self.range(gpa, data.len())?;
-        for (d, s) in dst.iter().zip(data) {
-            d.store(*s, Ordering::Relaxed);
+        let start = self.offset(gpa, data.len())?;
+        for (i, &b) in data.iter().enumerate() {
+            self.merge(start + i, 0xff, u64::from(b));
         }
         Ok(())
+    }
+
+    #[inline]
+    fn read_u64(&self, gpa: u64) -> Result<u64, PhysAccessError> {
+        let at = self.offset(gpa, 8)?;
+        if at % 8 == 0 {
+            return Ok(self.words[at / 8].load(Ordering::Relaxed));
+        }
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    #[inline]
+    fn read_u32(&self, gpa: u64) -> Result<u32, PhysAccessError> {
+        let at = self.offset(gpa, 4)?;
+        if at % 4 == 0 {
+            return Ok((self.words[at / 8].load(Ordering::Relaxed) >> ((at % 8) * 8)) as u32);
+        }
+        let mut b = [0u8; 4];
+        self.read(gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), PhysAccessError> {
+        let at = self.offset(gpa, 8)?;
+        if at % 8 == 0 {
+            self.words[at / 8].store(value, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.write(gpa, &value.to_le_bytes())
+    }
+
+    fn write_u32(&self, gpa: u64, value: u32) -> Result<(), PhysAccessError> {
+        let at = self.offset(gpa, 4)?;
+        if at % 4 == 0 {
+            self.merge(at, 0xffff_ffff, u64::from(value));
+            return Ok(());
+        }
+        self.write(gpa, &value.to_le_bytes())
     }
 }
 
@@ -156,5 +216,25 @@ mod tests {
         assert!(mem.write_u32(u64::MAX, 1).is_err());
         mem.write_u32(12, 0xdead_beef).unwrap();
         assert_eq!(mem.read_u32(12).unwrap(), 0xdead_beef);
+        let odd = FlatMemory::new(13);
+        assert!(odd.write(12, &[1]).is_ok() && odd.write(12, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn aligned_and_unaligned_accesses_agree() {
+        let mem = FlatMemory::new(64);
+        mem.write(3, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+        assert_eq!(mem.read_u64(3).unwrap(), 0x0807_0605_0403_0201);
+        assert_eq!(mem.read_u32(4).unwrap(), 0x0504_0302);
+        mem.write_u32(8, 0xaabb_ccdd).unwrap();
+        mem.write_u64(17, u64::MAX).unwrap();
+        let mut b = [0u8; 16];
+        mem.read(6, &mut b).unwrap();
+        assert_eq!(
+            b,
+            [
+                4, 5, 0xdd, 0xcc, 0xbb, 0xaa, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff
+            ]
+        );
     }
 }

@@ -90,7 +90,8 @@ impl Translation {
     /// `state` (CR0.WP, CR4.SMEP/SMAP); on refusal returns the page fault
     /// the CPU raises.
     pub fn check(&self, state: &PagingState, access: Access) -> Result<(), PageFault> {
-        if !access_denied(state, access, self.writable, self.user, self.executable) {
+        let rights = (self.writable, self.user, self.executable);
+        if !access_denied(state, state.mode(), access, rights) {
             return Ok(());
         }
         Err(PageFault {
@@ -103,14 +104,15 @@ impl Translation {
 
 /// Whether the CPU refuses `access` to a page with the combined rights
 /// `writable`, `user` and `executable` under `state`.
+/// `mode` is `state.mode()`, passed in by callers that have it at hand.
+#[inline]
 pub(crate) fn access_denied(
     state: &PagingState,
+    mode: PagingMode,
     access: Access,
-    writable: bool,
-    user_page: bool,
-    executable: bool,
+    (writable, user_page, executable): (bool, bool, bool),
 ) -> bool {
-    if !state.mode().is_paged() {
+    if !mode.is_paged() {
         return false;
     }
     let smap_blocks = state.cr4 & cr4::SMAP != 0
@@ -155,10 +157,16 @@ fn error_code(state: &PagingState, access: Access, cause: u32) -> u32 {
 /// The linear address the CPU uses for `addr` in `state`, or the #GP for a
 /// non-canonical one.
 pub fn linear_address(state: &PagingState, addr: u64) -> Result<u64, WalkError> {
-    if !state.mode().is_long() {
+    linear_in(state.mode(), state.la57(), addr)
+}
+
+/// [`linear_address`] for a known mode.
+#[inline]
+pub(crate) fn linear_in(mode: PagingMode, la57: bool, addr: u64) -> Result<u64, WalkError> {
+    if !mode.is_long() {
         return Ok(addr & 0xffff_ffff);
     }
-    let width = if state.la57() { 57 } else { 48 };
+    let width = if la57 { 57 } else { 48 };
     let shift = 64 - width;
     if (((addr << shift) as i64) >> shift) as u64 != addr {
         return Err(WalkError::NonCanonical(addr));
@@ -190,9 +198,13 @@ pub fn walk<M: PhysAccess + ?Sized>(
     addr: u64,
     access: Access,
 ) -> Result<Translation, WalkError> {
-    let linear = linear_address(state, addr)?;
+    let mode = state.mode();
+    let la57 = mode.is_long() && state.cr4 & cr4::LA57 != 0;
+    let linear = linear_in(mode, la57, addr)?;
     let mut w = Walker {
         state,
+        mode,
+        la57,
         access,
         linear,
         a20: state.a20_mask(),
@@ -209,7 +221,7 @@ pub fn walk<M: PhysAccess + ?Sized>(
             depth: 0,
         },
     };
-    match state.mode() {
+    match mode {
         PagingMode::Real | PagingMode::Protected => {}
         PagingMode::Bits32 => w.legacy(mem)?,
         PagingMode::Pae | PagingMode::PaeNx => w.pae(mem)?,
@@ -283,6 +295,8 @@ fn update_accessed_dirty<M: PhysAccess + ?Sized>(
 
 struct Walker<'a> {
     state: &'a PagingState,
+    mode: PagingMode,
+    la57: bool,
     access: Access,
     linear: u64,
     a20: u64,
@@ -349,7 +363,7 @@ impl Walker<'_> {
     }
 
     fn legacy<M: PhysAccess + ?Sized>(&mut self, mem: &M) -> Result<(), WalkError> {
-        let rsvd = Reserved::for_state(self.state);
+        let rsvd = Reserved::new(self.state, self.mode);
         let pd = self.state.cr3 & rsvd.addr;
         let pde = self.entry(mem, 2, pd + ((self.linear >> 22) & 0x3ff) * 4, false)?;
         if pde & entry::PS != 0 && self.state.cr4 & cr4::PSE != 0 {
@@ -368,7 +382,7 @@ impl Walker<'_> {
     }
 
     fn pae<M: PhysAccess + ?Sized>(&mut self, mem: &M) -> Result<(), WalkError> {
-        let rsvd = Reserved::for_state(self.state);
+        let rsvd = Reserved::new(self.state, self.mode);
         let index = (self.linear >> 30) & 3;
         let pdpt = self.state.cr3 & 0xffff_ffe0;
         let pdpte = self.entry(mem, 3, pdpt + index * 8, true)?;
@@ -382,8 +396,8 @@ impl Walker<'_> {
     }
 
     fn long<M: PhysAccess + ?Sized>(&mut self, mem: &M) -> Result<(), WalkError> {
-        let rsvd = Reserved::for_state(self.state);
-        let top = if self.state.la57() { 5 } else { 4 };
+        let rsvd = Reserved::new(self.state, self.mode);
+        let top = if self.la57 { 5 } else { 4 };
         let mut table = self.state.cr3 & rsvd.addr;
         for level in (4..=top).rev() {
             let e = self.entry(mem, level, table + self.index(level) * 8, true)?;
@@ -406,7 +420,7 @@ impl Walker<'_> {
         from: u8,
         mut table: u64,
     ) -> Result<(), WalkError> {
-        let nx = self.state.mode().has_nx();
+        let nx = self.mode.has_nx();
         for level in (1..=from).rev() {
             let e = self.entry(mem, level, table + self.index(level) * 8, true)?;
             let large = level > 1 && e & entry::PS != 0;
