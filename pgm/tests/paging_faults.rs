@@ -6,14 +6,14 @@
 mod paging_support;
 
 use iced_x86::code_asm::{CodeAssembler, cr2, dword_ptr, ecx, qword_ptr, rax, rbx};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::kvm_segment;
+use kvm_ioctls::VcpuExit;
+use paging_support::kvm::{Guest, GuestMem, flat_segment};
 use paging_support::{Builder, Format};
 use pgm::paging::{
-    Access, AccessKind, CpuFeatures, P, PagingState, PhysAccess, PhysAccessError, Privilege, RW,
-    US, WalkError, WalkOptions, XD, cr0, cr4, efer, translate,
+    Access, AccessKind, P, PagingState, PhysAccess, Privilege, RW, US, WalkError, WalkOptions, XD,
+    cr0, cr4, efer, translate,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 const MEM_SIZE: u64 = 16 << 20;
 /// CPL 0 probe code: read, write and fetch snippets 0x100 apart.
@@ -30,87 +30,6 @@ const RESULT: u64 = 0x8000;
 const TABLES: (u64, u64) = (0x10_0000, 0x20_0000);
 /// No exception was taken (the probe reached its HLT).
 const NONE: u64 = 0xffff;
-
-struct GuestMem(GuestMemoryMmap<()>);
-
-impl PhysAccess for GuestMem {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysAccessError> {
-        self.0
-            .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| PhysAccessError::Unmapped {
-                gpa,
-                len: buf.len(),
-            })
-    }
-
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), PhysAccessError> {
-        self.0
-            .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| PhysAccessError::Unmapped {
-                gpa,
-                len: data.len(),
-            })
-    }
-}
-
-struct Guest {
-    _kvm: Kvm,
-    _vm: VmFd,
-    vcpu: VcpuFd,
-    mem: GuestMem,
-    features: CpuFeatures,
-}
-
-fn guest() -> Option<Guest> {
-    let kvm = match Kvm::new() {
-        Ok(k) => k,
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "/dev/kvm is required under CI=true: {e}"
-            );
-            eprintln!("!!! SKIPPING KVM fault probes: cannot open /dev/kvm ({e}) !!!");
-            return None;
-        }
-    };
-    let vm = kvm.create_vm().expect("VM");
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-        .expect("guest memory");
-    let host = mem.get_host_address(GuestAddress(0)).expect("host address");
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE,
-        userspace_addr: host as u64,
-    };
-    // SAFETY: `mem` backs the slot and lives in the `Guest` next to the VM.
-    unsafe { vm.set_user_memory_region(region) }.expect("memory slot");
-    let vcpu = vm.create_vcpu(0).expect("vCPU");
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .expect("CPUID");
-    vcpu.set_cpuid2(&cpuid).expect("set CPUID");
-    let leaf = |f: u32, i: u32| {
-        cpuid
-            .as_slice()
-            .iter()
-            .find(|e| e.function == f && e.index == i)
-    };
-    let features = CpuFeatures::from_cpuid(
-        leaf(1, 0).map_or(0, |e| e.edx),
-        leaf(0x8000_0001, 0).map_or(0, |e| e.edx),
-        leaf(0x8000_0008, 0).map(|e| e.eax),
-    )
-    .expect("features");
-    Some(Guest {
-        _kvm: kvm,
-        _vm: vm,
-        vcpu,
-        mem: GuestMem(mem),
-        features,
-    })
-}
 
 fn assemble(at: u64, f: impl FnOnce(&mut CodeAssembler)) -> Vec<u8> {
     let mut a = CodeAssembler::new(64).unwrap();
@@ -220,24 +139,6 @@ fn build(g: &Guest, area: u64) -> u64 {
     b.root
 }
 
-fn seg(selector: u16, type_: u8, dpl: u8, code64: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl,
-        db: u8::from(!code64),
-        s: 1,
-        l: u8::from(code64),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// Runs one probe; returns (vector or `NONE`, error code, CR2), or `None`
 /// when KVM does not take the control-register state.
 fn probe(g: &mut Guest, st: &PagingState, va: u64, access: Access) -> Option<(u64, u64, u64)> {
@@ -245,14 +146,14 @@ fn probe(g: &mut Guest, st: &PagingState, va: u64, access: Access) -> Option<(u6
     let user = access.is_user();
     let mut s = g.vcpu.get_sregs().unwrap();
     s.cs = if user {
-        seg(0x2b, 0xb, 3, true)
+        flat_segment(0x2b, 0xb, 3, true)
     } else {
-        seg(0x18, 0xb, 0, true)
+        flat_segment(0x18, 0xb, 0, true)
     };
     s.ss = if user {
-        seg(0x23, 3, 3, false)
+        flat_segment(0x23, 3, 3, false)
     } else {
-        seg(0x10, 3, 0, false)
+        flat_segment(0x10, 3, 0, false)
     };
     s.ds = s.ss;
     s.es = s.ss;
@@ -267,7 +168,7 @@ fn probe(g: &mut Guest, st: &PagingState, va: u64, access: Access) -> Option<(u6
         l: 0,
         db: 0,
         g: 0,
-        ..seg(0x30, 0xb, 0, false)
+        ..flat_segment(0x30, 0xb, 0, false)
     };
     s.gdt.base = GDT;
     s.gdt.limit = 8 * 8 - 1;
@@ -313,7 +214,9 @@ fn probe(g: &mut Guest, st: &PagingState, va: u64, access: Access) -> Option<(u6
 
 #[test]
 fn walker_predicts_every_fault_the_cpu_raises() {
-    let Some(mut g) = guest() else { return };
+    let Some(mut g) = Guest::open(MEM_SIZE) else {
+        return;
+    };
     prepare(&g);
     let mut area = 0;
     let accesses = [

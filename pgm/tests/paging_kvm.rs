@@ -6,14 +6,13 @@
 mod paging_support;
 
 use iced_x86::code_asm::{CodeAssembler, dword_ptr, eax, rax};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::VcpuExit;
+use paging_support::kvm::{Guest, flat_segment};
 use paging_support::{Builder, Format};
 use pgm::paging::{
-    A, Access, CpuFeatures, D, FlatMemory, P, PagingState, PhysAccess, PhysAccessError, RW,
-    WalkOptions, XD, cr0, cr4, efer, pf_err, translate, walk,
+    A, Access, D, FlatMemory, P, PagingState, PhysAccess, RW, WalkOptions, XD, cr0, cr4, efer,
+    pf_err, translate, walk,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest RAM size.
 const MEM_SIZE: u64 = 32 << 20;
@@ -31,128 +30,20 @@ const GDT_ENTRIES: [u64; 4] = [
 /// Page tables are built in this range.
 const TABLES: (u64, u64) = (0x10_0000, 0x20_0000);
 
-/// KVM guest memory as the walker sees it.
-struct GuestMem(GuestMemoryMmap<()>);
-
-impl PhysAccess for GuestMem {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysAccessError> {
-        self.0
-            .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| PhysAccessError::Unmapped {
-                gpa,
-                len: buf.len(),
-            })
-    }
-
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), PhysAccessError> {
-        self.0
-            .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| PhysAccessError::Unmapped {
-                gpa,
-                len: data.len(),
-            })
-    }
-}
-
-struct Guest {
-    _kvm: Kvm,
-    _vm: VmFd,
-    vcpu: VcpuFd,
-    mem: GuestMem,
-    features: CpuFeatures,
-}
-
-/// Opens KVM, or explains loudly why not (a failure under `CI=true`).
-fn kvm() -> Option<Kvm> {
-    match Kvm::new() {
-        Ok(k) => Some(k),
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "/dev/kvm is required under CI=true: {e}"
-            );
-            eprintln!("!!! SKIPPING KVM paging test: cannot open /dev/kvm ({e}) !!!");
-            None
-        }
-    }
-}
-
 impl Guest {
-    fn new() -> Option<Self> {
-        let kvm = kvm()?;
-        let vm = kvm.create_vm().expect("create VM");
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-            .expect("guest memory");
-        let host = mem.get_host_address(GuestAddress(0)).expect("host address");
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: MEM_SIZE,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is backed by `mem`, which the `Guest` keeps alive
-        // as long as the VM.
-        unsafe { vm.set_user_memory_region(region) }.expect("memory slot");
-        let vcpu = vm.create_vcpu(0).expect("vCPU");
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .expect("CPUID");
-        vcpu.set_cpuid2(&cpuid).expect("set CPUID");
-        let leaf = |f: u32| {
-            cpuid
-                .as_slice()
-                .iter()
-                .find(|e| e.function == f && e.index == 0)
-        };
-        let features = CpuFeatures::from_cpuid(
-            leaf(1).map_or(0, |e| e.edx),
-            leaf(0x8000_0001).map_or(0, |e| e.edx),
-            leaf(0x8000_0008).map(|e| e.eax),
-        )
-        .expect("features");
-        Some(Self {
-            _kvm: kvm,
-            _vm: vm,
-            vcpu,
-            mem: GuestMem(mem),
-            features,
-        })
-    }
-
-    fn zero(&self, from: u64, to: u64) {
-        let zeros = vec![0u8; (to - from) as usize];
-        self.mem.write(from, &zeros).unwrap();
-    }
-
     /// Puts the vCPU into the paging mode `state` describes at CPL 0, flat
     /// segments, RIP at `CODE`. Returns whether KVM kept CR0.PG (this
     /// host's KVM drops it outside long mode).
     fn enter(&self, state: &PagingState) -> bool {
         let long = state.efer & efer::LMA != 0;
         let mut s = self.vcpu.get_sregs().expect("sregs");
-        let seg = |selector: u16, type_: u8, code64: bool| kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector,
-            type_,
-            present: 1,
-            dpl: 0,
-            db: u8::from(!code64),
-            s: 1,
-            l: u8::from(code64),
-            g: 1,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
         for (i, d) in GDT_ENTRIES.iter().enumerate() {
             self.mem.write_u64(GDT + 8 * i as u64, *d).unwrap();
         }
         s.gdt.base = GDT;
         s.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
-        s.cs = seg(if long { 0x18 } else { 0x08 }, 0xb, long);
-        s.ds = seg(0x10, 3, false);
+        s.cs = flat_segment(if long { 0x18 } else { 0x08 }, 0xb, 0, long);
+        s.ds = flat_segment(0x10, 3, 0, false);
         s.es = s.ds;
         s.fs = s.ds;
         s.gs = s.ds;
@@ -327,7 +218,9 @@ fn paged(g: &Guest) -> PagingState {
 
 #[test]
 fn long_mode_4k_and_2m_pages() {
-    let Some(mut g) = Guest::new() else { return };
+    let Some(mut g) = Guest::open(MEM_SIZE) else {
+        return;
+    };
     let st = paged(&g)
         .with_cr4(cr4::PAE)
         .with_efer(efer::LME | efer::LMA | efer::NXE);
@@ -358,7 +251,9 @@ fn long_mode_4k_and_2m_pages() {
 
 #[test]
 fn legacy_32bit_4k_pages() {
-    let Some(mut g) = Guest::new() else { return };
+    let Some(mut g) = Guest::open(MEM_SIZE) else {
+        return;
+    };
     let sc = Scenario {
         format: Format::Legacy,
         state: paged(&g),
@@ -382,7 +277,9 @@ fn legacy_32bit_4k_pages() {
 
 #[test]
 fn legacy_32bit_pse_4m_pages_and_pse36() {
-    let Some(mut g) = Guest::new() else { return };
+    let Some(mut g) = Guest::open(MEM_SIZE) else {
+        return;
+    };
     assert!(g.features.pse36(), "KVM offers PSE-36");
     let sc = Scenario {
         format: Format::Legacy,
@@ -408,7 +305,9 @@ fn legacy_32bit_pse_4m_pages_and_pse36() {
 
 #[test]
 fn pae_4k_and_2m_pages_in_all_four_pdptes() {
-    let Some(mut g) = Guest::new() else { return };
+    let Some(mut g) = Guest::open(MEM_SIZE) else {
+        return;
+    };
     let sc = Scenario {
         format: Format::Pae,
         state: paged(&g).with_cr4(cr4::PAE).with_efer(efer::NXE),
@@ -432,7 +331,9 @@ fn pae_4k_and_2m_pages_in_all_four_pdptes() {
 
 #[test]
 fn long_mode_1g_pages_when_offered() {
-    let Some(mut g) = Guest::new() else { return };
+    let Some(mut g) = Guest::open(MEM_SIZE) else {
+        return;
+    };
     if !g.features.page_1gb() {
         eprintln!("KVM's CPUID has no 1 GiB pages: covered by the in-memory tests only");
         return;
@@ -577,7 +478,9 @@ mod random_trees {
 
     #[test]
     fn walker_matches_kvm_translate() {
-        let Some(g) = Guest::new() else { return };
+        let Some(g) = Guest::open(MEM_SIZE) else {
+            return;
+        };
         let mut runner = TestRunner::new(Config {
             cases: 64,
             ..Config::default()

@@ -2,6 +2,8 @@
 //! tables for any paging format into any `PhysAccess` memory.
 #![allow(dead_code)] // Each test crate uses a different part of the helpers.
 
+pub mod kvm;
+
 use pgm::paging::{P, PS, PhysAccess};
 
 /// Page-table format.
