@@ -101,6 +101,40 @@ impl Access {
     pub fn is_user(&self) -> bool {
         self.privilege == Privilege::User
     }
+
+    /// Every distinct access, in [`index`](Self::index) order.
+    pub(crate) const ALL: [Access; 12] = {
+        let kinds = [AccessKind::Read, AccessKind::Write, AccessKind::Execute];
+        let privs = [
+            Privilege::User,
+            Privilege::Supervisor { ac: false },
+            Privilege::Supervisor { ac: true },
+            Privilege::Implicit,
+        ];
+        let mut all = [Access::supervisor_read(); 12];
+        let mut i = 0;
+        while i < 12 {
+            all[i] = Access::new(kinds[i / 4], privs[i % 4]);
+            i += 1;
+        }
+        all
+    };
+
+    /// A number 0..12 unique to this access.
+    #[inline]
+    pub(crate) fn index(&self) -> usize {
+        let kind = match self.kind {
+            AccessKind::Read => 0,
+            AccessKind::Write => 4,
+            AccessKind::Execute => 8,
+        };
+        kind + match self.privilege {
+            Privilege::User => 0,
+            Privilege::Supervisor { ac: false } => 1,
+            Privilege::Supervisor { ac: true } => 2,
+            Privilege::Implicit => 3,
+        }
+    }
 }
 
 /// A page fault the access would raise: what the CPU puts in CR2 and the
@@ -170,5 +204,30 @@ impl WalkError {
             Self::PageFault(pf) => Some(pf),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_indices_are_distinct_and_ordered() {
+        for (i, a) in Access::ALL.iter().enumerate() {
+            assert_eq!(a.index(), i, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn fault_text_names_the_cause() {
+        let pf = PageFault {
+            address: 0x1000,
+            error_code: pf_err::P | pf_err::W | pf_err::RSVD,
+            level: 2,
+        };
+        assert_eq!(
+            pf.to_string(),
+            "#PF(0xb) at 0x1000, level 2: present write reserved-bit"
+        );
     }
 }

@@ -6,8 +6,8 @@ use super::mode::ModeTracker;
 use super::mode::PagingMode;
 use super::phys_access::PhysAccess;
 use super::state::{PagingState, cr0};
-use super::tlb::{Tlb, TlbEntry, TlbStats};
-use super::walk::{WalkOptions, access_denied, linear_address, linear_in, translate};
+use super::tlb::{Tlb, TlbStats};
+use super::walk::{Translation, WalkOptions, access_denied, linear_address, linear_in, translate};
 
 /// One vCPU's view of guest paging.
 ///
@@ -136,24 +136,26 @@ impl GuestPaging {
         if let Some(&e) = self.tlb.lookup(linear) {
             let needs_dirty =
                 access.kind == AccessKind::Write && self.options.update_accessed_dirty && !e.dirty;
-            if !needs_dirty && self.allows(&e, access) {
+            if !needs_dirty && e.allowed & (1 << access.index()) != 0 {
                 self.tlb.stats.hits += 1;
                 return Ok(e.frame | (linear & 0xfff));
             }
         }
         self.tlb.stats.misses += 1;
         let t = translate(&self.state, mem, linear, access, self.options)?;
-        self.tlb.insert(&t);
+        let allowed = self.allowed(&t);
+        self.tlb.insert(&t, allowed);
         Ok(t.gpa)
     }
 
-    fn allows(&self, e: &TlbEntry, access: Access) -> bool {
-        !access_denied(
-            &self.state,
-            self.mode,
-            access,
-            (e.writable, e.user, e.executable),
-        )
+    /// The accesses `t`'s rights allow under the current state, one bit per
+    /// [`Access::index`].
+    fn allowed(&self, t: &Translation) -> u16 {
+        let rights = (t.writable, t.user, t.executable);
+        Access::ALL
+            .iter()
+            .filter(|a| !access_denied(&self.state, self.mode, **a, rights))
+            .fold(0, |bits, a| bits | 1 << a.index())
     }
 
     /// Reads guest-virtual memory at `addr` into `buf`, across page

@@ -15,12 +15,9 @@ pub(crate) struct TlbEntry {
     pub frame: u64,
     /// Size of the page the translation came from.
     pub page_size: PageSize,
-    /// Combined R/W.
-    pub writable: bool,
-    /// Combined U/S.
-    pub user: bool,
-    /// Not execute-disabled.
-    pub executable: bool,
+    /// Bit [`Access::index`] set for every access the rights allow under
+    /// the state the entry was made in (any change of that state flushes).
+    pub allowed: u16,
     /// Leaf dirty flag.
     pub dirty: bool,
 }
@@ -29,9 +26,7 @@ const EMPTY: TlbEntry = TlbEntry {
     tag: INVALID,
     frame: 0,
     page_size: PageSize::Size4K,
-    writable: false,
-    user: false,
-    executable: false,
+    allowed: 0,
     dirty: false,
 };
 
@@ -75,16 +70,14 @@ impl Tlb {
         (e.tag == page).then_some(e)
     }
 
-    /// Caches `t` for its 4 KiB linear page.
-    pub fn insert(&mut self, t: &Translation) {
+    /// Caches `t` for its 4 KiB linear page; `allowed` as in [`TlbEntry`].
+    pub fn insert(&mut self, t: &Translation, allowed: u16) {
         let page = t.linear >> 12;
         self.entries[Self::slot(page)] = TlbEntry {
             tag: page,
             frame: t.gpa & !0xfff,
             page_size: t.page_size,
-            writable: t.writable,
-            user: t.user,
-            executable: t.executable,
+            allowed,
             dirty: t.dirty,
         };
     }
@@ -126,7 +119,7 @@ mod tests {
             .with_cr3(0x1000);
         let mut tlb = Tlb::new();
         for va in [0x40_0000u64, 0x41_2000, 0x7f_f000] {
-            tlb.insert(&walk(&st, &mem, va, Access::supervisor_read()).unwrap());
+            tlb.insert(&walk(&st, &mem, va, Access::supervisor_read()).unwrap(), 1);
         }
         assert_eq!(tlb.lookup(0x41_2abc).unwrap().frame, 0x81_2000);
         assert!(tlb.lookup(0x41_3000).is_none());
@@ -134,7 +127,10 @@ mod tests {
         for va in [0x40_0000u64, 0x41_2000, 0x7f_f000] {
             assert!(tlb.lookup(va).is_none());
         }
-        tlb.insert(&walk(&st, &mem, 0x40_0000, Access::supervisor_read()).unwrap());
+        tlb.insert(
+            &walk(&st, &mem, 0x40_0000, Access::supervisor_read()).unwrap(),
+            1,
+        );
         tlb.flush();
         assert!(tlb.lookup(0x40_0000).is_none());
         assert_eq!((tlb.stats.flushes, tlb.stats.invalidations), (1, 1));
