@@ -485,3 +485,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pae_pdpte_registers_win_over_memory() {
+    let mem = FlatMemory::new(MEM);
+    let mut b = Builder::new(&mem, Format::Pae, TABLES.0, TABLES.1);
+    b.map(0x4000_0000, 0x20_0000, 1, P | RW, P | RW).unwrap();
+    let st = state(Format::Pae, 36).with_cr3(b.root);
+    let regs = [0, b.read(b.root + 8), 0, 0];
+    // The guest clears PDPTE 1 in memory without reloading CR3.
+    b.write(b.root + 8, 0);
+    assert!(walk(&st, &mem, 0x4000_0000, SR).is_err());
+    let loaded = st.with_pae_pdptes(Some(regs));
+    assert_eq!(walk(&loaded, &mem, 0x4000_0123, SR).unwrap().gpa, 0x20_0123);
+    let e = walk(&loaded, &mem, 0x123, SW).unwrap_err();
+    assert_eq!(
+        e.page_fault().map(|p| (p.error_code, p.level)),
+        Some((pf_err::W, 3))
+    );
+    let mut text = String::new();
+    pgm::paging::info_pgmcr3(&mut text, &loaded, &mem).unwrap();
+    assert!(text.contains("entries from PDPTE registers"), "{text}");
+    assert!(text.contains("PDPTE[1] 0x40000000 = 0x"), "{text}");
+}

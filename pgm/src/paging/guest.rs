@@ -102,6 +102,7 @@ impl GuestPaging {
             || old.efer != state.efer
             || old.a20_enabled != state.a20_enabled
             || old.features != state.features
+            || old.pae_pdptes != state.pae_pdptes
             || (old.cr0 ^ state.cr0) & CR0_PAGING != 0
         {
             self.tlb.flush();

@@ -138,9 +138,17 @@ pub fn info_pgmcr3<M: PhysAccess + ?Sized>(
         }
         PagingMode::Pae | PagingMode::PaeNx => {
             let base = state.cr3 & 0xffff_ffe0;
-            writeln!(out, "PDPT at {base:#x}")?;
+            let source = if state.pae_pdptes.is_some() {
+                "PDPTE registers"
+            } else {
+                "memory"
+            };
+            writeln!(out, "PDPT at {base:#x} (entries from {source})")?;
             for i in 0..4u64 {
-                let e = mem.read_u64((base + i * 8) & a20)?;
+                let e = match state.pae_pdptes {
+                    Some(regs) => regs[i as usize],
+                    None => mem.read_u64((base + i * 8) & a20)?,
+                };
                 write!(out, "PDPTE[{i}] {:#010x} = {e:#018x}", i << 30)?;
                 if e & entry::P == 0 {
                     writeln!(out, " not present")?;

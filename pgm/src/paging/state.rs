@@ -153,6 +153,11 @@ pub struct PagingState {
     pub a20_enabled: bool,
     /// The guest's CPUID facts.
     pub features: CpuFeatures,
+    /// The PAE PDPTE registers, when known. The CPU loads them from memory
+    /// when CR3 is written in PAE mode and then ignores the PDPT in memory;
+    /// `KVM_GET_SREGS2` reports them. With `None` the walker reads the
+    /// PDPT from memory.
+    pub pae_pdptes: Option<[u64; 4]>,
 }
 
 impl PagingState {
@@ -165,6 +170,7 @@ impl PagingState {
             efer: 0,
             a20_enabled: true,
             features,
+            pae_pdptes: None,
         }
     }
 
@@ -200,6 +206,13 @@ impl PagingState {
     #[must_use]
     pub fn with_a20(mut self, enabled: bool) -> Self {
         self.a20_enabled = enabled;
+        self
+    }
+
+    /// Sets (or clears) the PAE PDPTE registers.
+    #[must_use]
+    pub fn with_pae_pdptes(mut self, pdptes: Option<[u64; 4]>) -> Self {
+        self.pae_pdptes = pdptes;
         self
     }
 

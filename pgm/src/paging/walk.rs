@@ -384,8 +384,19 @@ impl Walker<'_> {
     fn pae<M: PhysAccess + ?Sized>(&mut self, mem: &M) -> Result<(), WalkError> {
         let rsvd = Reserved::new(self.state, self.mode);
         let index = (self.linear >> 30) & 3;
-        let pdpt = self.state.cr3 & 0xffff_ffe0;
-        let pdpte = self.entry(mem, 3, pdpt + index * 8, true)?;
+        let slot = (self.state.cr3 & 0xffff_ffe0) + index * 8;
+        let pdpte = match self.state.pae_pdptes {
+            // Registers loaded at the last CR3 write win over memory.
+            Some(regs) => {
+                let e = regs[index as usize];
+                self.record(3, slot & self.a20, e);
+                if e & entry::P == 0 {
+                    return Err(self.fault(3, 0));
+                }
+                e
+            }
+            None => self.entry(mem, 3, slot, true)?,
+        };
         if pdpte & rsvd.pdpte != 0 {
             return Err(WalkError::InvalidPdpte {
                 index: index as u8,
