@@ -351,6 +351,34 @@ fn long_mode_1g_pages_when_offered() {
     run_scenario(&mut g, &sc);
 }
 
+#[test]
+fn five_level_paging_when_offered() {
+    let Some(mut g) = Guest::open(MEM_SIZE) else {
+        return;
+    };
+    if !g.la57 {
+        eprintln!("KVM's CPUID has no LA57: 5-level paging is covered by the in-memory tests only");
+        return;
+    }
+    let st = paged(&g)
+        .with_cr4(cr4::PAE | cr4::LA57)
+        .with_efer(efer::LME | efer::LMA | efer::NXE);
+    let sc = Scenario {
+        format: Format::Long5,
+        state: st,
+        maps: vec![
+            (0xff12_3456_789a_b000, 0x30_0000, 1, P | RW),
+            (0x00ab_cdef_0020_0000, 0x60_0000, 2, P | RW),
+        ],
+        markers: vec![
+            (0xff12_3456_789a_b008, 0x1111_1111),
+            (0x00ab_cdef_0031_0000, 0x2222_2222),
+        ],
+        holes: vec![0xff12_3456_789a_c000, 0x0001_0000_0000_0000],
+    };
+    run_scenario(&mut g, &sc);
+}
+
 mod random_trees {
     //! Random page-table trees written into guest memory, the walker against
     //! `KVM_TRANSLATE` for hundreds of addresses per tree, reserved bits
@@ -483,6 +511,8 @@ mod random_trees {
         };
         let mut runner = TestRunner::new(Config {
             cases: 64,
+            // Cases are rebuilt from the seed printed on failure.
+            failure_persistence: None,
             ..Config::default()
         });
         let seen = std::cell::RefCell::new(Seen::default());

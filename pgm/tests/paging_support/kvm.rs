@@ -34,6 +34,8 @@ pub struct Guest {
     pub vcpu: VcpuFd,
     pub mem: GuestMem,
     pub features: CpuFeatures,
+    /// Whether KVM offers 5-level paging (CPUID 7 ECX[16]).
+    pub la57: bool,
     pub size: u64,
     _vm: VmFd,
     _kvm: Kvm,
@@ -78,6 +80,7 @@ impl Guest {
                 .iter()
                 .find(|e| e.function == f && e.index == 0)
         };
+        let la57 = leaf(7).is_some_and(|e| e.ecx & (1 << 16) != 0);
         let features = CpuFeatures::from_cpuid(
             leaf(1).map_or(0, |e| e.edx),
             leaf(0x8000_0001).map_or(0, |e| e.edx),
@@ -88,6 +91,7 @@ impl Guest {
             vcpu,
             mem: GuestMem(mem),
             features,
+            la57,
             size,
             _vm: vm,
             _kvm: kvm,
