@@ -60,7 +60,7 @@ pub struct CpuFeatures {
 }
 
 impl CpuFeatures {
-    /// Features with the given MAXPHYADDR (CPUID 0x80000008 EAX[7:0]),
+    /// Features with the given MAXPHYADDR (CPUID 0x80000008 EAX bits 7:0),
     /// PSE-36 present and 1 GiB pages absent.
     pub fn new(max_phys_addr: u8) -> Result<Self, FeatureError> {
         if !(32..=52).contains(&max_phys_addr) {
@@ -92,14 +92,14 @@ impl CpuFeatures {
             .with_page_1gb(ext1_edx & (1 << 26) != 0))
     }
 
-    /// Sets whether 1 GiB pages exist (CPUID 0x80000001 EDX[26]).
+    /// Sets whether 1 GiB pages exist (CPUID 0x80000001 EDX bit 26).
     #[must_use]
     pub fn with_page_1gb(mut self, on: bool) -> Self {
         self.page_1gb = on;
         self
     }
 
-    /// Sets whether PSE-36 exists (CPUID 1 EDX[17]).
+    /// Sets whether PSE-36 exists (CPUID 1 EDX bit 17).
     #[must_use]
     pub fn with_pse36(mut self, on: bool) -> Self {
         self.pse36 = on;
