@@ -58,6 +58,22 @@ pub trait PhysAccess {
     fn write_u64(&self, gpa: u64, value: u64) -> Result<(), PhysAccessError> {
         self.write(gpa, &value.to_le_bytes())
     }
+
+    /// ORs `bits` into the little-endian `u32` at `gpa` (used to set
+    /// accessed and dirty flags in 32-bit page-table entries). The default
+    /// reads and writes back; memory shared with running vCPUs should do it
+    /// atomically, as the CPU does.
+    fn or_u32(&self, gpa: u64, bits: u32) -> Result<(), PhysAccessError> {
+        let old = self.read_u32(gpa)?;
+        self.write_u32(gpa, old | bits)
+    }
+
+    /// ORs `bits` into the little-endian `u64` at `gpa`; see
+    /// [`or_u32`](Self::or_u32).
+    fn or_u64(&self, gpa: u64, bits: u64) -> Result<(), PhysAccessError> {
+        let old = self.read_u64(gpa)?;
+        self.write_u64(gpa, old | bits)
+    }
 }
 
 impl<T: PhysAccess + ?Sized> PhysAccess for &T {
@@ -78,6 +94,12 @@ impl<T: PhysAccess + ?Sized> PhysAccess for &T {
     }
     fn write_u64(&self, gpa: u64, value: u64) -> Result<(), PhysAccessError> {
         (**self).write_u64(gpa, value)
+    }
+    fn or_u32(&self, gpa: u64, bits: u32) -> Result<(), PhysAccessError> {
+        (**self).or_u32(gpa, bits)
+    }
+    fn or_u64(&self, gpa: u64, bits: u64) -> Result<(), PhysAccessError> {
+        (**self).or_u64(gpa, bits)
     }
 }
 
@@ -131,6 +153,21 @@ impl FlatMemory {
 
     fn byte(&self, at: usize) -> u8 {
         (self.words[at / 8].load(Ordering::Relaxed) >> ((at % 8) * 8)) as u8
+    }
+
+    /// Atomically ORs the `len`-byte little-endian value `bits` at `gpa`
+    /// when it is naturally aligned, bytewise otherwise.
+    fn or_u64_bits(&self, gpa: u64, len: usize, bits: u64) -> Result<(), PhysAccessError> {
+        let at = self.offset(gpa, len)?;
+        if at % len == 0 {
+            self.words[at / 8].fetch_or(bits << ((at % 8) * 8), Ordering::Relaxed);
+            return Ok(());
+        }
+        for (i, b) in bits.to_le_bytes()[..len].iter().enumerate() {
+            let shift = ((at + i) % 8) * 8;
+            self.words[(at + i) / 8].fetch_or(u64::from(*b) << shift, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Replaces the bits `mask << shift` of the word holding byte `at`.
@@ -200,6 +237,14 @@ impl PhysAccess for FlatMemory {
         }
         self.write(gpa, &value.to_le_bytes())
     }
+
+    fn or_u32(&self, gpa: u64, bits: u32) -> Result<(), PhysAccessError> {
+        self.or_u64_bits(gpa, 4, u64::from(bits))
+    }
+
+    fn or_u64(&self, gpa: u64, bits: u64) -> Result<(), PhysAccessError> {
+        self.or_u64_bits(gpa, 8, bits)
+    }
 }
 
 #[cfg(test)]
@@ -236,5 +281,18 @@ mod tests {
                 4, 5, 0xdd, 0xcc, 0xbb, 0xaa, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff
             ]
         );
+    }
+
+    #[test]
+    fn or_sets_bits_atomically_in_place() {
+        let mem = FlatMemory::new(64);
+        mem.write_u32(8, 0xaabb_ccdd).unwrap();
+        mem.or_u32(8, 0x1100_0022).unwrap();
+        assert_eq!(mem.read_u32(8).unwrap(), 0xbbbb_ccff);
+        mem.or_u32(12, 1).unwrap();
+        assert_eq!(mem.read_u64(8).unwrap(), 0x1_bbbb_ccff);
+        mem.or_u64(33, 0x8000_0000_0000_0001).unwrap();
+        assert_eq!(mem.read_u64(33).unwrap(), 0x8000_0000_0000_0001);
+        assert!(mem.or_u64(60, 1).is_err());
     }
 }

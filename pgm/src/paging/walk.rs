@@ -278,12 +278,14 @@ fn update_accessed_dirty<M: PhysAccess + ?Sized>(
             continue;
         }
         let leaf = i + 1 == depth;
-        let want = e.value | entry::A | if leaf && write { entry::D } else { 0 };
-        if want != e.value {
+        let bits = entry::A | if leaf && write { entry::D } else { 0 };
+        // Only flags are ORed in, so a concurrent change of the entry by
+        // another vCPU is not overwritten.
+        if e.value & bits != bits {
             if wide {
-                mem.write_u64(e.gpa, want)?;
+                mem.or_u64(e.gpa, bits)?;
             } else {
-                mem.write_u32(e.gpa, want as u32)?;
+                mem.or_u32(e.gpa, bits as u32)?;
             }
         }
     }
