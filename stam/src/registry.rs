@@ -449,7 +449,11 @@ impl SampleBuilder<'_> {
         validate_name(&self.name).map_err(|reason| Error::InvalidName {
             name: self.name.clone(),
             reason,
-        })
+        })?;
+        if self.description.trim().is_empty() {
+            return Err(Error::NoDescription(self.name.clone()));
+        }
+        Ok(())
     }
 
     fn no_hex(&self) -> Result<(), Error> {

@@ -49,7 +49,7 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
     ];
     proptest::collection::btree_map(
         names,
-        (unit(), "[ -~é\n\t]{0,20}", any::<bool>(), spec()),
+        (unit(), "[A-Za-z][ -~é\n\t]{0,20}", any::<bool>(), spec()),
         1..12,
     )
     .prop_map(|m| {

@@ -21,6 +21,10 @@ fn duplicate_and_invalid_names_are_errors() {
             reason: NameError::NoLeadingSlash
         }
     );
+    assert_eq!(
+        reg.counter("/A/d", Unit::Count, " ").unwrap_err(),
+        Error::NoDescription("/A/d".into())
+    );
     assert!(matches!(
         reg.sample("/A/c", Unit::Count, "x").hex().counter(),
         Err(Error::HexNotSupported { .. })

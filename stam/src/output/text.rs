@@ -28,10 +28,14 @@ impl Snapshot {
             .max()
             .unwrap_or(0)
             .max(MIN_NAME_WIDTH);
+        let mut line = String::new();
         for s in &self.samples {
-            write_line(out, s, width)?;
+            line.clear();
+            write_line(&mut line, s, width)?;
             if descriptions && !s.description.is_empty() {
-                write!(out, " - {}", s.description)?;
+                write!(out, "{} - {}", line.trim_end(), s.description)?;
+            } else {
+                write!(out, "{}", line.trim_end())?;
             }
             writeln!(out)?;
         }
@@ -47,7 +51,7 @@ impl Snapshot {
     }
 }
 
-fn write_line(out: &mut dyn Write, s: &SampleSnapshot, width: usize) -> fmt::Result {
+fn write_line(out: &mut String, s: &SampleSnapshot, width: usize) -> fmt::Result {
     let name = &*s.name;
     let unit = s.unit.as_str();
     match s.value {
