@@ -254,3 +254,33 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+mod common;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A reset zeroes exactly the resettable samples (a profile's minimum
+    /// back to its maximum) and leaves every other sample as it was.
+    #[test]
+    fn reset_zeroes_exactly_the_resettable(entries in common::entries()) {
+        let reg = common::build(&entries);
+        let before = reg.snapshot_all("");
+        let resettable = before.samples.iter().filter(|s| s.resettable).count();
+        prop_assert_eq!(reg.reset(""), resettable);
+        let after = reg.snapshot_all("");
+        for (b, a) in before.samples.iter().zip(&after.samples) {
+            if !b.resettable {
+                prop_assert_eq!(&a.value, &b.value);
+                continue;
+            }
+            match &a.value {
+                Value::Profile { periods, total_ns, min_ns, max_ns } => {
+                    prop_assert_eq!((*periods, *total_ns, *min_ns, *max_ns), (0, 0, u64::MAX, 0));
+                }
+                Value::Callback { .. } => {} // no reset hook in these registries
+                v => prop_assert!(v.is_zero(), "{} not reset: {:?}", a.name, v),
+            }
+        }
+    }
+}
