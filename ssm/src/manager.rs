@@ -253,8 +253,9 @@ impl Manager {
                     newest,
                 });
             }
-            u.load_exec(&mut UnitReader::new(reader), info.version, info.pass)?;
-            reader.finish_unit()?;
+            u.load_exec(&mut UnitReader::new(reader), info.version, info.pass)
+                .and_then(|()| reader.finish_unit())
+                .map_err(|e| e.in_unit(&info))?;
             stats.units += 1;
             if info.pass == PASS_FINAL {
                 finals[i] = true;

@@ -570,7 +570,11 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
         let len = self.inp.read_u64(WHAT)?;
         let crc = self.inp.check_crc(
             info.offset,
-            &format!("unit {} pass {} (running CRC)", info.id, info.pass),
+            &format!(
+                "unit {} pass {} (running CRC)",
+                info.id,
+                pass_name(info.pass)
+            ),
         )?;
         if len != term_at - info.offset {
             return Err(Error::malformed(
@@ -593,6 +597,15 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
             crc,
         });
         Ok(())
+    }
+}
+
+/// A pass number for messages: `final` or the number.
+pub(crate) fn pass_name(pass: u32) -> String {
+    if pass == format::PASS_FINAL {
+        "final".into()
+    } else {
+        pass.to_string()
     }
 }
 
