@@ -1,3 +1,32 @@
 //! Hardware-assisted execution backend with VT-x semantics over KVM.
+//!
+//! `hm-vmx` runs guests through Linux KVM and reports what happens the way a
+//! VT-x VMM sees it: every exit carries its VMX basic exit reason.
+//!
+//! ```no_run
+//! use hm_vmx::{Exit, Hypervisor, IoData};
+//!
+//! let hv = Hypervisor::open()?;
+//! let vm = hv.create_vm()?;
+//! let mut vcpu = vm.create_vcpu(0)?;
+//! // ... map guest memory with `vm.set_memory_slot`, then:
+//! match vcpu.run()? {
+//!     Exit::Io(io) => println!("port {:#x}: {:?}", io.port, io.data),
+//!     other => println!("exit: {}", other.name()),
+//! }
+//! # Ok::<(), hm_vmx::Error>(())
+//! ```
 
+mod error;
+mod exit;
+mod hypervisor;
+pub mod testing;
+mod vcpu;
+mod vm;
 pub mod vmx;
+
+pub use error::{Error, Result};
+pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
+pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};
+pub use vcpu::{Regs, Sregs, Vcpu};
+pub use vm::{MemorySlot, Vm};

@@ -1,0 +1,37 @@
+//! Errors of the execution backend.
+
+use kvm_ioctls::Error as KvmError;
+
+/// What can go wrong while creating or driving a VM through the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM available and accessible to this user?)")]
+    OpenKvm(#[source] KvmError),
+    /// The host's KVM speaks an API version this backend does not know.
+    #[error("unsupported KVM API version {0} (expected 12)")]
+    ApiVersion(i32),
+    /// The host's KVM lacks a capability the backend relies on.
+    #[error("the host's KVM lacks a required capability: {0}")]
+    MissingCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed: {source}")]
+    Ioctl {
+        /// The operation that failed, for the message.
+        op: &'static str,
+        /// The error the kernel returned.
+        #[source]
+        source: KvmError,
+    },
+    /// A guest-memory slot request was malformed.
+    #[error("invalid memory slot: {0}")]
+    InvalidSlot(String),
+}
+
+/// Result type of the backend.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Builds a closure that wraps a KVM error as [`Error::Ioctl`] for `op`.
+pub(crate) fn ioctl(op: &'static str) -> impl FnOnce(KvmError) -> Error {
+    move |source| Error::Ioctl { op, source }
+}

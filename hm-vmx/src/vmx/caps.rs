@@ -1,0 +1,733 @@
+//! VMX capability MSRs (Intel SDM Vol. 3, Appendix A "VMX Capability
+//! Reporting Facility") and the capability profile in force.
+//!
+//! ```
+//! use hm_vmx::vmx::{Control, ControlKind, ProfileSource, VmxCapabilities, msr};
+//!
+//! // No VMX MSRs from the host: fall back to the documented baseline.
+//! let caps = VmxCapabilities::baseline();
+//! assert_eq!(caps.source(), ProfileSource::Baseline);
+//! assert!(caps.controls(ControlKind::ProcBased2).can_set(Control::ENABLE_EPT.mask()));
+//!
+//! // The backend feeds what KVM reports, as an (MSR index -> value) map.
+//! let mut msrs = caps.msrs().clone();
+//! msrs.insert(msr::IA32_VMX_CR0_FIXED0, 0x8000_0021);
+//! let host = VmxCapabilities::from_msrs(msrs).unwrap();
+//! assert_eq!(host.source(), ProfileSource::Host);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::controls::{ControlCaps, ControlError, ControlKind};
+
+/// Indices of the VMX capability MSRs.
+pub mod msr {
+    /// IA32_VMX_BASIC.
+    pub const IA32_VMX_BASIC: u32 = 0x480;
+    /// IA32_VMX_PINBASED_CTLS.
+    pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
+    /// IA32_VMX_PROCBASED_CTLS.
+    pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
+    /// IA32_VMX_EXIT_CTLS.
+    pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
+    /// IA32_VMX_ENTRY_CTLS.
+    pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
+    /// IA32_VMX_MISC.
+    pub const IA32_VMX_MISC: u32 = 0x485;
+    /// IA32_VMX_CR0_FIXED0.
+    pub const IA32_VMX_CR0_FIXED0: u32 = 0x486;
+    /// IA32_VMX_CR0_FIXED1.
+    pub const IA32_VMX_CR0_FIXED1: u32 = 0x487;
+    /// IA32_VMX_CR4_FIXED0.
+    pub const IA32_VMX_CR4_FIXED0: u32 = 0x488;
+    /// IA32_VMX_CR4_FIXED1.
+    pub const IA32_VMX_CR4_FIXED1: u32 = 0x489;
+    /// IA32_VMX_VMCS_ENUM.
+    pub const IA32_VMX_VMCS_ENUM: u32 = 0x48a;
+    /// IA32_VMX_PROCBASED_CTLS2.
+    pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48b;
+    /// IA32_VMX_EPT_VPID_CAP.
+    pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48c;
+    /// IA32_VMX_TRUE_PINBASED_CTLS.
+    pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48d;
+    /// IA32_VMX_TRUE_PROCBASED_CTLS.
+    pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48e;
+    /// IA32_VMX_TRUE_EXIT_CTLS.
+    pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48f;
+    /// IA32_VMX_TRUE_ENTRY_CTLS.
+    pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
+    /// IA32_VMX_VMFUNC.
+    pub const IA32_VMX_VMFUNC: u32 = 0x491;
+
+    /// Every capability MSR this model knows, with its name.
+    pub const ALL: &[(u32, &str)] = &[
+        (IA32_VMX_BASIC, "IA32_VMX_BASIC"),
+        (IA32_VMX_PINBASED_CTLS, "IA32_VMX_PINBASED_CTLS"),
+        (IA32_VMX_PROCBASED_CTLS, "IA32_VMX_PROCBASED_CTLS"),
+        (IA32_VMX_EXIT_CTLS, "IA32_VMX_EXIT_CTLS"),
+        (IA32_VMX_ENTRY_CTLS, "IA32_VMX_ENTRY_CTLS"),
+        (IA32_VMX_MISC, "IA32_VMX_MISC"),
+        (IA32_VMX_CR0_FIXED0, "IA32_VMX_CR0_FIXED0"),
+        (IA32_VMX_CR0_FIXED1, "IA32_VMX_CR0_FIXED1"),
+        (IA32_VMX_CR4_FIXED0, "IA32_VMX_CR4_FIXED0"),
+        (IA32_VMX_CR4_FIXED1, "IA32_VMX_CR4_FIXED1"),
+        (IA32_VMX_VMCS_ENUM, "IA32_VMX_VMCS_ENUM"),
+        (IA32_VMX_PROCBASED_CTLS2, "IA32_VMX_PROCBASED_CTLS2"),
+        (IA32_VMX_EPT_VPID_CAP, "IA32_VMX_EPT_VPID_CAP"),
+        (IA32_VMX_TRUE_PINBASED_CTLS, "IA32_VMX_TRUE_PINBASED_CTLS"),
+        (IA32_VMX_TRUE_PROCBASED_CTLS, "IA32_VMX_TRUE_PROCBASED_CTLS"),
+        (IA32_VMX_TRUE_EXIT_CTLS, "IA32_VMX_TRUE_EXIT_CTLS"),
+        (IA32_VMX_TRUE_ENTRY_CTLS, "IA32_VMX_TRUE_ENTRY_CTLS"),
+        (IA32_VMX_VMFUNC, "IA32_VMX_VMFUNC"),
+    ];
+
+    /// Name of a capability MSR, `None` for other indices.
+    pub fn name(index: u32) -> Option<&'static str> {
+        ALL.iter().find(|(i, _)| *i == index).map(|(_, n)| *n)
+    }
+}
+
+/// Error building a capability profile from MSR values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapsError {
+    /// An MSR the others say must exist was not supplied.
+    #[error("capability MSR {name} ({index:#x}) is required but was not supplied")]
+    MissingMsr {
+        /// MSR index.
+        index: u32,
+        /// MSR name.
+        name: &'static str,
+    },
+    /// A control capability MSR is self-contradictory.
+    #[error("{name}: {source}")]
+    Control {
+        /// MSR name.
+        name: &'static str,
+        /// What is wrong with it.
+        source: ControlError,
+    },
+    /// A FIXED0 MSR demands bits its FIXED1 partner forbids.
+    #[error("{name}: FIXED0 bits {bad:#x} are not set in FIXED1")]
+    FixedInconsistent {
+        /// "CR0" or "CR4" fixed-bit pair.
+        name: &'static str,
+        /// Offending bits.
+        bad: u64,
+    },
+    /// IA32_VMX_BASIC reports an impossible VMCS region size.
+    #[error("IA32_VMX_BASIC reports a VMCS region of {0} bytes (must be 1..=4096)")]
+    VmcsSize(u32),
+}
+
+/// IA32_VMX_BASIC (SDM A.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmxBasic(pub u64);
+
+impl VmxBasic {
+    /// VMCS revision identifier (bits 30:0).
+    pub const fn revision_id(self) -> u32 {
+        (self.0 & 0x7fff_ffff) as u32
+    }
+    /// Bytes to allocate for the VMXON and VMCS regions (bits 44:32).
+    pub const fn vmcs_size(self) -> u32 {
+        ((self.0 >> 32) & 0x1fff) as u32
+    }
+    /// VMXON/VMCS/bitmap addresses are limited to 32 bits (bit 48).
+    pub const fn addresses_32bit(self) -> bool {
+        self.0 & (1 << 48) != 0
+    }
+    /// Dual-monitor treatment of SMIs and SMM is supported (bit 49).
+    pub const fn dual_monitor(self) -> bool {
+        self.0 & (1 << 49) != 0
+    }
+    /// Memory type for VMCS access (bits 53:50): 0 = UC, 6 = WB.
+    pub const fn memory_type(self) -> u8 {
+        ((self.0 >> 50) & 0xf) as u8
+    }
+    /// VM exits for INS/OUTS report instruction information (bit 54).
+    pub const fn ins_outs_info(self) -> bool {
+        self.0 & (1 << 54) != 0
+    }
+    /// Default1 controls may be 0; the TRUE MSRs exist (bit 55).
+    pub const fn true_controls(self) -> bool {
+        self.0 & (1 << 55) != 0
+    }
+    /// VM entry may deliver hardware exceptions with or without an error
+    /// code regardless of vector (bit 56).
+    pub const fn no_error_code_check(self) -> bool {
+        self.0 & (1 << 56) != 0
+    }
+}
+
+/// Activity states the processor supports (IA32_VMX_MISC bits 8:6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityStates {
+    /// HLT (activity state 1).
+    pub hlt: bool,
+    /// Shutdown (activity state 2).
+    pub shutdown: bool,
+    /// Wait-for-SIPI (activity state 3).
+    pub wait_for_sipi: bool,
+}
+
+/// IA32_VMX_MISC (SDM A.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmxMisc(pub u64);
+
+impl VmxMisc {
+    /// The VMX-preemption timer counts down by 1 every time TSC bit X
+    /// changes, X being bits 4:0.
+    pub const fn preemption_timer_rate(self) -> u8 {
+        (self.0 & 0x1f) as u8
+    }
+    /// VM exits store EFER.LMA into the "IA-32e mode guest" entry control
+    /// (bit 5).
+    pub const fn stores_lma(self) -> bool {
+        self.0 & (1 << 5) != 0
+    }
+    /// Supported non-active activity states (bits 8:6).
+    pub const fn activity_states(self) -> ActivityStates {
+        ActivityStates {
+            hlt: self.0 & (1 << 6) != 0,
+            shutdown: self.0 & (1 << 7) != 0,
+            wait_for_sipi: self.0 & (1 << 8) != 0,
+        }
+    }
+    /// Intel PT may be used in VMX operation (bit 14).
+    pub const fn pt_in_vmx(self) -> bool {
+        self.0 & (1 << 14) != 0
+    }
+    /// Number of CR3-target values (bits 24:16).
+    pub const fn cr3_targets(self) -> u16 {
+        ((self.0 >> 16) & 0x1ff) as u16
+    }
+    /// Recommended maximum number of MSRs in each MSR list: 512 * (N + 1)
+    /// with N in bits 27:25.
+    pub const fn max_msr_list(self) -> u32 {
+        512 * ((((self.0 >> 25) & 7) as u32) + 1)
+    }
+    /// VMWRITE may write any supported field, VM-exit information included
+    /// (bit 29).
+    pub const fn vmwrite_any_field(self) -> bool {
+        self.0 & (1 << 29) != 0
+    }
+    /// VM entry may inject software interrupts/exceptions with an
+    /// instruction length of 0 (bit 30).
+    pub const fn zero_length_injection(self) -> bool {
+        self.0 & (1 << 30) != 0
+    }
+    /// MSEG revision identifier (bits 63:32).
+    pub const fn mseg_revision(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// IA32_VMX_EPT_VPID_CAP (SDM A.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EptVpidCap(pub u64);
+
+impl EptVpidCap {
+    const fn bit(self, n: u32) -> bool {
+        self.0 & (1 << n) != 0
+    }
+    /// Execute-only EPT translations (bit 0).
+    pub const fn execute_only(self) -> bool {
+        self.bit(0)
+    }
+    /// 4-level page walk (bit 6).
+    pub const fn page_walk_4(self) -> bool {
+        self.bit(6)
+    }
+    /// 5-level page walk (bit 7).
+    pub const fn page_walk_5(self) -> bool {
+        self.bit(7)
+    }
+    /// EPT paging structures may be uncacheable (bit 8).
+    pub const fn memory_type_uc(self) -> bool {
+        self.bit(8)
+    }
+    /// EPT paging structures may be write-back (bit 14).
+    pub const fn memory_type_wb(self) -> bool {
+        self.bit(14)
+    }
+    /// 2-MByte EPT pages (bit 16).
+    pub const fn pages_2m(self) -> bool {
+        self.bit(16)
+    }
+    /// 1-GByte EPT pages (bit 17).
+    pub const fn pages_1g(self) -> bool {
+        self.bit(17)
+    }
+    /// INVEPT supported (bit 20).
+    pub const fn invept(self) -> bool {
+        self.bit(20)
+    }
+    /// Accessed and dirty flags for EPT (bit 21).
+    pub const fn accessed_dirty(self) -> bool {
+        self.bit(21)
+    }
+    /// Advanced VM-exit information for EPT violations (bit 22).
+    pub const fn advanced_exit_info(self) -> bool {
+        self.bit(22)
+    }
+    /// Supervisor shadow-stack control (bit 23).
+    pub const fn supervisor_shadow_stack(self) -> bool {
+        self.bit(23)
+    }
+    /// Single-context INVEPT (bit 25).
+    pub const fn invept_single_context(self) -> bool {
+        self.bit(25)
+    }
+    /// All-context INVEPT (bit 26).
+    pub const fn invept_all_context(self) -> bool {
+        self.bit(26)
+    }
+    /// INVVPID supported (bit 32).
+    pub const fn invvpid(self) -> bool {
+        self.bit(32)
+    }
+    /// Individual-address INVVPID (bit 40).
+    pub const fn invvpid_individual_address(self) -> bool {
+        self.bit(40)
+    }
+    /// Single-context INVVPID (bit 41).
+    pub const fn invvpid_single_context(self) -> bool {
+        self.bit(41)
+    }
+    /// All-context INVVPID (bit 42).
+    pub const fn invvpid_all_context(self) -> bool {
+        self.bit(42)
+    }
+    /// Single-context-retaining-globals INVVPID (bit 43).
+    pub const fn invvpid_single_context_retain_globals(self) -> bool {
+        self.bit(43)
+    }
+}
+
+/// Where the capability profile in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileSource {
+    /// Read from the host (KVM's feature MSRs with nested VMX exposed).
+    Host,
+    /// The built-in [`VmxCapabilities::baseline`] profile, used when the
+    /// host does not expose the VMX capability MSRs.
+    Baseline,
+}
+
+impl fmt::Display for ProfileSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProfileSource::Host => "host (VMX capability MSRs reported by the host)",
+            ProfileSource::Baseline => {
+                "baseline (typical modern Intel CPU; the host does not expose VMX capability MSRs)"
+            }
+        })
+    }
+}
+
+/// A complete VMX capability profile: the parsed capability MSRs, with
+/// the TRUE control MSRs taking over where IA32_VMX_BASIC says they exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmxCapabilities {
+    source: ProfileSource,
+    msrs: BTreeMap<u32, u64>,
+    basic: VmxBasic,
+    misc: VmxMisc,
+    controls: [ControlCaps; 5],
+    cr0_fixed: (u64, u64),
+    cr4_fixed: (u64, u64),
+    ept_vpid: EptVpidCap,
+    vmfunc: u64,
+}
+
+// ---- The baseline profile, field by field. ----
+//
+// Modelled on a Skylake/Cascade Lake-generation Intel Xeon, the oldest
+// generation still common in data centres; every value below is a typical
+// reading of that generation.
+
+/// IA32_VMX_BASIC of the baseline.
+const BASELINE_BASIC: u64 = 4               // bits 30:0: VMCS revision identifier 4
+    | (0x400 << 32)                          // bits 44:32: 1024-byte VMCS region
+    // bit 48 clear: full physical-address width for VMX structures
+    | (1 << 49)                              // bit 49: dual-monitor SMM treatment
+    | (6 << 50)                              // bits 53:50: VMCS memory type write-back
+    | (1 << 54)                              // bit 54: INS/OUTS instruction information
+    | (1 << 55); // bit 55: TRUE control MSRs exist; bit 56 clear (error-code checks apply)
+
+/// Pin-based: default1 bits 1, 2, 4 forced; all five controls (bits 0, 3,
+/// 5, 6, 7) available. The TRUE MSR cannot clear the default1 bits either.
+const BASELINE_PINBASED: u64 = (0xff << 32) | 0x16;
+/// Primary processor-based: default1 bits (0x0401e172) forced; every
+/// control except bits 0, 17 (tertiary controls) and 18 available.
+const BASELINE_PROCBASED: u64 = (0xfff9_fffe << 32) | 0x0401_e172;
+/// TRUE primary processor-based: CR3-load/-store exiting (bits 15, 16) may
+/// be cleared.
+const BASELINE_TRUE_PROCBASED: u64 = (0xfff9_fffe << 32) | 0x0400_6172;
+/// Secondary processor-based: bits 0-14 (APIC virtualization, EPT,
+/// descriptor-table exiting, RDTSCP, x2APIC, VPID, WBINVD exiting,
+/// unrestricted guest, APIC-register virtualization, virtual-interrupt
+/// delivery, PAUSE-loop exiting, RDRAND exiting, INVPCID, VM functions,
+/// VMCS shadowing), 16 (RDSEED exiting), 17 (PML), 18 (EPT-violation #VE),
+/// 19 (conceal VMX from PT), 20 (XSAVES), 22 (mode-based EPT execute) and
+/// 25 (TSC scaling); no SGX, sub-page permissions or user wait/pause.
+const BASELINE_PROCBASED2: u64 = 0x025f_7fff << 32;
+/// VM-exit: default1 bits (0x00036dff) forced; bits 0-24 available (up to
+/// "clear IA32_BNDCFGS" and "conceal VMX from PT").
+const BASELINE_EXIT: u64 = (0x01ff_ffff << 32) | 0x0003_6dff;
+/// TRUE VM-exit: "save debug controls" (bit 2) may be cleared.
+const BASELINE_TRUE_EXIT: u64 = (0x01ff_ffff << 32) | 0x0003_6dfb;
+/// VM-entry: default1 bits (0x000011ff) forced; bits 0-17 available (up to
+/// "load IA32_BNDCFGS" and "conceal VMX from PT").
+const BASELINE_ENTRY: u64 = (0x0003_ffff << 32) | 0x0000_11ff;
+/// TRUE VM-entry: "load debug controls" (bit 2) may be cleared.
+const BASELINE_TRUE_ENTRY: u64 = (0x0003_ffff << 32) | 0x0000_11fb;
+/// IA32_VMX_MISC of the baseline.
+const BASELINE_MISC: u64 = 5                 // bits 4:0: preemption timer ticks at TSC bit 5
+    | (1 << 5)                               // bit 5: EFER.LMA stored on exit
+    | (7 << 6)                               // bits 8:6: HLT, shutdown, wait-for-SIPI
+    | (1 << 14)                              // bit 14: Intel PT usable in VMX operation
+    | (1 << 15)                              // bit 15: RDMSR of IA32_SMBASE in SMM
+    | (4 << 16)                              // bits 24:16: four CR3-target values
+    // bits 27:25 zero: 512 MSRs per list
+    | (1 << 28)                              // bit 28: SMM monitor control bit 2
+    | (1 << 29)                              // bit 29: VMWRITE to any field
+    | (1 << 30); // bit 30: zero-length software-event injection; MSEG revision 0
+/// CR0 bits fixed to 1 in VMX operation: PE, NE, PG.
+const BASELINE_CR0_FIXED0: u64 = 0x8000_0021;
+/// CR0 bits allowed to be 1: all of the low 32.
+const BASELINE_CR0_FIXED1: u64 = 0xffff_ffff;
+/// CR4 bits fixed to 1 in VMX operation: VMXE.
+const BASELINE_CR4_FIXED0: u64 = 0x2000;
+/// CR4 bits allowed to be 1: VME..OSXMMEXCPT (0-10), VMXE, SMXE,
+/// FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP, PKE (no UMIP, LA57, CET).
+const BASELINE_CR4_FIXED1: u64 = 0x0077_67ff;
+/// Highest VMCS field index is 0x17 (bits 9:1).
+const BASELINE_VMCS_ENUM: u64 = 0x2e;
+/// EPT/VPID: execute-only, 4-level walk, UC and WB paging structures, 2M
+/// and 1G pages, INVEPT (single- and all-context), accessed/dirty flags,
+/// advanced EPT-violation information; INVVPID with individual-address,
+/// single-context, all-context and single-context-retaining-globals types.
+const BASELINE_EPT_VPID_CAP: u64 = 0x0000_0f01_0673_4141;
+/// VM functions: EPTP switching (function 0).
+const BASELINE_VMFUNC: u64 = 1;
+
+impl VmxCapabilities {
+    /// The MSR values of the baseline profile (documented field by field in
+    /// the source).
+    pub fn baseline_msrs() -> BTreeMap<u32, u64> {
+        use msr::*;
+        BTreeMap::from([
+            (IA32_VMX_BASIC, BASELINE_BASIC),
+            (IA32_VMX_PINBASED_CTLS, BASELINE_PINBASED),
+            (IA32_VMX_PROCBASED_CTLS, BASELINE_PROCBASED),
+            (IA32_VMX_EXIT_CTLS, BASELINE_EXIT),
+            (IA32_VMX_ENTRY_CTLS, BASELINE_ENTRY),
+            (IA32_VMX_MISC, BASELINE_MISC),
+            (IA32_VMX_CR0_FIXED0, BASELINE_CR0_FIXED0),
+            (IA32_VMX_CR0_FIXED1, BASELINE_CR0_FIXED1),
+            (IA32_VMX_CR4_FIXED0, BASELINE_CR4_FIXED0),
+            (IA32_VMX_CR4_FIXED1, BASELINE_CR4_FIXED1),
+            (IA32_VMX_VMCS_ENUM, BASELINE_VMCS_ENUM),
+            (IA32_VMX_PROCBASED_CTLS2, BASELINE_PROCBASED2),
+            (IA32_VMX_EPT_VPID_CAP, BASELINE_EPT_VPID_CAP),
+            (IA32_VMX_TRUE_PINBASED_CTLS, BASELINE_PINBASED),
+            (IA32_VMX_TRUE_PROCBASED_CTLS, BASELINE_TRUE_PROCBASED),
+            (IA32_VMX_TRUE_EXIT_CTLS, BASELINE_TRUE_EXIT),
+            (IA32_VMX_TRUE_ENTRY_CTLS, BASELINE_TRUE_ENTRY),
+            (IA32_VMX_VMFUNC, BASELINE_VMFUNC),
+        ])
+    }
+
+    /// The baseline profile: a typical modern Intel CPU, for hosts that do
+    /// not expose the VMX capability MSRs.
+    pub fn baseline() -> VmxCapabilities {
+        match Self::parse(ProfileSource::Baseline, Self::baseline_msrs()) {
+            Ok(caps) => caps,
+            // The baseline is a constant checked by the unit tests.
+            Err(e) => unreachable!("baseline VMX profile is invalid: {e}"),
+        }
+    }
+
+    /// Builds the profile from `(MSR index -> value)` pairs read from the
+    /// host. Indices this model does not know are ignored.
+    pub fn from_msrs(
+        msrs: impl IntoIterator<Item = (u32, u64)>,
+    ) -> Result<VmxCapabilities, CapsError> {
+        Self::parse(ProfileSource::Host, msrs.into_iter().collect())
+    }
+
+    /// [`from_msrs`](Self::from_msrs) when the host reports IA32_VMX_BASIC,
+    /// otherwise the [`baseline`](Self::baseline).
+    pub fn from_msrs_or_baseline(
+        msrs: impl IntoIterator<Item = (u32, u64)>,
+    ) -> Result<VmxCapabilities, CapsError> {
+        let map: BTreeMap<u32, u64> = msrs.into_iter().collect();
+        if map.contains_key(&msr::IA32_VMX_BASIC) {
+            Self::parse(ProfileSource::Host, map)
+        } else {
+            Ok(Self::baseline())
+        }
+    }
+
+    fn parse(source: ProfileSource, all: BTreeMap<u32, u64>) -> Result<VmxCapabilities, CapsError> {
+        let msrs: BTreeMap<u32, u64> = all
+            .into_iter()
+            .filter(|(i, _)| msr::name(*i).is_some())
+            .collect();
+        let get = |index: u32| -> Result<u64, CapsError> {
+            msrs.get(&index).copied().ok_or(CapsError::MissingMsr {
+                index,
+                name: msr::name(index).unwrap_or("?"),
+            })
+        };
+        let ctl = |index: u32| -> Result<ControlCaps, CapsError> {
+            ControlCaps::from_msr(get(index)?).map_err(|source| CapsError::Control {
+                name: msr::name(index).unwrap_or("?"),
+                source,
+            })
+        };
+        let basic = VmxBasic(get(msr::IA32_VMX_BASIC)?);
+        if !(1..=4096).contains(&basic.vmcs_size()) {
+            return Err(CapsError::VmcsSize(basic.vmcs_size()));
+        }
+        let (pin, proc, exit, entry) = if basic.true_controls() {
+            (
+                msr::IA32_VMX_TRUE_PINBASED_CTLS,
+                msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+                msr::IA32_VMX_TRUE_EXIT_CTLS,
+                msr::IA32_VMX_TRUE_ENTRY_CTLS,
+            )
+        } else {
+            (
+                msr::IA32_VMX_PINBASED_CTLS,
+                msr::IA32_VMX_PROCBASED_CTLS,
+                msr::IA32_VMX_EXIT_CTLS,
+                msr::IA32_VMX_ENTRY_CTLS,
+            )
+        };
+        let pin = ctl(pin)?;
+        let proc = ctl(proc)?;
+        let exit = ctl(exit)?;
+        let entry = ctl(entry)?;
+        let proc2 = if proc.can_set(1 << 31) {
+            ctl(msr::IA32_VMX_PROCBASED_CTLS2)?
+        } else {
+            ControlCaps::default()
+        };
+        // EPT (bit 1) or VPID (bit 5) make IA32_VMX_EPT_VPID_CAP exist.
+        let ept_vpid = if proc2.allowed1 & 0b10_0010 != 0 {
+            EptVpidCap(get(msr::IA32_VMX_EPT_VPID_CAP)?)
+        } else {
+            EptVpidCap(0)
+        };
+        // "Enable VM functions" (bit 13) makes IA32_VMX_VMFUNC exist.
+        let vmfunc = if proc2.can_set(1 << 13) {
+            get(msr::IA32_VMX_VMFUNC)?
+        } else {
+            0
+        };
+        let fixed = |name: &'static str, f0: u32, f1: u32| -> Result<(u64, u64), CapsError> {
+            let (f0, f1) = (get(f0)?, get(f1)?);
+            let bad = f0 & !f1;
+            if bad != 0 {
+                return Err(CapsError::FixedInconsistent { name, bad });
+            }
+            Ok((f0, f1))
+        };
+        Ok(VmxCapabilities {
+            source,
+            basic,
+            misc: VmxMisc(get(msr::IA32_VMX_MISC)?),
+            controls: [pin, proc, proc2, exit, entry],
+            cr0_fixed: fixed("CR0", msr::IA32_VMX_CR0_FIXED0, msr::IA32_VMX_CR0_FIXED1)?,
+            cr4_fixed: fixed("CR4", msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1)?,
+            ept_vpid,
+            vmfunc,
+            msrs,
+        })
+    }
+
+    /// Which profile is in force.
+    pub fn source(&self) -> ProfileSource {
+        self.source
+    }
+
+    /// The known capability MSRs the profile was built from.
+    pub fn msrs(&self) -> &BTreeMap<u32, u64> {
+        &self.msrs
+    }
+
+    /// IA32_VMX_BASIC.
+    pub fn basic(&self) -> VmxBasic {
+        self.basic
+    }
+
+    /// IA32_VMX_MISC.
+    pub fn misc(&self) -> VmxMisc {
+        self.misc
+    }
+
+    /// The control capabilities in force for `kind` (the TRUE MSR where it
+    /// exists; all-zero secondary controls when the CPU has none).
+    pub fn controls(&self, kind: ControlKind) -> ControlCaps {
+        self.controls[kind as usize]
+    }
+
+    /// Adjusts wanted controls of `kind` against this profile.
+    pub fn adjust(
+        &self,
+        kind: ControlKind,
+        required: u32,
+        optional: u32,
+    ) -> Result<u32, ControlError> {
+        self.controls(kind).adjust(kind, required, optional)
+    }
+
+    /// (IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1).
+    pub fn cr0_fixed(&self) -> (u64, u64) {
+        self.cr0_fixed
+    }
+
+    /// (IA32_VMX_CR4_FIXED0, IA32_VMX_CR4_FIXED1).
+    pub fn cr4_fixed(&self) -> (u64, u64) {
+        self.cr4_fixed
+    }
+
+    /// IA32_VMX_EPT_VPID_CAP (zero when neither EPT nor VPID exist).
+    pub fn ept_vpid(&self) -> EptVpidCap {
+        self.ept_vpid
+    }
+
+    /// IA32_VMX_VMFUNC (zero when VM functions do not exist).
+    pub fn vmfunc(&self) -> u64 {
+        self.vmfunc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmx::Control;
+
+    #[test]
+    fn baseline_parses_and_decodes() {
+        let caps = VmxCapabilities::baseline();
+        assert_eq!(caps.source(), ProfileSource::Baseline);
+        let b = caps.basic();
+        assert_eq!(b.revision_id(), 4);
+        assert_eq!(b.vmcs_size(), 1024);
+        assert_eq!(b.memory_type(), 6);
+        assert!(b.true_controls() && b.ins_outs_info() && b.dual_monitor());
+        assert!(!b.addresses_32bit() && !b.no_error_code_check());
+        let m = caps.misc();
+        assert_eq!(m.preemption_timer_rate(), 5);
+        assert!(m.stores_lma());
+        assert_eq!(
+            m.activity_states(),
+            ActivityStates {
+                hlt: true,
+                shutdown: true,
+                wait_for_sipi: true
+            }
+        );
+        assert_eq!(m.cr3_targets(), 4);
+        assert_eq!(m.max_msr_list(), 512);
+        assert!(m.vmwrite_any_field() && m.zero_length_injection() && m.pt_in_vmx());
+        let e = caps.ept_vpid();
+        assert!(e.execute_only() && e.page_walk_4() && !e.page_walk_5());
+        assert!(e.memory_type_uc() && e.memory_type_wb() && e.pages_2m() && e.pages_1g());
+        assert!(e.invept() && e.accessed_dirty() && e.advanced_exit_info());
+        assert!(e.invept_single_context() && e.invept_all_context());
+        assert!(!e.supervisor_shadow_stack());
+        assert!(e.invvpid() && e.invvpid_individual_address() && e.invvpid_single_context());
+        assert!(e.invvpid_all_context() && e.invvpid_single_context_retain_globals());
+        assert_eq!(caps.vmfunc(), 1);
+        assert_eq!(caps.cr0_fixed(), (0x8000_0021, 0xffff_ffff));
+        // TRUE MSRs are in force: CR3-load exiting may be cleared.
+        assert!(
+            caps.controls(ControlKind::ProcBased)
+                .can_clear(Control::CR3_LOAD_EXITING.mask())
+        );
+        let p2 = caps.controls(ControlKind::ProcBased2);
+        assert!(p2.can_set(Control::UNRESTRICTED_GUEST.mask() | Control::ENABLE_VPID.mask()));
+        assert!(!p2.can_set(Control::ENCLS_EXITING.mask()));
+    }
+
+    #[test]
+    fn non_true_msrs_used_without_bit_55() {
+        let mut m = VmxCapabilities::baseline_msrs();
+        m.insert(msr::IA32_VMX_BASIC, BASELINE_BASIC & !(1 << 55));
+        m.remove(&msr::IA32_VMX_TRUE_PROCBASED_CTLS);
+        let caps = VmxCapabilities::from_msrs(m).unwrap();
+        assert_eq!(caps.source(), ProfileSource::Host);
+        assert!(
+            !caps
+                .controls(ControlKind::ProcBased)
+                .can_clear(Control::CR3_LOAD_EXITING.mask())
+        );
+    }
+
+    #[test]
+    fn missing_and_bad_msrs() {
+        let mut m = VmxCapabilities::baseline_msrs();
+        m.remove(&msr::IA32_VMX_TRUE_ENTRY_CTLS);
+        assert_eq!(
+            VmxCapabilities::from_msrs(m.clone()),
+            Err(CapsError::MissingMsr {
+                index: 0x490,
+                name: "IA32_VMX_TRUE_ENTRY_CTLS"
+            })
+        );
+        m.insert(msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x11fb);
+        let err = VmxCapabilities::from_msrs(m.clone()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CapsError::Control {
+                    name: "IA32_VMX_TRUE_ENTRY_CTLS",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut m = VmxCapabilities::baseline_msrs();
+        m.insert(msr::IA32_VMX_CR4_FIXED1, 0);
+        assert_eq!(
+            VmxCapabilities::from_msrs(m),
+            Err(CapsError::FixedInconsistent {
+                name: "CR4",
+                bad: 0x2000
+            })
+        );
+        let mut m = VmxCapabilities::baseline_msrs();
+        m.insert(msr::IA32_VMX_BASIC, BASELINE_BASIC & !(0x1fff << 32));
+        assert_eq!(VmxCapabilities::from_msrs(m), Err(CapsError::VmcsSize(0)));
+        // Without secondary controls, PROCBASED_CTLS2/EPT_VPID/VMFUNC are optional.
+        let mut m = VmxCapabilities::baseline_msrs();
+        m.insert(msr::IA32_VMX_TRUE_PROCBASED_CTLS, 0x7ff9_fffe_0400_6172);
+        m.remove(&msr::IA32_VMX_PROCBASED_CTLS2);
+        m.remove(&msr::IA32_VMX_EPT_VPID_CAP);
+        m.remove(&msr::IA32_VMX_VMFUNC);
+        let caps = VmxCapabilities::from_msrs(m).unwrap();
+        assert_eq!(
+            caps.controls(ControlKind::ProcBased2),
+            ControlCaps::default()
+        );
+        assert_eq!(caps.ept_vpid(), EptVpidCap(0));
+    }
+
+    #[test]
+    fn or_baseline_and_unknown_msrs() {
+        let caps = VmxCapabilities::from_msrs_or_baseline([(0x10u32, 5u64)]).unwrap();
+        assert_eq!(caps.source(), ProfileSource::Baseline);
+        let mut m = VmxCapabilities::baseline_msrs();
+        m.insert(0x10, 1234);
+        let caps = VmxCapabilities::from_msrs_or_baseline(m).unwrap();
+        assert_eq!(caps.source(), ProfileSource::Host);
+        assert!(!caps.msrs().contains_key(&0x10));
+        assert_eq!(caps.msrs(), &VmxCapabilities::baseline_msrs());
+        assert!(ProfileSource::Baseline.to_string().starts_with("baseline"));
+    }
+}

@@ -1,0 +1,74 @@
+//! `vmm run`: boot a guest.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use vmm_core::config::parse_size;
+use vmm_core::{RunOutcome, Vm, VmConfig, guests};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Guest RAM: MiB, or a size with a unit (512M, 2G).
+    #[arg(long, default_value = "64M", value_parser = parse_mem)]
+    mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Write the guest's serial output to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    serial: Option<PathBuf>,
+    /// The embedded guest to run (see --list-guests).
+    #[arg(long, default_value = "demo", conflicts_with = "bios")]
+    guest: String,
+    /// List the embedded guests and exit.
+    #[arg(long)]
+    list_guests: bool,
+    /// Run a flat binary as firmware instead: mapped as ROM that ends at 4 GiB
+    /// (mirrored below 1 MiB); execution starts at its last 16 bytes.
+    #[arg(long, value_name = "FILE")]
+    bios: Option<PathBuf>,
+}
+
+fn parse_mem(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text).map_err(|e| e.to_string())?;
+    if bytes == 0 {
+        return Err("guest RAM cannot be 0".into());
+    }
+    Ok(bytes)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.list_guests {
+        for g in guests::GUESTS {
+            println!("{:<10} {}", g.name, g.description);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.cpus == 0 {
+        bail!("--cpus 0: a VM needs at least one vCPU");
+    }
+    let firmware = match &args.bios {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read firmware {}", path.display()))?,
+        None => guests::find(&args.guest)?.firmware()?,
+    };
+    let mut config = VmConfig::new(args.mem, firmware);
+    config.cpus = args.cpus;
+    config.serial = match &args.serial {
+        Some(path) => Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create serial output file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let mut vm = Vm::new(config)?;
+    let outcome = vm.run()?;
+    std::io::stdout().flush().ok();
+    match outcome {
+        RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
+    }
+}

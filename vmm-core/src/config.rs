@@ -1,0 +1,87 @@
+//! VM configuration.
+
+use std::io::Write;
+
+use crate::error::{Error, Result};
+use crate::memory::MIN_RAM;
+
+/// Where the guest's serial output goes.
+pub type SerialSink = Box<dyn Write + Send>;
+
+/// Everything needed to build a VM.
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub ram_bytes: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// The firmware image, mapped as ROM ending at 4 GiB.
+    pub firmware: Vec<u8>,
+    /// The sink for COM1 output.
+    pub serial: SerialSink,
+}
+
+impl VmConfig {
+    /// A configuration with `ram_bytes` of RAM, one vCPU, `firmware` as ROM
+    /// and serial output discarded.
+    pub fn new(ram_bytes: u64, firmware: Vec<u8>) -> Self {
+        VmConfig {
+            ram_bytes,
+            cpus: 1,
+            firmware,
+            serial: Box::new(std::io::sink()),
+        }
+    }
+
+    /// Checks the configuration for things no VM can do.
+    pub fn validate(&self) -> Result<()> {
+        if self.cpus != 1 {
+            return Err(Error::Config(format!(
+                "{} vCPUs requested: only 1 vCPU is supported for now",
+                self.cpus
+            )));
+        }
+        if self.ram_bytes < MIN_RAM {
+            return Err(Error::Config(format!(
+                "{} bytes of RAM requested: at least {} MiB is needed",
+                self.ram_bytes,
+                MIN_RAM >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a memory size: a number of MiB (`64`) or a number with a unit
+/// suffix `K`, `M`, `G` or `T` (`512M`, `4G`).
+///
+/// ```
+/// use vmm_core::config::parse_size;
+/// assert_eq!(parse_size("64").unwrap(), 64 << 20);
+/// assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+/// assert!(parse_size("lots").is_err());
+/// ```
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(not_a_size(text)),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 20),
+    };
+    let n: u64 = digits.parse().map_err(|_| not_a_size(text))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| Error::Config(format!("size {text:?} is too large")))
+}
+
+fn not_a_size(text: &str) -> Error {
+    Error::Config(format!(
+        "{text:?} is not a size (examples: 64, 512M, 2G; units K, M, G, T)"
+    ))
+}

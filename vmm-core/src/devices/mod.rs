@@ -1,0 +1,27 @@
+//! Minimal PC devices.
+
+mod debug_exit;
+mod serial;
+
+pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
+pub use serial::{COM1_PORT, Uart};
+
+/// What a device asks of the VM after an access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// Carry on running the guest.
+    Continue,
+    /// End the run: the guest asked to exit with this status.
+    GuestExit(u8),
+}
+
+/// A device on the I/O port bus.
+///
+/// `offset` is the port relative to the start of the device's range; `data`
+/// holds the access's bytes (1, 2 or 4 of them).
+pub trait PioDevice: Send {
+    /// Handles an `in`: fill `data`.
+    fn read(&mut self, offset: u16, data: &mut [u8]);
+    /// Handles an `out`.
+    fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction;
+}

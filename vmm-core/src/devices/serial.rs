@@ -1,0 +1,58 @@
+//! A 16550A UART (COM1) built on `vm-superio`.
+
+use std::io::Write;
+
+use vm_superio::{Serial, Trigger};
+
+use super::{DeviceAction, PioDevice};
+
+/// The I/O base of COM1.
+pub const COM1_PORT: u16 = 0x3f8;
+
+/// Interrupt line of a UART with no interrupt controller attached: the
+/// guest polls the line status register instead.
+#[derive(Debug, Default)]
+pub struct NoIrq;
+
+impl Trigger for NoIrq {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        Ok(())
+    }
+}
+
+/// A 16550A UART whose transmitted bytes go to a sink the caller chooses.
+pub struct Uart {
+    serial: Serial<NoIrq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+}
+
+impl Uart {
+    /// A UART writing what the guest transmits to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Uart {
+            serial: Serial::new(NoIrq, out),
+        }
+    }
+}
+
+impl PioDevice for Uart {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        let value = u8::try_from(offset).map_or(0xff, |reg| self.serial.read(reg));
+        data.fill(0);
+        if let Some(first) = data.first_mut() {
+            *first = value;
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
+        if let (Ok(reg), Some(&value)) = (u8::try_from(offset), data.first()) {
+            // A failing sink (closed pipe, full disk) loses output but must
+            // not stop the guest.
+            if let Err(e) = self.serial.write(reg, value) {
+                tracing::warn!("serial output lost: {e:?}");
+            }
+        }
+        DeviceAction::Continue
+    }
+}

@@ -1,0 +1,36 @@
+//! Errors of the VM.
+
+use hm_vmx::vmx::ExitReason;
+
+/// Why a VM could not be built or why its run ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration asks for something impossible.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The execution backend failed.
+    #[error(transparent)]
+    Backend(#[from] hm_vmx::Error),
+    /// Guest memory could not be set up.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// The guest caused an exit the VMM cannot handle.
+    #[error("vCPU {cpu}: unhandled exit: {exit}{} at RIP {rip:#x}", reason.map(|r| format!(" (VMX exit reason {})", r as u16)).unwrap_or_default())]
+    UnhandledExit {
+        /// The vCPU.
+        cpu: u32,
+        /// What happened, in words.
+        exit: String,
+        /// The VMX basic exit reason, when the exit has one.
+        reason: Option<ExitReason>,
+        /// The guest's instruction pointer (CS base + RIP for real mode is not
+        /// applied: this is the architectural RIP).
+        rip: u64,
+    },
+    /// The EMT thread died unexpectedly.
+    #[error("EMT {0} terminated abnormally")]
+    EmtPanicked(u32),
+}
+
+/// Result type of the VM.
+pub type Result<T> = std::result::Result<T, Error>;

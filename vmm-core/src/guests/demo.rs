@@ -1,0 +1,306 @@
+//! The demo guest: walks a PC from reset to 64-bit long mode.
+//!
+//! Stages, each announced on COM1:
+//! 1. real mode at the reset vector;
+//! 2. 32-bit protected mode (flat segments from a GDT in ROM);
+//! 3. PAE paging: a value written through an alias mapping must be read back
+//!    at its physical (identity-mapped) address. Some KVM implementations
+//!    (the software kvm_pvm layer, for one) support only 64-bit paging and
+//!    raise #GP when a 32-bit guest sets CR0.PG: the guest catches that #GP
+//!    through its IDT, says so, and goes on to long mode, whose 4-level
+//!    tables use the same PAE entry format;
+//! 4. 64-bit long mode: EFER.LMA must be set, and a value written through a
+//!    higher-half mapping must be read back through two other mappings.
+//!
+//! It exits through the debug-exit port with status 0 only if every check
+//! passed, otherwise with the number of the failed stage.
+
+use iced_x86::code_asm::*;
+use iced_x86::{BlockEncoderOptions, Code, Instruction};
+
+use super::asm::{asm_err, exit_with, print_routine};
+use super::rom::RomImage;
+use crate::error::Result;
+
+const ROM_SIZE: usize = 64 * 1024;
+/// Linear address of the ROM's mirror below 1 MiB, where the 32- and 64-bit
+/// code runs (the identity map covers it).
+const LOW_MIRROR: u32 = 0xf_0000;
+
+const GDT: usize = 0x0;
+const GDT_DESCRIPTOR: usize = 0x20;
+const IDT_DESCRIPTOR: usize = 0x28;
+/// 32-bit IDT with gates up to #GP (vector 13).
+const IDT: usize = 0x40;
+const IDT_ENTRIES: usize = 14;
+const STRINGS: usize = 0x100;
+const CODE16: usize = 0x1000;
+const CODE32: usize = 0x2000;
+const CODE64: usize = 0x3000;
+
+const SEL_CODE32: u16 = 0x08;
+const SEL_DATA: u16 = 0x10;
+const SEL_CODE64: u16 = 0x18;
+
+/// Page tables in low RAM.
+const PML4: u32 = 0x10000;
+const PDPT_LONG: u32 = 0x11000;
+const PDPT_PAE: u32 = 0x12000;
+const PD: u32 = 0x13000;
+const TABLES_END: u32 = 0x14000;
+const STACK_TOP: u32 = 0x8000;
+
+/// Page-directory entry: present, writable, 2 MiB page, frame 0.
+const PDE_2M_FRAME0: u32 = 0x83;
+/// Upper-level entry flags: present, writable.
+const PRESENT_RW: u32 = 0x3;
+/// Where the checks put their markers (physical; identity-mapped).
+const PAE_MARKER: u32 = 0x3_0000;
+const LONG_MARKER: u32 = 0x4_0000;
+/// PD entry 1 maps 2..4 MiB onto frame 0: an alias of the first 2 MiB.
+const ALIAS: u32 = 0x20_0000;
+/// PML4 entry 256 maps the bottom of the higher half onto the same tables.
+const HIGH_HALF: u64 = 0xffff_8000_0000_0000;
+
+const PAE_PATTERN: u32 = 0x5ae1_c0de;
+const LONG_PATTERN: u64 = 0x0123_4567_89ab_cdef;
+
+struct Strings {
+    bytes: Vec<u8>,
+}
+
+impl Strings {
+    /// Adds a NUL-terminated string; returns its offset in the ROM.
+    fn add(&mut self, s: &str) -> usize {
+        let at = STRINGS + self.bytes.len();
+        self.bytes.extend_from_slice(s.as_bytes());
+        self.bytes.push(0);
+        at
+    }
+}
+
+pub(super) fn firmware() -> Result<Vec<u8>> {
+    let mut strings = Strings { bytes: Vec::new() };
+    let real = strings.add("vmm demo: real mode\n");
+    let protected = strings.add("vmm demo: protected mode\n");
+    let pae_ok = strings.add("vmm demo: PAE paging, paged memory check ok\n");
+    let pae_bad = strings.add("vmm demo: PAE paging, paged memory check FAILED\n");
+    let pae_refused = strings.add(
+        "vmm demo: PAE paging refused by this host's KVM (#GP on CR0.PG); continuing with long-mode paging\n",
+    );
+    let long_ok = strings.add("vmm demo: long mode, paged memory check ok\n");
+    let long_bad = strings.add("vmm demo: long mode check FAILED\n");
+    let done = strings.add("vmm demo: all checks passed\n");
+
+    let mut rom = RomImage::new(ROM_SIZE)?;
+    rom.place(GDT, &gdt())?;
+    let mut descriptor = [0u8; 6];
+    descriptor[..2].copy_from_slice(&(4 * 8 - 1u16).to_le_bytes());
+    descriptor[2..].copy_from_slice(&(LOW_MIRROR + GDT as u32).to_le_bytes());
+    rom.place(GDT_DESCRIPTOR, &descriptor)?;
+    rom.place(STRINGS, &strings.bytes)?;
+    rom.place(CODE16, &real_mode(real)?)?;
+    let (code32, gp_handler) = protected_mode(protected, pae_ok, pae_bad, pae_refused)?;
+    rom.place(CODE32, &code32)?;
+    rom.place(IDT, &idt(gp_handler))?;
+    let mut idt_descriptor = [0u8; 6];
+    idt_descriptor[..2].copy_from_slice(&((IDT_ENTRIES * 8 - 1) as u16).to_le_bytes());
+    idt_descriptor[2..].copy_from_slice(&low(IDT).to_le_bytes());
+    rom.place(IDT_DESCRIPTOR, &idt_descriptor)?;
+    rom.place(CODE64, &long_mode(long_ok, long_bad, done)?)?;
+    rom.reset_jump(CODE16 as u16)?;
+    Ok(rom.into_bytes())
+}
+
+/// Null, flat 32-bit code, flat data, 64-bit code. The descriptors have
+/// their accessed bit set already: the GDT lives in ROM, where the CPU could
+/// not set it.
+fn gdt() -> Vec<u8> {
+    [
+        0u64,
+        0x00cf_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00af_9b00_0000_ffff,
+    ]
+    .iter()
+    .flat_map(|d| d.to_le_bytes())
+    .collect()
+}
+
+/// A 32-bit IDT whose only present gate is #GP, an interrupt gate to
+/// `gp_handler` in the flat code segment.
+fn idt(gp_handler: u32) -> Vec<u8> {
+    let mut table = vec![0u8; IDT_ENTRIES * 8];
+    let gate = &mut table[13 * 8..14 * 8];
+    gate[0..2].copy_from_slice(&(gp_handler as u16).to_le_bytes());
+    gate[2..4].copy_from_slice(&SEL_CODE32.to_le_bytes());
+    gate[5] = 0x8e; // present, DPL 0, 32-bit interrupt gate
+    gate[6..8].copy_from_slice(&((gp_handler >> 16) as u16).to_le_bytes());
+    table
+}
+
+fn low(offset: usize) -> u32 {
+    LOW_MIRROR + offset as u32
+}
+
+fn real_mode(banner: usize) -> Result<Vec<u8>> {
+    let mut a = CodeAssembler::new(16).map_err(asm_err)?;
+    let mut print = a.create_label();
+    a.cli().map_err(asm_err)?;
+    a.xor(ax, ax).map_err(asm_err)?;
+    a.mov(ss, ax).map_err(asm_err)?;
+    a.mov(sp, STACK_TOP).map_err(asm_err)?;
+    // DS points at the ROM's low mirror so that offsets in the image work.
+    a.mov(ax, LOW_MIRROR >> 4).map_err(asm_err)?;
+    a.mov(ds, ax).map_err(asm_err)?;
+    a.mov(si, banner as u32).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    a.lgdt(ptr(GDT_DESCRIPTOR as u32)).map_err(asm_err)?;
+    a.mov(eax, cr0).map_err(asm_err)?;
+    a.or(eax, 1).map_err(asm_err)?;
+    a.mov(cr0, eax).map_err(asm_err)?;
+    let far = Instruction::with_far_branch(Code::Jmp_ptr1632, SEL_CODE32, low(CODE32))
+        .map_err(asm_err)?;
+    a.add_instruction(far).map_err(asm_err)?;
+    print_routine(&mut a, &mut print)?;
+    a.assemble(CODE16 as u64).map_err(asm_err)
+}
+
+/// Returns the code and the address of its #GP handler.
+fn protected_mode(
+    banner: usize,
+    pae_ok: usize,
+    pae_bad: usize,
+    pae_refused: usize,
+) -> Result<(Vec<u8>, u32)> {
+    let mut a = CodeAssembler::new(32).map_err(asm_err)?;
+    let mut print = a.create_label();
+    let mut fail = a.create_label();
+    let mut gp_handler = a.create_label();
+    let mut long_mode = a.create_label();
+    a.mov(ax, u32::from(SEL_DATA)).map_err(asm_err)?;
+    a.mov(ds, ax).map_err(asm_err)?;
+    a.mov(es, ax).map_err(asm_err)?;
+    a.mov(ss, ax).map_err(asm_err)?;
+    a.mov(esp, STACK_TOP).map_err(asm_err)?;
+    a.mov(esi, low(banner)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    a.lidt(ptr(low(IDT_DESCRIPTOR))).map_err(asm_err)?;
+
+    // Clear the page-table area, then build the PAE tables:
+    // PDPT[0] -> PD; PD[0] identity-maps 0..2 MiB, PD[1] aliases it at 2 MiB.
+    a.mov(edi, PML4).map_err(asm_err)?;
+    a.xor(eax, eax).map_err(asm_err)?;
+    a.mov(ecx, (TABLES_END - PML4) / 4).map_err(asm_err)?;
+    a.rep().stosd().map_err(asm_err)?;
+    a.mov(dword_ptr(PDPT_PAE), PD | 1).map_err(asm_err)?;
+    a.mov(dword_ptr(PD), PDE_2M_FRAME0).map_err(asm_err)?;
+    a.mov(dword_ptr(PD + 8), PDE_2M_FRAME0).map_err(asm_err)?;
+    a.mov(eax, PDPT_PAE).map_err(asm_err)?;
+    a.mov(cr3, eax).map_err(asm_err)?;
+    a.mov(eax, cr4).map_err(asm_err)?;
+    a.or(eax, 1 << 5).map_err(asm_err)?; // CR4.PAE
+    a.mov(cr4, eax).map_err(asm_err)?;
+    a.mov(eax, cr0).map_err(asm_err)?;
+    a.or(eax, 1u32 << 31).map_err(asm_err)?; // CR0.PG
+    a.mov(cr0, eax).map_err(asm_err)?;
+
+    // Check: write through the alias, read at the physical address.
+    a.mov(dword_ptr(ALIAS + PAE_MARKER), PAE_PATTERN)
+        .map_err(asm_err)?;
+    a.mov(eax, dword_ptr(PAE_MARKER)).map_err(asm_err)?;
+    a.cmp(eax, PAE_PATTERN).map_err(asm_err)?;
+    a.jne(fail).map_err(asm_err)?;
+    a.mov(esi, low(pae_ok)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+
+    // Long mode: paging off, 4-level tables, EFER.LME, paging on, far jump.
+    a.set_label(&mut long_mode).map_err(asm_err)?;
+    a.mov(eax, cr0).map_err(asm_err)?;
+    a.and(eax, 0x7fff_ffff).map_err(asm_err)?;
+    a.mov(cr0, eax).map_err(asm_err)?;
+    a.mov(dword_ptr(PML4), PDPT_LONG | PRESENT_RW)
+        .map_err(asm_err)?;
+    a.mov(dword_ptr(PML4 + 256 * 8), PDPT_LONG | PRESENT_RW)
+        .map_err(asm_err)?;
+    a.mov(dword_ptr(PDPT_LONG), PD | PRESENT_RW)
+        .map_err(asm_err)?;
+    a.mov(eax, PML4).map_err(asm_err)?;
+    a.mov(cr3, eax).map_err(asm_err)?;
+    a.mov(ecx, 0xc000_0080u32).map_err(asm_err)?; // IA32_EFER
+    a.rdmsr().map_err(asm_err)?;
+    a.or(eax, 1 << 8).map_err(asm_err)?; // LME
+    a.wrmsr().map_err(asm_err)?;
+    a.mov(eax, cr0).map_err(asm_err)?;
+    a.or(eax, 1u32 << 31).map_err(asm_err)?;
+    a.mov(cr0, eax).map_err(asm_err)?;
+    let far = Instruction::with_far_branch(Code::Jmp_ptr1632, SEL_CODE64, low(CODE64))
+        .map_err(asm_err)?;
+    a.add_instruction(far).map_err(asm_err)?;
+
+    a.set_label(&mut fail).map_err(asm_err)?;
+    a.mov(esi, low(pae_bad)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    exit_with(&mut a, 3)?;
+
+    // #GP: only the CR0.PG write can raise it; anything else is a failure.
+    a.set_label(&mut gp_handler).map_err(asm_err)?;
+    a.mov(esp, STACK_TOP).map_err(asm_err)?;
+    a.mov(eax, cr0).map_err(asm_err)?;
+    a.test(eax, 1u32 << 31).map_err(asm_err)?;
+    a.jnz(fail).map_err(asm_err)?;
+    a.mov(esi, low(pae_refused)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    a.jmp(long_mode).map_err(asm_err)?;
+
+    print_routine(&mut a, &mut print)?;
+    let base = u64::from(low(CODE32));
+    let assembled = a
+        .assemble_options(base, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+        .map_err(asm_err)?;
+    let handler = assembled.label_ip(&gp_handler).map_err(asm_err)?;
+    Ok((assembled.inner.code_buffer, handler as u32))
+}
+
+fn long_mode(long_ok: usize, long_bad: usize, done: usize) -> Result<Vec<u8>> {
+    let mut a = CodeAssembler::new(64).map_err(asm_err)?;
+    let mut print = a.create_label();
+    let mut fail = a.create_label();
+    a.mov(ax, u32::from(SEL_DATA)).map_err(asm_err)?;
+    a.mov(ds, ax).map_err(asm_err)?;
+    a.mov(ss, ax).map_err(asm_err)?;
+    a.mov(rsp, u64::from(STACK_TOP)).map_err(asm_err)?;
+
+    // EFER.LMA (bit 10) must be set by now.
+    a.mov(ecx, 0xc000_0080u32).map_err(asm_err)?;
+    a.rdmsr().map_err(asm_err)?;
+    a.test(eax, 1 << 10).map_err(asm_err)?;
+    a.jz(fail).map_err(asm_err)?;
+
+    // Write through the higher half, read through the identity map and the alias.
+    a.mov(rax, HIGH_HALF + u64::from(LONG_MARKER))
+        .map_err(asm_err)?;
+    a.mov(rbx, LONG_PATTERN).map_err(asm_err)?;
+    a.mov(qword_ptr(rax), rbx).map_err(asm_err)?;
+    a.mov(rcx, qword_ptr(u64::from(LONG_MARKER)))
+        .map_err(asm_err)?;
+    a.cmp(rcx, rbx).map_err(asm_err)?;
+    a.jne(fail).map_err(asm_err)?;
+    a.mov(rcx, qword_ptr(u64::from(ALIAS + LONG_MARKER)))
+        .map_err(asm_err)?;
+    a.cmp(rcx, rbx).map_err(asm_err)?;
+    a.jne(fail).map_err(asm_err)?;
+
+    a.mov(esi, low(long_ok)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    a.mov(esi, low(done)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    exit_with(&mut a, 0)?;
+
+    a.set_label(&mut fail).map_err(asm_err)?;
+    a.mov(esi, low(long_bad)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    exit_with(&mut a, 4)?;
+    print_routine(&mut a, &mut print)?;
+    a.assemble(u64::from(low(CODE64))).map_err(asm_err)
+}

@@ -1,0 +1,52 @@
+//! Guests embedded in the VMM, assembled at run time with `iced-x86`.
+//!
+//! Each guest is a firmware image that starts at the x86 reset vector; no
+//! binary blobs are checked in.
+
+mod asm;
+mod demo;
+pub mod rom;
+
+use crate::error::{Error, Result};
+
+/// A guest built into the VMM.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedGuest {
+    /// The name `vmm run --guest` takes.
+    pub name: &'static str,
+    /// What the guest does, for `vmm run --list-guests`.
+    pub description: &'static str,
+    build: fn() -> Result<Vec<u8>>,
+}
+
+impl EmbeddedGuest {
+    /// Assembles the guest's firmware image.
+    pub fn firmware(&self) -> Result<Vec<u8>> {
+        (self.build)()
+    }
+}
+
+/// Every embedded guest, the default (`demo`) first.
+pub const GUESTS: &[EmbeddedGuest] = &[EmbeddedGuest {
+    name: "demo",
+    description: "real mode -> protected mode -> PAE paging -> long mode, checking paged memory at each stage",
+    build: demo::firmware,
+}];
+
+/// Looks up an embedded guest by name.
+///
+/// ```
+/// let demo = vmm_core::guests::find("demo")?;
+/// assert!(!demo.firmware()?.is_empty());
+/// assert!(vmm_core::guests::find("nope").is_err());
+/// # Ok::<(), vmm_core::Error>(())
+/// ```
+pub fn find(name: &str) -> Result<&'static EmbeddedGuest> {
+    GUESTS.iter().find(|g| g.name == name).ok_or_else(|| {
+        let names: Vec<_> = GUESTS.iter().map(|g| g.name).collect();
+        Error::Config(format!(
+            "no embedded guest named {name:?} (available: {})",
+            names.join(", ")
+        ))
+    })
+}
