@@ -11,6 +11,7 @@ use super::handler::{
     HandlerType, HandlerTypeId, IntegrityError, PhysAccess,
 };
 use super::host::{HostMemory, MmapHostMemory};
+use super::observe::AccessCounters;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageType};
 use super::range::{
     Backing, Memory, Mmio2Id, PhysRange, RangeId, RangeInfo, RangeKind, RomProtection,
@@ -83,6 +84,7 @@ pub struct PhysMap {
     pub(crate) a20_mask: AtomicU64,
     pub(crate) slots: SlotTracker,
     pub(crate) monitoring: bool,
+    pub(crate) counters: Option<AccessCounters>,
 }
 
 impl std::fmt::Debug for PhysMap {
@@ -142,6 +144,7 @@ impl PhysMap {
             a20_mask: AtomicU64::new(!0),
             slots: SlotTracker::default(),
             monitoring: false,
+            counters: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod host;
 mod layout;
 mod live;
 mod map;
+mod observe;
 mod page;
 mod range;
 mod report;
@@ -36,6 +37,7 @@ pub use host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
 pub use layout::{FOUR_GIB, HIGH_RAM_START, LOW_RAM_END, PcLayout};
 pub use live::{DIRTY_HISTORY, LiveVote, LiveVoter};
 pub use map::{PhysConfig, PhysMap};
+pub use observe::{SharedPhysMap, register_info, register_stats};
 pub use page::{
     PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageSlot, PageState,
     PageType,
