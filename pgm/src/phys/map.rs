@@ -475,22 +475,7 @@ impl PhysMap {
         };
         let mut page = first & !PAGE_OFFSET_MASK;
         while page <= last {
-            let page_last = page + PAGE_OFFSET_MASK;
-            let mut state = PageHandlerState::None;
-            for h in self
-                .handlers
-                .iter()
-                .skip_while(|h| h.last < page)
-                .take_while(|h| h.first <= page_last)
-            {
-                let k = self.handler_types.get(h.type_id.0 as usize).map(|t| t.kind);
-                state = match (state, k) {
-                    (_, Some(HandlerKind::All)) | (PageHandlerState::All, _) => {
-                        PageHandlerState::All
-                    }
-                    _ => PageHandlerState::Write,
-                };
-            }
+            let state = self.handler_state_of(page, page + PAGE_OFFSET_MASK);
             if let Some(slot) = mem.page(page - range.start) {
                 slot.update(|mut i| {
                     i.handler = state;
@@ -502,6 +487,19 @@ impl PhysMap {
                 None => break,
             }
         }
+    }
+
+    /// The handler state a page spanning `first..=last` should have.
+    fn handler_state_of(&self, first: u64, last: u64) -> PageHandlerState {
+        let mut state = PageHandlerState::None;
+        for h in self.handlers.overlapping(first, last) {
+            let k = self.handler_types.get(h.type_id.0 as usize).map(|t| t.kind);
+            state = match (state, k) {
+                (_, Some(HandlerKind::All)) | (PageHandlerState::All, _) => PageHandlerState::All,
+                _ => PageHandlerState::Write,
+            };
+        }
+        state
     }
 
     /// Handler ranges in address order.
@@ -522,10 +520,59 @@ impl PhysMap {
             .map(|t| (t.kind, t.desc.as_str()))
     }
 
-    /// Checks the handler table (walked in both directions) and that every
-    /// handler lies within a range of a fitting kind.
+    /// Checks the handler table (walked in both directions), that every
+    /// handler lies within one range of a fitting kind, and that every
+    /// page's handler state matches the handlers covering it.
     pub fn check_handlers(&self) -> Result<(), IntegrityError> {
-        self.handlers.check_integrity()
+        self.handlers.check_integrity()?;
+        for h in self.handlers.iter() {
+            let placement = |reason: String| IntegrityError::Placement {
+                first: h.first,
+                reason,
+            };
+            let kind = self
+                .handler_types
+                .get(h.type_id.0 as usize)
+                .map(|t| t.kind)
+                .ok_or_else(|| placement(format!("unknown type {}", h.type_id)))?;
+            let range = self
+                .range_at(h.first)
+                .ok_or_else(|| placement("not inside any range".into()))?;
+            let fits = match kind {
+                HandlerKind::Mmio => range.kind() == RangeKind::Mmio,
+                _ => matches!(range.kind(), RangeKind::Ram | RangeKind::Mmio2),
+            };
+            if h.last > range.last() || !fits {
+                return Err(placement(format!(
+                    "{} handler does not fit {} range '{}'",
+                    kind.name(),
+                    range.kind().name(),
+                    range.name
+                )));
+            }
+        }
+        for r in &self.ranges {
+            if !matches!(r.kind(), RangeKind::Ram | RangeKind::Mmio2) {
+                continue;
+            }
+            let Some(mem) = r.writable_memory() else {
+                continue;
+            };
+            for (i, p) in mem.pages.iter().enumerate() {
+                let first = r.start + i as u64 * PAGE_SIZE;
+                let want = self.handler_state_of(first, first + PAGE_OFFSET_MASK);
+                if p.get().handler != want {
+                    return Err(IntegrityError::Placement {
+                        first,
+                        reason: format!(
+                            "page handler state {:?}, expected {want:?}",
+                            p.get().handler
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// All ranges in address order.
@@ -598,5 +645,104 @@ impl PhysMap {
             .filter(|r| r.kind() != RangeKind::Mmio)
             .map(|r| r.size >> PAGE_SHIFT)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add {
+            page: u64,
+            off: u64,
+            len: u64,
+            all: bool,
+        },
+        Remove(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..32, 0u64..0x1000, 1u64..0x3000, any::<bool>()).prop_map(
+                |(page, off, len, all)| Op::Add {
+                    page,
+                    off,
+                    len,
+                    all
+                }
+            ),
+            (0usize..32).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random registrations and removals on a map keep the handler table,
+        /// the page handler states and the KVM slots consistent, and lookups
+        /// agree with a linear scan.
+        #[test]
+        fn map_handlers_stay_consistent(ops in proptest::collection::vec(op(), 1..60),
+                                        probes in proptest::collection::vec(0u64..0x22000, 32)) {
+            let mut map = PhysMap::new(
+                Arc::new(MmapHostMemory::new()),
+                PhysConfig { max_handlers: 32, ..PhysConfig::default() },
+            ).unwrap();
+            map.add_ram(0, 0x20000, "ram").unwrap();
+            let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+            let a = map.register_handler_type(HandlerKind::All, "a", |_| Ok(HandlerAction::Default));
+            let mut model: Vec<(u64, u64)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Add { page, off, len, all } => {
+                        let first = page * PAGE_SIZE + off;
+                        let last = first + len - 1;
+                        let ok = last < 0x20000
+                            && model.len() < 32
+                            && !model.iter().any(|&(f, l)| f <= last && first <= l);
+                        let res = map.register_handler(if all { a } else { w }, first, last, 0, "h");
+                        prop_assert_eq!(res.is_ok(), ok);
+                        if ok {
+                            model.push((first, last));
+                        }
+                    }
+                    Op::Remove(i) if !model.is_empty() => {
+                        let (f, _) = model.swap_remove(i % model.len());
+                        map.deregister_handler(f).unwrap();
+                    }
+                    Op::Remove(_) => prop_assert!(map.deregister_handler(0x100).is_err()),
+                }
+                prop_assert_eq!(map.check_handlers(), Ok(()));
+            }
+            for p in probes {
+                let linear = model.iter().find(|&&(f, l)| f <= p && p <= l).map(|&(f, _)| f);
+                prop_assert_eq!(map.lookup_handler(p).map(|h| h.first), linear);
+            }
+            // slots cover exactly the RAM pages without an ALL handler
+            let mapped: u64 = map.kvm_slots().slots.iter().map(|s| s.size).sum();
+            let hidden = (0..0x20).filter(|&pg| map.page_info(pg * PAGE_SIZE).handler == PageHandlerState::All).count() as u64;
+            prop_assert_eq!(mapped, 0x20000 - hidden * PAGE_SIZE);
+        }
+    }
+
+    #[test]
+    fn check_handlers_reports_bad_page_state() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x4000, "ram").unwrap();
+        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+        map.register_handler(w, 0x1000, 0x1fff, 0, "h").unwrap();
+        map.check_handlers().unwrap();
+        if let Backing::Ram(mem) = &map.ranges[0].backing {
+            mem.pages[1].update(|mut i| {
+                i.handler = PageHandlerState::None;
+                i
+            });
+        }
+        assert!(matches!(
+            map.check_handlers(),
+            Err(IntegrityError::Placement { first: 0x1000, .. })
+        ));
     }
 }
