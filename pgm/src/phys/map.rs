@@ -112,8 +112,13 @@ fn check_range(start: u64, size: u64) -> Result<u64, PhysError> {
     }
     start
         .checked_add(size - 1)
+        .filter(|&last| last <= MAX_GUEST_PHYS)
         .ok_or(PhysError::InvalidRange { start, size })
 }
+
+/// Highest guest-physical address a range may cover (52-bit physical
+/// addresses, the architectural limit).
+pub const MAX_GUEST_PHYS: u64 = (1 << 52) - 1;
 
 impl PhysMap {
     /// An empty map backed by `host`.
@@ -403,10 +408,16 @@ impl PhysMap {
         }
         let range = self.ranges.remove(idx);
         self.starts.remove(idx);
-        if let Backing::Mmio2 { id, .. } = range.backing
-            && let Some(e) = self.mmio2.get_mut(id.0 as usize)
-        {
-            e.mapped = None;
+        if let Backing::Mmio2 { id, mem } = range.backing {
+            for p in mem.pages.iter() {
+                p.update(|mut i| {
+                    i.handler = PageHandlerState::None;
+                    i
+                });
+            }
+            if let Some(e) = self.mmio2.get_mut(id.0 as usize) {
+                e.mapped = None;
+            }
         }
         self.refresh_slots();
         Ok(())
@@ -725,6 +736,69 @@ mod tests {
             let hidden = (0..0x20).filter(|&pg| map.page_info(pg * PAGE_SIZE).handler == PageHandlerState::All).count() as u64;
             prop_assert_eq!(mapped, 0x20000 - hidden * PAGE_SIZE);
         }
+    }
+
+    #[test]
+    fn page_tracking_stays_within_16_bytes_per_page() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 64 << 20, "ram").unwrap();
+        map.add_rom(
+            0xfff0_0000,
+            0x10_0000,
+            &[],
+            RomProtection::ReadRomWriteIgnore,
+            "rom",
+        )
+        .unwrap();
+        let pages = map.memory_pages();
+        assert!(
+            map.tracking_bytes() as u64 <= 16 * pages,
+            "{} bytes for {pages} pages",
+            map.tracking_bytes()
+        );
+    }
+
+    #[test]
+    fn bad_ranges_are_rejected() {
+        let mut map = PhysMap::with_defaults();
+        assert!(matches!(
+            map.add_ram(0x1001, 0x1000, "x"),
+            Err(PhysError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            map.add_ram(0, 0, "x"),
+            Err(PhysError::InvalidRange { .. })
+        ));
+        assert!(
+            map.add_ram(MAX_GUEST_PHYS + 1 - 0x1000, 0x2000, "x")
+                .is_err()
+        );
+        assert!(map.add_ram(!0xfff, 0x1000, "x").is_err());
+        map.add_ram(0x10000, 0x10000, "a").unwrap();
+        assert!(matches!(
+            map.add_ram(0x1f000, 0x2000, "b"),
+            Err(PhysError::RangeOverlap { .. })
+        ));
+        assert!(
+            map.add_rom(
+                0x40000,
+                0x1000,
+                &[0; 0x1001],
+                RomProtection::ReadRomWriteIgnore,
+                "r"
+            )
+            .is_err()
+        );
+        let id = map.register_mmio2(0x2000, "vram").unwrap();
+        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+        map.map_mmio2(id, 0x100000).unwrap();
+        assert!(map.map_mmio2(id, 0x200000).is_err());
+        map.register_handler(w, 0x100000, 0x100fff, 0, "h").unwrap();
+        map.unmap_mmio2(id).unwrap();
+        assert!(map.unmap_mmio2(id).is_err());
+        map.map_mmio2(id, 0x200000).unwrap();
+        assert!(map.kvm_slots().slots.iter().all(|s| !s.read_only));
+        map.check_handlers().unwrap();
     }
 
     #[test]
