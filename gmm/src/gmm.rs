@@ -133,12 +133,12 @@ impl Gmm {
 /// A VM registered with a [`Gmm`]. Dropping it (after all its regions)
 /// frees all its pages and its reservation.
 pub struct Vm {
-    inner: Arc<VmInner>,
+    pub(crate) inner: Arc<VmInner>,
 }
 
-struct VmInner {
-    gmm: Gmm,
-    id: VmId,
+pub(crate) struct VmInner {
+    pub(crate) gmm: Gmm,
+    pub(crate) id: VmId,
 }
 
 impl Drop for VmInner {
