@@ -1,7 +1,7 @@
 //! The GMM state behind the lock: chunks, VMs, RAM regions, and the page
 //! allocation / release paths with their accounting.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::chunk::{Chunk, ChunkIdMap, IdMap, OWNER_NONE, OWNER_SHARED};
 use crate::config::GmmConfig;
@@ -118,7 +118,7 @@ pub(crate) struct State {
     free_in_partial: u64,
     pending: Vec<PageId>,
     vms: Vec<Option<VmState>>,
-    pub(crate) regions: HashMap<u64, RegionState>,
+    pub(crate) regions: IdMap<u64, RegionState>,
     next_region: u64,
     pub(crate) shared: IdMap<PageId, SharedPage>,
     /// Host pages in use: used chunk pages plus private copies made on write.
@@ -146,7 +146,7 @@ impl State {
             free_in_partial: 0,
             pending: Vec::new(),
             vms: Vec::new(),
-            regions: HashMap::new(),
+            regions: IdMap::default(),
             next_region: 1,
             shared: IdMap::default(),
             host_pages: 0,
@@ -689,36 +689,39 @@ impl State {
             r.map.map(&self.backing, first, count, Target::Zero)?;
         }
         let vm = r.vm;
-        let mut released = 0;
-        for i in first..first + count {
-            let Some(slot) = self.regions.get(&id).map(|r| r.slots[i as usize]) else {
-                break;
-            };
-            match slot {
+        let mut slots = match self.regions.get_mut(&id) {
+            Some(r) => std::mem::take(&mut r.slots),
+            None => return Ok(0),
+        };
+        let (mut private, mut shared) = (0, 0);
+        for slot in &mut slots[first as usize..(first + count) as usize] {
+            match *slot {
                 Slot::Private(p) => {
                     self.release(p);
-                    let v = self.vm_mut(vm)?;
-                    v.private -= 1;
+                    private += 1;
                 }
                 Slot::Anon => {
                     self.anon_pages -= 1;
                     self.host_pages -= 1;
-                    self.vm_mut(vm)?.private -= 1;
+                    private += 1;
                 }
                 Slot::Shared(m) => {
                     self.unref_shared(m);
-                    self.vm_mut(vm)?.shared -= 1;
+                    shared += 1;
                 }
-                Slot::Zero => self.vm_mut(vm)?.shared -= 1,
+                Slot::Zero => shared += 1,
                 Slot::Empty | Slot::Ballooned => continue,
             }
-            self.vm_mut(vm)?.allocated[Account::Base.idx()] -= 1;
-            if let Some(r) = self.regions.get_mut(&id) {
-                r.slots[i as usize] = to;
-            }
-            released += 1;
+            *slot = to;
         }
-        Ok(released)
+        if let Some(r) = self.regions.get_mut(&id) {
+            r.slots = slots;
+        }
+        let v = self.vm_mut(vm)?;
+        v.private -= private;
+        v.shared -= shared;
+        v.allocated[Account::Base.idx()] -= private + shared;
+        Ok(private + shared)
     }
 
     pub(crate) fn unref_shared(&mut self, master: PageId) {

@@ -566,3 +566,11 @@ proptest! {
         prop_assert_eq!(g.stats().allocated_pages, s.private + g.stats().shared_pages);
     }
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Gmm>();
+    check::<crate::Vm>();
+    check::<crate::RamRegion>();
+}
