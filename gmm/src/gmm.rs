@@ -336,6 +336,13 @@ impl RamRegion {
         self.state().region_free(self.id, first, count)
     }
 
+    /// Returns the memory of backed pages to the host but keeps them backed
+    /// and accounted: they read zero, and the guest may write them again
+    /// (for PGM's "page is zero now", e.g. at reset).
+    pub fn discard(&self, first: u64, count: u64) -> Result<()> {
+        self.state().region_discard(self.id, first, count)
+    }
+
     /// The guest's balloon took these backed pages: their memory returns to
     /// the host and they count as ballooned.
     pub fn balloon_inflate(&self, first: u64, count: u64) -> Result<()> {

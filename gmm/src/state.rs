@@ -745,6 +745,68 @@ impl State {
         self.flush()
     }
 
+    /// Gives the memory of allocated region pages back to the host while
+    /// keeping them allocated: they read zero, and the next write backs them
+    /// again (a private page stays the VM's page, now a hole in the memfd;
+    /// others become zero pages).
+    pub(crate) fn region_discard(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
+        self.expect_slots(id, first, count, "allocated", Slot::is_allocated)?;
+        let r = self.region(id)?;
+        let vm = r.vm;
+        let range = first as usize..(first + count) as usize;
+        let slots: Vec<(u64, Slot)> = (first..).zip(r.slots[range].iter().copied()).collect();
+        let mut i = 0;
+        while i < slots.len() {
+            let (at, slot) = slots[i];
+            let private = |s: Slot| matches!(s, Slot::Private(_));
+            let n = slots[i..]
+                .iter()
+                .take_while(|(_, s)| private(*s) == private(slot))
+                .count();
+            let run = &slots[i..i + n];
+            match slot {
+                Slot::Private(_) => {
+                    let pages: Vec<PageId> = run
+                        .iter()
+                        .filter_map(|(_, s)| match s {
+                            Slot::Private(p) => Some(*p),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut k = 0;
+                    while k < pages.len() {
+                        let len = run_len(&pages[k..]);
+                        self.backing.punch(pages[k].0, len as u32)?;
+                        k += len;
+                    }
+                }
+                _ => {
+                    self.region(id)?
+                        .map
+                        .map(&self.backing, at, n as u64, Target::Zero)?;
+                    for &(idx, s) in run {
+                        match s {
+                            Slot::Shared(m) => self.unref_shared(m),
+                            Slot::Anon => {
+                                self.anon_pages -= 1;
+                                self.host_pages -= 1;
+                                let v = self.vm_mut(vm)?;
+                                v.private -= 1;
+                                v.shared += 1;
+                            }
+                            _ => {}
+                        }
+                        if let Some(r) = self.regions.get_mut(&id) {
+                            r.slots[idx as usize] = Slot::Zero;
+                        }
+                    }
+                }
+            }
+            i += n;
+        }
+        self.flush()
+    }
+
     /// Balloon inflation of region pages: their memory goes back to the host.
     pub(crate) fn region_inflate(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
         self.expect_slots(id, first, count, "allocated", Slot::is_allocated)?;

@@ -414,6 +414,7 @@ const RESERVED: u64 = 40;
 enum Op {
     Alloc(u64, u64),
     Free(u64, u64),
+    Discard(u64, u64),
     Inflate(u64, u64),
     Deflate(u64, u64),
     Balloon(BalloonAction, u64),
@@ -428,6 +429,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         range.clone().prop_map(|(f, c)| Op::Alloc(f, c)),
         range.clone().prop_map(|(f, c)| Op::Free(f, c)),
+        range.clone().prop_map(|(f, c)| Op::Discard(f, c)),
         range.clone().prop_map(|(f, c)| Op::Inflate(f, c)),
         range.prop_map(|(f, c)| Op::Deflate(f, c)),
         (
@@ -498,6 +500,11 @@ proptest! {
                     prop_assert_eq!(ram.free(f, c).is_ok(), ok);
                     if ok { m.set(f, c, M::Empty); }
                 }
+                Op::Discard(f, c) => {
+                    let ok = m.all(f, c, |s| matches!(s, M::Alloc(_)));
+                    prop_assert_eq!(ram.discard(f, c).is_ok(), ok);
+                    if ok { m.set(f, c, M::Alloc(0)); }
+                }
                 Op::Inflate(f, c) => {
                     let ok = m.all(f, c, |s| matches!(s, M::Alloc(_)));
                     prop_assert_eq!(ram.balloon_inflate(f, c).is_ok(), ok);
@@ -565,6 +572,51 @@ proptest! {
         let s = vm.stats();
         prop_assert_eq!(g.stats().allocated_pages, s.private + g.stats().shared_pages);
     }
+}
+
+#[test]
+fn discard_returns_memory_but_keeps_pages_backed() {
+    let g = gmm(4096);
+    let a = g.register_vm("a", base(16)).unwrap();
+    let b = g.register_vm("b", base(16)).unwrap();
+    let (ra, rb) = (
+        a.create_ram_region(8).unwrap(),
+        b.create_ram_region(8).unwrap(),
+    );
+    ra.alloc(0, 8).unwrap();
+    rb.alloc(0, 8).unwrap();
+    for r in [&ra, &rb] {
+        r.write(0, &[7; 8 * PAGE_SIZE]).unwrap();
+    }
+    // Pages 0..4 of each shared; B writes page 0 again (a private copy).
+    ra.write(4 * 4096, &[1; 4 * PAGE_SIZE]).unwrap();
+    g.share_scan().unwrap();
+    rb.write(0, &[9; 16]).unwrap();
+    g.reconcile_shared().unwrap();
+    let backing = g.stats().backing_bytes;
+    rb.discard(0, 8).unwrap();
+    ra.discard(4, 4).unwrap();
+    let mut buf = [1u8; 16];
+    for i in 0..8 {
+        rb.read(i * 4096, &mut buf).unwrap();
+        assert_eq!(buf, [0; 16], "b page {i}");
+        assert_ne!(rb.page_state(i).unwrap(), PageState::Empty);
+    }
+    ra.read(0, &mut buf).unwrap();
+    assert_eq!(buf, [7; 16], "a keeps its shared pages");
+    assert!(g.stats().backing_bytes < backing);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.allocated.base, sb.allocated.base), (8, 8));
+    assert_eq!(sa.private + sa.shared, 8);
+    assert_eq!(sb.private + sb.shared, 8);
+    // Writable again, and accounted.
+    rb.write(0, &[3; 16]).unwrap();
+    rb.read(0, &mut buf).unwrap();
+    assert_eq!(buf, [3; 16]);
+    assert!(matches!(
+        rb.discard(7, 2),
+        Err(Error::RangeOutOfBounds { .. })
+    ));
 }
 
 #[test]
