@@ -352,7 +352,7 @@ impl State {
             }
             Kind::Share | Kind::Zero => {
                 match old {
-                    Slot::Private(p) => self.release_deduplicated(p),
+                    Slot::Private(p) => self.release(p),
                     Slot::Anon => {
                         self.anon_pages -= 1;
                         self.host_pages -= 1;

@@ -413,7 +413,7 @@ impl State {
 
     /// Releases a used chunk page (VM-owned or shared master) to the pending
     /// list. The caller fixes the VM account counts.
-    fn release(&mut self, pid: PageId) {
+    pub(crate) fn release(&mut self, pid: PageId) {
         let cid = pid.chunk();
         let Some(ch) = self.chunks.get_mut(cid.0 as usize).and_then(Option::as_mut) else {
             return;
@@ -569,7 +569,13 @@ impl State {
     // ----- regions -----
 
     pub(crate) fn add_region(&mut self, vm: VmId, pages: u64) -> Result<u64> {
-        self.vm(vm)?;
+        let base = self.vm(vm)?.reserved[Account::Base.idx()];
+        if pages > base {
+            return Err(Error::RegionTooLarge {
+                pages,
+                reserved: base,
+            });
+        }
         let map = RegionMap::new(pages)?;
         let id = self.next_region;
         self.next_region += 1;
@@ -910,11 +916,6 @@ impl State {
             self.drop_chunk_user(vm, cid);
         }
         self.shared.insert(pid, SharedPage { refs: 0, hash });
-    }
-
-    /// Releases a private chunk page that a sharing scan replaced.
-    pub(crate) fn release_deduplicated(&mut self, pid: PageId) {
-        self.release(pid);
     }
 
     pub(crate) fn pending_len(&self) -> usize {

@@ -22,23 +22,24 @@ fn base(n: u64) -> Reservation {
 fn exceeding_the_reservation_is_out_of_memory_and_changes_nothing() {
     let g = gmm(4096);
     let vm = g.register_vm("vm", base(100)).unwrap();
-    let ram = vm.create_ram_region(200).unwrap();
+    let ram = vm.create_ram_region(100).unwrap();
     ram.alloc(0, 90).unwrap();
-    let err = ram.alloc(90, 20).unwrap_err();
+    vm.alloc_pages(Account::Base, 5).unwrap();
+    let err = ram.alloc(90, 10).unwrap_err();
     assert!(matches!(
         err,
         Error::VmAccountLimit {
-            requested: 20,
-            allocated: 90,
+            requested: 10,
+            allocated: 95,
             reserved: 100,
             ..
         }
     ));
     assert!(err.is_out_of_memory());
     assert_eq!(ram.page_state(95).unwrap(), PageState::Empty);
-    assert_eq!(vm.stats().allocated.base, 90);
-    assert_eq!(g.stats().allocated_pages, 90);
-    ram.alloc(90, 10).unwrap();
+    assert_eq!(vm.stats().allocated.base, 95);
+    assert_eq!(g.stats().allocated_pages, 95);
+    ram.alloc(90, 5).unwrap();
     // Other accounts have their own reservations.
     assert!(
         vm.alloc_page(Account::Shadow)
@@ -303,6 +304,10 @@ fn region_ranges_and_states_are_checked() {
     ));
     assert!(ram.read(10 * 4096 - 1, &mut [0; 2]).is_err());
     assert!(vm.create_ram_region(0).is_err());
+    assert!(matches!(
+        vm.create_ram_region(1 << 40),
+        Err(Error::RegionTooLarge { reserved: 100, .. })
+    ));
 }
 
 #[test]
@@ -408,7 +413,7 @@ fn info_lists_global_and_vm_numbers() {
 // ----- state machine property -----
 
 const PAGES: u64 = 48;
-const RESERVED: u64 = 40;
+const RESERVED: u64 = PAGES;
 
 #[derive(Clone, Debug)]
 enum Op {
