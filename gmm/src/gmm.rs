@@ -280,6 +280,11 @@ pub enum PageState {
 /// The whole range is always mapped (unbacked pages read zero), so it can be
 /// registered as one KVM memory slot at [`host_addr`](Self::host_addr). Drop
 /// it only after removing that slot.
+///
+/// Back every page the guest may write ([`alloc`](Self::alloc) the whole
+/// region right after creating it is the simple choice: backed pages cost no
+/// host memory until written). An unbacked page is plain anonymous memory to
+/// the guest, so guest writes to it would use memory GMM does not account.
 pub struct RamRegion {
     vm: Arc<VmInner>,
     id: u64,
