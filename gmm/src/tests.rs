@@ -631,3 +631,33 @@ fn handles_are_send_and_sync() {
     check::<crate::Vm>();
     check::<crate::RamRegion>();
 }
+
+#[test]
+fn vms_allocate_concurrently_with_exact_totals() {
+    let g = gmm(1 << 14);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let vm = g.register_vm(&format!("vm{t}"), base(1024)).unwrap();
+                let mut held = Vec::new();
+                for i in 0..2000u32 {
+                    if i % 3 == 2 {
+                        vm.free_page(held.swap_remove(0)).unwrap();
+                    } else {
+                        held.push(vm.alloc_page(Account::Base).unwrap().id);
+                    }
+                }
+                assert_eq!(vm.stats().allocated.base, held.len() as u64);
+                (vm, held.len() as u64)
+            })
+        })
+        .collect();
+    let done: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let total: u64 = done.iter().map(|(_, n)| n).sum();
+    assert_eq!(g.stats().allocated_pages, total);
+    drop(done);
+    let s = g.stats();
+    assert_eq!((s.allocated_pages, s.vms, s.reserved_pages), (0, 0, 0));
+    assert_eq!(s.pending_pages, 0);
+}
