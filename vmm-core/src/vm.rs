@@ -46,7 +46,8 @@ impl Vm {
         let stats = stam::Registry::new();
         let hypervisor = hm_vmx::Hypervisor::open()?;
         let backend = hypervisor.create_vm_with_stats(&stats)?;
-        let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware)?;
+        let info = InfoRegistry::new();
+        let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware, &stats, &info)?;
         memory.map_into(&backend)?;
         let vcpus = (0..config.cpus)
             .map(|id| backend.create_vcpu(id))
@@ -64,7 +65,6 @@ impl Vm {
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
         )?;
-        let info = InfoRegistry::new();
         register_info_handlers(&info, &backend, &vcpus)?;
         Ok(Vm {
             vcpus,
@@ -112,6 +112,7 @@ impl Vm {
     /// Runs the guest on one EMT per vCPU until it ends the run.
     pub fn run(&mut self) -> Result<RunOutcome> {
         let io = &self.io;
+        let memory = &self.memory;
         std::thread::scope(|scope| {
             let emts: Vec<_> = self
                 .vcpus
@@ -120,7 +121,7 @@ impl Vm {
                     let id = vcpu.id();
                     let emt = std::thread::Builder::new()
                         .name(format!("EMT-{id}"))
-                        .spawn_scoped(scope, move || run_vcpu(vcpu, io));
+                        .spawn_scoped(scope, move || run_vcpu(vcpu, io, memory));
                     (id, emt)
                 })
                 .collect();
