@@ -102,6 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     report(&vm, &args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
+        RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
     }
 }
 
