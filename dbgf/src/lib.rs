@@ -1,1 +1,4 @@
 //! Debugger facility (VirtualBox DBGF): info handlers, debugger core, gdb stub.
+
+pub mod debugger;
+pub mod disas;
