@@ -2,3 +2,4 @@
 
 pub mod debugger;
 pub mod disas;
+pub mod gdb;

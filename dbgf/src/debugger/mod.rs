@@ -54,7 +54,7 @@ pub use target::{
 
 use crate::disas::{DisasLine, disassemble};
 use breakpoints::Table;
-use target::page_chunks;
+pub(crate) use target::page_chunks;
 
 /// The `int3` opcode.
 const INT3: u8 = 0xcc;
@@ -110,6 +110,8 @@ pub enum DebuggerError {
 pub enum Resume {
     /// Let every vCPU run until the next stop.
     Continue,
+    /// Let only this vCPU run (gdb's scheduler locking).
+    ContinueOnly(u32),
     /// Execute one instruction on this vCPU (the others stay halted).
     Step(u32),
 }
@@ -443,7 +445,7 @@ impl Debugger {
     ) -> Result<(), DebuggerError> {
         let cpu = match how {
             Resume::Continue => self.last_stop_cpu,
-            Resume::Step(cpu) => cpu,
+            Resume::Step(cpu) | Resume::ContinueOnly(cpu) => cpu,
         };
         check_cpu(target, cpu)?;
         let rip = target.read_regs(cpu)?.linear_rip();
@@ -454,10 +456,10 @@ impl Debugger {
             .collect();
         if at_rip.is_empty() {
             return match how {
-                Resume::Continue => {
+                Resume::Continue | Resume::ContinueOnly(_) => {
                     self.pending = None;
                     self.apply_guest_debug(target, None)?;
-                    Ok(target.resume(ResumeScope::All)?)
+                    Ok(target.resume(continue_scope(how))?)
                 }
                 Resume::Step(cpu) => {
                     self.pending = Some(Pending::Step(cpu));
@@ -515,7 +517,8 @@ impl Debugger {
                 let single_step_done = stop.cpu == over.cpu
                     && matches!(cause, StopCause::Debug { exception: 1, dr6, .. }
                         if Dr6::decode(dr6).single_step);
-                if single_step_done && over.then == Resume::Continue {
+                let continuing = !matches!(over.then, Resume::Step(_));
+                if single_step_done && continuing {
                     // Report a watchpoint the stepped instruction hit; else keep going.
                     if let Some(reason) = self.interpret(cause, false) {
                         return Ok(Some(Stop {
@@ -524,10 +527,10 @@ impl Debugger {
                         }));
                     }
                     self.apply_guest_debug(target, None)?;
-                    target.resume(ResumeScope::All)?;
+                    target.resume(continue_scope(over.then))?;
                     return Ok(None);
                 }
-                over.then != Resume::Continue && stop.cpu == over.cpu
+                !continuing && stop.cpu == over.cpu
             }
             Some(Pending::Step(cpu)) => cpu == stop.cpu,
             None => false,
@@ -729,6 +732,14 @@ impl Debugger {
             self.applied[idx] = Some(dbg);
         }
         Ok(())
+    }
+}
+
+/// Which vCPUs a continue lets run.
+fn continue_scope(how: Resume) -> ResumeScope {
+    match how {
+        Resume::ContinueOnly(cpu) => ResumeScope::Only(cpu),
+        Resume::Continue | Resume::Step(_) => ResumeScope::All,
     }
 }
 
