@@ -103,6 +103,9 @@ pub enum DebuggerError {
     /// The vCPU index does not exist.
     #[error("no vCPU {0}")]
     InvalidCpu(u32),
+    /// The VM is running; it must stop (see [`Debugger::halt`]) first.
+    #[error("the VM is running")]
+    Running,
 }
 
 /// How to resume a halted VM.
@@ -203,6 +206,8 @@ pub struct Debugger {
     applied: Vec<Option<GuestDebug>>,
     pending: Option<Pending>,
     last_stop_cpu: u32,
+    /// Resumed and no stop reported yet.
+    running: bool,
 }
 
 impl Debugger {
@@ -224,6 +229,16 @@ impl Debugger {
     /// One breakpoint.
     pub fn breakpoint(&self, id: BreakpointId) -> Option<Breakpoint> {
         self.table.get(id).map(|e| e.bp)
+    }
+
+    /// Whether the VM was resumed and has not reported a stop yet.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// The vCPU of the last reported stop (0 before the first stop).
+    pub fn last_stop_cpu(&self) -> u32 {
+        self.last_stop_cpu
     }
 
     /// Number of DR0..DR3 slots still free.
@@ -443,6 +458,19 @@ impl Debugger {
         target: &mut T,
         how: Resume,
     ) -> Result<(), DebuggerError> {
+        if self.running {
+            return Err(DebuggerError::Running);
+        }
+        self.resume_halted(target, how)?;
+        self.running = true;
+        Ok(())
+    }
+
+    fn resume_halted<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        how: Resume,
+    ) -> Result<(), DebuggerError> {
         let cpu = match how {
             Resume::Continue => self.last_stop_cpu,
             Resume::Step(cpu) | Resume::ContinueOnly(cpu) => cpu,
@@ -502,6 +530,7 @@ impl Debugger {
         stop: VcpuStop,
     ) -> Result<Option<Stop>, DebuggerError> {
         self.last_stop_cpu = stop.cpu;
+        self.running = false;
         let mut cause = stop.cause;
         let stepping = match self.pending.take() {
             Some(Pending::StepOver(over)) => {
@@ -528,6 +557,7 @@ impl Debugger {
                     }
                     self.apply_guest_debug(target, None)?;
                     target.resume(continue_scope(over.then))?;
+                    self.running = true;
                     return Ok(None);
                 }
                 !continuing && stop.cpu == over.cpu
@@ -556,6 +586,7 @@ impl Debugger {
         self.remove_all(target)?;
         self.apply_guest_debug(target, None)?;
         target.resume(ResumeScope::All)?;
+        self.running = true;
         Ok(())
     }
 

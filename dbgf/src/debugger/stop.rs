@@ -22,7 +22,8 @@ pub enum StopCause {
         pc: u64,
     },
     /// An I/O port access for which [`IoWatch::matches`] returned true. The VMM halts
-    /// before completing the access.
+    /// before completing the access and, when resumed, completes that one access
+    /// without checking it again (so the breakpoint does not fire twice).
     Io {
         /// First port accessed.
         port: u16,

@@ -304,7 +304,8 @@ pub trait DebugTarget {
     fn resume(&mut self, scope: ResumeScope) -> Result<(), TargetError>;
 
     /// Asks the VMM to halt every vCPU; it reports
-    /// [`StopCause::Halted`](super::StopCause::Halted) once they are all stopped.
+    /// [`StopCause::Halted`](super::StopCause::Halted) once they are all stopped (or a
+    /// stop that raced with the request). Returns at once.
     fn halt(&mut self) -> Result<(), TargetError>;
 }
 

@@ -261,6 +261,24 @@ fn foreign_int3_is_a_trap_and_detach_cleans_up() {
 }
 
 #[test]
+fn resume_twice_is_refused_until_a_stop() {
+    let (mut vm, rx) = vm_with(1, &[0x90, 0xf4]);
+    let mut dbg = Debugger::new();
+    dbg.resume(&mut vm, Resume::Continue).unwrap();
+    assert!(dbg.is_running());
+    assert!(matches!(
+        dbg.resume(&mut vm, Resume::Continue),
+        Err(DebuggerError::Running)
+    ));
+    let raw = rx.try_recv().unwrap().unwrap();
+    assert_eq!(
+        dbg.handle_stop(&mut vm, raw).unwrap().unwrap().reason,
+        StopReason::PoweredOff
+    );
+    assert!(!dbg.is_running());
+}
+
+#[test]
 fn halt_is_reported() {
     let (mut vm, rx) = vm_with(1, &[0xf4]);
     let mut dbg = Debugger::new();

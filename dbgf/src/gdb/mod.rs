@@ -30,11 +30,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use gdbstub::conn::{Connection, ConnectionExt};
 use gdbstub::stub::{DisconnectReason, GdbStub};
 
-use crate::debugger::{DebugTarget, Debugger, DebuggerError, StopListener};
+use crate::debugger::{DebugTarget, Debugger, DebuggerError, StopChannelError, StopListener};
 pub use regs::{from_gdb, to_gdb};
 pub use target::GdbTarget;
 
@@ -62,7 +63,17 @@ pub enum GdbServerError {
     /// The remote protocol failed (a malformed packet, an unexpected request).
     #[error("gdb protocol: {0}")]
     Protocol(String),
+    /// The VM did not report a stop after a halt request, so the debugger could not
+    /// remove its breakpoints.
+    #[error("the VM did not halt within {0:?}")]
+    HaltTimeout(Duration),
+    /// The VM's stop channel closed while waiting for it to halt.
+    #[error(transparent)]
+    StopChannel(#[from] StopChannelError),
 }
+
+/// How long detaching waits for a running VM to halt.
+const HALT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl FromStr for GdbAddr {
     type Err = GdbServerError;
@@ -259,8 +270,21 @@ impl<T: DebugTarget> GdbSession<T> {
         Ok(end)
     }
 
-    fn detach(&mut self) -> Result<(), DebuggerError> {
+    /// Halts a running VM (breakpoints are only touched while it is halted), then
+    /// removes every breakpoint and lets it run.
+    fn detach(&mut self) -> Result<(), GdbServerError> {
         let t = &mut self.inner;
+        if t.dbg.is_running() {
+            t.dbg.halt(&mut t.target)?;
+            let deadline = Instant::now() + HALT_TIMEOUT;
+            while t.dbg.is_running() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Some(raw) = t.stops.recv_timeout(left)? else {
+                    return Err(GdbServerError::HaltTimeout(HALT_TIMEOUT));
+                };
+                t.dbg.handle_stop(&mut t.target, raw)?;
+            }
+        }
         t.dbg.detach(&mut t.target)?;
         t.forget_breakpoints();
         Ok(())

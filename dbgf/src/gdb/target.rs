@@ -309,7 +309,8 @@ impl<T: DebugTarget> Breakpoints for GdbTarget<T> {
 impl<T: DebugTarget> SwBreakpoint for GdbTarget<T> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         self.insert(GdbBp::Sw(addr), |s| {
-            s.dbg.add_breakpoint(&mut s.target, 0, addr)
+            let cpu = s.dbg.last_stop_cpu();
+            s.dbg.add_breakpoint(&mut s.target, cpu, addr)
         })
     }
 
