@@ -356,3 +356,139 @@ impl<T: DebugTarget> HwWatchpoint for GdbTarget<T> {
         self.remove(GdbBp::Watch(addr, len, kind))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::debugger::{BreakpointKind, MemTarget, stop_channel};
+
+    fn gdb_target() -> GdbTarget<MemTarget> {
+        let (tx, rx) = stop_channel();
+        GdbTarget::new(MemTarget::new(2, 0x2000, tx), Debugger::new(), rx)
+    }
+
+    const TID1: Tid = NonZeroUsize::MIN;
+
+    fn ok<V>(r: TargetResult<V, GdbTarget<MemTarget>>) -> V {
+        match r {
+            Ok(v) => v,
+            Err(_) => panic!("target error"),
+        }
+    }
+
+    #[test]
+    fn memory_reads_stop_at_unmapped_pages() {
+        let mut t = gdb_target();
+        let mut buf = [0u8; 0x20];
+        assert_eq!(t.read_addrs(0x1ff0, &mut buf, TID1).ok(), Some(0x10));
+        assert!(matches!(
+            t.read_addrs(0x2000, &mut buf, TID1),
+            Err(GdbError::NonFatal)
+        ));
+        ok(t.write_addrs(0x10, &[1, 2], TID1));
+        assert_eq!(t.read_addrs(0x10, &mut buf[..2], TID1).ok(), Some(2));
+        assert_eq!(buf[..2], [1, 2]);
+    }
+
+    #[test]
+    fn breakpoint_packets_are_idempotent_and_fall_back() {
+        let mut t = gdb_target();
+        for addr in 0..4 {
+            assert!(ok(t.add_hw_breakpoint(0x100 + addr, 1)));
+        }
+        assert!(ok(t.add_hw_breakpoint(0x100, 1)), "re-inserting is fine");
+        assert_eq!(t.dbg.breakpoints().len(), 4);
+        assert!(!ok(t.add_hw_breakpoint(0x200, 1)), "no free slot");
+        assert!(!ok(t.add_hw_watchpoint(0x300, 4, WatchKind::Write)));
+        // `break` with the slots full becomes an int3.
+        assert!(ok(t.add_sw_breakpoint(0x400, 1)));
+        assert!(matches!(
+            t.dbg.breakpoints().last().map(|b| b.kind),
+            Some(BreakpointKind::Software { addr: 0x400, .. })
+        ));
+        assert!(!ok(t.add_sw_breakpoint(0x9000, 1)), "unmapped");
+        assert!(ok(t.remove_sw_breakpoint(0x400, 1)));
+        assert!(!ok(t.remove_sw_breakpoint(0x400, 1)));
+    }
+
+    #[test]
+    fn stops_map_to_gdb_stop_replies() {
+        let mut t = gdb_target();
+        assert!(ok(t.add_hw_watchpoint(0x800, 2, WatchKind::Read)));
+        let id = t.dbg.breakpoints()[0].id;
+        let stop = |cpu, reason| Stop { cpu, reason };
+        let tid2 = cpu_to_tid(1);
+        assert_eq!(
+            t.gdb_stop(stop(
+                1,
+                StopReason::Watchpoint {
+                    id,
+                    hits: 1,
+                    addr: 0x800,
+                    access: HwAccess::ReadWrite
+                }
+            )),
+            MultiThreadStopReason::Watch {
+                tid: tid2,
+                kind: WatchKind::Read,
+                addr: 0x800
+            }
+        );
+        assert_eq!(
+            t.gdb_stop(stop(1, StopReason::Halted)),
+            MultiThreadStopReason::SignalWithThread {
+                tid: tid2,
+                signal: Signal::SIGINT
+            }
+        );
+        assert_eq!(
+            t.gdb_stop(stop(0, StopReason::Step)),
+            MultiThreadStopReason::SignalWithThread {
+                tid: TID1,
+                signal: Signal::SIGTRAP
+            }
+        );
+        assert_eq!(
+            t.gdb_stop(stop(0, StopReason::PoweredOff)),
+            MultiThreadStopReason::Exited(0)
+        );
+        // A breakpoint gdb did not set (the VMM's own) is a plain SIGTRAP.
+        let foreign = t.dbg.add_hw_breakpoint(0x10).unwrap();
+        assert_eq!(
+            t.gdb_stop(stop(
+                0,
+                StopReason::Breakpoint {
+                    id: foreign,
+                    hits: 1
+                }
+            )),
+            MultiThreadStopReason::SignalWithThread {
+                tid: TID1,
+                signal: Signal::SIGTRAP
+            }
+        );
+    }
+
+    #[test]
+    fn resume_actions_pick_step_or_locked_continue() {
+        let mut t = gdb_target();
+        t.target.write_phys(0, &[0x90, 0x90, 0xf4]).unwrap();
+        t.clear_resume_actions().unwrap();
+        t.set_resume_action_step(cpu_to_tid(1), None).unwrap();
+        MultiThreadResume::resume(&mut t).unwrap();
+        let raw = t.stops.try_recv().unwrap().unwrap();
+        let s = t.dbg.handle_stop(&mut t.target, raw).unwrap().unwrap();
+        assert_eq!((s.cpu, s.reason), (1, StopReason::Step));
+        assert_eq!(t.target.read_regs(0).unwrap().rip, 0);
+        assert!(t.set_resume_action_step(cpu_to_tid(2), None).is_err());
+
+        t.clear_resume_actions().unwrap();
+        t.set_resume_action_continue(cpu_to_tid(1), None).unwrap();
+        t.set_resume_action_scheduler_lock().unwrap();
+        MultiThreadResume::resume(&mut t).unwrap();
+        let raw = t.stops.try_recv().unwrap().unwrap();
+        assert_eq!(raw.cpu, 1);
+        assert_eq!(t.target.read_regs(1).unwrap().rip, 3);
+        assert_eq!(t.target.read_regs(0).unwrap().rip, 0, "vCPU 0 stayed put");
+    }
+}
