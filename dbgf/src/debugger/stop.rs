@@ -162,10 +162,13 @@ pub struct IoWatch(Arc<IoWatchInner>);
 
 impl IoWatch {
     /// Whether an access of `size` bytes at `port` in direction `write` hits a breakpoint.
+    #[inline]
     pub fn matches(&self, port: u16, size: u8, write: bool) -> bool {
-        if !self.0.armed.load(Ordering::Acquire) {
-            return false;
-        }
+        self.0.armed.load(Ordering::Acquire) && self.matches_armed(port, size, write)
+    }
+
+    #[inline(never)]
+    fn matches_armed(&self, port: u16, size: u8, write: bool) -> bool {
         self.0
             .ranges
             .read()
