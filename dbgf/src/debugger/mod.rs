@@ -313,7 +313,8 @@ impl Debugger {
         Ok(id)
     }
 
-    /// Removes a breakpoint (restoring the original byte of an `int3`).
+    /// Removes a breakpoint, restoring the original byte of an `int3` (unless the guest
+    /// has overwritten the `int3` since).
     pub fn remove_breakpoint<T: DebugTarget + ?Sized>(
         &mut self,
         target: &mut T,
@@ -324,7 +325,12 @@ impl Debugger {
         let entry = self.table.remove(id)?;
         match entry.bp.kind {
             BreakpointKind::Software { phys, .. } if !lifted => {
-                target.write_phys(phys, &[entry.original])?;
+                // If the guest overwrote the int3 meanwhile, its byte wins.
+                let mut current = [0u8];
+                target.read_phys(phys, &mut current)?;
+                if current[0] == INT3 {
+                    target.write_phys(phys, &[entry.original])?;
+                }
             }
             BreakpointKind::Io { .. } => self.io_watch.set(self.table.io_ranges()),
             _ => {}
@@ -613,6 +619,7 @@ impl Debugger {
                     .filter(|&s| dr6.hit[s])
                     .filter_map(|s| self.table.slot_owner(s))
                     .collect();
+                owners.sort_unstable();
                 owners.dedup();
                 let mut first = None;
                 for id in owners {

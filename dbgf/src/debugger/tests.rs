@@ -173,6 +173,27 @@ fn watchpoints_by_access_kind() {
 }
 
 #[test]
+fn one_hit_per_breakpoint_even_across_scattered_slots() {
+    let (mut vm, _rx) = vm_with(1, &[0xf4]);
+    let mut dbg = Debugger::new();
+    let a = dbg.add_hw_breakpoint(0x100).unwrap(); // slot 0
+    dbg.add_hw_breakpoint(0x104).unwrap(); // slot 1
+    dbg.remove_breakpoint(&mut vm, a).unwrap();
+    let w = dbg.add_watchpoint(DATA + 1, 2, HwAccess::Write).unwrap(); // slots 0 and 2
+    let stop = VcpuStop {
+        cpu: 0,
+        cause: StopCause::Debug {
+            exception: 1,
+            dr6: 0xffff_0ff5,
+            pc: CODE,
+        },
+    };
+    let got = dbg.handle_stop(&mut vm, stop).unwrap().unwrap();
+    assert!(matches!(got.reason, StopReason::Watchpoint { id, hits: 1, .. } if id == w));
+    assert_eq!(dbg.breakpoint(w).unwrap().hits, 1);
+}
+
+#[test]
 fn io_breakpoint_stops_once_per_access() {
     // out 0x80, al; in al, 0x80; hlt
     let (mut vm, rx) = vm_with(1, &[0xe6, 0x80, 0xe4, 0x80, 0xf4]);
@@ -235,6 +256,16 @@ fn writes_under_an_int3_update_the_original() {
     assert_eq!(seen, [1, 2, 3]);
     dbg.remove_all(&mut vm).unwrap();
     assert_eq!(phys_byte(&mut vm, CODE + 1), 2);
+}
+
+#[test]
+fn guest_overwritten_int3_is_not_clobbered_on_removal() {
+    let (mut vm, _rx) = vm_with(1, &[0x90; 4]);
+    let mut dbg = Debugger::new();
+    let id = dbg.add_sw_breakpoint(&mut vm, 0, CODE + 1).unwrap();
+    vm.write_phys(CODE + 1, &[0x55]).unwrap(); // the guest rewrites its code
+    dbg.remove_breakpoint(&mut vm, id).unwrap();
+    assert_eq!(phys_byte(&mut vm, CODE + 1), 0x55);
 }
 
 #[test]
