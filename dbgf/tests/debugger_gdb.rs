@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use dbgf::debugger::{DebugTarget, Debugger, MemTarget, StopCause, StopListener, stop_channel};
 use dbgf::gdb::{GdbAddr, GdbListener, GdbSession, SessionEnd};
+use dbgf::{InfoCall, InfoError, InfoFlags, InfoRegistry, SameThreadExecutor};
 
 const CODE: u64 = 0x1000;
+const IO_CODE: u64 = 0x1100;
 const GDB_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// mov rax, imm64; nop; mov eax, [0x3000]; 8 x nop; hlt
@@ -50,6 +52,7 @@ fn machine() -> (MemTarget, StopListener) {
     let (tx, rx) = stop_channel();
     let mut vm = MemTarget::new(2, 0x10000, tx);
     vm.write_phys(CODE, PROGRAM).unwrap();
+    vm.write_phys(IO_CODE, &[0xe6, 0x80, 0xf4]).unwrap(); // out 0x80, al; hlt
     // vCPU 0 runs the program; vCPU 1 walks through zeroed memory far from it.
     for (cpu, rip) in [(0, CODE), (1, 0x8000)] {
         let mut r = vm.read_regs(cpu).unwrap();
@@ -72,7 +75,23 @@ fn serve(
     let local = listener.local_addr();
     let handle = thread::spawn(move || {
         let conn = listener.accept().unwrap();
-        let mut session = GdbSession::new(vm, Debugger::new(), rx);
+        let info = InfoRegistry::new();
+        info.register(
+            "mode",
+            "Paging mode.",
+            InfoFlags::RUN_ON_EMT,
+            |call: &InfoCall<'_>, out: &mut dyn std::fmt::Write| -> Result<(), InfoError> {
+                writeln!(out, "cpu {:?}: long mode", call.cpu)?;
+                Ok(())
+            },
+        )
+        .unwrap();
+        // The EMT side of I/O breakpoints: the target consults the debugger's filter.
+        let dbg = Debugger::new();
+        let mut vm = vm;
+        vm.set_io_watch(dbg.io_watch());
+        let mut session =
+            GdbSession::new(vm, dbg, rx).with_info(info, Box::new(SameThreadExecutor::new(2)));
         let end = session.run(conn).unwrap();
         let (vm, dbg, rx) = session.into_parts();
         (end, vm, dbg, rx)
@@ -222,6 +241,12 @@ fn gdb_detach_removes_breakpoints_and_resumes() {
             "break *0x1014",
             "stepi",
             "info registers rip",
+            "monitor info mode",
+            "monitor bo 0x80 w",
+            "set $pc = 0x1100",
+            "continue",
+            "info registers rip",
+            "monitor bl",
             "detach",
         ],
     );

@@ -22,6 +22,7 @@
 //! ```
 
 mod event_loop;
+mod monitor;
 mod regs;
 mod target;
 
@@ -36,6 +37,7 @@ use gdbstub::conn::{Connection, ConnectionExt};
 use gdbstub::stub::{DisconnectReason, GdbStub};
 
 use crate::debugger::{DebugTarget, Debugger, DebuggerError, StopChannelError, StopListener};
+use crate::{InfoExecutor, InfoRegistry};
 pub use regs::{from_gdb, to_gdb};
 pub use target::GdbTarget;
 
@@ -232,6 +234,13 @@ impl<T: DebugTarget> GdbSession<T> {
         Self {
             inner: GdbTarget::new(target, debugger, stops),
         }
+    }
+
+    /// Makes the DBGF info handlers available as `monitor info NAME ARGS`, run through
+    /// `executor` (which puts EMT-bound handlers on their EMT).
+    pub fn with_info(mut self, info: InfoRegistry, executor: Box<dyn InfoExecutor + Send>) -> Self {
+        self.inner.info = Some((info, executor));
+        self
     }
 
     /// Serves gdb on `conn` until it detaches, kills the VM or the VM powers off.

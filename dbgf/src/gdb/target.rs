@@ -13,10 +13,12 @@ use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
     SwBreakpoint, SwBreakpointOps, WatchKind,
 };
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError as GdbError, TargetResult};
 use gdbstub_arch::x86::X86_64_SSE;
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 
+use super::monitor::{self, InfoAccess};
 use super::regs::{from_gdb, to_gdb};
 use crate::debugger::{
     BreakpointId, DebugTarget, Debugger, DebuggerError, HwAccess, Resume, Stop, StopListener,
@@ -46,6 +48,8 @@ pub struct GdbTarget<T: DebugTarget> {
     step: Option<u32>,
     cont: Option<u32>,
     locked: bool,
+    /// DBGF info handlers for `monitor info`.
+    pub(super) info: Option<InfoAccess>,
 }
 
 impl<T: DebugTarget> std::fmt::Debug for GdbTarget<T> {
@@ -95,6 +99,7 @@ impl<T: DebugTarget> GdbTarget<T> {
             step: None,
             cont: None,
             locked: false,
+            info: None,
         }
     }
 
@@ -179,6 +184,31 @@ impl<T: DebugTarget> Target for GdbTarget<T> {
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl<T: DebugTarget> MonitorCmd for GdbTarget<T> {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), Self::Error> {
+        let cmd = String::from_utf8_lossy(cmd);
+        let owned: Vec<BreakpointId> = self.gdb_bps.iter().map(|(_, id)| *id).collect();
+        // A failed console write only loses text; the command itself has run.
+        let _ = monitor::run(
+            &cmd,
+            &mut self.dbg,
+            &mut self.target,
+            self.info.as_ref(),
+            &owned,
+            &mut out,
+        );
+        Ok(())
     }
 }
 
