@@ -268,3 +268,24 @@ fn gdb_detach_removes_breakpoints_and_resumes() {
     assert_eq!(rx.recv().unwrap().cause, StopCause::PoweredOff);
     assert_eq!(vm.guest_debug(0).unwrap().control(), 0);
 }
+
+#[test]
+fn gdb_kill_leaves_the_vm_halted_without_breakpoints() {
+    let Some(gdb) = gdb_or_skip() else { return };
+    let (vm, rx) = machine();
+    let (local, handle) = serve(vm, rx, &"127.0.0.1:0".parse().unwrap());
+    let out = run_gdb(
+        &gdb,
+        &local.unwrap().to_string(),
+        &["set breakpoint always-inserted on", "break *0x1014", "kill"],
+    );
+    assert_in_order(
+        &out,
+        &["Breakpoint 1 at 0x1014", "Remote connection closed"],
+    );
+    let (end, mut vm, dbg, rx) = handle.join().unwrap();
+    assert_eq!(end, SessionEnd::Killed);
+    assert!(dbg.breakpoints().is_empty());
+    assert_eq!(vm.read_regs(0).unwrap().rip, CODE, "the guest never ran");
+    assert_eq!(rx.try_recv().unwrap(), None, "and was not resumed");
+}

@@ -6,7 +6,9 @@
 //! hands the connection, its [`DebugTarget`], a [`Debugger`] and the [`StopListener`]
 //! to [`GdbSession::run`] on a thread of its own. The guest starts when gdb says
 //! `continue`/`stepi`; the VMM reports every stop through the matching
-//! [`StopNotifier`](crate::debugger::StopNotifier).
+//! [`StopNotifier`](crate::debugger::StopNotifier). [`GdbSession::with_info`] makes the
+//! DBGF info handlers available as `monitor info NAME ARGS`; `monitor help` lists the
+//! other monitor commands (breakpoint list with hit counts, port I/O breakpoints).
 //!
 //! ```no_run
 //! use dbgf::debugger::{stop_channel, Debugger, MemTarget};
@@ -216,7 +218,8 @@ impl Drop for GdbListener {
 pub enum SessionEnd {
     /// gdb detached (or went away); breakpoints are removed and the VM is running.
     Detached,
-    /// gdb asked to kill the VM; the VM is still halted, the caller powers it off.
+    /// gdb asked to kill the VM; breakpoints are removed, the VM is still halted and the
+    /// caller powers it off.
     Killed,
     /// The VM powered off.
     PoweredOff,
@@ -255,7 +258,13 @@ impl<T: DebugTarget> GdbSession<T> {
             GdbStub::new(conn).run_blocking::<event_loop::StopOrData<T, C>>(&mut self.inner);
         let end = match result {
             Ok(DisconnectReason::Disconnect) => SessionEnd::Detached,
-            Ok(DisconnectReason::Kill) => return Ok(SessionEnd::Killed),
+            Ok(DisconnectReason::Kill) => {
+                // The VM stays halted for the caller to power off, without our int3s.
+                let t = &mut self.inner;
+                t.dbg.remove_all(&mut t.target)?;
+                t.forget_breakpoints();
+                return Ok(SessionEnd::Killed);
+            }
             Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
                 return Ok(SessionEnd::PoweredOff);
             }
