@@ -203,7 +203,7 @@ pub fn split_aligned(addr: u64, len: u64) -> Result<Vec<(u64, HwLen)>, DebuggerE
     let (mut cur, end) = (addr, addr + len);
     while cur < end {
         let mut size = 8u64;
-        while size > 1 && (cur % size != 0 || cur + size > end) {
+        while size > 1 && (cur % size != 0 || size > end - cur) {
             size /= 2;
         }
         out.push((cur, HwLen::from_bytes(size)?));
@@ -304,6 +304,15 @@ mod tests {
             prop_assert_eq!(cur, addr + len);
             // Never more pieces than a greedy byte-exact cover needs.
             prop_assert!(pieces.len() as u64 <= len.div_ceil(8) + 6);
+        }
+
+        #[test]
+        fn split_near_the_top_of_the_address_space(back in 1u64..16, len in 1u64..16) {
+            let addr = u64::MAX - back;
+            match split_aligned(addr, len) {
+                Ok(p) => prop_assert_eq!(p.iter().map(|(_, l)| l.bytes()).sum::<u64>(), len),
+                Err(e) => prop_assert!(matches!(e, DebuggerError::InvalidLength(_))),
+            }
         }
 
         #[test]
