@@ -71,14 +71,14 @@ fn paging_info_handlers_read_the_guests_tables() {
     vm.run_info("mode", "guest", &mut mode).unwrap();
     assert!(mode.contains("AMD64"), "{mode}");
     // The demo maps PML4 entries 0 and 256 onto the same PDPT at 0x11000.
-    let mut cr3 = String::new();
-    vm.run_info("pgmcr3", "", &mut cr3).unwrap();
-    assert!(cr3.contains("CR3=0x10000"), "{cr3}");
+    let mut tables = String::new();
+    vm.run_info("pgmcr3", "", &mut tables).unwrap();
+    assert!(tables.contains("CR3=0x10000"), "{tables}");
     assert!(
-        cr3.contains("PML4E[000]") && cr3.contains("PML4E[256]"),
-        "{cr3}"
+        tables.contains("PML4E[000]") && tables.contains("PML4E[256]"),
+        "{tables}"
     );
-    assert_eq!(cr3.matches("-> 0x11000").count(), 2, "{cr3}");
+    assert_eq!(tables.matches("-> 0x11000").count(), 2, "{tables}");
     let mut bad = String::new();
     assert!(vm.run_info("mode", "sideways", &mut bad).is_err());
 }
