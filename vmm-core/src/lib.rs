@@ -16,6 +16,7 @@ pub mod devices;
 mod emt;
 mod error;
 pub mod ffs;
+mod gmm_host;
 pub mod guests;
 pub mod halt;
 mod info;
