@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::error::{Error, Result};
-use crate::memory::MIN_RAM;
+use crate::memory::{MIN_RAM, MMIO_HOLE_START, ram_ranges};
 
 /// Where the guest's serial output goes.
 pub type SerialSink = Box<dyn Write + Send>;
@@ -18,6 +18,8 @@ pub struct VmConfig {
     pub firmware: Vec<u8>,
     /// The sink for COM1 output.
     pub serial: SerialSink,
+    /// A kernel to boot directly instead of running the firmware.
+    pub kernel: Option<crate::boot::KernelBoot>,
 }
 
 impl VmConfig {
@@ -29,6 +31,16 @@ impl VmConfig {
             cpus: 1,
             firmware,
             serial: Box::new(std::io::sink()),
+            kernel: None,
+        }
+    }
+
+    /// A configuration that boots `kernel` directly (no firmware runs: the
+    /// ROM holds only `hlt`).
+    pub fn with_kernel(ram_bytes: u64, kernel: crate::boot::KernelBoot) -> Self {
+        VmConfig {
+            kernel: Some(kernel),
+            ..VmConfig::new(ram_bytes, vec![0xf4; 4096])
         }
     }
 
@@ -46,6 +58,9 @@ impl VmConfig {
                 self.ram_bytes,
                 MIN_RAM >> 20
             )));
+        }
+        if let Some(kernel) = &self.kernel {
+            crate::boot::direct::plan(kernel, &ram_ranges(self.ram_bytes), MMIO_HOLE_START)?;
         }
         Ok(())
     }

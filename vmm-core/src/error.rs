@@ -27,6 +27,9 @@ pub enum Error {
         /// applied: this is the architectural RIP).
         rip: u64,
     },
+    /// A direct kernel boot could not be prepared.
+    #[error("kernel boot: {0}")]
+    Boot(#[from] crate::boot::Error),
     /// The EMT thread died unexpectedly.
     #[error("EMT {0} terminated abnormally")]
     EmtPanicked(u32),

@@ -10,7 +10,7 @@ const LOW_RAM_END: u64 = 0xa_0000;
 /// Start of extended memory.
 const HIGH_RAM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole (firmware, APICs, PCI).
-const MMIO_HOLE_START: u64 = 0xe000_0000;
+pub const MMIO_HOLE_START: u64 = 0xe000_0000;
 /// RAM that does not fit below the hole continues here.
 const ABOVE_4G: u64 = 1 << 32;
 /// The most firmware a PC mirrors just below 1 MiB.

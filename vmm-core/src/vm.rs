@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::boot;
 use crate::bus::IoBus;
 use crate::config::VmConfig;
 use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, Uart};
 use crate::emt::{RunOutcome, run_vcpu};
 use crate::error::{Error, Result};
-use crate::memory::GuestMemoryMap;
+use crate::memory::{GuestMemoryMap, MMIO_HOLE_START, ram_ranges};
 
 /// A virtual machine ready to run.
 ///
@@ -41,9 +42,16 @@ impl Vm {
         let backend = hypervisor.create_vm()?;
         let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware)?;
         memory.map_into(&backend)?;
-        let vcpus = (0..config.cpus)
+        if config.kernel.is_some() {
+            boot::direct::before_vcpus(&backend)?;
+        }
+        let vcpus: Vec<_> = (0..config.cpus)
             .map(|id| backend.create_vcpu(id))
             .collect::<hm_vmx::Result<_>>()?;
+        if let Some(kernel) = &config.kernel {
+            let plan = boot::direct::plan(kernel, &ram_ranges(config.ram_bytes), MMIO_HOLE_START)?;
+            boot::direct::after_vcpus(kernel, &plan, memory.ram(), &vcpus)?;
+        }
         let mut io = IoBus::default();
         io.register(
             COM1_PORT,

@@ -1,0 +1,40 @@
+//! The two steps `Vm::new` takes for a direct kernel boot.
+
+use vm_memory::GuestMemoryMmap;
+
+use super::cpu::set_entry_state;
+use super::error::Result;
+use super::layout::pc_reserved;
+use super::loader::{BootPlan, KernelBoot, Loaded};
+use super::machine;
+
+/// Before any vCPU exists: the in-kernel irqchip and PIT.
+pub fn before_vcpus(vm: &hm_vmx::Vm) -> Result<()> {
+    machine::setup_irqchip(vm.fd())
+}
+
+/// Plans the boot for a PC with `ram` ranges and its 32-bit MMIO hole
+/// from `mmio_hole_start`.
+pub fn plan(boot: &KernelBoot, ram: &[(u64, u64)], mmio_hole_start: u64) -> Result<BootPlan> {
+    boot.plan(ram, &pc_reserved(mmio_hole_start))
+}
+
+/// After the vCPUs exist: loads the kernel and its tables into `mem`, gives
+/// every vCPU the boot CPUID, MSRs and LINT wiring, and puts the first vCPU
+/// at the kernel's entry point (the others wait for INIT/SIPI).
+pub fn after_vcpus(
+    boot: &KernelBoot,
+    plan: &BootPlan,
+    mem: &GuestMemoryMmap,
+    vcpus: &[hm_vmx::Vcpu],
+) -> Result<Loaded> {
+    let loaded = boot.load(plan, mem, vcpus.len() as u32)?;
+    for vcpu in vcpus {
+        machine::configure_vcpu(vcpu.fd())?;
+        machine::setup_lint(vcpu.fd())?;
+    }
+    if let Some(bsp) = vcpus.first() {
+        set_entry_state(bsp, &loaded.entry)?;
+    }
+    Ok(loaded)
+}

@@ -1,0 +1,326 @@
+//! Loading a kernel, its command line and initrd into guest memory and
+//! writing the tables the entry point reads.
+
+use std::io::Cursor;
+
+use linux_loader::loader::KernelLoader;
+use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::cpu::{Entry, write_tables};
+use super::e820::{self, E820Entry, E820Kind};
+use super::error::{Error, Result, mem_err};
+use super::header::{self, BzImageInfo, ENTRY_64_OFFSET, KernelFormat};
+use super::layout::{
+    CMDLINE_ADDR, CMDLINE_MAX, DEFAULT_INITRD_ADDR_MAX, FOUR_GIB, HIGH_MEMORY, MPTABLE_ADDR,
+    PVH_INFO_ADDR, ZERO_PAGE_ADDR,
+};
+use super::mptable;
+use super::zero_page::{ZeroPageInput, fill};
+
+const PAGE: u64 = 4096;
+/// `hvm_start_info.magic`: "xEn3" with the high bit of 'n' set.
+const PVH_MAGIC: u32 = 0x336e_c578;
+
+/// A kernel to boot directly, with its initrd and command line.
+///
+/// ```no_run
+/// use vmm_core::boot::KernelBoot;
+/// let boot = KernelBoot::from_files("bzImage".as_ref(), Some("initrd".as_ref()), "console=ttyS0")?;
+/// boot.plan(&vmm_core::memory::ram_ranges(256 << 20), &vmm_core::boot::layout::pc_reserved(0xe000_0000))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KernelBoot {
+    /// The kernel image: a bzImage or an ELF `vmlinux`.
+    pub kernel: Vec<u8>,
+    /// The initial RAM disk, if any.
+    pub initrd: Option<Vec<u8>>,
+    /// The kernel command line.
+    pub cmdline: String,
+}
+
+/// Where everything goes, computed (and so checked) before the VM exists.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    /// The kernel's format and, for a bzImage, its header facts.
+    pub format: KernelFormat,
+    /// The e820 map the guest will see.
+    pub e820: Vec<E820Entry>,
+    /// Where the initrd goes (bzImage; ELF initrds are placed after loading).
+    pub initrd_addr: Option<u64>,
+}
+
+/// What was loaded, for the CPU setup and for callers' diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    /// How the bootstrap processor enters the kernel.
+    pub entry: Entry,
+    /// Where the kernel image starts in guest memory.
+    pub kernel_load: u64,
+    /// One past its last loaded byte (or its `init_size` span).
+    pub kernel_end: u64,
+    /// The initrd's address and size.
+    pub initrd: Option<(u64, u64)>,
+}
+
+impl KernelBoot {
+    /// Reads the kernel and initrd from files.
+    pub fn from_files(
+        kernel: &std::path::Path,
+        initrd: Option<&std::path::Path>,
+        cmdline: &str,
+    ) -> std::io::Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(KernelBoot {
+            kernel: read(kernel)?,
+            initrd: initrd.map(read).transpose()?,
+            cmdline: cmdline.to_string(),
+        })
+    }
+
+    /// Checks the image and computes the layout for a VM with `ram` and
+    /// `reserved` ranges (`(start, length)` pairs), without touching memory.
+    pub fn plan(&self, ram: &[(u64, u64)], reserved: &[(u64, u64)]) -> Result<BootPlan> {
+        let format = header::inspect(&self.kernel)?;
+        let e820 = e820::build(ram, reserved)?;
+        let cmdline_limit = match &format {
+            KernelFormat::BzImage(info) => info.cmdline_size.min(CMDLINE_MAX),
+            KernelFormat::Elf => CMDLINE_MAX,
+        };
+        if self.cmdline.contains('\0') {
+            return Err(Error::Cmdline("it contains a NUL byte".into()));
+        }
+        if self.cmdline.len() as u64 > cmdline_limit {
+            return Err(Error::Cmdline(format!(
+                "{} bytes long, the kernel takes at most {cmdline_limit}",
+                self.cmdline.len()
+            )));
+        }
+        for (what, addr, len) in [
+            ("the boot tables", 0, PVH_INFO_ADDR + 0x1000),
+            ("the zero page and page tables", ZERO_PAGE_ADDR, 0x8000),
+            ("the command line", CMDLINE_ADDR, CMDLINE_MAX + 1),
+        ] {
+            if !e820::is_ram(&e820, addr, len) {
+                return Err(Error::NoRoom(format!(
+                    "{what} need RAM at {addr:#x}..{:#x}",
+                    addr + len
+                )));
+            }
+        }
+        let initrd_addr = match &format {
+            KernelFormat::BzImage(info) => {
+                if !e820::is_ram(&e820, info.load_addr, info.init_size) {
+                    return Err(Error::NoRoom(format!(
+                        "the kernel needs {:#x} bytes of RAM at {:#x} ({} MiB of RAM is too little)",
+                        info.init_size,
+                        info.load_addr,
+                        e820::ram_total(&e820) >> 20
+                    )));
+                }
+                self.initrd_place(&e820, info.load_addr + info.init_size, info.initrd_addr_max)?
+            }
+            KernelFormat::Elf => None,
+        };
+        Ok(BootPlan {
+            format,
+            e820,
+            initrd_addr,
+        })
+    }
+
+    fn initrd_place(&self, e820: &[E820Entry], above: u64, max: u64) -> Result<Option<u64>> {
+        match &self.initrd {
+            None => Ok(None),
+            Some(initrd) => place_initrd(e820, above, max, initrd.len() as u64).map(Some),
+        }
+    }
+
+    /// Loads everything `plan` placed into `mem` for `cpus` vCPUs: kernel,
+    /// command line, initrd, zero page (or PVH start info), MP table, GDT
+    /// and page tables. Returns the entry the bootstrap processor takes.
+    pub fn load(&self, plan: &BootPlan, mem: &GuestMemoryMmap, cpus: u32) -> Result<Loaded> {
+        let cmdline_len = self.cmdline.len() as u64;
+        let mut cmdline = self.cmdline.clone().into_bytes();
+        cmdline.push(0);
+        mem.write_slice(&cmdline, GuestAddress(CMDLINE_ADDR))
+            .map_err(mem_err("the command line"))?;
+        mem.write_slice(&mptable::build(cpus)?, GuestAddress(MPTABLE_ADDR))
+            .map_err(mem_err("the MP table"))?;
+        let loaded = match &plan.format {
+            KernelFormat::BzImage(info) => self.load_bzimage(plan, info, mem, cmdline_len)?,
+            KernelFormat::Elf => self.load_elf(plan, mem, cmdline_len)?,
+        };
+        write_tables(mem, &loaded.entry)?;
+        Ok(loaded)
+    }
+
+    fn write_initrd(&self, mem: &GuestMemoryMmap, addr: Option<u64>) -> Result<Option<(u64, u64)>> {
+        match (&self.initrd, addr) {
+            (Some(initrd), Some(addr)) => {
+                mem.write_slice(initrd, GuestAddress(addr))
+                    .map_err(mem_err("the initrd"))?;
+                Ok(Some((addr, initrd.len() as u64)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn load_bzimage(
+        &self,
+        plan: &BootPlan,
+        info: &BzImageInfo,
+        mem: &GuestMemoryMmap,
+        cmdline_len: u64,
+    ) -> Result<Loaded> {
+        let result = BzImage::load(
+            mem,
+            Some(GuestAddress(info.load_addr)),
+            &mut Cursor::new(&self.kernel),
+            Some(GuestAddress(HIGH_MEMORY)),
+        )?;
+        let initrd = self.write_initrd(mem, plan.initrd_addr)?;
+        let zp = fill(&ZeroPageInput {
+            header: Some(info.header),
+            kernel_load: info.load_addr,
+            cmdline_addr: CMDLINE_ADDR,
+            cmdline_len,
+            initrd,
+            e820: &plan.e820,
+        });
+        mem.write_obj(zp, GuestAddress(ZERO_PAGE_ADDR))
+            .map_err(mem_err("the zero page"))?;
+        Ok(Loaded {
+            entry: Entry::Long64 {
+                rip: info.load_addr + ENTRY_64_OFFSET,
+                boot_params: ZERO_PAGE_ADDR,
+            },
+            kernel_load: info.load_addr,
+            kernel_end: result.kernel_end.max(info.load_addr + info.init_size),
+            initrd,
+        })
+    }
+
+    fn load_elf(&self, plan: &BootPlan, mem: &GuestMemoryMmap, cmdline_len: u64) -> Result<Loaded> {
+        let result = Elf::load(
+            mem,
+            None,
+            &mut Cursor::new(&self.kernel),
+            Some(GuestAddress(HIGH_MEMORY)),
+        )?;
+        let kernel_load = result.kernel_load.0;
+        let initrd_addr =
+            self.initrd_place(&plan.e820, result.kernel_end, DEFAULT_INITRD_ADDR_MAX)?;
+        let initrd = self.write_initrd(mem, initrd_addr)?;
+        let entry = match result.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(eip) => {
+                write_pvh_info(mem, &plan.e820, initrd)?;
+                Entry::Pvh32 {
+                    eip: eip.0,
+                    start_info: PVH_INFO_ADDR,
+                }
+            }
+            _ => {
+                let zp = fill(&ZeroPageInput {
+                    header: None,
+                    kernel_load,
+                    cmdline_addr: CMDLINE_ADDR,
+                    cmdline_len,
+                    initrd,
+                    e820: &plan.e820,
+                });
+                mem.write_obj(zp, GuestAddress(ZERO_PAGE_ADDR))
+                    .map_err(mem_err("the zero page"))?;
+                Entry::Long64 {
+                    rip: kernel_load,
+                    boot_params: ZERO_PAGE_ADDR,
+                }
+            }
+        };
+        Ok(Loaded {
+            entry,
+            kernel_load,
+            kernel_end: result.kernel_end,
+            initrd,
+        })
+    }
+}
+
+/// The highest page-aligned address at or above `above` where `size` bytes
+/// fit inside one RAM entry of `e820` without passing `max` (the last byte
+/// the initrd may use) or 4 GiB.
+///
+/// ```
+/// use vmm_core::boot::{e820::build, loader::place_initrd};
+/// let map = build(&[(0x10_0000, 0xf0_0000)], &[])?;
+/// assert_eq!(place_initrd(&map, 0x20_0000, 0x7fff_ffff, 0x1800)?, 0xff_e000);
+/// assert!(place_initrd(&map, 0x20_0000, 0x7fff_ffff, 0x100_0000).is_err());
+/// # Ok::<(), vmm_core::boot::Error>(())
+/// ```
+pub fn place_initrd(e820: &[E820Entry], above: u64, max: u64, size: u64) -> Result<u64> {
+    let limit = max.saturating_add(1).min(FOUR_GIB);
+    let above = above.div_ceil(PAGE) * PAGE;
+    e820.iter()
+        .rev()
+        .filter(|e| e.kind == E820Kind::Ram)
+        .find_map(|e| {
+            let end = e.end().min(limit);
+            let start = end.checked_sub(size)? / PAGE * PAGE;
+            (start >= e.addr.max(above)).then_some(start)
+        })
+        .ok_or_else(|| {
+            Error::NoRoom(format!(
+                "an initrd of {size} bytes does not fit in RAM between {above:#x} and {limit:#x}"
+            ))
+        })
+}
+
+/// Writes the PVH start info, its memory map and the initrd module entry.
+fn write_pvh_info(
+    mem: &GuestMemoryMmap,
+    e820: &[E820Entry],
+    initrd: Option<(u64, u64)>,
+) -> Result<()> {
+    let modlist_addr = PVH_INFO_ADDR + 0x40;
+    let memmap_addr = modlist_addr + 0x40;
+    for (i, e) in e820.iter().enumerate() {
+        let entry = hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind.code(),
+            reserved: 0,
+        };
+        let at = memmap_addr + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+        mem.write_obj(entry, GuestAddress(at))
+            .map_err(mem_err("the PVH memory map"))?;
+    }
+    if let Some((paddr, size)) = initrd {
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        };
+        mem.write_obj(module, GuestAddress(modlist_addr))
+            .map_err(mem_err("the PVH module list"))?;
+    }
+    let info = hvm_start_info {
+        magic: PVH_MAGIC,
+        version: 1,
+        nr_modules: u32::from(initrd.is_some()),
+        modlist_paddr: modlist_addr,
+        cmdline_paddr: CMDLINE_ADDR,
+        memmap_paddr: memmap_addr,
+        memmap_entries: e820.len() as u32,
+        ..Default::default()
+    };
+    mem.write_obj(info, GuestAddress(PVH_INFO_ADDR))
+        .map_err(mem_err("the PVH start info"))
+}
