@@ -20,6 +20,7 @@
 mod error;
 mod exit;
 mod hypervisor;
+pub mod testing;
 mod vcpu;
 mod vm;
 pub mod vmx;

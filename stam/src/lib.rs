@@ -1,1 +1,48 @@
 //! Statistics registry (VirtualBox STAM): counters, gauges, profiles with hierarchical names.
+//!
+//! A [`Registry`] holds samples named like `/PGM/Page/cZeroPages`. Registering
+//! a sample returns a cheap hot-path handle ([`Counter`], [`Gauge`], [`Flag`],
+//! [`Profile`], [`Ratio`]); callbacks compute numbers owned elsewhere on read.
+//! Samples are queried, reset and printed by [`Pattern`]
+//! (`*`, `?`, `|` between alternatives; the empty pattern is everything).
+//!
+//! ```
+//! let reg = stam::Registry::new();
+//! let exits = reg.counter("/HM/Exit/Io", stam::Unit::Occurrences, "I/O exits")?;
+//! let run = reg.profile("/HM/RunLoop", "Time in KVM_RUN")?;
+//! exits.inc();
+//! {
+//!     let _t = run.start();
+//! }
+//! let snap = reg.snapshot("/HM/*");
+//! assert_eq!(snap.samples.len(), 2);
+//! # Ok::<(), stam::Error>(())
+//! ```
+
+mod clock;
+mod counter;
+mod error;
+mod flag;
+mod gauge;
+mod name;
+mod output;
+mod pattern;
+mod profile;
+mod ratio;
+mod registry;
+mod shard;
+mod snapshot;
+mod unit;
+
+pub use counter::Counter;
+pub use error::{Error, NameError};
+pub use flag::Flag;
+pub use gauge::{Gauge, GaugeValue};
+pub use name::{MAX_NAME_LEN, validate_name};
+pub use pattern::Pattern;
+pub use profile::{Profile, ProfileStats, ProfileTimer};
+pub use ratio::Ratio;
+pub use registry::{Registry, SampleBuilder};
+pub use shard::{SHARDS, set_thread_shard};
+pub use snapshot::{SampleSnapshot, Snapshot, Value};
+pub use unit::{Unit, Visibility};

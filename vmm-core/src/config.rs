@@ -84,19 +84,19 @@ pub fn parse_size(text: &str) -> Result<u64> {
                 'M' => 20,
                 'G' => 30,
                 'T' => 40,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "unknown size unit in {text:?} (use K, M, G or T)"
-                    )));
-                }
+                _ => return Err(not_a_size(text)),
             };
             (&t[..i], shift)
         }
         _ => (t, 20),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| Error::Config(format!("{text:?} is not a size (examples: 64, 512M, 2G)")))?;
+    let n: u64 = digits.parse().map_err(|_| not_a_size(text))?;
     n.checked_mul(1 << shift)
         .ok_or_else(|| Error::Config(format!("size {text:?} is too large")))
+}
+
+fn not_a_size(text: &str) -> Error {
+    Error::Config(format!(
+        "{text:?} is not a size (examples: 64, 512M, 2G; units K, M, G, T)"
+    ))
 }

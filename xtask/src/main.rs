@@ -1,2 +1,68 @@
-//! Developer tasks.
-fn main() {}
+//! Developer tasks: `cargo xtask ci` (the whole test suite) and
+//! `cargo xtask bench` (the benchmarks, kept out of the test run).
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: cargo xtask <ci | bench [CRATE...]>
+
+  ci      format check, clippy with -D warnings, and every test
+  bench   run the criterion benchmarks (all crates, or the ones named)";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// Runs `cargo` with `args` from the workspace root, failing on a non-zero exit.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Into::into)
+        .unwrap_or_default()
+}
+
+fn ci() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    eprintln!("xtask: ci passed");
+    Ok(())
+}
+
+fn bench(crates: &[String]) -> anyhow::Result<()> {
+    let mut args = vec!["bench"];
+    if crates.is_empty() {
+        args.push("--workspace");
+    }
+    for c in crates {
+        args.extend(["-p", c.as_str()]);
+    }
+    cargo(&args)
+}

@@ -1,0 +1,347 @@
+//! Reads and writes of guest-physical memory honouring handlers, ROM
+//! protection, unassigned space and the A20 gate; MMIO exit dispatch.
+
+use std::sync::atomic::Ordering;
+
+use super::error::PhysError;
+use super::handler::{HandlerAction, HandlerRange, PhysAccess};
+use super::map::PhysMap;
+use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
+use super::range::{Backing, Memory, PhysRange};
+
+/// The caller's buffer: filled by a read, consumed by a write.
+enum Buf<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Buf<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Buf::Read(b) => b.len(),
+            Buf::Write(b) => b.len(),
+        }
+    }
+
+    fn is_write(&self) -> bool {
+        matches!(self, Buf::Write(_))
+    }
+
+    fn sub(&mut self, from: usize, len: usize) -> Buf<'_> {
+        match self {
+            Buf::Read(b) => Buf::Read(&mut b[from..from + len]),
+            Buf::Write(b) => Buf::Write(&b[from..from + len]),
+        }
+    }
+
+    /// Default access for unassigned space or MMIO: reads give 0xFF.
+    fn fill_unassigned(&mut self) {
+        if let Buf::Read(b) = self {
+            b.fill(0xff);
+        }
+    }
+
+    /// Plain memory access; writes mark the page written.
+    fn memory(&mut self, mem: &Memory, offset: u64) {
+        let ok = match self {
+            Buf::Read(b) => mem.read(offset, b),
+            Buf::Write(b) => {
+                if let Some(p) = mem.page(offset) {
+                    p.note_write();
+                }
+                mem.write(offset, b)
+            }
+        };
+        if !ok {
+            self.fill_unassigned();
+        }
+    }
+}
+
+impl PhysMap {
+    /// Reads guest-physical memory at `gpa` into `buf`, as a device or the
+    /// VMM sees it: handlers are called, ROM reads follow the protection,
+    /// unassigned space reads as 0xFF, the A20 mask applies.
+    #[inline]
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysError> {
+        self.access(gpa, Buf::Read(buf))
+    }
+
+    /// Writes `data` to guest-physical memory at `gpa`: handlers are called,
+    /// ROM writes follow the protection, writes to unassigned space are
+    /// dropped, the A20 mask applies.
+    #[inline]
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), PhysError> {
+        self.access(gpa, Buf::Write(data))
+    }
+
+    /// Handles an MMIO exit of a vCPU: an access KVM could not satisfy (no
+    /// slot, a read-only slot written). For a read, fills `data`.
+    #[inline]
+    pub fn mmio_exit(&self, gpa: u64, data: &mut [u8], is_write: bool) -> Result<(), PhysError> {
+        if is_write {
+            self.access(gpa, Buf::Write(data))
+        } else {
+            self.access(gpa, Buf::Read(data))
+        }
+    }
+
+    fn access(&self, gpa: u64, mut buf: Buf<'_>) -> Result<(), PhysError> {
+        let mask = self.a20_mask.load(Ordering::Relaxed);
+        let len = buf.len();
+        let mut done = 0usize;
+        while done < len {
+            let addr = gpa.wrapping_add(done as u64) & mask;
+            let in_page = (PAGE_SIZE - (addr & PAGE_OFFSET_MASK)) as usize;
+            let chunk = in_page.min(len - done);
+            done += self.access_chunk(addr, buf.sub(done, chunk))?;
+        }
+        Ok(())
+    }
+
+    /// Performs an access within one page; returns the bytes handled (the
+    /// chunk may be cut at a handler boundary).
+    fn access_chunk(&self, addr: u64, mut buf: Buf<'_>) -> Result<usize, PhysError> {
+        let len = buf.len();
+        let Some(range) = self.range_at(addr) else {
+            buf.fill_unassigned();
+            return Ok(len);
+        };
+        let offset = addr - range.start;
+        match &range.backing {
+            Backing::Mmio => {
+                let action = match self.handlers.lookup(addr) {
+                    Some(h) => self.call_handler(h, addr, &mut buf)?,
+                    None => HandlerAction::Default,
+                };
+                if action == HandlerAction::Default {
+                    buf.fill_unassigned();
+                }
+                Ok(len)
+            }
+            Backing::Rom {
+                rom, shadow, prot, ..
+            } => {
+                match buf {
+                    Buf::Read(_) => buf.memory(if prot.reads_rom() { rom } else { shadow }, offset),
+                    Buf::Write(_) if prot.writes_ram() => buf.memory(shadow, offset),
+                    Buf::Write(_) => {}
+                }
+                Ok(len)
+            }
+            Backing::Ram(mem) => self.memory_chunk(range, mem, offset, addr, buf),
+            Backing::Mmio2 { mem, .. } => self.memory_chunk(range, mem, offset, addr, buf),
+        }
+    }
+
+    #[inline]
+    fn memory_chunk(
+        &self,
+        range: &PhysRange,
+        mem: &Memory,
+        offset: u64,
+        addr: u64,
+        mut buf: Buf<'_>,
+    ) -> Result<usize, PhysError> {
+        let len = buf.len();
+        let handled = match mem.page(offset).map(|p| p.get().handler) {
+            Some(PageHandlerState::All) => true,
+            Some(PageHandlerState::Write) => buf.is_write(),
+            _ => false,
+        };
+        if !handled {
+            buf.memory(mem, offset);
+            return Ok(len);
+        }
+        let last = addr + (len as u64 - 1);
+        match self.handlers.first_overlap(addr, last) {
+            Some(h) if h.first <= addr => {
+                let n = (h.last - addr + 1).min(len as u64) as usize;
+                let mut part = buf.sub(0, n);
+                if self.call_handler(h, addr, &mut part)? == HandlerAction::Default {
+                    part.memory(mem, offset);
+                }
+                Ok(n)
+            }
+            Some(h) => {
+                let n = (h.first - addr) as usize;
+                buf.sub(0, n).memory(mem, offset);
+                Ok(n)
+            }
+            None => {
+                debug_assert!(range.last() >= last);
+                buf.memory(mem, offset);
+                Ok(len)
+            }
+        }
+    }
+
+    fn call_handler(
+        &self,
+        h: &HandlerRange,
+        addr: u64,
+        buf: &mut Buf<'_>,
+    ) -> Result<HandlerAction, PhysError> {
+        let t = self.handler_type(h.type_id)?;
+        let mut tmp = [0u8; 16];
+        let mut heap;
+        let (data, is_write): (&mut [u8], bool) = match buf {
+            Buf::Read(b) => (b, false),
+            Buf::Write(b) if b.len() <= tmp.len() => {
+                tmp[..b.len()].copy_from_slice(b);
+                (&mut tmp[..b.len()], true)
+            }
+            Buf::Write(b) => {
+                heap = b.to_vec();
+                (&mut heap[..], true)
+            }
+        };
+        let mut access = PhysAccess {
+            gpa: addr,
+            offset: addr - h.first,
+            data,
+            is_write,
+            user: h.user,
+        };
+        (t.callback)(&mut access).map_err(|source| PhysError::Handler {
+            desc: h.desc.clone(),
+            gpa: addr,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::phys::{
+        HandlerAction, HandlerError, HandlerKind, PageState, PhysMap, RomProtection,
+    };
+
+    #[test]
+    fn rom_protection_modes() {
+        let mut map = PhysMap::with_defaults();
+        map.add_rom(
+            0xe_0000,
+            0x2000,
+            &[0xaa; 0x2000],
+            RomProtection::ReadRomWriteIgnore,
+            "rom",
+        )
+        .unwrap();
+        let rd = |m: &PhysMap| {
+            let mut b = [0u8; 1];
+            m.read(0xe_1000, &mut b).unwrap();
+            b[0]
+        };
+        map.write(0xe_1000, &[1]).unwrap();
+        assert_eq!(rd(&map), 0xaa);
+        map.set_rom_protection(0xe_0000, RomProtection::ReadRomWriteRam)
+            .unwrap();
+        map.write(0xe_1000, &[2]).unwrap();
+        assert_eq!(rd(&map), 0xaa);
+        map.set_rom_protection(0xe_0000, RomProtection::ReadRamWriteIgnore)
+            .unwrap();
+        assert_eq!(rd(&map), 2);
+        map.write(0xe_1000, &[3]).unwrap();
+        assert_eq!(rd(&map), 2);
+        map.set_rom_protection(0xe_0000, RomProtection::ReadRamWriteRam)
+            .unwrap();
+        map.write(0xe_1000, &[4]).unwrap();
+        assert_eq!(rd(&map), 4);
+        assert!(
+            map.set_rom_protection(0x1000, RomProtection::ReadRamWriteRam)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn write_handler_on_ram_and_default_access() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x10000, "ram").unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let h = hits.clone();
+        let t = map.register_handler_type(HandlerKind::Write, "mon", move |a| {
+            h.fetch_add(1, Ordering::Relaxed);
+            assert!(a.is_write);
+            if a.data[0] == 0xee {
+                return Err(HandlerError("refused".into()));
+            }
+            Ok(HandlerAction::Default)
+        });
+        map.register_handler(t, 0x2010, 0x201f, 7, "watch").unwrap();
+        // a write straddling the handler: only the covered part calls it
+        map.write(0x2008, &[9; 32]).unwrap();
+        assert_eq!(hits.load(Ordering::Relaxed), 1);
+        let mut b = [0u8; 32];
+        map.read(0x2008, &mut b).unwrap();
+        assert_eq!(b, [9; 32]);
+        assert_eq!(hits.load(Ordering::Relaxed), 1);
+        assert!(map.write(0x2010, &[0xee]).is_err());
+        // the page is read-only for KVM
+        let slot = map
+            .kvm_slots()
+            .slots
+            .iter()
+            .find(|s| s.guest_addr == 0x2000)
+            .unwrap();
+        assert!(slot.read_only);
+        assert_eq!(slot.size, 0x1000);
+        map.deregister_handler(0x2010).unwrap();
+        assert_eq!(map.kvm_slots().slots.len(), 1);
+        map.check_handlers().unwrap();
+    }
+
+    #[test]
+    fn unassigned_a20_and_page_crossing() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x20_0000, "ram").unwrap();
+        map.write(0xffe, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0u8; 4];
+        map.read(0xffe, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        map.read(0x1f_fffe, &mut b).unwrap();
+        assert_eq!(b, [0, 0, 0xff, 0xff]);
+        map.write(0x10_0010, &[5]).unwrap();
+        map.set_a20(false);
+        map.read(0x10_0010, &mut b[..1]).unwrap();
+        assert_eq!(b[0], 0);
+        map.write(0x10_0020, &[6]).unwrap();
+        map.set_a20(true);
+        map.read(0x20, &mut b[..1]).unwrap();
+        assert_eq!(b[0], 6);
+        assert_eq!(map.page_info(0x1000).state, PageState::Allocated);
+        assert_eq!(map.page_info(0x3000).state, PageState::Zero);
+        map.read(u64::MAX - 1, &mut b).unwrap();
+    }
+
+    #[test]
+    fn mmio_default_and_handled() {
+        let mut map = PhysMap::with_defaults();
+        let t = map.register_handler_type(HandlerKind::Mmio, "dev", |a| {
+            if a.offset == 0 {
+                return Ok(HandlerAction::Default);
+            }
+            if !a.is_write {
+                a.data.fill(a.user as u8);
+            }
+            Ok(HandlerAction::Handled)
+        });
+        map.map_mmio(0x1000_0000, 0x1000, t, 0x5a, "dev").unwrap();
+        let mut b = [0u8; 2];
+        map.mmio_exit(0x1000_0000, &mut b, false).unwrap();
+        assert_eq!(b, [0xff; 2]);
+        map.mmio_exit(0x1000_0004, &mut b, false).unwrap();
+        assert_eq!(b, [0x5a; 2]);
+        assert!(map.map_mmio(0x1000_0000, 0x1000, t, 0, "again").is_err());
+        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Handled));
+        assert!(map.map_mmio(0x2000_0000, 0x1000, w, 0, "bad kind").is_err());
+        assert!(
+            map.register_handler(t, 0x1000_0000, 0x1000_0fff, 0, "x")
+                .is_err()
+        );
+        assert!(map.deregister_handler(0x1000_0000).is_err());
+    }
+}

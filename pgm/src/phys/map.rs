@@ -1,0 +1,599 @@
+//! The guest-physical map: ranges and handler registration.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::MmapRegion;
+
+use super::error::PhysError;
+use super::handler::{
+    DEFAULT_MAX_HANDLERS, HandlerAction, HandlerError, HandlerKind, HandlerRange, HandlerTable,
+    HandlerType, HandlerTypeId, IntegrityError, PhysAccess,
+};
+use super::host::{HostMemory, MmapHostMemory};
+use super::page::{PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageType};
+use super::range::{
+    Backing, Memory, Mmio2Id, PhysRange, RangeId, RangeInfo, RangeKind, RomProtection,
+};
+use super::slots::SlotTracker;
+
+/// Configuration of a [`PhysMap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhysConfig {
+    /// Maximum number of physical handler ranges (32..=65536).
+    pub max_handlers: usize,
+    /// Whether [`PhysMap::reset`] zeroes RAM.
+    pub zero_ram_on_reset: bool,
+}
+
+impl Default for PhysConfig {
+    fn default() -> Self {
+        Self {
+            max_handlers: DEFAULT_MAX_HANDLERS,
+            zero_ram_on_reset: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Mmio2Entry {
+    pub(crate) name: String,
+    pub(crate) mem: Arc<Memory>,
+    pub(crate) mapped: Option<RangeId>,
+}
+
+/// The guest-physical address space (VirtualBox's PGM physical part).
+///
+/// Mutations (adding ranges, handlers, changing ROM protection) take
+/// `&mut self`; accesses ([`read`](Self::read), [`write`](Self::write),
+/// [`mmio_exit`](Self::mmio_exit)) take `&self`, so the map can sit behind an
+/// `RwLock` shared by vCPU threads and devices.
+///
+/// ```
+/// use pgm::phys::{PhysMap, HandlerKind, HandlerAction, RomProtection};
+/// let mut map = PhysMap::with_defaults();
+/// map.add_ram(0, 0x10_0000, "low RAM").unwrap();
+/// map.add_rom(0xf_0000 + 0x10_0000, 0x1_0000, &[0xea; 16],
+///             RomProtection::ReadRomWriteIgnore, "BIOS").unwrap();
+/// let t = map.register_handler_type(HandlerKind::Mmio, "dev", |a| {
+///     a.data.fill(0x42);
+///     Ok(HandlerAction::Handled)
+/// });
+/// map.map_mmio(0xfee0_0000, 0x1000, t, 0, "APIC").unwrap();
+///
+/// map.write(0x1000, &[1, 2, 3]).unwrap();
+/// let mut b = [0u8; 3];
+/// map.read(0x1000, &mut b).unwrap();
+/// assert_eq!(b, [1, 2, 3]);
+/// map.mmio_exit(0xfee0_0020, &mut b, false).unwrap();
+/// assert_eq!(b, [0x42; 3]);
+/// map.read(0x8000_0000, &mut b).unwrap();      // unassigned
+/// assert_eq!(b, [0xff; 3]);
+/// assert_eq!(map.kvm_slots().slots.len(), 2);  // RAM and ROM
+/// ```
+pub struct PhysMap {
+    pub(crate) host: Arc<dyn HostMemory>,
+    pub(crate) config: PhysConfig,
+    pub(crate) ranges: Vec<PhysRange>,
+    pub(crate) starts: Vec<u64>,
+    next_range_id: u32,
+    pub(crate) handler_types: Vec<HandlerType>,
+    pub(crate) handlers: HandlerTable,
+    pub(crate) mmio2: Vec<Mmio2Entry>,
+    pub(crate) a20_mask: AtomicU64,
+    pub(crate) slots: SlotTracker,
+    pub(crate) monitoring: bool,
+}
+
+impl std::fmt::Debug for PhysMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhysMap")
+            .field("ranges", &self.ranges.len())
+            .field("handlers", &self.handlers.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_aligned(what: &'static str, value: u64) -> Result<(), PhysError> {
+    if value & PAGE_OFFSET_MASK != 0 {
+        return Err(PhysError::Misaligned { what, value });
+    }
+    Ok(())
+}
+
+fn check_range(start: u64, size: u64) -> Result<u64, PhysError> {
+    check_aligned("start", start)?;
+    check_aligned("size", size)?;
+    if size == 0 {
+        return Err(PhysError::InvalidRange { start, size });
+    }
+    start
+        .checked_add(size - 1)
+        .ok_or(PhysError::InvalidRange { start, size })
+}
+
+impl PhysMap {
+    /// An empty map backed by `host`.
+    pub fn new(host: Arc<dyn HostMemory>, config: PhysConfig) -> Result<Self, PhysError> {
+        let handlers = HandlerTable::new(config.max_handlers)?;
+        Ok(Self::build(host, config, handlers))
+    }
+
+    /// An empty map with the default configuration over [`MmapHostMemory`].
+    pub fn with_defaults() -> Self {
+        Self::build(
+            Arc::new(MmapHostMemory::new()),
+            PhysConfig::default(),
+            HandlerTable::with_default_max(),
+        )
+    }
+
+    fn build(host: Arc<dyn HostMemory>, config: PhysConfig, handlers: HandlerTable) -> Self {
+        Self {
+            host,
+            handlers,
+            config,
+            ranges: Vec::new(),
+            starts: Vec::new(),
+            next_range_id: 0,
+            handler_types: Vec::new(),
+            mmio2: Vec::new(),
+            a20_mask: AtomicU64::new(!0),
+            slots: SlotTracker::default(),
+            monitoring: false,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> PhysConfig {
+        self.config
+    }
+
+    /// Index of the range containing `gpa`.
+    #[inline]
+    pub(crate) fn range_index(&self, gpa: u64) -> Option<usize> {
+        let i = self.starts.partition_point(|&s| s <= gpa).checked_sub(1)?;
+        (self.ranges[i].last() >= gpa).then_some(i)
+    }
+
+    /// The range containing `gpa`.
+    #[inline]
+    pub(crate) fn range_at(&self, gpa: u64) -> Option<&PhysRange> {
+        self.range_index(gpa).map(|i| &self.ranges[i])
+    }
+
+    fn insert_range(
+        &mut self,
+        start: u64,
+        size: u64,
+        name: &str,
+        backing: Backing,
+    ) -> Result<RangeId, PhysError> {
+        let last = check_range(start, size)?;
+        let idx = self.starts.partition_point(|&s| s < start);
+        let clash = [idx.checked_sub(1), Some(idx)]
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.ranges.get(i))
+            .find(|r| r.start <= last && start <= r.last());
+        if let Some(r) = clash {
+            return Err(PhysError::RangeOverlap {
+                start,
+                last,
+                existing: r.name.clone(),
+            });
+        }
+        let id = RangeId(self.next_range_id);
+        self.next_range_id += 1;
+        self.starts.insert(idx, start);
+        self.ranges.insert(
+            idx,
+            PhysRange {
+                id,
+                start,
+                size,
+                name: name.to_owned(),
+                backing,
+            },
+        );
+        self.refresh_slots();
+        Ok(id)
+    }
+
+    fn check_free(&self, start: u64, size: u64) -> Result<(), PhysError> {
+        let last = check_range(start, size)?;
+        match self
+            .ranges
+            .iter()
+            .find(|r| r.start <= last && start <= r.last())
+        {
+            Some(r) => Err(PhysError::RangeOverlap {
+                start,
+                last,
+                existing: r.name.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a RAM range; all its pages start in the zero state.
+    pub fn add_ram(&mut self, start: u64, size: u64, name: &str) -> Result<RangeId, PhysError> {
+        self.check_free(start, size)?;
+        let mem = Memory::allocate(&*self.host, size, PageType::Ram)?;
+        self.insert_range(start, size, name, Backing::Ram(mem))
+    }
+
+    /// Adds a ROM range of `size` bytes holding `image` (the rest reads as
+    /// zero), with a shadow RAM copy initialised from the image.
+    pub fn add_rom(
+        &mut self,
+        start: u64,
+        size: u64,
+        image: &[u8],
+        prot: RomProtection,
+        name: &str,
+    ) -> Result<RangeId, PhysError> {
+        self.check_free(start, size)?;
+        if image.len() as u64 > size {
+            return Err(PhysError::RomImageTooLarge {
+                image: image.len(),
+                size,
+            });
+        }
+        let rom = Memory::allocate(&*self.host, size, PageType::Rom)?;
+        let shadow = Memory::allocate(&*self.host, size, PageType::RomShadow)?;
+        for mem in [&rom, &shadow] {
+            mem.write(0, image);
+            let written = image.len().div_ceil(PAGE_SIZE as usize);
+            mem.pages.iter().take(written).for_each(|p| p.note_write());
+            mem.pages.iter().for_each(|p| {
+                p.update(|mut i| {
+                    i.dirty = false;
+                    i
+                });
+            });
+        }
+        self.insert_range(
+            start,
+            size,
+            name,
+            Backing::Rom {
+                rom,
+                shadow,
+                prot,
+                initial: prot,
+            },
+        )
+    }
+
+    /// Changes the protection of the ROM range containing `gpa`.
+    pub fn set_rom_protection(&mut self, gpa: u64, prot: RomProtection) -> Result<(), PhysError> {
+        let idx = self.range_index(gpa);
+        match idx.map(|i| &mut self.ranges[i].backing) {
+            Some(Backing::Rom { prot: p, .. }) => *p = prot,
+            _ => return Err(PhysError::NoSuchRange(format!("no ROM at {gpa:#x}"))),
+        }
+        self.refresh_slots();
+        Ok(())
+    }
+
+    /// Registers a handler type; the id is used for handler ranges.
+    pub fn register_handler_type(
+        &mut self,
+        kind: HandlerKind,
+        desc: &str,
+        callback: impl Fn(&mut PhysAccess<'_>) -> Result<HandlerAction, HandlerError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> HandlerTypeId {
+        let id = HandlerTypeId(self.handler_types.len() as u32);
+        self.handler_types.push(HandlerType {
+            kind,
+            desc: desc.to_owned(),
+            callback: Arc::new(callback),
+        });
+        id
+    }
+
+    pub(crate) fn handler_type(&self, id: HandlerTypeId) -> Result<&HandlerType, PhysError> {
+        self.handler_types
+            .get(id.0 as usize)
+            .ok_or(PhysError::UnknownHandlerType(id.0))
+    }
+
+    /// Maps an MMIO range handled by `type_id` (a [`HandlerKind::Mmio`] type).
+    pub fn map_mmio(
+        &mut self,
+        start: u64,
+        size: u64,
+        type_id: HandlerTypeId,
+        user: u64,
+        name: &str,
+    ) -> Result<RangeId, PhysError> {
+        let kind = self.handler_type(type_id)?.kind;
+        if kind != HandlerKind::Mmio {
+            return Err(PhysError::HandlerKindMismatch {
+                kind: kind.name(),
+                what: "an MMIO range".into(),
+            });
+        }
+        let last = check_range(start, size)?;
+        self.check_free(start, size)?;
+        self.handlers.insert(HandlerRange {
+            first: start,
+            last,
+            type_id,
+            user,
+            desc: name.to_owned(),
+        })?;
+        self.insert_range(start, size, name, Backing::Mmio)
+            .inspect_err(|_| {
+                let _ = self.handlers.remove(start);
+            })
+    }
+
+    /// Registers device-owned RAM (not yet mapped into the guest).
+    pub fn register_mmio2(&mut self, size: u64, name: &str) -> Result<Mmio2Id, PhysError> {
+        check_range(0, size)?;
+        let mem = Memory::allocate(&*self.host, size, PageType::Mmio2)?;
+        self.mmio2.push(Mmio2Entry {
+            name: name.to_owned(),
+            mem: Arc::new(mem),
+            mapped: None,
+        });
+        Ok(Mmio2Id(self.mmio2.len() as u32 - 1))
+    }
+
+    fn mmio2_entry(&self, id: Mmio2Id) -> Result<&Mmio2Entry, PhysError> {
+        self.mmio2
+            .get(id.0 as usize)
+            .ok_or_else(|| PhysError::NoSuchRange(format!("MMIO2 region {}", id.0)))
+    }
+
+    /// The host memory of an MMIO2 region, for the owning device.
+    pub fn mmio2_memory(&self, id: Mmio2Id) -> Result<Arc<MmapRegion>, PhysError> {
+        Ok(self.mmio2_entry(id)?.mem.region.clone())
+    }
+
+    /// Maps MMIO2 region `id` at `start`.
+    pub fn map_mmio2(&mut self, id: Mmio2Id, start: u64) -> Result<RangeId, PhysError> {
+        let entry = self.mmio2_entry(id)?;
+        if entry.mapped.is_some() {
+            return Err(PhysError::NoSuchRange(format!(
+                "MMIO2 region '{}' is already mapped",
+                entry.name
+            )));
+        }
+        let (mem, name, size) = (entry.mem.clone(), entry.name.clone(), entry.mem.size());
+        let rid = self.insert_range(start, size, &name, Backing::Mmio2 { id, mem })?;
+        self.mmio2[id.0 as usize].mapped = Some(rid);
+        Ok(rid)
+    }
+
+    /// Unmaps MMIO2 region `id`; its memory stays with the device.
+    pub fn unmap_mmio2(&mut self, id: Mmio2Id) -> Result<(), PhysError> {
+        let rid = self
+            .mmio2_entry(id)?
+            .mapped
+            .ok_or_else(|| PhysError::NoSuchRange(format!("MMIO2 region {} not mapped", id.0)))?;
+        self.remove_range(rid)
+    }
+
+    /// Removes a range (RAM, ROM, MMIO or MMIO2) and its handlers.
+    pub fn remove_range(&mut self, id: RangeId) -> Result<(), PhysError> {
+        let idx = self
+            .ranges
+            .iter()
+            .position(|r| r.id == id)
+            .ok_or_else(|| PhysError::NoSuchRange(id.to_string()))?;
+        let (first, last) = (self.ranges[idx].start, self.ranges[idx].last());
+        let covered: Vec<u64> = self
+            .handlers
+            .iter()
+            .filter(|h| h.first <= last && first <= h.last)
+            .map(|h| h.first)
+            .collect();
+        for h in covered {
+            self.handlers.remove(h)?;
+        }
+        let range = self.ranges.remove(idx);
+        self.starts.remove(idx);
+        if let Backing::Mmio2 { id, .. } = range.backing
+            && let Some(e) = self.mmio2.get_mut(id.0 as usize)
+        {
+            e.mapped = None;
+        }
+        self.refresh_slots();
+        Ok(())
+    }
+
+    /// Registers a WRITE or ALL handler over `first..=last`, which must lie in
+    /// one RAM or MMIO2 range. KVM maps the covered pages read-only (WRITE)
+    /// or not at all (ALL) so that accesses exit to the handler.
+    pub fn register_handler(
+        &mut self,
+        type_id: HandlerTypeId,
+        first: u64,
+        last: u64,
+        user: u64,
+        desc: &str,
+    ) -> Result<(), PhysError> {
+        let kind = self.handler_type(type_id)?.kind;
+        let range = self
+            .range_at(first)
+            .ok_or_else(|| PhysError::NoSuchRange(format!("nothing mapped at {first:#x}")))?;
+        let fits = last >= first && last <= range.last();
+        let memory_kind = matches!(range.kind(), RangeKind::Ram | RangeKind::Mmio2);
+        if kind == HandlerKind::Mmio || !memory_kind || !fits {
+            return Err(PhysError::HandlerKindMismatch {
+                kind: kind.name(),
+                what: format!(
+                    "{first:#x}..={last:#x} in {} '{}'",
+                    range.kind().name(),
+                    range.name
+                ),
+            });
+        }
+        self.handlers.insert(HandlerRange {
+            first,
+            last,
+            type_id,
+            user,
+            desc: desc.to_owned(),
+        })?;
+        self.update_page_handler_state(first, last);
+        self.refresh_slots();
+        Ok(())
+    }
+
+    /// Removes the WRITE/ALL handler starting at `first`.
+    pub fn deregister_handler(&mut self, first: u64) -> Result<(), PhysError> {
+        if matches!(
+            self.range_at(first).map(|r| r.kind()),
+            Some(RangeKind::Mmio)
+        ) {
+            return Err(PhysError::NoSuchHandler(first));
+        }
+        let h = self.handlers.remove(first)?;
+        self.update_page_handler_state(h.first, h.last);
+        self.refresh_slots();
+        Ok(())
+    }
+
+    /// Recomputes the handler state of the pages touching `first..=last`.
+    fn update_page_handler_state(&self, first: u64, last: u64) {
+        let Some(range) = self.range_at(first) else {
+            return;
+        };
+        let Some(mem) = range.writable_memory() else {
+            return;
+        };
+        let mut page = first & !PAGE_OFFSET_MASK;
+        while page <= last {
+            let page_last = page + PAGE_OFFSET_MASK;
+            let mut state = PageHandlerState::None;
+            for h in self
+                .handlers
+                .iter()
+                .skip_while(|h| h.last < page)
+                .take_while(|h| h.first <= page_last)
+            {
+                let k = self.handler_types.get(h.type_id.0 as usize).map(|t| t.kind);
+                state = match (state, k) {
+                    (_, Some(HandlerKind::All)) | (PageHandlerState::All, _) => {
+                        PageHandlerState::All
+                    }
+                    _ => PageHandlerState::Write,
+                };
+            }
+            if let Some(slot) = mem.page(page - range.start) {
+                slot.update(|mut i| {
+                    i.handler = state;
+                    i
+                });
+            }
+            match page.checked_add(PAGE_SIZE) {
+                Some(p) => page = p,
+                None => break,
+            }
+        }
+    }
+
+    /// Handler ranges in address order.
+    pub fn handlers(&self) -> impl Iterator<Item = &HandlerRange> {
+        self.handlers.iter()
+    }
+
+    /// The handler range covering `gpa`.
+    #[inline]
+    pub fn lookup_handler(&self, gpa: u64) -> Option<&HandlerRange> {
+        self.handlers.lookup(gpa)
+    }
+
+    /// Kind and description of a handler type.
+    pub fn handler_type_info(&self, id: HandlerTypeId) -> Option<(HandlerKind, &str)> {
+        self.handler_types
+            .get(id.0 as usize)
+            .map(|t| (t.kind, t.desc.as_str()))
+    }
+
+    /// Checks the handler table (walked in both directions) and that every
+    /// handler lies within a range of a fitting kind.
+    pub fn check_handlers(&self) -> Result<(), IntegrityError> {
+        self.handlers.check_integrity()
+    }
+
+    /// All ranges in address order.
+    pub fn ranges(&self) -> Vec<RangeInfo> {
+        self.ranges.iter().map(RangeInfo::from).collect()
+    }
+
+    /// The descriptor of the page containing `gpa` (MMIO and unassigned pages
+    /// are synthesised).
+    pub fn page_info(&self, gpa: u64) -> PageInfo {
+        let gpa = gpa & self.a20_mask.load(Ordering::Relaxed);
+        let Some(range) = self.range_at(gpa) else {
+            return PageInfo::new(PageType::Unassigned, super::page::PageState::Zero);
+        };
+        let mem = match &range.backing {
+            Backing::Rom { rom, .. } => Some(rom),
+            _ => range.writable_memory(),
+        };
+        match mem.and_then(|m| m.page(gpa - range.start)) {
+            Some(slot) => slot.get(),
+            None => {
+                let mut i = PageInfo::new(PageType::Mmio, super::page::PageState::Zero);
+                i.handler = PageHandlerState::All;
+                i
+            }
+        }
+    }
+
+    /// Descriptor of the shadow page of the ROM page containing `gpa`.
+    pub fn rom_shadow_page_info(&self, gpa: u64) -> Option<PageInfo> {
+        let range = self.range_at(gpa)?;
+        match &range.backing {
+            Backing::Rom { shadow, .. } => shadow.page(gpa - range.start).map(|s| s.get()),
+            _ => None,
+        }
+    }
+
+    /// Enables or disables the A20 gate (disabled: address bit 20 is masked
+    /// in [`read`](Self::read), [`write`](Self::write) and
+    /// [`mmio_exit`](Self::mmio_exit)).
+    pub fn set_a20(&self, enabled: bool) {
+        let mask = if enabled { !0 } else { !(1u64 << 20) };
+        self.a20_mask.store(mask, Ordering::Relaxed);
+    }
+
+    /// Whether the A20 gate is enabled.
+    pub fn a20_enabled(&self) -> bool {
+        self.a20_mask.load(Ordering::Relaxed) == !0
+    }
+
+    /// Host memory spent on page tracking, in bytes (for the 16-bytes-per-page
+    /// budget).
+    pub fn tracking_bytes(&self) -> usize {
+        let pages: usize = self
+            .ranges
+            .iter()
+            .filter_map(|r| match &r.backing {
+                Backing::Rom { rom, shadow, .. } => Some(rom.pages.len() + shadow.pages.len()),
+                _ => r.writable_memory().map(|m| m.pages.len()),
+            })
+            .sum();
+        pages * std::mem::size_of::<super::page::PageSlot>()
+            + self.ranges.len() * std::mem::size_of::<PhysRange>()
+    }
+
+    /// Number of guest pages backed by memory (RAM, ROM, MMIO2).
+    pub fn memory_pages(&self) -> u64 {
+        self.ranges
+            .iter()
+            .filter(|r| r.kind() != RangeKind::Mmio)
+            .map(|r| r.size >> PAGE_SHIFT)
+            .sum()
+    }
+}

@@ -1,0 +1,171 @@
+//! The KVM memory slots the map needs: which guest-physical ranges KVM maps
+//! directly, read-write or read-only, and which must exit to `pgm`.
+
+use super::map::PhysMap;
+use super::page::{PAGE_SIZE, PageHandlerState};
+use super::range::{Backing, PhysRange, RomProtection};
+
+/// One KVM user memory slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KvmSlot {
+    /// Slot number (stable while the slot is unchanged).
+    pub slot: u32,
+    /// Guest-physical address.
+    pub guest_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Host virtual address of the backing.
+    pub host_addr: u64,
+    /// Map read-only (`KVM_MEM_READONLY`): guest writes exit as MMIO.
+    pub read_only: bool,
+    /// Log dirty pages (`KVM_MEM_LOG_DIRTY_PAGES`).
+    pub log_dirty: bool,
+}
+
+impl KvmSlot {
+    fn same_mapping(&self, o: &KvmSlot) -> bool {
+        (
+            self.guest_addr,
+            self.size,
+            self.host_addr,
+            self.read_only,
+            self.log_dirty,
+        ) == (o.guest_addr, o.size, o.host_addr, o.read_only, o.log_dirty)
+    }
+}
+
+/// The slots for the current map, with a generation number that changes
+/// whenever the set does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotSet {
+    /// Bumped on every change.
+    pub generation: u64,
+    /// Slots in guest address order.
+    pub slots: Vec<KvmSlot>,
+}
+
+/// What to tell KVM to get from one [`SlotSet`] to another: delete
+/// `remove` (size 0) first, then add `add`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotChanges {
+    /// Slots to delete.
+    pub remove: Vec<KvmSlot>,
+    /// Slots to create.
+    pub add: Vec<KvmSlot>,
+}
+
+impl SlotSet {
+    /// The changes that turn `old` into `self`.
+    pub fn changes_from(&self, old: &SlotSet) -> SlotChanges {
+        let keep = |s: &KvmSlot, other: &[KvmSlot]| other.iter().any(|o| o == s);
+        SlotChanges {
+            remove: old
+                .slots
+                .iter()
+                .filter(|s| !keep(s, &self.slots))
+                .copied()
+                .collect(),
+            add: self
+                .slots
+                .iter()
+                .filter(|s| !keep(s, &old.slots))
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// The slot with number `slot`.
+    pub fn get(&self, slot: u32) -> Option<&KvmSlot> {
+        self.slots.iter().find(|s| s.slot == slot)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SlotTracker {
+    pub(crate) current: SlotSet,
+}
+
+/// Pieces of one range KVM should map: (guest, size, host, read-only).
+fn range_pieces(r: &PhysRange, out: &mut Vec<(u64, u64, u64, bool)>) {
+    let mut push = |guest: u64, size: u64, host: u64, ro: bool| match out.last_mut() {
+        Some(l) if l.0 + l.1 == guest && l.2 + l.1 == host && l.3 == ro => l.1 += size,
+        _ => out.push((guest, size, host, ro)),
+    };
+    match &r.backing {
+        Backing::Mmio => {}
+        Backing::Rom { prot, .. } => {
+            if let Some(m) = r.readable_memory() {
+                let ro = *prot != RomProtection::ReadRamWriteRam;
+                push(r.start, r.size, m.host_addr(), ro);
+            }
+        }
+        Backing::Ram(_) | Backing::Mmio2 { .. } => {
+            let Some(m) = r.writable_memory() else {
+                return;
+            };
+            for (i, p) in m.pages.iter().enumerate() {
+                let off = i as u64 * PAGE_SIZE;
+                match p.get().handler {
+                    PageHandlerState::None => {
+                        push(r.start + off, PAGE_SIZE, m.host_addr() + off, false)
+                    }
+                    PageHandlerState::Write => {
+                        push(r.start + off, PAGE_SIZE, m.host_addr() + off, true)
+                    }
+                    PageHandlerState::All => {}
+                }
+            }
+        }
+    }
+}
+
+impl PhysMap {
+    /// The KVM slots for the current map. Compare
+    /// [`SlotSet::generation`] with the last one applied, and apply
+    /// [`SlotSet::changes_from`] when it moved.
+    pub fn kvm_slots(&self) -> &SlotSet {
+        &self.slots.current
+    }
+
+    /// Recomputes the slot set after a change of the map.
+    pub(crate) fn refresh_slots(&mut self) {
+        let mut pieces = Vec::new();
+        for r in &self.ranges {
+            range_pieces(r, &mut pieces);
+        }
+        let old = &self.slots.current;
+        let mut used: Vec<u32> = Vec::new();
+        let mut slots: Vec<KvmSlot> = pieces
+            .iter()
+            .map(|&(guest_addr, size, host_addr, read_only)| {
+                let mut s = KvmSlot {
+                    slot: u32::MAX,
+                    guest_addr,
+                    size,
+                    host_addr,
+                    read_only,
+                    log_dirty: self.monitoring && !read_only,
+                };
+                if let Some(o) = old.slots.iter().find(|o| o.same_mapping(&s)) {
+                    s.slot = o.slot;
+                    used.push(o.slot);
+                }
+                s
+            })
+            .collect();
+        let mut next = 0u32;
+        for s in slots.iter_mut().filter(|s| s.slot == u32::MAX) {
+            while used.contains(&next) {
+                next += 1;
+            }
+            s.slot = next;
+            used.push(next);
+        }
+        if slots != old.slots {
+            self.slots.current = SlotSet {
+                generation: old.generation + 1,
+                slots,
+            };
+        }
+    }
+}

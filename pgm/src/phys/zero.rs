@@ -1,0 +1,259 @@
+//! Zero pages: the scan that gives all-zero pages back to the host, reset,
+//! and ballooning.
+
+use super::error::PhysError;
+use super::map::PhysMap;
+use super::page::{PAGE_SHIFT, PAGE_SIZE, PageState};
+use super::range::{Backing, Memory};
+
+/// Outcome of [`PhysMap::scan_zero_pages`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZeroScanReport {
+    /// RAM pages examined.
+    pub scanned: u64,
+    /// Resident all-zero pages given back to the host.
+    pub freed: u64,
+    /// Zero-state pages found written (now allocated).
+    pub newly_allocated: u64,
+}
+
+fn discard_run(map: &PhysMap, mem: &Memory, run: &mut Option<(u64, u64)>) -> Result<(), PhysError> {
+    if let Some((first, count)) = run.take() {
+        map.host.discard(
+            &mem.region,
+            (first * PAGE_SIZE) as usize,
+            (count * PAGE_SIZE) as usize,
+        )?;
+    }
+    Ok(())
+}
+
+impl PhysMap {
+    /// Scans RAM: resident pages that hold only zeros are given back to the
+    /// host (`madvise(DONTNEED)`) and return to the zero state; resident
+    /// non-zero pages still in the zero state (written by the guest through
+    /// KVM) become allocated. Ballooned and shared pages are left alone.
+    ///
+    /// Call it with the vCPUs stopped: a page written between the check and
+    /// the discard would lose the write.
+    pub fn scan_zero_pages(&self) -> Result<ZeroScanReport, PhysError> {
+        let mut report = ZeroScanReport::default();
+        let mut resident = Vec::new();
+        for range in &self.ranges {
+            let Backing::Ram(mem) = &range.backing else {
+                continue;
+            };
+            self.host
+                .residency(&mem.region, 0, mem.region.size(), &mut resident)?;
+            let mut run: Option<(u64, u64)> = None;
+            for (i, slot) in mem.pages.iter().enumerate() {
+                report.scanned += 1;
+                let idx = i as u64;
+                let info = slot.get();
+                let skip = matches!(info.state, PageState::Ballooned | PageState::Shared);
+                if skip || !resident.get(i).copied().unwrap_or(false) {
+                    discard_run(self, mem, &mut run)?;
+                    continue;
+                }
+                if mem.page_is_zero(idx << PAGE_SHIFT) {
+                    run = match run {
+                        Some((f, n)) if f + n == idx => Some((f, n + 1)),
+                        other => {
+                            let mut o = other;
+                            discard_run(self, mem, &mut o)?;
+                            Some((idx, 1))
+                        }
+                    };
+                    slot.update(|mut p| {
+                        p.state = PageState::Zero;
+                        p
+                    });
+                    report.freed += 1;
+                } else {
+                    discard_run(self, mem, &mut run)?;
+                    if info.state == PageState::Zero {
+                        slot.update(|mut p| {
+                            p.state = PageState::Allocated;
+                            p
+                        });
+                        report.newly_allocated += 1;
+                    }
+                }
+            }
+            discard_run(self, mem, &mut run)?;
+        }
+        Ok(report)
+    }
+
+    /// Number of RAM pages currently occupying host memory.
+    pub fn resident_ram_pages(&self) -> Result<u64, PhysError> {
+        let mut resident = Vec::new();
+        let mut count = 0;
+        for range in &self.ranges {
+            if let Backing::Ram(mem) = &range.backing {
+                self.host
+                    .residency(&mem.region, 0, mem.region.size(), &mut resident)?;
+                count += resident.iter().filter(|&&r| r).count() as u64;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Resets the map as a machine reset does: RAM is zeroed and given back
+    /// to the host (unless [`PhysConfig::zero_ram_on_reset`] is off), ROM
+    /// protection returns to its initial mode and the shadow to the ROM
+    /// image, the A20 gate is enabled. MMIO2 belongs to devices and is kept.
+    ///
+    /// [`PhysConfig::zero_ram_on_reset`]: super::PhysConfig::zero_ram_on_reset
+    pub fn reset(&mut self) -> Result<(), PhysError> {
+        self.set_a20(true);
+        let zero = self.config.zero_ram_on_reset;
+        for range in &mut self.ranges {
+            match &mut range.backing {
+                Backing::Ram(mem) if zero => {
+                    self.host.discard(&mem.region, 0, mem.region.size())?;
+                    for p in mem.pages.iter() {
+                        p.update(|mut i| {
+                            i.state = PageState::Zero;
+                            i.dirty = true;
+                            i
+                        });
+                    }
+                }
+                Backing::Rom {
+                    rom,
+                    shadow,
+                    prot,
+                    initial,
+                } => {
+                    *prot = *initial;
+                    let mut page = vec![0u8; PAGE_SIZE as usize];
+                    for (i, (src, dst)) in rom.pages.iter().zip(shadow.pages.iter()).enumerate() {
+                        let off = i as u64 * PAGE_SIZE;
+                        rom.read(off, &mut page);
+                        shadow.write(off, &page);
+                        dst.set(src.get().with_type(dst.get().page_type));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.refresh_slots();
+        Ok(())
+    }
+
+    /// Inflates (`true`) or deflates the balloon over the RAM pages at
+    /// `gpas`: inflated pages are given back to the host and marked
+    /// ballooned; deflated pages return to the zero state.
+    pub fn balloon(&self, gpas: &[u64], inflate: bool) -> Result<(), PhysError> {
+        for &gpa in gpas {
+            let range = self.range_at(gpa);
+            let Some((range, Backing::Ram(mem))) = range.map(|r| (r, &r.backing)) else {
+                return Err(PhysError::NoSuchRange(format!("no RAM at {gpa:#x}")));
+            };
+            let off = (gpa - range.start) & !(PAGE_SIZE - 1);
+            if inflate {
+                self.host
+                    .discard(&mem.region, off as usize, PAGE_SIZE as usize)?;
+            }
+            if let Some(p) = mem.page(off) {
+                p.update(|mut i| {
+                    i.state = if inflate {
+                        PageState::Ballooned
+                    } else {
+                        PageState::Zero
+                    };
+                    i
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::phys::{PageState, PhysConfig, PhysMap, RomProtection};
+
+    #[test]
+    fn scan_frees_zero_pages_and_finds_written_ones() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x10000, "ram").unwrap();
+        map.write(0x1000, &[1]).unwrap();
+        map.write(0x2000, &[0]).unwrap();
+        map.write(0x3000, &[0]).unwrap();
+        map.write(0x5000, &[0]).unwrap();
+        let r = map.scan_zero_pages().unwrap();
+        assert_eq!(r.scanned, 16);
+        assert_eq!(r.freed, 3);
+        assert_eq!(map.page_info(0x1000).state, PageState::Allocated);
+        assert_eq!(map.page_info(0x2000).state, PageState::Zero);
+        let again = map.scan_zero_pages().unwrap();
+        assert_eq!(again.freed, 0);
+    }
+
+    #[test]
+    fn reset_zeroes_ram_and_restores_rom() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x10000, "ram").unwrap();
+        map.add_rom(
+            0xf_0000,
+            0x1000,
+            &[0x11; 16],
+            RomProtection::ReadRomWriteRam,
+            "rom",
+        )
+        .unwrap();
+        map.write(0x10, &[5]).unwrap();
+        map.write(0xf_0000, &[0x22]).unwrap();
+        map.set_rom_protection(0xf_0000, RomProtection::ReadRamWriteRam)
+            .unwrap();
+        map.set_a20(false);
+        let mut b = [0u8];
+        map.read(0xf_0000, &mut b).unwrap();
+        assert_eq!(b[0], 0x22);
+        map.reset().unwrap();
+        assert!(map.a20_enabled());
+        map.read(0x10, &mut b).unwrap();
+        assert_eq!(b[0], 0);
+        map.read(0xf_0000, &mut b).unwrap();
+        assert_eq!(b[0], 0x11);
+        map.set_rom_protection(0xf_0000, RomProtection::ReadRamWriteRam)
+            .unwrap();
+        map.read(0xf_0000, &mut b).unwrap();
+        assert_eq!(b[0], 0x11);
+        assert_eq!(
+            map.ranges()[1].rom_protection,
+            Some(RomProtection::ReadRamWriteRam)
+        );
+
+        let mut keep = PhysMap::new(
+            std::sync::Arc::new(crate::phys::MmapHostMemory::new()),
+            PhysConfig {
+                zero_ram_on_reset: false,
+                ..PhysConfig::default()
+            },
+        )
+        .unwrap();
+        keep.add_ram(0, 0x1000, "ram").unwrap();
+        keep.write(0, &[9]).unwrap();
+        keep.reset().unwrap();
+        keep.read(0, &mut b).unwrap();
+        assert_eq!(b[0], 9);
+    }
+
+    #[test]
+    fn balloon_inflate_and_deflate() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x4000, "ram").unwrap();
+        map.write(0x1000, &[7]).unwrap();
+        map.balloon(&[0x1000], true).unwrap();
+        assert_eq!(map.page_info(0x1000).state, PageState::Ballooned);
+        let mut b = [1u8];
+        map.read(0x1000, &mut b).unwrap();
+        assert_eq!(b[0], 0);
+        map.balloon(&[0x1000], false).unwrap();
+        assert_eq!(map.page_info(0x1000).state, PageState::Zero);
+        assert!(map.balloon(&[0x10_0000], true).is_err());
+    }
+}

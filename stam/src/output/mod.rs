@@ -1,0 +1,7 @@
+//! Renderings of a [`Snapshot`](crate::Snapshot): text table, JSON,
+//! Prometheus text exposition and VirtualBox's XML snapshot form.
+
+mod json;
+mod prometheus;
+mod text;
+mod xml;

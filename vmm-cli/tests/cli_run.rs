@@ -1,0 +1,133 @@
+//! `vmm run` and `vmm doctor` as a user runs them.
+
+use std::process::{Command, Output};
+
+use hm_vmx::testing::kvm_available;
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .output()
+        .expect("vmm starts")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn zero_cpus_is_rejected_with_a_message() {
+    let out = vmm(&["run", "--cpus", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("at least one vCPU"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn more_cpus_than_supported_is_rejected_with_a_message() {
+    if !kvm_available("more_cpus_than_supported_is_rejected_with_a_message") {
+        return;
+    }
+    let out = vmm(&["run", "--cpus", "100000"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("vCPU"), "{}", stderr(&out));
+}
+
+#[test]
+fn zero_memory_is_rejected_with_a_message() {
+    let out = vmm(&["run", "--mem", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("guest RAM cannot be 0"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vmm(&["run", "--mem", "lots"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a size"), "{}", stderr(&out));
+}
+
+#[test]
+fn unknown_guest_is_rejected_and_guests_are_listed() {
+    let out = vmm(&["run", "--guest", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no embedded guest named \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = vmm(&["run", "--list-guests"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
+}
+
+#[test]
+fn run_boots_the_demo_guest_and_exits_with_its_status() {
+    if !kvm_available("run_boots_the_demo_guest_and_exits_with_its_status") {
+        return;
+    }
+    let out = vmm(&["run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert!(stdout.contains("vmm demo: real mode"), "{stdout}");
+    assert!(stdout.contains("vmm demo: all checks passed"), "{stdout}");
+}
+
+#[test]
+fn serial_output_goes_to_a_file() {
+    if !kvm_available("serial_output_goes_to_a_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serial.txt");
+    let out = vmm(&["run", "--serial", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("vmm demo"));
+    let serial = std::fs::read_to_string(&path).unwrap();
+    assert!(serial.contains("vmm demo: all checks passed"), "{serial}");
+}
+
+#[test]
+fn bios_runs_a_flat_binary_from_the_reset_vector() {
+    if !kvm_available("bios_runs_a_flat_binary_from_the_reset_vector") {
+        return;
+    }
+    // 4 KiB of firmware whose last 16 bytes hold: mov al, 42; mov dx, 0x501; out dx, al.
+    let mut image = vec![0xf4u8; 4096];
+    image[4096 - 16..4096 - 16 + 6].copy_from_slice(&[0xb0, 42, 0xba, 0x01, 0x05, 0xee]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bios.bin");
+    std::fs::write(&path, &image).unwrap();
+    let out = vmm(&["run", "--bios", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
+    let out = vmm(&[
+        "run",
+        "--bios",
+        dir.path().join("missing.bin").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("cannot read firmware"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn doctor_reports_kvm_and_capabilities() {
+    if !kvm_available("doctor_reports_kvm_and_capabilities") {
+        return;
+    }
+    let out = vmm(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("/dev/kvm: usable"), "{stdout}");
+    assert!(stdout.contains("KVM_CAP_READONLY_MEM"), "{stdout}");
+}
