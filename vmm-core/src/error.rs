@@ -28,7 +28,7 @@ pub enum Error {
         rip: u64,
     },
     /// A direct kernel boot could not be prepared.
-    #[error("kernel boot: {0}")]
+    #[error(transparent)]
     Boot(#[from] crate::boot::Error),
     /// The EMT thread died unexpectedly.
     #[error("EMT {0} terminated abnormally")]
