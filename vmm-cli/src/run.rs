@@ -93,5 +93,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     std::io::stdout().flush().ok();
     match outcome {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
+        RunOutcome::Reboot => {
+            eprintln!("vmm: the guest reset the machine (reboot); run ended");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 pub enum RunOutcome {
     /// The guest wrote this status to the debug-exit port.
     GuestExit(u8),
+    /// The guest reset the machine (for example through the keyboard
+    /// controller, as Linux's `reboot=k` does).
+    Reboot,
 }
 
 /// Runs `vcpu` until the guest ends the run or does something the VMM
@@ -23,8 +26,12 @@ pub(crate) fn run_vcpu(vcpu: &mut Vcpu, io: &IoBus) -> Result<RunOutcome> {
                 match access.data {
                     IoData::Out(data) => {
                         for chunk in data.chunks(size) {
-                            if let DeviceAction::GuestExit(status) = io.write(access.port, chunk) {
-                                return Ok(RunOutcome::GuestExit(status));
+                            match io.write(access.port, chunk) {
+                                DeviceAction::GuestExit(status) => {
+                                    return Ok(RunOutcome::GuestExit(status));
+                                }
+                                DeviceAction::Reset => return Ok(RunOutcome::Reboot),
+                                DeviceAction::Continue => {}
                             }
                         }
                     }

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use crate::boot;
 use crate::bus::IoBus;
 use crate::config::VmConfig;
-use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, Uart};
+use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart};
 use crate::emt::{RunOutcome, run_vcpu};
 use crate::error::{Error, Result};
 use crate::memory::{GuestMemoryMap, MMIO_HOLE_START, ram_ranges};
@@ -65,6 +65,14 @@ impl Vm {
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
         )?;
+        if config.kernel.is_some() {
+            io.register(
+                I8042_PORT,
+                I8042_PORTS,
+                "i8042",
+                Arc::new(Mutex::new(I8042::default())),
+            )?;
+        }
         Ok(Vm {
             vcpus,
             _backend: backend,

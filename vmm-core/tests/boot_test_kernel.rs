@@ -137,3 +137,19 @@ fn test_kernel_reports_a_wrong_ram_size() {
     assert_eq!(outcome, RunOutcome::GuestExit(5), "{serial}");
     assert!(serial.contains("testkernel: e820 FAILED"), "{serial}");
 }
+
+#[test]
+fn test_kernel_reboots_through_the_keyboard_controller() {
+    if !have_kvm() {
+        return;
+    }
+    let ram = 32 << 20;
+    let rd = initrd(64);
+    let cmdline = format!(
+        "{} testkernel.reboot=1",
+        test_kernel::expectations(e820_ram(ram), &rd, 1)
+    );
+    let (outcome, serial) = boot(ram, rd, cmdline);
+    assert_eq!(outcome, RunOutcome::Reboot, "{serial}");
+    assert!(serial.contains("all checks passed"), "{serial}");
+}

@@ -19,7 +19,9 @@
 //!
 //! It writes `testkernel: NAME ok` per passed check and exits through the
 //! debug-exit port (0x501) with 0 when all pass, or with the failed check's
-//! status after printing `testkernel: NAME FAILED`.
+//! status after printing `testkernel: NAME FAILED`. With
+//! `testkernel.reboot=1` on the command line, a run whose checks all pass
+//! ends instead with a reset through the i8042 (command 0xfe to port 0x64).
 
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
@@ -177,6 +179,7 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     let key_ram = l.string(a, "testkernel.ram=");
     let key_sum = l.string(a, "testkernel.sum=");
     let key_cpus = l.string(a, "testkernel.cpus=");
+    let key_reboot = l.string(a, "testkernel.reboot=");
     let msg_ram = l.string(a, "testkernel: e820 RAM 0x");
     let msg_passed = l.string(a, "testkernel: all checks passed\r\n");
     let msg_nl = l.string(a, "\r\n");
@@ -440,7 +443,21 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.jne(fail)?;
     l.say(a, ok_msgs[9])?;
 
-    l.say(a, msg_passed)
+    l.say(a, msg_passed)?;
+
+    // With `testkernel.reboot=1`, end by resetting through the keyboard
+    // controller as Linux's `reboot=k` does, instead of the debug-exit port.
+    let mut no_reboot = a.create_label();
+    a.lea(rdi, ptr(key_reboot))?;
+    a.call(find_param)?;
+    a.test(edx, edx)?;
+    a.jz(no_reboot)?;
+    a.test(rax, rax)?;
+    a.jz(no_reboot)?;
+    a.mov(al, 0xfe)?;
+    a.out(0x64, al)?;
+    a.set_label(&mut no_reboot)?;
+    Ok(())
 }
 
 /// print_hex, find_param, in_ram, the strings and the stack.
