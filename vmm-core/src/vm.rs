@@ -7,7 +7,9 @@ use parking_lot::Mutex;
 use crate::boot;
 use crate::bus::IoBus;
 use crate::config::VmConfig;
-use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart};
+use crate::devices::{
+    COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, IrqLine, Uart,
+};
 use crate::emt::{RunOutcome, run_vcpu};
 use crate::error::{Error, Result};
 use crate::memory::{GuestMemoryMap, MMIO_HOLE_START, ram_ranges};
@@ -52,12 +54,16 @@ impl Vm {
             let plan = boot::direct::plan(kernel, &ram_ranges(config.ram_bytes), MMIO_HOLE_START)?;
             boot::direct::after_vcpus(kernel, &plan, memory.ram(), &vcpus)?;
         }
+        let uart_irq = match &config.kernel {
+            Some(_) => boot::machine::uart_irq(backend.fd())?,
+            None => IrqLine::None,
+        };
         let mut io = IoBus::default();
         io.register(
             COM1_PORT,
             8,
             "uart",
-            Arc::new(Mutex::new(Uart::new(config.serial))),
+            Arc::new(Mutex::new(Uart::with_irq(config.serial, uart_irq))),
         )?;
         io.register(
             DEBUG_EXIT_PORT,

@@ -8,7 +8,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use super::error::{Error, Result, kvm};
+use crate::devices::IrqLine;
 
 /// CPUID.1:ECX bit 31: running under a hypervisor.
 const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
@@ -34,6 +37,19 @@ pub const BOOT_MSRS: &[(u32, u64)] = &[
     (0x1a0, 1),             // IA32_MISC_ENABLE: fast strings
     (0x2ff, (1 << 11) | 6), // MTRRdefType: MTRRs on, default write-back
 ];
+
+/// The ISA IRQ of COM1.
+pub const COM1_IRQ: u32 = 4;
+
+/// An interrupt line for COM1: an eventfd KVM turns into IRQ 4 of the
+/// in-kernel PIC and I/O APIC. Needs [`setup_irqchip`] first.
+pub fn uart_irq(vm: &VmFd) -> Result<IrqLine> {
+    let event = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| Error::Machine(format!("cannot create an eventfd: {e}")))?;
+    vm.register_irqfd(&event, COM1_IRQ)
+        .map_err(kvm("KVM_IRQFD"))?;
+    Ok(IrqLine::Irqfd(event))
+}
 
 /// Creates the in-kernel local APICs, I/O APIC and PICs, and the PIT. Must
 /// run before the first vCPU is created.

@@ -6,7 +6,7 @@ mod serial;
 
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
 pub use i8042::{I8042, I8042_PORT, I8042_PORTS};
-pub use serial::{COM1_PORT, Uart};
+pub use serial::{COM1_PORT, IrqLine, Uart};
 
 /// What a device asks of the VM after an access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
