@@ -324,3 +324,195 @@ fn write_pvh_info(
     mem.write_obj(info, GuestAddress(PVH_INFO_ADDR))
         .map_err(mem_err("the PVH start info"))
 }
+
+#[cfg(test)]
+mod tests {
+    use linux_loader::loader::bootparam::boot_params;
+
+    use super::super::layout::pc_reserved;
+    use super::super::test_kernel;
+    use super::*;
+
+    const RAM: u64 = 64 << 20;
+
+    fn ram_ranges() -> Vec<(u64, u64)> {
+        vec![(0, 0xa_0000), (0x10_0000, RAM - 0x10_0000)]
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        let ranges: Vec<_> = ram_ranges()
+            .into_iter()
+            .map(|(s, l)| (GuestAddress(s), l as usize))
+            .collect();
+        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    }
+
+    fn boot(kernel: Vec<u8>, initrd: &[u8]) -> (KernelBoot, BootPlan) {
+        let boot = KernelBoot {
+            kernel,
+            initrd: Some(initrd.to_vec()),
+            cmdline: "console=ttyS0 quiet".into(),
+        };
+        let plan = boot.plan(&ram_ranges(), &pc_reserved(0xe000_0000)).unwrap();
+        (boot, plan)
+    }
+
+    /// A minimal x86-64 ELF executable: one PT_LOAD segment of `code` at
+    /// `paddr`, entry `entry`, and optionally a PVH note with `pvh_entry`.
+    fn elf(code: &[u8], paddr: u64, entry: u64, pvh_entry: Option<u32>) -> Vec<u8> {
+        let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+        let note_at = 64 + 56 * u64::from(phnum);
+        let note: Vec<u8> = match pvh_entry {
+            Some(e) => [4u32, 4, 18]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .chain(*b"Xen\0")
+                .chain(e.to_le_bytes())
+                .collect(),
+            None => Vec::new(),
+        };
+        let code_at = note_at + note.len() as u64;
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        f.extend_from_slice(&2u16.to_le_bytes());
+        f.extend_from_slice(&0x3eu16.to_le_bytes());
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&entry.to_le_bytes());
+        f.extend_from_slice(&64u64.to_le_bytes());
+        f.extend_from_slice(&0u64.to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, phnum, 64, 0, 0] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut phdr = |kind: u32, offset: u64, addr: u64, size: u64| {
+            f.extend_from_slice(&kind.to_le_bytes());
+            f.extend_from_slice(&5u32.to_le_bytes());
+            for v in [offset, addr, addr, size, size, 0x1000] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        phdr(1, code_at, paddr, code.len() as u64);
+        if pvh_entry.is_some() {
+            phdr(4, note_at, 0, note.len() as u64);
+        }
+        f.extend_from_slice(&note);
+        f.extend_from_slice(code);
+        f
+    }
+
+    #[test]
+    fn bzimage_fills_the_zero_page() {
+        let mem = memory();
+        let (boot, plan) = boot(test_kernel::build().unwrap(), &[7; 5000]);
+        let loaded = boot.load(&plan, &mem, 2).unwrap();
+        assert_eq!(
+            loaded.entry,
+            Entry::Long64 {
+                rip: 0x10_0200,
+                boot_params: ZERO_PAGE_ADDR
+            }
+        );
+        let zp: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let (addr, size) = loaded.initrd.unwrap();
+        assert_eq!(
+            (
+                u64::from(zp.hdr.ramdisk_image),
+                u64::from(zp.hdr.ramdisk_size)
+            ),
+            (addr, size)
+        );
+        assert_eq!(size, 5000);
+        assert_eq!(addr % PAGE, 0);
+        assert!(addr >= loaded.kernel_end);
+        assert!(
+            addr + size <= RAM && addr + size > RAM - 2 * PAGE,
+            "initrd at the top of RAM"
+        );
+        assert_eq!({ zp.hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
+        assert_eq!({ zp.hdr.type_of_loader }, 0xff);
+        assert_eq!(usize::from(zp.e820_entries), plan.e820.len());
+        let mut cmdline = [0u8; 20];
+        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_ADDR))
+            .unwrap();
+        assert_eq!(&cmdline, b"console=ttyS0 quiet\0");
+        let mut initrd = vec![0u8; 5000];
+        mem.read_slice(&mut initrd, GuestAddress(addr)).unwrap();
+        assert!(initrd.iter().all(|&b| b == 7));
+        // The MP table lists both processors.
+        let mut mp = [0u8; 4];
+        mem.read_slice(&mut mp, GuestAddress(MPTABLE_ADDR)).unwrap();
+        assert_eq!(&mp, b"_MP_");
+        let procs: u8 = mem
+            .read_obj(GuestAddress(MPTABLE_ADDR + 16 + 44 + 20 + 1))
+            .unwrap();
+        assert_eq!(procs, 1, "second processor has APIC id 1");
+    }
+
+    #[test]
+    fn elf_without_pvh_note_enters_in_long_mode() {
+        let mem = memory();
+        let code = [0x90u8, 0x90, 0xf4];
+        let (boot, plan) = boot(elf(&code, 0x20_0000, 0x20_0000, None), &[1; 100]);
+        let loaded = boot.load(&plan, &mem, 1).unwrap();
+        assert_eq!(
+            loaded.entry,
+            Entry::Long64 {
+                rip: 0x20_0000,
+                boot_params: ZERO_PAGE_ADDR
+            }
+        );
+        let mut got = [0u8; 3];
+        mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(got, code);
+        let zp: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        assert_eq!({ zp.hdr.header }, super::super::header::HDRS_MAGIC);
+        assert_eq!({ zp.hdr.ramdisk_size }, 100);
+        assert!(u64::from(zp.hdr.ramdisk_image) >= loaded.kernel_end);
+    }
+
+    #[test]
+    fn elf_with_pvh_note_enters_through_pvh() {
+        let mem = memory();
+        let (boot, plan) = boot(
+            elf(&[0xf4; 16], 0x20_0000, 0x20_0000, Some(0x20_0008)),
+            &[1; 64],
+        );
+        let loaded = boot.load(&plan, &mem, 1).unwrap();
+        assert_eq!(
+            loaded.entry,
+            Entry::Pvh32 {
+                eip: 0x20_0008,
+                start_info: PVH_INFO_ADDR
+            }
+        );
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
+        assert_eq!(info.magic, PVH_MAGIC);
+        assert_eq!(info.cmdline_paddr, CMDLINE_ADDR);
+        assert_eq!(info.memmap_entries as usize, plan.e820.len());
+        assert_eq!(info.nr_modules, 1);
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!(Some((module.paddr, module.size)), loaded.initrd);
+        let first: hvm_memmap_table_entry = mem.read_obj(GuestAddress(info.memmap_paddr)).unwrap();
+        assert_eq!((first.addr, first.type_), (0, 1));
+    }
+
+    #[test]
+    fn truncated_elf_is_refused_when_loading() {
+        let mem = memory();
+        let image = elf(&[0xf4; 4096], 0x20_0000, 0x20_0000, None);
+        let (boot, plan) = boot(image[..image.len() - 100].to_vec(), &[]);
+        let err = boot.load(&plan, &mem, 1).unwrap_err();
+        assert!(matches!(err, Error::Loader(_)), "{err}");
+    }
+
+    #[test]
+    fn initrd_placement_respects_the_limit_and_the_kernel() {
+        let map = e820::build(&ram_ranges(), &pc_reserved(0xe000_0000)).unwrap();
+        assert_eq!(
+            place_initrd(&map, 0x20_0000, 0xff_ffff, 0x1000).unwrap(),
+            0xff_f000
+        );
+        assert!(place_initrd(&map, RAM - 0x1000, u64::MAX, 0x2000).is_err());
+        assert!(place_initrd(&map, 0, 0x7fff_ffff, RAM).is_err());
+    }
+}
