@@ -101,6 +101,17 @@ fn test_kernel_boots_with_64_mib() {
 }
 
 #[test]
+fn test_kernel_boots_with_memory_sizes_around_the_hole() {
+    if have_kvm() {
+        // Small, exactly filling the space below the 32-bit MMIO hole, and
+        // just spilling above 4 GiB.
+        for ram in [16 << 20, 0xe000_0000, 0xe000_0000 + (2 << 20)] {
+            passes_all_checks(ram);
+        }
+    }
+}
+
+#[test]
 fn test_kernel_boots_with_ram_above_4_gib() {
     if have_kvm() {
         passes_all_checks(5 << 30);

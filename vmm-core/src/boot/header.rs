@@ -49,6 +49,11 @@ pub struct BzImageInfo {
     /// Linear memory the kernel needs from its load address while it
     /// decompresses itself (`init_size`, at least the payload).
     pub init_size: u64,
+    /// One past the last byte the kernel uses while it decompresses:
+    /// `init_size` bytes from where it decompresses to (its load address
+    /// aligned to `kernel_alignment` for a relocatable kernel, but never
+    /// below `pref_address`), and at least the loaded image.
+    pub span_end: u64,
     /// Highest address the initrd may occupy.
     pub initrd_addr_max: u64,
     /// Longest command line, without its NUL.
@@ -143,6 +148,16 @@ fn check(image_len: usize, header: setup_header) -> Result<KernelFormat> {
         )));
     }
     let init_size = u64::from(header.init_size).max(payload_bytes);
+    let pref = header.pref_address;
+    let target = if header.relocatable_kernel != 0 {
+        let align = u64::from(header.kernel_alignment).max(1);
+        load_addr.div_ceil(align).saturating_mul(align).max(pref)
+    } else {
+        pref.max(load_addr)
+    };
+    let span_end = target
+        .saturating_add(init_size)
+        .max(load_addr + payload_bytes);
     Ok(KernelFormat::BzImage(BzImageInfo {
         header,
         protocol,
@@ -150,6 +165,7 @@ fn check(image_len: usize, header: setup_header) -> Result<KernelFormat> {
         payload_bytes,
         load_addr,
         init_size,
+        span_end,
         initrd_addr_max: u64::from(header.initrd_addr_max),
         cmdline_size: u64::from(header.cmdline_size),
     }))
@@ -193,6 +209,7 @@ mod tests {
         assert_eq!(info.setup_bytes, 1024);
         assert_eq!(info.payload_bytes, 0x1000);
         assert_eq!(info.init_size, 0x2000);
+        assert_eq!(info.span_end, 0x10_2000);
         assert_eq!(info.load_addr, 0x10_0000);
         assert_eq!(info.protocol, 0x020f);
     }
@@ -230,6 +247,18 @@ mod tests {
             let err = inspect(&img[..len]).unwrap_err();
             assert!(matches!(err, Error::Truncated(_)), "{len}: {err}");
         }
+    }
+
+    #[test]
+    fn relocatable_kernels_decompress_at_their_preferred_address() {
+        let mut img = image();
+        img[0x234] = 1; // relocatable_kernel
+        patch(&mut img, 0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+        patch(&mut img, 0x258, &0x100_0000u64.to_le_bytes()); // pref_address
+        let KernelFormat::BzImage(info) = inspect(&img).unwrap() else {
+            panic!("not a bzImage");
+        };
+        assert_eq!(info.span_end, 0x100_2000);
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub struct Loaded {
     pub entry: Entry,
     /// Where the kernel image starts in guest memory.
     pub kernel_load: u64,
-    /// One past its last loaded byte (or its `init_size` span).
+    /// One past its last loaded byte, or of the memory it decompresses in.
     pub kernel_end: u64,
     /// The initrd's address and size.
     pub initrd: Option<(u64, u64)>,
@@ -118,15 +118,15 @@ impl KernelBoot {
         }
         let initrd_addr = match &format {
             KernelFormat::BzImage(info) => {
-                if !e820::is_ram(&e820, info.load_addr, info.init_size) {
+                if !e820::is_ram(&e820, info.load_addr, info.span_end - info.load_addr) {
                     return Err(Error::NoRoom(format!(
-                        "the kernel needs {:#x} bytes of RAM at {:#x} ({} MiB of RAM is too little)",
-                        info.init_size,
+                        "the kernel needs RAM at {:#x}..{:#x} to decompress ({} MiB of RAM is too little)",
                         info.load_addr,
+                        info.span_end,
                         e820::ram_total(&e820) >> 20
                     )));
                 }
-                self.initrd_place(&e820, info.load_addr + info.init_size, info.initrd_addr_max)?
+                self.initrd_place(&e820, info.span_end, info.initrd_addr_max)?
             }
             KernelFormat::Elf => None,
         };
@@ -204,7 +204,7 @@ impl KernelBoot {
                 boot_params: ZERO_PAGE_ADDR,
             },
             kernel_load: info.load_addr,
-            kernel_end: result.kernel_end.max(info.load_addr + info.init_size),
+            kernel_end: result.kernel_end.max(info.span_end),
             initrd,
         })
     }
