@@ -133,12 +133,12 @@ impl Gmm {
 /// A VM registered with a [`Gmm`]. Dropping it (after all its regions)
 /// frees all its pages and its reservation.
 pub struct Vm {
-    inner: Arc<VmInner>,
+    pub(crate) inner: Arc<VmInner>,
 }
 
-struct VmInner {
-    gmm: Gmm,
-    id: VmId,
+pub(crate) struct VmInner {
+    pub(crate) gmm: Gmm,
+    pub(crate) id: VmId,
 }
 
 impl Drop for VmInner {
@@ -280,6 +280,11 @@ pub enum PageState {
 /// The whole range is always mapped (unbacked pages read zero), so it can be
 /// registered as one KVM memory slot at [`host_addr`](Self::host_addr). Drop
 /// it only after removing that slot.
+///
+/// Back every page the guest may write ([`alloc`](Self::alloc) the whole
+/// region right after creating it is the simple choice: backed pages cost no
+/// host memory until written). An unbacked page is plain anonymous memory to
+/// the guest, so guest writes to it would use memory GMM does not account.
 pub struct RamRegion {
     vm: Arc<VmInner>,
     id: u64,
@@ -334,6 +339,13 @@ impl RamRegion {
     /// Frees backed pages; their memory returns to the host and they read zero.
     pub fn free(&self, first: u64, count: u64) -> Result<()> {
         self.state().region_free(self.id, first, count)
+    }
+
+    /// Returns the memory of backed pages to the host but keeps them backed
+    /// and accounted: they read zero, and the guest may write them again
+    /// (for PGM's "page is zero now", e.g. at reset).
+    pub fn discard(&self, first: u64, count: u64) -> Result<()> {
+        self.state().region_discard(self.id, first, count)
     }
 
     /// The guest's balloon took these backed pages: their memory returns to

@@ -17,7 +17,7 @@
 //! - Ballooning follows VirtualBox's accounting ([`BalloonAction`]).
 //! - [`Gmm::share_scan`] deduplicates identical pages across all VMs (see
 //!   the `sharing` module docs for why writes stay private).
-//! - [`Gmm::stats`], and [`Gmm::format_info`] report.
+//! - [`Gmm::stats`], [`Gmm::format_info`] and [`Gmm::register_stats`] report.
 //!
 //! ```
 //! use gmm::{Gmm, GmmConfig, Reservation};
@@ -50,6 +50,7 @@ mod gmm;
 mod host;
 mod ids;
 mod info;
+mod register;
 mod sharing;
 mod state;
 mod stats;

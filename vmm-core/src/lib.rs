@@ -19,6 +19,7 @@ mod error;
 pub mod ffs;
 pub mod guests;
 pub mod halt;
+mod info;
 pub mod memory;
 pub mod rendezvous;
 pub mod request;

@@ -111,7 +111,8 @@ fn identity_tables(base: u64) -> Vec<u8> {
 pub fn set_entry_state(vcpu: &hm_vmx::Vcpu, entry: &Entry) -> Result<()> {
     let long = matches!(entry, Entry::Long64 { .. });
     let table = gdt(long);
-    let mut sregs = vcpu.sregs()?;
+    let state = vcpu.state();
+    let mut sregs = state.sregs()?;
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (table.len() * 8 - 1) as u16;
     sregs.idt.base = 0;
@@ -152,8 +153,8 @@ pub fn set_entry_state(vcpu: &hm_vmx::Vcpu, entry: &Entry) -> Result<()> {
             regs.rsp = BOOT_STACK_TOP;
         }
     }
-    vcpu.set_sregs(&sregs)?;
-    vcpu.set_regs(&regs)?;
+    state.set_sregs(&sregs)?;
+    state.set_regs(&regs)?;
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
