@@ -42,7 +42,7 @@ const INITRD_ADDR_MAX: u32 = 0x7fff_ffff;
 const STACK_BYTES: usize = 4096;
 
 /// The names of the checks, in order: check `i` fails with status `i + 1`.
-pub const CHECKS: &[&str] = &[
+pub const CHECKS: [&str; 10] = [
     "entry", "mode", "zeropage", "cmdline", "e820", "layout", "initrd", "cpuid", "mptable", "lapic",
 ];
 
@@ -183,7 +183,6 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     let msg_ram = l.string(a, "testkernel: e820 RAM 0x");
     let msg_passed = l.string(a, "testkernel: all checks passed\r\n");
     let msg_nl = l.string(a, "\r\n");
-    let (print, print_hex, find_param, in_ram) = (l.print, l.print_hex, l.find_param, l.in_ram);
 
     // The 32-bit entry at offset 0 is not used by a 64-bit boot: `hlt` and
     // loop, padded with `hlt` up to the 64-bit entry.
@@ -191,21 +190,89 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     stub[1..3].copy_from_slice(&[0xeb, 0xfd]);
     a.db(&stub)?;
 
-    // ---- 1 entry: we run at code32_start + 0x200.
+    // The 64-bit entry: keep the zero page pointer, set up a stack.
     let mut entry = a.create_label();
     a.set_label(&mut entry)?;
     a.mov(r15, rsi)?;
     a.lea(rsp, ptr(l.stack_top))?;
-    let fail = l.fail(a, 0);
-    a.lea(rax, ptr(entry))?;
+    let calls = Calls {
+        print: l.print,
+        print_hex: l.print_hex,
+        find_param: l.find_param,
+        in_ram: l.in_ram,
+        entry,
+        key_ram,
+        key_sum,
+        key_cpus,
+        msg_ram,
+        msg_nl,
+    };
+    // In the order of CHECKS, whose names the messages use.
+    let sections: [Section; CHECKS.len()] = [
+        entry_point,
+        cpu_mode,
+        zero_page,
+        command_line,
+        e820_map,
+        layout,
+        initrd,
+        cpuid,
+        mp_table,
+        local_apic,
+    ];
+    for (index, (section, ok)) in sections.iter().zip(&ok_msgs).enumerate() {
+        let fail = l.fail(a, index);
+        section(a, calls, fail)?;
+        l.say(a, *ok)?;
+    }
+
+    l.say(a, msg_passed)?;
+
+    // With `testkernel.reboot=1`, end by resetting through the keyboard
+    // controller as Linux's `reboot=k` does, instead of the debug-exit port.
+    let mut no_reboot = a.create_label();
+    a.lea(rdi, ptr(key_reboot))?;
+    a.call(l.find_param)?;
+    a.test(edx, edx)?;
+    a.jz(no_reboot)?;
+    a.test(rax, rax)?;
+    a.jz(no_reboot)?;
+    a.mov(al, 0xfe)?;
+    a.out(0x64, al)?;
+    a.set_label(&mut no_reboot)?;
+    Ok(())
+}
+
+/// What the checks call or refer to.
+#[derive(Clone, Copy)]
+struct Calls {
+    print: CodeLabel,
+    print_hex: CodeLabel,
+    find_param: CodeLabel,
+    in_ram: CodeLabel,
+    entry: CodeLabel,
+    key_ram: CodeLabel,
+    key_sum: CodeLabel,
+    key_cpus: CodeLabel,
+    msg_ram: CodeLabel,
+    msg_nl: CodeLabel,
+}
+
+/// Emits one check, jumping to `fail` when it does not hold.
+type Section = fn(&mut CodeAssembler, Calls, CodeLabel) -> AsmResult;
+
+/// Check 1: It runs at `code32_start + 0x200`.
+fn entry_point(a: &mut CodeAssembler, c: Calls, fail: CodeLabel) -> AsmResult {
+    a.lea(rax, ptr(c.entry))?;
     a.mov(ecx, dword_ptr(r15 + 0x214))?;
     a.add(rcx, 0x200)?;
     a.cmp(rax, rcx)?;
     a.jne(fail)?;
-    l.say(a, ok_msgs[0])?;
+    Ok(())
+}
 
-    // ---- 2 mode.
-    let fail = l.fail(a, 1);
+/// Check 2: Long mode, paging, interrupts off, the boot selectors.
+fn cpu_mode(a: &mut CodeAssembler, _: Calls, fail: CodeLabel) -> AsmResult {
     a.pushfq()?;
     a.pop(rax)?;
     a.test(eax, 0x200)?;
@@ -230,10 +297,11 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
         a.cmp(ax, 0x18)?;
         a.jne(fail)?;
     }
-    l.say(a, ok_msgs[1])?;
+    Ok(())
+}
 
-    // ---- 3 zero page.
-    let fail = l.fail(a, 2);
+/// Check 3: RSI points at a zero page with the setup header's magic values and a loader type.
+fn zero_page(a: &mut CodeAssembler, _: Calls, fail: CodeLabel) -> AsmResult {
     a.cmp(dword_ptr(r15 + 0x202), HDRS_MAGIC as i32)?;
     a.jne(fail)?;
     a.cmp(word_ptr(r15 + 0x1fe), i32::from(BOOT_FLAG))?;
@@ -242,10 +310,11 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.jb(fail)?;
     a.cmp(byte_ptr(r15 + 0x210), 0)?;
     a.je(fail)?;
-    l.say(a, ok_msgs[2])?;
+    Ok(())
+}
 
-    // ---- 4 command line.
-    let fail = l.fail(a, 3);
+/// Check 4: The command line: in RAM, within `cmdline_size`, carrying the expectations (r12, r13, rbp).
+fn command_line(a: &mut CodeAssembler, c: Calls, fail: CodeLabel) -> AsmResult {
     a.mov(r14d, dword_ptr(r15 + 0x228))?;
     a.mov(eax, dword_ptr(r15 + 0xc8))?;
     a.shl(rax, 32)?;
@@ -266,20 +335,21 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.ja(fail)?;
     a.mov(rax, r14)?;
     a.lea(rdx, ptr(r14 + rcx + 1))?;
-    a.call(in_ram)?;
+    a.call(c.in_ram)?;
     a.test(ecx, ecx)?;
     a.jz(fail)?;
-    for (key, reg) in [(key_ram, r12), (key_sum, r13), (key_cpus, rbp)] {
+    for (key, reg) in [(c.key_ram, r12), (c.key_sum, r13), (c.key_cpus, rbp)] {
         a.lea(rdi, ptr(key))?;
-        a.call(find_param)?;
+        a.call(c.find_param)?;
         a.test(edx, edx)?;
         a.jz(fail)?;
         a.mov(reg, rax)?;
     }
-    l.say(a, ok_msgs[3])?;
+    Ok(())
+}
 
-    // ---- 5 e820.
-    let fail = l.fail(a, 4);
+/// Check 5: The e820 map: sorted, disjoint, RAM totals the expectation and avoids the holes.
+fn e820_map(a: &mut CodeAssembler, c: Calls, fail: CodeLabel) -> AsmResult {
     let mut e_loop = a.create_label();
     let mut e_next = a.create_label();
     let mut e_not_low = a.create_label();
@@ -322,35 +392,37 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.dec(ecx)?;
     a.jnz(e_loop)?;
     a.push(r8)?;
-    a.lea(rsi, ptr(msg_ram))?;
-    a.call(print)?;
+    a.lea(rsi, ptr(c.msg_ram))?;
+    a.call(c.print)?;
     a.pop(rax)?;
     a.push(rax)?;
-    a.call(print_hex)?;
-    a.lea(rsi, ptr(msg_nl))?;
-    a.call(print)?;
+    a.call(c.print_hex)?;
+    a.lea(rsi, ptr(c.msg_nl))?;
+    a.call(c.print)?;
     a.pop(r8)?;
     a.cmp(r8, r12)?;
     a.jne(fail)?;
-    l.say(a, ok_msgs[4])?;
+    Ok(())
+}
 
-    // ---- 6 layout: zero page and kernel span in RAM.
-    let fail = l.fail(a, 5);
+/// Check 6: The zero page and the kernel's `init_size` span lie in e820 RAM.
+fn layout(a: &mut CodeAssembler, c: Calls, fail: CodeLabel) -> AsmResult {
     a.mov(rax, r15)?;
     a.lea(rdx, ptr(r15 + 0x1000))?;
-    a.call(in_ram)?;
+    a.call(c.in_ram)?;
     a.test(ecx, ecx)?;
     a.jz(fail)?;
     a.mov(eax, dword_ptr(r15 + 0x214))?;
     a.mov(edx, dword_ptr(r15 + 0x260))?;
     a.add(rdx, rax)?;
-    a.call(in_ram)?;
+    a.call(c.in_ram)?;
     a.test(ecx, ecx)?;
     a.jz(fail)?;
-    l.say(a, ok_msgs[5])?;
+    Ok(())
+}
 
-    // ---- 7 initrd.
-    let fail = l.fail(a, 6);
+/// Check 7: The initrd: aligned, in RAM, below `initrd_addr_max`, with the expected byte sum.
+fn initrd(a: &mut CodeAssembler, c: Calls, fail: CodeLabel) -> AsmResult {
     let mut sum_loop = a.create_label();
     a.mov(eax, dword_ptr(r15 + 0x218))?;
     a.mov(edx, dword_ptr(r15 + 0xc0))?;
@@ -368,7 +440,7 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.lea(r10, ptr(rdx - 1))?;
     a.cmp(r10, r9)?;
     a.ja(fail)?;
-    a.call(in_ram)?;
+    a.call(c.in_ram)?;
     a.test(ecx, ecx)?;
     a.jz(fail)?;
     a.xor(r9d, r9d)?;
@@ -382,10 +454,11 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.jnz(sum_loop)?;
     a.cmp(r9d, r13d)?;
     a.jne(fail)?;
-    l.say(a, ok_msgs[6])?;
+    Ok(())
+}
 
-    // ---- 8 CPUID.
-    let fail = l.fail(a, 7);
+/// Check 8: The hypervisor bit and the KVM signature leaf.
+fn cpuid(a: &mut CodeAssembler, _: Calls, fail: CodeLabel) -> AsmResult {
     a.mov(eax, 1)?;
     a.cpuid()?;
     a.bt(ecx, 31)?;
@@ -396,10 +469,11 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.jne(fail)?;
     a.cmp(ecx, u32::from_le_bytes(*b"VMKV") as i32)?;
     a.jne(fail)?;
-    l.say(a, ok_msgs[7])?;
+    Ok(())
+}
 
-    // ---- 9 MP table.
-    let fail = l.fail(a, 8);
+/// Check 9: A valid MP table listing the expected number of processors.
+fn mp_table(a: &mut CodeAssembler, _: Calls, fail: CodeLabel) -> AsmResult {
     let mut fp_sum = a.create_label();
     let mut mp_loop = a.create_label();
     let mut mp_small = a.create_label();
@@ -433,30 +507,15 @@ fn checks(a: &mut CodeAssembler, l: &mut Labels) -> AsmResult {
     a.jnz(mp_loop)?;
     a.cmp(rdx, rbp)?;
     a.jne(fail)?;
-    l.say(a, ok_msgs[8])?;
+    Ok(())
+}
 
-    // ---- 10 local APIC version register.
-    let fail = l.fail(a, 9);
+/// Check 10: The in-kernel local APIC answers.
+fn local_apic(a: &mut CodeAssembler, _: Calls, fail: CodeLabel) -> AsmResult {
     a.mov(ecx, LAPIC_ADDR + 0x30)?;
     a.mov(eax, dword_ptr(rcx))?;
     a.cmp(al, 0x14)?;
     a.jne(fail)?;
-    l.say(a, ok_msgs[9])?;
-
-    l.say(a, msg_passed)?;
-
-    // With `testkernel.reboot=1`, end by resetting through the keyboard
-    // controller as Linux's `reboot=k` does, instead of the debug-exit port.
-    let mut no_reboot = a.create_label();
-    a.lea(rdi, ptr(key_reboot))?;
-    a.call(find_param)?;
-    a.test(edx, edx)?;
-    a.jz(no_reboot)?;
-    a.test(rax, rax)?;
-    a.jz(no_reboot)?;
-    a.mov(al, 0xfe)?;
-    a.out(0x64, al)?;
-    a.set_label(&mut no_reboot)?;
     Ok(())
 }
 
