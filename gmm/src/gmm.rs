@@ -377,6 +377,24 @@ impl RamRegion {
         })
     }
 
+    /// For each page of `first..first+count`, whether it occupies host
+    /// memory: a private page once written, a shared page always (its master
+    /// does, once for all users), empty, zero and ballooned pages never.
+    pub fn resident_pages(&self, first: u64, count: u64) -> Result<Vec<bool>> {
+        let st = self.state();
+        let r = st.region(self.id)?;
+        let core = r.map.mincore(first, count)?;
+        Ok(r.slots[first as usize..(first + count) as usize]
+            .iter()
+            .zip(core)
+            .map(|(s, resident)| match s {
+                Slot::Private(_) => resident,
+                Slot::Anon | Slot::Shared(_) => true,
+                Slot::Empty | Slot::Zero | Slot::Ballooned => false,
+            })
+            .collect())
+    }
+
     fn byte_range(&self, offset: u64, len: usize) -> Result<(u64, u64)> {
         let end = offset
             .checked_add(len as u64)

@@ -297,6 +297,36 @@ impl RegionMap {
     }
 }
 
+impl RegionMap {
+    /// Whether each of `count` pages from `first` is in host memory (for
+    /// file mappings: whether the memfd page exists), per `mincore`.
+    pub(crate) fn mincore(&self, first: u64, count: u64) -> Result<Vec<bool>> {
+        if first.checked_add(count).is_none_or(|e| e > self.pages) {
+            return Err(Error::RangeOutOfBounds {
+                first,
+                count,
+                pages: self.pages,
+            });
+        }
+        let mut vec = vec![0u8; count as usize];
+        if count > 0 {
+            // SAFETY: the range lies inside our reservation, which is mapped;
+            // `vec` has one byte per page as mincore requires.
+            let rc = unsafe {
+                libc::mincore(
+                    self.page_ptr(first).cast(),
+                    count as usize * PAGE_SIZE,
+                    vec.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                return Err(Error::host("mincore"));
+            }
+        }
+        Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
+    }
+}
+
 impl Drop for RegionMap {
     fn drop(&mut self) {
         // SAFETY: unmapping the reservation we own; its owner is being dropped.

@@ -625,6 +625,33 @@ fn discard_returns_memory_but_keeps_pages_backed() {
 }
 
 #[test]
+fn residency_follows_writes_sharing_and_balloon() {
+    let g = gmm(4096);
+    let vm = g.register_vm("vm", base(8)).unwrap();
+    let ram = vm.create_ram_region(8).unwrap();
+    ram.alloc(0, 6).unwrap();
+    assert_eq!(ram.resident_pages(0, 8).unwrap(), [false; 8]);
+    ram.write(0, &[5; 3 * PAGE_SIZE]).unwrap();
+    ram.write(3 * 4096, &[6; 16]).unwrap();
+    assert_eq!(
+        ram.resident_pages(0, 8).unwrap(),
+        [true, true, true, true, false, false, false, false]
+    );
+    g.share_scan().unwrap();
+    ram.balloon_inflate(3, 1).unwrap();
+    // Pages 0..3 share one master; 4 and 5 were never written (zero).
+    assert_eq!(
+        ram.resident_pages(0, 8).unwrap(),
+        [true, true, true, false, false, false, false, false]
+    );
+    assert_eq!(g.stats().allocated_pages, 1);
+    assert!(matches!(
+        ram.resident_pages(7, 2),
+        Err(Error::RangeOutOfBounds { .. })
+    ));
+}
+
+#[test]
 fn handles_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Gmm>();

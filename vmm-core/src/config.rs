@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::error::{Error, Result};
-use crate::memory::{MIN_RAM, MMIO_HOLE_START, ram_ranges};
+use crate::memory::MIN_RAM;
 
 /// Where the guest's serial output goes.
 pub type SerialSink = Box<dyn Write + Send>;
@@ -60,7 +60,7 @@ impl VmConfig {
             )));
         }
         if let Some(kernel) = &self.kernel {
-            crate::boot::direct::plan(kernel, &ram_ranges(self.ram_bytes), MMIO_HOLE_START)?;
+            kernel.check()?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use hm_vmx::{Exit, IoData, MmioData, Vcpu};
 use crate::bus::IoBus;
 use crate::devices::DeviceAction;
 use crate::error::{Error, Result};
+use crate::memory::GuestMemoryMap;
 
 /// How a vCPU's run ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +19,7 @@ pub enum RunOutcome {
 
 /// Runs `vcpu` until the guest ends the run or does something the VMM
 /// cannot handle.
-pub(crate) fn run_vcpu(vcpu: &mut Vcpu, io: &IoBus) -> Result<RunOutcome> {
+pub(crate) fn run_vcpu(vcpu: &mut Vcpu, io: &IoBus, memory: &GuestMemoryMap) -> Result<RunOutcome> {
     loop {
         let unhandled = match vcpu.run()? {
             Exit::Io(access) => {
@@ -43,11 +44,15 @@ pub(crate) fn run_vcpu(vcpu: &mut Vcpu, io: &IoBus) -> Result<RunOutcome> {
                 }
                 continue;
             }
-            // No MMIO devices yet: ROM writes are dropped, unassigned space
-            // reads as all ones.
             Exit::Mmio(access) => {
-                if let MmioData::Read(data) = access.data {
-                    data.fill(0xff);
+                match access.data {
+                    MmioData::Read(data) => memory.mmio_exit(access.addr, data, false)?,
+                    MmioData::Write(data) => {
+                        let mut buf = [0u8; 8];
+                        let buf = &mut buf[..data.len().min(8)];
+                        buf.copy_from_slice(&data[..buf.len()]);
+                        memory.mmio_exit(access.addr, buf, true)?;
+                    }
                 }
                 continue;
             }

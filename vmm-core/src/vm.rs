@@ -16,7 +16,7 @@ use crate::devices::{
 use crate::emt::{RunOutcome, run_vcpu};
 use crate::error::{Error, Result};
 use crate::info::write_cpumguest;
-use crate::memory::{GuestMemoryMap, MMIO_HOLE_START, ram_ranges};
+use crate::memory::{GuestMemoryMap, pc_layout};
 
 /// A virtual machine ready to run.
 ///
@@ -49,7 +49,8 @@ impl Vm {
         let stats = stam::Registry::new();
         let hypervisor = hm_vmx::Hypervisor::open()?;
         let backend = hypervisor.create_vm_with_stats(&stats)?;
-        let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware)?;
+        let info = InfoRegistry::new();
+        let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware, &stats, &info)?;
         memory.map_into(&backend)?;
         if config.kernel.is_some() {
             boot::direct::before_vcpus(&backend)?;
@@ -58,7 +59,9 @@ impl Vm {
             .map(|id| backend.create_vcpu(id))
             .collect::<hm_vmx::Result<Vec<_>>>()?;
         if let Some(kernel) = &config.kernel {
-            let plan = boot::direct::plan(kernel, &ram_ranges(config.ram_bytes), MMIO_HOLE_START)?;
+            let ram = boot::direct::ram_ranges(memory.ram());
+            let hole = pc_layout(config.ram_bytes).mmio_hole_start();
+            let plan = boot::direct::plan(kernel, &ram, hole)?;
             boot::direct::after_vcpus(kernel, &plan, memory.ram(), &vcpus)?;
         }
         let uart_irq = match &config.kernel {
@@ -86,7 +89,6 @@ impl Vm {
                 Arc::new(Mutex::new(I8042::default())),
             )?;
         }
-        let info = InfoRegistry::new();
         register_info_handlers(&info, &backend, &vcpus)?;
         Ok(Vm {
             vcpus,
@@ -134,6 +136,7 @@ impl Vm {
     /// Runs the guest on one EMT per vCPU until it ends the run.
     pub fn run(&mut self) -> Result<RunOutcome> {
         let io = &self.io;
+        let memory = &self.memory;
         std::thread::scope(|scope| {
             let emts: Vec<_> = self
                 .vcpus
@@ -142,7 +145,7 @@ impl Vm {
                     let id = vcpu.id();
                     let emt = std::thread::Builder::new()
                         .name(format!("EMT-{id}"))
-                        .spawn_scoped(scope, move || run_vcpu(vcpu, io));
+                        .spawn_scoped(scope, move || run_vcpu(vcpu, io, memory));
                     (id, emt)
                 })
                 .collect();

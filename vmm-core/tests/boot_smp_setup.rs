@@ -5,7 +5,7 @@
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::layout::{MPTABLE_ADDR, ZERO_PAGE_ADDR};
 use vmm_core::boot::{Entry, KernelBoot, direct, test_kernel};
-use vmm_core::memory::{GuestMemoryMap, MMIO_HOLE_START, ram_ranges};
+use vmm_core::memory::{GuestMemoryMap, pc_layout};
 
 const KVM_MP_STATE_RUNNABLE: u32 = 0;
 const KVM_MP_STATE_UNINITIALIZED: u32 = 1;
@@ -30,7 +30,13 @@ fn two_vcpus_get_the_boot_machine() {
     let ram = 64 << 20;
     let hv = hm_vmx::Hypervisor::open().unwrap();
     let vm = hv.create_vm().unwrap();
-    let memory = GuestMemoryMap::new(ram, &[0xf4; 4096]).unwrap();
+    let memory = GuestMemoryMap::new(
+        ram,
+        &[0xf4; 4096],
+        &stam::Registry::new(),
+        &dbgf::InfoRegistry::new(),
+    )
+    .unwrap();
     memory.map_into(&vm).unwrap();
     direct::before_vcpus(&vm).unwrap();
     let vcpus: Vec<_> = (0..2).map(|id| vm.create_vcpu(id).unwrap()).collect();
@@ -39,7 +45,8 @@ fn two_vcpus_get_the_boot_machine() {
         initrd: Some(vec![9; 300]),
         cmdline: "console=ttyS0".into(),
     };
-    let plan = direct::plan(&boot, &ram_ranges(ram), MMIO_HOLE_START).unwrap();
+    let hole = pc_layout(ram).mmio_hole_start();
+    let plan = direct::plan(&boot, &direct::ram_ranges(memory.ram()), hole).unwrap();
     let loaded = direct::after_vcpus(&boot, &plan, memory.ram(), &vcpus).unwrap();
 
     let Entry::Long64 { rip, boot_params } = loaded.entry else {

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use vmm_core::boot::layout::{LEGACY_HOLE, MPTABLE_SIZE};
 use vmm_core::boot::{KernelBoot, test_kernel};
+use vmm_core::memory::pc_layout;
 use vmm_core::{RunOutcome, Vm, VmConfig};
 
 /// Whether KVM is usable; without it the test is skipped loudly, except
@@ -105,7 +106,8 @@ fn test_kernel_boots_with_memory_sizes_around_the_hole() {
     if have_kvm() {
         // Small, exactly filling the space below the 32-bit MMIO hole, and
         // just spilling above 4 GiB.
-        for ram in [16 << 20, 0xe000_0000, 0xe000_0000 + (2 << 20)] {
+        let hole = pc_layout(1 << 30).mmio_hole_start();
+        for ram in [16 << 20, hole, hole + (2 << 20)] {
             passes_all_checks(ram);
         }
     }

@@ -1,6 +1,6 @@
 //! The two steps `Vm::new` takes for a direct kernel boot.
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::cpu::set_entry_state;
 use super::error::Result;
@@ -11,6 +11,11 @@ use super::machine;
 /// Before any vCPU exists: the in-kernel irqchip and PIT.
 pub fn before_vcpus(vm: &hm_vmx::Vm) -> Result<()> {
     machine::setup_irqchip(vm.fd())
+}
+
+/// The RAM ranges of `mem` as `(start, length)` pairs.
+pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
+    mem.iter().map(|r| (r.start_addr().0, r.len())).collect()
 }
 
 /// Plans the boot for a PC with `ram` ranges and its 32-bit MMIO hole

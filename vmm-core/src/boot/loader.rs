@@ -31,7 +31,8 @@ const PVH_MAGIC: u32 = 0x336e_c578;
 /// ```no_run
 /// use vmm_core::boot::KernelBoot;
 /// let boot = KernelBoot::from_files("bzImage".as_ref(), Some("initrd".as_ref()), "console=ttyS0")?;
-/// boot.plan(&vmm_core::memory::ram_ranges(256 << 20), &vmm_core::boot::layout::pc_reserved(0xe000_0000))?;
+/// let ram = [(0, 0xa_0000), (0x10_0000, 255 << 20)];
+/// boot.plan(&ram, &vmm_core::boot::layout::pc_reserved(0xc000_0000))?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -86,11 +87,10 @@ impl KernelBoot {
         })
     }
 
-    /// Checks the image and computes the layout for a VM with `ram` and
-    /// `reserved` ranges (`(start, length)` pairs), without touching memory.
-    pub fn plan(&self, ram: &[(u64, u64)], reserved: &[(u64, u64)]) -> Result<BootPlan> {
+    /// Checks what can be checked without a memory layout: the image's
+    /// format and headers, and the command line.
+    pub fn check(&self) -> Result<KernelFormat> {
         let format = header::inspect(&self.kernel)?;
-        let e820 = e820::build(ram, reserved)?;
         let cmdline_limit = match &format {
             KernelFormat::BzImage(info) => info.cmdline_size.min(CMDLINE_MAX),
             KernelFormat::Elf => CMDLINE_MAX,
@@ -104,6 +104,14 @@ impl KernelBoot {
                 self.cmdline.len()
             )));
         }
+        Ok(format)
+    }
+
+    /// Checks the image and computes the layout for a VM with `ram` and
+    /// `reserved` ranges (`(start, length)` pairs), without touching memory.
+    pub fn plan(&self, ram: &[(u64, u64)], reserved: &[(u64, u64)]) -> Result<BootPlan> {
+        let format = self.check()?;
+        let e820 = e820::build(ram, reserved)?;
         for (what, addr, len) in [
             ("the boot tables", 0, PVH_INFO_ADDR + 0x1000),
             ("the zero page and page tables", ZERO_PAGE_ADDR, 0x8000),

@@ -11,14 +11,14 @@
 //!
 //! ```
 //! use vmm_core::boot::{KernelBoot, layout, test_kernel};
-//! use vmm_core::memory::ram_ranges;
 //!
 //! let boot = KernelBoot {
 //!     kernel: test_kernel::build()?,
 //!     initrd: Some(vec![1, 2, 3]),
 //!     cmdline: "console=ttyS0".into(),
 //! };
-//! let plan = boot.plan(&ram_ranges(64 << 20), &layout::pc_reserved(0xe000_0000))?;
+//! let ram = [(0, 0xa_0000), (0x10_0000, 63 << 20)];
+//! let plan = boot.plan(&ram, &layout::pc_reserved(0xc000_0000))?;
 //! assert!(plan.initrd_addr.is_some());
 //! # Ok::<(), vmm_core::Error>(())
 //! ```
