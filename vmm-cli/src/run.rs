@@ -129,6 +129,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("vmm: the guest reset the machine (reboot); run ended");
             Ok(ExitCode::SUCCESS)
         }
+        RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -30,6 +30,18 @@ pub enum Error {
     /// A direct kernel boot could not be prepared.
     #[error(transparent)]
     Boot(#[from] crate::boot::Error),
+    /// Forced-action bookkeeping failed (an EMT registered twice, a bad vCPU).
+    #[error(transparent)]
+    ForcedActions(#[from] crate::ffs::FfError),
+    /// An EMT rendezvous failed.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::RendezvousError),
+    /// A request to an EMT failed.
+    #[error(transparent)]
+    Request(#[from] crate::request::RequestError),
+    /// The VM is not in a state that allows the operation.
+    #[error(transparent)]
+    State(#[from] crate::vmstate::VmStateError),
     /// The EMT thread died unexpectedly.
     #[error("EMT {0} terminated abnormally")]
     EmtPanicked(u32),

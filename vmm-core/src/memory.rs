@@ -141,6 +141,12 @@ impl GuestMemoryMap {
             .map_err(pgm_error)
     }
 
+    /// Resets memory as a machine reset does: RAM zeroed, ROM restored.
+    /// Call it with the vCPUs stopped.
+    pub fn reset(&self) -> Result<()> {
+        self.map.write().reset().map_err(pgm_error)
+    }
+
     /// Writes guest-physical memory to `out` as a flat image, skipping
     /// (leaving holes for) zero pages unless `include_zero`. Call it with the
     /// vCPUs stopped.

@@ -29,7 +29,7 @@ fn two_vcpus_get_the_boot_machine() {
     }
     let ram = 64 << 20;
     let hv = hm_vmx::Hypervisor::open().unwrap();
-    let vm = hv.create_vm().unwrap();
+    let mut vm = hv.create_vm().unwrap();
     let memory = GuestMemoryMap::new(
         ram,
         &[0xf4; 4096],
@@ -38,8 +38,8 @@ fn two_vcpus_get_the_boot_machine() {
     )
     .unwrap();
     memory.map_into(&vm).unwrap();
-    direct::before_vcpus(&vm).unwrap();
-    let vcpus: Vec<_> = (0..2).map(|id| vm.create_vcpu(id).unwrap()).collect();
+    vm.create_irqchip().unwrap();
+    let vcpus = vm.create_vcpus(2).unwrap();
     let boot = KernelBoot {
         kernel: test_kernel::build().unwrap(),
         initrd: Some(vec![9; 300]),

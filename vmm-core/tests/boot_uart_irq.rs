@@ -1,6 +1,8 @@
 //! COM1's interrupt line: the UART signals its eventfd (the irqfd KVM turns
 //! into IRQ 4) when the guest enables an interrupt whose condition holds.
 
+use std::sync::Arc;
+
 use vmm_core::devices::{IrqLine, PioDevice, Uart};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -13,7 +15,7 @@ fn enabling_thr_empty_raises_the_irq() {
     let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut uart = Uart::with_irq(
         Box::new(std::io::sink()),
-        IrqLine::Irqfd(event.try_clone().unwrap()),
+        IrqLine::Irqfd(Arc::new(event.try_clone().unwrap())),
     );
     assert!(event.read().is_err(), "no interrupt before the guest asks");
     uart.write(IER, &[IER_THR_EMPTY]);
@@ -32,4 +34,16 @@ fn no_line_means_no_interrupt_and_no_error() {
     let mut uart = Uart::with_irq(Box::new(std::io::sink()), IrqLine::None);
     uart.write(IER, &[IER_THR_EMPTY]);
     uart.write(0, b"x");
+}
+
+#[test]
+fn reset_keeps_the_interrupt_line() {
+    let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut uart = Uart::with_irq(
+        Box::new(std::io::sink()),
+        IrqLine::Irqfd(Arc::new(event.try_clone().unwrap())),
+    );
+    uart.reset();
+    uart.write(IER, &[IER_THR_EMPTY]);
+    assert_eq!(event.read().unwrap(), 1);
 }

@@ -1,4 +1,5 @@
-//! The two steps `Vm::new` takes for a direct kernel boot.
+//! The steps `Vm::new` takes for a direct kernel boot, once the VM has its
+//! memory, its in-kernel irqchip and PIT, and its vCPUs.
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -7,11 +8,6 @@ use super::error::Result;
 use super::layout::pc_reserved;
 use super::loader::{BootPlan, KernelBoot, Loaded};
 use super::machine;
-
-/// Before any vCPU exists: the in-kernel irqchip and PIT.
-pub fn before_vcpus(vm: &hm_vmx::Vm) -> Result<()> {
-    machine::setup_irqchip(vm.fd())
-}
 
 /// The RAM ranges of `mem` as `(start, length)` pairs.
 pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {

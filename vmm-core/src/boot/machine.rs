@@ -1,11 +1,9 @@
-//! The machine a Linux guest expects from a minimal VMM: the in-kernel
-//! interrupt controllers and PIT, a guest CPUID that says "KVM", the MSRs
-//! Linux reads at boot, and the local APIC's LINT pins wired as on a PC.
+//! What a Linux guest expects from a minimal VMM beyond the in-kernel
+//! interrupt controllers and PIT (which `hm-vmx` creates): COM1 on IRQ 4, a
+//! guest CPUID that says "KVM", the MSRs Linux reads at boot, and the local
+//! APIC's LINT pins wired as on a PC.
 
-use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_cpuid_entry2, kvm_msr_entry,
-    kvm_pit_config,
-};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_msr_entry};
 use kvm_ioctls::{VcpuFd, VmFd};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -42,24 +40,13 @@ pub const BOOT_MSRS: &[(u32, u64)] = &[
 pub const COM1_IRQ: u32 = 4;
 
 /// An interrupt line for COM1: an eventfd KVM turns into IRQ 4 of the
-/// in-kernel PIC and I/O APIC. Needs [`setup_irqchip`] first.
+/// in-kernel PIC and I/O APIC (the VM must have its irqchip).
 pub fn uart_irq(vm: &VmFd) -> Result<IrqLine> {
     let event = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| Error::Machine(format!("cannot create an eventfd: {e}")))?;
     vm.register_irqfd(&event, COM1_IRQ)
         .map_err(kvm("KVM_IRQFD"))?;
-    Ok(IrqLine::Irqfd(event))
-}
-
-/// Creates the in-kernel local APICs, I/O APIC and PICs, and the PIT. Must
-/// run before the first vCPU is created.
-pub fn setup_irqchip(vm: &VmFd) -> Result<()> {
-    vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))
+    Ok(IrqLine::Irqfd(std::sync::Arc::new(event)))
 }
 
 /// Edits a vCPU's CPUID in place: sets the hypervisor bit, makes sure the

@@ -10,7 +10,7 @@ use super::{DeviceAction, PioDevice};
 pub const COM1_PORT: u16 = 0x3f8;
 
 /// A UART's interrupt line.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub enum IrqLine {
     /// No interrupt controller attached: the guest polls the line status
     /// register instead.
@@ -18,7 +18,7 @@ pub enum IrqLine {
     None,
     /// An eventfd registered with KVM as an irqfd: a write raises the IRQ
     /// in the in-kernel interrupt controllers.
-    Irqfd(vmm_sys_util::eventfd::EventFd),
+    Irqfd(std::sync::Arc<vmm_sys_util::eventfd::EventFd>),
 }
 
 impl Trigger for IrqLine {
@@ -70,5 +70,16 @@ impl PioDevice for Uart {
             }
         }
         DeviceAction::Continue
+    }
+
+    fn reset(&mut self) {
+        // A new 16550 in its power-on state, writing to the same sink and
+        // signalling the same interrupt line.
+        let irq = self.serial.interrupt_evt().clone();
+        let old = std::mem::replace(
+            &mut self.serial,
+            Serial::new(IrqLine::None, Box::new(std::io::sink())),
+        );
+        self.serial = Serial::new(irq, old.into_writer());
     }
 }
