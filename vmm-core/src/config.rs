@@ -63,7 +63,7 @@ impl VmConfig {
             )));
         }
         if let Some(kernel) = &self.kernel {
-            kernel.check()?;
+            crate::boot::direct::check(kernel, self.cpus)?;
         }
         Ok(())
     }

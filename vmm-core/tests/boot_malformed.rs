@@ -123,3 +123,18 @@ fn an_overlong_command_line_is_refused() {
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("at most 4095"), "{err}");
 }
+
+#[test]
+fn more_vcpus_than_the_mp_table_describes_are_refused() {
+    let mut config = VmConfig::with_kernel(
+        64 << 20,
+        KernelBoot {
+            kernel: good(),
+            initrd: None,
+            cmdline: String::new(),
+        },
+    );
+    config.cpus = vmm_core::boot::mptable::MAX_CPUS + 1;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("MP table describes 1 to 32"), "{err}");
+}

@@ -56,7 +56,7 @@ fn initrd(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 131 + i / 7) as u8).collect()
 }
 
-fn boot(ram: u64, initrd: Vec<u8>, cmdline: String) -> (RunOutcome, String) {
+fn boot(ram: u64, cpus: u32, initrd: Vec<u8>, cmdline: String) -> (RunOutcome, String) {
     let kernel = KernelBoot {
         kernel: test_kernel::build().unwrap(),
         initrd: Some(initrd),
@@ -64,6 +64,7 @@ fn boot(ram: u64, initrd: Vec<u8>, cmdline: String) -> (RunOutcome, String) {
     };
     let capture = Capture::default();
     let mut config = VmConfig::with_kernel(ram, kernel);
+    config.cpus = cpus;
     config.serial = Box::new(capture.clone());
     let outcome = Vm::new(config).and_then(|mut vm| vm.run());
     let text = capture.text();
@@ -73,13 +74,13 @@ fn boot(ram: u64, initrd: Vec<u8>, cmdline: String) -> (RunOutcome, String) {
     }
 }
 
-fn passes_all_checks(ram: u64) {
+fn passes_all_checks(ram: u64, cpus: u32) {
     let rd = initrd(6000);
     let cmdline = format!(
         "console=ttyS0 {} reboot=k panic=1",
-        test_kernel::expectations(e820_ram(ram), &rd, 1)
+        test_kernel::expectations(e820_ram(ram), &rd, cpus)
     );
-    let (outcome, serial) = boot(ram, rd, cmdline);
+    let (outcome, serial) = boot(ram, cpus, rd, cmdline);
     assert_eq!(
         outcome,
         RunOutcome::GuestExit(0),
@@ -97,7 +98,7 @@ fn passes_all_checks(ram: u64) {
 #[test]
 fn test_kernel_boots_with_64_mib() {
     if have_kvm() {
-        passes_all_checks(64 << 20);
+        passes_all_checks(64 << 20, 1);
     }
 }
 
@@ -108,15 +109,25 @@ fn test_kernel_boots_with_memory_sizes_around_the_hole() {
         // just spilling above 4 GiB.
         let hole = pc_layout(1 << 30).mmio_hole_start();
         for ram in [16 << 20, hole, hole + (2 << 20)] {
-            passes_all_checks(ram);
+            passes_all_checks(ram, 1);
         }
+    }
+}
+
+#[test]
+fn test_kernel_boots_with_several_vcpus() {
+    if have_kvm() {
+        // The application processors wait for INIT/SIPI, which the test
+        // kernel never sends; the MP table must list them all.
+        passes_all_checks(64 << 20, 2);
+        passes_all_checks(6 << 30, 4);
     }
 }
 
 #[test]
 fn test_kernel_boots_with_ram_above_4_gib() {
     if have_kvm() {
-        passes_all_checks(5 << 30);
+        passes_all_checks(5 << 30, 1);
     }
 }
 
@@ -133,7 +144,7 @@ fn test_kernel_reports_a_wrong_expectation() {
     let good = format!("testkernel.sum={:#x}", test_kernel::initrd_sum(&rd));
     let bad = format!("testkernel.sum={:#x}", test_kernel::initrd_sum(&rd) + 1);
     cmdline = cmdline.replace(&good, &bad);
-    let (outcome, serial) = boot(ram, rd, cmdline);
+    let (outcome, serial) = boot(ram, 1, rd, cmdline);
     assert_eq!(outcome, RunOutcome::GuestExit(7), "{serial}");
     assert!(serial.contains("testkernel: initrd FAILED"), "{serial}");
 }
@@ -146,7 +157,7 @@ fn test_kernel_reports_a_wrong_ram_size() {
     let ram = 32 << 20;
     let rd = initrd(100);
     let cmdline = test_kernel::expectations(e820_ram(ram) + 4096, &rd, 1);
-    let (outcome, serial) = boot(ram, rd, cmdline);
+    let (outcome, serial) = boot(ram, 1, rd, cmdline);
     assert_eq!(outcome, RunOutcome::GuestExit(5), "{serial}");
     assert!(serial.contains("testkernel: e820 FAILED"), "{serial}");
 }
@@ -156,13 +167,14 @@ fn test_kernel_reboots_through_the_keyboard_controller() {
     if !have_kvm() {
         return;
     }
-    let ram = 32 << 20;
+    // Two vCPUs: the reset ends the run with the AP still waiting for SIPI.
+    let (ram, cpus) = (32 << 20, 2);
     let rd = initrd(64);
     let cmdline = format!(
         "{} testkernel.reboot=1",
-        test_kernel::expectations(e820_ram(ram), &rd, 1)
+        test_kernel::expectations(e820_ram(ram), &rd, cpus)
     );
-    let (outcome, serial) = boot(ram, rd, cmdline);
+    let (outcome, serial) = boot(ram, cpus, rd, cmdline);
     assert_eq!(outcome, RunOutcome::Reboot, "{serial}");
     assert!(serial.contains("all checks passed"), "{serial}");
 }

@@ -7,7 +7,14 @@ use super::cpu::set_entry_state;
 use super::error::Result;
 use super::layout::pc_reserved;
 use super::loader::{BootPlan, KernelBoot, Loaded};
-use super::machine;
+use super::{machine, mptable};
+
+/// What can be checked before the VM exists: the image, the command line
+/// and whether the boot tables can describe `cpus` processors.
+pub fn check(boot: &KernelBoot, cpus: u32) -> Result<()> {
+    boot.check()?;
+    mptable::build(cpus).map(drop)
+}
 
 /// The RAM ranges of `mem` as `(start, length)` pairs.
 pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
