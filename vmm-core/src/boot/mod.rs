@@ -7,7 +7,10 @@
 //! boot GDT and identity page tables into guest memory, and
 //! [`set_entry_state`] puts the bootstrap processor at the entry point in
 //! the mode the boot protocol requires. [`machine`] has the pieces a Linux
-//! guest needs from the VM itself (in-kernel irqchip and PIT, CPUID, MSRs).
+//! guest needs from the VM itself besides the in-kernel irqchip and PIT
+//! that `hm-vmx` creates (COM1 on IRQ 4, CPUID, MSRs, LINT wiring), and
+//! [`direct`] strings it all together for `Vm::new`. [`test_kernel`] is the
+//! project-built kernel that checks all of it from inside the guest.
 //!
 //! ```
 //! use vmm_core::boot::{KernelBoot, layout, test_kernel};
