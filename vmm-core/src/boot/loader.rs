@@ -276,19 +276,26 @@ impl KernelBoot {
 pub fn place_initrd(e820: &[E820Entry], above: u64, max: u64, size: u64) -> Result<u64> {
     let limit = max.saturating_add(1).min(FOUR_GIB);
     let above = above.div_ceil(PAGE) * PAGE;
-    e820.iter()
+    // The usable part of each RAM entry: above the kernel, below the limit.
+    let windows = e820
+        .iter()
         .rev()
         .filter(|e| e.kind == E820Kind::Ram)
-        .find_map(|e| {
-            let end = e.end().min(limit);
-            let start = end.checked_sub(size)? / PAGE * PAGE;
-            (start >= e.addr.max(above)).then_some(start)
-        })
-        .ok_or_else(|| {
-            Error::NoRoom(format!(
-                "an initrd of {size} bytes does not fit in RAM between {above:#x} and {limit:#x}"
-            ))
-        })
+        .map(|e| (e.addr.max(above), e.end().min(limit)))
+        .filter(|(start, end)| start < end);
+    let mut largest = 0;
+    for (start, end) in windows {
+        largest = largest.max(end - start);
+        if let Some(at) = end.checked_sub(size).map(|a| a / PAGE * PAGE) {
+            if at >= start {
+                return Ok(at);
+            }
+        }
+    }
+    Err(Error::NoRoom(format!(
+        "an initrd of {size} bytes does not fit: the largest free RAM between the kernel \
+         ({above:#x}) and the initrd limit ({limit:#x}) is {largest} bytes"
+    )))
 }
 
 /// Writes the PVH start info, its memory map and the initrd module entry.
