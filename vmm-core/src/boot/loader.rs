@@ -530,4 +530,41 @@ mod tests {
         assert!(place_initrd(&map, RAM - 0x1000, u64::MAX, 0x2000).is_err());
         assert!(place_initrd(&map, 0, 0x7fff_ffff, RAM).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        #[test]
+        fn placed_initrds_are_aligned_in_ram_and_within_bounds(
+            ram_mib in 2u64..8192,
+            above in 0u64..0x400_0000,
+            max in 0x10_0000u64..0x1_0000_0000,
+            size in 1u64..0x800_0000,
+        ) {
+            let ram = [(0, 0xa_0000), (0x10_0000, (ram_mib << 20).min(0xbff0_0000))];
+            let map = e820::build(&ram, &pc_reserved(0xc000_0000)).unwrap();
+            if let Ok(at) = place_initrd(&map, above, max, size) {
+                proptest::prop_assert_eq!(at % PAGE, 0);
+                proptest::prop_assert!(at >= above);
+                proptest::prop_assert!(at + size - 1 <= max);
+                proptest::prop_assert!(e820::is_ram(&map, at, size));
+            }
+        }
+
+        #[test]
+        fn corrupted_images_never_panic_the_loader(
+            edits in proptest::collection::vec((0usize..0x300, proptest::num::u8::ANY), 1..8),
+            cut in 0usize..8000,
+        ) {
+            let mut image = test_kernel::build().unwrap();
+            for (at, byte) in edits {
+                image[0x100 + at] = byte;
+            }
+            image.truncate(cut.max(1));
+            let boot = KernelBoot { kernel: image, initrd: Some(vec![1; 10]), cmdline: String::new() };
+            if let Ok(plan) = boot.plan(&ram_ranges(), &pc_reserved(0xe000_0000)) {
+                let _ = boot.load(&plan, &memory(), 1);
+            }
+        }
+    }
 }
