@@ -240,3 +240,25 @@ fn dump_phys_writes_guest_memory_as_the_guest_left_it() {
     file.read_exact(&mut reset).unwrap();
     assert_eq!(reset[0], 0xe9);
 }
+
+#[test]
+fn smp_guest_runs_on_two_and_four_vcpus() {
+    if !kvm_available("smp_guest_runs_on_two_and_four_vcpus") {
+        return;
+    }
+    for cpus in ["2", "4"] {
+        let out = vmm(&["run", "--guest", "smp", "--cpus", cpus]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", stderr(&out));
+        assert!(
+            stdout.contains("AP with APIC id 0x01 checked in"),
+            "{stdout}"
+        );
+        if cpus == "4" {
+            assert!(
+                stdout.contains("AP with APIC id 0x03 checked in"),
+                "{stdout}"
+            );
+        }
+    }
+}

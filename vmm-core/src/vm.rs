@@ -15,7 +15,7 @@ use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
 use crate::ffs::ForcedActions;
-use crate::info::write_cpumguest;
+use crate::info::{guest_features, register_paging_handlers, write_cpumguest};
 use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
@@ -243,7 +243,10 @@ fn register_info_handlers(machine: &Arc<Machine>, backend: &hm_vmx::Vm) -> Resul
         InfoFlags::empty(),
         move |_: &InfoCall<'_>, out: &mut dyn Write| Ok(ffs.format_fflags(out)?),
     )
-    .map_err(info_error)
+    .map_err(info_error)?;
+    let features = guest_features(backend.cpuid()).map_err(info_error)?;
+    register_paging_handlers(info, &machine.vcpu_states, machine.memory.phys(), features)
+        .map_err(info_error)
 }
 
 /// `/VMM/...`: the VM state (as VirtualBox's VMSTATE number order) and the
