@@ -10,6 +10,7 @@
 //! # Ok::<(), vmm_core::Error>(())
 //! ```
 
+pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod devices;

@@ -26,6 +26,12 @@ const LOW_MIRROR_MAX: u64 = 128 * 1024;
 /// The smallest guest RAM the VMM accepts.
 pub const MIN_RAM: u64 = 1 << 20;
 
+/// The PC layout of `ram_size` bytes of RAM: where RAM goes around the
+/// legacy hole and the 32-bit MMIO hole.
+pub fn pc_layout(ram_size: u64) -> PcLayout {
+    PcLayout::new(ram_size)
+}
+
 fn pgm_error(e: impl std::fmt::Display) -> Error {
     Error::Memory(e.to_string())
 }
@@ -84,7 +90,7 @@ impl GuestMemoryMap {
                 "memory size {ram_size:#x} must be a multiple of 4 KiB and at least 1 MiB"
             )));
         }
-        let layout = PcLayout::new(ram_size);
+        let layout = pc_layout(ram_size);
         let rom_size = firmware.len() as u64;
         if rom_size == 0 || rom_size % 4096 != 0 || rom_size > layout.mmio_hole_size {
             return Err(Error::Config(format!(
