@@ -3,3 +3,5 @@
 
 pub mod paging;
 pub mod phys;
+
+pub use phys::{PhysConfig, PhysError, PhysMap, SharedPhysMap};

@@ -215,6 +215,7 @@ impl PhysMap {
             data,
             is_write,
             user: h.user,
+            map: self,
         };
         (t.callback)(&mut access).map_err(|source| PhysError::Handler {
             desc: h.desc.clone(),
@@ -328,6 +329,25 @@ mod tests {
         assert_eq!(map.page_info(0x1000).state, PageState::Allocated);
         assert_eq!(map.page_info(0x3000).state, PageState::Zero);
         map.read(u64::MAX - 1, &mut b).unwrap();
+    }
+
+    #[test]
+    fn handler_can_access_other_memory_through_the_map() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x1000, "ram").unwrap();
+        let t = map.register_handler_type(HandlerKind::Mmio, "dma", |a| {
+            // a doorbell write copies RAM byte 0 to byte 1
+            let mut b = [0u8];
+            a.map.read(0, &mut b)?;
+            a.map.write(1, &b)?;
+            Ok(HandlerAction::Handled)
+        });
+        map.map_mmio(0x1000_0000, 0x1000, t, 0, "dma").unwrap();
+        map.write(0, &[0x42]).unwrap();
+        map.mmio_exit(0x1000_0000, &mut [1], true).unwrap();
+        let mut b = [0u8];
+        map.read(1, &mut b).unwrap();
+        assert_eq!(b[0], 0x42);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct PhysAccess<'a> {
     pub is_write: bool,
     /// The user value given when the handler range was registered.
     pub user: u64,
+    /// The map the access goes through, so a handler can access other guest
+    /// memory (e.g. DMA) without taking the map's lock again.
+    pub map: &'a super::map::PhysMap,
 }
 
 /// What the handler wants done after it ran.
@@ -74,6 +77,12 @@ pub enum HandlerAction {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct HandlerError(pub String);
+
+impl From<super::error::PhysError> for HandlerError {
+    fn from(e: super::error::PhysError) -> Self {
+        Self(e.to_string())
+    }
+}
 
 /// Handler callback.
 pub type HandlerFn =
