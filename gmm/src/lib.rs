@@ -1,1 +1,66 @@
-//! Global memory manager (VirtualBox GMM): host memory chunks for guests.
+//! Global memory manager (VirtualBox GMM) for a KVM-based VMM, in user space.
+//!
+//! One [`Gmm`] per process hands host memory to any number of VMs:
+//!
+//! - Host memory comes in 2 MiB chunks of 512 pages from one sparse memfd;
+//!   a [`PageId`] is the chunk id shifted left by 9 plus the page index.
+//!   Chunk ids come from a bitmap; each VM keeps a small cache of the chunks
+//!   it allocates from. Allocation prefers chunks the VM already uses, then
+//!   empty chunks, then partly used chunks of other VMs (only when plenty is
+//!   free there), then a new chunk. Freed pages are punched out of the memfd,
+//!   so their memory goes back to the host; emptied chunks are recycled.
+//! - Each VM registers with a [`Reservation`] (base, shadow, fixed pages).
+//!   Allocations beyond it, or beyond the global maximum, fail with an error
+//!   for which [`Error::is_out_of_memory`] is true.
+//! - Guest RAM lives in [`RamRegion`]s: contiguous host memory (one KVM slot)
+//!   whose pages GMM backs, frees, balloons and shares.
+//! - Ballooning follows VirtualBox's accounting ([`BalloonAction`]).
+//! - [`Gmm::share_scan`] deduplicates identical pages across all VMs (see
+//!   the `sharing` module docs for why writes stay private).
+//! - [`Gmm::stats`], and [`Gmm::format_info`] report.
+//!
+//! ```
+//! use gmm::{Gmm, GmmConfig, Reservation};
+//!
+//! let gmm = Gmm::new(GmmConfig::new(1 << 14))?;
+//! let res = Reservation { base: 512, ..Default::default() };
+//! let (a, b) = (gmm.register_vm("a", res)?, gmm.register_vm("b", res)?);
+//! let (ram_a, ram_b) = (a.create_ram_region(8)?, b.create_ram_region(8)?);
+//! ram_a.alloc(0, 8)?;
+//! ram_b.alloc(0, 8)?;
+//! for i in 0..8u64 {
+//!     ram_a.write(i * 4096, &[i as u8 + 1; 4096])?;
+//!     ram_b.write(i * 4096, &[i as u8 + 1; 4096])?;
+//! }
+//! let report = gmm.share_scan()?;
+//! assert_eq!(report.pages_deduplicated, 8);
+//! assert_eq!(gmm.stats().saved_pages, 8);
+//! // A write gives the writer its own copy; the other VM sees nothing.
+//! ram_b.write(0, b"mine")?;
+//! let mut buf = [0u8; 4];
+//! ram_a.read(0, &mut buf)?;
+//! assert_eq!(buf, [1; 4]);
+//! # Ok::<(), gmm::Error>(())
+//! ```
+
+mod chunk;
+mod config;
+mod error;
+mod gmm;
+mod host;
+mod ids;
+mod info;
+mod sharing;
+mod state;
+mod stats;
+
+pub use config::GmmConfig;
+pub use error::{Error, Result};
+pub use gmm::{Gmm, HostPage, PageState, RamRegion, Reservation, Vm};
+pub use ids::{Account, CHUNK_PAGES, CHUNK_SHIFT, CHUNK_SIZE, ChunkId, PAGE_SIZE, PageId, VmId};
+pub use sharing::ScanReport;
+pub use state::BalloonAction;
+pub use stats::{AccountPages, GmmStats, VmStats};
+
+#[cfg(test)]
+mod tests;

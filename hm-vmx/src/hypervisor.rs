@@ -130,9 +130,16 @@ impl Hypervisor {
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
     }
 
-    /// Creates a VM with no memory and no vCPUs.
+    /// Creates a VM with no memory and no vCPUs, counting its exits in a
+    /// registry of its own.
     pub fn create_vm(&self) -> Result<Vm> {
+        self.create_vm_with_stats(&stam::Registry::new())
+    }
+
+    /// Creates a VM whose exit counters (`/HM/Exit/...`) and run-loop
+    /// profiles (`/HM/CPUn/RunGuest`) are registered in `stats`.
+    pub fn create_vm_with_stats(&self, stats: &stam::Registry) -> Result<Vm> {
         let fd = self.kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        Vm::new(fd, self.supported_cpuid()?)
+        Vm::new(fd, self.supported_cpuid()?, stats)
     }
 }

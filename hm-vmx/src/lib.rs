@@ -20,6 +20,7 @@
 mod error;
 mod exit;
 mod hypervisor;
+mod stats;
 pub mod testing;
 mod vcpu;
 mod vm;
@@ -28,5 +29,6 @@ pub mod vmx;
 pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};
-pub use vcpu::{Regs, Sregs, Vcpu};
+pub use stats::ExitStats;
+pub use vcpu::{DebugRegs, Regs, Sregs, Vcpu, VcpuState};
 pub use vm::{MemorySlot, Vm};

@@ -1,15 +1,21 @@
 //! A virtual CPU: register state and the run call.
 
-use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_regs, kvm_sregs};
+use std::sync::Arc;
+
+use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_debugregs, kvm_regs, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use stam::Profile;
 
 use crate::error::{Result, ioctl};
 use crate::exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
+use crate::stats::ExitStats;
 
 /// General-purpose registers, RIP and RFLAGS (KVM's layout).
 pub type Regs = kvm_regs;
 /// Segment, control and descriptor-table registers and EFER (KVM's layout).
 pub type Sregs = kvm_sregs;
+/// DR0–DR3, DR6 and DR7 (KVM's layout).
+pub type DebugRegs = kvm_debugregs;
 
 /// A virtual CPU created by [`Vm::create_vcpu`](crate::Vm::create_vcpu).
 ///
@@ -17,17 +23,35 @@ pub type Sregs = kvm_sregs;
 /// base `0xffff0000`, `RIP` `0xfff0`.
 pub struct Vcpu {
     fd: VcpuFd,
-    id: u32,
+    state: VcpuState,
+    exits: Arc<ExitStats>,
+    in_guest: Profile,
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u32) -> Result<Self> {
-        Ok(Vcpu { fd, id })
+    pub(crate) fn new(
+        fd: VcpuFd,
+        state: VcpuState,
+        exits: Arc<ExitStats>,
+        in_guest: Profile,
+    ) -> Self {
+        Vcpu {
+            fd,
+            state,
+            exits,
+            in_guest,
+        }
     }
 
     /// The vCPU's index (and initial APIC id).
     pub fn id(&self) -> u32 {
-        self.id
+        self.state.id
+    }
+
+    /// The vCPU's register state, also reachable through clones of the
+    /// returned handle from other threads.
+    pub fn state(&self) -> &VcpuState {
+        &self.state
     }
 
     /// Runs guest code until the next exit that needs the VMM.
@@ -35,93 +59,47 @@ impl Vcpu {
     /// One `KVM_RUN` ioctl and nothing else: the I/O and MMIO paths make no
     /// further system call.
     pub fn run(&mut self) -> Result<Exit<'_>> {
-        // Exits that carry data are rebuilt from the run page after the
-        // match, so that the returned slices borrow `self` only once.
-        let exit: Exit<'static> = match self.fd.run() {
-            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => return Ok(self.io_exit()),
-            Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => return Ok(self.mmio_exit()),
-            Ok(VcpuExit::InternalError) => return Ok(self.internal_error()),
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(VcpuExit::Debug(arch)) => Exit::Debug(DebugExit {
-                exception: arch.exception,
-                rip: arch.pc,
-                dr6: arch.dr6,
-                dr7: arch.dr7,
-            }),
-            Ok(VcpuExit::FailEntry(hardware_reason, cpu)) => Exit::FailEntry {
-                hardware_reason,
-                cpu,
-            },
-            Ok(VcpuExit::Intr) => Exit::Interrupted,
-            Ok(VcpuExit::IrqWindowOpen) => Exit::InterruptWindow,
-            Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
-            Ok(VcpuExit::MemoryFault { .. }) => Exit::Other {
-                kvm_reason: KVM_EXIT_MEMORY_FAULT,
-            },
-            Ok(_) => {
-                return Ok(Exit::Other {
-                    kvm_reason: self.fd.get_kvm_run().exit_reason,
-                });
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-            Err(e) => return Err(ioctl("KVM_RUN")(e)),
-        };
+        let exit = enter(&mut self.fd, &self.in_guest)?;
+        self.exits.count(&exit);
         Ok(exit)
     }
 
-    /// Decodes a `KVM_EXIT_MMIO` from the run page.
-    fn mmio_exit(&mut self) -> Exit<'_> {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the exit reason is KVM_EXIT_MMIO, so the kernel filled the
-        // `mmio` member of the union.
-        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
-        let len = (mmio.len as usize).min(mmio.data.len());
-        let data = if mmio.is_write != 0 {
-            MmioData::Write(&mmio.data[..len])
-        } else {
-            MmioData::Read(&mut mmio.data[..len])
-        };
-        Exit::Mmio(MmioAccess {
-            addr: mmio.phys_addr,
-            data,
-        })
+    /// Sets or clears `immediate_exit`: while set, `run` returns
+    /// [`Exit::Interrupted`] without entering the guest.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
     }
 
-    /// Decodes a `KVM_EXIT_IO` from the run page, keeping the access size
-    /// that kvm-ioctls folds away.
-    fn io_exit(&mut self) -> Exit<'_> {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the exit reason is KVM_EXIT_IO, so the kernel filled the
-        // `io` member of the union.
-        let io = unsafe { run.__bindgen_anon_1.io };
-        let len = io.size as usize * io.count as usize;
-        let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
-        // SAFETY: the kernel places `len` bytes of I/O data at `data_offset`
-        // inside the run mapping, which stays mapped for as long as the vCPU
-        // lives; the returned slice borrows `self` mutably, so nothing else
-        // can touch the run page while it exists.
-        let data =
-            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
-        let data = if u32::from(io.direction) == KVM_EXIT_IO_IN {
-            IoData::In(data)
-        } else {
-            IoData::Out(data)
-        };
-        Exit::Io(IoAccess {
-            port: io.port,
-            size: io.size,
-            data,
-        })
+    /// The underlying KVM vCPU file descriptor, for state this backend does
+    /// not wrap yet.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+}
+
+/// A handle on a vCPU's register state that any thread may hold (it uses its
+/// own duplicate of the vCPU file descriptor).
+///
+/// KVM serialises these calls with `KVM_RUN`: made while the vCPU runs guest
+/// code, they wait until it exits, so call them from the vCPU's EMT or while
+/// it is stopped.
+#[derive(Clone)]
+pub struct VcpuState {
+    fd: Arc<VcpuFd>,
+    id: u32,
+}
+
+impl VcpuState {
+    pub(crate) fn new(fd: VcpuFd, id: u32) -> Self {
+        VcpuState {
+            fd: Arc::new(fd),
+            id,
+        }
     }
 
-    fn internal_error(&mut self) -> Exit<'_> {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel
-        // filled the `internal` member of the union.
-        let internal = unsafe { run.__bindgen_anon_1.internal };
-        let n = (internal.ndata as usize).min(internal.data.len());
-        Exit::InternalError(InternalError::new(internal.suberror, &internal.data[..n]))
+    /// The vCPU's index.
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// Reads the general-purpose registers, RIP and RFLAGS.
@@ -144,15 +122,101 @@ impl Vcpu {
         self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))
     }
 
-    /// Sets or clears `immediate_exit`: while set, `run` returns
-    /// [`Exit::Interrupted`] without entering the guest.
-    pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(u8::from(on));
+    /// Reads DR0–DR3, DR6 and DR7.
+    pub fn debug_regs(&self) -> Result<DebugRegs> {
+        self.fd.get_debug_regs().map_err(ioctl("KVM_GET_DEBUGREGS"))
     }
+}
 
-    /// The underlying KVM vCPU file descriptor, for state this backend does
-    /// not wrap yet.
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
-    }
+/// One `KVM_RUN`, timed, and its exit decoded.
+fn enter<'a>(fd: &'a mut VcpuFd, in_guest: &Profile) -> Result<Exit<'a>> {
+    let timer = in_guest.start();
+    let result = fd.run();
+    drop(timer);
+    // Exits that carry data are rebuilt from the run page after the
+    // match, so that the returned slices borrow `self` only once.
+    let exit: Exit<'static> = match result {
+        Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => return Ok(io_exit(fd)),
+        Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => return Ok(mmio_exit(fd)),
+        Ok(VcpuExit::InternalError) => return Ok(internal_error(fd)),
+        Ok(VcpuExit::Hlt) => Exit::Hlt,
+        Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+        Ok(VcpuExit::Debug(arch)) => Exit::Debug(DebugExit {
+            exception: arch.exception,
+            rip: arch.pc,
+            dr6: arch.dr6,
+            dr7: arch.dr7,
+        }),
+        Ok(VcpuExit::FailEntry(hardware_reason, cpu)) => Exit::FailEntry {
+            hardware_reason,
+            cpu,
+        },
+        Ok(VcpuExit::Intr) => Exit::Interrupted,
+        Ok(VcpuExit::IrqWindowOpen) => Exit::InterruptWindow,
+        Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
+        Ok(VcpuExit::MemoryFault { .. }) => Exit::Other {
+            kvm_reason: KVM_EXIT_MEMORY_FAULT,
+        },
+        Ok(_) => {
+            return Ok(Exit::Other {
+                kvm_reason: fd.get_kvm_run().exit_reason,
+            });
+        }
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+        Err(e) => return Err(ioctl("KVM_RUN")(e)),
+    };
+    Ok(exit)
+}
+
+/// Decodes a `KVM_EXIT_MMIO` from the run page.
+fn mmio_exit(fd: &mut VcpuFd) -> Exit<'_> {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_MMIO, so the kernel filled the
+    // `mmio` member of the union.
+    let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+    let len = (mmio.len as usize).min(mmio.data.len());
+    let data = if mmio.is_write != 0 {
+        MmioData::Write(&mmio.data[..len])
+    } else {
+        MmioData::Read(&mut mmio.data[..len])
+    };
+    Exit::Mmio(MmioAccess {
+        addr: mmio.phys_addr,
+        data,
+    })
+}
+
+/// Decodes a `KVM_EXIT_IO` from the run page, keeping the access size
+/// that kvm-ioctls folds away.
+fn io_exit(fd: &mut VcpuFd) -> Exit<'_> {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_IO, so the kernel filled the
+    // `io` member of the union.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let len = io.size as usize * io.count as usize;
+    let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+    // SAFETY: the kernel places `len` bytes of I/O data at `data_offset`
+    // inside the run mapping, which stays mapped for as long as the vCPU
+    // lives; the returned slice borrows the vCPU mutably, so nothing else
+    // can touch the run page while it exists.
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+    let data = if u32::from(io.direction) == KVM_EXIT_IO_IN {
+        IoData::In(data)
+    } else {
+        IoData::Out(data)
+    };
+    Exit::Io(IoAccess {
+        port: io.port,
+        size: io.size,
+        data,
+    })
+}
+
+fn internal_error(fd: &mut VcpuFd) -> Exit<'_> {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel
+    // filled the `internal` member of the union.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    Exit::InternalError(InternalError::new(internal.suberror, &internal.data[..n]))
 }

@@ -1,10 +1,14 @@
 //! A VM: memory slots, interrupt controllers and vCPU creation.
 
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
 use kvm_bindings::{CpuId, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 
 use crate::error::{Error, Result, ioctl};
-use crate::vcpu::Vcpu;
+use crate::stats::ExitStats;
+use crate::vcpu::{Vcpu, VcpuState};
 
 /// Where KVM puts the three pages of the real-mode TSS on Intel hosts: just
 /// below the 4 GiB firmware area, as other VMMs do.
@@ -31,13 +35,26 @@ pub struct MemorySlot {
 pub struct Vm {
     fd: VmFd,
     cpuid: CpuId,
+    stats: stam::Registry,
+    exits: Arc<ExitStats>,
 }
 
 impl Vm {
-    pub(crate) fn new(fd: VmFd, cpuid: CpuId) -> Result<Self> {
+    pub(crate) fn new(fd: VmFd, cpuid: CpuId, stats: &stam::Registry) -> Result<Self> {
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-        Ok(Vm { fd, cpuid })
+        let exits = Arc::new(ExitStats::register(stats)?);
+        Ok(Vm {
+            fd,
+            cpuid,
+            stats: stats.clone(),
+            exits,
+        })
+    }
+
+    /// The exit counters of this VM's vCPUs.
+    pub fn exit_stats(&self) -> &Arc<ExitStats> {
+        &self.exits
     }
 
     /// Maps (or, with `size == 0`, unmaps) a memory slot.
@@ -98,7 +115,27 @@ impl Vm {
             }
         }
         fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
-        Vcpu::new(fd, id)
+        // A second descriptor for the same vCPU lets other threads reach its
+        // registers without owning the run loop.
+        // SAFETY: `dup` of a descriptor we own; the result is checked.
+        let dup = unsafe { libc::dup(fd.as_raw_fd()) };
+        if dup < 0 {
+            return Err(ioctl("dup(vCPU fd)")(kvm_ioctls::Error::last()));
+        }
+        // SAFETY: `dup` is a fresh descriptor of a vCPU of this VM, owned by
+        // nobody else; the VcpuFd takes ownership and closes it.
+        let state_fd =
+            unsafe { self.fd.create_vcpu_from_rawfd(dup) }.map_err(ioctl("mmap(vCPU run page)"))?;
+        let in_guest = self.stats.profile(
+            format!("/HM/CPU{id}/RunGuest"),
+            format!("Time vCPU {id} spends in KVM_RUN (guest execution and in-kernel exits)"),
+        )?;
+        Ok(Vcpu::new(
+            fd,
+            VcpuState::new(state_fd, id),
+            Arc::clone(&self.exits),
+            in_guest,
+        ))
     }
 
     /// The CPUID leaves every vCPU of this VM is given (before per-vCPU APIC ids).

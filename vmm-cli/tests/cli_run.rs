@@ -131,3 +131,77 @@ fn doctor_reports_kvm_and_capabilities() {
     assert!(stdout.contains("/dev/kvm: usable"), "{stdout}");
     assert!(stdout.contains("KVM_CAP_READONLY_MEM"), "{stdout}");
 }
+
+#[test]
+fn stats_count_every_port_write_the_guest_made() {
+    if !kvm_available("stats_count_every_port_write_the_guest_made") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let out = vmm(&[
+        "run",
+        "--serial",
+        serial.to_str().unwrap(),
+        "--stats=/HM/Exit/*|/IOM/*",
+        "--stats-format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let snapshot: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON statistics");
+    let value = |name: &str| -> u64 {
+        let samples = snapshot["samples"].as_array().expect("samples array");
+        let sample = samples
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {snapshot}"));
+        sample["value"]["Counter"]
+            .as_u64()
+            .or_else(|| sample["value"].as_u64())
+            .unwrap_or_else(|| panic!("{sample}"))
+    };
+    // The guest writes each serial byte to the UART, then one byte to the
+    // debug-exit port: nothing else exits for port I/O.
+    let bytes = std::fs::read(&serial).unwrap().len() as u64;
+    assert!(bytes > 100);
+    assert_eq!(value("/IOM/Port/uart/Writes"), bytes);
+    assert_eq!(value("/IOM/Port/debug-exit/Writes"), 1);
+    assert_eq!(value("/HM/Exit/IoInstruction"), bytes + 1);
+}
+
+#[test]
+fn info_handlers_run_when_the_guest_stops() {
+    if !kvm_available("info_handlers_run_when_the_guest_stops") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let serial = serial.to_str().unwrap();
+    let out = vmm(&[
+        "run",
+        "--serial",
+        serial,
+        "--info",
+        "help",
+        "--info",
+        "exits",
+        "--info",
+        "cpumguest",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout.contains("cpumguest") && stdout.contains("exits"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  30  I/O instruction"), "{stdout}");
+    // The guest stopped in long mode: EFER has LME and LMA, CS is 64-bit.
+    assert!(stdout.contains("efer=0000000000000500"), "{stdout}");
+    assert!(stdout.contains("cs=0018"), "{stdout}");
+    let out = vmm(&["run", "--serial", serial, "--info", "nosuchhandler"]);
+    assert!(
+        stderr(&out).contains("unknown info handler \"nosuchhandler\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -53,7 +53,7 @@ pub(crate) fn run_vcpu(vcpu: &mut Vcpu, io: &IoBus) -> Result<RunOutcome> {
             other => (other.name().to_string(), other.vmx_reason()),
         };
         let (exit, reason) = unhandled;
-        let rip = vcpu.regs().map(|r| r.rip).unwrap_or(u64::MAX);
+        let rip = vcpu.state().regs().map(|r| r.rip).unwrap_or(u64::MAX);
         return Err(Error::UnhandledExit {
             cpu: vcpu.id(),
             exit,

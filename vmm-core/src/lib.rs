@@ -1,5 +1,6 @@
-//! The VM: configuration, EMT threads, buses, minimal PC devices and the
-//! embedded guests, on top of the `hm-vmx` execution backend.
+//! The VM: configuration, EMT threads, VM state machine, forced actions,
+//! requests and rendezvous, buses, minimal PC devices and the embedded
+//! guests, on top of the `hm-vmx` execution backend.
 //!
 //! ```no_run
 //! use vmm_core::{Vm, VmConfig, RunOutcome, guests};
@@ -14,9 +15,15 @@ pub mod config;
 pub mod devices;
 mod emt;
 mod error;
+pub mod ffs;
 pub mod guests;
+pub mod halt;
+mod info;
 pub mod memory;
+pub mod rendezvous;
+pub mod request;
 mod vm;
+pub mod vmstate;
 
 pub use config::VmConfig;
 pub use emt::RunOutcome;

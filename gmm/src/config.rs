@@ -1,0 +1,55 @@
+//! GMM configuration.
+
+use crate::error::{Error, Result};
+use crate::ids::CHUNK_PAGES;
+
+/// How a [`Gmm`](crate::Gmm) is set up.
+///
+/// ```
+/// let cfg = gmm::GmmConfig::new(1 << 18); // at most 1 GiB of host pages
+/// assert!(!cfg.overcommit);
+/// ```
+#[derive(Clone, Debug)]
+pub struct GmmConfig {
+    /// Global maximum of host pages in use by all VMs together.
+    pub max_pages: u64,
+    /// Whether VM reservations may add up to more than `max_pages`.
+    pub overcommit: bool,
+    /// Allocate from partly used chunks of other VMs only when at least this
+    /// many pages are free in partly used chunks.
+    pub plenty_free_pages: u64,
+    /// Empty chunks kept for reuse (their memory is returned either way);
+    /// empty chunks beyond this are freed and their ids recycled.
+    pub empty_chunk_cache: u32,
+}
+
+impl GmmConfig {
+    /// Defaults with the given global maximum (in 4 KiB pages).
+    pub fn new(max_pages: u64) -> Self {
+        GmmConfig {
+            max_pages,
+            overcommit: false,
+            plenty_free_pages: 4 * CHUNK_PAGES as u64,
+            empty_chunk_cache: 4,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_pages == 0 {
+            return Err(Error::InvalidConfig("max_pages must be non-zero"));
+        }
+        // Page ids are 32 bits: chunk ids must stay below 2^23.
+        if self.max_pages > (1 << 30) {
+            return Err(Error::InvalidConfig("max_pages above 4 TiB"));
+        }
+        Ok(())
+    }
+
+    /// Chunk ids available: room for the maximum twice over (fragmentation),
+    /// plus the empty-chunk cache and the reserved id 0.
+    pub(crate) fn chunk_limit(&self) -> u32 {
+        let chunks = self.max_pages.div_ceil(CHUNK_PAGES as u64);
+        let limit = chunks * 2 + u64::from(self.empty_chunk_cache) + 2;
+        limit.min(1 << 23) as u32
+    }
+}

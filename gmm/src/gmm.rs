@@ -1,0 +1,425 @@
+//! The public handles: [`Gmm`], [`Vm`] and [`RamRegion`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::GmmConfig;
+use crate::error::{Error, Result};
+use crate::ids::{Account, PAGE_SIZE, PageId, VmId};
+use crate::sharing::ScanReport;
+use crate::state::{BalloonAction, Slot, State};
+use crate::stats::{GmmStats, VmStats};
+
+/// The global memory manager: one per process, serving any number of VMs.
+///
+/// Cheap to clone (all clones share the same state).
+///
+/// ```
+/// use gmm::{Gmm, GmmConfig, Reservation};
+///
+/// let gmm = Gmm::new(GmmConfig::new(4096))?;
+/// let vm = gmm.register_vm("vm0", Reservation { base: 1024, shadow: 16, fixed: 16 })?;
+///
+/// // Guest RAM: 1 MiB of contiguous host memory, backed on demand.
+/// let ram = vm.create_ram_region(256)?;
+/// ram.alloc(0, 256)?;
+/// ram.write(0x1000, b"hello")?;
+/// let mut buf = [0u8; 5];
+/// ram.read(0x1000, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+///
+/// // The guest's balloon driver gives 16 pages back.
+/// ram.balloon_inflate(100, 16)?;
+/// assert_eq!(vm.stats().ballooned, 16);
+/// assert_eq!(vm.stats().allocated.base, 240);
+/// # Ok::<(), gmm::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Gmm {
+    pub(crate) state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for Gmm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gmm").field("stats", &self.stats()).finish()
+    }
+}
+
+/// Pages a VM reserves on each account when it registers (set once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Guest RAM pages.
+    pub base: u64,
+    /// Shadow paging pages.
+    pub shadow: u64,
+    /// Fixed (hypervisor) pages.
+    pub fixed: u64,
+}
+
+impl Reservation {
+    fn as_array(self) -> [u64; 3] {
+        [self.base, self.shadow, self.fixed]
+    }
+}
+
+/// A host page handed out by page id, with its host virtual address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPage {
+    /// The page id (chunk id << 9 | index).
+    pub id: PageId,
+    /// Host virtual address of the page (GMM's shared view; 4 KiB, zeroed on allocation).
+    pub host_addr: u64,
+}
+
+impl Gmm {
+    /// A GMM with its (empty, sparse) chunk backing.
+    pub fn new(cfg: GmmConfig) -> Result<Self> {
+        Ok(Gmm {
+            state: Arc::new(Mutex::new(State::new(cfg)?)),
+        })
+    }
+
+    /// Registers a VM with its reservation. Dropping the returned handle (and
+    /// all its regions) frees everything the VM holds.
+    pub fn register_vm(&self, name: &str, reservation: Reservation) -> Result<Vm> {
+        let id = self
+            .state
+            .lock()
+            .register_vm(name, reservation.as_array())?;
+        Ok(Vm {
+            inner: Arc::new(VmInner {
+                gmm: self.clone(),
+                id,
+            }),
+        })
+    }
+
+    /// Runs a sharing scan over every RAM region of every VM: identical pages
+    /// end up backed by one host page, zero pages by none.
+    ///
+    /// The VMs' vCPUs must be stopped while the scan runs (a guest write
+    /// racing the scan could be lost); writes after the scan are safe.
+    pub fn share_scan(&self) -> Result<ScanReport> {
+        self.state.lock().share_scan()
+    }
+
+    /// Accounts shared pages that guests have written since (the kernel gave
+    /// the writer a private copy). Returns how many were found. Also done at
+    /// the start of every scan.
+    pub fn reconcile_shared(&self) -> Result<u64> {
+        self.state.lock().reconcile()
+    }
+
+    /// Returns pages freed through [`Vm::free_page`] to the host now instead
+    /// of at the next batch (region operations return memory immediately).
+    pub fn return_freed_pages(&self) -> Result<()> {
+        self.state.lock().flush()
+    }
+
+    /// A snapshot of the global numbers.
+    pub fn stats(&self) -> GmmStats {
+        GmmStats::collect(&self.state.lock())
+    }
+
+    /// Snapshots of every registered VM's numbers.
+    pub fn vm_stats(&self) -> Vec<VmStats> {
+        let st = self.state.lock();
+        st.vms().map(|(id, v)| VmStats::collect(id, v)).collect()
+    }
+}
+
+/// A VM registered with a [`Gmm`]. Dropping it (after all its regions)
+/// frees all its pages and its reservation.
+pub struct Vm {
+    inner: Arc<VmInner>,
+}
+
+struct VmInner {
+    gmm: Gmm,
+    id: VmId,
+}
+
+impl Drop for VmInner {
+    fn drop(&mut self) {
+        // Only fails for an unknown VM, which cannot happen for a live handle.
+        let _ = self.gmm.state.lock().deregister_vm(self.id);
+    }
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm").field("id", &self.inner.id).finish()
+    }
+}
+
+impl Vm {
+    /// The VM's id.
+    pub fn id(&self) -> VmId {
+        self.inner.id
+    }
+
+    /// The GMM this VM belongs to.
+    pub fn gmm(&self) -> &Gmm {
+        &self.inner.gmm
+    }
+
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.inner.gmm.state.lock()
+    }
+
+    /// Allocates one page on `account`.
+    pub fn alloc_page(&self, account: Account) -> Result<HostPage> {
+        let mut st = self.state();
+        st.check_alloc(self.inner.id, account, 1)?;
+        let id = st.take_page(self.inner.id, account)?;
+        Ok(HostPage {
+            id,
+            host_addr: st.backing.page_ptr(id.0) as u64,
+        })
+    }
+
+    /// Allocates `count` pages on `account`, all or nothing.
+    pub fn alloc_pages(&self, account: Account, count: u64) -> Result<Vec<HostPage>> {
+        let mut st = self.state();
+        st.check_alloc(self.inner.id, account, count)?;
+        let mut out = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            match st.take_page(self.inner.id, account) {
+                Ok(id) => out.push(HostPage {
+                    id,
+                    host_addr: st.backing.page_ptr(id.0) as u64,
+                }),
+                Err(e) => {
+                    for p in &out {
+                        st.free_raw(self.inner.id, p.id)?;
+                    }
+                    st.flush()?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees one page allocated with [`alloc_page`](Self::alloc_page). Its
+    /// memory goes back to the host with the next batch (at most 256 pages
+    /// later, or on [`Gmm::return_freed_pages`]).
+    pub fn free_page(&self, page: PageId) -> Result<()> {
+        let mut st = self.state();
+        st.free_raw(self.inner.id, page)?;
+        st.maybe_flush()
+    }
+
+    /// Frees pages, all or nothing, and returns their memory to the host.
+    pub fn free_pages(&self, pages: &[PageId]) -> Result<()> {
+        let mut st = self.state();
+        let mut seen = std::collections::HashSet::with_capacity(pages.len());
+        for &p in pages {
+            if !seen.insert(p) {
+                return Err(Error::PageNotFound(p));
+            }
+            st.check_raw(self.inner.id, p)?;
+        }
+        for &p in pages {
+            st.free_raw(self.inner.id, p)?;
+        }
+        st.flush()
+    }
+
+    /// Balloon accounting by count (VirtualBox's rules): inflating is refused
+    /// beyond the base reservation, deflating beyond what is ballooned. Use
+    /// this when the caller frees the ballooned pages itself; RAM regions
+    /// offer [`RamRegion::balloon_inflate`] which does both. `Reset` also
+    /// makes every ballooned region page empty again.
+    pub fn balloon(&self, action: BalloonAction, pages: u64) -> Result<()> {
+        self.state().balloon(self.inner.id, action, pages)
+    }
+
+    /// Creates a guest RAM region of `pages` pages: contiguous host virtual
+    /// memory (for one KVM memory slot) whose pages read zero until backed
+    /// with [`RamRegion::alloc`].
+    pub fn create_ram_region(&self, pages: u64) -> Result<RamRegion> {
+        let mut st = self.state();
+        let id = st.add_region(self.inner.id, pages)?;
+        let base = st.region(id)?.map.base().as_ptr();
+        Ok(RamRegion {
+            vm: self.inner.clone(),
+            id,
+            base: base as u64,
+            pages,
+        })
+    }
+
+    /// A snapshot of this VM's accounts.
+    pub fn stats(&self) -> VmStats {
+        let st = self.state();
+        match st.vm(self.inner.id) {
+            Ok(v) => VmStats::collect(self.inner.id, v),
+            Err(_) => VmStats::default(),
+        }
+    }
+}
+
+/// How a RAM region page is backed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageState {
+    /// Not backed; reads zero.
+    Empty,
+    /// Backed by memory of its own.
+    Private,
+    /// Backed by a page shared with other pages (or by nothing, if zero).
+    Shared,
+    /// Given back through the balloon.
+    Ballooned,
+}
+
+/// Guest RAM: a contiguous range of host virtual memory whose pages GMM backs.
+///
+/// The whole range is always mapped (unbacked pages read zero), so it can be
+/// registered as one KVM memory slot at [`host_addr`](Self::host_addr). Drop
+/// it only after removing that slot.
+pub struct RamRegion {
+    vm: Arc<VmInner>,
+    id: u64,
+    base: u64,
+    pages: u64,
+}
+
+impl fmt::Debug for RamRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RamRegion")
+            .field("vm", &self.vm.id)
+            .field("host_addr", &format_args!("{:#x}", self.base))
+            .field("pages", &self.pages)
+            .finish()
+    }
+}
+
+impl Drop for RamRegion {
+    fn drop(&mut self) {
+        // Fails only if the region is unknown, which cannot happen here.
+        let _ = self.vm.gmm.state.lock().remove_region(self.id);
+    }
+}
+
+impl RamRegion {
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.vm.gmm.state.lock()
+    }
+
+    /// Host virtual address of the first page.
+    pub fn host_addr(&self) -> u64 {
+        self.base
+    }
+
+    /// Size in pages.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Size in bytes.
+    pub fn len_bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE as u64
+    }
+
+    /// Backs empty pages `first..first+count` with host memory (zeroed).
+    /// Beyond the VM's reservation or the global maximum this fails with an
+    /// out-of-memory error ([`Error::is_out_of_memory`]) and changes nothing.
+    pub fn alloc(&self, first: u64, count: u64) -> Result<()> {
+        self.state().region_alloc(self.id, first, count)
+    }
+
+    /// Frees backed pages; their memory returns to the host and they read zero.
+    pub fn free(&self, first: u64, count: u64) -> Result<()> {
+        self.state().region_free(self.id, first, count)
+    }
+
+    /// The guest's balloon took these backed pages: their memory returns to
+    /// the host and they count as ballooned.
+    pub fn balloon_inflate(&self, first: u64, count: u64) -> Result<()> {
+        self.state().region_inflate(self.id, first, count)
+    }
+
+    /// The guest's balloon released these ballooned pages: they become empty
+    /// (back them again with [`alloc`](Self::alloc) when the guest uses them).
+    pub fn balloon_deflate(&self, first: u64, count: u64) -> Result<()> {
+        self.state().region_deflate(self.id, first, count)
+    }
+
+    /// How page `index` is backed.
+    pub fn page_state(&self, index: u64) -> Result<PageState> {
+        let st = self.state();
+        let r = st.region(self.id)?;
+        let slot = r.slots.get(index as usize).ok_or(Error::RangeOutOfBounds {
+            first: index,
+            count: 1,
+            pages: self.pages,
+        })?;
+        Ok(match slot {
+            Slot::Empty => PageState::Empty,
+            Slot::Private(_) | Slot::Anon => PageState::Private,
+            Slot::Shared(_) | Slot::Zero => PageState::Shared,
+            Slot::Ballooned => PageState::Ballooned,
+        })
+    }
+
+    fn byte_range(&self, offset: u64, len: usize) -> Result<(u64, u64)> {
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= self.len_bytes())
+            .ok_or(Error::RangeOutOfBounds {
+                first: offset / PAGE_SIZE as u64,
+                count: (len as u64).div_ceil(PAGE_SIZE as u64),
+                pages: self.pages,
+            })?;
+        let first = offset / PAGE_SIZE as u64;
+        Ok((first, end.div_ceil(PAGE_SIZE as u64).max(first + 1) - first))
+    }
+
+    /// Copies guest RAM at byte `offset` into `buf`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.byte_range(offset, buf.len())?;
+        let _st = self.state();
+        // SAFETY: the range is inside the region (checked above), which stays
+        // mapped while `self` lives; the lock keeps GMM from remapping it
+        // during the copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.base + offset) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into guest RAM at byte `offset`; every page touched must
+    /// be backed (writing an unbacked page would use unaccounted memory).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let (first, count) = self.byte_range(offset, data.len())?;
+        let st = self.state();
+        let r = st.region(self.id)?;
+        for i in first..first + count {
+            let s = r.slots[i as usize];
+            if !s.is_allocated() {
+                return Err(Error::PageState {
+                    index: i,
+                    expected: "allocated",
+                    found: s.name(),
+                });
+            }
+        }
+        // SAFETY: as in `read`; the pages are backed, so the write lands in
+        // accounted memory (a shared page is copied on write by the kernel).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.base + offset) as *mut u8,
+                data.len(),
+            );
+        }
+        Ok(())
+    }
+}

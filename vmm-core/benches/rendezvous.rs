@@ -1,0 +1,165 @@
+//! All-at-once EMT rendezvous of 2 EMTs, round trip, against the cost of a
+//! futex wake-and-wait round trip between two threads, measured in the same
+//! run. Prints the ratio (target: at most 4x).
+//!
+//! The bench thread is EMT 0 and calls the rendezvous; EMT 1 runs the EMT
+//! loop (flags, then halt) in its own thread, as the real EMT does when its
+//! vCPU is halted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use parking_lot::Mutex;
+use vmm_core::ffs::{CpuFf, ForcedActions, Kick, VmFf};
+use vmm_core::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
+use vmm_core::request::RequestQueue;
+
+/// Mean time per iteration over everything criterion ran.
+#[derive(Default)]
+struct Mean {
+    total: Duration,
+    iters: u64,
+}
+
+impl Mean {
+    fn add(&mut self, d: Duration, iters: u64) {
+        self.total += d;
+        self.iters += iters;
+    }
+    fn ns(&self) -> f64 {
+        self.total.as_nanos() as f64 / self.iters.max(1) as f64
+    }
+}
+
+/// The EMTs here never run a guest, so there is nothing to kick.
+struct NoGuest;
+impl Kick for NoGuest {
+    fn kick(&self, _cpu: u32) {}
+}
+
+/// Two threads handing a token back and forth with park/unpark (one futex
+/// wake and one futex wait per direction). Returns the time of `iters`
+/// round trips.
+fn futex_ping_pong(iters: u64) -> Duration {
+    let turn = Arc::new(AtomicU32::new(0)); // 0: main's turn, 1: partner's
+    let main = std::thread::current();
+    let t = turn.clone();
+    let partner = std::thread::spawn(move || {
+        for _ in 0..iters {
+            while t.load(Ordering::Acquire) != 1 {
+                std::thread::park();
+            }
+            t.store(0, Ordering::Release);
+            main.unpark();
+        }
+    });
+    let me = partner.thread().clone();
+    let start = Instant::now();
+    for _ in 0..iters {
+        turn.store(1, Ordering::Release);
+        me.unpark();
+        while turn.load(Ordering::Acquire) != 0 {
+            std::thread::park();
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = partner.join();
+    elapsed
+}
+
+struct TwoEmts {
+    rv: Rendezvous,
+    ffs: ForcedActions,
+    stop: Arc<AtomicBool>,
+    emt1: Option<JoinHandle<()>>,
+}
+
+impl TwoEmts {
+    fn new() -> TwoEmts {
+        let ffs = ForcedActions::new(2, Arc::new(NoGuest)).expect("2 vCPUs");
+        let rq = RequestQueue::new(ffs.clone());
+        let rv = Rendezvous::new(rq.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, r, s) = (ffs.clone(), rv.clone(), stop.clone());
+        let emt1 = std::thread::spawn(move || {
+            let _emt = f.register_emt(1).expect("EMT 1");
+            while !s.load(Ordering::SeqCst) {
+                if f.vm().contains(VmFf::EMT_RENDEZVOUS) {
+                    let _ = r.on_ff(1);
+                }
+                if f.vm().contains(VmFf::REQUEST)
+                    || f.cpu(1).is_ok_and(|c| c.contains(CpuFf::REQUEST))
+                {
+                    let _ = rq.process_requests(1);
+                }
+                let _ = f.halt_wait(1, Some(Duration::from_millis(100)));
+            }
+        });
+        TwoEmts {
+            rv,
+            ffs,
+            stop,
+            emt1: Some(emt1),
+        }
+    }
+}
+
+impl Drop for TwoEmts {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.ffs.set_vm(VmFf::TERMINATE);
+        if let Some(t) = self.emt1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let baseline = Arc::new(Mutex::new(Mean::default()));
+    let rendezvous = Arc::new(Mutex::new(Mean::default()));
+
+    let mut group = c.benchmark_group("rendezvous");
+    let b = baseline.clone();
+    group.bench_function("futex_wake_wait_round_trip", |bench| {
+        bench.iter_custom(|iters| {
+            let d = futex_ping_pong(iters);
+            b.lock().add(d, iters);
+            d
+        })
+    });
+
+    let vm = TwoEmts::new();
+    let _emt0 = vm.ffs.register_emt(0).expect("bench thread as EMT 0");
+    let r = rendezvous.clone();
+    group.bench_function("all_at_once_2_emts_round_trip", |bench| {
+        bench.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let status = vm.rv.call(
+                    RendezvousType::AllAtOnce,
+                    RendezvousFlags::default(),
+                    |_| Ok(None),
+                );
+                assert!(status.is_ok());
+            }
+            let d = start.elapsed();
+            r.lock().add(d, iters);
+            d
+        })
+    });
+    group.finish();
+    drop(_emt0);
+    drop(vm);
+
+    let (base, rv) = (baseline.lock().ns(), rendezvous.lock().ns());
+    println!(
+        "rendezvous: all-at-once 2 EMTs round trip {rv:.0} ns, futex wake+wait round trip \
+         {base:.0} ns, ratio {:.2}x (target <= 4x)",
+        rv / base
+    );
+    c.final_summary();
+}
