@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::error::PhysError;
-use super::handler::{HandlerAction, HandlerRange, PhysAccess};
+use super::handler::{HandlerAccess, HandlerAction, HandlerRange};
 use super::map::PhysMap;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
 use super::range::{Backing, Memory, PhysRange};
@@ -209,7 +209,7 @@ impl PhysMap {
                 (&mut heap[..], true)
             }
         };
-        let mut access = PhysAccess {
+        let mut access = HandlerAccess {
             gpa: addr,
             offset: addr - h.first,
             data,

@@ -47,7 +47,7 @@ impl fmt::Display for HandlerTypeId {
 
 /// An access handed to a handler callback.
 #[derive(Debug)]
-pub struct PhysAccess<'a> {
+pub struct HandlerAccess<'a> {
     /// Guest-physical address of the first byte.
     pub gpa: u64,
     /// Offset of `gpa` from the start of the handler range.
@@ -86,7 +86,7 @@ impl From<super::error::PhysError> for HandlerError {
 
 /// Handler callback.
 pub type HandlerFn =
-    dyn Fn(&mut PhysAccess<'_>) -> Result<HandlerAction, HandlerError> + Send + Sync;
+    dyn Fn(&mut HandlerAccess<'_>) -> Result<HandlerAction, HandlerError> + Send + Sync;
 
 /// A registered handler type.
 #[derive(Clone)]

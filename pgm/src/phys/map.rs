@@ -7,8 +7,8 @@ use vm_memory::MmapRegion;
 
 use super::error::PhysError;
 use super::handler::{
-    DEFAULT_MAX_HANDLERS, HandlerAction, HandlerError, HandlerKind, HandlerRange, HandlerTable,
-    HandlerType, HandlerTypeId, IntegrityError, PhysAccess,
+    DEFAULT_MAX_HANDLERS, HandlerAccess, HandlerAction, HandlerError, HandlerKind, HandlerRange,
+    HandlerTable, HandlerType, HandlerTypeId, IntegrityError,
 };
 use super::host::{HostMemory, MmapHostMemory};
 use super::observe::AccessCounters;
@@ -291,7 +291,7 @@ impl PhysMap {
         &mut self,
         kind: HandlerKind,
         desc: &str,
-        callback: impl Fn(&mut PhysAccess<'_>) -> Result<HandlerAction, HandlerError>
+        callback: impl Fn(&mut HandlerAccess<'_>) -> Result<HandlerAction, HandlerError>
         + Send
         + Sync
         + 'static,
