@@ -1,8 +1,9 @@
 //! The KVM memory slots the map needs: which guest-physical ranges KVM maps
 //! directly, read-write or read-only, and which must exit to `pgm`.
 
+use super::handler::HandlerTable;
 use super::map::PhysMap;
-use super::page::{PAGE_SIZE, PageHandlerState};
+use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
 use super::range::{Backing, PhysRange, RomProtection};
 
 /// One KVM user memory slot.
@@ -86,8 +87,11 @@ pub(crate) struct SlotTracker {
 }
 
 /// Pieces of one range KVM should map: (guest, size, host, read-only).
-fn range_pieces(r: &PhysRange, out: &mut Vec<(u64, u64, u64, bool)>) {
+/// Only pages touched by a handler are looked at one by one, so the cost
+/// follows the handlers, not the size of RAM.
+fn range_pieces(r: &PhysRange, handlers: &HandlerTable, out: &mut Vec<(u64, u64, u64, bool)>) {
     let mut push = |guest: u64, size: u64, host: u64, ro: bool| match out.last_mut() {
+        _ if size == 0 => {}
         Some(l) if l.0 + l.1 == guest && l.2 + l.1 == host && l.3 == ro => l.1 += size,
         _ => out.push((guest, size, host, ro)),
     };
@@ -103,17 +107,28 @@ fn range_pieces(r: &PhysRange, out: &mut Vec<(u64, u64, u64, bool)>) {
             let Some(m) = r.writable_memory() else {
                 return;
             };
-            for (i, p) in m.pages.iter().enumerate() {
-                let off = i as u64 * PAGE_SIZE;
-                match p.get().handler {
-                    PageHandlerState::None => {
-                        push(r.start + off, PAGE_SIZE, m.host_addr() + off, false)
-                    }
-                    PageHandlerState::Write => {
-                        push(r.start + off, PAGE_SIZE, m.host_addr() + off, true)
-                    }
-                    PageHandlerState::All => {}
+            let host = |gpa: u64| m.host_addr() + (gpa - r.start);
+            let end = r.start + r.size;
+            let mut cursor = r.start;
+            for h in handlers.overlapping(r.start, r.last()) {
+                let first = (h.first & !PAGE_OFFSET_MASK).max(cursor);
+                let stop = ((h.last | PAGE_OFFSET_MASK) + 1).min(end);
+                if first > cursor {
+                    push(cursor, first - cursor, host(cursor), false);
                 }
+                let mut page = first;
+                while page < stop {
+                    match m.page(page - r.start).map(|p| p.get().handler) {
+                        Some(PageHandlerState::None) => push(page, PAGE_SIZE, host(page), false),
+                        Some(PageHandlerState::Write) => push(page, PAGE_SIZE, host(page), true),
+                        _ => {}
+                    }
+                    page += PAGE_SIZE;
+                }
+                cursor = cursor.max(stop);
+            }
+            if end > cursor {
+                push(cursor, end - cursor, host(cursor), false);
             }
         }
     }
@@ -131,7 +146,7 @@ impl PhysMap {
     pub(crate) fn refresh_slots(&mut self) {
         let mut pieces = Vec::new();
         for r in &self.ranges {
-            range_pieces(r, &mut pieces);
+            range_pieces(r, &self.handlers, &mut pieces);
         }
         let old = &self.slots.current;
         let mut used: Vec<u32> = Vec::new();
