@@ -163,27 +163,23 @@ impl PhysMap {
             buf.memory(mem, offset);
             return Ok(len);
         }
-        let last = addr + (len as u64 - 1);
-        match self.handlers.first_overlap(addr, last) {
-            Some(h) if h.first <= addr => {
-                let n = (h.last - addr + 1).min(len as u64) as usize;
-                let mut part = buf.sub(0, n);
-                if self.call_handler(h, addr, &mut part)? == HandlerAction::Default {
-                    part.memory(mem, offset);
-                }
-                Ok(n)
+        if let Some(h) = self.handlers.lookup(addr) {
+            let n = (h.last - addr + 1).min(len as u64) as usize;
+            let mut part = buf.sub(0, n);
+            if self.call_handler(h, addr, &mut part)? == HandlerAction::Default {
+                part.memory(mem, offset);
             }
-            Some(h) => {
-                let n = (h.first - addr) as usize;
-                buf.sub(0, n).memory(mem, offset);
-                Ok(n)
-            }
-            None => {
-                debug_assert!(range.last() >= last);
-                buf.memory(mem, offset);
-                Ok(len)
-            }
+            return Ok(n);
         }
+        // no handler at `addr`: plain access up to the next handler, if any
+        let last = addr + (len as u64 - 1);
+        let n = match self.handlers.overlapping(addr, last).next() {
+            Some(h) => (h.first - addr) as usize,
+            None => len,
+        };
+        debug_assert!(n > 0 && range.last() >= addr + (n as u64 - 1));
+        buf.sub(0, n).memory(mem, offset);
+        Ok(n)
     }
 
     fn call_handler(
@@ -306,6 +302,39 @@ mod tests {
         map.deregister_handler(0x2010).unwrap();
         assert_eq!(map.kvm_slots().slots.len(), 1);
         map.check_handlers().unwrap();
+    }
+
+    #[test]
+    fn access_spanning_two_handlers_calls_both() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x2000, "ram").unwrap();
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = calls.clone();
+        let t = map.register_handler_type(HandlerKind::All, "all", move |a| {
+            c.lock().unwrap().push((a.gpa, a.data.len(), a.user));
+            if !a.is_write {
+                a.data.fill(a.user as u8);
+            }
+            Ok(HandlerAction::Handled)
+        });
+        map.register_handler(t, 0x1010, 0x1017, 0xa1, "a").unwrap();
+        map.register_handler(t, 0x1020, 0x1027, 0xb2, "b").unwrap();
+        map.write(0x1000, &[7; 0x40]).unwrap();
+        let mut b = [0u8; 0x40];
+        map.read(0x1000, &mut b).unwrap();
+        let mut want = [7u8; 0x40];
+        want[0x10..0x18].fill(0xa1);
+        want[0x20..0x28].fill(0xb2);
+        assert_eq!(b, want);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![
+                (0x1010, 8, 0xa1),
+                (0x1020, 8, 0xb2),
+                (0x1010, 8, 0xa1),
+                (0x1020, 8, 0xb2)
+            ]
+        );
     }
 
     #[test]

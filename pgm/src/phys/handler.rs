@@ -264,8 +264,8 @@ impl HandlerTable {
         self.find(addr).map(|i| &self.entries[i])
     }
 
-    /// The first handler range overlapping `first..=last`.
-    pub fn first_overlap(&self, first: u64, last: u64) -> Option<&HandlerRange> {
+    /// A handler range overlapping `first..=last` (the highest one), if any.
+    pub fn any_overlap(&self, first: u64, last: u64) -> Option<&HandlerRange> {
         let idx = self.keys.partition_point(|&k| k <= last);
         let i = idx.checked_sub(1)?;
         let e = &self.entries[i];
@@ -288,7 +288,7 @@ impl HandlerTable {
                 size: 0,
             });
         }
-        if let Some(e) = self.first_overlap(range.first, range.last) {
+        if let Some(e) = self.any_overlap(range.first, range.last) {
             return Err(PhysError::HandlerOverlap {
                 first: range.first,
                 last: range.last,
