@@ -304,6 +304,53 @@ mod tests {
         map.check_handlers().unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Reads and writes through a map with ALL handlers agree byte for
+        /// byte with a model: handled bytes read as the handler's fill and
+        /// drop writes, the rest behaves as memory.
+        #[test]
+        fn accesses_match_a_byte_model(
+            handlers in proptest::collection::vec((0u64..0x3000, 1u64..0x40), 0..12),
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..0x3000, 1usize..0x300, 1u8..255), 1..24),
+        ) {
+            let mut map = PhysMap::with_defaults();
+            map.add_ram(0, 0x3000, "ram").unwrap();
+            let t = map.register_handler_type(HandlerKind::All, "all", |a| {
+                if !a.is_write {
+                    a.data.fill(a.user as u8);
+                }
+                Ok(HandlerAction::Handled)
+            });
+            let mut owner = vec![0u8; 0x3000];
+            for (i, (first, len)) in handlers.into_iter().enumerate() {
+                let last = (first + len - 1).min(0x2fff);
+                let fill = 0x80 + i as u8;
+                if map.register_handler(t, first, last, u64::from(fill), "h").is_ok() {
+                    owner[first as usize..=last as usize].fill(fill);
+                }
+            }
+            let mut model = vec![0u8; 0x3000];
+            for (write, at, len, val) in ops {
+                let len = len.min(0x3000 - at as usize);
+                let r = at as usize..at as usize + len;
+                if write {
+                    map.write(at, &vec![val; len]).unwrap();
+                    for i in r {
+                        if owner[i] == 0 {
+                            model[i] = val;
+                        }
+                    }
+                } else {
+                    let mut b = vec![0u8; len];
+                    map.read(at, &mut b).unwrap();
+                    let want: Vec<u8> = r.map(|i| if owner[i] != 0 { owner[i] } else { model[i] }).collect();
+                    proptest::prop_assert_eq!(b, want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn access_spanning_two_handlers_calls_both() {
         let mut map = PhysMap::with_defaults();
