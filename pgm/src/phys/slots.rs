@@ -58,21 +58,26 @@ pub struct SlotChanges {
 impl SlotSet {
     /// The changes that turn `old` into `self`.
     pub fn changes_from(&self, old: &SlotSet) -> SlotChanges {
-        let keep = |s: &KvmSlot, other: &[KvmSlot]| other.iter().any(|o| o == s);
+        let missing = |from: &SlotSet, other: &SlotSet| -> Vec<KvmSlot> {
+            from.slots
+                .iter()
+                .filter(|s| other.at(s.guest_addr) != Some(s))
+                .copied()
+                .collect()
+        };
         SlotChanges {
-            remove: old
-                .slots
-                .iter()
-                .filter(|s| !keep(s, &self.slots))
-                .copied()
-                .collect(),
-            add: self
-                .slots
-                .iter()
-                .filter(|s| !keep(s, &old.slots))
-                .copied()
-                .collect(),
+            remove: missing(old, self),
+            add: missing(self, old),
         }
+    }
+
+    /// The slot starting at guest address `guest_addr` (slots are sorted and
+    /// do not overlap).
+    fn at(&self, guest_addr: u64) -> Option<&KvmSlot> {
+        self.slots
+            .binary_search_by_key(&guest_addr, |s| s.guest_addr)
+            .ok()
+            .map(|i| &self.slots[i])
     }
 
     /// The slot with number `slot`.
@@ -149,7 +154,13 @@ impl PhysMap {
             range_pieces(r, &self.handlers, &mut pieces);
         }
         let old = &self.slots.current;
-        let mut used: Vec<u32> = Vec::new();
+        let max_old = old
+            .slots
+            .iter()
+            .map(|o| o.slot as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut used = vec![false; max_old + pieces.len() + 1];
         let mut slots: Vec<KvmSlot> = pieces
             .iter()
             .map(|&(guest_addr, size, host_addr, read_only)| {
@@ -161,20 +172,17 @@ impl PhysMap {
                     read_only,
                     log_dirty: self.monitoring && !read_only,
                 };
-                if let Some(o) = old.slots.iter().find(|o| o.same_mapping(&s)) {
+                if let Some(o) = old.at(guest_addr).filter(|o| o.same_mapping(&s)) {
                     s.slot = o.slot;
-                    used.push(o.slot);
+                    used[o.slot as usize] = true;
                 }
                 s
             })
             .collect();
-        let mut next = 0u32;
+        let mut free = (0..used.len()).filter(|&i| !used[i]);
         for s in slots.iter_mut().filter(|s| s.slot == u32::MAX) {
-            while used.contains(&next) {
-                next += 1;
-            }
-            s.slot = next;
-            used.push(next);
+            // `used` has room for every piece, so a free number always exists
+            s.slot = free.next().unwrap_or(usize::MAX) as u32;
         }
         if slots != old.slots {
             self.slots.current = SlotSet {
@@ -182,5 +190,36 @@ impl PhysMap {
                 slots,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::phys::{HandlerAction, HandlerKind, PhysMap};
+
+    #[test]
+    fn slot_changes_keep_unchanged_slots_and_numbers() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x10000, "low").unwrap();
+        map.add_ram(0x100000, 0x10000, "high").unwrap();
+        let before = map.kvm_slots().clone();
+        assert_eq!(before.slots.len(), 2);
+        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+        map.register_handler(w, 0x4000, 0x4fff, 0, "h").unwrap();
+        let after = map.kvm_slots().clone();
+        assert_eq!(after.generation, before.generation + 1);
+        let ch = after.changes_from(&before);
+        assert_eq!(ch.remove, vec![before.slots[0]]);
+        assert_eq!(ch.add.len(), 3);
+        // the untouched high slot keeps its number; numbers stay unique
+        assert!(after.slots.contains(&before.slots[1]));
+        let mut ids: Vec<u32> = after.slots.iter().map(|s| s.slot).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), after.slots.len());
+        assert!(after.changes_from(&after).add.is_empty());
+        // no change, no new generation
+        map.set_a20(false);
+        assert_eq!(map.kvm_slots().generation, after.generation);
     }
 }
