@@ -27,6 +27,9 @@ pub enum Error {
     /// registry).
     #[error("statistics: {0}")]
     Stats(#[from] stam::Error),
+    /// Kicks could not be set up.
+    #[error("{0}")]
+    Kick(String),
     /// A guest-memory slot request was malformed.
     #[error("invalid memory slot: {0}")]
     InvalidSlot(String),

@@ -20,6 +20,7 @@
 mod error;
 mod exit;
 mod hypervisor;
+mod kick;
 mod stats;
 pub mod testing;
 mod vcpu;
@@ -29,6 +30,7 @@ pub mod vmx;
 pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};
+pub use kick::{KickBinding, Kicker, kick_signal};
 pub use stats::ExitStats;
-pub use vcpu::{DebugRegs, Regs, Sregs, Vcpu, VcpuState};
+pub use vcpu::{CpuSnapshot, DebugRegs, Fpu, LapicState, Regs, Sregs, Vcpu, VcpuState};
 pub use vm::{MemorySlot, Vm};

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_debugregs, kvm_regs, kvm_sregs};
+use kvm_bindings::{
+    KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state,
+    kvm_regs, kvm_sregs,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use stam::Profile;
 
@@ -16,6 +19,20 @@ pub type Regs = kvm_regs;
 pub type Sregs = kvm_sregs;
 /// DR0–DR3, DR6 and DR7 (KVM's layout).
 pub type DebugRegs = kvm_debugregs;
+/// x87 and SSE state (KVM's layout).
+pub type Fpu = kvm_fpu;
+/// The in-kernel local APIC's registers.
+pub type LapicState = kvm_lapic_state;
+
+/// A vCPU's state at power-on: what a reset (INIT) puts back.
+#[derive(Clone)]
+pub struct CpuSnapshot {
+    regs: Regs,
+    sregs: Sregs,
+    fpu: Fpu,
+    /// Multi-processor state and local APIC, with an in-kernel irqchip.
+    apic: Option<(kvm_mp_state, LapicState)>,
+}
 
 /// A virtual CPU created by [`Vm::create_vcpu`](crate::Vm::create_vcpu).
 ///
@@ -62,6 +79,10 @@ impl Vcpu {
         let exit = enter(&mut self.fd, &self.in_guest)?;
         self.exits.count(&exit);
         Ok(exit)
+    }
+
+    pub(crate) fn run_page(&mut self) -> &mut kvm_bindings::kvm_run {
+        self.fd.get_kvm_run()
     }
 
     /// Sets or clears `immediate_exit`: while set, `run` returns
@@ -126,6 +147,39 @@ impl VcpuState {
     pub fn debug_regs(&self) -> Result<DebugRegs> {
         self.fd.get_debug_regs().map_err(ioctl("KVM_GET_DEBUGREGS"))
     }
+
+    /// Captures the state a reset must restore (`with_apic`: the VM has an
+    /// in-kernel irqchip, so MP state and local APIC are part of it).
+    pub fn snapshot(&self, with_apic: bool) -> Result<CpuSnapshot> {
+        let apic = if with_apic {
+            let mp = self.fd.get_mp_state().map_err(ioctl("KVM_GET_MP_STATE"))?;
+            let lapic = self.fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+            Some((mp, lapic))
+        } else {
+            None
+        };
+        Ok(CpuSnapshot {
+            regs: self.regs()?,
+            sregs: self.sregs()?,
+            fpu: self.fd.get_fpu().map_err(ioctl("KVM_GET_FPU"))?,
+            apic,
+        })
+    }
+
+    /// Puts back a state captured by [`snapshot`](VcpuState::snapshot).
+    pub fn restore(&self, snapshot: &CpuSnapshot) -> Result<()> {
+        if let Some((mp, lapic)) = &snapshot.apic {
+            self.fd.set_lapic(lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
+            self.fd
+                .set_mp_state(*mp)
+                .map_err(ioctl("KVM_SET_MP_STATE"))?;
+        }
+        self.fd
+            .set_fpu(&snapshot.fpu)
+            .map_err(ioctl("KVM_SET_FPU"))?;
+        self.set_sregs(&snapshot.sregs)?;
+        self.set_regs(&snapshot.regs)
+    }
 }
 
 /// One `KVM_RUN`, timed, and its exit decoded.
@@ -151,7 +205,7 @@ fn enter<'a>(fd: &'a mut VcpuFd, in_guest: &Profile) -> Result<Exit<'a>> {
             hardware_reason,
             cpu,
         },
-        Ok(VcpuExit::Intr) => Exit::Interrupted,
+        Ok(VcpuExit::Intr) => interrupted(fd),
         Ok(VcpuExit::IrqWindowOpen) => Exit::InterruptWindow,
         Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
         Ok(VcpuExit::MemoryFault { .. }) => Exit::Other {
@@ -162,7 +216,7 @@ fn enter<'a>(fd: &'a mut VcpuFd, in_guest: &Profile) -> Result<Exit<'a>> {
                 kvm_reason: fd.get_kvm_run().exit_reason,
             });
         }
-        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => interrupted(fd),
         Err(e) => return Err(ioctl("KVM_RUN")(e)),
     };
     Ok(exit)
@@ -219,4 +273,11 @@ fn internal_error(fd: &mut VcpuFd) -> Exit<'_> {
     let internal = unsafe { run.__bindgen_anon_1.internal };
     let n = (internal.ndata as usize).min(internal.data.len());
     Exit::InternalError(InternalError::new(internal.suberror, &internal.data[..n]))
+}
+
+/// An interrupted entry: a kick may have set `immediate_exit`; clear it so
+/// that the next entry runs the guest.
+fn interrupted(fd: &mut VcpuFd) -> Exit<'static> {
+    fd.set_kvm_immediate_exit(0);
+    Exit::Interrupted
 }

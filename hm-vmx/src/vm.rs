@@ -37,6 +37,7 @@ pub struct Vm {
     cpuid: CpuId,
     stats: stam::Registry,
     exits: Arc<ExitStats>,
+    irqchip: bool,
 }
 
 impl Vm {
@@ -49,6 +50,7 @@ impl Vm {
             cpuid,
             stats: stats.clone(),
             exits,
+            irqchip: false,
         })
     }
 
@@ -98,9 +100,44 @@ impl Vm {
             .map_err(ioctl("KVM_GET_DIRTY_LOG"))
     }
 
-    /// Creates vCPU number `id`, with the guest CPUID set to what KVM supports
-    /// (the CPUID leaves tell KVM, for example, that the guest may enable long mode).
+    /// Creates the in-kernel interrupt controllers (local APICs, IOAPIC,
+    /// PIC) and PIT. Must come before the vCPUs; with it, APs wait for
+    /// INIT/SIPI and `hlt` sleeps in the kernel until an interrupt.
+    pub fn create_irqchip(&mut self) -> Result<()> {
+        self.fd
+            .create_irq_chip()
+            .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+        self.irqchip = true;
+        Ok(())
+    }
+
+    /// Whether [`create_irqchip`](Vm::create_irqchip) was called.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
+    }
+
+    /// Creates vCPUs `0..count`, telling the guest through CPUID leaf 1 how
+    /// many logical processors there are.
+    pub fn create_vcpus(&self, count: u32) -> Result<Vec<Vcpu>> {
+        (0..count)
+            .map(|id| self.create_vcpu_of(id, count))
+            .collect()
+    }
+
+    /// Creates vCPU number `id` of a one-vCPU VM.
     pub fn create_vcpu(&self, id: u32) -> Result<Vcpu> {
+        self.create_vcpu_of(id, 1)
+    }
+
+    /// Creates vCPU number `id` of `count`, with the guest CPUID set to what
+    /// KVM supports (the CPUID leaves tell KVM, for example, that the guest
+    /// may enable long mode).
+    fn create_vcpu_of(&self, id: u32, count: u32) -> Result<Vcpu> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
@@ -109,7 +146,15 @@ impl Vm {
         for entry in cpuid.as_mut_slice() {
             // Leaf 1 EBX[31:24] and leaf 0xB EDX are the initial APIC id.
             match entry.function {
-                1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | (id << 24),
+                // EBX[31:24] initial APIC id, EBX[23:16] logical processors,
+                // EDX[28] HTT (more than one logical processor).
+                1 => {
+                    let logical = count.min(255) << 16;
+                    entry.ebx = (entry.ebx & 0x0000_ffff) | (id << 24) | logical;
+                    if count > 1 {
+                        entry.edx |= 1 << 28;
+                    }
+                }
                 0xb | 0x1f => entry.edx = id,
                 _ => {}
             }

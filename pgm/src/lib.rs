@@ -3,5 +3,6 @@
 
 pub mod paging;
 pub mod phys;
+mod walker_memory;
 
 pub use phys::{PhysConfig, PhysError, PhysMap, SharedPhysMap};

@@ -42,6 +42,13 @@ pub struct RunArgs {
     /// `--info help` lists the handlers).
     #[arg(long, value_name = "NAME[=ARGS]")]
     info: Vec<String>,
+    /// When the guest stops, write guest-physical memory to FILE as a flat
+    /// image (VirtualBox's `pgmphystofile`).
+    #[arg(long, value_name = "FILE")]
+    dump_phys: Option<PathBuf>,
+    /// With --dump-phys: leave zero pages out (holes in a sparse file).
+    #[arg(long, requires = "dump_phys")]
+    nozero: bool,
 }
 
 /// How `--stats` prints.
@@ -95,11 +102,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     report(&vm, &args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
+        RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
     }
 }
 
 /// Prints what `--info` and `--stats` asked for, after the guest stopped.
 fn report(vm: &Vm, args: &RunArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.dump_phys {
+        let mut file =
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let dumped = vm.memory().dump(&mut file, !args.nozero)?;
+        eprintln!(
+            "vmm: guest-physical memory written to {}: {} pages, {} zero pages skipped",
+            path.display(),
+            dumped.written,
+            dumped.skipped_zero
+        );
+    }
     let mut out = String::new();
     for request in &args.info {
         let (name, handler_args) = request.split_once('=').unwrap_or((request, ""));

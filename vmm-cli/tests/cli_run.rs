@@ -205,3 +205,60 @@ fn info_handlers_run_when_the_guest_stops() {
         stderr(&out)
     );
 }
+
+#[test]
+fn dump_phys_writes_guest_memory_as_the_guest_left_it() {
+    if !kvm_available("dump_phys_writes_guest_memory_as_the_guest_left_it") {
+        return;
+    }
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("phys.bin");
+    let out = vmm(&[
+        "run",
+        "--serial",
+        "/dev/null",
+        "--dump-phys",
+        dump.to_str().unwrap(),
+        "--nozero",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("zero pages skipped"),
+        "{}",
+        stderr(&out)
+    );
+    let mut file = std::fs::File::open(&dump).unwrap();
+    // The demo guest's long-mode check left this pattern at 0x40000.
+    let mut marker = [0u8; 8];
+    file.seek(SeekFrom::Start(0x4_0000)).unwrap();
+    file.read_exact(&mut marker).unwrap();
+    assert_eq!(u64::from_le_bytes(marker), 0x0123_4567_89ab_cdef);
+    // The firmware ROM sits just below 4 GiB; its reset vector is a near jmp.
+    let mut reset = [0u8; 1];
+    file.seek(SeekFrom::Start(0xffff_fff0)).unwrap();
+    file.read_exact(&mut reset).unwrap();
+    assert_eq!(reset[0], 0xe9);
+}
+
+#[test]
+fn smp_guest_runs_on_two_and_four_vcpus() {
+    if !kvm_available("smp_guest_runs_on_two_and_four_vcpus") {
+        return;
+    }
+    for cpus in ["2", "4"] {
+        let out = vmm(&["run", "--guest", "smp", "--cpus", cpus]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", stderr(&out));
+        assert!(
+            stdout.contains("AP with APIC id 0x01 checked in"),
+            "{stdout}"
+        );
+        if cpus == "4" {
+            assert!(
+                stdout.contains("AP with APIC id 0x03 checked in"),
+                "{stdout}"
+            );
+        }
+    }
+}

@@ -155,6 +155,13 @@ impl IoBus {
         }
     }
 
+    /// Resets every device (machine reset).
+    pub fn reset(&self) {
+        for r in &self.ranges {
+            r.device.lock().reset();
+        }
+    }
+
     /// How many accesses hit no device so far.
     pub fn unassigned(&self) -> UnassignedAccesses {
         UnassignedAccesses {

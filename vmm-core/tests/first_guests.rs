@@ -61,6 +61,29 @@ fn demo_guest_passes_every_stage_in_order() {
 }
 
 #[test]
+fn paging_info_handlers_read_the_guests_tables() {
+    if !kvm_available("paging_info_handlers_read_the_guests_tables") {
+        return;
+    }
+    let (vm, outcome, _) = run(guests::find("demo").unwrap().firmware().unwrap());
+    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0));
+    let mut mode = String::new();
+    vm.run_info("mode", "guest", &mut mode).unwrap();
+    assert!(mode.contains("AMD64"), "{mode}");
+    // The demo maps PML4 entries 0 and 256 onto the same PDPT at 0x11000.
+    let mut tables = String::new();
+    vm.run_info("pgmcr3", "", &mut tables).unwrap();
+    assert!(tables.contains("CR3=0x10000"), "{tables}");
+    assert!(
+        tables.contains("PML4E[000]") && tables.contains("PML4E[256]"),
+        "{tables}"
+    );
+    assert_eq!(tables.matches("-> 0x11000").count(), 2, "{tables}");
+    let mut bad = String::new();
+    assert!(vm.run_info("mode", "sideways", &mut bad).is_err());
+}
+
+#[test]
 fn triple_fault_ends_the_run_with_an_error_naming_the_exit() {
     if !kvm_available("triple_fault_ends_the_run_with_an_error_naming_the_exit") {
         return;
@@ -132,4 +155,34 @@ fn unassigned_ports_are_ignored_and_counted() {
     assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0xff));
     let unassigned = vm.io_bus().unassigned();
     assert_eq!((unassigned.reads, unassigned.writes), (1, 2));
+}
+
+#[test]
+fn rom_writes_are_ignored_and_unassigned_space_reads_all_ones() {
+    if !kvm_available("rom_writes_are_ignored_and_unassigned_space_reads_all_ones") {
+        return;
+    }
+    // Overwrite the first ROM byte through the low mirror (0xf0000, which
+    // holds a `hlt` = 0xf4), read it back, then read the VGA hole at 0xa0000
+    // (nothing is mapped there). Exit status = ROM byte XOR hole byte:
+    // 0xf4 ^ 0xff = 0x0b when both behave.
+    let firmware = rom_with(|a| {
+        a.mov(ax, 0xf000u32)?;
+        a.mov(ds, ax)?;
+        a.mov(byte_ptr(0), 0x11u32)?;
+        a.mov(bl, byte_ptr(0))?;
+        a.mov(ax, 0xa000u32)?;
+        a.mov(ds, ax)?;
+        a.mov(al, byte_ptr(0))?;
+        a.xor(al, bl)?;
+        a.mov(dx, 0x501u32)?;
+        a.out(dx, al)
+    });
+    let (vm, outcome, _) = run(firmware);
+    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0xf4 ^ 0xff));
+    let mut text = String::new();
+    vm.run_info("phys", "", &mut text).unwrap();
+    assert!(text.contains("firmware"), "{text}");
+    let snapshot = vm.stats().snapshot("/PGM/*");
+    assert!(!snapshot.samples.is_empty());
 }

@@ -1,0 +1,122 @@
+//! Steering running multi-vCPU guests from another thread: pause, resume,
+//! reset, power off, and info handlers run on the EMTs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Capture;
+use hm_vmx::testing::kvm_available;
+use vmm_core::vmstate::VmState;
+use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
+
+/// Polls `cond` for up to 20 s (guests run slowly on software KVM).
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn start(
+    guest: &str,
+    cpus: u32,
+) -> (
+    VmHandle,
+    Capture,
+    std::thread::JoinHandle<vmm_core::Result<RunOutcome>>,
+) {
+    let serial = Capture::default();
+    let mut config = VmConfig::new(16 << 20, guests::find(guest).unwrap().firmware().unwrap());
+    config.cpus = cpus;
+    config.serial = Box::new(serial.clone());
+    let mut vm = Vm::new(config).expect("VM builds");
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    (handle, serial, run)
+}
+
+fn heartbeats(serial: &Capture) -> usize {
+    serial.text().matches("heartbeat").count()
+}
+
+#[test]
+fn smp_guest_brings_up_every_ap() {
+    if !kvm_available("smp_guest_brings_up_every_ap") {
+        return;
+    }
+    for cpus in [2, 4] {
+        let (_, serial, run) = start("smp", cpus);
+        assert_eq!(
+            run.join().unwrap().unwrap(),
+            RunOutcome::GuestExit(0),
+            "{}",
+            serial.text()
+        );
+        let text = serial.text();
+        for ap in 1..cpus {
+            assert!(
+                text.contains(&format!("AP with APIC id 0x{ap:02x} checked in")),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains(&format!("all 0x{:02x} APs checked in", cpus - 1)),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn pause_resume_reset_and_power_off_a_running_two_vcpu_guest() {
+    if !kvm_available("pause_resume_reset_and_power_off_a_running_two_vcpu_guest") {
+        return;
+    }
+    let (vm, serial, run) = start("idle", 2);
+    wait_until("the first heartbeat", || heartbeats(&serial) >= 1);
+    assert_eq!(vm.state(), VmState::Running);
+
+    vm.pause().unwrap();
+    assert_eq!(vm.state(), VmState::Suspended);
+    let frozen = heartbeats(&serial);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        heartbeats(&serial),
+        frozen,
+        "a paused guest printed:\n{}",
+        serial.text()
+    );
+    // Pausing twice is refused with a clear error; the VM stays suspended.
+    let again = vm.pause().unwrap_err().to_string();
+    assert!(again.to_lowercase().contains("suspended"), "{again}");
+
+    vm.resume().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    wait_until("a heartbeat after resume", || heartbeats(&serial) > frozen);
+
+    // Info handlers run on the EMTs of the running VM.
+    let mut text = String::new();
+    vm.run_info("cpumguest", "", &mut text).unwrap();
+    assert!(
+        text.contains("Guest CPUM (VCPU 0)") && text.contains("Guest CPUM (VCPU 1)"),
+        "{text}"
+    );
+    text.clear();
+    vm.run_info("fflags", "", &mut text).unwrap();
+    assert!(
+        text.contains("Global FFs") && text.contains("CPU 1"),
+        "{text}"
+    );
+
+    vm.reset().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    wait_until("the guest starting over", || {
+        serial.text().matches("vmm idle: started").count() == 2
+    });
+
+    vm.power_off().unwrap();
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+    assert_eq!(vm.state(), VmState::Off);
+    assert!(vm.resume().is_err());
+}
