@@ -108,6 +108,11 @@ impl Hypervisor {
         Ok(hv)
     }
 
+    /// The open `/dev/kvm`.
+    pub(crate) fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
     /// Whether the host's KVM offers `cap`.
     pub fn has(&self, cap: &Capability) -> bool {
         self.kvm.check_extension(cap.cap)
@@ -132,7 +137,8 @@ impl Hypervisor {
 
     /// Creates a VM with no memory and no vCPUs.
     pub fn create_vm(&self) -> Result<Vm> {
+        let caps = self.vmx_capabilities()?;
         let fd = self.kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        Vm::new(fd, self.supported_cpuid()?)
+        Vm::new(fd, self.supported_cpuid()?, caps)
     }
 }

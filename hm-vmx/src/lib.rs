@@ -17,14 +17,19 @@
 //! # Ok::<(), hm_vmx::Error>(())
 //! ```
 
+mod entry_check;
 mod error;
 mod exit;
+mod host_caps;
 mod hypervisor;
+mod kvm_state;
+mod mp_check;
 pub mod testing;
 mod vcpu;
 mod vm;
 pub mod vmx;
 
+pub use entry_check::{EntryCheckFailure, EntryChecker, EntryDiagnosis, EntryStage};
 pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};

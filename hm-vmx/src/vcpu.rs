@@ -3,6 +3,7 @@
 use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_regs, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use crate::entry_check::{EntryGate, EntryStage};
 use crate::error::{Result, ioctl};
 use crate::exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 
@@ -18,11 +19,12 @@ pub type Sregs = kvm_sregs;
 pub struct Vcpu {
     fd: VcpuFd,
     id: u32,
+    pub(crate) entry: EntryGate,
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u32) -> Result<Self> {
-        Ok(Vcpu { fd, id })
+    pub(crate) fn new(fd: VcpuFd, id: u32, entry: EntryGate) -> Result<Self> {
+        Ok(Vcpu { fd, id, entry })
     }
 
     /// The vCPU's index (and initial APIC id).
@@ -33,8 +35,15 @@ impl Vcpu {
     /// Runs guest code until the next exit that needs the VMM.
     ///
     /// One `KVM_RUN` ioctl and nothing else: the I/O and MMIO paths make no
-    /// further system call.
+    /// further system call. With [entry checks](Vcpu::set_entry_checks) on,
+    /// the first run and the first after a register write check the guest
+    /// state first and fail with [`Error::EntryState`](crate::Error::EntryState)
+    /// instead of entering when it breaks a VM-entry rule; a failing
+    /// `KVM_RUN` whose state breaks a rule fails the same way.
     pub fn run(&mut self) -> Result<Exit<'_>> {
+        if self.entry.due() {
+            self.pre_entry_check()?;
+        }
         // Exits that carry data are rebuilt from the run page after the
         // match, so that the returned slices borrow `self` only once.
         let exit: Exit<'static> = match self.fd.run() {
@@ -65,7 +74,7 @@ impl Vcpu {
                 });
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-            Err(e) => return Err(ioctl("KVM_RUN")(e)),
+            Err(e) => return Err(self.explain_run_failure(e)),
         };
         Ok(exit)
     }
@@ -129,9 +138,21 @@ impl Vcpu {
         self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
     }
 
-    /// Writes the general-purpose registers, RIP and RFLAGS.
+    /// Writes the general-purpose registers, RIP and RFLAGS. When KVM
+    /// refuses them and they break a VM-entry rule, the error names it.
     pub fn set_regs(&self, regs: &Regs) -> Result<()> {
-        self.fd.set_regs(regs).map_err(ioctl("KVM_SET_REGS"))
+        match self.fd.set_regs(regs) {
+            Ok(()) => {
+                self.entry.state_written();
+                Ok(())
+            }
+            Err(e) => Err(self.explain_write_failure(
+                EntryStage::SetRegs,
+                "KVM_SET_REGS",
+                |st| st.regs = *regs,
+                e,
+            )),
+        }
     }
 
     /// Reads segment, control and descriptor-table registers and EFER.
@@ -140,8 +161,21 @@ impl Vcpu {
     }
 
     /// Writes segment, control and descriptor-table registers and EFER.
+    /// When KVM refuses them and they break a VM-entry rule, the error
+    /// names it.
     pub fn set_sregs(&self, sregs: &Sregs) -> Result<()> {
-        self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))
+        match self.fd.set_sregs(sregs) {
+            Ok(()) => {
+                self.entry.state_written();
+                Ok(())
+            }
+            Err(e) => Err(self.explain_write_failure(
+                EntryStage::SetSregs,
+                "KVM_SET_SREGS",
+                |st| st.sregs = *sregs,
+                e,
+            )),
+        }
     }
 
     /// Sets or clears `immediate_exit`: while set, `run` returns

@@ -1,10 +1,14 @@
 //! A VM: memory slots, interrupt controllers and vCPU creation.
 
 use kvm_bindings::{CpuId, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
+use std::sync::Arc;
+
 use kvm_ioctls::VmFd;
 
+use crate::entry_check::{EntryChecker, EntryGate};
 use crate::error::{Error, Result, ioctl};
 use crate::vcpu::Vcpu;
+use crate::vmx::VmxCapabilities;
 
 /// Where KVM puts the three pages of the real-mode TSS on Intel hosts: just
 /// below the 4 GiB firmware area, as other VMMs do.
@@ -31,13 +35,21 @@ pub struct MemorySlot {
 pub struct Vm {
     fd: VmFd,
     cpuid: CpuId,
+    checker: Arc<EntryChecker>,
 }
 
 impl Vm {
-    pub(crate) fn new(fd: VmFd, cpuid: CpuId) -> Result<Self> {
+    pub(crate) fn new(fd: VmFd, cpuid: CpuId, caps: VmxCapabilities) -> Result<Self> {
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-        Ok(Vm { fd, cpuid })
+        let checker = Arc::new(EntryChecker::for_cpuid(caps, &cpuid)?);
+        Ok(Vm { fd, cpuid, checker })
+    }
+
+    /// The VMX capability profile, programmed controls and CPU facts the
+    /// vCPUs' VM-entry checks use.
+    pub fn entry_checker(&self) -> &EntryChecker {
+        &self.checker
     }
 
     /// Maps (or, with `size == 0`, unmaps) a memory slot.
@@ -98,7 +110,7 @@ impl Vm {
             }
         }
         fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
-        Vcpu::new(fd, id)
+        Vcpu::new(fd, id, EntryGate::new(Arc::clone(&self.checker)))
     }
 
     /// The CPUID leaves every vCPU of this VM is given (before per-vCPU APIC ids).
