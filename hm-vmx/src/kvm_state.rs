@@ -494,4 +494,78 @@ pub(crate) mod tests {
         st.pdptes = Some([0x1001, 0, 0, 0]);
         assert!(st.to_string().contains("  PDPTEs: 0x1001 0x0 0x0 0x0"));
     }
+
+    fn any_segment() -> impl proptest::strategy::Strategy<Value = kvm_segment> {
+        use proptest::prelude::*;
+        (any::<u64>(), any::<u32>(), any::<u16>(), any::<[u8; 9]>()).prop_map(
+            |(base, limit, selector, b)| kvm_segment {
+                base,
+                limit,
+                selector,
+                type_: b[0],
+                present: b[1],
+                dpl: b[2],
+                db: b[3],
+                s: b[4],
+                l: b[5],
+                g: b[6],
+                avl: b[7],
+                unusable: b[8],
+                padding: 0,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever a guest or the VMM leaves in the registers, conversion,
+        /// checking and the report never panic; the access rights mirror
+        /// the segment flags; "IA-32e mode guest" mirrors EFER.LMA; the
+        /// VMCS view keeps the fixed bits.
+        #[test]
+        fn any_kvm_state_converts_and_checks(
+            segs in proptest::collection::vec(any_segment(), 8),
+            crs in proptest::prelude::any::<[u64; 4]>(),
+            regs in proptest::prelude::any::<[u64; 3]>(),
+            ev in proptest::prelude::any::<[u8; 8]>(),
+            mp_state in 0u32..12,
+            pdptes in proptest::prelude::any::<Option<[u64; 4]>>(),
+        ) {
+            let (p, env) = env();
+            let mut st = KvmVcpuState::default();
+            let s = &mut st.sregs;
+            for (dst, src) in [
+                &mut s.cs, &mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss, &mut s.tr,
+                &mut s.ldt,
+            ]
+            .into_iter()
+            .zip(&segs)
+            {
+                *dst = *src;
+            }
+            (s.cr0, s.cr3, s.cr4, s.efer) = (crs[0], crs[1], crs[2], crs[3]);
+            (st.regs.rip, st.regs.rsp, st.regs.rflags) = (regs[0], regs[1], regs[2]);
+            st.events.interrupt.shadow = ev[0];
+            st.events.nmi.masked = ev[1];
+            st.events.exception.injected = ev[2] & 1;
+            st.events.exception.nr = ev[3];
+            st.events.nmi.injected = ev[4] & 1;
+            st.events.interrupt.injected = ev[5] & 1;
+            st.events.interrupt.nr = ev[6];
+            st.events.interrupt.soft = ev[7];
+            st.mp_state = mp_state;
+            st.pdptes = pdptes;
+            let gs = st.guest_state(&p, &env);
+            proptest::prop_assert_eq!(gs.controls.ia32e_mode_guest, crs[3] & efer::LMA != 0);
+            proptest::prop_assert_eq!(gs.cr4 & env.cr4_fixed0, env.cr4_fixed0);
+            proptest::prop_assert_eq!(gs.as_programmed(&env), gs.clone());
+            let cs = gs.segment(SegReg::Cs).access_rights;
+            proptest::prop_assert_eq!(cs.l(), segs[0].l != 0);
+            proptest::prop_assert_eq!(cs.db(), segs[0].db != 0);
+            proptest::prop_assert_eq!(cs.unusable(), segs[0].unusable != 0);
+            let _ = check_guest_state(&gs, &env);
+            proptest::prop_assert!(st.to_string().lines().count() >= 14);
+        }
+    }
 }

@@ -55,7 +55,7 @@ impl Drop for Ram {
 struct Guest {
     vcpu: Vcpu,
     _vm: Vm,
-    _ram: Ram,
+    ram: Ram,
 }
 
 fn long_mode_sregs(mut s: Sregs) -> Sregs {
@@ -133,11 +133,7 @@ fn guest(entry_checks: bool) -> Guest {
     regs.rflags = 2;
     regs.rsp = 0x8000;
     vcpu.set_regs(&regs).unwrap();
-    Guest {
-        vcpu,
-        _vm: vm,
-        _ram: ram,
-    }
+    Guest { vcpu, _vm: vm, ram }
 }
 
 fn corrupt_cs(vcpu: &Vcpu) -> Sregs {
@@ -289,4 +285,85 @@ fn reset_state_passes_and_vcpus_are_consistent() {
         view.vmx_msrs
             .contains_key(&hm_vmx::vmx::msr::IA32_VMX_BASIC)
     );
+}
+
+#[test]
+fn differing_cpuid_between_vcpus_is_reported() {
+    if !hm_vmx::testing::kvm_available("differing_cpuid_between_vcpus_is_reported") {
+        return;
+    }
+    let hv = Hypervisor::open().unwrap();
+    let vm = hv.create_vm().unwrap();
+    let vcpus = [vm.create_vcpu(0).unwrap(), vm.create_vcpu(1).unwrap()];
+    // Hide a feature from vCPU 1 only: CPUID.1:ECX bit 1 (PCLMULQDQ), or
+    // show it when the host lacks it.
+    let mut cpuid = vcpus[1]
+        .fd()
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    let leaf1 = cpuid
+        .as_mut_slice()
+        .iter_mut()
+        .find(|e| e.function == 1)
+        .unwrap();
+    let ecx = leaf1.ecx;
+    leaf1.ecx ^= 1 << 1;
+    vcpus[1].fd().set_cpuid2(&cpuid).unwrap();
+    let diffs = vm.check_mp_consistency(&vcpus).unwrap();
+    let applied = vcpus[1]
+        .vcpu_view()
+        .unwrap()
+        .cpuid
+        .get(&(1, 0))
+        .map(|r| r[2])
+        != Some(ecx);
+    if !applied {
+        // Seen on kvm_pvm: a second KVM_SET_CPUID2 succeeds but changes nothing.
+        eprintln!("!!! this host ignored the second KVM_SET_CPUID2: no difference to find !!!");
+        assert!(diffs.is_empty(), "{diffs:?}");
+        return;
+    }
+    let text: Vec<String> = diffs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [format!(
+            "vCPU 1: CPUID 0x1.0 ECX = {:#x}, vCPU 0 has {ecx:#x}",
+            ecx ^ (1 << 1)
+        )]
+    );
+}
+
+#[test]
+fn pae_guest_pdptes_are_read_and_checked() {
+    if !hm_vmx::testing::kvm_available("pae_guest_pdptes_are_read_and_checked") {
+        return;
+    }
+    let mut g = guest(true);
+    // 32-bit PAE paging: PDPT at 0x5000, entry 0 -> the PD at 0x3000.
+    g.ram.write(0x5000, &(0x3000u64 | 1).to_le_bytes());
+    let mut s = g.vcpu.sregs().unwrap();
+    s.efer = 0;
+    s.cs.l = 0;
+    s.cs.db = 1;
+    s.cr3 = 0x5000;
+    s.cr0 = 0x8000_0011;
+    s.cr4 = 0x20;
+    g.vcpu.set_sregs(&s).unwrap();
+    let v = g.vcpu.check_entry_state().unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    let text = g.vcpu.diagnose_entry_failure().to_string();
+    if g.vcpu.sregs().unwrap().cr0 & (1 << 31) == 0 {
+        eprintln!("!!! this host's KVM drops CR0.PG outside long mode: PDPTEs not exercised !!!");
+        assert!(text.contains("  PDPTEs: not reported"), "{text}");
+        return;
+    }
+    assert!(
+        text.contains("CR0=0x80000011 CR2=0x0 CR3=0x5000 CR4=0x20"),
+        "{text}"
+    );
+    if text.contains("  PDPTEs: not reported") {
+        eprintln!("!!! this host has no KVM_GET_SREGS2: PDPTEs cannot be checked !!!");
+    } else {
+        assert!(text.contains("  PDPTEs: 0x3001 0x0 0x0 0x0"), "{text}");
+    }
 }
