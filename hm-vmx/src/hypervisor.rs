@@ -135,7 +135,10 @@ impl Hypervisor {
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
     }
 
-    /// Creates a VM with no memory and no vCPUs.
+    /// Creates a VM with no memory and no vCPUs. Its vCPUs check guest
+    /// states against the [VMX capability profile](Hypervisor::vmx_capabilities)
+    /// in force; a host whose VMX capability MSRs are inconsistent or lack
+    /// the controls a KVM-like VMM needs is an error.
     pub fn create_vm(&self) -> Result<Vm> {
         let caps = self.vmx_capabilities()?;
         let fd = self.kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;

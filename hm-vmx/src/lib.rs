@@ -3,6 +3,11 @@
 //! `hm-vmx` runs guests through Linux KVM and reports what happens the way a
 //! VT-x VMM sees it: every exit carries its VMX basic exit reason.
 //!
+//! Guest states are checked against the VT-x VM-entry rules of the
+//! [`vmx`] model: before entering (see [`Vcpu::set_entry_checks`], on by
+//! default in debug builds), when KVM refuses a state, and on demand with
+//! [`Vcpu::diagnose_entry_failure`] after a failed entry.
+//!
 //! ```no_run
 //! use hm_vmx::{Exit, Hypervisor, IoData};
 //!
