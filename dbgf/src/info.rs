@@ -159,6 +159,46 @@ impl fmt::Debug for InfoHandler {
 /// The handler is shared (`Arc`) so it can be moved to another thread; output
 /// produced there is typically collected in a `String` and written to `out`
 /// by the calling thread.
+///
+/// ```
+/// use std::fmt::Write;
+/// use std::sync::Arc;
+/// use dbgf::{InfoCall, InfoError, InfoExecutor, InfoFlags, InfoHandler, InfoRegistry};
+///
+/// /// Runs EMT-flagged handlers on a separate thread standing in for EMT 0.
+/// struct OneEmt;
+///
+/// impl InfoExecutor for OneEmt {
+///     fn execute(&self, handler: Arc<InfoHandler>, args: &str, out: &mut dyn Write)
+///         -> Result<(), InfoError> {
+///         if !handler.flags().needs_emt() {
+///             return handler.call(&InfoCall { args, cpu: None }, out);
+///         }
+///         let args = args.to_owned();
+///         let text = std::thread::spawn(move || {
+///             let mut buf = String::new();
+///             handler.call(&InfoCall { args: &args, cpu: Some(0) }, &mut buf).map(|()| buf)
+///         })
+///         .join()
+///         .map_err(|_| InfoError::Executor { name: "?".into(), reason: "EMT died".into() })??;
+///         out.write_str(&text)?;
+///         Ok(())
+///     }
+/// }
+///
+/// let info = InfoRegistry::new();
+/// let caller = std::thread::current().id();
+/// info.register("cpu", "Which vCPU runs this.", InfoFlags::RUN_ON_EMT,
+///     move |call: &InfoCall<'_>, out: &mut dyn Write| -> Result<(), InfoError> {
+///         let elsewhere = std::thread::current().id() != caller;
+///         writeln!(out, "vCPU {:?}, off the caller's thread: {elsewhere}", call.cpu)?;
+///         Ok(())
+///     })?;
+/// let mut out = String::new();
+/// info.run("cpu", "", &mut out, &OneEmt)?;
+/// assert_eq!(out, "vCPU Some(0), off the caller's thread: true\n");
+/// # Ok::<(), InfoError>(())
+/// ```
 pub trait InfoExecutor {
     /// Runs `handler` with `args`, writing its output to `out`.
     fn execute(

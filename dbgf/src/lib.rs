@@ -1,10 +1,16 @@
 //! Debugger facility (VirtualBox DBGF): info handlers, debugger core, gdb stub.
 //!
-//! So far this crate holds the info-handler registry ([`InfoRegistry`]): the
-//! VMM's components register named handlers that print a piece of VM state,
-//! and `info NAME ARGS` runs them through an [`InfoExecutor`] that puts them
-//! on the right EMT.
+//! - [`InfoRegistry`]: the VMM's components register named handlers that print a
+//!   piece of VM state, and `info NAME ARGS` runs them through an [`InfoExecutor`]
+//!   that puts them on the right EMT.
+//! - [`debugger`]: the debugger core over a target trait the VMM implements
+//!   (breakpoints, stepping, memory and register access, stop interpretation).
+//! - [`gdb`]: a gdb remote stub over the debugger core.
+//! - [`disas`]: disassembly of guest code.
 
+pub mod debugger;
+pub mod disas;
+pub mod gdb;
 mod info;
 
 pub use info::{

@@ -95,6 +95,14 @@ pub enum Error {
         /// Region size in pages.
         pages: u64,
     },
+    /// A RAM region larger than the VM's base reservation could never be backed.
+    #[error("a RAM region of {pages} pages exceeds the VM's {reserved} reserved base pages")]
+    RegionTooLarge {
+        /// Pages asked for.
+        pages: u64,
+        /// The VM's base reservation.
+        reserved: u64,
+    },
     /// A region page is in the wrong state for the operation.
     #[error("region page {index} is {found}, expected {expected}")]
     PageState {

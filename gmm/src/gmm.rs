@@ -133,12 +133,12 @@ impl Gmm {
 /// A VM registered with a [`Gmm`]. Dropping it (after all its regions)
 /// frees all its pages and its reservation.
 pub struct Vm {
-    inner: Arc<VmInner>,
+    pub(crate) inner: Arc<VmInner>,
 }
 
-struct VmInner {
-    gmm: Gmm,
-    id: VmId,
+pub(crate) struct VmInner {
+    pub(crate) gmm: Gmm,
+    pub(crate) id: VmId,
 }
 
 impl Drop for VmInner {
@@ -280,6 +280,11 @@ pub enum PageState {
 /// The whole range is always mapped (unbacked pages read zero), so it can be
 /// registered as one KVM memory slot at [`host_addr`](Self::host_addr). Drop
 /// it only after removing that slot.
+///
+/// Back every page the guest may write ([`alloc`](Self::alloc) the whole
+/// region right after creating it is the simple choice: backed pages cost no
+/// host memory until written). An unbacked page is plain anonymous memory to
+/// the guest, so guest writes to it would use memory GMM does not account.
 pub struct RamRegion {
     vm: Arc<VmInner>,
     id: u64,
@@ -336,6 +341,13 @@ impl RamRegion {
         self.state().region_free(self.id, first, count)
     }
 
+    /// Returns the memory of backed pages to the host but keeps them backed
+    /// and accounted: they read zero, and the guest may write them again
+    /// (for PGM's "page is zero now", e.g. at reset).
+    pub fn discard(&self, first: u64, count: u64) -> Result<()> {
+        self.state().region_discard(self.id, first, count)
+    }
+
     /// The guest's balloon took these backed pages: their memory returns to
     /// the host and they count as ballooned.
     pub fn balloon_inflate(&self, first: u64, count: u64) -> Result<()> {
@@ -363,6 +375,24 @@ impl RamRegion {
             Slot::Shared(_) | Slot::Zero => PageState::Shared,
             Slot::Ballooned => PageState::Ballooned,
         })
+    }
+
+    /// For each page of `first..first+count`, whether it occupies host
+    /// memory: a private page once written, a shared page always (its master
+    /// does, once for all users), empty, zero and ballooned pages never.
+    pub fn resident_pages(&self, first: u64, count: u64) -> Result<Vec<bool>> {
+        let st = self.state();
+        let r = st.region(self.id)?;
+        let core = r.map.mincore(first, count)?;
+        Ok(r.slots[first as usize..(first + count) as usize]
+            .iter()
+            .zip(core)
+            .map(|(s, resident)| match s {
+                Slot::Private(_) => resident,
+                Slot::Anon | Slot::Shared(_) => true,
+                Slot::Empty | Slot::Zero | Slot::Ballooned => false,
+            })
+            .collect())
     }
 
     fn byte_range(&self, offset: u64, len: usize) -> Result<(u64, u64)> {

@@ -209,6 +209,13 @@ impl RegionMap {
         if ptr == libc::MAP_FAILED {
             return Err(Error::host("mmap of region reservation"));
         }
+        // SAFETY: advice on the mapping just created (see `map`).
+        if unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) } != 0 {
+            let err = Error::host("madvise(MADV_NOHUGEPAGE)");
+            // SAFETY: unmapping the mapping we just created and still own.
+            unsafe { libc::munmap(ptr, len) };
+            return Err(err);
+        }
         let base =
             NonNull::new(ptr.cast::<u8>()).ok_or(Error::InvalidConfig("mmap returned null"))?;
         Ok(RegionMap { base, pages })
@@ -231,10 +238,13 @@ impl RegionMap {
         count: u64,
         target: Target,
     ) -> Result<()> {
-        assert!(
-            first.checked_add(count).is_some_and(|e| e <= self.pages),
-            "region remap out of bounds"
-        );
+        if first.checked_add(count).is_none_or(|e| e > self.pages) {
+            return Err(Error::RangeOutOfBounds {
+                first,
+                count,
+                pages: self.pages,
+            });
+        }
         let (prot, flags, fd, off) = match target {
             Target::Zero => (
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -257,7 +267,7 @@ impl RegionMap {
         };
         let addr = self.page_ptr(first);
         // SAFETY: MAP_FIXED only replaces pages inside this reservation (bounds
-        // asserted above), which belongs to this struct; Rust code holds no
+        // checked above), which belongs to this struct; Rust code holds no
         // references into it, only raw pointers, so swapping the backing is
         // sound.
         let ptr = unsafe {
@@ -273,7 +283,47 @@ impl RegionMap {
         if ptr == libc::MAP_FAILED {
             return Err(Error::host("mmap(MAP_FIXED) in region"));
         }
+        if target == Target::Zero {
+            // One written page must cost one page, not a transparent huge
+            // page that would turn 511 neighbours private too.
+            // SAFETY: advice on the mapping just created inside our range.
+            let rc =
+                unsafe { libc::madvise(ptr, count as usize * PAGE_SIZE, libc::MADV_NOHUGEPAGE) };
+            if rc != 0 {
+                return Err(Error::host("madvise(MADV_NOHUGEPAGE)"));
+            }
+        }
         Ok(())
+    }
+}
+
+impl RegionMap {
+    /// Whether each of `count` pages from `first` is in host memory (for
+    /// file mappings: whether the memfd page exists), per `mincore`.
+    pub(crate) fn mincore(&self, first: u64, count: u64) -> Result<Vec<bool>> {
+        if first.checked_add(count).is_none_or(|e| e > self.pages) {
+            return Err(Error::RangeOutOfBounds {
+                first,
+                count,
+                pages: self.pages,
+            });
+        }
+        let mut vec = vec![0u8; count as usize];
+        if count > 0 {
+            // SAFETY: the range lies inside our reservation, which is mapped;
+            // `vec` has one byte per page as mincore requires.
+            let rc = unsafe {
+                libc::mincore(
+                    self.page_ptr(first).cast(),
+                    count as usize * PAGE_SIZE,
+                    vec.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                return Err(Error::host("mincore"));
+            }
+        }
+        Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
     }
 }
 

@@ -16,8 +16,26 @@
 //!   whose pages GMM backs, frees, balloons and shares.
 //! - Ballooning follows VirtualBox's accounting ([`BalloonAction`]).
 //! - [`Gmm::share_scan`] deduplicates identical pages across all VMs (see
-//!   the `sharing` module docs for why writes stay private).
-//! - [`Gmm::stats`], and [`Gmm::format_info`] report.
+//!   below for why writes stay private).
+//! - [`Gmm::stats`], [`Gmm::format_info`] (the `gmm` info handler's text) and
+//!   [`Gmm::register_stats`] / [`Vm::register_stats`] (`/GMM/...`) report.
+//!
+//! # Page sharing
+//!
+//! A scan hashes every private region page (xxh3), compares candidates with
+//! equal hashes byte for byte, and then backs all copies with one host page,
+//! the *master*. The master is a chunk page that GMM owns and no VM maps
+//! writable: every region page using it, including the one it came from, is
+//! remapped as a `MAP_PRIVATE` view of its memfd offset. A write through such
+//! a view (by the VMM or by the guest through KVM, which follows the remap
+//! with its MMU notifiers) makes the kernel copy the page for that mapping
+//! alone, so the writer gets its own copy and nobody else sees the write.
+//! Only GMM's own view maps masters `MAP_SHARED`, and GMM only reads them.
+//! All-zero pages get no master at all: they become anonymous mappings of the
+//! kernel's zero page. Copies made on write are accounted when GMM next
+//! reconciles (every scan starts with that, or [`Gmm::reconcile_shared`]).
+//! Run scans with the VMs' vCPUs stopped: a guest write racing the window
+//! between compare and remap would be lost.
 //!
 //! ```
 //! use gmm::{Gmm, GmmConfig, Reservation};
@@ -50,6 +68,7 @@ mod gmm;
 mod host;
 mod ids;
 mod info;
+mod register;
 mod sharing;
 mod state;
 mod stats;

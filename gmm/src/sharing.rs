@@ -18,6 +18,12 @@
 //! are copied the same way). Adjacent such mappings merge, so zero pages do
 //! not cost a kernel mapping each.
 //!
+//! The kernel makes those copies without asking GMM, so they are counted
+//! (as the writer's private pages, and against the global maximum) when GMM
+//! next reconciles: at the start of every scan, or on
+//! [`Gmm::reconcile_shared`](crate::Gmm::reconcile_shared). Until then a VM
+//! can hold a few more host pages than the numbers show.
+//!
 //! The scan itself must run while the VMs' vCPUs are stopped (as VirtualBox
 //! does it at a rendezvous): between comparing a page and remapping it, a
 //! guest write would be lost.
@@ -352,7 +358,7 @@ impl State {
             }
             Kind::Share | Kind::Zero => {
                 match old {
-                    Slot::Private(p) => self.release_deduplicated(p),
+                    Slot::Private(p) => self.release(p),
                     Slot::Anon => {
                         self.anon_pages -= 1;
                         self.host_pages -= 1;

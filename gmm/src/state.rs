@@ -1,7 +1,7 @@
 //! The GMM state behind the lock: chunks, VMs, RAM regions, and the page
 //! allocation / release paths with their accounting.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::chunk::{Chunk, ChunkIdMap, IdMap, OWNER_NONE, OWNER_SHARED};
 use crate::config::GmmConfig;
@@ -118,7 +118,7 @@ pub(crate) struct State {
     free_in_partial: u64,
     pending: Vec<PageId>,
     vms: Vec<Option<VmState>>,
-    pub(crate) regions: HashMap<u64, RegionState>,
+    pub(crate) regions: IdMap<u64, RegionState>,
     next_region: u64,
     pub(crate) shared: IdMap<PageId, SharedPage>,
     /// Host pages in use: used chunk pages plus private copies made on write.
@@ -146,7 +146,7 @@ impl State {
             free_in_partial: 0,
             pending: Vec::new(),
             vms: Vec::new(),
-            regions: HashMap::new(),
+            regions: IdMap::default(),
             next_region: 1,
             shared: IdMap::default(),
             host_pages: 0,
@@ -413,7 +413,7 @@ impl State {
 
     /// Releases a used chunk page (VM-owned or shared master) to the pending
     /// list. The caller fixes the VM account counts.
-    fn release(&mut self, pid: PageId) {
+    pub(crate) fn release(&mut self, pid: PageId) {
         let cid = pid.chunk();
         let Some(ch) = self.chunks.get_mut(cid.0 as usize).and_then(Option::as_mut) else {
             return;
@@ -569,7 +569,13 @@ impl State {
     // ----- regions -----
 
     pub(crate) fn add_region(&mut self, vm: VmId, pages: u64) -> Result<u64> {
-        self.vm(vm)?;
+        let base = self.vm(vm)?.reserved[Account::Base.idx()];
+        if pages > base {
+            return Err(Error::RegionTooLarge {
+                pages,
+                reserved: base,
+            });
+        }
         let map = RegionMap::new(pages)?;
         let id = self.next_region;
         self.next_region += 1;
@@ -689,36 +695,39 @@ impl State {
             r.map.map(&self.backing, first, count, Target::Zero)?;
         }
         let vm = r.vm;
-        let mut released = 0;
-        for i in first..first + count {
-            let Some(slot) = self.regions.get(&id).map(|r| r.slots[i as usize]) else {
-                break;
-            };
-            match slot {
+        let mut slots = match self.regions.get_mut(&id) {
+            Some(r) => std::mem::take(&mut r.slots),
+            None => return Ok(0),
+        };
+        let (mut private, mut shared) = (0, 0);
+        for slot in &mut slots[first as usize..(first + count) as usize] {
+            match *slot {
                 Slot::Private(p) => {
                     self.release(p);
-                    let v = self.vm_mut(vm)?;
-                    v.private -= 1;
+                    private += 1;
                 }
                 Slot::Anon => {
                     self.anon_pages -= 1;
                     self.host_pages -= 1;
-                    self.vm_mut(vm)?.private -= 1;
+                    private += 1;
                 }
                 Slot::Shared(m) => {
                     self.unref_shared(m);
-                    self.vm_mut(vm)?.shared -= 1;
+                    shared += 1;
                 }
-                Slot::Zero => self.vm_mut(vm)?.shared -= 1,
+                Slot::Zero => shared += 1,
                 Slot::Empty | Slot::Ballooned => continue,
             }
-            self.vm_mut(vm)?.allocated[Account::Base.idx()] -= 1;
-            if let Some(r) = self.regions.get_mut(&id) {
-                r.slots[i as usize] = to;
-            }
-            released += 1;
+            *slot = to;
         }
-        Ok(released)
+        if let Some(r) = self.regions.get_mut(&id) {
+            r.slots = slots;
+        }
+        let v = self.vm_mut(vm)?;
+        v.private -= private;
+        v.shared -= shared;
+        v.allocated[Account::Base.idx()] -= private + shared;
+        Ok(private + shared)
     }
 
     pub(crate) fn unref_shared(&mut self, master: PageId) {
@@ -739,6 +748,68 @@ impl State {
     pub(crate) fn region_free(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
         self.expect_slots(id, first, count, "allocated", Slot::is_allocated)?;
         self.release_slots(id, first, count, Slot::Empty)?;
+        self.flush()
+    }
+
+    /// Gives the memory of allocated region pages back to the host while
+    /// keeping them allocated: they read zero, and the next write backs them
+    /// again (a private page stays the VM's page, now a hole in the memfd;
+    /// others become zero pages).
+    pub(crate) fn region_discard(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
+        self.expect_slots(id, first, count, "allocated", Slot::is_allocated)?;
+        let r = self.region(id)?;
+        let vm = r.vm;
+        let range = first as usize..(first + count) as usize;
+        let slots: Vec<(u64, Slot)> = (first..).zip(r.slots[range].iter().copied()).collect();
+        let mut i = 0;
+        while i < slots.len() {
+            let (at, slot) = slots[i];
+            let private = |s: Slot| matches!(s, Slot::Private(_));
+            let n = slots[i..]
+                .iter()
+                .take_while(|(_, s)| private(*s) == private(slot))
+                .count();
+            let run = &slots[i..i + n];
+            match slot {
+                Slot::Private(_) => {
+                    let pages: Vec<PageId> = run
+                        .iter()
+                        .filter_map(|(_, s)| match s {
+                            Slot::Private(p) => Some(*p),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut k = 0;
+                    while k < pages.len() {
+                        let len = run_len(&pages[k..]);
+                        self.backing.punch(pages[k].0, len as u32)?;
+                        k += len;
+                    }
+                }
+                _ => {
+                    self.region(id)?
+                        .map
+                        .map(&self.backing, at, n as u64, Target::Zero)?;
+                    for &(idx, s) in run {
+                        match s {
+                            Slot::Shared(m) => self.unref_shared(m),
+                            Slot::Anon => {
+                                self.anon_pages -= 1;
+                                self.host_pages -= 1;
+                                let v = self.vm_mut(vm)?;
+                                v.private -= 1;
+                                v.shared += 1;
+                            }
+                            _ => {}
+                        }
+                        if let Some(r) = self.regions.get_mut(&id) {
+                            r.slots[idx as usize] = Slot::Zero;
+                        }
+                    }
+                }
+            }
+            i += n;
+        }
         self.flush()
     }
 
@@ -845,11 +916,6 @@ impl State {
             self.drop_chunk_user(vm, cid);
         }
         self.shared.insert(pid, SharedPage { refs: 0, hash });
-    }
-
-    /// Releases a private chunk page that a sharing scan replaced.
-    pub(crate) fn release_deduplicated(&mut self, pid: PageId) {
-        self.release(pid);
     }
 
     pub(crate) fn pending_len(&self) -> usize {

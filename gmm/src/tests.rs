@@ -22,23 +22,24 @@ fn base(n: u64) -> Reservation {
 fn exceeding_the_reservation_is_out_of_memory_and_changes_nothing() {
     let g = gmm(4096);
     let vm = g.register_vm("vm", base(100)).unwrap();
-    let ram = vm.create_ram_region(200).unwrap();
+    let ram = vm.create_ram_region(100).unwrap();
     ram.alloc(0, 90).unwrap();
-    let err = ram.alloc(90, 20).unwrap_err();
+    vm.alloc_pages(Account::Base, 5).unwrap();
+    let err = ram.alloc(90, 10).unwrap_err();
     assert!(matches!(
         err,
         Error::VmAccountLimit {
-            requested: 20,
-            allocated: 90,
+            requested: 10,
+            allocated: 95,
             reserved: 100,
             ..
         }
     ));
     assert!(err.is_out_of_memory());
     assert_eq!(ram.page_state(95).unwrap(), PageState::Empty);
-    assert_eq!(vm.stats().allocated.base, 90);
-    assert_eq!(g.stats().allocated_pages, 90);
-    ram.alloc(90, 10).unwrap();
+    assert_eq!(vm.stats().allocated.base, 95);
+    assert_eq!(g.stats().allocated_pages, 95);
+    ram.alloc(90, 5).unwrap();
     // Other accounts have their own reservations.
     assert!(
         vm.alloc_page(Account::Shadow)
@@ -303,6 +304,10 @@ fn region_ranges_and_states_are_checked() {
     ));
     assert!(ram.read(10 * 4096 - 1, &mut [0; 2]).is_err());
     assert!(vm.create_ram_region(0).is_err());
+    assert!(matches!(
+        vm.create_ram_region(1 << 40),
+        Err(Error::RegionTooLarge { reserved: 100, .. })
+    ));
 }
 
 #[test]
@@ -408,12 +413,13 @@ fn info_lists_global_and_vm_numbers() {
 // ----- state machine property -----
 
 const PAGES: u64 = 48;
-const RESERVED: u64 = 40;
+const RESERVED: u64 = PAGES;
 
 #[derive(Clone, Debug)]
 enum Op {
     Alloc(u64, u64),
     Free(u64, u64),
+    Discard(u64, u64),
     Inflate(u64, u64),
     Deflate(u64, u64),
     Balloon(BalloonAction, u64),
@@ -428,6 +434,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         range.clone().prop_map(|(f, c)| Op::Alloc(f, c)),
         range.clone().prop_map(|(f, c)| Op::Free(f, c)),
+        range.clone().prop_map(|(f, c)| Op::Discard(f, c)),
         range.clone().prop_map(|(f, c)| Op::Inflate(f, c)),
         range.prop_map(|(f, c)| Op::Deflate(f, c)),
         (
@@ -498,6 +505,11 @@ proptest! {
                     prop_assert_eq!(ram.free(f, c).is_ok(), ok);
                     if ok { m.set(f, c, M::Empty); }
                 }
+                Op::Discard(f, c) => {
+                    let ok = m.all(f, c, |s| matches!(s, M::Alloc(_)));
+                    prop_assert_eq!(ram.discard(f, c).is_ok(), ok);
+                    if ok { m.set(f, c, M::Alloc(0)); }
+                }
                 Op::Inflate(f, c) => {
                     let ok = m.all(f, c, |s| matches!(s, M::Alloc(_)));
                     prop_assert_eq!(ram.balloon_inflate(f, c).is_ok(), ok);
@@ -565,4 +577,114 @@ proptest! {
         let s = vm.stats();
         prop_assert_eq!(g.stats().allocated_pages, s.private + g.stats().shared_pages);
     }
+}
+
+#[test]
+fn discard_returns_memory_but_keeps_pages_backed() {
+    let g = gmm(4096);
+    let a = g.register_vm("a", base(16)).unwrap();
+    let b = g.register_vm("b", base(16)).unwrap();
+    let (ra, rb) = (
+        a.create_ram_region(8).unwrap(),
+        b.create_ram_region(8).unwrap(),
+    );
+    ra.alloc(0, 8).unwrap();
+    rb.alloc(0, 8).unwrap();
+    for r in [&ra, &rb] {
+        r.write(0, &[7; 8 * PAGE_SIZE]).unwrap();
+    }
+    // Pages 0..4 of each shared; B writes page 0 again (a private copy).
+    ra.write(4 * 4096, &[1; 4 * PAGE_SIZE]).unwrap();
+    g.share_scan().unwrap();
+    rb.write(0, &[9; 16]).unwrap();
+    g.reconcile_shared().unwrap();
+    let backing = g.stats().backing_bytes;
+    rb.discard(0, 8).unwrap();
+    ra.discard(4, 4).unwrap();
+    let mut buf = [1u8; 16];
+    for i in 0..8 {
+        rb.read(i * 4096, &mut buf).unwrap();
+        assert_eq!(buf, [0; 16], "b page {i}");
+        assert_ne!(rb.page_state(i).unwrap(), PageState::Empty);
+    }
+    ra.read(0, &mut buf).unwrap();
+    assert_eq!(buf, [7; 16], "a keeps its shared pages");
+    assert!(g.stats().backing_bytes < backing);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.allocated.base, sb.allocated.base), (8, 8));
+    assert_eq!(sa.private + sa.shared, 8);
+    assert_eq!(sb.private + sb.shared, 8);
+    // Writable again, and accounted.
+    rb.write(0, &[3; 16]).unwrap();
+    rb.read(0, &mut buf).unwrap();
+    assert_eq!(buf, [3; 16]);
+    assert!(matches!(
+        rb.discard(7, 2),
+        Err(Error::RangeOutOfBounds { .. })
+    ));
+}
+
+#[test]
+fn residency_follows_writes_sharing_and_balloon() {
+    let g = gmm(4096);
+    let vm = g.register_vm("vm", base(8)).unwrap();
+    let ram = vm.create_ram_region(8).unwrap();
+    ram.alloc(0, 6).unwrap();
+    assert_eq!(ram.resident_pages(0, 8).unwrap(), [false; 8]);
+    ram.write(0, &[5; 3 * PAGE_SIZE]).unwrap();
+    ram.write(3 * 4096, &[6; 16]).unwrap();
+    assert_eq!(
+        ram.resident_pages(0, 8).unwrap(),
+        [true, true, true, true, false, false, false, false]
+    );
+    g.share_scan().unwrap();
+    ram.balloon_inflate(3, 1).unwrap();
+    // Pages 0..3 share one master; 4 and 5 were never written (zero).
+    assert_eq!(
+        ram.resident_pages(0, 8).unwrap(),
+        [true, true, true, false, false, false, false, false]
+    );
+    assert_eq!(g.stats().allocated_pages, 1);
+    assert!(matches!(
+        ram.resident_pages(7, 2),
+        Err(Error::RangeOutOfBounds { .. })
+    ));
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Gmm>();
+    check::<crate::Vm>();
+    check::<crate::RamRegion>();
+}
+
+#[test]
+fn vms_allocate_concurrently_with_exact_totals() {
+    let g = gmm(1 << 14);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let vm = g.register_vm(&format!("vm{t}"), base(1024)).unwrap();
+                let mut held = Vec::new();
+                for i in 0..2000u32 {
+                    if i % 3 == 2 {
+                        vm.free_page(held.swap_remove(0)).unwrap();
+                    } else {
+                        held.push(vm.alloc_page(Account::Base).unwrap().id);
+                    }
+                }
+                assert_eq!(vm.stats().allocated.base, held.len() as u64);
+                (vm, held.len() as u64)
+            })
+        })
+        .collect();
+    let done: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let total: u64 = done.iter().map(|(_, n)| n).sum();
+    assert_eq!(g.stats().allocated_pages, total);
+    drop(done);
+    let s = g.stats();
+    assert_eq!((s.allocated_pages, s.vms, s.reserved_pages), (0, 0, 0));
+    assert_eq!(s.pending_pages, 0);
 }

@@ -54,10 +54,11 @@ fn backend_guest() -> (hm_vmx::Vm, Vcpu) {
     // SAFETY: the page is leaked, so it outlives the VM.
     unsafe { vm.set_memory_slot(&slot) }.unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    let (mut sregs, mut regs) = (vcpu.sregs().unwrap(), vcpu.regs().unwrap());
+    let state = vcpu.state();
+    let (mut sregs, mut regs) = (state.sregs().unwrap(), state.regs().unwrap());
     start_at_zero(&mut sregs, &mut regs);
-    vcpu.set_sregs(&sregs).unwrap();
-    vcpu.set_regs(&regs).unwrap();
+    state.set_sregs(&sregs).unwrap();
+    state.set_regs(&regs).unwrap();
     (vm, vcpu)
 }
 

@@ -12,10 +12,11 @@
 //! for v in vcpu.check_entry_state()? {
 //!     println!("{v}"); // [GS-...] SDM 28.3.1.x: rule (offending values)
 //! }
+//! let state = vcpu.state().clone(); // usable from any thread
 //! match vcpu.run() {
 //!     Err(Error::EntryState(failure)) => eprintln!("{failure}"),
 //!     Ok(Exit::FailEntry { .. } | Exit::InternalError(_)) => {
-//!         eprintln!("{}", vcpu.diagnose_entry_failure());
+//!         eprintln!("{}", state.diagnose_entry_failure());
 //!     }
 //!     _ => {}
 //! }
@@ -23,6 +24,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvm_bindings::CpuId;
@@ -30,7 +32,7 @@ use kvm_ioctls::Error as KvmError;
 
 use crate::error::{Error, Result, ioctl};
 use crate::kvm_state::KvmVcpuState;
-use crate::vcpu::Vcpu;
+use crate::vcpu::{Vcpu, VcpuState};
 use crate::vmx::{
     CheckEnv, ProfileSource, ProgrammedControls, Violation, VmxCapabilities, check_guest_state,
 };
@@ -251,21 +253,21 @@ impl fmt::Display for EntryDiagnosis {
 }
 
 /// A vCPU's entry-check switch, its checker and whether the state changed
-/// since the last check.
+/// since the last check; shared by the vCPU and its [`VcpuState`] handles.
 #[derive(Debug)]
 pub(crate) struct EntryGate {
-    checker: std::sync::Arc<EntryChecker>,
-    enabled: bool,
+    checker: Arc<EntryChecker>,
+    enabled: AtomicBool,
     due: AtomicBool,
 }
 
 impl EntryGate {
     /// Checks start enabled in debug builds, so the first entry is checked.
-    pub(crate) fn new(checker: std::sync::Arc<EntryChecker>) -> EntryGate {
+    pub(crate) fn new(checker: Arc<EntryChecker>) -> EntryGate {
         let enabled = cfg!(debug_assertions);
         EntryGate {
             checker,
-            enabled,
+            enabled: AtomicBool::new(enabled),
             due: AtomicBool::new(enabled),
         }
     }
@@ -278,7 +280,7 @@ impl EntryGate {
 
     /// The VMM wrote state: check again before the next entry.
     pub(crate) fn state_written(&self) {
-        if self.enabled {
+        if self.enabled.load(Ordering::Relaxed) {
             self.due.store(true, Ordering::Relaxed);
         }
     }
@@ -287,21 +289,34 @@ impl EntryGate {
 impl Vcpu {
     /// Turns the VM-entry guest-state check on or off (on by default in
     /// debug builds). While on, the first [`run`](Vcpu::run) and the first
-    /// `run` after [`set_regs`](Vcpu::set_regs) or
-    /// [`set_sregs`](Vcpu::set_sregs) check the state KVM holds against
-    /// the VT-x entry rules and return [`Error::EntryState`] instead of
-    /// entering when a rule is broken. The check costs five or six vCPU
-    /// ioctls and runs only after such writes.
+    /// `run` after [`VcpuState::set_regs`] or [`VcpuState::set_sregs`]
+    /// check the state KVM holds against the VT-x entry rules and return
+    /// [`Error::EntryState`] instead of entering when a rule is broken. The
+    /// check costs five or six vCPU ioctls and runs only after such writes
+    /// (state written through [`Vcpu::fd`] directly is not noticed).
     pub fn set_entry_checks(&mut self, on: bool) {
-        self.entry.enabled = on;
-        self.entry.due.store(on, Ordering::Relaxed);
+        let gate = &self.state().entry;
+        gate.enabled.store(on, Ordering::Relaxed);
+        gate.due.store(on, Ordering::Relaxed);
     }
 
     /// Whether the VM-entry guest-state check is on.
     pub fn entry_checks(&self) -> bool {
-        self.entry.enabled
+        self.state().entry.enabled.load(Ordering::Relaxed)
     }
 
+    /// See [`VcpuState::check_entry_state`].
+    pub fn check_entry_state(&self) -> Result<Vec<Violation>> {
+        self.state().check_entry_state()
+    }
+
+    /// See [`VcpuState::diagnose_entry_failure`].
+    pub fn diagnose_entry_failure(&self) -> EntryDiagnosis {
+        self.state().diagnose_entry_failure()
+    }
+}
+
+impl VcpuState {
     /// The profile and controls this vCPU's state is checked against.
     pub fn entry_checker(&self) -> &EntryChecker {
         &self.entry.checker
@@ -314,10 +329,10 @@ impl Vcpu {
         self.check_entry_state_with(&self.entry.checker)
     }
 
-    /// Like [`check_entry_state`](Vcpu::check_entry_state), under another
-    /// profile (for example a stricter CPU the VM may migrate to).
+    /// Like [`check_entry_state`](VcpuState::check_entry_state), under
+    /// another profile (for example a stricter CPU the VM may migrate to).
     pub fn check_entry_state_with(&self, checker: &EntryChecker) -> Result<Vec<Violation>> {
-        Ok(checker.check(&KvmVcpuState::read(self.fd())?))
+        Ok(checker.check(&KvmVcpuState::read(self.kvm_fd())?))
     }
 
     /// Explains a failed entry ([`Exit::FailEntry`](crate::Exit::FailEntry),
@@ -329,7 +344,7 @@ impl Vcpu {
         EntryDiagnosis::new(
             self.id(),
             &self.entry.checker,
-            KvmVcpuState::read(self.fd()),
+            KvmVcpuState::read(self.kvm_fd()),
         )
     }
 
@@ -355,7 +370,7 @@ impl Vcpu {
         write: impl FnOnce(&mut KvmVcpuState),
         err: KvmError,
     ) -> Error {
-        let Ok(mut state) = KvmVcpuState::read(self.fd()) else {
+        let Ok(mut state) = KvmVcpuState::read(self.kvm_fd()) else {
             return ioctl(op)(err);
         };
         write(&mut state);

@@ -26,6 +26,13 @@ pub enum Error {
         #[source]
         source: KvmError,
     },
+    /// Registering a statistic failed (a duplicate name: two VMs sharing one
+    /// registry).
+    #[error("statistics: {0}")]
+    Stats(#[from] stam::Error),
+    /// Kicks could not be set up.
+    #[error("{0}")]
+    Kick(String),
     /// A guest-memory slot request was malformed.
     #[error("invalid memory slot: {0}")]
     InvalidSlot(String),

@@ -6,7 +6,7 @@
 //! Guest states are checked against the VT-x VM-entry rules of the
 //! [`vmx`] model: before entering (see [`Vcpu::set_entry_checks`], on by
 //! default in debug builds), when KVM refuses a state, and on demand with
-//! [`Vcpu::diagnose_entry_failure`] after a failed entry.
+//! [`VcpuState::diagnose_entry_failure`] after a failed entry.
 //!
 //! ```no_run
 //! use hm_vmx::{Exit, Hypervisor, IoData};
@@ -27,8 +27,10 @@ mod error;
 mod exit;
 mod host_caps;
 mod hypervisor;
+mod kick;
 mod kvm_state;
 mod mp_check;
+mod stats;
 pub mod testing;
 mod vcpu;
 mod vm;
@@ -38,5 +40,7 @@ pub use entry_check::{EntryCheckFailure, EntryChecker, EntryDiagnosis, EntryStag
 pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};
-pub use vcpu::{Regs, Sregs, Vcpu};
+pub use kick::{KickBinding, Kicker, kick_signal};
+pub use stats::ExitStats;
+pub use vcpu::{CpuSnapshot, DebugRegs, Fpu, LapicState, Regs, Sregs, Vcpu, VcpuState};
 pub use vm::{MemorySlot, Vm};

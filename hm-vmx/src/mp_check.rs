@@ -5,8 +5,9 @@
 //! ```no_run
 //! let hv = hm_vmx::Hypervisor::open()?;
 //! let vm = hv.create_vm()?;
-//! let vcpus = [vm.create_vcpu(0)?, vm.create_vcpu(1)?];
-//! for d in vm.check_mp_consistency(&vcpus)? {
+//! let vcpus = vm.create_vcpus(2)?;
+//! let states: Vec<_> = vcpus.iter().map(|v| v.state().clone()).collect();
+//! for d in vm.check_mp_consistency(&states)? {
 //!     println!("{d}"); // vCPU 1: CPUID 0x1.0 ECX = ..., vCPU 0 has ...
 //! }
 //! # Ok::<(), hm_vmx::Error>(())
@@ -16,17 +17,17 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry};
 use kvm_ioctls::Error as KvmError;
 
 use crate::error::{Result, ioctl};
-use crate::vcpu::Vcpu;
+use crate::vcpu::VcpuState;
 use crate::vm::Vm;
 use crate::vmx::{Difference, VcpuView, compare_vcpus, msr};
 
-impl Vcpu {
+impl VcpuState {
     /// This vCPU's CPUID (`KVM_GET_CPUID2`) and VMX capability view: the
     /// capability MSRs the vCPU itself reports (nested VMX), or else the
     /// VM's capability profile, which is what the VMM uses for it.
     pub fn vcpu_view(&self) -> Result<VcpuView> {
         let cpuid = self
-            .fd()
+            .kvm_fd()
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_CPUID2"))?;
         let mut view = VcpuView::default();
@@ -55,7 +56,7 @@ impl Vcpu {
         let mut msrs = Msrs::from_entries(&entries)
             .map_err(|_| ioctl("KVM_GET_MSRS")(KvmError::new(libc::ENOMEM)))?;
         let read = self
-            .fd()
+            .kvm_fd()
             .get_msrs(&mut msrs)
             .map_err(ioctl("KVM_GET_MSRS"))?;
         Ok(msrs
@@ -72,10 +73,12 @@ impl Vm {
     /// first one and returns every difference (empty when consistent).
     /// Identity fields (APIC ids) and state mirrors (OSXSAVE, OSPKE, XSAVE
     /// size) are not differences; see [`compare_vcpus`].
-    pub fn check_mp_consistency(&self, vcpus: &[Vcpu]) -> Result<Vec<Difference>> {
+    /// Takes [`VcpuState`] handles, so it can run while the vCPUs belong to
+    /// their EMTs.
+    pub fn check_mp_consistency(&self, vcpus: &[VcpuState]) -> Result<Vec<Difference>> {
         let views = vcpus
             .iter()
-            .map(Vcpu::vcpu_view)
+            .map(VcpuState::vcpu_view)
             .collect::<Result<Vec<_>>>()?;
         Ok(compare_vcpus(&views))
     }

@@ -1,16 +1,39 @@
 //! A virtual CPU: register state and the run call.
 
-use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_regs, kvm_sregs};
+use std::sync::Arc;
+
+use kvm_bindings::{
+    KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state,
+    kvm_regs, kvm_sregs,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use stam::Profile;
 
 use crate::entry_check::{EntryGate, EntryStage};
 use crate::error::{Result, ioctl};
 use crate::exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
+use crate::stats::ExitStats;
 
 /// General-purpose registers, RIP and RFLAGS (KVM's layout).
 pub type Regs = kvm_regs;
 /// Segment, control and descriptor-table registers and EFER (KVM's layout).
 pub type Sregs = kvm_sregs;
+/// DR0–DR3, DR6 and DR7 (KVM's layout).
+pub type DebugRegs = kvm_debugregs;
+/// x87 and SSE state (KVM's layout).
+pub type Fpu = kvm_fpu;
+/// The in-kernel local APIC's registers.
+pub type LapicState = kvm_lapic_state;
+
+/// A vCPU's state at power-on: what a reset (INIT) puts back.
+#[derive(Clone)]
+pub struct CpuSnapshot {
+    regs: Regs,
+    sregs: Sregs,
+    fpu: Fpu,
+    /// Multi-processor state and local APIC, with an in-kernel irqchip.
+    apic: Option<(kvm_mp_state, LapicState)>,
+}
 
 /// A virtual CPU created by [`Vm::create_vcpu`](crate::Vm::create_vcpu).
 ///
@@ -18,18 +41,35 @@ pub type Sregs = kvm_sregs;
 /// base `0xffff0000`, `RIP` `0xfff0`.
 pub struct Vcpu {
     fd: VcpuFd,
-    id: u32,
-    pub(crate) entry: EntryGate,
+    state: VcpuState,
+    exits: Arc<ExitStats>,
+    in_guest: Profile,
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u32, entry: EntryGate) -> Result<Self> {
-        Ok(Vcpu { fd, id, entry })
+    pub(crate) fn new(
+        fd: VcpuFd,
+        state: VcpuState,
+        exits: Arc<ExitStats>,
+        in_guest: Profile,
+    ) -> Self {
+        Vcpu {
+            fd,
+            state,
+            exits,
+            in_guest,
+        }
     }
 
     /// The vCPU's index (and initial APIC id).
     pub fn id(&self) -> u32 {
-        self.id
+        self.state.id
+    }
+
+    /// The vCPU's register state, also reachable through clones of the
+    /// returned handle from other threads.
+    pub fn state(&self) -> &VcpuState {
+        &self.state
     }
 
     /// Runs guest code until the next exit that needs the VMM.
@@ -41,96 +81,62 @@ impl Vcpu {
     /// instead of entering when it breaks a VM-entry rule; a failing
     /// `KVM_RUN` whose state breaks a rule fails the same way.
     pub fn run(&mut self) -> Result<Exit<'_>> {
-        if self.entry.due() {
-            self.pre_entry_check()?;
+        if self.state.entry.due() {
+            self.state.pre_entry_check()?;
         }
-        // Exits that carry data are rebuilt from the run page after the
-        // match, so that the returned slices borrow `self` only once.
-        let exit: Exit<'static> = match self.fd.run() {
-            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => return Ok(self.io_exit()),
-            Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => return Ok(self.mmio_exit()),
-            Ok(VcpuExit::InternalError) => return Ok(self.internal_error()),
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(VcpuExit::Debug(arch)) => Exit::Debug(DebugExit {
-                exception: arch.exception,
-                rip: arch.pc,
-                dr6: arch.dr6,
-                dr7: arch.dr7,
-            }),
-            Ok(VcpuExit::FailEntry(hardware_reason, cpu)) => Exit::FailEntry {
-                hardware_reason,
-                cpu,
-            },
-            Ok(VcpuExit::Intr) => Exit::Interrupted,
-            Ok(VcpuExit::IrqWindowOpen) => Exit::InterruptWindow,
-            Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
-            Ok(VcpuExit::MemoryFault { .. }) => Exit::Other {
-                kvm_reason: KVM_EXIT_MEMORY_FAULT,
-            },
-            Ok(_) => {
-                return Ok(Exit::Other {
-                    kvm_reason: self.fd.get_kvm_run().exit_reason,
-                });
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-            Err(e) => return Err(self.explain_run_failure(e)),
-        };
+        let exit =
+            enter(&mut self.fd, &self.in_guest).map_err(|e| self.state.explain_run_failure(e))?;
+        self.exits.count(&exit);
         Ok(exit)
     }
 
-    /// Decodes a `KVM_EXIT_MMIO` from the run page.
-    fn mmio_exit(&mut self) -> Exit<'_> {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the exit reason is KVM_EXIT_MMIO, so the kernel filled the
-        // `mmio` member of the union.
-        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
-        let len = (mmio.len as usize).min(mmio.data.len());
-        let data = if mmio.is_write != 0 {
-            MmioData::Write(&mmio.data[..len])
-        } else {
-            MmioData::Read(&mut mmio.data[..len])
-        };
-        Exit::Mmio(MmioAccess {
-            addr: mmio.phys_addr,
-            data,
-        })
+    pub(crate) fn run_page(&mut self) -> &mut kvm_bindings::kvm_run {
+        self.fd.get_kvm_run()
     }
 
-    /// Decodes a `KVM_EXIT_IO` from the run page, keeping the access size
-    /// that kvm-ioctls folds away.
-    fn io_exit(&mut self) -> Exit<'_> {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the exit reason is KVM_EXIT_IO, so the kernel filled the
-        // `io` member of the union.
-        let io = unsafe { run.__bindgen_anon_1.io };
-        let len = io.size as usize * io.count as usize;
-        let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
-        // SAFETY: the kernel places `len` bytes of I/O data at `data_offset`
-        // inside the run mapping, which stays mapped for as long as the vCPU
-        // lives; the returned slice borrows `self` mutably, so nothing else
-        // can touch the run page while it exists.
-        let data =
-            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
-        let data = if u32::from(io.direction) == KVM_EXIT_IO_IN {
-            IoData::In(data)
-        } else {
-            IoData::Out(data)
-        };
-        Exit::Io(IoAccess {
-            port: io.port,
-            size: io.size,
-            data,
-        })
+    /// Sets or clears `immediate_exit`: while set, `run` returns
+    /// [`Exit::Interrupted`] without entering the guest.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
     }
 
-    fn internal_error(&mut self) -> Exit<'_> {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel
-        // filled the `internal` member of the union.
-        let internal = unsafe { run.__bindgen_anon_1.internal };
-        let n = (internal.ndata as usize).min(internal.data.len());
-        Exit::InternalError(InternalError::new(internal.suberror, &internal.data[..n]))
+    /// The underlying KVM vCPU file descriptor, for state this backend does
+    /// not wrap yet.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+}
+
+/// A handle on a vCPU's register state that any thread may hold (it uses its
+/// own duplicate of the vCPU file descriptor).
+///
+/// KVM serialises these calls with `KVM_RUN`: made while the vCPU runs guest
+/// code, they wait until it exits, so call them from the vCPU's EMT or while
+/// it is stopped.
+#[derive(Clone)]
+pub struct VcpuState {
+    fd: Arc<VcpuFd>,
+    id: u32,
+    pub(crate) entry: Arc<EntryGate>,
+}
+
+impl VcpuState {
+    pub(crate) fn new(fd: VcpuFd, id: u32, entry: Arc<EntryGate>) -> Self {
+        VcpuState {
+            fd: Arc::new(fd),
+            id,
+            entry,
+        }
+    }
+
+    /// The vCPU's KVM file descriptor (this handle's duplicate).
+    pub(crate) fn kvm_fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// The vCPU's index.
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// Reads the general-purpose registers, RIP and RFLAGS.
@@ -178,15 +184,145 @@ impl Vcpu {
         }
     }
 
-    /// Sets or clears `immediate_exit`: while set, `run` returns
-    /// [`Exit::Interrupted`] without entering the guest.
-    pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(u8::from(on));
+    /// Reads DR0–DR3, DR6 and DR7.
+    pub fn debug_regs(&self) -> Result<DebugRegs> {
+        self.fd.get_debug_regs().map_err(ioctl("KVM_GET_DEBUGREGS"))
     }
 
-    /// The underlying KVM vCPU file descriptor, for state this backend does
-    /// not wrap yet.
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
+    /// Captures the state a reset must restore (`with_apic`: the VM has an
+    /// in-kernel irqchip, so MP state and local APIC are part of it).
+    pub fn snapshot(&self, with_apic: bool) -> Result<CpuSnapshot> {
+        let apic = if with_apic {
+            let mp = self.fd.get_mp_state().map_err(ioctl("KVM_GET_MP_STATE"))?;
+            let lapic = self.fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+            Some((mp, lapic))
+        } else {
+            None
+        };
+        Ok(CpuSnapshot {
+            regs: self.regs()?,
+            sregs: self.sregs()?,
+            fpu: self.fd.get_fpu().map_err(ioctl("KVM_GET_FPU"))?,
+            apic,
+        })
     }
+
+    /// Puts back a state captured by [`snapshot`](VcpuState::snapshot).
+    pub fn restore(&self, snapshot: &CpuSnapshot) -> Result<()> {
+        if let Some((mp, lapic)) = &snapshot.apic {
+            self.fd.set_lapic(lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
+            self.fd
+                .set_mp_state(*mp)
+                .map_err(ioctl("KVM_SET_MP_STATE"))?;
+        }
+        self.fd
+            .set_fpu(&snapshot.fpu)
+            .map_err(ioctl("KVM_SET_FPU"))?;
+        self.set_sregs(&snapshot.sregs)?;
+        self.set_regs(&snapshot.regs)
+    }
+}
+
+/// One `KVM_RUN`, timed, and its exit decoded; a failing `KVM_RUN`
+/// returns KVM's error for the caller to explain.
+fn enter<'a>(
+    fd: &'a mut VcpuFd,
+    in_guest: &Profile,
+) -> std::result::Result<Exit<'a>, kvm_ioctls::Error> {
+    let timer = in_guest.start();
+    let result = fd.run();
+    drop(timer);
+    // Exits that carry data are rebuilt from the run page after the
+    // match, so that the returned slices borrow `self` only once.
+    let exit: Exit<'static> = match result {
+        Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => return Ok(io_exit(fd)),
+        Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => return Ok(mmio_exit(fd)),
+        Ok(VcpuExit::InternalError) => return Ok(internal_error(fd)),
+        Ok(VcpuExit::Hlt) => Exit::Hlt,
+        Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+        Ok(VcpuExit::Debug(arch)) => Exit::Debug(DebugExit {
+            exception: arch.exception,
+            rip: arch.pc,
+            dr6: arch.dr6,
+            dr7: arch.dr7,
+        }),
+        Ok(VcpuExit::FailEntry(hardware_reason, cpu)) => Exit::FailEntry {
+            hardware_reason,
+            cpu,
+        },
+        Ok(VcpuExit::Intr) => interrupted(fd),
+        Ok(VcpuExit::IrqWindowOpen) => Exit::InterruptWindow,
+        Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
+        Ok(VcpuExit::MemoryFault { .. }) => Exit::Other {
+            kvm_reason: KVM_EXIT_MEMORY_FAULT,
+        },
+        Ok(_) => {
+            return Ok(Exit::Other {
+                kvm_reason: fd.get_kvm_run().exit_reason,
+            });
+        }
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => interrupted(fd),
+        Err(e) => return Err(e),
+    };
+    Ok(exit)
+}
+
+/// Decodes a `KVM_EXIT_MMIO` from the run page.
+fn mmio_exit(fd: &mut VcpuFd) -> Exit<'_> {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_MMIO, so the kernel filled the
+    // `mmio` member of the union.
+    let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+    let len = (mmio.len as usize).min(mmio.data.len());
+    let data = if mmio.is_write != 0 {
+        MmioData::Write(&mmio.data[..len])
+    } else {
+        MmioData::Read(&mut mmio.data[..len])
+    };
+    Exit::Mmio(MmioAccess {
+        addr: mmio.phys_addr,
+        data,
+    })
+}
+
+/// Decodes a `KVM_EXIT_IO` from the run page, keeping the access size
+/// that kvm-ioctls folds away.
+fn io_exit(fd: &mut VcpuFd) -> Exit<'_> {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_IO, so the kernel filled the
+    // `io` member of the union.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let len = io.size as usize * io.count as usize;
+    let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+    // SAFETY: the kernel places `len` bytes of I/O data at `data_offset`
+    // inside the run mapping, which stays mapped for as long as the vCPU
+    // lives; the returned slice borrows the vCPU mutably, so nothing else
+    // can touch the run page while it exists.
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+    let data = if u32::from(io.direction) == KVM_EXIT_IO_IN {
+        IoData::In(data)
+    } else {
+        IoData::Out(data)
+    };
+    Exit::Io(IoAccess {
+        port: io.port,
+        size: io.size,
+        data,
+    })
+}
+
+fn internal_error(fd: &mut VcpuFd) -> Exit<'_> {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel
+    // filled the `internal` member of the union.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    Exit::InternalError(InternalError::new(internal.suberror, &internal.data[..n]))
+}
+
+/// An interrupted entry: a kick may have set `immediate_exit`; clear it so
+/// that the next entry runs the guest.
+fn interrupted(fd: &mut VcpuFd) -> Exit<'static> {
+    fd.set_kvm_immediate_exit(0);
+    Exit::Interrupted
 }

@@ -1,13 +1,15 @@
 //! A VM: memory slots, interrupt controllers and vCPU creation.
 
-use kvm_bindings::{CpuId, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use kvm_bindings::{CpuId, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 
 use crate::entry_check::{EntryChecker, EntryGate};
 use crate::error::{Error, Result, ioctl};
-use crate::vcpu::Vcpu;
+use crate::stats::ExitStats;
+use crate::vcpu::{Vcpu, VcpuState};
 use crate::vmx::VmxCapabilities;
 
 /// Where KVM puts the three pages of the real-mode TSS on Intel hosts: just
@@ -35,21 +37,42 @@ pub struct MemorySlot {
 pub struct Vm {
     fd: VmFd,
     cpuid: CpuId,
+    stats: stam::Registry,
+    exits: Arc<ExitStats>,
+    irqchip: bool,
     checker: Arc<EntryChecker>,
 }
 
 impl Vm {
-    pub(crate) fn new(fd: VmFd, cpuid: CpuId, caps: VmxCapabilities) -> Result<Self> {
+    pub(crate) fn new(
+        fd: VmFd,
+        cpuid: CpuId,
+        stats: &stam::Registry,
+        caps: VmxCapabilities,
+    ) -> Result<Self> {
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        let exits = Arc::new(ExitStats::register(stats)?);
         let checker = Arc::new(EntryChecker::for_cpuid(caps, &cpuid)?);
-        Ok(Vm { fd, cpuid, checker })
+        Ok(Vm {
+            fd,
+            cpuid,
+            stats: stats.clone(),
+            exits,
+            irqchip: false,
+            checker,
+        })
     }
 
     /// The VMX capability profile, programmed controls and CPU facts the
     /// vCPUs' VM-entry checks use.
     pub fn entry_checker(&self) -> &EntryChecker {
         &self.checker
+    }
+
+    /// The exit counters of this VM's vCPUs.
+    pub fn exit_stats(&self) -> &Arc<ExitStats> {
+        &self.exits
     }
 
     /// Maps (or, with `size == 0`, unmaps) a memory slot.
@@ -93,9 +116,44 @@ impl Vm {
             .map_err(ioctl("KVM_GET_DIRTY_LOG"))
     }
 
-    /// Creates vCPU number `id`, with the guest CPUID set to what KVM supports
-    /// (the CPUID leaves tell KVM, for example, that the guest may enable long mode).
+    /// Creates the in-kernel interrupt controllers (local APICs, IOAPIC,
+    /// PIC) and PIT. Must come before the vCPUs; with it, APs wait for
+    /// INIT/SIPI and `hlt` sleeps in the kernel until an interrupt.
+    pub fn create_irqchip(&mut self) -> Result<()> {
+        self.fd
+            .create_irq_chip()
+            .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+        self.irqchip = true;
+        Ok(())
+    }
+
+    /// Whether [`create_irqchip`](Vm::create_irqchip) was called.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
+    }
+
+    /// Creates vCPUs `0..count`, telling the guest through CPUID leaf 1 how
+    /// many logical processors there are.
+    pub fn create_vcpus(&self, count: u32) -> Result<Vec<Vcpu>> {
+        (0..count)
+            .map(|id| self.create_vcpu_of(id, count))
+            .collect()
+    }
+
+    /// Creates vCPU number `id` of a one-vCPU VM.
     pub fn create_vcpu(&self, id: u32) -> Result<Vcpu> {
+        self.create_vcpu_of(id, 1)
+    }
+
+    /// Creates vCPU number `id` of `count`, with the guest CPUID set to what
+    /// KVM supports (the CPUID leaves tell KVM, for example, that the guest
+    /// may enable long mode).
+    fn create_vcpu_of(&self, id: u32, count: u32) -> Result<Vcpu> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
@@ -104,13 +162,45 @@ impl Vm {
         for entry in cpuid.as_mut_slice() {
             // Leaf 1 EBX[31:24] and leaf 0xB EDX are the initial APIC id.
             match entry.function {
-                1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | (id << 24),
+                // EBX[31:24] initial APIC id, EBX[23:16] logical processors,
+                // EDX[28] HTT (more than one logical processor).
+                1 => {
+                    let logical = count.min(255) << 16;
+                    entry.ebx = (entry.ebx & 0x0000_ffff) | (id << 24) | logical;
+                    if count > 1 {
+                        entry.edx |= 1 << 28;
+                    }
+                }
                 0xb | 0x1f => entry.edx = id,
                 _ => {}
             }
         }
         fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
-        Vcpu::new(fd, id, EntryGate::new(Arc::clone(&self.checker)))
+        // A second descriptor for the same vCPU lets other threads reach its
+        // registers without owning the run loop.
+        // SAFETY: `dup` of a descriptor we own; the result is checked.
+        let dup = unsafe { libc::dup(fd.as_raw_fd()) };
+        if dup < 0 {
+            return Err(ioctl("dup(vCPU fd)")(kvm_ioctls::Error::last()));
+        }
+        // SAFETY: `dup` is a fresh descriptor of a vCPU of this VM, owned by
+        // nobody else; the VcpuFd takes ownership and closes it.
+        let state_fd =
+            unsafe { self.fd.create_vcpu_from_rawfd(dup) }.map_err(ioctl("mmap(vCPU run page)"))?;
+        let in_guest = self.stats.profile(
+            format!("/HM/CPU{id}/RunGuest"),
+            format!("Time vCPU {id} spends in KVM_RUN (guest execution and in-kernel exits)"),
+        )?;
+        Ok(Vcpu::new(
+            fd,
+            VcpuState::new(
+                state_fd,
+                id,
+                Arc::new(EntryGate::new(Arc::clone(&self.checker))),
+            ),
+            Arc::clone(&self.exits),
+            in_guest,
+        ))
     }
 
     /// The CPUID leaves every vCPU of this VM is given (before per-vCPU APIC ids).

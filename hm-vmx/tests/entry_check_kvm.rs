@@ -4,7 +4,7 @@
 //! pre-entry check catches it or KVM refuses or fails the state first.
 
 use hm_vmx::vmx::Rule;
-use hm_vmx::{EntryStage, Error, Exit, Hypervisor, IoData, MemorySlot, Sregs, Vcpu, Vm};
+use hm_vmx::{EntryStage, Error, Exit, Hypervisor, IoData, MemorySlot, Sregs, Vcpu, VcpuState, Vm};
 
 const MEM_SIZE: usize = 0x10_0000;
 const CODE: u64 = 0x4000;
@@ -126,18 +126,19 @@ fn guest(entry_checks: bool) -> Guest {
     unsafe { vm.set_memory_slot(&slot) }.unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_entry_checks(entry_checks);
-    let sregs = long_mode_sregs(vcpu.sregs().unwrap());
-    vcpu.set_sregs(&sregs).unwrap();
-    let mut regs = vcpu.regs().unwrap();
+    let state = vcpu.state();
+    let sregs = long_mode_sregs(state.sregs().unwrap());
+    state.set_sregs(&sregs).unwrap();
+    let mut regs = state.regs().unwrap();
     regs.rip = CODE;
     regs.rflags = 2;
     regs.rsp = 0x8000;
-    vcpu.set_regs(&regs).unwrap();
+    state.set_regs(&regs).unwrap();
     Guest { vcpu, _vm: vm, ram }
 }
 
 fn corrupt_cs(vcpu: &Vcpu) -> Sregs {
-    let mut s = vcpu.sregs().unwrap();
+    let mut s = vcpu.state().sregs().unwrap();
     s.cs.db = 1;
     s
 }
@@ -189,7 +190,7 @@ fn check_on_names_the_broken_rule_instead_of_entering() {
     }
     let mut g = guest(true);
     let bad = corrupt_cs(&g.vcpu);
-    let failure = match g.vcpu.set_sregs(&bad) {
+    let failure = match g.vcpu.state().set_sregs(&bad) {
         // KVM refused the state at KVM_SET_SREGS: the error names the rule.
         Err(Error::EntryState(f)) => {
             assert_eq!(f.stage, EntryStage::SetSregs);
@@ -218,12 +219,12 @@ fn check_on_names_the_broken_rule_instead_of_entering() {
 
     // The check stays due until the state is fixed; fixing it lets the
     // guest run.
-    if g.vcpu.sregs().unwrap().cs.db == 1 {
+    if g.vcpu.state().sregs().unwrap().cs.db == 1 {
         assert!(matches!(g.vcpu.run(), Err(Error::EntryState(_))));
     }
-    let mut good = g.vcpu.sregs().unwrap();
+    let mut good = g.vcpu.state().sregs().unwrap();
     good.cs.db = 0;
-    g.vcpu.set_sregs(&good).unwrap();
+    g.vcpu.state().set_sregs(&good).unwrap();
     expect_out(&mut g.vcpu);
 }
 
@@ -234,7 +235,7 @@ fn failed_entry_is_diagnosed_with_the_broken_rule() {
     }
     let mut g = guest(false);
     let bad = corrupt_cs(&g.vcpu);
-    match g.vcpu.set_sregs(&bad) {
+    match g.vcpu.state().set_sregs(&bad) {
         Err(Error::EntryState(f)) => {
             eprintln!("host refused at KVM_SET_SREGS: {f}");
             assert_eq!(f.stage, EntryStage::SetSregs);
@@ -257,7 +258,11 @@ fn failed_entry_is_diagnosed_with_the_broken_rule() {
         Ok(exit) => format!("host entered anyway, exit {}", exit.name()),
     };
     eprintln!("outcome on this host: {outcome}");
-    let d = g.vcpu.diagnose_entry_failure();
+    // From another thread's handle, as vmm-core's error path would.
+    let state = g.vcpu.state().clone();
+    let d = std::thread::spawn(move || state.diagnose_entry_failure())
+        .join()
+        .unwrap();
     assert!(names_cs_rule(d.violations()), "{d}");
     let text = d.to_string();
     assert!(text.contains("broken guest-state rules:"), "{text}");
@@ -272,14 +277,15 @@ fn reset_state_passes_and_vcpus_are_consistent() {
     }
     let hv = Hypervisor::open().unwrap();
     let vm = hv.create_vm().unwrap();
-    let vcpus = [vm.create_vcpu(0).unwrap(), vm.create_vcpu(1).unwrap()];
+    let vcpus = vm.create_vcpus(2).unwrap();
     for v in &vcpus {
         let violations = v.check_entry_state().unwrap();
         assert!(violations.is_empty(), "reset state: {violations:?}");
     }
-    let diffs = vm.check_mp_consistency(&vcpus).unwrap();
+    let states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
+    let diffs = vm.check_mp_consistency(&states).unwrap();
     assert!(diffs.is_empty(), "{diffs:?}");
-    let view = vcpus[1].vcpu_view().unwrap();
+    let view = states[1].vcpu_view().unwrap();
     assert!(view.cpuid.contains_key(&(0, 0)));
     assert!(
         view.vmx_msrs
@@ -294,7 +300,8 @@ fn differing_cpuid_between_vcpus_is_reported() {
     }
     let hv = Hypervisor::open().unwrap();
     let vm = hv.create_vm().unwrap();
-    let vcpus = [vm.create_vcpu(0).unwrap(), vm.create_vcpu(1).unwrap()];
+    let vcpus = vm.create_vcpus(2).unwrap();
+    let states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
     // Hide a feature from vCPU 1 only: CPUID.1:ECX bit 1 (PCLMULQDQ), or
     // show it when the host lacks it.
     let mut cpuid = vcpus[1]
@@ -309,8 +316,8 @@ fn differing_cpuid_between_vcpus_is_reported() {
     let ecx = leaf1.ecx;
     leaf1.ecx ^= 1 << 1;
     vcpus[1].fd().set_cpuid2(&cpuid).unwrap();
-    let diffs = vm.check_mp_consistency(&vcpus).unwrap();
-    let applied = vcpus[1]
+    let diffs = vm.check_mp_consistency(&states).unwrap();
+    let applied = states[1]
         .vcpu_view()
         .unwrap()
         .cpuid
@@ -341,18 +348,18 @@ fn pae_guest_pdptes_are_read_and_checked() {
     let mut g = guest(true);
     // 32-bit PAE paging: PDPT at 0x5000, entry 0 -> the PD at 0x3000.
     g.ram.write(0x5000, &(0x3000u64 | 1).to_le_bytes());
-    let mut s = g.vcpu.sregs().unwrap();
+    let mut s = g.vcpu.state().sregs().unwrap();
     s.efer = 0;
     s.cs.l = 0;
     s.cs.db = 1;
     s.cr3 = 0x5000;
     s.cr0 = 0x8000_0011;
     s.cr4 = 0x20;
-    g.vcpu.set_sregs(&s).unwrap();
+    g.vcpu.state().set_sregs(&s).unwrap();
     let v = g.vcpu.check_entry_state().unwrap();
     assert!(v.is_empty(), "{v:?}");
     let text = g.vcpu.diagnose_entry_failure().to_string();
-    if g.vcpu.sregs().unwrap().cr0 & (1 << 31) == 0 {
+    if g.vcpu.state().sregs().unwrap().cr0 & (1 << 31) == 0 {
         eprintln!("!!! this host's KVM drops CR0.PG outside long mode: PDPTEs not exercised !!!");
         assert!(text.contains("  PDPTEs: not reported"), "{text}");
         return;

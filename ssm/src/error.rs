@@ -78,6 +78,20 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Damage found while reading a unit's records: names the unit and where
+    /// it starts, since the damage may only show further on (a corrupted
+    /// length makes the reader run into the next structure or the end).
+    #[error("in unit {unit} pass {} (unit header at offset {offset}): {source}", crate::reader::pass_name(*pass))]
+    InUnit {
+        /// The unit being read.
+        unit: UnitId,
+        /// Its pass.
+        pass: u32,
+        /// Offset of its unit header.
+        offset: u64,
+        /// The damage.
+        source: Box<Error>,
+    },
     /// The stream's format version is not one this library reads.
     #[error("unsupported saved-state format version {0}")]
     UnsupportedFormat(u32),
@@ -102,7 +116,7 @@ pub enum Error {
         newest: u32,
     },
     /// A load callback asked for more data than its unit holds.
-    #[error("unit {unit}: read past the end of the unit's data (pass {pass})")]
+    #[error("unit {unit}: read past the end of the unit's data (pass {})", crate::reader::pass_name(*pass))]
     ReadPastEndOfUnit {
         /// The unit.
         unit: UnitId,
@@ -110,7 +124,7 @@ pub enum Error {
         pass: u32,
     },
     /// A load callback returned before reading all data its unit holds.
-    #[error("unit {unit}: load callback left data unread (pass {pass})")]
+    #[error("unit {unit}: load callback left data unread (pass {})", crate::reader::pass_name(*pass))]
     UnitNotFullyRead {
         /// The unit.
         unit: UnitId,
@@ -167,6 +181,23 @@ impl Error {
     /// Wraps an error from a unit callback or the caller's hook.
     pub fn callback(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Callback(e.into())
+    }
+
+    /// Adds the unit to stream-damage errors (truncation, bad magic, CRC,
+    /// malformed structure); errors that already name the unit pass through.
+    pub(crate) fn in_unit(self, info: &crate::reader::UnitInfo) -> Self {
+        match self {
+            Error::Truncated { .. }
+            | Error::BadMagic { .. }
+            | Error::Crc { .. }
+            | Error::Malformed { .. } => Error::InUnit {
+                unit: info.id.clone(),
+                pass: info.pass,
+                offset: info.offset,
+                source: Box::new(self),
+            },
+            e => e,
+        }
     }
 
     pub(crate) fn truncated(offset: u64, what: impl Into<String>) -> Self {

@@ -65,10 +65,15 @@ impl AtomicFile {
         let Some(buffered) = self.file.take() else {
             return Err(Error::InvalidState("file already committed".into()));
         };
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&self.temp, &self.target)?;
+        let synced = buffered
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| file.sync_all());
+        if let Err(e) = synced.and_then(|()| std::fs::rename(&self.temp, &self.target)) {
+            // Best effort: the previous file is untouched; drop the partial one.
+            let _ = std::fs::remove_file(&self.temp);
+            return Err(e.into());
+        }
         let dir = match self.target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

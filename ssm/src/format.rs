@@ -437,3 +437,71 @@ impl Footer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(h: &Header) -> Vec<u8> {
+        let mut out = Output::new(Vec::new());
+        h.write(&mut out).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn header_round_trips_and_cuts_long_strings_on_char_boundaries() {
+        let mut h = Header::for_this_host(&"é".repeat(40), FLAG_LIVE);
+        assert_eq!(h.creator.len(), 44);
+        h.host_arch = "x".repeat(16);
+        let bytes = encode(&h);
+        assert_eq!(bytes.len(), HEADER_SIZE);
+        assert_eq!(Header::read(&mut Input::new(&bytes[..])).unwrap(), h);
+    }
+
+    #[test]
+    fn header_rejects_unknown_flags_and_versions_even_with_a_valid_crc() {
+        let mut h = Header::for_this_host("t", 0);
+        h.flags = 1 << 7;
+        assert!(matches!(
+            Header::read(&mut Input::new(&encode(&h)[..])),
+            Err(Error::Malformed { .. })
+        ));
+        h.flags = 0;
+        h.format_version = 2;
+        assert!(matches!(
+            Header::read(&mut Input::new(&encode(&h)[..])),
+            Err(Error::UnsupportedFormat(2))
+        ));
+    }
+
+    #[test]
+    fn unit_header_records_its_own_offset() {
+        let mut out = Output::new(Vec::new());
+        out.emit(&[0; 10]).unwrap();
+        let h = UnitHeader {
+            name: "pgm".into(),
+            instance: 2,
+            version: 7,
+            pass: PASS_FINAL,
+        };
+        h.write(&mut out).unwrap();
+        let bytes = out.into_inner();
+        let mut inp = Input::new(&bytes[10..]);
+        inp.read_array::<4>("magic").unwrap();
+        // Read as if it sat at offset 0: the stored offset (10) disagrees.
+        assert!(matches!(
+            UnitHeader::read_after_magic(&mut inp, 0),
+            Err(Error::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn names_must_be_short_printable_ascii() {
+        assert!(valid_name("pgm"));
+        assert!(valid_name(&"a".repeat(48)));
+        assert!(!valid_name(""));
+        assert!(!valid_name(&"a".repeat(49)));
+        assert!(!valid_name("tab\there"));
+        assert!(!valid_name("é"));
+    }
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::format::{FLAG_COMPRESSED, FLAG_LIVE, Header, PASS_FINAL};
-use crate::reader::{RecordStats, StreamReader};
+use crate::reader::{RecordStats, StreamReader, pass_name};
 
 /// One unit record (one pass of a unit) in a saved state.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -68,8 +68,11 @@ pub struct Report {
 pub fn inspect_stream<R: BufRead>(mut reader: StreamReader<R>) -> Result<Report> {
     let mut units = Vec::new();
     while let Some(info) = reader.next_unit()? {
-        reader.unit_reader().skip_to_end_of_unit()?;
-        reader.finish_unit()?;
+        reader
+            .unit_reader()
+            .skip_to_end_of_unit()
+            .and_then(|()| reader.finish_unit())
+            .map_err(|e| e.in_unit(&info))?;
         let records = reader.record_stats();
         let stored_bytes = reader.units_seen().last().map_or(0, |e| e.stored_len);
         units.push(UnitReport {
@@ -194,11 +197,7 @@ impl fmt::Display for Report {
             "ratio"
         )?;
         for u in &self.units {
-            let pass = if u.is_final {
-                "final".to_string()
-            } else {
-                u.pass.to_string()
-            };
+            let pass = pass_name(u.pass);
             writeln!(
                 f,
                 "{:<24} {:>5} {:>7} {:>5} {:>12} {:>12} {:>12} {:>9} {:>9} {:>6.2}",

@@ -48,7 +48,63 @@ pub struct LoadStats {
 
 /// Holds the registered units and drives save, live save and load.
 ///
-/// See [`Unit`] for a complete example.
+/// A live save of a RAM unit that resends dirty pages until few are left
+/// (see [`Unit`] for the protocol and a plain save/load):
+///
+/// ```
+/// use ssm::{Manager, PASS_FINAL, SaveOptions, StreamReader, Unit, UnitReader, UnitWriter, Vote};
+///
+/// struct Ram { pages: Vec<[u8; 4096]>, dirty: Vec<usize> }
+///
+/// impl Unit for Ram {
+///     fn name(&self) -> &str { "ram" }
+///     fn version(&self) -> u32 { 1 }
+///     fn is_live(&self) -> bool { true }
+///     fn live_prep(&mut self) -> ssm::Result<()> {
+///         self.dirty = (0..self.pages.len()).collect(); // everything, first time
+///         Ok(())
+///     }
+///     fn live_exec(&mut self, w: &mut UnitWriter<'_>, _pass: u32) -> ssm::Result<()> {
+///         w.put_u32(self.dirty.len() as u32)?;
+///         for &i in &self.dirty {
+///             w.put_u32(i as u32)?;
+///             w.put_page(&self.pages[i])?;
+///         }
+///         self.dirty.clear(); // a real VMM would now collect the guest's writes
+///         Ok(())
+///     }
+///     fn live_vote(&mut self, _pass: u32) -> ssm::Result<Vote> {
+///         Ok(if self.dirty.len() < 16 { Vote::Ready } else { Vote::AnotherPass })
+///     }
+///     fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+///         self.live_exec(w, PASS_FINAL) // what is still dirty, VM stopped
+///     }
+///     fn load_exec(&mut self, r: &mut UnitReader<'_>, _v: u32, _pass: u32) -> ssm::Result<()> {
+///         for _ in 0..r.get_u32()? {
+///             let i = r.get_u32()? as usize;
+///             let page = self.pages.get_mut(i).ok_or_else(|| ssm::Error::callback("bad page"))?;
+///             r.get_page()?.copy_to(page);
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> ssm::Result<()> {
+/// let mut m = Manager::new();
+/// m.register(Box::new(Ram { pages: vec![[7; 4096]; 32], dirty: vec![] }))?;
+/// let mut stream = Vec::new();
+/// let mut stopped = false;
+/// m.save_live(&mut stream, &SaveOptions::default(), || {
+///     stopped = true; // pause the vCPUs here
+///     Ok(())
+/// })?;
+/// assert!(stopped);
+///
+/// let mut target = Manager::new();
+/// target.register(Box::new(Ram { pages: vec![[0; 4096]; 32], dirty: vec![] }))?;
+/// target.load(StreamReader::from_slice(&stream)?)?;
+/// # Ok(()) }
+/// ```
 #[derive(Default)]
 pub struct Manager {
     units: Vec<Box<dyn Unit>>,
@@ -253,8 +309,9 @@ impl Manager {
                     newest,
                 });
             }
-            u.load_exec(&mut UnitReader::new(reader), info.version, info.pass)?;
-            reader.finish_unit()?;
+            u.load_exec(&mut UnitReader::new(reader), info.version, info.pass)
+                .and_then(|()| reader.finish_unit())
+                .map_err(|e| e.in_unit(&info))?;
             stats.units += 1;
             if info.pass == PASS_FINAL {
                 finals[i] = true;

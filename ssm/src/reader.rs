@@ -570,7 +570,11 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
         let len = self.inp.read_u64(WHAT)?;
         let crc = self.inp.check_crc(
             info.offset,
-            &format!("unit {} pass {} (running CRC)", info.id, info.pass),
+            &format!(
+                "unit {} pass {} (running CRC)",
+                info.id,
+                pass_name(info.pass)
+            ),
         )?;
         if len != term_at - info.offset {
             return Err(Error::malformed(
@@ -596,6 +600,15 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
     }
 }
 
+/// A pass number for messages: `final` or the number.
+pub(crate) fn pass_name(pass: u32) -> String {
+    if pass == format::PASS_FINAL {
+        "final".into()
+    } else {
+        pass.to_string()
+    }
+}
+
 fn as_page(s: &[u8]) -> Result<Page<'_>> {
     s.try_into()
         .map(Page::Data)
@@ -608,7 +621,37 @@ fn as_page(s: &[u8]) -> Result<Page<'_>> {
 /// data unread makes the unit's close fail with [`Error::UnitNotFullyRead`]
 /// (use [`UnitReader::skip_to_end_of_unit`] to drop the rest on purpose).
 pub struct UnitReader<'a> {
-    r: &'a mut StreamReader<dyn BufRead + 'a>,
+    r: &'a mut (dyn UnitSource + 'a),
+}
+
+/// The per-unit operations of a [`StreamReader`], object-safe so that
+/// [`UnitReader`] needs no type parameter, while each call still runs the
+/// reader's code compiled for its concrete source (one dynamic call per
+/// page, not one per buffer access).
+trait UnitSource {
+    fn read_into(&mut self, dst: &mut [u8]) -> Result<()>;
+    fn skip(&mut self, n: u64) -> Result<()>;
+    fn skip_rest(&mut self) -> Result<()>;
+    fn get_page(&mut self) -> Result<Page<'_>>;
+    fn info(&self) -> Option<&UnitInfo>;
+}
+
+impl<R: BufRead + ?Sized> UnitSource for StreamReader<R> {
+    fn read_into(&mut self, dst: &mut [u8]) -> Result<()> {
+        StreamReader::read_into(self, dst)
+    }
+    fn skip(&mut self, n: u64) -> Result<()> {
+        StreamReader::skip(self, n)
+    }
+    fn skip_rest(&mut self) -> Result<()> {
+        StreamReader::skip_rest(self)
+    }
+    fn get_page(&mut self) -> Result<Page<'_>> {
+        StreamReader::get_page(self)
+    }
+    fn info(&self) -> Option<&UnitInfo> {
+        self.unit.as_ref().map(|u| &u.info)
+    }
 }
 
 macro_rules! get_int {
@@ -623,16 +666,16 @@ macro_rules! get_int {
 }
 
 impl<'a> UnitReader<'a> {
-    pub(crate) fn new(r: &'a mut StreamReader<dyn BufRead + 'a>) -> Self {
+    pub(crate) fn new<R: BufRead + 'a>(r: &'a mut StreamReader<R>) -> Self {
         Self { r }
     }
 
     get_int!(get_u8: u8, get_u16: u16, get_u32: u32, get_u64: u64, get_i8: i8, get_i16: i16, get_i32: i32, get_i64: i64);
 
     fn invalid(&self, reason: String) -> Error {
-        match &self.r.unit {
-            Some(u) => Error::InvalidValue {
-                unit: u.info.id.clone(),
+        match self.r.info() {
+            Some(info) => Error::InvalidValue {
+                unit: info.id.clone(),
                 reason,
             },
             None => Error::InvalidState("no unit is open".into()),
@@ -703,6 +746,6 @@ impl<'a> UnitReader<'a> {
 
     /// The unit being read.
     pub fn unit(&self) -> Option<&UnitInfo> {
-        self.r.unit.as_ref().map(|u| &u.info)
+        self.r.info()
     }
 }

@@ -346,12 +346,12 @@ impl<'a> UnitWriter<'a> {
     }
 
     /// Writes `data` as is, without a length: the reader must know how much
-    /// to read ([`UnitReader::get_bytes`]).
+    /// to read ([`crate::UnitReader::get_bytes`]).
     pub fn put_bytes(&mut self, data: &[u8]) -> Result<()> {
         self.w.put(data)
     }
 
-    /// Writes a length-prefixed byte buffer ([`UnitReader::get_buf`]).
+    /// Writes a length-prefixed byte buffer ([`crate::UnitReader::get_buf`]).
     pub fn put_buf(&mut self, data: &[u8]) -> Result<()> {
         let len =
             u32::try_from(data.len()).map_err(|_| Error::callback("buffer longer than 4 GiB"))?;
@@ -359,7 +359,7 @@ impl<'a> UnitWriter<'a> {
         self.w.put(data)
     }
 
-    /// Writes a length-prefixed UTF-8 string ([`UnitReader::get_str`]).
+    /// Writes a length-prefixed UTF-8 string ([`crate::UnitReader::get_str`]).
     pub fn put_str(&mut self, s: &str) -> Result<()> {
         self.put_buf(s.as_bytes())
     }

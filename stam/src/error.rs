@@ -36,6 +36,9 @@ pub enum Error {
         /// The rule it breaks.
         reason: NameError,
     },
+    /// The description is empty (every sample says what it measures).
+    #[error("statistics sample {0:?} has no description")]
+    NoDescription(String),
     /// A sample with this name is already registered.
     #[error("statistics name {0:?} is already registered")]
     Duplicate(String),

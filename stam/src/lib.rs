@@ -6,6 +6,21 @@
 //! Samples are queried, reset and printed by [`Pattern`]
 //! (`*`, `?`, `|` between alternatives; the empty pattern is everything).
 //!
+//! - **Names** follow [`validate_name`]: `/`-separated, at most
+//!   [`MAX_NAME_LEN`] characters; duplicates are an error, and every sample
+//!   needs a description.
+//! - **Hot paths** take no lock and allocate nothing: a counter add is one
+//!   relaxed atomic add on a cache line of the calling thread's shard (see
+//!   [`set_thread_shard`]); a profile scope reads the clock once at each end.
+//! - **Reset** ([`Registry::reset`]) zeroes counters and profiles (a
+//!   profile's minimum goes back to its maximum value) and the gauges,
+//!   booleans and ratios registered as resettable; plain ones keep their value.
+//! - **Output** from a [`Snapshot`]: a text table in the style of
+//!   `VBoxManage debugvm statistics` ([`Snapshot::write_text`]), JSON
+//!   ([`Snapshot::to_json`]), the Prometheus text exposition format
+//!   ([`Snapshot::write_prometheus`]) and VirtualBox's XML snapshot form
+//!   ([`Snapshot::write_xml`]).
+//!
 //! ```
 //! let reg = stam::Registry::new();
 //! let exits = reg.counter("/HM/Exit/Io", stam::Unit::Occurrences, "I/O exits")?;

@@ -263,7 +263,9 @@ impl Registry {
     }
 
     /// Removes the sample called `name`; returns whether there was one.
-    /// Handles to it keep working but are no longer reported.
+    /// Handles to it keep working but are no longer reported. (The cells of
+    /// a removed counter or profile are not handed to a new sample; their
+    /// block of cells is freed once all samples in it are gone.)
     pub fn remove(&self, name: &str) -> bool {
         self.samples.write().map.remove(name).is_some()
     }
@@ -449,7 +451,11 @@ impl SampleBuilder<'_> {
         validate_name(&self.name).map_err(|reason| Error::InvalidName {
             name: self.name.clone(),
             reason,
-        })
+        })?;
+        if self.description.trim().is_empty() {
+            return Err(Error::NoDescription(self.name.clone()));
+        }
+        Ok(())
     }
 
     fn no_hex(&self) -> Result<(), Error> {

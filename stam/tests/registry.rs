@@ -21,6 +21,10 @@ fn duplicate_and_invalid_names_are_errors() {
             reason: NameError::NoLeadingSlash
         }
     );
+    assert_eq!(
+        reg.counter("/A/d", Unit::Count, " ").unwrap_err(),
+        Error::NoDescription("/A/d".into())
+    );
     assert!(matches!(
         reg.sample("/A/c", Unit::Count, "x").hex().counter(),
         Err(Error::HexNotSupported { .. })
@@ -248,5 +252,35 @@ proptest! {
         let snap = reg.snapshot(&pattern);
         let got: Vec<&str> = snap.samples.iter().map(|s| &*s.name).collect();
         prop_assert_eq!(got, want);
+    }
+}
+
+mod common;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A reset zeroes exactly the resettable samples (a profile's minimum
+    /// back to its maximum) and leaves every other sample as it was.
+    #[test]
+    fn reset_zeroes_exactly_the_resettable(entries in common::entries()) {
+        let reg = common::build(&entries);
+        let before = reg.snapshot_all("");
+        let resettable = before.samples.iter().filter(|s| s.resettable).count();
+        prop_assert_eq!(reg.reset(""), resettable);
+        let after = reg.snapshot_all("");
+        for (b, a) in before.samples.iter().zip(&after.samples) {
+            if !b.resettable {
+                prop_assert_eq!(&a.value, &b.value);
+                continue;
+            }
+            match &a.value {
+                Value::Profile { periods, total_ns, min_ns, max_ns } => {
+                    prop_assert_eq!((*periods, *total_ns, *min_ns, *max_ns), (0, 0, u64::MAX, 0));
+                }
+                Value::Callback { .. } => {} // no reset hook in these registries
+                v => prop_assert!(v.is_zero(), "{} not reset: {:?}", a.name, v),
+            }
+        }
     }
 }

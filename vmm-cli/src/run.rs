@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use vmm_core::config::parse_size;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
@@ -31,6 +31,37 @@ pub struct RunArgs {
     /// (mirrored below 1 MiB); execution starts at its last 16 bytes.
     #[arg(long, value_name = "FILE")]
     bios: Option<PathBuf>,
+    /// When the guest stops, print the statistics matching PATTERN
+    /// (`*`, `?`, `|`; everything when omitted).
+    #[arg(long, value_name = "PATTERN", num_args = 0..=1, default_missing_value = "", require_equals = true)]
+    stats: Option<String>,
+    /// Output format of --stats.
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
+    stats_format: StatsFormat,
+    /// When the guest stops, run info handler NAME with ARGS (repeatable;
+    /// `--info help` lists the handlers).
+    #[arg(long, value_name = "NAME[=ARGS]")]
+    info: Vec<String>,
+    /// When the guest stops, write guest-physical memory to FILE as a flat
+    /// image (VirtualBox's `pgmphystofile`).
+    #[arg(long, value_name = "FILE")]
+    dump_phys: Option<PathBuf>,
+    /// With --dump-phys: leave zero pages out (holes in a sparse file).
+    #[arg(long, requires = "dump_phys")]
+    nozero: bool,
+}
+
+/// How `--stats` prints.
+#[derive(Clone, Copy, ValueEnum)]
+enum StatsFormat {
+    /// A table like `VBoxManage debugvm statistics`.
+    Text,
+    /// JSON.
+    Json,
+    /// The Prometheus text exposition format.
+    Prometheus,
+    /// VirtualBox's XML statistics snapshot.
+    Xml,
 }
 
 fn parse_mem(text: &str) -> Result<u64, String> {
@@ -66,9 +97,45 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::stdout()),
     };
     let mut vm = Vm::new(config)?;
-    let outcome = vm.run()?;
+    let outcome = vm.run();
     std::io::stdout().flush().ok();
-    match outcome {
+    report(&vm, &args)?;
+    match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
+        RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Prints what `--info` and `--stats` asked for, after the guest stopped.
+fn report(vm: &Vm, args: &RunArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.dump_phys {
+        let mut file =
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let dumped = vm.memory().dump(&mut file, !args.nozero)?;
+        eprintln!(
+            "vmm: guest-physical memory written to {}: {} pages, {} zero pages skipped",
+            path.display(),
+            dumped.written,
+            dumped.skipped_zero
+        );
+    }
+    let mut out = String::new();
+    for request in &args.info {
+        let (name, handler_args) = request.split_once('=').unwrap_or((request, ""));
+        vm.run_info(name, handler_args, &mut out)
+            .with_context(|| format!("--info {request}"))?;
+    }
+    if let Some(pattern) = &args.stats {
+        let snapshot = vm.stats().snapshot(pattern);
+        match args.stats_format {
+            StatsFormat::Text => snapshot.write_text(&mut out, true)?,
+            StatsFormat::Json => out.push_str(&snapshot.to_json()?),
+            StatsFormat::Prometheus => snapshot.write_prometheus(&mut out)?,
+            StatsFormat::Xml => snapshot.write_xml(&mut out, true)?,
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }

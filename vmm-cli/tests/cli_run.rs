@@ -131,3 +131,112 @@ fn doctor_reports_kvm_and_capabilities() {
     assert!(stdout.contains("/dev/kvm: usable"), "{stdout}");
     assert!(stdout.contains("KVM_CAP_READONLY_MEM"), "{stdout}");
 }
+
+#[test]
+fn stats_count_every_port_write_the_guest_made() {
+    if !kvm_available("stats_count_every_port_write_the_guest_made") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let out = vmm(&[
+        "run",
+        "--serial",
+        serial.to_str().unwrap(),
+        "--stats=/HM/Exit/*|/IOM/*",
+        "--stats-format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let snapshot: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON statistics");
+    let value = |name: &str| -> u64 {
+        let samples = snapshot["samples"].as_array().expect("samples array");
+        let sample = samples
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {snapshot}"));
+        sample["value"]["Counter"]
+            .as_u64()
+            .or_else(|| sample["value"].as_u64())
+            .unwrap_or_else(|| panic!("{sample}"))
+    };
+    // The guest writes each serial byte to the UART, then one byte to the
+    // debug-exit port: nothing else exits for port I/O.
+    let bytes = std::fs::read(&serial).unwrap().len() as u64;
+    assert!(bytes > 100);
+    assert_eq!(value("/IOM/Port/uart/Writes"), bytes);
+    assert_eq!(value("/IOM/Port/debug-exit/Writes"), 1);
+    assert_eq!(value("/HM/Exit/IoInstruction"), bytes + 1);
+}
+
+#[test]
+fn info_handlers_run_when_the_guest_stops() {
+    if !kvm_available("info_handlers_run_when_the_guest_stops") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let serial = serial.to_str().unwrap();
+    let out = vmm(&[
+        "run",
+        "--serial",
+        serial,
+        "--info",
+        "help",
+        "--info",
+        "exits",
+        "--info",
+        "cpumguest",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout.contains("cpumguest") && stdout.contains("exits"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  30  I/O instruction"), "{stdout}");
+    // The guest stopped in long mode: EFER has LME and LMA, CS is 64-bit.
+    assert!(stdout.contains("efer=0000000000000500"), "{stdout}");
+    assert!(stdout.contains("cs=0018"), "{stdout}");
+    let out = vmm(&["run", "--serial", serial, "--info", "nosuchhandler"]);
+    assert!(
+        stderr(&out).contains("unknown info handler \"nosuchhandler\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn dump_phys_writes_guest_memory_as_the_guest_left_it() {
+    if !kvm_available("dump_phys_writes_guest_memory_as_the_guest_left_it") {
+        return;
+    }
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("phys.bin");
+    let out = vmm(&[
+        "run",
+        "--serial",
+        "/dev/null",
+        "--dump-phys",
+        dump.to_str().unwrap(),
+        "--nozero",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("zero pages skipped"),
+        "{}",
+        stderr(&out)
+    );
+    let mut file = std::fs::File::open(&dump).unwrap();
+    // The demo guest's long-mode check left this pattern at 0x40000.
+    let mut marker = [0u8; 8];
+    file.seek(SeekFrom::Start(0x4_0000)).unwrap();
+    file.read_exact(&mut marker).unwrap();
+    assert_eq!(u64::from_le_bytes(marker), 0x0123_4567_89ab_cdef);
+    // The firmware ROM sits just below 4 GiB; its reset vector is a near jmp.
+    let mut reset = [0u8; 1];
+    file.seek(SeekFrom::Start(0xffff_fff0)).unwrap();
+    file.read_exact(&mut reset).unwrap();
+    assert_eq!(reset[0], 0xe9);
+}

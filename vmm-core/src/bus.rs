@@ -1,9 +1,9 @@
 //! The I/O port bus: routes port accesses to devices.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use stam::{Counter, Registry, Unit};
 
 use crate::devices::{DeviceAction, PioDevice};
 use crate::error::{Error, Result};
@@ -16,6 +16,8 @@ struct PortRange {
     len: u16,
     name: &'static str,
     device: SharedPioDevice,
+    reads: Counter,
+    writes: Counter,
 }
 
 impl PortRange {
@@ -33,27 +35,55 @@ pub struct UnassignedAccesses {
     pub writes: u64,
 }
 
-/// The I/O port bus of a VM.
+/// The I/O port bus of a VM. Accesses are counted per device under
+/// `/IOM/Port/<device>/{Reads,Writes}` and, for ports nobody claims, under
+/// `/IOM/Port/Unassigned/...`.
 ///
 /// ```
 /// use vmm_core::bus::IoBus;
 /// use vmm_core::devices::{DebugExit, DeviceAction, DEBUG_EXIT_PORT};
 ///
-/// let mut bus = IoBus::default();
+/// let stats = stam::Registry::new();
+/// let mut bus = IoBus::new(&stats)?;
 /// bus.register(DEBUG_EXIT_PORT, 1, "debug-exit", std::sync::Arc::new(parking_lot::Mutex::new(DebugExit)))?;
 /// assert_eq!(bus.write(DEBUG_EXIT_PORT, &[3]), DeviceAction::GuestExit(3));
 /// assert_eq!(bus.write(0x80, &[1]), DeviceAction::Continue);
 /// assert_eq!(bus.unassigned().writes, 1);
 /// # Ok::<(), vmm_core::Error>(())
 /// ```
-#[derive(Default)]
 pub struct IoBus {
     ranges: Vec<PortRange>,
-    unassigned_reads: AtomicU64,
-    unassigned_writes: AtomicU64,
+    stats: Registry,
+    unassigned_reads: Counter,
+    unassigned_writes: Counter,
+}
+
+/// Registers the read and write counters of a port range.
+fn port_counters(stats: &Registry, name: &str) -> Result<(Counter, Counter)> {
+    let counter = |what: &str, verb: &str| {
+        stats
+            .counter(
+                format!("/IOM/Port/{name}/{what}"),
+                Unit::Occurrences,
+                format!("Port {verb} handled by {name}"),
+            )
+            .map_err(|e| Error::Config(format!("I/O statistics for {name}: {e}")))
+    };
+    Ok((counter("Reads", "reads")?, counter("Writes", "writes")?))
 }
 
 impl IoBus {
+    /// An empty bus counting its accesses in `stats`.
+    pub fn new(stats: &Registry) -> Result<Self> {
+        let (unassigned_reads, unassigned_writes) = port_counters(stats, "Unassigned")?;
+        Ok(IoBus {
+            ranges: Vec::new(),
+            stats: stats.clone(),
+            unassigned_reads,
+            unassigned_writes,
+        })
+    }
+
     /// Attaches `device` to ports `base .. base + len`.
     pub fn register(
         &mut self,
@@ -76,16 +106,17 @@ impl IoBus {
                 other.name, other.base
             )));
         }
+        let (reads, writes) = port_counters(&self.stats, name)?;
         let at = self.ranges.partition_point(|r| r.base < base);
-        self.ranges.insert(
-            at,
-            PortRange {
-                base,
-                len,
-                name,
-                device,
-            },
-        );
+        let range = PortRange {
+            base,
+            len,
+            name,
+            device,
+            reads,
+            writes,
+        };
+        self.ranges.insert(at, range);
         Ok(())
     }
 
@@ -99,9 +130,12 @@ impl IoBus {
     /// Dispatches an `in`; unassigned ports read as all ones.
     pub fn read(&self, port: u16, data: &mut [u8]) {
         match self.find(port) {
-            Some(r) => r.device.lock().read(port - r.base, data),
+            Some(r) => {
+                r.reads.inc();
+                r.device.lock().read(port - r.base, data);
+            }
             None => {
-                self.unassigned_reads.fetch_add(1, Ordering::Relaxed);
+                self.unassigned_reads.inc();
                 data.fill(0xff);
             }
         }
@@ -110,19 +144,29 @@ impl IoBus {
     /// Dispatches an `out`; writes to unassigned ports are dropped.
     pub fn write(&self, port: u16, data: &[u8]) -> DeviceAction {
         match self.find(port) {
-            Some(r) => r.device.lock().write(port - r.base, data),
+            Some(r) => {
+                r.writes.inc();
+                r.device.lock().write(port - r.base, data)
+            }
             None => {
-                self.unassigned_writes.fetch_add(1, Ordering::Relaxed);
+                self.unassigned_writes.inc();
                 DeviceAction::Continue
             }
+        }
+    }
+
+    /// Resets every device (machine reset).
+    pub fn reset(&self) {
+        for r in &self.ranges {
+            r.device.lock().reset();
         }
     }
 
     /// How many accesses hit no device so far.
     pub fn unassigned(&self) -> UnassignedAccesses {
         UnassignedAccesses {
-            reads: self.unassigned_reads.load(Ordering::Relaxed),
-            writes: self.unassigned_writes.load(Ordering::Relaxed),
+            reads: self.unassigned_reads.get(),
+            writes: self.unassigned_writes.get(),
         }
     }
 }

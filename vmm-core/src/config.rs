@@ -5,6 +5,9 @@ use std::io::Write;
 use crate::error::{Error, Result};
 use crate::memory::MIN_RAM;
 
+/// The most vCPUs a VM may have (the local APIC id space of xAPIC mode).
+pub const MAX_CPUS: u32 = 254;
+
 /// Where the guest's serial output goes.
 pub type SerialSink = Box<dyn Write + Send>;
 
@@ -34,9 +37,9 @@ impl VmConfig {
 
     /// Checks the configuration for things no VM can do.
     pub fn validate(&self) -> Result<()> {
-        if self.cpus != 1 {
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
             return Err(Error::Config(format!(
-                "{} vCPUs requested: only 1 vCPU is supported for now",
+                "{} vCPUs requested: a VM has 1 to {MAX_CPUS} vCPUs",
                 self.cpus
             )));
         }

@@ -1,61 +1,111 @@
-//! The EMT (emulation thread): runs one vCPU and handles its exits.
+//! The EMT (emulation thread): runs one vCPU, handles its exits and its
+//! forced actions.
 
 use hm_vmx::{Exit, IoData, MmioData, Vcpu};
 
-use crate::bus::IoBus;
 use crate::devices::DeviceAction;
 use crate::error::{Error, Result};
+use crate::ffs::{CpuFf, VmFf};
+use crate::machine::Machine;
+use crate::vmstate::VmState;
 
-/// How a vCPU's run ended without an error.
+/// How a run ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
     /// The guest wrote this status to the debug-exit port.
     GuestExit(u8),
+    /// The VM was powered off from outside (the control API).
+    PoweredOff,
 }
 
-/// Runs `vcpu` until the guest ends the run or does something the VMM
-/// cannot handle.
-pub(crate) fn run_vcpu(vcpu: &mut Vcpu, io: &IoBus) -> Result<RunOutcome> {
+/// The EMT of vCPU `cpu`: runs until the VM terminates. Whatever ends the
+/// run (the guest's exit status, an error) is reported to the machine,
+/// which stops the other EMTs.
+pub(crate) fn emt_main(vcpu: &mut Vcpu, machine: &Machine) {
+    if let Err(e) = emt_loop(vcpu, machine) {
+        machine.finish(Err(e));
+    }
+}
+
+fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
+    let cpu = vcpu.id();
+    let (kicker, _binding) = vcpu.bind_kicks()?;
+    machine.kicks.bind(cpu, kicker);
+    let _emt = machine.ffs.register_emt(cpu)?;
+    stam::set_thread_shard(cpu as usize);
     loop {
-        let unhandled = match vcpu.run()? {
+        let vm_ff = machine.ffs.vm();
+        if vm_ff.contains(VmFf::TERMINATE) {
+            return Ok(());
+        }
+        if vm_ff.contains(VmFf::EMT_RENDEZVOUS) {
+            machine.rendezvous.on_ff(cpu)?;
+        }
+        let cpu_ff = machine.ffs.cpu(cpu)?;
+        if vm_ff.contains(VmFf::REQUEST) || cpu_ff.contains(CpuFf::REQUEST) {
+            machine.requests.process_requests(cpu)?;
+        }
+        machine.ffs.test_and_clear_cpu(cpu, CpuFf::UNHALT)?;
+        if !matches!(machine.state.state(), VmState::Running | VmState::RunningLs) {
+            // Suspended (or on the way somewhere): wait for the next
+            // forced action, such as a resume or a rendezvous.
+            machine.ffs.halt_wait(cpu, None)?;
+            continue;
+        }
+        let Some(guest) = machine.ffs.enter_guest(cpu)? else {
+            continue;
+        };
+        let exit = vcpu.run();
+        drop(guest);
+        let unhandled = match exit? {
             Exit::Io(access) => {
                 let size = usize::from(access.size.max(1));
                 match access.data {
                     IoData::Out(data) => {
                         for chunk in data.chunks(size) {
-                            if let DeviceAction::GuestExit(status) = io.write(access.port, chunk) {
-                                return Ok(RunOutcome::GuestExit(status));
+                            if let DeviceAction::GuestExit(status) =
+                                machine.io.write(access.port, chunk)
+                            {
+                                machine.finish(Ok(RunOutcome::GuestExit(status)));
+                                return Ok(());
                             }
                         }
                     }
                     IoData::In(data) => {
                         for chunk in data.chunks_mut(size) {
-                            io.read(access.port, chunk);
+                            machine.io.read(access.port, chunk);
                         }
                     }
                 }
                 continue;
             }
-            // No MMIO devices yet: ROM writes are dropped, unassigned space
-            // reads as all ones.
             Exit::Mmio(access) => {
-                if let MmioData::Read(data) = access.data {
-                    data.fill(0xff);
+                match access.data {
+                    MmioData::Read(data) => machine.memory.mmio_exit(access.addr, data, false)?,
+                    MmioData::Write(data) => {
+                        let mut buf = [0u8; 8];
+                        let buf = &mut buf[..data.len().min(8)];
+                        buf.copy_from_slice(&data[..buf.len()]);
+                        machine.memory.mmio_exit(access.addr, buf, true)?;
+                    }
                 }
                 continue;
             }
             Exit::Interrupted | Exit::InterruptWindow => continue,
-            Exit::Hlt => (
-                "HLT with no interrupt source that could wake the vCPU".to_string(),
-                Exit::Hlt.vmx_reason(),
-            ),
+            Exit::Hlt => {
+                // Only without an in-kernel irqchip does HLT reach us: sleep
+                // until a forced action (nothing else can wake the vCPU).
+                machine.halts[cpu as usize].inc();
+                machine.ffs.halt_wait(cpu, None)?;
+                continue;
+            }
             Exit::InternalError(e) => (format!("KVM internal error: {e}"), None),
             other => (other.name().to_string(), other.vmx_reason()),
         };
         let (exit, reason) = unhandled;
-        let rip = vcpu.regs().map(|r| r.rip).unwrap_or(u64::MAX);
+        let rip = vcpu.state().regs().map(|r| r.rip).unwrap_or(u64::MAX);
         return Err(Error::UnhandledExit {
-            cpu: vcpu.id(),
+            cpu,
             exit,
             reason,
             rip,

@@ -27,6 +27,18 @@ pub enum Error {
         /// applied: this is the architectural RIP).
         rip: u64,
     },
+    /// Forced-action bookkeeping failed (an EMT registered twice, a bad vCPU).
+    #[error(transparent)]
+    ForcedActions(#[from] crate::ffs::FfError),
+    /// An EMT rendezvous failed.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::RendezvousError),
+    /// A request to an EMT failed.
+    #[error(transparent)]
+    Request(#[from] crate::request::RequestError),
+    /// The VM is not in a state that allows the operation.
+    #[error(transparent)]
+    State(#[from] crate::vmstate::VmStateError),
     /// The EMT thread died unexpectedly.
     #[error("EMT {0} terminated abnormally")]
     EmtPanicked(u32),

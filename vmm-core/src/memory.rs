@@ -1,117 +1,157 @@
-//! Guest memory: RAM in the PC layout and the firmware ROM, as KVM slots.
+//! Guest memory: the PC layout in `pgm`'s guest-physical map, registered as
+//! KVM slots.
+//!
+//! `pgm` owns and maps every byte of guest memory; this module lays out a PC
+//! (RAM around the legacy hole and the 32-bit MMIO hole, the firmware ROM at
+//! the top of 4 GiB and mirrored below 1 MiB), hands the slots `pgm` reports
+//! to the backend and routes MMIO exits back to `pgm`.
+
+use std::io::{Seek, Write};
+use std::sync::Arc;
 
 use hm_vmx::{MemorySlot, Vm as BackendVm};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use parking_lot::RwLock;
+use pgm::phys::{
+    DumpReport, FOUR_GIB, HIGH_RAM_START, MmapHostMemory, PcLayout, PhysConfig, PhysMap,
+    RomProtection, SharedPhysMap,
+};
+use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
 
-/// End of conventional memory (640 KiB): the legacy VGA/ROM hole follows.
-const LOW_RAM_END: u64 = 0xa_0000;
-/// Start of extended memory.
-const HIGH_RAM_START: u64 = 0x10_0000;
-/// Start of the 32-bit MMIO hole (firmware, APICs, PCI).
-const MMIO_HOLE_START: u64 = 0xe000_0000;
-/// RAM that does not fit below the hole continues here.
-const ABOVE_4G: u64 = 1 << 32;
 /// The most firmware a PC mirrors just below 1 MiB.
 const LOW_MIRROR_MAX: u64 = 128 * 1024;
 
 /// The smallest guest RAM the VMM accepts.
 pub const MIN_RAM: u64 = 1 << 20;
 
-/// The guest-physical ranges RAM of `size` bytes occupies in the PC layout.
-///
-/// ```
-/// use vmm_core::memory::ram_ranges;
-/// assert_eq!(ram_ranges(2 << 20), vec![(0, 0xa_0000), (0x10_0000, 0x10_0000)]);
-/// ```
-pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
-    let mut ranges = vec![(0, size.min(LOW_RAM_END))];
-    if size > HIGH_RAM_START {
-        let below_hole = size.min(MMIO_HOLE_START) - HIGH_RAM_START;
-        ranges.push((HIGH_RAM_START, below_hole));
-    }
-    if size > MMIO_HOLE_START {
-        ranges.push((ABOVE_4G, size - MMIO_HOLE_START));
-    }
-    ranges
+fn pgm_error(e: impl std::fmt::Display) -> Error {
+    Error::Memory(e.to_string())
 }
 
-/// A VM's memory: RAM and the firmware ROM, registered as KVM slots.
+/// A VM's memory: RAM and the firmware ROM in `pgm`'s map.
 pub struct GuestMemoryMap {
+    map: SharedPhysMap,
     ram: GuestMemoryMmap,
-    rom: GuestMemoryMmap,
 }
 
 impl GuestMemoryMap {
-    /// Allocates `ram_size` bytes of RAM and a ROM holding `firmware`, which
-    /// ends at 4 GiB and is mirrored below 1 MiB (its last 128 KiB at most).
-    pub fn new(ram_size: u64, firmware: &[u8]) -> Result<Self> {
+    /// Lays out `ram_size` bytes of RAM and a ROM holding `firmware`, which
+    /// ends at 4 GiB and whose last 128 KiB at most are mirrored below
+    /// 1 MiB, as on a PC. Statistics and info handlers (`phys`,
+    /// `handlers`) go into `stats` and `info`.
+    pub fn new(
+        ram_size: u64,
+        firmware: &[u8],
+        stats: &stam::Registry,
+        info: &dbgf::InfoRegistry,
+    ) -> Result<Self> {
         if ram_size < MIN_RAM || ram_size % 4096 != 0 {
             return Err(Error::Config(format!(
                 "memory size {ram_size:#x} must be a multiple of 4 KiB and at least 1 MiB"
             )));
         }
+        let layout = PcLayout::new(ram_size);
         let rom_size = firmware.len() as u64;
-        if rom_size == 0 || rom_size % 4096 != 0 || rom_size > ABOVE_4G - MMIO_HOLE_START {
+        if rom_size == 0 || rom_size % 4096 != 0 || rom_size > layout.mmio_hole_size {
             return Err(Error::Config(format!(
-                "firmware of {rom_size} bytes: must be a non-empty multiple of 4 KiB, at most 512 MiB"
+                "firmware of {rom_size} bytes: must be a non-empty multiple of 4 KiB, at most {} MiB",
+                layout.mmio_hole_size >> 20
             )));
         }
-        let ranges: Vec<_> = ram_ranges(ram_size)
-            .into_iter()
-            .map(|(start, len)| (GuestAddress(start), len as usize))
-            .collect();
-        let ram = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| {
-            Error::Memory(format!("cannot allocate {ram_size:#x} bytes of RAM: {e}"))
-        })?;
-        let rom_base = GuestAddress(ABOVE_4G - rom_size);
-        let rom = GuestMemoryMmap::from_ranges(&[(rom_base, rom_size as usize)])
-            .map_err(|e| Error::Memory(format!("cannot allocate the ROM: {e}")))?;
-        rom.write_slice(firmware, rom_base)
-            .map_err(|e| Error::Memory(format!("cannot load the firmware: {e}")))?;
-        Ok(GuestMemoryMap { ram, rom })
+        let mut map = PhysMap::new(Arc::new(MmapHostMemory::new()), PhysConfig::default())
+            .map_err(pgm_error)?;
+        layout.apply(&mut map).map_err(pgm_error)?;
+        let protection = RomProtection::ReadRomWriteIgnore;
+        map.add_rom(
+            FOUR_GIB - rom_size,
+            rom_size,
+            firmware,
+            protection,
+            "firmware",
+        )
+        .map_err(pgm_error)?;
+        let mirror = rom_size.min(LOW_MIRROR_MAX);
+        let tail = &firmware[(rom_size - mirror) as usize..];
+        map.add_rom(
+            HIGH_RAM_START - mirror,
+            mirror,
+            tail,
+            protection,
+            "firmware (low mirror)",
+        )
+        .map_err(pgm_error)?;
+        let ram = map.guest_memory().map_err(pgm_error)?;
+        let map = Arc::new(RwLock::new(map));
+        pgm::phys::register_stats(&map, stats).map_err(pgm_error)?;
+        pgm::phys::register_info(&map, info).map_err(pgm_error)?;
+        Ok(GuestMemoryMap { map, ram })
     }
 
-    /// Guest RAM, for loaders and devices.
+    /// Guest RAM as `vm-memory` guest memory, for loaders and devices.
     pub fn ram(&self) -> &GuestMemoryMmap {
         &self.ram
     }
 
-    /// The KVM slots: RAM read-write, the ROM and its low mirror read-only.
+    /// The guest-physical map.
+    pub fn phys(&self) -> &SharedPhysMap {
+        &self.map
+    }
+
+    /// The KVM slots `pgm` reports: RAM read-write, ROM read-only.
     pub fn slots(&self) -> Vec<MemorySlot> {
-        let mut slots = Vec::new();
-        let mut add = |guest_addr: u64, size: u64, host_addr: u64, read_only: bool| {
-            let slot = slots.len() as u32;
-            slots.push(MemorySlot {
-                slot,
-                guest_addr,
-                size,
-                host_addr,
-                read_only,
-                log_dirty: false,
-            });
-        };
-        for r in self.ram.iter() {
-            add(r.start_addr().0, r.len(), r.as_ptr() as u64, false);
-        }
-        for r in self.rom.iter() {
-            let (base, size, host) = (r.start_addr().0, r.len(), r.as_ptr() as u64);
-            let mirror = size.min(LOW_MIRROR_MAX);
-            add(base, size, host, true);
-            add(HIGH_RAM_START - mirror, mirror, host + size - mirror, true);
-        }
-        slots
+        let map = self.map.read();
+        map.kvm_slots()
+            .slots
+            .iter()
+            .map(|s| MemorySlot {
+                slot: s.slot,
+                guest_addr: s.guest_addr,
+                size: s.size,
+                host_addr: s.host_addr,
+                read_only: s.read_only,
+                log_dirty: s.log_dirty,
+            })
+            .collect()
     }
 
     /// Registers every slot with the backend VM.
     pub fn map_into(&self, vm: &BackendVm) -> Result<()> {
         for slot in self.slots() {
-            // SAFETY: the host ranges belong to `self.ram` / `self.rom`, which
-            // the VM keeps alive for as long as the backend VM exists (the
-            // `Vm` drops its backend before its memory).
+            // SAFETY: the host ranges belong to `pgm`'s map, which the VM
+            // keeps alive for as long as the backend VM exists (the `Vm`
+            // drops its backend before its memory).
             unsafe { vm.set_memory_slot(&slot) }?;
         }
         Ok(())
+    }
+
+    /// Handles an access KVM could not satisfy from a slot: MMIO handlers,
+    /// ROM writes, unassigned space (reads 0xff, writes dropped).
+    pub fn mmio_exit(&self, gpa: u64, data: &mut [u8], is_write: bool) -> Result<()> {
+        self.map
+            .read()
+            .mmio_exit(gpa, data, is_write)
+            .map_err(pgm_error)
+    }
+
+    /// Resets memory as a machine reset does: RAM zeroed, ROM restored.
+    /// Call it with the vCPUs stopped.
+    pub fn reset(&self) -> Result<()> {
+        self.map.write().reset().map_err(pgm_error)
+    }
+
+    /// Writes guest-physical memory to `out` as a flat image, skipping
+    /// (leaving holes for) zero pages unless `include_zero`. Call it with the
+    /// vCPUs stopped.
+    ///
+    /// Guest writes through KVM do not pass through `pgm`, so page states are
+    /// brought up to date with a zero-page scan before zero pages are left out.
+    pub fn dump(&self, out: &mut (impl Write + Seek), include_zero: bool) -> Result<DumpReport> {
+        let map = self.map.read();
+        if !include_zero {
+            map.scan_zero_pages().map_err(pgm_error)?;
+        }
+        map.dump(out, include_zero).map_err(pgm_error)
     }
 }

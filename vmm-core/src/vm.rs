@@ -1,17 +1,27 @@
 //! The VM: backend, memory, devices and EMTs put together.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
+use dbgf::{InfoCall, InfoError, InfoFlags, InfoRegistry};
+use hm_vmx::VcpuState;
 use parking_lot::Mutex;
+use stam::Unit;
 
 use crate::bus::IoBus;
 use crate::config::VmConfig;
 use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, Uart};
-use crate::emt::{RunOutcome, run_vcpu};
+use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
+use crate::ffs::ForcedActions;
+use crate::info::write_cpumguest;
+use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::GuestMemoryMap;
+use crate::rendezvous::Rendezvous;
+use crate::request::RequestQueue;
+use crate::vmstate::{VmState, VmStateMachine};
 
-/// A virtual machine ready to run.
+/// A virtual machine: one EMT thread per vCPU runs it.
 ///
 /// ```no_run
 /// use vmm_core::{Vm, VmConfig, guests};
@@ -25,26 +35,39 @@ use crate::memory::GuestMemoryMap;
 /// ```
 pub struct Vm {
     // Field order is drop order: vCPUs and the backend VM go before the
-    // memory they map.
+    // memory (in the machine) they map.
     vcpus: Vec<hm_vmx::Vcpu>,
     _backend: hm_vmx::Vm,
-    io: Arc<IoBus>,
-    memory: GuestMemoryMap,
+    machine: Arc<Machine>,
 }
 
 impl Vm {
-    /// Builds a VM from `config`: opens KVM, maps memory, creates vCPUs and
-    /// attaches the devices.
+    /// Builds a VM from `config`: opens KVM, lays out memory, creates the
+    /// in-kernel interrupt controllers and the vCPUs, attaches the devices.
     pub fn new(config: VmConfig) -> Result<Self> {
         config.validate()?;
+        let stats = stam::Registry::new();
+        let info = InfoRegistry::new();
         let hypervisor = hm_vmx::Hypervisor::open()?;
-        let backend = hypervisor.create_vm()?;
-        let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware)?;
+        let max = u32::try_from(hypervisor.max_vcpus()).unwrap_or(u32::MAX);
+        if config.cpus > max {
+            return Err(Error::Config(format!(
+                "{} vCPUs requested: this host's KVM allows {max}",
+                config.cpus
+            )));
+        }
+        let mut backend = hypervisor.create_vm_with_stats(&stats)?;
+        let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware, &stats, &info)?;
         memory.map_into(&backend)?;
-        let vcpus = (0..config.cpus)
-            .map(|id| backend.create_vcpu(id))
-            .collect::<hm_vmx::Result<_>>()?;
-        let mut io = IoBus::default();
+        backend.create_irqchip()?;
+        let vcpus = backend.create_vcpus(config.cpus)?;
+        let vcpu_states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
+        let initial = vcpu_states
+            .iter()
+            .map(|s| s.snapshot(true))
+            .collect::<hm_vmx::Result<Vec<_>>>()?;
+
+        let mut io = IoBus::new(&stats)?;
         io.register(
             COM1_PORT,
             8,
@@ -57,27 +80,88 @@ impl Vm {
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
         )?;
+
+        let kicks = Arc::new(EmtKicks::new(config.cpus));
+        let ffs = ForcedActions::new(config.cpus, kicks.clone())?;
+        let requests = RequestQueue::new(ffs.clone());
+        let rendezvous = Rendezvous::new(requests.clone());
+        let halts = (0..config.cpus)
+            .map(|cpu| {
+                stats.counter(
+                    format!("/VMM/CPU{cpu}/Halts"),
+                    Unit::Occurrences,
+                    format!("HLT exits of vCPU {cpu} handled by sleeping in the EMT"),
+                )
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Config(format!("statistics: {e}")))?;
+        let machine = Arc::new(Machine {
+            vcpu_states,
+            initial,
+            ffs,
+            requests,
+            rendezvous,
+            state: VmStateMachine::new(),
+            kicks,
+            io,
+            halts,
+            stats,
+            info,
+            outcome: Mutex::new(None),
+            memory,
+        });
+        register_info_handlers(&machine, &backend)?;
+        register_vmm_stats(&machine)?;
+        machine.state.set(VmState::Created)?;
         Ok(Vm {
             vcpus,
             _backend: backend,
-            io: Arc::new(io),
-            memory,
+            machine,
         })
+    }
+
+    /// A handle to steer the VM from other threads (pause, resume, reset,
+    /// power off, info, statistics).
+    pub fn handle(&self) -> VmHandle {
+        VmHandle::new(Arc::clone(&self.machine))
+    }
+
+    /// The VM's statistics registry (`/HM/...`, `/IOM/...`, `/PGM/...`, `/VMM/...`).
+    pub fn stats(&self) -> &stam::Registry {
+        &self.machine.stats
+    }
+
+    /// The VM's info-handler registry.
+    pub fn info(&self) -> &InfoRegistry {
+        &self.machine.info
     }
 
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMap {
-        &self.memory
+        &self.machine.memory
     }
 
     /// The I/O port bus.
     pub fn io_bus(&self) -> &IoBus {
-        &self.io
+        &self.machine.io
     }
 
-    /// Runs the guest on one EMT per vCPU until it ends the run.
+    /// Runs info handler `name` (or `help`) with `args`, writing to `out`.
+    pub fn run_info(
+        &self,
+        name: &str,
+        args: &str,
+        out: &mut dyn Write,
+    ) -> std::result::Result<(), InfoError> {
+        self.handle().run_info(name, args, out)
+    }
+
+    /// Powers the VM on and runs it, one EMT per vCPU, until the guest ends
+    /// the run, the VM is powered off, or something fails.
     pub fn run(&mut self) -> Result<RunOutcome> {
-        let io = &self.io;
+        let machine = &self.machine;
+        machine.state.set(VmState::PoweringOn)?;
+        machine.state.set(VmState::Running)?;
         std::thread::scope(|scope| {
             let emts: Vec<_> = self
                 .vcpus
@@ -86,19 +170,83 @@ impl Vm {
                     let id = vcpu.id();
                     let emt = std::thread::Builder::new()
                         .name(format!("EMT-{id}"))
-                        .spawn_scoped(scope, move || run_vcpu(vcpu, io));
+                        .spawn_scoped(scope, move || emt_main(vcpu, machine));
                     (id, emt)
                 })
                 .collect();
-            let mut outcome = None;
             for (id, emt) in emts {
-                let result = emt
-                    .map_err(|e| Error::Config(format!("cannot start EMT {id}: {e}")))?
-                    .join()
-                    .map_err(|_| Error::EmtPanicked(id))?;
-                outcome.get_or_insert(result);
+                let joined = match emt {
+                    Ok(handle) => handle.join().map_err(|_| Error::EmtPanicked(id)),
+                    Err(e) => Err(Error::Config(format!("cannot start EMT {id}: {e}"))),
+                };
+                if let Err(e) = joined {
+                    machine.finish(Err(e));
+                }
             }
-            outcome.unwrap_or_else(|| Err(Error::Config("the VM has no vCPU".into())))
-        })
+        });
+        machine.requests.shut_down();
+        machine.outcome.lock().take().unwrap_or(Err(Error::Config(
+            "the run ended without an outcome".into(),
+        )))
     }
+}
+
+fn info_error(e: InfoError) -> Error {
+    Error::Config(format!("info handler registration: {e}"))
+}
+
+/// Registers the handlers the VM itself answers: `exits`, `cpumguest`, `fflags`.
+fn register_info_handlers(machine: &Arc<Machine>, backend: &hm_vmx::Vm) -> Result<()> {
+    let info = &machine.info;
+    let exits = Arc::clone(backend.exit_stats());
+    info.register(
+        "exits",
+        "Exit counts by VMX basic exit reason. Args: 'all' lists reasons never seen too.",
+        InfoFlags::empty(),
+        move |call: &InfoCall<'_>, out: &mut dyn Write| Ok(exits.write_table(call.args, out)?),
+    )
+    .map_err(info_error)?;
+    let states = machine.vcpu_states.clone();
+    info.register(
+        "cpumguest",
+        "Guest CPU state: general, control, segment, descriptor-table and debug registers and EFER of each vCPU.",
+        InfoFlags::RUN_ON_EMT | InfoFlags::ALL_EMTS,
+        move |call: &InfoCall<'_>, out: &mut dyn Write| {
+            let cpu = call.cpu.unwrap_or(0);
+            let state = states.get(cpu as usize).ok_or_else(|| InfoError::BadArgs(format!("no vCPU {cpu}")))?;
+            let failed = |e: hm_vmx::Error| InfoError::Failed(e.to_string());
+            let regs = state.regs().map_err(failed)?;
+            let sregs = state.sregs().map_err(failed)?;
+            let debug = state.debug_regs().map_err(failed)?;
+            Ok(write_cpumguest(cpu, &regs, &sregs, &debug, out)?)
+        },
+    )
+    .map_err(info_error)?;
+    let ffs = machine.ffs.clone();
+    info.register(
+        "fflags",
+        "Forced-action flags of the VM and of each vCPU, by name.",
+        InfoFlags::empty(),
+        move |_: &InfoCall<'_>, out: &mut dyn Write| Ok(ffs.format_fflags(out)?),
+    )
+    .map_err(info_error)
+}
+
+/// `/VMM/...`: the VM state (as VirtualBox's VMSTATE number order) and the
+/// number of vCPUs.
+fn register_vmm_stats(machine: &Arc<Machine>) -> Result<()> {
+    let stats = &machine.stats;
+    let weak = Arc::downgrade(machine);
+    let cpus = u64::from(machine.cpus());
+    let registered = stats
+        .callback("/VMM/cCpus", Unit::Count, "Number of vCPUs", move || cpus)
+        .and_then(|()| {
+            stats.callback(
+                "/VMM/State",
+                Unit::None,
+                "VM state (VirtualBox VMSTATE order)",
+                move || weak.upgrade().map_or(0, |m| m.state.state() as u64),
+            )
+        });
+    registered.map_err(|e| Error::Config(format!("statistics: {e}")))
 }

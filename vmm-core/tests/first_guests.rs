@@ -133,3 +133,33 @@ fn unassigned_ports_are_ignored_and_counted() {
     let unassigned = vm.io_bus().unassigned();
     assert_eq!((unassigned.reads, unassigned.writes), (1, 2));
 }
+
+#[test]
+fn rom_writes_are_ignored_and_unassigned_space_reads_all_ones() {
+    if !kvm_available("rom_writes_are_ignored_and_unassigned_space_reads_all_ones") {
+        return;
+    }
+    // Overwrite the first ROM byte through the low mirror (0xf0000, which
+    // holds a `hlt` = 0xf4), read it back, then read the VGA hole at 0xa0000
+    // (nothing is mapped there). Exit status = ROM byte XOR hole byte:
+    // 0xf4 ^ 0xff = 0x0b when both behave.
+    let firmware = rom_with(|a| {
+        a.mov(ax, 0xf000u32)?;
+        a.mov(ds, ax)?;
+        a.mov(byte_ptr(0), 0x11u32)?;
+        a.mov(bl, byte_ptr(0))?;
+        a.mov(ax, 0xa000u32)?;
+        a.mov(ds, ax)?;
+        a.mov(al, byte_ptr(0))?;
+        a.xor(al, bl)?;
+        a.mov(dx, 0x501u32)?;
+        a.out(dx, al)
+    });
+    let (vm, outcome, _) = run(firmware);
+    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0xf4 ^ 0xff));
+    let mut text = String::new();
+    vm.run_info("phys", "", &mut text).unwrap();
+    assert!(text.contains("firmware"), "{text}");
+    let snapshot = vm.stats().snapshot("/PGM/*");
+    assert!(!snapshot.samples.is_empty());
+}

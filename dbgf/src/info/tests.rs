@@ -158,64 +158,6 @@ fn handler_errors_propagate() {
     assert!(run(&info, "strict", "0x1000", &SameThreadExecutor::default()).is_ok());
 }
 
-/// An executor in the style a VMM would write: EMT-flagged handlers run on
-/// another thread, their output collected there and copied to the caller's sink.
-struct ThreadExecutor;
-
-impl InfoExecutor for ThreadExecutor {
-    fn execute(
-        &self,
-        handler: Arc<InfoHandler>,
-        args: &str,
-        out: &mut dyn Write,
-    ) -> Result<(), InfoError> {
-        if !handler.flags().needs_emt() {
-            return handler.call(&InfoCall { args, cpu: None }, out);
-        }
-        let args = args.to_owned();
-        let text = std::thread::spawn(move || {
-            let mut buf = String::new();
-            handler
-                .call(
-                    &InfoCall {
-                        args: &args,
-                        cpu: Some(7),
-                    },
-                    &mut buf,
-                )
-                .map(|()| buf)
-        })
-        .join()
-        .map_err(|_| InfoError::Executor {
-            name: "?".into(),
-            reason: "EMT panicked".into(),
-        })??;
-        out.write_str(&text)?;
-        Ok(())
-    }
-}
-
-#[test]
-fn custom_executor_decides_where_handlers_run() {
-    let info = sample();
-    let caller = std::thread::current().id();
-    info.register(
-        "where",
-        "Thread check.",
-        InfoFlags::RUN_ON_EMT,
-        move |_call: &InfoCall<'_>, out: &mut dyn Write| {
-            writeln!(out, "{}", std::thread::current().id() != caller)?;
-            Ok(())
-        },
-    )
-    .unwrap();
-    assert_eq!(run(&info, "where", "", &ThreadExecutor).unwrap(), "true\n");
-    assert_eq!(
-        run(&info, "mode", "m", &ThreadExecutor).unwrap(),
-        "mode args=\"m\" cpu=Some(7)\n"
-    );
-}
-
 #[test]
 fn flags_combine() {
     let f = InfoFlags::RUN_ON_EMT | InfoFlags::ALL_EMTS;

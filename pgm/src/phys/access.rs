@@ -79,6 +79,9 @@ impl PhysMap {
     /// slot, a read-only slot written). For a read, fills `data`.
     #[inline]
     pub fn mmio_exit(&self, gpa: u64, data: &mut [u8], is_write: bool) -> Result<(), PhysError> {
+        if let Some(c) = &self.counters {
+            c.mmio_exits.inc();
+        }
         if is_write {
             self.access(gpa, Buf::Write(data))
         } else {
@@ -104,6 +107,9 @@ impl PhysMap {
     fn access_chunk(&self, addr: u64, mut buf: Buf<'_>) -> Result<usize, PhysError> {
         let len = buf.len();
         let Some(range) = self.range_at(addr) else {
+            if let Some(c) = &self.counters {
+                c.unassigned.inc();
+            }
             buf.fill_unassigned();
             return Ok(len);
         };
@@ -125,7 +131,11 @@ impl PhysMap {
                 match buf {
                     Buf::Read(_) => buf.memory(if prot.reads_rom() { rom } else { shadow }, offset),
                     Buf::Write(_) if prot.writes_ram() => buf.memory(shadow, offset),
-                    Buf::Write(_) => {}
+                    Buf::Write(_) => {
+                        if let Some(c) = &self.counters {
+                            c.rom_writes_ignored.inc();
+                        }
+                    }
                 }
                 Ok(len)
             }
@@ -183,6 +193,9 @@ impl PhysMap {
         buf: &mut Buf<'_>,
     ) -> Result<HandlerAction, PhysError> {
         let t = self.handler_type(h.type_id)?;
+        if let Some(c) = &self.counters {
+            c.handler_calls.inc();
+        }
         let mut tmp = [0u8; 16];
         let mut heap;
         let (data, is_write): (&mut [u8], bool) = match buf {

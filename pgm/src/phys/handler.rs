@@ -158,6 +158,15 @@ pub enum IntegrityError {
         /// Table length.
         len: usize,
     },
+    /// A handler outside a fitting range, or pages whose handler state
+    /// disagrees with the handlers covering them.
+    #[error("handler at {first:#x}: {reason}")]
+    Placement {
+        /// First byte of the handler (or of the page).
+        first: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// More entries than the configured maximum.
     #[error("{len} handlers exceed the maximum {max}")]
     OverMax {
@@ -252,6 +261,14 @@ impl HandlerTable {
         let i = idx.checked_sub(1)?;
         let e = &self.entries[i];
         (e.last >= first).then_some(e)
+    }
+
+    /// All ranges overlapping `first..=last`, in address order.
+    pub fn overlapping(&self, first: u64, last: u64) -> impl Iterator<Item = &HandlerRange> {
+        let start = self.lasts.partition_point(|&l| l < first);
+        self.entries[start..]
+            .iter()
+            .take_while(move |h| h.first <= last)
     }
 
     /// Adds a range; fails if it is inverted, overlaps, or the table is full.

@@ -11,6 +11,7 @@ use super::handler::{
     HandlerType, HandlerTypeId, IntegrityError, PhysAccess,
 };
 use super::host::{HostMemory, MmapHostMemory};
+use super::observe::AccessCounters;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageType};
 use super::range::{
     Backing, Memory, Mmio2Id, PhysRange, RangeId, RangeInfo, RangeKind, RomProtection,
@@ -83,6 +84,7 @@ pub struct PhysMap {
     pub(crate) a20_mask: AtomicU64,
     pub(crate) slots: SlotTracker,
     pub(crate) monitoring: bool,
+    pub(crate) counters: Option<AccessCounters>,
 }
 
 impl std::fmt::Debug for PhysMap {
@@ -110,8 +112,13 @@ fn check_range(start: u64, size: u64) -> Result<u64, PhysError> {
     }
     start
         .checked_add(size - 1)
+        .filter(|&last| last <= MAX_GUEST_PHYS)
         .ok_or(PhysError::InvalidRange { start, size })
 }
+
+/// Highest guest-physical address a range may cover (52-bit physical
+/// addresses, the architectural limit).
+pub const MAX_GUEST_PHYS: u64 = (1 << 52) - 1;
 
 impl PhysMap {
     /// An empty map backed by `host`.
@@ -142,6 +149,7 @@ impl PhysMap {
             a20_mask: AtomicU64::new(!0),
             slots: SlotTracker::default(),
             monitoring: false,
+            counters: None,
         }
     }
 
@@ -400,10 +408,16 @@ impl PhysMap {
         }
         let range = self.ranges.remove(idx);
         self.starts.remove(idx);
-        if let Backing::Mmio2 { id, .. } = range.backing
-            && let Some(e) = self.mmio2.get_mut(id.0 as usize)
-        {
-            e.mapped = None;
+        if let Backing::Mmio2 { id, mem } = range.backing {
+            for p in mem.pages.iter() {
+                p.update(|mut i| {
+                    i.handler = PageHandlerState::None;
+                    i
+                });
+            }
+            if let Some(e) = self.mmio2.get_mut(id.0 as usize) {
+                e.mapped = None;
+            }
         }
         self.refresh_slots();
         Ok(())
@@ -472,22 +486,7 @@ impl PhysMap {
         };
         let mut page = first & !PAGE_OFFSET_MASK;
         while page <= last {
-            let page_last = page + PAGE_OFFSET_MASK;
-            let mut state = PageHandlerState::None;
-            for h in self
-                .handlers
-                .iter()
-                .skip_while(|h| h.last < page)
-                .take_while(|h| h.first <= page_last)
-            {
-                let k = self.handler_types.get(h.type_id.0 as usize).map(|t| t.kind);
-                state = match (state, k) {
-                    (_, Some(HandlerKind::All)) | (PageHandlerState::All, _) => {
-                        PageHandlerState::All
-                    }
-                    _ => PageHandlerState::Write,
-                };
-            }
+            let state = self.handler_state_of(page, page + PAGE_OFFSET_MASK);
             if let Some(slot) = mem.page(page - range.start) {
                 slot.update(|mut i| {
                     i.handler = state;
@@ -499,6 +498,19 @@ impl PhysMap {
                 None => break,
             }
         }
+    }
+
+    /// The handler state a page spanning `first..=last` should have.
+    fn handler_state_of(&self, first: u64, last: u64) -> PageHandlerState {
+        let mut state = PageHandlerState::None;
+        for h in self.handlers.overlapping(first, last) {
+            let k = self.handler_types.get(h.type_id.0 as usize).map(|t| t.kind);
+            state = match (state, k) {
+                (_, Some(HandlerKind::All)) | (PageHandlerState::All, _) => PageHandlerState::All,
+                _ => PageHandlerState::Write,
+            };
+        }
+        state
     }
 
     /// Handler ranges in address order.
@@ -519,10 +531,59 @@ impl PhysMap {
             .map(|t| (t.kind, t.desc.as_str()))
     }
 
-    /// Checks the handler table (walked in both directions) and that every
-    /// handler lies within a range of a fitting kind.
+    /// Checks the handler table (walked in both directions), that every
+    /// handler lies within one range of a fitting kind, and that every
+    /// page's handler state matches the handlers covering it.
     pub fn check_handlers(&self) -> Result<(), IntegrityError> {
-        self.handlers.check_integrity()
+        self.handlers.check_integrity()?;
+        for h in self.handlers.iter() {
+            let placement = |reason: String| IntegrityError::Placement {
+                first: h.first,
+                reason,
+            };
+            let kind = self
+                .handler_types
+                .get(h.type_id.0 as usize)
+                .map(|t| t.kind)
+                .ok_or_else(|| placement(format!("unknown type {}", h.type_id)))?;
+            let range = self
+                .range_at(h.first)
+                .ok_or_else(|| placement("not inside any range".into()))?;
+            let fits = match kind {
+                HandlerKind::Mmio => range.kind() == RangeKind::Mmio,
+                _ => matches!(range.kind(), RangeKind::Ram | RangeKind::Mmio2),
+            };
+            if h.last > range.last() || !fits {
+                return Err(placement(format!(
+                    "{} handler does not fit {} range '{}'",
+                    kind.name(),
+                    range.kind().name(),
+                    range.name
+                )));
+            }
+        }
+        for r in &self.ranges {
+            if !matches!(r.kind(), RangeKind::Ram | RangeKind::Mmio2) {
+                continue;
+            }
+            let Some(mem) = r.writable_memory() else {
+                continue;
+            };
+            for (i, p) in mem.pages.iter().enumerate() {
+                let first = r.start + i as u64 * PAGE_SIZE;
+                let want = self.handler_state_of(first, first + PAGE_OFFSET_MASK);
+                if p.get().handler != want {
+                    return Err(IntegrityError::Placement {
+                        first,
+                        reason: format!(
+                            "page handler state {:?}, expected {want:?}",
+                            p.get().handler
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// All ranges in address order.
@@ -595,5 +656,167 @@ impl PhysMap {
             .filter(|r| r.kind() != RangeKind::Mmio)
             .map(|r| r.size >> PAGE_SHIFT)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add {
+            page: u64,
+            off: u64,
+            len: u64,
+            all: bool,
+        },
+        Remove(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..32, 0u64..0x1000, 1u64..0x3000, any::<bool>()).prop_map(
+                |(page, off, len, all)| Op::Add {
+                    page,
+                    off,
+                    len,
+                    all
+                }
+            ),
+            (0usize..32).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random registrations and removals on a map keep the handler table,
+        /// the page handler states and the KVM slots consistent, and lookups
+        /// agree with a linear scan.
+        #[test]
+        fn map_handlers_stay_consistent(ops in proptest::collection::vec(op(), 1..60),
+                                        probes in proptest::collection::vec(0u64..0x22000, 32)) {
+            let mut map = PhysMap::new(
+                Arc::new(MmapHostMemory::new()),
+                PhysConfig { max_handlers: 32, ..PhysConfig::default() },
+            ).unwrap();
+            map.add_ram(0, 0x20000, "ram").unwrap();
+            let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+            let a = map.register_handler_type(HandlerKind::All, "a", |_| Ok(HandlerAction::Default));
+            let mut model: Vec<(u64, u64)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Add { page, off, len, all } => {
+                        let first = page * PAGE_SIZE + off;
+                        let last = first + len - 1;
+                        let ok = last < 0x20000
+                            && model.len() < 32
+                            && !model.iter().any(|&(f, l)| f <= last && first <= l);
+                        let res = map.register_handler(if all { a } else { w }, first, last, 0, "h");
+                        prop_assert_eq!(res.is_ok(), ok);
+                        if ok {
+                            model.push((first, last));
+                        }
+                    }
+                    Op::Remove(i) if !model.is_empty() => {
+                        let (f, _) = model.swap_remove(i % model.len());
+                        map.deregister_handler(f).unwrap();
+                    }
+                    Op::Remove(_) => prop_assert!(map.deregister_handler(0x100).is_err()),
+                }
+                prop_assert_eq!(map.check_handlers(), Ok(()));
+            }
+            for p in probes {
+                let linear = model.iter().find(|&&(f, l)| f <= p && p <= l).map(|&(f, _)| f);
+                prop_assert_eq!(map.lookup_handler(p).map(|h| h.first), linear);
+            }
+            // slots cover exactly the RAM pages without an ALL handler
+            let mapped: u64 = map.kvm_slots().slots.iter().map(|s| s.size).sum();
+            let hidden = (0..0x20).filter(|&pg| map.page_info(pg * PAGE_SIZE).handler == PageHandlerState::All).count() as u64;
+            prop_assert_eq!(mapped, 0x20000 - hidden * PAGE_SIZE);
+        }
+    }
+
+    #[test]
+    fn page_tracking_stays_within_16_bytes_per_page() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 64 << 20, "ram").unwrap();
+        map.add_rom(
+            0xfff0_0000,
+            0x10_0000,
+            &[],
+            RomProtection::ReadRomWriteIgnore,
+            "rom",
+        )
+        .unwrap();
+        let pages = map.memory_pages();
+        assert!(
+            map.tracking_bytes() as u64 <= 16 * pages,
+            "{} bytes for {pages} pages",
+            map.tracking_bytes()
+        );
+    }
+
+    #[test]
+    fn bad_ranges_are_rejected() {
+        let mut map = PhysMap::with_defaults();
+        assert!(matches!(
+            map.add_ram(0x1001, 0x1000, "x"),
+            Err(PhysError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            map.add_ram(0, 0, "x"),
+            Err(PhysError::InvalidRange { .. })
+        ));
+        assert!(
+            map.add_ram(MAX_GUEST_PHYS + 1 - 0x1000, 0x2000, "x")
+                .is_err()
+        );
+        assert!(map.add_ram(!0xfff, 0x1000, "x").is_err());
+        map.add_ram(0x10000, 0x10000, "a").unwrap();
+        assert!(matches!(
+            map.add_ram(0x1f000, 0x2000, "b"),
+            Err(PhysError::RangeOverlap { .. })
+        ));
+        assert!(
+            map.add_rom(
+                0x40000,
+                0x1000,
+                &[0; 0x1001],
+                RomProtection::ReadRomWriteIgnore,
+                "r"
+            )
+            .is_err()
+        );
+        let id = map.register_mmio2(0x2000, "vram").unwrap();
+        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+        map.map_mmio2(id, 0x100000).unwrap();
+        assert!(map.map_mmio2(id, 0x200000).is_err());
+        map.register_handler(w, 0x100000, 0x100fff, 0, "h").unwrap();
+        map.unmap_mmio2(id).unwrap();
+        assert!(map.unmap_mmio2(id).is_err());
+        map.map_mmio2(id, 0x200000).unwrap();
+        assert!(map.kvm_slots().slots.iter().all(|s| !s.read_only));
+        map.check_handlers().unwrap();
+    }
+
+    #[test]
+    fn check_handlers_reports_bad_page_state() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x4000, "ram").unwrap();
+        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+        map.register_handler(w, 0x1000, 0x1fff, 0, "h").unwrap();
+        map.check_handlers().unwrap();
+        if let Backing::Ram(mem) = &map.ranges[0].backing {
+            mem.pages[1].update(|mut i| {
+                i.handler = PageHandlerState::None;
+                i
+            });
+        }
+        assert!(matches!(
+            map.check_handlers(),
+            Err(IntegrityError::Placement { first: 0x1000, .. })
+        ));
     }
 }

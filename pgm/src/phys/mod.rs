@@ -3,9 +3,26 @@
 //! [`PhysMap`] owns the guest-physical address space the way VirtualBox's
 //! PGM does: RAM, ROM (with shadow RAM and protection modes), MMIO (backed by
 //! handlers), MMIO2 (device-owned RAM) and unassigned space, with a packed
-//! descriptor per 4 KiB page and a table of physical access handlers. It
-//! tells the VMM which KVM memory slots to register ([`PhysMap::kvm_slots`])
-//! and handles the accesses KVM cannot satisfy ([`PhysMap::mmio_exit`]).
+//! descriptor per 4 KiB page and a table of physical access handlers.
+//!
+//! How a VMM uses it:
+//! - build the map: [`PcLayout::apply`] or [`PhysMap::add_ram`],
+//!   [`PhysMap::add_rom`], [`PhysMap::map_mmio`] (after
+//!   [`PhysMap::register_handler_type`]), [`PhysMap::register_mmio2`] +
+//!   [`PhysMap::map_mmio2`];
+//! - register the KVM slots of [`PhysMap::kvm_slots`] (ROM and pages under
+//!   WRITE handlers read-only, pages under ALL handlers and MMIO unmapped);
+//!   when [`SlotSet::generation`] moves, apply [`SlotSet::changes_from`];
+//! - hand every MMIO exit to [`PhysMap::mmio_exit`];
+//! - devices and the VMM access memory with [`PhysMap::read`] /
+//!   [`PhysMap::write`] (handlers, ROM protection, A20, 0xFF for unassigned
+//!   space) or through the `vm-memory` view of [`PhysMap::guest_memory`];
+//! - share the map as a [`SharedPhysMap`] and register [`register_stats`],
+//!   [`register_info`] and the saved-state unit [`PgmUnit`].
+//!
+//! The A20 gate masks address bit 20 for accesses through `pgm`; the KVM
+//! slots do not model it (a VMM that needs A20 off for guest code must
+//! remap the slots itself).
 
 mod access;
 mod dirty;
@@ -16,6 +33,7 @@ mod host;
 mod layout;
 mod live;
 mod map;
+mod observe;
 mod page;
 mod range;
 mod report;
@@ -35,7 +53,8 @@ pub use handler::{
 pub use host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
 pub use layout::{FOUR_GIB, HIGH_RAM_START, LOW_RAM_END, PcLayout};
 pub use live::{DIRTY_HISTORY, LiveVote, LiveVoter};
-pub use map::{PhysConfig, PhysMap};
+pub use map::{MAX_GUEST_PHYS, PhysConfig, PhysMap};
+pub use observe::{SharedPhysMap, register_info, register_stats};
 pub use page::{
     PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageSlot, PageState,
     PageType,

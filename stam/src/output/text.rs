@@ -28,10 +28,14 @@ impl Snapshot {
             .max()
             .unwrap_or(0)
             .max(MIN_NAME_WIDTH);
+        let mut line = String::new();
         for s in &self.samples {
-            write_line(out, s, width)?;
+            line.clear();
+            write_line(&mut line, s, width)?;
             if descriptions && !s.description.is_empty() {
-                write!(out, " - {}", s.description)?;
+                write!(out, "{} - {}", line.trim_end(), s.description)?;
+            } else {
+                write!(out, "{}", line.trim_end())?;
             }
             writeln!(out)?;
         }
@@ -47,51 +51,40 @@ impl Snapshot {
     }
 }
 
-fn write_line(out: &mut dyn Write, s: &SampleSnapshot, width: usize) -> fmt::Result {
-    let name = &*s.name;
-    let unit = s.unit.as_str();
-    match s.value {
+fn write_line(out: &mut String, s: &SampleSnapshot, width: usize) -> fmt::Result {
+    let value = match s.value {
         Value::Counter { value }
         | Value::Gauge {
             value, hex: false, ..
-        } => {
-            write!(out, "{name:<width$} {value:>VALUE_WIDTH$} {unit}")
         }
-        Value::Callback { value, hex: false } => {
-            write!(out, "{name:<width$} {value:>VALUE_WIDTH$} {unit}")
-        }
+        | Value::Callback { value, hex: false } => value.to_string(),
         Value::Gauge {
             value,
             bits,
             hex: true,
-        } => {
-            let digits = usize::from(bits / 4);
-            let hex = format!("{value:#0w$x}", w = digits + 2);
-            write!(out, "{name:<width$} {hex:>VALUE_WIDTH$} {unit}")
-        }
-        Value::Callback { value, hex: true } => {
-            let hex = format!("{value:#x}");
-            write!(out, "{name:<width$} {hex:>VALUE_WIDTH$} {unit}")
-        }
-        Value::Bool { value } => write!(out, "{name:<width$} {value:>VALUE_WIDTH$} {unit}"),
-        Value::Ratio { a, b } => {
-            let ratio = format!("{a}:{b}");
-            write!(out, "{name:<width$} {ratio:>VALUE_WIDTH$} {unit}")
-        }
+        } => format!("{value:#0w$x}", w = usize::from(bits / 4) + 2),
+        Value::Callback { value, hex: true } => format!("{value:#x}"),
+        Value::Bool { value } => value.to_string(),
+        Value::Ratio { a, b } => format!("{a}:{b}"),
         Value::Profile {
-            periods,
-            total_ns,
-            min_ns,
-            max_ns,
-        } => {
-            let avg = total_ns.checked_div(periods).unwrap_or(0);
-            let min = if periods == 0 { 0 } else { min_ns };
-            write!(
-                out,
-                "{name:<width$} {avg:>VALUE_WIDTH$} {unit} ({total_ns:>14} ns, {periods:>10} times, max {max_ns:>10}, min {min:>10})"
-            )
-        }
+            periods, total_ns, ..
+        } => total_ns.checked_div(periods).unwrap_or(0).to_string(),
+    };
+    write!(out, "{:<width$} {value:>VALUE_WIDTH$} {}", s.name, s.unit)?;
+    if let Value::Profile {
+        periods,
+        total_ns,
+        min_ns,
+        max_ns,
+    } = s.value
+    {
+        let min = if periods == 0 { 0 } else { min_ns };
+        write!(
+            out,
+            " ({total_ns:>14} ns, {periods:>10} times, max {max_ns:>10}, min {min:>10})"
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,4 +24,6 @@ pub trait PioDevice: Send {
     fn read(&mut self, offset: u16, data: &mut [u8]);
     /// Handles an `out`.
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction;
+    /// Returns to the power-on state (machine reset).
+    fn reset(&mut self) {}
 }

@@ -55,4 +55,13 @@ impl PioDevice for Uart {
         }
         DeviceAction::Continue
     }
+
+    fn reset(&mut self) {
+        // A new 16550 in its power-on state, writing to the same sink.
+        let old = std::mem::replace(
+            &mut self.serial,
+            Serial::new(NoIrq, Box::new(std::io::sink())),
+        );
+        self.serial = Serial::new(NoIrq, old.into_writer());
+    }
 }

@@ -18,7 +18,7 @@
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction};
 
-use super::asm::{asm_err, exit_with, print_routine};
+use super::asm::{FLAT_GDT, asm_err, exit_with, gdt_bytes, print_routine, pseudo_descriptor};
 use super::rom::RomImage;
 use crate::error::Result;
 
@@ -93,39 +93,24 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     let done = strings.add("vmm demo: all checks passed\n");
 
     let mut rom = RomImage::new(ROM_SIZE)?;
-    rom.place(GDT, &gdt())?;
-    let mut descriptor = [0u8; 6];
-    descriptor[..2].copy_from_slice(&(4 * 8 - 1u16).to_le_bytes());
-    descriptor[2..].copy_from_slice(&(LOW_MIRROR + GDT as u32).to_le_bytes());
-    rom.place(GDT_DESCRIPTOR, &descriptor)?;
+    rom.place(GDT, &gdt_bytes(&GDT_ENTRIES))?;
+    rom.place(
+        GDT_DESCRIPTOR,
+        &pseudo_descriptor(GDT_ENTRIES.len(), low(GDT)),
+    )?;
     rom.place(STRINGS, &strings.bytes)?;
     rom.place(CODE16, &real_mode(real)?)?;
     let (code32, gp_handler) = protected_mode(protected, pae_ok, pae_bad, pae_refused)?;
     rom.place(CODE32, &code32)?;
     rom.place(IDT, &idt(gp_handler))?;
-    let mut idt_descriptor = [0u8; 6];
-    idt_descriptor[..2].copy_from_slice(&((IDT_ENTRIES * 8 - 1) as u16).to_le_bytes());
-    idt_descriptor[2..].copy_from_slice(&low(IDT).to_le_bytes());
-    rom.place(IDT_DESCRIPTOR, &idt_descriptor)?;
+    rom.place(IDT_DESCRIPTOR, &pseudo_descriptor(IDT_ENTRIES, low(IDT)))?;
     rom.place(CODE64, &long_mode(long_ok, long_bad, done)?)?;
     rom.reset_jump(CODE16 as u16)?;
     Ok(rom.into_bytes())
 }
 
-/// Null, flat 32-bit code, flat data, 64-bit code. The descriptors have
-/// their accessed bit set already: the GDT lives in ROM, where the CPU could
-/// not set it.
-fn gdt() -> Vec<u8> {
-    [
-        0u64,
-        0x00cf_9b00_0000_ffff,
-        0x00cf_9300_0000_ffff,
-        0x00af_9b00_0000_ffff,
-    ]
-    .iter()
-    .flat_map(|d| d.to_le_bytes())
-    .collect()
-}
+/// The flat segments plus a 64-bit code segment (0x18).
+const GDT_ENTRIES: [u64; 4] = [FLAT_GDT[0], FLAT_GDT[1], FLAT_GDT[2], 0x00af_9b00_0000_ffff];
 
 /// A 32-bit IDT whose only present gate is #GP, an interrupt gate to
 /// `gp_handler` in the flat code segment.

@@ -5,7 +5,9 @@
 
 mod asm;
 mod demo;
+mod idle;
 pub mod rom;
+mod smp;
 
 use crate::error::{Error, Result};
 
@@ -27,11 +29,23 @@ impl EmbeddedGuest {
 }
 
 /// Every embedded guest, the default (`demo`) first.
-pub const GUESTS: &[EmbeddedGuest] = &[EmbeddedGuest {
-    name: "demo",
-    description: "real mode -> protected mode -> PAE paging -> long mode, checking paged memory at each stage",
-    build: demo::firmware,
-}];
+pub const GUESTS: &[EmbeddedGuest] = &[
+    EmbeddedGuest {
+        name: "demo",
+        description: "real mode -> protected mode -> PAE paging -> long mode, checking paged memory at each stage",
+        build: demo::firmware,
+    },
+    EmbeddedGuest {
+        name: "idle",
+        description: "runs until powered off: halts between 100 Hz timer ticks, prints a heartbeat twice a second",
+        build: idle::firmware,
+    },
+    EmbeddedGuest {
+        name: "smp",
+        description: "the BSP wakes every AP with INIT-SIPI-SIPI; each AP reports its APIC id and checks in",
+        build: smp::firmware,
+    },
+];
 
 /// Looks up an embedded guest by name.
 ///

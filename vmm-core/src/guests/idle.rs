@@ -1,0 +1,137 @@
+//! The idle guest: runs until powered off, halting between timer ticks.
+//!
+//! Real mode throughout. It programs the PIC (IRQ 0 only, vectors 8..15)
+//! and PIT channel 0 at 100 Hz, prints `vmm idle: started`, then sleeps in
+//! `hlt`; every 50 ticks (half a second) it prints a heartbeat with a
+//! running count. Between ticks the vCPU is halted, so an idle VM costs
+//! almost no host CPU.
+
+use iced_x86::code_asm::*;
+
+use super::asm::{asm_err, print_hex_routine, print_routine};
+use super::rom::RomImage;
+use crate::error::Result;
+
+const ROM_SIZE: usize = 64 * 1024;
+const LOW_SEGMENT: u32 = 0xf000;
+const STRINGS: usize = 0x100;
+const MAIN: usize = 0x1000;
+const TIMER_HANDLER: usize = 0x2000;
+
+/// Tick and heartbeat counters in low RAM.
+const TICKS: u32 = 0x500;
+const HEARTBEATS: u32 = 0x504;
+const STACK_TOP: u32 = 0x7000;
+
+/// The PIT input clock divided by 100.
+const PIT_DIVISOR_100HZ: u32 = 11_932;
+const TICKS_PER_HEARTBEAT: u32 = 50;
+const TIMER_VECTOR: u32 = 8;
+
+pub(super) fn firmware() -> Result<Vec<u8>> {
+    let started = b"vmm idle: started\n\0";
+    let heartbeat = b"vmm idle: heartbeat 0x\0";
+    let started_at = STRINGS;
+    let heartbeat_at = STRINGS + started.len();
+    let mut rom = RomImage::new(ROM_SIZE)?;
+    rom.place(started_at, started)?;
+    rom.place(heartbeat_at, heartbeat)?;
+    rom.place(MAIN, &main_loop(started_at, heartbeat_at)?)?;
+    rom.place(TIMER_HANDLER, &timer_handler()?)?;
+    rom.reset_jump(MAIN as u16)?;
+    Ok(rom.into_bytes())
+}
+
+/// `out port, value` through AL.
+fn outb(a: &mut CodeAssembler, port: u32, value: u32) -> Result<()> {
+    a.mov(al, value).map_err(asm_err)?;
+    a.out(port, al).map_err(asm_err)
+}
+
+fn main_loop(started: usize, heartbeat: usize) -> Result<Vec<u8>> {
+    let mut a = CodeAssembler::new(16).map_err(asm_err)?;
+    let (mut print, mut print_hex, mut print_rom) =
+        (a.create_label(), a.create_label(), a.create_label());
+    let mut idle = a.create_label();
+    a.cli().map_err(asm_err)?;
+    a.xor(ax, ax).map_err(asm_err)?;
+    a.mov(ss, ax).map_err(asm_err)?;
+    a.mov(ds, ax).map_err(asm_err)?;
+    a.mov(sp, STACK_TOP).map_err(asm_err)?;
+    a.mov(dword_ptr(TICKS), 0).map_err(asm_err)?;
+    a.mov(dword_ptr(HEARTBEATS), 0).map_err(asm_err)?;
+    // IVT entry of the timer vector -> F000:TIMER_HANDLER.
+    a.mov(word_ptr(TIMER_VECTOR * 4), TIMER_HANDLER as u32)
+        .map_err(asm_err)?;
+    a.mov(word_ptr(TIMER_VECTOR * 4 + 2), LOW_SEGMENT)
+        .map_err(asm_err)?;
+    // Master PIC: edge triggered, vectors 8..15, slave on IRQ 2, 8086 mode,
+    // only IRQ 0 unmasked. Slave PIC: vectors 0x70.., all masked.
+    for (port, value) in [
+        (0x20, 0x11),
+        (0x21, 0x08),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0x21, 0xfe),
+    ] {
+        outb(&mut a, port, value)?;
+    }
+    for (port, value) in [
+        (0xa0, 0x11),
+        (0xa1, 0x70),
+        (0xa1, 0x02),
+        (0xa1, 0x01),
+        (0xa1, 0xff),
+    ] {
+        outb(&mut a, port, value)?;
+    }
+    // PIT channel 0: lobyte/hibyte, mode 2 (rate generator), 100 Hz.
+    outb(&mut a, 0x43, 0x34)?;
+    outb(&mut a, 0x40, PIT_DIVISOR_100HZ & 0xff)?;
+    outb(&mut a, 0x40, PIT_DIVISOR_100HZ >> 8)?;
+    a.mov(si, started as u32).map_err(asm_err)?;
+    a.call(print_rom).map_err(asm_err)?;
+    a.sti().map_err(asm_err)?;
+
+    a.set_label(&mut idle).map_err(asm_err)?;
+    a.hlt().map_err(asm_err)?;
+    a.cmp(dword_ptr(TICKS), TICKS_PER_HEARTBEAT)
+        .map_err(asm_err)?;
+    a.jb(idle).map_err(asm_err)?;
+    a.mov(dword_ptr(TICKS), 0).map_err(asm_err)?;
+    a.inc(dword_ptr(HEARTBEATS)).map_err(asm_err)?;
+    a.mov(si, heartbeat as u32).map_err(asm_err)?;
+    a.call(print_rom).map_err(asm_err)?;
+    a.mov(al, byte_ptr(HEARTBEATS)).map_err(asm_err)?;
+    a.call(print_hex).map_err(asm_err)?;
+    a.mov(al, b'\n' as u32).map_err(asm_err)?;
+    a.out(dx, al).map_err(asm_err)?;
+    a.jmp(idle).map_err(asm_err)?;
+
+    // print_rom: print the ROM string at SI (DS switched to the ROM mirror).
+    a.set_label(&mut print_rom).map_err(asm_err)?;
+    a.push(ds).map_err(asm_err)?;
+    a.mov(ax, LOW_SEGMENT).map_err(asm_err)?;
+    a.mov(ds, ax).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    a.pop(ds).map_err(asm_err)?;
+    a.ret().map_err(asm_err)?;
+    print_routine(&mut a, &mut print)?;
+    print_hex_routine(&mut a, &mut print_hex)?;
+    a.assemble(MAIN as u64).map_err(asm_err)
+}
+
+/// IRQ 0: count the tick, acknowledge the PIC.
+fn timer_handler() -> Result<Vec<u8>> {
+    let mut a = CodeAssembler::new(16).map_err(asm_err)?;
+    a.push(ax).map_err(asm_err)?;
+    a.push(ds).map_err(asm_err)?;
+    a.xor(ax, ax).map_err(asm_err)?;
+    a.mov(ds, ax).map_err(asm_err)?;
+    a.inc(dword_ptr(TICKS)).map_err(asm_err)?;
+    outb(&mut a, 0x20, 0x20)?;
+    a.pop(ds).map_err(asm_err)?;
+    a.pop(ax).map_err(asm_err)?;
+    a.iret().map_err(asm_err)?;
+    a.assemble(TIMER_HANDLER as u64).map_err(asm_err)
+}

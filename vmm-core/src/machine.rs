@@ -1,0 +1,304 @@
+//! The running machine: everything the EMTs and other threads share, and the
+//! [`VmHandle`] that steers a running VM from another thread.
+
+use std::fmt::Write;
+use std::sync::{Arc, OnceLock};
+
+use dbgf::{
+    InfoCall, InfoError, InfoExecutor, InfoFlags, InfoHandler, InfoRegistry, SameThreadExecutor,
+};
+use hm_vmx::{CpuSnapshot, Kicker, VcpuState};
+use parking_lot::Mutex;
+use stam::Counter;
+
+use crate::bus::IoBus;
+use crate::emt::RunOutcome;
+use crate::error::Result;
+use crate::ffs::{ForcedActions, Kick, VmFf};
+use crate::memory::GuestMemoryMap;
+use crate::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
+use crate::request::{RequestQueue, Target};
+use crate::vmstate::{VmState, VmStateMachine};
+
+/// Kicks EMTs out of the guest: each EMT registers its [`Kicker`] when it
+/// starts; a kick for an EMT that has not started yet is not needed (it
+/// checks its flags before its first entry).
+pub(crate) struct EmtKicks {
+    kickers: Vec<OnceLock<Kicker>>,
+}
+
+impl EmtKicks {
+    pub(crate) fn new(cpus: u32) -> Self {
+        EmtKicks {
+            kickers: (0..cpus).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub(crate) fn bind(&self, cpu: u32, kicker: Kicker) {
+        if let Some(slot) = self.kickers.get(cpu as usize) {
+            // An EMT binds once; a second bind would be the same thread.
+            let _ = slot.set(kicker);
+        }
+    }
+}
+
+impl Kick for EmtKicks {
+    fn kick(&self, cpu: u32) {
+        if let Some(kicker) = self.kickers.get(cpu as usize).and_then(OnceLock::get) {
+            kicker.kick();
+        }
+    }
+}
+
+/// Everything the EMTs and control threads share.
+pub(crate) struct Machine {
+    // Field order is drop order: the vCPU handles go before the memory.
+    pub(crate) vcpu_states: Vec<VcpuState>,
+    pub(crate) initial: Vec<CpuSnapshot>,
+    pub(crate) ffs: ForcedActions,
+    pub(crate) requests: RequestQueue,
+    pub(crate) rendezvous: Rendezvous,
+    pub(crate) state: VmStateMachine,
+    pub(crate) kicks: Arc<EmtKicks>,
+    pub(crate) io: IoBus,
+    pub(crate) halts: Vec<Counter>,
+    pub(crate) stats: stam::Registry,
+    pub(crate) info: InfoRegistry,
+    pub(crate) outcome: Mutex<Option<Result<RunOutcome>>>,
+    pub(crate) memory: GuestMemoryMap,
+}
+
+impl Machine {
+    pub(crate) fn cpus(&self) -> u32 {
+        self.ffs.cpu_count()
+    }
+
+    /// Ends the run with `result` (the first caller wins) and stops every EMT.
+    pub(crate) fn finish(&self, result: Result<RunOutcome>) {
+        let mut outcome = self.outcome.lock();
+        if outcome.is_none() {
+            let path: &[VmState] = match &result {
+                Ok(_) => &[VmState::PoweringOff, VmState::Off],
+                Err(_) => &[VmState::GuruMeditation],
+            };
+            for &next in path {
+                if let Err(e) = self.state.set(next) {
+                    tracing::debug!("finishing the run: {e}");
+                }
+            }
+            *outcome = Some(result);
+        }
+        drop(outcome);
+        self.ffs.set_vm(VmFf::TERMINATE);
+    }
+
+    /// Whether EMTs are there to run requests.
+    fn emts_running(&self) -> bool {
+        !matches!(
+            self.state.state(),
+            VmState::Created | VmState::Off | VmState::GuruMeditation | VmState::Terminated
+        ) && self.outcome.lock().is_none()
+    }
+}
+
+/// Runs info handlers on the EMTs of a running VM (through the request
+/// queue), or on the calling thread once the EMTs are gone.
+struct EmtExecutor<'a> {
+    machine: &'a Machine,
+}
+
+impl InfoExecutor for EmtExecutor<'_> {
+    fn execute(
+        &self,
+        handler: Arc<InfoHandler>,
+        args: &str,
+        out: &mut dyn Write,
+    ) -> std::result::Result<(), InfoError> {
+        let flags = handler.flags();
+        if !flags.needs_emt() || !self.machine.emts_running() {
+            return SameThreadExecutor::new(self.machine.cpus()).execute(handler, args, out);
+        }
+        let cpus: Vec<u32> = if flags.contains(InfoFlags::ALL_EMTS) {
+            (0..self.machine.cpus()).collect()
+        } else {
+            vec![0]
+        };
+        for cpu in cpus {
+            let (on_emt, args) = (Arc::clone(&handler), args.to_owned());
+            let (text, result) = self
+                .machine
+                .requests
+                .call_wait(Target::Cpu(cpu), move |cpu| {
+                    let mut text = String::new();
+                    let result = on_emt.call(
+                        &InfoCall {
+                            args: &args,
+                            cpu: Some(cpu),
+                        },
+                        &mut text,
+                    );
+                    (text, result)
+                })
+                .map_err(|e| InfoError::Executor {
+                    name: handler.name().to_owned(),
+                    reason: e.to_string(),
+                })?;
+            out.write_str(&text)?;
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// Steers a VM from any thread: state, pause, resume, reset, power off,
+/// statistics and info handlers. Cheap to clone.
+///
+/// ```no_run
+/// use vmm_core::{Vm, VmConfig, guests};
+///
+/// let mut vm = Vm::new(VmConfig::new(16 << 20, guests::find("demo")?.firmware()?))?;
+/// let handle = vm.handle();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_millis(10));
+///     let _ = handle.power_off();
+/// });
+/// vm.run()?;
+/// # Ok::<(), vmm_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct VmHandle {
+    machine: Arc<Machine>,
+}
+
+impl VmHandle {
+    pub(crate) fn new(machine: Arc<Machine>) -> Self {
+        VmHandle { machine }
+    }
+
+    /// The VM's current state.
+    pub fn state(&self) -> VmState {
+        self.machine.state.state()
+    }
+
+    /// The VM's state machine, to watch or wait for changes.
+    pub fn state_machine(&self) -> &VmStateMachine {
+        &self.machine.state
+    }
+
+    /// The statistics registry.
+    pub fn stats(&self) -> &stam::Registry {
+        &self.machine.stats
+    }
+
+    /// The info-handler registry.
+    pub fn info(&self) -> &InfoRegistry {
+        &self.machine.info
+    }
+
+    /// Runs info handler `name` (or `help`) with `args`; per-vCPU handlers
+    /// run on their EMTs while the VM runs.
+    pub fn run_info(
+        &self,
+        name: &str,
+        args: &str,
+        out: &mut dyn Write,
+    ) -> std::result::Result<(), InfoError> {
+        self.machine.info.run(
+            name,
+            args,
+            out,
+            &EmtExecutor {
+                machine: &self.machine,
+            },
+        )
+    }
+
+    /// Suspends the VM: every EMT leaves the guest (a rendezvous) and waits.
+    pub fn pause(&self) -> Result<()> {
+        let m = &self.machine;
+        m.state
+            .try_transition(&[(VmState::Running, VmState::Suspending)])?;
+        let machine = Arc::clone(m);
+        m.rendezvous.call(
+            RendezvousType::Descending,
+            RendezvousFlags::default(),
+            move |cpu| {
+                // Descending: vCPU 0 is the last, when every EMT is out.
+                if cpu == 0 {
+                    machine.state.set(VmState::Suspended)?;
+                }
+                Ok(None)
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Resumes a suspended VM.
+    pub fn resume(&self) -> Result<()> {
+        let m = &self.machine;
+        m.state
+            .try_transition(&[(VmState::Suspended, VmState::Resuming)])?;
+        m.state.set(VmState::Running)?;
+        for cpu in 0..m.cpus() {
+            m.ffs.unhalt(cpu)?;
+        }
+        Ok(())
+    }
+
+    /// Resets the VM as the reset line of a PC does: every vCPU back to its
+    /// power-on state (APs waiting for INIT/SIPI again), RAM zeroed, ROM and
+    /// devices reset. A suspended VM stays suspended.
+    pub fn reset(&self) -> Result<()> {
+        let m = &self.machine;
+        let resume_to = m.state.state();
+        let from = [
+            (VmState::Running, VmState::Resetting),
+            (VmState::Suspended, VmState::Resetting),
+        ];
+        m.state.try_transition(&from)?;
+        let machine = Arc::clone(m);
+        let result = m.rendezvous.call(
+            RendezvousType::Descending,
+            RendezvousFlags::default(),
+            move |cpu| {
+                let i = cpu as usize;
+                if let (Some(state), Some(initial)) =
+                    (machine.vcpu_states.get(i), machine.initial.get(i))
+                {
+                    state.restore(initial)?;
+                }
+                if cpu == 0 {
+                    machine.memory.reset()?;
+                    machine.io.reset();
+                }
+                Ok(None)
+            },
+        );
+        let back = if resume_to == VmState::Suspended {
+            VmState::Suspended
+        } else {
+            VmState::Running
+        };
+        m.state.set(back)?;
+        result?;
+        Ok(())
+    }
+
+    /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`].
+    pub fn power_off(&self) -> Result<()> {
+        let m = &self.machine;
+        let from = [
+            (VmState::Running, VmState::PoweringOff),
+            (VmState::Suspended, VmState::PoweringOff),
+        ];
+        m.state.try_transition(&from)?;
+        m.state.set(VmState::Off)?;
+        let mut outcome = m.outcome.lock();
+        if outcome.is_none() {
+            *outcome = Some(Ok(RunOutcome::PoweredOff));
+        }
+        drop(outcome);
+        m.ffs.set_vm(VmFf::TERMINATE);
+        Ok(())
+    }
+}
