@@ -1,6 +1,6 @@
 //! The control API: an HTTP/1.1 REST server on a Unix socket that steers a
 //! running VM (`vmm run --api-socket PATH`). The endpoints are documented in
-//! `docs/openapi.yaml`.
+//! `vmm-cli/openapi.yaml`.
 //!
 //! The server runs on its own thread with a single-threaded tokio runtime;
 //! each request is answered on a blocking thread (VM operations such as

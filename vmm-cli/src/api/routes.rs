@@ -121,7 +121,7 @@ pub fn respond(
 ) -> Response {
     let Some(route) = Route::parse(path) else {
         return ApiError::not_found(format!(
-            "no endpoint {path}; see docs/openapi.yaml for the API"
+            "no endpoint {path}; see vmm-cli/openapi.yaml for the API"
         ))
         .into();
     };
@@ -255,7 +255,7 @@ fn query_params(query: Option<&str>, allowed: &[&str]) -> Result<Params, ApiErro
 fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
-            "this endpoint needs a JSON body; see docs/openapi.yaml",
+            "this endpoint needs a JSON body; see vmm-cli/openapi.yaml",
         ));
     }
     serde_json::from_slice(body)
@@ -464,6 +464,53 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    /// The OpenAPI document lists every endpoint with its methods and every
+    /// error code the API answers with.
+    #[test]
+    fn openapi_document_covers_the_routes_and_error_codes() {
+        let doc = include_str!("../../openapi.yaml");
+        for path in [
+            "/v1/vm",
+            "/v1/vm/state",
+            "/v1/vm/save",
+            "/v1/balloon",
+            "/v1/stats",
+            "/v1/info",
+            "/v1/info/x",
+        ] {
+            let route = Route::parse(path).unwrap();
+            let documented = if let Route::Info(_) = route {
+                "/v1/info/{name}".to_owned()
+            } else {
+                path.to_owned()
+            };
+            let section = doc
+                .split(&format!("\n  {documented}:\n"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{documented} is not documented"));
+            // The path's block, starting at its first method line.
+            let section = format!("\n{}", section.split("\n  /").next().unwrap_or_default());
+            for method in route.methods() {
+                let key = format!("\n    {}:", method.to_lowercase());
+                assert!(
+                    section.contains(&key),
+                    "{method} {documented} is not documented"
+                );
+            }
+        }
+        for code in [
+            "bad_request",
+            "not_found",
+            "method_not_allowed",
+            "conflict",
+            "payload_too_large",
+            "internal_error",
+            "not_implemented",
+        ] {
+            assert!(doc.contains(code), "error code {code} is not documented");
+        }
     }
 
     proptest! {
