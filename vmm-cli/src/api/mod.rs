@@ -27,7 +27,7 @@ use hyper::header::{ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
 use tokio::runtime::Runtime;
@@ -41,6 +41,8 @@ use socket::SocketFile;
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutting down waits for requests in flight (a power-off
 /// request's answer, for one).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,14 +125,18 @@ fn serve_until(
 ) {
     runtime.block_on(async move {
         let graceful = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        // A client that connects and never finishes its request headers is
+        // dropped instead of holding a connection forever.
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let control = Arc::clone(&control);
                         let service = service_fn(move |req| handle(req, Arc::clone(&control)));
-                        let connection = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service);
+                        let connection = http.serve_connection(TokioIo::new(stream), service);
                         let connection = graceful.watch(connection);
                         tokio::spawn(async move {
                             // A client hanging up mid-request is its business.
