@@ -249,15 +249,17 @@ pub fn change_state(args: PlainArgs, action: Action) -> anyhow::Result<ExitCode>
 
 /// `vmm info NAME [ARGS]`: runs an info handler in the VMM.
 pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    // Handler names are letters, digits, `_`, `-` and `.`: nothing that
+    // would change the meaning of the URL.
+    if args.name.is_empty() || args.name.contains(['/', '?', '#', '%', ' ']) {
+        bail!("invalid info handler name {:?}", args.name);
+    }
     let handler_args = args.args.join(" ");
     let target = format!(
         "{PREFIX}/info/{}?{}",
         args.name,
         query(&[("args", &handler_args)])
     );
-    if args.name.is_empty() || args.name.contains(['/', '?', '#', '%', ' ']) {
-        bail!("invalid info handler name {:?}", args.name);
-    }
     exchange(&args.connection, Method::GET, &target, None, |reply| {
         Ok(reply.json()?["output"]
             .as_str()
@@ -297,4 +299,44 @@ pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
         Some(json!({ "path": file.to_string_lossy() })),
         |_| Ok(format!("VM state saved to {}", file.display())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.to_owned(),
+        }
+    }
+
+    #[test]
+    fn error_replies_become_readable_errors() {
+        let body = r#"{"error":{"status":409,"code":"conflict","message":"cannot resume: VM state is RUNNING"}}"#;
+        let err = check(reply(409, body), false).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "cannot resume: VM state is RUNNING (HTTP 409 conflict)"
+        );
+        // Something that is not the API's error object is shown as it came.
+        let err = check(reply(502, "bad gateway"), false).err().unwrap();
+        assert_eq!(err.to_string(), "bad gateway (HTTP 502 error)");
+    }
+
+    #[test]
+    fn json_mode_reports_errors_without_failing_the_exchange() {
+        assert!(check(reply(501, "{}"), true).unwrap().is_none());
+        let ok = check(reply(200, "{}"), false).unwrap().unwrap();
+        assert_eq!(ok.json().unwrap(), json!({}));
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            query(&[("pattern", "/HM/*|/IOM/*"), ("format", "text")]),
+            "pattern=%2FHM%2F*%7C%2FIOM%2F*&format=text"
+        );
+    }
 }

@@ -7,6 +7,15 @@
 //! pause wait for the EMTs), so several clients are served at once and a
 //! slow request never stalls the others. Nothing a client sends can take
 //! the VM down: every failure becomes a JSON error.
+//!
+//! ```text
+//! $ vmm run --guest idle --api-socket /tmp/vm.sock &
+//! $ curl --unix-socket /tmp/vm.sock -X PUT -d '{"action":"pause"}' http://localhost/v1/vm/state
+//! {"action":"pause","state":"SUSPENDED"}
+//! $ vmm resume --api-socket /tmp/vm.sock
+//! VM resumed; state RUNNING
+//! $ vmm stats '/IOM/Port/uart/*' --format prometheus --api-socket /tmp/vm.sock
+//! ```
 
 mod control;
 mod error;
