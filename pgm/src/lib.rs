@@ -3,3 +3,4 @@
 
 pub mod paging;
 pub mod phys;
+mod walker_memory;

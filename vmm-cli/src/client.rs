@@ -209,9 +209,9 @@ pub fn status(args: PlainArgs) -> anyhow::Result<ExitCode> {
         |reply| {
             let v = reply.json()?;
             let mut text = format!(
-                "state:    {}\nfirmware: {}\nRAM:      {} MiB\nvCPUs:    {}\nuptime:   {:.1} s\n",
+                "state:    {}\nboot:     {}\nRAM:      {} MiB\nvCPUs:    {}\nuptime:   {:.1} s\n",
                 v["state"].as_str().unwrap_or("?"),
-                v["config"]["firmware"].as_str().unwrap_or("?"),
+                v["config"]["boot"].as_str().unwrap_or("?"),
                 v["config"]["ram_bytes"].as_u64().unwrap_or(0) >> 20,
                 v["config"]["cpus"],
                 v["uptime_secs"].as_f64().unwrap_or(0.0),

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest (the embedded demo guest by default) and stream its serial output.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check whether this host can run VMs: /dev/kvm and the KVM capabilities the VMM relies on.
     Doctor,
     /// Show a running VM's state, configuration, vCPUs and uptime (through its API socket).
@@ -44,7 +44,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Doctor => doctor::doctor(),
         Command::Status(args) => client::status(args),
         Command::Info(args) => client::info(args),

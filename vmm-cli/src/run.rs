@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
@@ -34,6 +35,19 @@ pub struct RunArgs {
     /// (mirrored below 1 MiB); execution starts at its last 16 bytes.
     #[arg(long, value_name = "FILE")]
     bios: Option<PathBuf>,
+    /// Boot a Linux kernel (bzImage or ELF vmlinux) directly instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "bios")]
+    kernel: Option<PathBuf>,
+    /// The initrd for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line for --kernel.
+    #[arg(
+        long,
+        requires = "kernel",
+        default_value = "console=ttyS0 reboot=k panic=1"
+    )]
+    cmdline: String,
     /// When the guest stops, print the statistics matching PATTERN
     /// (`*`, `?`, `|`; everything when omitted).
     #[arg(long, value_name = "PATTERN", num_args = 0..=1, default_missing_value = "", require_equals = true)]
@@ -82,12 +96,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(ApiSocket::bind)
         .transpose()?;
-    let firmware = match &args.bios {
-        Some(path) => std::fs::read(path)
-            .with_context(|| format!("cannot read firmware {}", path.display()))?,
-        None => guests::find(&args.guest)?.firmware()?,
+    let mut config = match &args.kernel {
+        Some(kernel) => VmConfig::with_kernel(
+            args.mem,
+            KernelBoot::from_files(kernel, args.initrd.as_deref(), &args.cmdline)
+                .context("cannot read the kernel or initrd")?,
+        ),
+        None => VmConfig::new(
+            args.mem,
+            match &args.bios {
+                Some(path) => std::fs::read(path)
+                    .with_context(|| format!("cannot read firmware {}", path.display()))?,
+                None => guests::find(&args.guest)?.firmware()?,
+            },
+        ),
     };
-    let mut config = VmConfig::new(args.mem, firmware);
     config.cpus = args.cpus;
     config.serial = match &args.serial {
         Some(path) => Box::new(
@@ -99,9 +122,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let api_config = VmConfigInfo {
         ram_bytes: config.ram_bytes,
         cpus: config.cpus,
-        firmware: match &args.bios {
-            Some(path) => path.display().to_string(),
-            None => args.guest.clone(),
+        boot: match (&args.kernel, &args.bios) {
+            (Some(path), _) => format!("kernel {}", path.display()),
+            (None, Some(path)) => format!("firmware {}", path.display()),
+            (None, None) => format!("guest {}", args.guest),
         },
     };
     let mut vm = Vm::new(config)?;
@@ -119,6 +143,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     report(&vm, &args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
+        RunOutcome::Reboot => {
+            eprintln!("vmm: the guest reset the machine (reboot); run ended");
+            Ok(ExitCode::SUCCESS)
+        }
         RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
     }
 }

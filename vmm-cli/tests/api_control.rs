@@ -202,7 +202,7 @@ fn control_a_running_vm_with_the_vmm_client_and_curl() {
     let status = json(&vm.vmm_ok(&["status", "--json"]));
     assert_eq!(status["state"], "RUNNING");
     assert_eq!(status["config"]["cpus"], 1);
-    assert_eq!(status["config"]["firmware"], "idle");
+    assert_eq!(status["config"]["boot"], "guest idle");
     assert!(vm.vmm_ok(&["status"]).contains("state:    RUNNING"));
 
     // Pause: the state says so and the guest's heartbeats stop.

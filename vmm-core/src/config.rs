@@ -21,6 +21,8 @@ pub struct VmConfig {
     pub firmware: Vec<u8>,
     /// The sink for COM1 output.
     pub serial: SerialSink,
+    /// A kernel to boot directly instead of running the firmware.
+    pub kernel: Option<crate::boot::KernelBoot>,
 }
 
 impl VmConfig {
@@ -32,6 +34,16 @@ impl VmConfig {
             cpus: 1,
             firmware,
             serial: Box::new(std::io::sink()),
+            kernel: None,
+        }
+    }
+
+    /// A configuration that boots `kernel` directly (no firmware runs: the
+    /// ROM holds only `hlt`).
+    pub fn with_kernel(ram_bytes: u64, kernel: crate::boot::KernelBoot) -> Self {
+        VmConfig {
+            kernel: Some(kernel),
+            ..VmConfig::new(ram_bytes, vec![0xf4; 4096])
         }
     }
 
@@ -49,6 +61,9 @@ impl VmConfig {
                 self.ram_bytes,
                 MIN_RAM >> 20
             )));
+        }
+        if let Some(kernel) = &self.kernel {
+            crate::boot::direct::check(kernel, self.cpus)?;
         }
         Ok(())
     }

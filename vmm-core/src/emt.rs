@@ -14,6 +14,9 @@ use crate::vmstate::VmState;
 pub enum RunOutcome {
     /// The guest wrote this status to the debug-exit port.
     GuestExit(u8),
+    /// The guest reset the machine (for example through the keyboard
+    /// controller, as Linux's `reboot=k` does).
+    Reboot,
     /// The VM was powered off from outside (the control API).
     PoweredOff,
 }
@@ -63,11 +66,16 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
                 match access.data {
                     IoData::Out(data) => {
                         for chunk in data.chunks(size) {
-                            if let DeviceAction::GuestExit(status) =
-                                machine.io.write(access.port, chunk)
-                            {
-                                machine.finish(Ok(RunOutcome::GuestExit(status)));
-                                return Ok(());
+                            match machine.io.write(access.port, chunk) {
+                                DeviceAction::GuestExit(status) => {
+                                    machine.finish(Ok(RunOutcome::GuestExit(status)));
+                                    return Ok(());
+                                }
+                                DeviceAction::Reset => {
+                                    machine.finish(Ok(RunOutcome::Reboot));
+                                    return Ok(());
+                                }
+                                DeviceAction::Continue => {}
                             }
                         }
                     }

@@ -27,6 +27,9 @@ pub enum Error {
         /// applied: this is the architectural RIP).
         rip: u64,
     },
+    /// A direct kernel boot could not be prepared.
+    #[error(transparent)]
+    Boot(#[from] crate::boot::Error),
     /// Forced-action bookkeeping failed (an EMT registered twice, a bad vCPU).
     #[error(transparent)]
     ForcedActions(#[from] crate::ffs::FfError),

@@ -8,15 +8,16 @@ use hm_vmx::VcpuState;
 use parking_lot::Mutex;
 use stam::Unit;
 
+use crate::boot;
 use crate::bus::IoBus;
 use crate::config::VmConfig;
-use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, Uart};
+use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart};
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
 use crate::ffs::ForcedActions;
-use crate::info::write_cpumguest;
+use crate::info::{guest_features, register_paging_handlers, write_cpumguest};
 use crate::machine::{EmtKicks, Machine, VmHandle};
-use crate::memory::GuestMemoryMap;
+use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
 use crate::request::RequestQueue;
 use crate::vmstate::{VmState, VmStateMachine};
@@ -67,18 +68,31 @@ impl Vm {
             .map(|s| s.snapshot(true))
             .collect::<hm_vmx::Result<Vec<_>>>()?;
 
+        if let Some(kernel) = &config.kernel {
+            let ram = boot::direct::ram_ranges(memory.ram());
+            let hole = pc_layout(config.ram_bytes).mmio_hole_start();
+            let plan = boot::direct::plan(kernel, &ram, hole)?;
+            boot::direct::after_vcpus(kernel, &plan, memory.ram(), &vcpus)?;
+        }
+        let uart_irq = boot::machine::uart_irq(backend.fd())?;
         let mut io = IoBus::new(&stats)?;
         io.register(
             COM1_PORT,
             8,
             "uart",
-            Arc::new(Mutex::new(Uart::new(config.serial))),
+            Arc::new(Mutex::new(Uart::with_irq(config.serial, uart_irq))),
         )?;
         io.register(
             DEBUG_EXIT_PORT,
             1,
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
+        )?;
+        io.register(
+            I8042_PORT,
+            I8042_PORTS,
+            "i8042",
+            Arc::new(Mutex::new(I8042::default())),
         )?;
 
         let kicks = Arc::new(EmtKicks::new(config.cpus));
@@ -229,7 +243,10 @@ fn register_info_handlers(machine: &Arc<Machine>, backend: &hm_vmx::Vm) -> Resul
         InfoFlags::empty(),
         move |_: &InfoCall<'_>, out: &mut dyn Write| Ok(ffs.format_fflags(out)?),
     )
-    .map_err(info_error)
+    .map_err(info_error)?;
+    let features = guest_features(backend.cpuid()).map_err(info_error)?;
+    register_paging_handlers(info, &machine.vcpu_states, machine.memory.phys(), features)
+        .map_err(info_error)
 }
 
 /// `/VMM/...`: the VM state (as VirtualBox's VMSTATE number order) and the

@@ -61,6 +61,29 @@ fn demo_guest_passes_every_stage_in_order() {
 }
 
 #[test]
+fn paging_info_handlers_read_the_guests_tables() {
+    if !kvm_available("paging_info_handlers_read_the_guests_tables") {
+        return;
+    }
+    let (vm, outcome, _) = run(guests::find("demo").unwrap().firmware().unwrap());
+    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0));
+    let mut mode = String::new();
+    vm.run_info("mode", "guest", &mut mode).unwrap();
+    assert!(mode.contains("AMD64"), "{mode}");
+    // The demo maps PML4 entries 0 and 256 onto the same PDPT at 0x11000.
+    let mut tables = String::new();
+    vm.run_info("pgmcr3", "", &mut tables).unwrap();
+    assert!(tables.contains("CR3=0x10000"), "{tables}");
+    assert!(
+        tables.contains("PML4E[000]") && tables.contains("PML4E[256]"),
+        "{tables}"
+    );
+    assert_eq!(tables.matches("-> 0x11000").count(), 2, "{tables}");
+    let mut bad = String::new();
+    assert!(vm.run_info("mode", "sideways", &mut bad).is_err());
+}
+
+#[test]
 fn triple_fault_ends_the_run_with_an_error_naming_the_exit() {
     if !kvm_available("triple_fault_ends_the_run_with_an_error_naming_the_exit") {
         return;

@@ -43,8 +43,9 @@ pub struct VmConfigInfo {
     pub ram_bytes: u64,
     /// Number of vCPUs.
     pub cpus: u32,
-    /// The embedded guest or firmware file the VM runs.
-    pub firmware: String,
+    /// What the VM boots: `guest NAME` (embedded), `firmware FILE` or
+    /// `kernel FILE`.
+    pub boot: String,
 }
 
 /// One vCPU as `GET /v1/vm` reports it.

@@ -291,7 +291,7 @@ mod tests {
                 config: VmConfigInfo {
                     ram_bytes: 1 << 20,
                     cpus: 1,
-                    firmware: "fake".into(),
+                    boot: "guest fake".into(),
                 },
                 vcpus: vec![VcpuInfo { id: 0, halts: 3 }],
                 uptime_secs: 1.5,
