@@ -4,12 +4,15 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
+
+use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -63,19 +66,10 @@ pub struct RunArgs {
     /// With --dump-phys: leave zero pages out (holes in a sparse file).
     #[arg(long, requires = "dump_phys")]
     nozero: bool,
-}
-
-/// How `--stats` prints.
-#[derive(Clone, Copy, ValueEnum)]
-enum StatsFormat {
-    /// A table like `VBoxManage debugvm statistics`.
-    Text,
-    /// JSON.
-    Json,
-    /// The Prometheus text exposition format.
-    Prometheus,
-    /// VirtualBox's XML statistics snapshot.
-    Xml,
+    /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at PATH, for
+    /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 fn parse_mem(text: &str) -> Result<u64, String> {
@@ -96,6 +90,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.cpus == 0 {
         bail!("--cpus 0: a VM needs at least one vCPU");
     }
+    // Bind first: a socket in use is reported before the VM is built.
+    let api_socket = args
+        .api_socket
+        .as_deref()
+        .map(ApiSocket::bind)
+        .transpose()?;
     let mut config = match &args.kernel {
         Some(kernel) => VmConfig::with_kernel(
             args.mem,
@@ -119,8 +119,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => Box::new(std::io::stdout()),
     };
+    let api_config = VmConfigInfo {
+        ram_bytes: config.ram_bytes,
+        cpus: config.cpus,
+        boot: match (&args.kernel, &args.bios) {
+            (Some(path), _) => format!("kernel {}", path.display()),
+            (None, Some(path)) => format!("firmware {}", path.display()),
+            (None, None) => format!("guest {}", args.guest),
+        },
+    };
     let mut vm = Vm::new(config)?;
+    let api = match api_socket {
+        Some(socket) => {
+            let server = socket.serve(Arc::new(VmControl::new(vm.handle(), api_config)))?;
+            eprintln!("vmm: control API on {}", server.path().display());
+            Some(server)
+        }
+        None => None,
+    };
     let outcome = vm.run();
+    drop(api);
     std::io::stdout().flush().ok();
     report(&vm, &args)?;
     match outcome? {
@@ -154,12 +172,7 @@ fn report(vm: &Vm, args: &RunArgs) -> anyhow::Result<()> {
     }
     if let Some(pattern) = &args.stats {
         let snapshot = vm.stats().snapshot(pattern);
-        match args.stats_format {
-            StatsFormat::Text => snapshot.write_text(&mut out, true)?,
-            StatsFormat::Json => out.push_str(&snapshot.to_json()?),
-            StatsFormat::Prometheus => snapshot.write_prometheus(&mut out)?,
-            StatsFormat::Xml => snapshot.write_xml(&mut out, true)?,
-        }
+        out.push_str(&args.stats_format.render(&snapshot)?);
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;
