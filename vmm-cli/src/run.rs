@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// With --dump-phys: leave zero pages out (holes in a sparse file).
     #[arg(long, requires = "dump_phys")]
     nozero: bool,
+    /// Check each vCPU's state against the Intel SDM's VM-entry rules before
+    /// it enters the guest and report broken rules by name (always on in
+    /// debug builds).
+    #[arg(long)]
+    check_entry: bool,
     /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at PATH, for
     /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
     #[arg(long, value_name = "PATH")]
@@ -112,6 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     config.cpus = args.cpus;
+    config.check_entry = args.check_entry;
     config.serial = match &args.serial {
         Some(path) => Box::new(
             File::create(path)

@@ -21,6 +21,9 @@ pub struct VmConfig {
     pub firmware: Vec<u8>,
     /// The sink for COM1 output.
     pub serial: SerialSink,
+    /// Check every vCPU's state against the SDM's VM-entry rules before it
+    /// enters the guest (always on in debug builds).
+    pub check_entry: bool,
     /// A kernel to boot directly instead of running the firmware.
     pub kernel: Option<crate::boot::KernelBoot>,
 }
@@ -35,6 +38,7 @@ impl VmConfig {
             firmware,
             serial: Box::new(std::io::sink()),
             kernel: None,
+            check_entry: false,
         }
     }
 

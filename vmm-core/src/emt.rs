@@ -107,16 +107,21 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
                 machine.ffs.halt_wait(cpu, None)?;
                 continue;
             }
-            Exit::InternalError(e) => (format!("KVM internal error: {e}"), None),
-            other => (other.name().to_string(), other.vmx_reason()),
+            Exit::InternalError(e) => (format!("KVM internal error: {e}"), None, true),
+            other @ Exit::FailEntry { .. } => (other.name().to_string(), other.vmx_reason(), true),
+            other => (other.name().to_string(), other.vmx_reason(), false),
         };
-        let (exit, reason) = unhandled;
+        let (exit, reason, diagnose) = unhandled;
         let rip = vcpu.state().regs().map(|r| r.rip).unwrap_or(u64::MAX);
+        // Entry failures and emulation failures are explained against the
+        // SDM's guest-state rules instead of KVM's opaque codes.
+        let diagnosis = diagnose.then(|| vcpu.diagnose_entry_failure().to_string());
         return Err(Error::UnhandledExit {
             cpu,
             exit,
             reason,
             rip,
+            diagnosis,
         });
     }
 }

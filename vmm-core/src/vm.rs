@@ -61,7 +61,10 @@ impl Vm {
         let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware, &stats, &info)?;
         memory.map_into(&backend)?;
         backend.create_irqchip()?;
-        let vcpus = backend.create_vcpus(config.cpus)?;
+        let mut vcpus = backend.create_vcpus(config.cpus)?;
+        if config.check_entry {
+            vcpus.iter_mut().for_each(|v| v.set_entry_checks(true));
+        }
         let vcpu_states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
         let initial = vcpu_states
             .iter()
@@ -125,6 +128,16 @@ impl Vm {
             memory,
         });
         register_info_handlers(&machine, &backend)?;
+        let hm = hypervisor.hm_info_text();
+        machine
+            .info
+            .register(
+                "hm",
+                "The execution backend: host vendor, VMX capability profile in force, the controls it would program.",
+                InfoFlags::empty(),
+                move |_: &InfoCall<'_>, out: &mut dyn Write| Ok(out.write_str(&hm)?),
+            )
+            .map_err(info_error)?;
         register_vmm_stats(&machine)?;
         machine.state.set(VmState::Created)?;
         Ok(Vm {
