@@ -4,6 +4,7 @@ mod api;
 mod client;
 mod doctor;
 mod run;
+mod state;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,8 @@ enum Command {
     Poweroff(client::PlainArgs),
     /// Save a running VM's state to FILE (not implemented yet).
     Save(client::SaveArgs),
+    /// Inspect or verify a saved-state file.
+    State(state::StateArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Reset(args) => client::change_state(args, api::Action::Reset),
         Command::Poweroff(args) => client::change_state(args, api::Action::PowerOff),
         Command::Save(args) => client::save(args),
+        Command::State(args) => state::state(args),
     };
     match result {
         Ok(code) => code,
