@@ -66,6 +66,16 @@ impl Vm {
             vcpus.iter_mut().for_each(|v| v.set_entry_checks(true));
         }
         let vcpu_states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
+        // SDM "VMX and multi-processor": every vCPU must see the same CPUID
+        // and capabilities; a VM whose vCPUs disagree does not start.
+        let differences = backend.check_mp_consistency(&vcpu_states)?;
+        if !differences.is_empty() {
+            let list: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            return Err(Error::Config(format!(
+                "the vCPUs' CPUID/VMX views differ: {}",
+                list.join("; ")
+            )));
+        }
         let initial = vcpu_states
             .iter()
             .map(|s| s.snapshot(true))
