@@ -197,7 +197,7 @@ fn info_handlers_run_when_the_guest_stops() {
     assert!(stdout.contains("  30  I/O instruction"), "{stdout}");
     // The guest stopped in long mode: EFER has LME and LMA, CS is 64-bit.
     assert!(stdout.contains("efer=0000000000000500"), "{stdout}");
-    assert!(stdout.contains("cs=0018"), "{stdout}");
+    assert!(stdout.contains("cs   sel=0x0018"), "{stdout}");
     let out = vmm(&["run", "--serial", serial, "--info", "nosuchhandler"]);
     assert!(
         stderr(&out).contains("unknown info handler \"nosuchhandler\""),
