@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod debug;
 pub mod devices;
 mod emt;
 mod error;
