@@ -1,6 +1,7 @@
 //! `vmm`: run and inspect virtual machines.
 
 mod doctor;
+mod gdb;
 mod run;
 
 use std::process::ExitCode;

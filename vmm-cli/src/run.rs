@@ -10,6 +10,8 @@ use clap::{Args, ValueEnum};
 use vmm_core::config::parse_size;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
+use crate::gdb::GdbServer;
+
 #[derive(Args)]
 pub struct RunArgs {
     /// Guest RAM: MiB, or a size with a unit (512M, 2G).
@@ -49,6 +51,11 @@ pub struct RunArgs {
     /// With --dump-phys: leave zero pages out (holes in a sparse file).
     #[arg(long, requires = "dump_phys")]
     nozero: bool,
+    /// Wait for gdb on ADDR (`PORT` or `HOST:PORT` on loopback, or
+    /// `unix:PATH`) before the first guest instruction, then serve it while
+    /// the guest runs.
+    #[arg(long, value_name = "ADDR")]
+    gdb: Option<String>,
 }
 
 /// How `--stats` prints.
@@ -96,9 +103,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => Box::new(std::io::stdout()),
     };
-    let mut vm = Vm::new(config)?;
+    let (mut vm, gdb) = match &args.gdb {
+        Some(addr) => {
+            let (vm, attach) = Vm::new_debuggable(config)?;
+            let server = GdbServer::start(addr, attach, vm.handle())?;
+            (vm, Some(server))
+        }
+        None => (Vm::new(config)?, None),
+    };
     let outcome = vm.run();
     std::io::stdout().flush().ok();
+    if let Some(server) = gdb {
+        if let Err(e) = server.finish() {
+            eprintln!("vmm: {e:#}");
+        }
+    }
     report(&vm, &args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
