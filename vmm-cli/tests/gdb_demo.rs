@@ -196,20 +196,51 @@ fn gdb_steps_breaks_reads_watches_and_detaches_from_the_demo_guest() {
             "[Inferior 1 (process 1) detached]",
         ],
     );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = vmm.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > GDB_TIMEOUT {
-            vmm.kill().unwrap();
-            panic!("vmm did not finish after gdb detached");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_vmm(&mut vmm);
     let text = std::fs::read_to_string(&serial).unwrap();
     assert!(status.success(), "vmm: {status:?}\n{text}");
     assert!(text.ends_with("vmm demo: all checks passed\n"), "{text}");
+}
+
+fn wait_vmm(vmm: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = vmm.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > GDB_TIMEOUT {
+            vmm.kill().unwrap();
+            panic!("vmm did not finish after the gdb session");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn gdb_kill_powers_the_vm_off_before_the_guest_ran() {
+    let test = "gdb_kill_powers_the_vm_off_before_the_guest_ran";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(gdb) = gdb_or_skip(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let (mut vmm, remote) = start_vmm(&serial);
+    let out = run_gdb(
+        &gdb,
+        &remote,
+        &["break *0xf3000", "kill"],
+        &dir.path().join("gdb.log"),
+    );
+    // gdb sends vKill and the stub closes the connection.
+    assert!(
+        out.contains("killed]") || out.contains("Remote connection closed"),
+        "{out}"
+    );
+    let status = wait_vmm(&mut vmm);
+    assert!(status.success(), "vmm: {status:?}");
+    // Not a single guest instruction ran: the banner never came.
+    assert_eq!(std::fs::read_to_string(&serial).unwrap(), "");
 }
 
 #[test]
