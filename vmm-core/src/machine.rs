@@ -291,6 +291,10 @@ impl VmHandle {
             VmState::Running
         };
         m.state.set(back)?;
+        // EMTs that saw `Resetting` sleep; wake them for the new state.
+        for cpu in 0..m.cpus() {
+            m.ffs.unhalt(cpu)?;
+        }
         result?;
         Ok(())
     }

@@ -113,6 +113,26 @@ fn demo_guest_steps_breaks_watches_and_finishes_after_detach() {
     assert_eq!(s.rip(), DEMO_CODE64);
     s.dbg.remove_breakpoint(&mut s.target, bp).unwrap();
 
+    // Registers and memory are writable: R15 is unused by the demo, and
+    // 0x50000 is free RAM, written through the higher half.
+    let mut regs = s.target.read_regs(0).unwrap();
+    regs.r15 = 0x1234_5678_9abc_def0;
+    s.target.write_regs(0, &regs).unwrap();
+    assert_eq!(s.target.read_regs(0).unwrap(), regs);
+    s.dbg
+        .write_virt(&mut s.target, 0, HIGH_HALF + 0x5_0000, b"gdb!")
+        .unwrap();
+    let mut scratch = [0u8; 4];
+    s.dbg
+        .read_phys(&mut s.target, 0x5_0000, &mut scratch)
+        .unwrap();
+    assert_eq!(&scratch, b"gdb!");
+    assert!(
+        s.dbg
+            .read_virt(&mut s.target, 0, 0x4000_0000, &mut scratch)
+            .is_err()
+    );
+
     // The same code through the higher-half mapping.
     let (mut low, mut high) = ([0u8; 16], [0u8; 16]);
     s.dbg
