@@ -22,12 +22,16 @@ impl GdbServer {
     pub fn start(addr: &str, attach: DebugAttachment, vm: VmHandle) -> anyhow::Result<Self> {
         let addr: GdbAddr = addr.parse()?;
         let listener = GdbListener::bind(&addr).context("cannot listen for gdb")?;
-        let shown = match (&addr, listener.local_addr()) {
-            (GdbAddr::Tcp(_), Some(bound)) => bound.to_string(),
-            (GdbAddr::Tcp(a), None) => a.to_string(),
-            (GdbAddr::Unix(path), _) => format!("unix:{}", path.display()),
+        // What the user types: gdb takes a Unix socket's bare path.
+        let (shown, remote) = match (&addr, listener.local_addr()) {
+            (GdbAddr::Tcp(_), Some(bound)) => (bound.to_string(), bound.to_string()),
+            (GdbAddr::Tcp(a), None) => (a.to_string(), a.to_string()),
+            (GdbAddr::Unix(path), _) => (
+                format!("unix:{}", path.display()),
+                path.display().to_string(),
+            ),
         };
-        eprintln!("vmm: waiting for gdb on {shown} (target remote {shown})");
+        eprintln!("vmm: waiting for gdb on {shown} (target remote {remote})");
         let conn = listener.accept().context("waiting for gdb")?;
         eprintln!("vmm: gdb connected");
         let session = GdbSession::new(attach.target, attach.debugger, attach.stops)

@@ -31,10 +31,10 @@ fn gdb_or_skip(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Starts `vmm run --gdb 127.0.0.1:0` and returns it with the address it listens on.
-fn start_vmm(serial: &std::path::Path) -> (Child, String) {
+/// Starts `vmm run --gdb ADDR` and returns it with what gdb's `target remote` takes.
+fn start_vmm(gdb_addr: &str, serial: &std::path::Path) -> (Child, String) {
     let mut vmm = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(["run", "--guest", "demo", "--gdb", "127.0.0.1:0", "--serial"])
+        .args(["run", "--guest", "demo", "--gdb", gdb_addr, "--serial"])
         .arg(serial)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -47,12 +47,8 @@ fn start_vmm(serial: &std::path::Path) -> (Child, String) {
             .next()
             .expect("vmm says where it waits for gdb")
             .expect("vmm stderr");
-        if let Some(rest) = line.strip_prefix("vmm: waiting for gdb on ") {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+        if let Some((_, remote)) = line.split_once("(target remote ") {
+            break remote.trim_end_matches(')').to_owned();
         }
     };
     // Keep draining vmm's messages so that it never blocks on a full pipe.
@@ -121,7 +117,7 @@ fn gdb_steps_breaks_reads_watches_and_detaches_from_the_demo_guest() {
     let Some(gdb) = gdb_or_skip(test) else { return };
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.txt");
-    let (mut vmm, remote) = start_vmm(&serial);
+    let (mut vmm, remote) = start_vmm("127.0.0.1:0", &serial);
     let out = run_gdb(
         &gdb,
         &remote,
@@ -225,7 +221,7 @@ fn gdb_kill_powers_the_vm_off_before_the_guest_ran() {
     let Some(gdb) = gdb_or_skip(test) else { return };
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.txt");
-    let (mut vmm, remote) = start_vmm(&serial);
+    let (mut vmm, remote) = start_vmm("127.0.0.1:0", &serial);
     let out = run_gdb(
         &gdb,
         &remote,
@@ -241,6 +237,39 @@ fn gdb_kill_powers_the_vm_off_before_the_guest_ran() {
     assert!(status.success(), "vmm: {status:?}");
     // Not a single guest instruction ran: the banner never came.
     assert_eq!(std::fs::read_to_string(&serial).unwrap(), "");
+}
+
+#[test]
+fn gdb_over_a_unix_socket_reads_registers_and_runs_info_handlers() {
+    let test = "gdb_over_a_unix_socket_reads_registers_and_runs_info_handlers";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(gdb) = gdb_or_skip(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let socket = dir.path().join("vm.gdb");
+    let (mut vmm, remote) = start_vmm(&format!("unix:{}", socket.display()), &serial);
+    assert_eq!(remote, socket.display().to_string());
+    let out = run_gdb(
+        &gdb,
+        &remote,
+        &["info registers rip", "monitor info fflags", "detach"],
+        &dir.path().join("gdb.log"),
+    );
+    assert_in_order(
+        &out,
+        &[
+            "rip            0xfff0",
+            "Global FFs",
+            "CPU 0 (halted)",
+            "[Inferior 1 (process 1) detached]",
+        ],
+    );
+    let status = wait_vmm(&mut vmm);
+    assert!(status.success(), "vmm: {status:?}");
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert!(text.ends_with("vmm demo: all checks passed\n"), "{text}");
 }
 
 #[test]
