@@ -2,6 +2,9 @@
 
 use kvm_ioctls::Error as KvmError;
 
+use crate::entry_check::EntryCheckFailure;
+use crate::vmx::{CapsError, ControlError};
+
 /// What can go wrong while creating or driving a VM through the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,6 +36,17 @@ pub enum Error {
     /// A guest-memory slot request was malformed.
     #[error("invalid memory slot: {0}")]
     InvalidSlot(String),
+    /// The host reports VMX capability MSRs that do not form a valid profile.
+    #[error("the host's VMX capability MSRs are inconsistent: {0}")]
+    VmxCapabilities(#[source] CapsError),
+    /// The VMX capability profile lacks a control the backend's VT-x model
+    /// requires, so guest states cannot be checked against it.
+    #[error("the VMX capability profile cannot be used for guest-state checks: {0}")]
+    VmxControls(#[source] ControlError),
+    /// The guest state breaks VM-entry rules: found by the pre-entry check,
+    /// or explaining why KVM refused the state.
+    #[error(transparent)]
+    EntryState(Box<EntryCheckFailure>),
 }
 
 /// Result type of the backend.

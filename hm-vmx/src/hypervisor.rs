@@ -108,6 +108,11 @@ impl Hypervisor {
         Ok(hv)
     }
 
+    /// The open `/dev/kvm`.
+    pub(crate) fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
     /// Whether the host's KVM offers `cap`.
     pub fn has(&self, cap: &Capability) -> bool {
         self.kvm.check_extension(cap.cap)
@@ -131,7 +136,10 @@ impl Hypervisor {
     }
 
     /// Creates a VM with no memory and no vCPUs, counting its exits in a
-    /// registry of its own.
+    /// registry of its own. Its vCPUs check guest states against the
+    /// [VMX capability profile](Hypervisor::vmx_capabilities) in force; a
+    /// host whose VMX capability MSRs are inconsistent or lack the controls
+    /// a KVM-like VMM needs is an error.
     pub fn create_vm(&self) -> Result<Vm> {
         self.create_vm_with_stats(&stam::Registry::new())
     }
@@ -139,7 +147,8 @@ impl Hypervisor {
     /// Creates a VM whose exit counters (`/HM/Exit/...`) and run-loop
     /// profiles (`/HM/CPUn/RunGuest`) are registered in `stats`.
     pub fn create_vm_with_stats(&self, stats: &stam::Registry) -> Result<Vm> {
+        let caps = self.vmx_capabilities()?;
         let fd = self.kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        Vm::new(fd, self.supported_cpuid()?, stats)
+        Vm::new(fd, self.supported_cpuid()?, stats, caps)
     }
 }

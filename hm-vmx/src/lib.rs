@@ -3,6 +3,11 @@
 //! `hm-vmx` runs guests through Linux KVM and reports what happens the way a
 //! VT-x VMM sees it: every exit carries its VMX basic exit reason.
 //!
+//! Guest states are checked against the VT-x VM-entry rules of the
+//! [`vmx`] model: before entering (see [`Vcpu::set_entry_checks`], on by
+//! default in debug builds), when KVM refuses a state, and on demand with
+//! [`VcpuState::diagnose_entry_failure`] after a failed entry.
+//!
 //! ```no_run
 //! use hm_vmx::{Exit, Hypervisor, IoData};
 //!
@@ -17,20 +22,26 @@
 //! # Ok::<(), hm_vmx::Error>(())
 //! ```
 
+mod entry_check;
 mod error;
 mod exit;
+mod host_caps;
 mod hypervisor;
 mod kick;
+mod kvm_state;
+mod mp_check;
 mod stats;
 pub mod testing;
 mod vcpu;
 mod vm;
 pub mod vmx;
 
+pub use entry_check::{EntryCheckFailure, EntryChecker, EntryDiagnosis, EntryStage};
 pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};
 pub use kick::{KickBinding, Kicker, kick_signal};
+pub use kvm_state::SegmentLine;
 pub use stats::ExitStats;
 pub use vcpu::{CpuSnapshot, DebugRegs, Fpu, LapicState, Regs, Sregs, Vcpu, VcpuState};
 pub use vm::{MemorySlot, Vm};

@@ -9,6 +9,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use stam::Profile;
 
+use crate::entry_check::{EntryGate, EntryStage};
 use crate::error::{Result, ioctl};
 use crate::exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 use crate::stats::ExitStats;
@@ -74,9 +75,17 @@ impl Vcpu {
     /// Runs guest code until the next exit that needs the VMM.
     ///
     /// One `KVM_RUN` ioctl and nothing else: the I/O and MMIO paths make no
-    /// further system call.
+    /// further system call. With [entry checks](Vcpu::set_entry_checks) on,
+    /// the first run and the first after a register write check the guest
+    /// state first and fail with [`Error::EntryState`](crate::Error::EntryState)
+    /// instead of entering when it breaks a VM-entry rule; a failing
+    /// `KVM_RUN` whose state breaks a rule fails the same way.
     pub fn run(&mut self) -> Result<Exit<'_>> {
-        let exit = enter(&mut self.fd, &self.in_guest)?;
+        if self.state.entry.due() {
+            self.state.pre_entry_check()?;
+        }
+        let exit =
+            enter(&mut self.fd, &self.in_guest).map_err(|e| self.state.explain_run_failure(e))?;
         self.exits.count(&exit);
         Ok(exit)
     }
@@ -108,14 +117,21 @@ impl Vcpu {
 pub struct VcpuState {
     fd: Arc<VcpuFd>,
     id: u32,
+    pub(crate) entry: Arc<EntryGate>,
 }
 
 impl VcpuState {
-    pub(crate) fn new(fd: VcpuFd, id: u32) -> Self {
+    pub(crate) fn new(fd: VcpuFd, id: u32, entry: Arc<EntryGate>) -> Self {
         VcpuState {
             fd: Arc::new(fd),
             id,
+            entry,
         }
+    }
+
+    /// The vCPU's KVM file descriptor (this handle's duplicate).
+    pub(crate) fn kvm_fd(&self) -> &VcpuFd {
+        &self.fd
     }
 
     /// The vCPU's index.
@@ -128,9 +144,21 @@ impl VcpuState {
         self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
     }
 
-    /// Writes the general-purpose registers, RIP and RFLAGS.
+    /// Writes the general-purpose registers, RIP and RFLAGS. When KVM
+    /// refuses them and they break a VM-entry rule, the error names it.
     pub fn set_regs(&self, regs: &Regs) -> Result<()> {
-        self.fd.set_regs(regs).map_err(ioctl("KVM_SET_REGS"))
+        match self.fd.set_regs(regs) {
+            Ok(()) => {
+                self.entry.state_written();
+                Ok(())
+            }
+            Err(e) => Err(self.explain_write_failure(
+                EntryStage::SetRegs,
+                "KVM_SET_REGS",
+                |st| st.regs = *regs,
+                e,
+            )),
+        }
     }
 
     /// Reads segment, control and descriptor-table registers and EFER.
@@ -139,8 +167,21 @@ impl VcpuState {
     }
 
     /// Writes segment, control and descriptor-table registers and EFER.
+    /// When KVM refuses them and they break a VM-entry rule, the error
+    /// names it.
     pub fn set_sregs(&self, sregs: &Sregs) -> Result<()> {
-        self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))
+        match self.fd.set_sregs(sregs) {
+            Ok(()) => {
+                self.entry.state_written();
+                Ok(())
+            }
+            Err(e) => Err(self.explain_write_failure(
+                EntryStage::SetSregs,
+                "KVM_SET_SREGS",
+                |st| st.sregs = *sregs,
+                e,
+            )),
+        }
     }
 
     /// Reads DR0–DR3, DR6 and DR7.
@@ -212,8 +253,12 @@ impl VcpuState {
     }
 }
 
-/// One `KVM_RUN`, timed, and its exit decoded.
-fn enter<'a>(fd: &'a mut VcpuFd, in_guest: &Profile) -> Result<Exit<'a>> {
+/// One `KVM_RUN`, timed, and its exit decoded; a failing `KVM_RUN`
+/// returns KVM's error for the caller to explain.
+fn enter<'a>(
+    fd: &'a mut VcpuFd,
+    in_guest: &Profile,
+) -> std::result::Result<Exit<'a>, kvm_ioctls::Error> {
     let timer = in_guest.start();
     let result = fd.run();
     drop(timer);
@@ -247,7 +292,7 @@ fn enter<'a>(fd: &'a mut VcpuFd, in_guest: &Profile) -> Result<Exit<'a>> {
             });
         }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => interrupted(fd),
-        Err(e) => return Err(ioctl("KVM_RUN")(e)),
+        Err(e) => return Err(e),
     };
     Ok(exit)
 }

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use kvm_bindings::{CpuId, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 
+use crate::entry_check::{EntryChecker, EntryGate};
 use crate::error::{Error, Result, ioctl};
 use crate::stats::ExitStats;
 use crate::vcpu::{Vcpu, VcpuState};
+use crate::vmx::VmxCapabilities;
 
 /// Where KVM puts the three pages of the real-mode TSS on Intel hosts: just
 /// below the 4 GiB firmware area, as other VMMs do.
@@ -38,20 +40,34 @@ pub struct Vm {
     stats: stam::Registry,
     exits: Arc<ExitStats>,
     irqchip: bool,
+    checker: Arc<EntryChecker>,
 }
 
 impl Vm {
-    pub(crate) fn new(fd: VmFd, cpuid: CpuId, stats: &stam::Registry) -> Result<Self> {
+    pub(crate) fn new(
+        fd: VmFd,
+        cpuid: CpuId,
+        stats: &stam::Registry,
+        caps: VmxCapabilities,
+    ) -> Result<Self> {
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
         let exits = Arc::new(ExitStats::register(stats)?);
+        let checker = Arc::new(EntryChecker::for_cpuid(caps, &cpuid)?);
         Ok(Vm {
             fd,
             cpuid,
             stats: stats.clone(),
             exits,
             irqchip: false,
+            checker,
         })
+    }
+
+    /// The VMX capability profile, programmed controls and CPU facts the
+    /// vCPUs' VM-entry checks use.
+    pub fn entry_checker(&self) -> &EntryChecker {
+        &self.checker
     }
 
     /// The exit counters of this VM's vCPUs.
@@ -177,7 +193,11 @@ impl Vm {
         )?;
         Ok(Vcpu::new(
             fd,
-            VcpuState::new(state_fd, id),
+            VcpuState::new(
+                state_fd,
+                id,
+                Arc::new(EntryGate::new(Arc::clone(&self.checker))),
+            ),
             Arc::clone(&self.exits),
             in_guest,
         ))

@@ -4,3 +4,5 @@
 pub mod paging;
 pub mod phys;
 mod walker_memory;
+
+pub use phys::{PhysConfig, PhysError, PhysMap, SharedPhysMap};

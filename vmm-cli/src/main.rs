@@ -1,8 +1,11 @@
 //! `vmm`: run and inspect virtual machines.
 
+mod api;
+mod client;
 mod doctor;
 mod gdb;
 mod run;
+mod state;
 
 use std::process::ExitCode;
 
@@ -19,16 +22,43 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest (the embedded demo guest by default) and stream its serial output.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check whether this host can run VMs: /dev/kvm and the KVM capabilities the VMM relies on.
     Doctor,
+    /// Show a running VM's state, configuration, vCPUs and uptime (through its API socket).
+    Status(client::PlainArgs),
+    /// Run an info handler in a running VM (`vmm info help` lists them).
+    Info(client::InfoArgs),
+    /// Print a running VM's statistics.
+    Stats(client::StatsArgs),
+    /// Suspend a running VM.
+    Pause(client::PlainArgs),
+    /// Resume a suspended VM.
+    Resume(client::PlainArgs),
+    /// Reset a running or suspended VM.
+    Reset(client::PlainArgs),
+    /// Power a running VM off (its `vmm run` exits).
+    Poweroff(client::PlainArgs),
+    /// Save a running VM's state to FILE (not implemented yet).
+    Save(client::SaveArgs),
+    /// Inspect or verify a saved-state file.
+    State(state::StateArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Doctor => doctor::doctor(),
+        Command::Status(args) => client::status(args),
+        Command::Info(args) => client::info(args),
+        Command::Stats(args) => client::stats(args),
+        Command::Pause(args) => client::change_state(args, api::Action::Pause),
+        Command::Resume(args) => client::change_state(args, api::Action::Resume),
+        Command::Reset(args) => client::change_state(args, api::Action::Reset),
+        Command::Poweroff(args) => client::change_state(args, api::Action::PowerOff),
+        Command::Save(args) => client::save(args),
+        Command::State(args) => state::state(args),
     };
     match result {
         Ok(code) => code,

@@ -4,12 +4,15 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
+use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
 use crate::gdb::GdbServer;
 
 #[derive(Args)]
@@ -33,6 +36,19 @@ pub struct RunArgs {
     /// (mirrored below 1 MiB); execution starts at its last 16 bytes.
     #[arg(long, value_name = "FILE")]
     bios: Option<PathBuf>,
+    /// Boot a Linux kernel (bzImage or ELF vmlinux) directly instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "bios")]
+    kernel: Option<PathBuf>,
+    /// The initrd for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line for --kernel.
+    #[arg(
+        long,
+        requires = "kernel",
+        default_value = "console=ttyS0 reboot=k panic=1"
+    )]
+    cmdline: String,
     /// When the guest stops, print the statistics matching PATTERN
     /// (`*`, `?`, `|`; everything when omitted).
     #[arg(long, value_name = "PATTERN", num_args = 0..=1, default_missing_value = "", require_equals = true)]
@@ -51,24 +67,20 @@ pub struct RunArgs {
     /// With --dump-phys: leave zero pages out (holes in a sparse file).
     #[arg(long, requires = "dump_phys")]
     nozero: bool,
+    /// Check each vCPU's state against the Intel SDM's VM-entry rules before
+    /// it enters the guest and report broken rules by name (always on in
+    /// debug builds).
+    #[arg(long)]
+    check_entry: bool,
+    /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at PATH, for
+    /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     /// Wait for gdb on ADDR (`PORT` or `HOST:PORT` on loopback, or
     /// `unix:PATH`) before the first guest instruction, then serve it while
     /// the guest runs.
     #[arg(long, value_name = "ADDR")]
     gdb: Option<String>,
-}
-
-/// How `--stats` prints.
-#[derive(Clone, Copy, ValueEnum)]
-enum StatsFormat {
-    /// A table like `VBoxManage debugvm statistics`.
-    Text,
-    /// JSON.
-    Json,
-    /// The Prometheus text exposition format.
-    Prometheus,
-    /// VirtualBox's XML statistics snapshot.
-    Xml,
 }
 
 fn parse_mem(text: &str) -> Result<u64, String> {
@@ -89,13 +101,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.cpus == 0 {
         bail!("--cpus 0: a VM needs at least one vCPU");
     }
-    let firmware = match &args.bios {
-        Some(path) => std::fs::read(path)
-            .with_context(|| format!("cannot read firmware {}", path.display()))?,
-        None => guests::find(&args.guest)?.firmware()?,
+    // Bind first: a socket in use is reported before the VM is built.
+    let api_socket = args
+        .api_socket
+        .as_deref()
+        .map(ApiSocket::bind)
+        .transpose()?;
+    let mut config = match &args.kernel {
+        Some(kernel) => VmConfig::with_kernel(
+            args.mem,
+            KernelBoot::from_files(kernel, args.initrd.as_deref(), &args.cmdline)
+                .context("cannot read the kernel or initrd")?,
+        ),
+        None => VmConfig::new(
+            args.mem,
+            match &args.bios {
+                Some(path) => std::fs::read(path)
+                    .with_context(|| format!("cannot read firmware {}", path.display()))?,
+                None => guests::find(&args.guest)?.firmware()?,
+            },
+        ),
     };
-    let mut config = VmConfig::new(args.mem, firmware);
     config.cpus = args.cpus;
+    config.check_entry = args.check_entry;
     config.serial = match &args.serial {
         Some(path) => Box::new(
             File::create(path)
@@ -103,15 +131,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => Box::new(std::io::stdout()),
     };
-    let (mut vm, gdb) = match &args.gdb {
-        Some(addr) => {
+    let api_config = VmConfigInfo {
+        ram_bytes: config.ram_bytes,
+        cpus: config.cpus,
+        boot: match (&args.kernel, &args.bios) {
+            (Some(path), _) => format!("kernel {}", path.display()),
+            (None, Some(path)) => format!("firmware {}", path.display()),
+            (None, None) => format!("guest {}", args.guest),
+        },
+    };
+    let (mut vm, attach) = match &args.gdb {
+        Some(_) => {
             let (vm, attach) = Vm::new_debuggable(config)?;
-            let server = GdbServer::start(addr, attach, vm.handle())?;
-            (vm, Some(server))
+            (vm, Some(attach))
         }
         None => (Vm::new(config)?, None),
     };
+    let api = match api_socket {
+        Some(socket) => {
+            let server = socket.serve(Arc::new(VmControl::new(vm.handle(), api_config)))?;
+            eprintln!("vmm: control API on {}", server.path().display());
+            Some(server)
+        }
+        None => None,
+    };
+    let gdb = match (&args.gdb, attach) {
+        (Some(addr), Some(attach)) => Some(GdbServer::start(addr, attach, vm.handle())?),
+        _ => None,
+    };
     let outcome = vm.run();
+    drop(api);
     std::io::stdout().flush().ok();
     if let Some(server) = gdb {
         if let Err(e) = server.finish() {
@@ -121,6 +170,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     report(&vm, &args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
+        RunOutcome::Reboot => {
+            eprintln!("vmm: the guest reset the machine (reboot); run ended");
+            Ok(ExitCode::SUCCESS)
+        }
         RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
     }
 }
@@ -146,12 +199,7 @@ fn report(vm: &Vm, args: &RunArgs) -> anyhow::Result<()> {
     }
     if let Some(pattern) = &args.stats {
         let snapshot = vm.stats().snapshot(pattern);
-        match args.stats_format {
-            StatsFormat::Text => snapshot.write_text(&mut out, true)?,
-            StatsFormat::Json => out.push_str(&snapshot.to_json()?),
-            StatsFormat::Prometheus => snapshot.write_prometheus(&mut out)?,
-            StatsFormat::Xml => snapshot.write_xml(&mut out, true)?,
-        }
+        out.push_str(&args.stats_format.render(&snapshot)?);
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;

@@ -21,6 +21,11 @@ pub struct VmConfig {
     pub firmware: Vec<u8>,
     /// The sink for COM1 output.
     pub serial: SerialSink,
+    /// Check every vCPU's state against the SDM's VM-entry rules before it
+    /// enters the guest (always on in debug builds).
+    pub check_entry: bool,
+    /// A kernel to boot directly instead of running the firmware.
+    pub kernel: Option<crate::boot::KernelBoot>,
 }
 
 impl VmConfig {
@@ -32,6 +37,17 @@ impl VmConfig {
             cpus: 1,
             firmware,
             serial: Box::new(std::io::sink()),
+            kernel: None,
+            check_entry: false,
+        }
+    }
+
+    /// A configuration that boots `kernel` directly (no firmware runs: the
+    /// ROM holds only `hlt`).
+    pub fn with_kernel(ram_bytes: u64, kernel: crate::boot::KernelBoot) -> Self {
+        VmConfig {
+            kernel: Some(kernel),
+            ..VmConfig::new(ram_bytes, vec![0xf4; 4096])
         }
     }
 
@@ -49,6 +65,9 @@ impl VmConfig {
                 self.ram_bytes,
                 MIN_RAM >> 20
             )));
+        }
+        if let Some(kernel) = &self.kernel {
+            crate::boot::direct::check(kernel, self.cpus)?;
         }
         Ok(())
     }

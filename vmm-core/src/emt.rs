@@ -14,6 +14,9 @@ use crate::machine::Machine;
 pub enum RunOutcome {
     /// The guest wrote this status to the debug-exit port.
     GuestExit(u8),
+    /// The guest reset the machine (for example through the keyboard
+    /// controller, as Linux's `reboot=k` does).
+    Reboot,
     /// The VM was powered off from outside (the control API).
     PoweredOff,
 }
@@ -67,11 +70,16 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
                 match access.data {
                     IoData::Out(data) => {
                         for chunk in data.chunks(size) {
-                            if let DeviceAction::GuestExit(status) =
-                                machine.io.write(access.port, chunk)
-                            {
-                                machine.finish(Ok(RunOutcome::GuestExit(status)));
-                                return Ok(());
+                            match machine.io.write(access.port, chunk) {
+                                DeviceAction::GuestExit(status) => {
+                                    machine.finish(Ok(RunOutcome::GuestExit(status)));
+                                    return Ok(());
+                                }
+                                DeviceAction::Reset => {
+                                    machine.finish(Ok(RunOutcome::Reboot));
+                                    return Ok(());
+                                }
+                                DeviceAction::Continue => {}
                             }
                         }
                     }
@@ -114,16 +122,21 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
                 machine.debug_stop(cpu, cause)?;
                 continue;
             }
-            Exit::InternalError(e) => (format!("KVM internal error: {e}"), None),
-            other => (other.name().to_string(), other.vmx_reason()),
+            Exit::InternalError(e) => (format!("KVM internal error: {e}"), None, true),
+            other @ Exit::FailEntry { .. } => (other.name().to_string(), other.vmx_reason(), true),
+            other => (other.name().to_string(), other.vmx_reason(), false),
         };
-        let (exit, reason) = unhandled;
+        let (exit, reason, diagnose) = unhandled;
         let rip = vcpu.state().regs().map(|r| r.rip).unwrap_or(u64::MAX);
+        // Entry failures and emulation failures are explained against the
+        // SDM's guest-state rules instead of KVM's opaque codes.
+        let diagnosis = diagnose.then(|| vcpu.diagnose_entry_failure().to_string());
         return Err(Error::UnhandledExit {
             cpu,
             exit,
             reason,
             rip,
+            diagnosis,
         });
     }
 }

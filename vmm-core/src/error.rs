@@ -15,7 +15,11 @@ pub enum Error {
     #[error("guest memory: {0}")]
     Memory(String),
     /// The guest caused an exit the VMM cannot handle.
-    #[error("vCPU {cpu}: unhandled exit: {exit}{} at RIP {rip:#x}", reason.map(|r| format!(" (VMX exit reason {})", r as u16)).unwrap_or_default())]
+    #[error(
+        "vCPU {cpu}: unhandled exit: {exit}{} at RIP {rip:#x}{}",
+        reason.map(|r| format!(" (VMX exit reason {})", r as u16)).unwrap_or_default(),
+        diagnosis.as_ref().map(|d| format!("\n{d}")).unwrap_or_default()
+    )]
     UnhandledExit {
         /// The vCPU.
         cpu: u32,
@@ -26,7 +30,13 @@ pub enum Error {
         /// The guest's instruction pointer (CS base + RIP for real mode is not
         /// applied: this is the architectural RIP).
         rip: u64,
+        /// For failed entries and KVM internal errors: the vCPU state checked
+        /// against the SDM's guest-state rules.
+        diagnosis: Option<String>,
     },
+    /// A direct kernel boot could not be prepared.
+    #[error(transparent)]
+    Boot(#[from] crate::boot::Error),
     /// Forced-action bookkeeping failed (an EMT registered twice, a bad vCPU).
     #[error(transparent)]
     ForcedActions(#[from] crate::ffs::FfError),

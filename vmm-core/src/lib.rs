@@ -10,6 +10,7 @@
 //! # Ok::<(), vmm_core::Error>(())
 //! ```
 
+pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod debug;
@@ -17,6 +18,7 @@ pub mod devices;
 mod emt;
 mod error;
 pub mod ffs;
+mod gmm_host;
 pub mod guests;
 pub mod halt;
 mod info;

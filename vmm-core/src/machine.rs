@@ -94,6 +94,14 @@ impl Machine {
         self.ffs.set_vm(VmFf::TERMINATE);
     }
 
+    /// Wakes every EMT waiting in a halt so that it looks at the state again.
+    fn unhalt_all(&self) -> Result<()> {
+        for cpu in 0..self.cpus() {
+            self.ffs.unhalt(cpu)?;
+        }
+        Ok(())
+    }
+
     /// Whether EMTs are there to run requests.
     fn emts_running(&self) -> bool {
         !matches!(
@@ -250,10 +258,7 @@ impl VmHandle {
         m.state
             .try_transition(&[(VmState::Suspended, VmState::Resuming)])?;
         m.state.set(VmState::Running)?;
-        for cpu in 0..m.cpus() {
-            m.ffs.unhalt(cpu)?;
-        }
-        Ok(())
+        m.unhalt_all()
     }
 
     /// Resets the VM as the reset line of a PC does: every vCPU back to its
@@ -291,10 +296,9 @@ impl VmHandle {
             VmState::Running
         };
         m.state.set(back)?;
-        // EMTs that saw `Resetting` sleep; wake them for the new state.
-        for cpu in 0..m.cpus() {
-            m.ffs.unhalt(cpu)?;
-        }
+        // EMTs that looked at the state during the reset are waiting for it
+        // to change: wake them.
+        m.unhalt_all()?;
         result?;
         Ok(())
     }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use hm_vmx::{MemorySlot, Vm as BackendVm};
 use parking_lot::RwLock;
 use pgm::phys::{
-    DumpReport, FOUR_GIB, HIGH_RAM_START, MmapHostMemory, PcLayout, PhysConfig, PhysMap,
-    RomProtection, SharedPhysMap,
+    DumpReport, FOUR_GIB, HIGH_RAM_START, PAGE_SIZE, PcLayout, PhysConfig, PhysMap, RomProtection,
+    SharedPhysMap,
 };
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
+use crate::gmm_host::GmmHostMemory;
 
 /// The most firmware a PC mirrors just below 1 MiB.
 const LOW_MIRROR_MAX: u64 = 128 * 1024;
@@ -25,8 +26,46 @@ const LOW_MIRROR_MAX: u64 = 128 * 1024;
 /// The smallest guest RAM the VMM accepts.
 pub const MIN_RAM: u64 = 1 << 20;
 
+/// The PC layout of `ram_size` bytes of RAM: where RAM goes around the
+/// legacy hole and the 32-bit MMIO hole.
+pub fn pc_layout(ram_size: u64) -> PcLayout {
+    PcLayout::new(ram_size)
+}
+
 fn pgm_error(e: impl std::fmt::Display) -> Error {
     Error::Memory(e.to_string())
+}
+
+/// A GMM instance with one VM whose reservation covers `ram` bytes of RAM
+/// and `rom` bytes of ROM (each ROM page has a shadow page too), as `pgm`'s
+/// host memory. Registers `/GMM/...` statistics and the `gmm` info handler.
+fn gmm_backing(
+    ram: u64,
+    rom: u64,
+    stats: &stam::Registry,
+    info: &dbgf::InfoRegistry,
+) -> Result<Arc<GmmHostMemory>> {
+    let pages = ram.div_ceil(PAGE_SIZE) + 2 * rom.div_ceil(PAGE_SIZE);
+    let gmm = gmm::Gmm::new(gmm::GmmConfig::new(pages)).map_err(pgm_error)?;
+    let reservation = gmm::Reservation {
+        base: pages,
+        shadow: 0,
+        fixed: 0,
+    };
+    let vm = gmm.register_vm("vm", reservation).map_err(pgm_error)?;
+    gmm.register_stats(stats).map_err(pgm_error)?;
+    vm.register_stats(stats, "/GMM/VM").map_err(pgm_error)?;
+    let shown = gmm.clone();
+    info.register(
+        "gmm",
+        "Global memory manager: chunks, pages, reservations and per-VM accounts. Args: none.",
+        dbgf::InfoFlags::empty(),
+        move |call: &dbgf::InfoCall<'_>, out: &mut dyn std::fmt::Write| {
+            Ok(shown.format_info(call.args, out)?)
+        },
+    )
+    .map_err(pgm_error)?;
+    Ok(Arc::new(GmmHostMemory::new(vm)))
 }
 
 /// A VM's memory: RAM and the firmware ROM in `pgm`'s map.
@@ -51,7 +90,7 @@ impl GuestMemoryMap {
                 "memory size {ram_size:#x} must be a multiple of 4 KiB and at least 1 MiB"
             )));
         }
-        let layout = PcLayout::new(ram_size);
+        let layout = pc_layout(ram_size);
         let rom_size = firmware.len() as u64;
         if rom_size == 0 || rom_size % 4096 != 0 || rom_size > layout.mmio_hole_size {
             return Err(Error::Config(format!(
@@ -59,8 +98,9 @@ impl GuestMemoryMap {
                 layout.mmio_hole_size >> 20
             )));
         }
-        let mut map = PhysMap::new(Arc::new(MmapHostMemory::new()), PhysConfig::default())
-            .map_err(pgm_error)?;
+        let mirror = rom_size.min(LOW_MIRROR_MAX);
+        let host = gmm_backing(ram_size, rom_size + mirror, stats, info)?;
+        let mut map = PhysMap::new(host, PhysConfig::default()).map_err(pgm_error)?;
         layout.apply(&mut map).map_err(pgm_error)?;
         let protection = RomProtection::ReadRomWriteIgnore;
         map.add_rom(
@@ -71,7 +111,6 @@ impl GuestMemoryMap {
             "firmware",
         )
         .map_err(pgm_error)?;
-        let mirror = rom_size.min(LOW_MIRROR_MAX);
         let tail = &firmware[(rom_size - mirror) as usize..];
         map.add_rom(
             HIGH_RAM_START - mirror,

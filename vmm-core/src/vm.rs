@@ -8,10 +8,11 @@ use hm_vmx::VcpuState;
 use parking_lot::Mutex;
 use stam::Unit;
 
+use crate::boot;
 use crate::bus::IoBus;
 use crate::config::VmConfig;
 use crate::debug::{DebugAttachment, DebugCtl};
-use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, Uart};
+use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart};
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
 use crate::ffs::ForcedActions;
@@ -19,7 +20,7 @@ use crate::info::{
     guest_features, register_cpuid_handler, register_paging_handlers, write_cpumguest,
 };
 use crate::machine::{EmtKicks, Machine, VmHandle};
-use crate::memory::GuestMemoryMap;
+use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
 use crate::request::RequestQueue;
 use crate::vmstate::{VmState, VmStateMachine};
@@ -63,25 +64,51 @@ impl Vm {
         let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware, &stats, &info)?;
         memory.map_into(&backend)?;
         backend.create_irqchip()?;
-        let vcpus = backend.create_vcpus(config.cpus)?;
+        let mut vcpus = backend.create_vcpus(config.cpus)?;
+        if config.check_entry {
+            vcpus.iter_mut().for_each(|v| v.set_entry_checks(true));
+        }
         let vcpu_states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
+        // SDM "VMX and multi-processor": every vCPU must see the same CPUID
+        // and capabilities; a VM whose vCPUs disagree does not start.
+        let differences = backend.check_mp_consistency(&vcpu_states)?;
+        if !differences.is_empty() {
+            let list: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            return Err(Error::Config(format!(
+                "the vCPUs' CPUID/VMX views differ: {}",
+                list.join("; ")
+            )));
+        }
         let initial = vcpu_states
             .iter()
             .map(|s| s.snapshot(true))
             .collect::<hm_vmx::Result<Vec<_>>>()?;
 
+        if let Some(kernel) = &config.kernel {
+            let ram = boot::direct::ram_ranges(memory.ram());
+            let hole = pc_layout(config.ram_bytes).mmio_hole_start();
+            let plan = boot::direct::plan(kernel, &ram, hole)?;
+            boot::direct::after_vcpus(kernel, &plan, memory.ram(), &vcpus)?;
+        }
+        let uart_irq = boot::machine::uart_irq(backend.fd())?;
         let mut io = IoBus::new(&stats)?;
         io.register(
             COM1_PORT,
             8,
             "uart",
-            Arc::new(Mutex::new(Uart::new(config.serial))),
+            Arc::new(Mutex::new(Uart::with_irq(config.serial, uart_irq))),
         )?;
         io.register(
             DEBUG_EXIT_PORT,
             1,
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
+        )?;
+        io.register(
+            I8042_PORT,
+            I8042_PORTS,
+            "i8042",
+            Arc::new(Mutex::new(I8042::default())),
         )?;
 
         let kicks = Arc::new(EmtKicks::new(config.cpus));
@@ -115,6 +142,16 @@ impl Vm {
             memory,
         });
         register_info_handlers(&machine, &backend)?;
+        let hm = hypervisor.hm_info_text();
+        machine
+            .info
+            .register(
+                "hm",
+                "The execution backend: host vendor, VMX capability profile in force, the controls it would program.",
+                InfoFlags::empty(),
+                move |_: &InfoCall<'_>, out: &mut dyn Write| Ok(out.write_str(&hm)?),
+            )
+            .map_err(info_error)?;
         register_vmm_stats(&machine)?;
         machine.state.set(VmState::Created)?;
         Ok(Vm {

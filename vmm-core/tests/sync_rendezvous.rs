@@ -497,3 +497,96 @@ fn stress_thousands_of_mixed_rendezvous() {
     );
     vm.stop();
 }
+
+#[test]
+fn a_stale_flag_is_lowered_when_nothing_waits() {
+    let ffs = ForcedActions::new(
+        2,
+        Arc::new(FakeGuest {
+            kicked: (0..2).map(|_| Mutex::new(false)).collect(),
+            cv: (0..2).map(|_| Condvar::new()).collect(),
+        }),
+    )
+    .unwrap();
+    let rv = Rendezvous::new(RequestQueue::new(ffs.clone()));
+    ffs.set_vm(VmFf::EMT_RENDEZVOUS);
+    assert!(!rv.is_pending_for(1));
+    assert_eq!(rv.on_ff(1).unwrap(), None);
+    assert!(!ffs.vm().contains(VmFf::EMT_RENDEZVOUS));
+}
+
+/// One vCPU's callback outcome in the property test below.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Fail,
+    Status(Option<EmStatus>),
+}
+
+fn outcome() -> impl proptest::strategy::Strategy<Value = Outcome> {
+    use proptest::prelude::*;
+    prop_oneof![
+        1 => Just(Outcome::Fail),
+        3 => prop_oneof![
+            Just(None),
+            Just(Some(EmStatus::Reset)),
+            Just(Some(EmStatus::Halt)),
+            Just(Some(EmStatus::Reschedule)),
+            Just(Some(EmStatus::Suspend)),
+        ]
+        .prop_map(Outcome::Status),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Ordered rendezvous: the first failure in execution order wins,
+    /// otherwise the most important status; with stop-on-error exactly the
+    /// prefix up to the first failure runs.
+    #[test]
+    fn ordered_rendezvous_merge_like_virtualbox(
+        outcomes in proptest::collection::vec(outcome(), 2..6),
+        descending in proptest::bool::ANY,
+        stop_on_error in proptest::bool::ANY,
+    ) {
+        let n = outcomes.len() as u32;
+        let vm = Vm::new(n);
+        let (kind, order): (_, Vec<CpuId>) = if descending {
+            (RendezvousType::Descending, (0..n).rev().collect())
+        } else {
+            (RendezvousType::Ascending, (0..n).collect())
+        };
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (r, o) = (ran.clone(), outcomes.clone());
+        let flags = RendezvousFlags { stop_on_error, priority: false };
+        let result = vm.rv.call(kind, flags, move |cpu| {
+            r.lock().push(cpu);
+            match o[cpu as usize] {
+                Outcome::Fail => Err(err("fail")),
+                Outcome::Status(s) => Ok(s),
+            }
+        });
+        let first_fail = order
+            .iter()
+            .copied()
+            .find(|&c| matches!(outcomes[c as usize], Outcome::Fail));
+        let expected_ran: Vec<CpuId> = match (stop_on_error, first_fail) {
+            (true, Some(f)) => order.iter().copied().take_while(|&c| c != f).chain([f]).collect(),
+            _ => order.clone(),
+        };
+        let ran = ran.lock().clone();
+        vm.stop();
+        proptest::prop_assert_eq!(ran, expected_ran);
+        match (first_fail, result) {
+            (Some(f), Err(RendezvousError::Callback { cpu, .. })) => proptest::prop_assert_eq!(cpu, f),
+            (None, Ok(status)) => {
+                let best = outcomes.iter().fold(None, |acc, o| match o {
+                    Outcome::Status(s) => EmStatus::merge(acc, *s),
+                    Outcome::Fail => acc,
+                });
+                proptest::prop_assert_eq!(status, best);
+            }
+            (f, r) => proptest::prop_assert!(false, "first failure {:?}, result {:?}", f, r),
+        }
+    }
+}

@@ -11,10 +11,14 @@ use vmm_core::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 /// Polls `cond` for up to 20 s (guests run slowly on software KVM).
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; serial output:\n{}",
+            serial.text()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -74,7 +78,7 @@ fn pause_resume_reset_and_power_off_a_running_two_vcpu_guest() {
         return;
     }
     let (vm, serial, run) = start("idle", 2);
-    wait_until("the first heartbeat", || heartbeats(&serial) >= 1);
+    wait_until("the first heartbeat", &serial, || heartbeats(&serial) >= 1);
     assert_eq!(vm.state(), VmState::Running);
 
     vm.pause().unwrap();
@@ -93,7 +97,9 @@ fn pause_resume_reset_and_power_off_a_running_two_vcpu_guest() {
 
     vm.resume().unwrap();
     assert_eq!(vm.state(), VmState::Running);
-    wait_until("a heartbeat after resume", || heartbeats(&serial) > frozen);
+    wait_until("a heartbeat after resume", &serial, || {
+        heartbeats(&serial) > frozen
+    });
 
     // Info handlers run on the EMTs of the running VM.
     let mut text = String::new();
@@ -111,7 +117,7 @@ fn pause_resume_reset_and_power_off_a_running_two_vcpu_guest() {
 
     vm.reset().unwrap();
     assert_eq!(vm.state(), VmState::Running);
-    wait_until("the guest starting over", || {
+    wait_until("the guest starting over", &serial, || {
         serial.text().matches("vmm idle: started").count() == 2
     });
 

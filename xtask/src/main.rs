@@ -3,18 +3,22 @@
 
 use std::process::Command;
 
+mod guest_linux;
+
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench [CRATE...]>
+const USAGE: &str = "usage: cargo xtask <ci | bench [CRATE...] | guest-linux [--test-kernel]>
 
   ci      format check, clippy with -D warnings, and every test
-  bench   run the criterion benchmarks (all crates, or the ones named)";
+  bench   run the criterion benchmarks (all crates, or the ones named)
+  guest-linux  Debian kernel + busybox initramfs (or --test-kernel) for vmm run --kernel";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("guest-linux") => guest_linux::run(&args[1..]),
         _ => bail!("{USAGE}"),
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::error::PhysError;
-use super::handler::{HandlerAction, HandlerRange, PhysAccess};
+use super::handler::{HandlerAccess, HandlerAction, HandlerRange};
 use super::map::PhysMap;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
 use super::range::{Backing, Memory, PhysRange};
@@ -163,27 +163,23 @@ impl PhysMap {
             buf.memory(mem, offset);
             return Ok(len);
         }
-        let last = addr + (len as u64 - 1);
-        match self.handlers.first_overlap(addr, last) {
-            Some(h) if h.first <= addr => {
-                let n = (h.last - addr + 1).min(len as u64) as usize;
-                let mut part = buf.sub(0, n);
-                if self.call_handler(h, addr, &mut part)? == HandlerAction::Default {
-                    part.memory(mem, offset);
-                }
-                Ok(n)
+        if let Some(h) = self.handlers.lookup(addr) {
+            let n = (h.last - addr + 1).min(len as u64) as usize;
+            let mut part = buf.sub(0, n);
+            if self.call_handler(h, addr, &mut part)? == HandlerAction::Default {
+                part.memory(mem, offset);
             }
-            Some(h) => {
-                let n = (h.first - addr) as usize;
-                buf.sub(0, n).memory(mem, offset);
-                Ok(n)
-            }
-            None => {
-                debug_assert!(range.last() >= last);
-                buf.memory(mem, offset);
-                Ok(len)
-            }
+            return Ok(n);
         }
+        // no handler at `addr`: plain access up to the next handler, if any
+        let last = addr + (len as u64 - 1);
+        let n = match self.handlers.overlapping(addr, last).next() {
+            Some(h) => (h.first - addr) as usize,
+            None => len,
+        };
+        debug_assert!(n > 0 && range.last() >= addr + (n as u64 - 1));
+        buf.sub(0, n).memory(mem, offset);
+        Ok(n)
     }
 
     fn call_handler(
@@ -209,12 +205,13 @@ impl PhysMap {
                 (&mut heap[..], true)
             }
         };
-        let mut access = PhysAccess {
+        let mut access = HandlerAccess {
             gpa: addr,
             offset: addr - h.first,
             data,
             is_write,
             user: h.user,
+            map: self,
         };
         (t.callback)(&mut access).map_err(|source| PhysError::Handler {
             desc: h.desc.clone(),
@@ -307,6 +304,86 @@ mod tests {
         map.check_handlers().unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Reads and writes through a map with ALL handlers agree byte for
+        /// byte with a model: handled bytes read as the handler's fill and
+        /// drop writes, the rest behaves as memory.
+        #[test]
+        fn accesses_match_a_byte_model(
+            handlers in proptest::collection::vec((0u64..0x3000, 1u64..0x40), 0..12),
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..0x3000, 1usize..0x300, 1u8..255), 1..24),
+        ) {
+            let mut map = PhysMap::with_defaults();
+            map.add_ram(0, 0x3000, "ram").unwrap();
+            let t = map.register_handler_type(HandlerKind::All, "all", |a| {
+                if !a.is_write {
+                    a.data.fill(a.user as u8);
+                }
+                Ok(HandlerAction::Handled)
+            });
+            let mut owner = vec![0u8; 0x3000];
+            for (i, (first, len)) in handlers.into_iter().enumerate() {
+                let last = (first + len - 1).min(0x2fff);
+                let fill = 0x80 + i as u8;
+                if map.register_handler(t, first, last, u64::from(fill), "h").is_ok() {
+                    owner[first as usize..=last as usize].fill(fill);
+                }
+            }
+            let mut model = vec![0u8; 0x3000];
+            for (write, at, len, val) in ops {
+                let len = len.min(0x3000 - at as usize);
+                let r = at as usize..at as usize + len;
+                if write {
+                    map.write(at, &vec![val; len]).unwrap();
+                    for i in r {
+                        if owner[i] == 0 {
+                            model[i] = val;
+                        }
+                    }
+                } else {
+                    let mut b = vec![0u8; len];
+                    map.read(at, &mut b).unwrap();
+                    let want: Vec<u8> = r.map(|i| if owner[i] != 0 { owner[i] } else { model[i] }).collect();
+                    proptest::prop_assert_eq!(b, want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn access_spanning_two_handlers_calls_both() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x2000, "ram").unwrap();
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = calls.clone();
+        let t = map.register_handler_type(HandlerKind::All, "all", move |a| {
+            c.lock().unwrap().push((a.gpa, a.data.len(), a.user));
+            if !a.is_write {
+                a.data.fill(a.user as u8);
+            }
+            Ok(HandlerAction::Handled)
+        });
+        map.register_handler(t, 0x1010, 0x1017, 0xa1, "a").unwrap();
+        map.register_handler(t, 0x1020, 0x1027, 0xb2, "b").unwrap();
+        map.write(0x1000, &[7; 0x40]).unwrap();
+        let mut b = [0u8; 0x40];
+        map.read(0x1000, &mut b).unwrap();
+        let mut want = [7u8; 0x40];
+        want[0x10..0x18].fill(0xa1);
+        want[0x20..0x28].fill(0xb2);
+        assert_eq!(b, want);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![
+                (0x1010, 8, 0xa1),
+                (0x1020, 8, 0xb2),
+                (0x1010, 8, 0xa1),
+                (0x1020, 8, 0xb2)
+            ]
+        );
+    }
+
     #[test]
     fn unassigned_a20_and_page_crossing() {
         let mut map = PhysMap::with_defaults();
@@ -328,6 +405,25 @@ mod tests {
         assert_eq!(map.page_info(0x1000).state, PageState::Allocated);
         assert_eq!(map.page_info(0x3000).state, PageState::Zero);
         map.read(u64::MAX - 1, &mut b).unwrap();
+    }
+
+    #[test]
+    fn handler_can_access_other_memory_through_the_map() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x1000, "ram").unwrap();
+        let t = map.register_handler_type(HandlerKind::Mmio, "dma", |a| {
+            // a doorbell write copies RAM byte 0 to byte 1
+            let mut b = [0u8];
+            a.map.read(0, &mut b)?;
+            a.map.write(1, &b)?;
+            Ok(HandlerAction::Handled)
+        });
+        map.map_mmio(0x1000_0000, 0x1000, t, 0, "dma").unwrap();
+        map.write(0, &[0x42]).unwrap();
+        map.mmio_exit(0x1000_0000, &mut [1], true).unwrap();
+        let mut b = [0u8];
+        map.read(1, &mut b).unwrap();
+        assert_eq!(b[0], 0x42);
     }
 
     #[test]

@@ -76,6 +76,14 @@ pub enum PhysError {
         /// Range size in bytes.
         size: u64,
     },
+    /// A page is not in the state the operation needs.
+    #[error("page at {gpa:#x} is {state}")]
+    PageState {
+        /// Guest-physical address of the page.
+        gpa: u64,
+        /// Its state.
+        state: &'static str,
+    },
     /// Host memory backing failed.
     #[error("host memory: {0}")]
     HostMemory(#[from] HostMemoryError),

@@ -47,7 +47,7 @@ impl fmt::Display for HandlerTypeId {
 
 /// An access handed to a handler callback.
 #[derive(Debug)]
-pub struct PhysAccess<'a> {
+pub struct HandlerAccess<'a> {
     /// Guest-physical address of the first byte.
     pub gpa: u64,
     /// Offset of `gpa` from the start of the handler range.
@@ -58,6 +58,9 @@ pub struct PhysAccess<'a> {
     pub is_write: bool,
     /// The user value given when the handler range was registered.
     pub user: u64,
+    /// The map the access goes through, so a handler can access other guest
+    /// memory (e.g. DMA) without taking the map's lock again.
+    pub map: &'a super::map::PhysMap,
 }
 
 /// What the handler wants done after it ran.
@@ -75,9 +78,15 @@ pub enum HandlerAction {
 #[error("{0}")]
 pub struct HandlerError(pub String);
 
+impl From<super::error::PhysError> for HandlerError {
+    fn from(e: super::error::PhysError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// Handler callback.
 pub type HandlerFn =
-    dyn Fn(&mut PhysAccess<'_>) -> Result<HandlerAction, HandlerError> + Send + Sync;
+    dyn Fn(&mut HandlerAccess<'_>) -> Result<HandlerAction, HandlerError> + Send + Sync;
 
 /// A registered handler type.
 #[derive(Clone)]
@@ -244,9 +253,23 @@ impl HandlerTable {
     /// Index of the entry covering `addr`.
     #[inline]
     fn find(&self, addr: u64) -> Option<usize> {
-        let idx = self.keys.partition_point(|&k| k <= addr);
-        let i = idx.checked_sub(1)?;
-        (*self.lasts.get(i)? >= addr).then_some(i)
+        // Branch-free binary search for the last range starting at or
+        // below `addr`: the halving steps compile to conditional moves, so
+        // a lookup costs no mispredictions, whatever the address.
+        let keys = &self.keys;
+        let mut base = 0;
+        let mut len = keys.len();
+        if len == 0 {
+            return None;
+        }
+        while len > 1 {
+            let half = len / 2;
+            if keys[base + half] <= addr {
+                base += half;
+            }
+            len -= half;
+        }
+        (keys[base] <= addr && self.lasts[base] >= addr).then_some(base)
     }
 
     /// The handler range covering `addr`.
@@ -255,8 +278,8 @@ impl HandlerTable {
         self.find(addr).map(|i| &self.entries[i])
     }
 
-    /// The first handler range overlapping `first..=last`.
-    pub fn first_overlap(&self, first: u64, last: u64) -> Option<&HandlerRange> {
+    /// A handler range overlapping `first..=last` (the highest one), if any.
+    pub fn any_overlap(&self, first: u64, last: u64) -> Option<&HandlerRange> {
         let idx = self.keys.partition_point(|&k| k <= last);
         let i = idx.checked_sub(1)?;
         let e = &self.entries[i];
@@ -279,7 +302,7 @@ impl HandlerTable {
                 size: 0,
             });
         }
-        if let Some(e) = self.first_overlap(range.first, range.last) {
+        if let Some(e) = self.any_overlap(range.first, range.last) {
             return Err(PhysError::HandlerOverlap {
                 first: range.first,
                 last: range.last,

@@ -7,8 +7,8 @@ use vm_memory::MmapRegion;
 
 use super::error::PhysError;
 use super::handler::{
-    DEFAULT_MAX_HANDLERS, HandlerAction, HandlerError, HandlerKind, HandlerRange, HandlerTable,
-    HandlerType, HandlerTypeId, IntegrityError, PhysAccess,
+    DEFAULT_MAX_HANDLERS, HandlerAccess, HandlerAction, HandlerError, HandlerKind, HandlerRange,
+    HandlerTable, HandlerType, HandlerTypeId, IntegrityError,
 };
 use super::host::{HostMemory, MmapHostMemory};
 use super::observe::AccessCounters;
@@ -291,7 +291,7 @@ impl PhysMap {
         &mut self,
         kind: HandlerKind,
         desc: &str,
-        callback: impl Fn(&mut PhysAccess<'_>) -> Result<HandlerAction, HandlerError>
+        callback: impl Fn(&mut HandlerAccess<'_>) -> Result<HandlerAction, HandlerError>
         + Send
         + Sync
         + 'static,
@@ -731,10 +731,24 @@ mod tests {
                 let linear = model.iter().find(|&&(f, l)| f <= p && p <= l).map(|&(f, _)| f);
                 prop_assert_eq!(map.lookup_handler(p).map(|h| h.first), linear);
             }
-            // slots cover exactly the RAM pages without an ALL handler
-            let mapped: u64 = map.kvm_slots().slots.iter().map(|s| s.size).sum();
-            let hidden = (0..0x20).filter(|&pg| map.page_info(pg * PAGE_SIZE).handler == PageHandlerState::All).count() as u64;
-            prop_assert_eq!(mapped, 0x20000 - hidden * PAGE_SIZE);
+            // every page is mapped as its handler state says, at its host page
+            let slots = &map.kvm_slots().slots;
+            let host0 = slots.iter().find(|s| s.guest_addr == 0).map(|s| s.host_addr);
+            for pg in 0..0x20u64 {
+                let gpa = pg * PAGE_SIZE;
+                let slot = slots.iter().find(|s| s.guest_addr <= gpa && gpa < s.guest_addr + s.size);
+                let got = slot.map(|s| (s.read_only, s.host_addr + (gpa - s.guest_addr)));
+                let want = match map.page_info(gpa).handler {
+                    PageHandlerState::None => Some(false),
+                    PageHandlerState::Write => Some(true),
+                    PageHandlerState::All => None,
+                };
+                prop_assert_eq!(got.map(|g| g.0), want, "page {:#x}", gpa);
+                if let (Some((_, h)), Some(h0)) = (got, host0) {
+                    prop_assert_eq!(h, h0 + gpa);
+                }
+            }
+            prop_assert!(slots.windows(2).all(|w| w[0].guest_addr + w[0].size <= w[1].guest_addr));
         }
     }
 

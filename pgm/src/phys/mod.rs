@@ -46,9 +46,9 @@ pub use dirty::DirtyLog;
 pub use dump::DumpReport;
 pub use error::PhysError;
 pub use handler::{
-    DEFAULT_MAX_HANDLERS, HandlerAction, HandlerError, HandlerFn, HandlerKind, HandlerRange,
-    HandlerTable, HandlerType, HandlerTypeId, IntegrityError, MAX_MAX_HANDLERS, MIN_MAX_HANDLERS,
-    PhysAccess,
+    DEFAULT_MAX_HANDLERS, HandlerAccess, HandlerAction, HandlerError, HandlerFn, HandlerKind,
+    HandlerRange, HandlerTable, HandlerType, HandlerTypeId, IntegrityError, MAX_MAX_HANDLERS,
+    MIN_MAX_HANDLERS,
 };
 pub use host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
 pub use layout::{FOUR_GIB, HIGH_RAM_START, LOW_RAM_END, PcLayout};

@@ -1,8 +1,9 @@
 //! The KVM memory slots the map needs: which guest-physical ranges KVM maps
 //! directly, read-write or read-only, and which must exit to `pgm`.
 
+use super::handler::HandlerTable;
 use super::map::PhysMap;
-use super::page::{PAGE_SIZE, PageHandlerState};
+use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
 use super::range::{Backing, PhysRange, RomProtection};
 
 /// One KVM user memory slot.
@@ -57,21 +58,26 @@ pub struct SlotChanges {
 impl SlotSet {
     /// The changes that turn `old` into `self`.
     pub fn changes_from(&self, old: &SlotSet) -> SlotChanges {
-        let keep = |s: &KvmSlot, other: &[KvmSlot]| other.iter().any(|o| o == s);
+        let missing = |from: &SlotSet, other: &SlotSet| -> Vec<KvmSlot> {
+            from.slots
+                .iter()
+                .filter(|s| other.at(s.guest_addr) != Some(s))
+                .copied()
+                .collect()
+        };
         SlotChanges {
-            remove: old
-                .slots
-                .iter()
-                .filter(|s| !keep(s, &self.slots))
-                .copied()
-                .collect(),
-            add: self
-                .slots
-                .iter()
-                .filter(|s| !keep(s, &old.slots))
-                .copied()
-                .collect(),
+            remove: missing(old, self),
+            add: missing(self, old),
         }
+    }
+
+    /// The slot starting at guest address `guest_addr` (slots are sorted and
+    /// do not overlap).
+    fn at(&self, guest_addr: u64) -> Option<&KvmSlot> {
+        self.slots
+            .binary_search_by_key(&guest_addr, |s| s.guest_addr)
+            .ok()
+            .map(|i| &self.slots[i])
     }
 
     /// The slot with number `slot`.
@@ -86,8 +92,11 @@ pub(crate) struct SlotTracker {
 }
 
 /// Pieces of one range KVM should map: (guest, size, host, read-only).
-fn range_pieces(r: &PhysRange, out: &mut Vec<(u64, u64, u64, bool)>) {
+/// Only pages touched by a handler are looked at one by one, so the cost
+/// follows the handlers, not the size of RAM.
+fn range_pieces(r: &PhysRange, handlers: &HandlerTable, out: &mut Vec<(u64, u64, u64, bool)>) {
     let mut push = |guest: u64, size: u64, host: u64, ro: bool| match out.last_mut() {
+        _ if size == 0 => {}
         Some(l) if l.0 + l.1 == guest && l.2 + l.1 == host && l.3 == ro => l.1 += size,
         _ => out.push((guest, size, host, ro)),
     };
@@ -103,17 +112,28 @@ fn range_pieces(r: &PhysRange, out: &mut Vec<(u64, u64, u64, bool)>) {
             let Some(m) = r.writable_memory() else {
                 return;
             };
-            for (i, p) in m.pages.iter().enumerate() {
-                let off = i as u64 * PAGE_SIZE;
-                match p.get().handler {
-                    PageHandlerState::None => {
-                        push(r.start + off, PAGE_SIZE, m.host_addr() + off, false)
-                    }
-                    PageHandlerState::Write => {
-                        push(r.start + off, PAGE_SIZE, m.host_addr() + off, true)
-                    }
-                    PageHandlerState::All => {}
+            let host = |gpa: u64| m.host_addr() + (gpa - r.start);
+            let end = r.start + r.size;
+            let mut cursor = r.start;
+            for h in handlers.overlapping(r.start, r.last()) {
+                let first = (h.first & !PAGE_OFFSET_MASK).max(cursor);
+                let stop = ((h.last | PAGE_OFFSET_MASK) + 1).min(end);
+                if first > cursor {
+                    push(cursor, first - cursor, host(cursor), false);
                 }
+                let mut page = first;
+                while page < stop {
+                    match m.page(page - r.start).map(|p| p.get().handler) {
+                        Some(PageHandlerState::None) => push(page, PAGE_SIZE, host(page), false),
+                        Some(PageHandlerState::Write) => push(page, PAGE_SIZE, host(page), true),
+                        _ => {}
+                    }
+                    page += PAGE_SIZE;
+                }
+                cursor = cursor.max(stop);
+            }
+            if end > cursor {
+                push(cursor, end - cursor, host(cursor), false);
             }
         }
     }
@@ -131,10 +151,16 @@ impl PhysMap {
     pub(crate) fn refresh_slots(&mut self) {
         let mut pieces = Vec::new();
         for r in &self.ranges {
-            range_pieces(r, &mut pieces);
+            range_pieces(r, &self.handlers, &mut pieces);
         }
         let old = &self.slots.current;
-        let mut used: Vec<u32> = Vec::new();
+        let max_old = old
+            .slots
+            .iter()
+            .map(|o| o.slot as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut used = vec![false; max_old + pieces.len() + 1];
         let mut slots: Vec<KvmSlot> = pieces
             .iter()
             .map(|&(guest_addr, size, host_addr, read_only)| {
@@ -146,20 +172,17 @@ impl PhysMap {
                     read_only,
                     log_dirty: self.monitoring && !read_only,
                 };
-                if let Some(o) = old.slots.iter().find(|o| o.same_mapping(&s)) {
+                if let Some(o) = old.at(guest_addr).filter(|o| o.same_mapping(&s)) {
                     s.slot = o.slot;
-                    used.push(o.slot);
+                    used[o.slot as usize] = true;
                 }
                 s
             })
             .collect();
-        let mut next = 0u32;
+        let mut free = (0..used.len()).filter(|&i| !used[i]);
         for s in slots.iter_mut().filter(|s| s.slot == u32::MAX) {
-            while used.contains(&next) {
-                next += 1;
-            }
-            s.slot = next;
-            used.push(next);
+            // `used` has room for every piece, so a free number always exists
+            s.slot = free.next().unwrap_or(usize::MAX) as u32;
         }
         if slots != old.slots {
             self.slots.current = SlotSet {
@@ -167,5 +190,36 @@ impl PhysMap {
                 slots,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::phys::{HandlerAction, HandlerKind, PhysMap};
+
+    #[test]
+    fn slot_changes_keep_unchanged_slots_and_numbers() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x10000, "low").unwrap();
+        map.add_ram(0x100000, 0x10000, "high").unwrap();
+        let before = map.kvm_slots().clone();
+        assert_eq!(before.slots.len(), 2);
+        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
+        map.register_handler(w, 0x4000, 0x4fff, 0, "h").unwrap();
+        let after = map.kvm_slots().clone();
+        assert_eq!(after.generation, before.generation + 1);
+        let ch = after.changes_from(&before);
+        assert_eq!(ch.remove, vec![before.slots[0]]);
+        assert_eq!(ch.add.len(), 3);
+        // the untouched high slot keeps its number; numbers stay unique
+        assert!(after.slots.contains(&before.slots[1]));
+        let mut ids: Vec<u32> = after.slots.iter().map(|s| s.slot).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), after.slots.len());
+        assert!(after.changes_from(&after).add.is_empty());
+        // no change, no new generation
+        map.set_a20(false);
+        assert_eq!(map.kvm_slots().generation, after.generation);
     }
 }

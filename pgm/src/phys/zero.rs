@@ -144,28 +144,41 @@ impl PhysMap {
 
     /// Inflates (`true`) or deflates the balloon over the RAM pages at
     /// `gpas`: inflated pages are given back to the host and marked
-    /// ballooned; deflated pages return to the zero state.
+    /// ballooned; deflated pages (which must be ballooned) return to the
+    /// zero state. All addresses are checked before any page changes.
     pub fn balloon(&self, gpas: &[u64], inflate: bool) -> Result<(), PhysError> {
+        let mut pages = Vec::with_capacity(gpas.len());
         for &gpa in gpas {
             let range = self.range_at(gpa);
             let Some((range, Backing::Ram(mem))) = range.map(|r| (r, &r.backing)) else {
                 return Err(PhysError::NoSuchRange(format!("no RAM at {gpa:#x}")));
             };
             let off = (gpa - range.start) & !(PAGE_SIZE - 1);
+            let slot = mem
+                .page(off)
+                .ok_or_else(|| PhysError::NoSuchRange(format!("no RAM page at {gpa:#x}")))?;
+            let state = slot.get().state;
+            if !inflate && state != PageState::Ballooned {
+                return Err(PhysError::PageState {
+                    gpa,
+                    state: state.name(),
+                });
+            }
+            pages.push((mem, off, slot));
+        }
+        for (mem, off, slot) in pages {
             if inflate {
                 self.host
                     .discard(&mem.region, off as usize, PAGE_SIZE as usize)?;
             }
-            if let Some(p) = mem.page(off) {
-                p.update(|mut i| {
-                    i.state = if inflate {
-                        PageState::Ballooned
-                    } else {
-                        PageState::Zero
-                    };
-                    i
-                });
-            }
+            slot.update(|mut i| {
+                i.state = if inflate {
+                    PageState::Ballooned
+                } else {
+                    PageState::Zero
+                };
+                i
+            });
         }
         Ok(())
     }
@@ -255,5 +268,15 @@ mod tests {
         map.balloon(&[0x1000], false).unwrap();
         assert_eq!(map.page_info(0x1000).state, PageState::Zero);
         assert!(map.balloon(&[0x10_0000], true).is_err());
+        // deflating a page that is not ballooned changes nothing
+        map.balloon(&[0x2000], true).unwrap();
+        assert!(matches!(
+            map.balloon(&[0x2000, 0x3000], false),
+            Err(crate::phys::PhysError::PageState { gpa: 0x3000, .. })
+        ));
+        assert_eq!(map.page_info(0x2000).state, PageState::Ballooned);
+        map.write(0x3000, &[1]).unwrap();
+        assert!(map.balloon(&[0x3000], false).is_err());
+        assert_eq!(map.page_info(0x3000).state, PageState::Allocated);
     }
 }

@@ -1,10 +1,12 @@
 //! Minimal PC devices.
 
 mod debug_exit;
+mod i8042;
 mod serial;
 
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
-pub use serial::{COM1_PORT, Uart};
+pub use i8042::{I8042, I8042_PORT, I8042_PORTS};
+pub use serial::{COM1_PORT, IrqLine, Uart};
 
 /// What a device asks of the VM after an access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +15,8 @@ pub enum DeviceAction {
     Continue,
     /// End the run: the guest asked to exit with this status.
     GuestExit(u8),
+    /// End the run: the guest reset the machine (a reboot).
+    Reset,
 }
 
 /// A device on the I/O port bus.

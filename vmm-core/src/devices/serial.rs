@@ -9,29 +9,45 @@ use super::{DeviceAction, PioDevice};
 /// The I/O base of COM1.
 pub const COM1_PORT: u16 = 0x3f8;
 
-/// Interrupt line of a UART with no interrupt controller attached: the
-/// guest polls the line status register instead.
-#[derive(Debug, Default)]
-pub struct NoIrq;
+/// A UART's interrupt line.
+#[derive(Debug, Default, Clone)]
+pub enum IrqLine {
+    /// No interrupt controller attached: the guest polls the line status
+    /// register instead.
+    #[default]
+    None,
+    /// An eventfd registered with KVM as an irqfd: a write raises the IRQ
+    /// in the in-kernel interrupt controllers.
+    Irqfd(std::sync::Arc<vmm_sys_util::eventfd::EventFd>),
+}
 
-impl Trigger for NoIrq {
-    type E = std::convert::Infallible;
+impl Trigger for IrqLine {
+    type E = std::io::Error;
 
     fn trigger(&self) -> Result<(), Self::E> {
-        Ok(())
+        match self {
+            IrqLine::None => Ok(()),
+            IrqLine::Irqfd(event) => event.write(1),
+        }
     }
 }
 
 /// A 16550A UART whose transmitted bytes go to a sink the caller chooses.
 pub struct Uart {
-    serial: Serial<NoIrq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    serial: Serial<IrqLine, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
 }
 
 impl Uart {
-    /// A UART writing what the guest transmits to `out`.
+    /// A UART writing what the guest transmits to `out`, with no interrupt
+    /// line.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self::with_irq(out, IrqLine::None)
+    }
+
+    /// A UART writing to `out` that signals its interrupt on `irq`.
+    pub fn with_irq(out: Box<dyn Write + Send>, irq: IrqLine) -> Self {
         Uart {
-            serial: Serial::new(NoIrq, out),
+            serial: Serial::new(irq, out),
         }
     }
 }
@@ -57,11 +73,13 @@ impl PioDevice for Uart {
     }
 
     fn reset(&mut self) {
-        // A new 16550 in its power-on state, writing to the same sink.
+        // A new 16550 in its power-on state, writing to the same sink and
+        // signalling the same interrupt line.
+        let irq = self.serial.interrupt_evt().clone();
         let old = std::mem::replace(
             &mut self.serial,
-            Serial::new(NoIrq, Box::new(std::io::sink())),
+            Serial::new(IrqLine::None, Box::new(std::io::sink())),
         );
-        self.serial = Serial::new(NoIrq, old.into_writer());
+        self.serial = Serial::new(irq, old.into_writer());
     }
 }

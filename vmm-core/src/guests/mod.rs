@@ -3,7 +3,7 @@
 //! Each guest is a firmware image that starts at the x86 reset vector; no
 //! binary blobs are checked in.
 
-mod asm;
+pub(crate) mod asm;
 mod demo;
 mod idle;
 pub mod rom;

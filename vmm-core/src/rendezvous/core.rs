@@ -80,6 +80,9 @@ struct State {
     next_id: u64,
     /// Per vCPU: the frame whose callback it is running.
     executing: Vec<Option<u64>>,
+    /// Threads sleeping on the condition variable (wake-ups are skipped
+    /// when there are none: every notify is a system call).
+    sleepers: u32,
 }
 
 impl State {
@@ -90,10 +93,12 @@ impl State {
             .expect("a frame lives until all its participants have left")
     }
 
-    /// The frame above `below` (or any frame if `None`) that `cpu` must join.
+    /// The frame `cpu` must join: with `below`, a recursive rendezvous pushed
+    /// above that frame; without, the active (incomplete) bottom frame.
+    /// Completed frames linger until their last participant has left.
     fn joinable(&self, cpu: CpuId, below: Option<u64>) -> Option<u64> {
         let top = match below {
-            None => self.frames.first()?,
+            None => self.frames.iter().find(|f| !f.complete)?,
             Some(id) => self.frames.last().filter(|f| f.id != id)?,
         };
         (!top.complete && !top.entered[cpu as usize]).then_some(top.id)
@@ -131,6 +136,7 @@ impl RendezvousCore {
                 frames: Vec::new(),
                 next_id: 1,
                 executing: vec![None; cpu_count.max(1) as usize],
+                sleepers: 0,
             }),
             cv: Condvar::new(),
             signal,
@@ -140,6 +146,33 @@ impl RendezvousCore {
     /// The number of vCPUs.
     pub fn cpu_count(&self) -> u32 {
         self.n
+    }
+
+    /// Sleeps until the next [`Self::wake_all`].
+    fn sleep<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.sleepers += 1;
+        let mut st = wait(&self.cv, st);
+        st.sleepers -= 1;
+        st
+    }
+
+    /// Wakes every sleeper so it re-checks the state. The lock is released
+    /// around the notification so the woken threads do not run straight into
+    /// it; callers re-read the state afterwards.
+    fn wake_all<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if st.sleepers == 0 {
+            return st;
+        }
+        drop(st);
+        self.cv.notify_all();
+        lock(&self.state)
+    }
+
+    /// Whether some frame still waits for EMTs to arrive.
+    fn awaits_entrants(st: &State) -> bool {
+        st.frames
+            .iter()
+            .any(|f| !f.complete && f.n_entered < f.entered.len() as u32)
     }
 
     fn check_cpu(&self, cpu: CpuId) -> Result<(), RendezvousError> {
@@ -162,7 +195,14 @@ impl RendezvousCore {
         let st = lock(&self.state);
         match st.joinable(cpu, None) {
             Some(id) => Ok(self.run_frame(st, cpu, id, false).1.info),
-            None => Ok(None),
+            None => {
+                // The signal is raised outside the lock, so it can outlive the
+                // rendezvous it announced; lower it when nobody is awaited.
+                if !Self::awaits_entrants(&st) {
+                    (self.signal)(false);
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -199,19 +239,19 @@ impl RendezvousCore {
                 }
                 // A previous recursion may still be emptying out.
                 while st.frames.last().is_some_and(|f| f.id != parent) {
-                    st = wait(&self.cv, st);
+                    st = self.sleep(st);
                 }
             }
             None => {
                 // One rendezvous at a time: join the active one first.
-                while !st.frames.is_empty() {
+                while st.frames.iter().any(|f| !f.complete) {
                     match st.joinable(cpu, None) {
                         Some(id) => {
                             let (guard, taken) = self.run_frame(st, cpu, id, false);
                             st = guard;
                             acc = EmStatus::merge(acc, taken.info);
                         }
-                        None => st = wait(&self.cv, st),
+                        None => st = self.sleep(st),
                     }
                 }
             }
@@ -241,8 +281,12 @@ impl RendezvousCore {
             depth = st.frames.len(),
             "EMT rendezvous started"
         );
+        let st = self.wake_all(st);
+        // Raised after the push, without the lock (it may kick and wake EMTs,
+        // which then want the lock).
+        drop(st);
         (self.signal)(true);
-        self.cv.notify_all();
+        let st = lock(&self.state);
         let (_st, taken) = self.run_frame(st, cpu, id, true);
         match taken.failure {
             Some((failed_cpu, source)) => Err(RendezvousError::Callback {
@@ -264,16 +308,18 @@ impl RendezvousCore {
         done: impl Fn(&Frame) -> bool,
     ) -> MutexGuard<'a, State> {
         loop {
+            // Checked first: once frame `id` is complete, frames above it are
+            // later rendezvous, not recursions of this one.
+            if done(st.frame(id)) {
+                return st;
+            }
             if let Some(child) = st.joinable(cpu, Some(id)) {
                 let (guard, taken) = self.run_frame(st, cpu, child, false);
                 st = guard;
                 *acc = EmStatus::merge(*acc, taken.info);
                 continue;
             }
-            if done(st.frame(id)) {
-                return st;
-            }
-            st = wait(&self.cv, st);
+            st = self.sleep(st);
         }
     }
 
@@ -292,12 +338,14 @@ impl RendezvousCore {
         let f = st.frame(id);
         f.entered[cpu as usize] = true;
         f.n_entered += 1;
-        if f.n_entered == n {
+        let all_in = f.n_entered == n;
+        let executes = f.executes(cpu);
+        if all_in {
             (self.signal)(false);
-            self.cv.notify_all();
+            st = self.wake_all(st);
         }
         // Non-callers of a `Once` rendezvous never run the callback.
-        if f.executes(cpu) {
+        if executes {
             st = self.wait_in_frame(st, cpu, id, &mut acc, |f| f.my_turn(cpu, n));
             let f = st.frame(id);
             f.running = true;
@@ -328,7 +376,7 @@ impl RendezvousCore {
             if f.n_done == f.executions(n) {
                 f.complete = true;
             }
-            self.cv.notify_all();
+            st = self.wake_all(st);
         }
         // Everyone stays until the rendezvous is complete.
         st = self.wait_in_frame(st, cpu, id, &mut acc, |f| f.complete);
@@ -339,7 +387,7 @@ impl RendezvousCore {
         f.n_left += 1;
         if f.n_left == n {
             st.frames.retain(|f| f.id != id);
-            self.cv.notify_all();
+            st = self.wake_all(st);
         }
         let info = EmStatus::merge(acc, info);
         (st, Taken { info, failure })

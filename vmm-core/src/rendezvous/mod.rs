@@ -13,6 +13,9 @@
 //! * A callback of a once / one-by-one / ascending / descending rendezvous may
 //!   start another rendezvous (up to [`MAX_RECURSION`] deep); from an
 //!   all-at-once callback that is a [`RendezvousError::Deadlock`].
+//! * Every EMT must keep polling the flag while a rendezvous is pending: an
+//!   EMT that has stopped (thread exited) or blocks waiting for another EMT
+//!   outside the rendezvous makes the others wait for it, as in VirtualBox.
 //!
 //! ```
 //! use std::sync::Arc;

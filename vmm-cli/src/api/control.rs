@@ -1,0 +1,169 @@
+//! What the API asks of a VM, as a trait (so the routes can be tested
+//! without KVM), and its implementation on a running VM's [`VmHandle`].
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use stam::Value;
+use vmm_core::VmHandle;
+
+use super::error::ApiError;
+use super::format::StatsFormat;
+
+/// A state change the API can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Suspend the VM.
+    Pause,
+    /// Resume a suspended VM.
+    Resume,
+    /// Reset the VM (it stays suspended if it was).
+    Reset,
+    /// Power the VM off; `vmm run` then exits.
+    PowerOff,
+}
+
+impl Action {
+    /// The action in words (`pause`, `power off`, ...).
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Reset => "reset",
+            Action::PowerOff => "power off",
+        }
+    }
+}
+
+/// The VM's configuration, as `GET /v1/vm` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfigInfo {
+    /// Guest RAM in bytes.
+    pub ram_bytes: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// What the VM boots: `guest NAME` (embedded), `firmware FILE` or
+    /// `kernel FILE`.
+    pub boot: String,
+}
+
+/// One vCPU as `GET /v1/vm` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuInfo {
+    /// The vCPU id.
+    pub id: u32,
+    /// HLT exits handled so far (`/VMM/CPU<id>/Halts`).
+    pub halts: u64,
+}
+
+/// The answer of `GET /v1/vm`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The VM state (VirtualBox's name: `RUNNING`, `SUSPENDED`, ...).
+    pub state: String,
+    /// The configuration.
+    pub config: VmConfigInfo,
+    /// The vCPUs.
+    pub vcpus: Vec<VcpuInfo>,
+    /// Seconds since the VM was powered on.
+    pub uptime_secs: f64,
+    /// When the VM was powered on, in seconds since the Unix epoch.
+    pub started_at_unix: u64,
+}
+
+/// What the API needs from a VM.
+pub trait Control: Send + Sync + 'static {
+    /// State, configuration, vCPUs and uptime.
+    fn vm_info(&self) -> VmInfo;
+    /// Carries out `action` and returns the state afterwards.
+    fn change_state(&self, action: Action) -> Result<String, ApiError>;
+    /// The statistics matching `pattern`, rendered in `format`.
+    fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError>;
+    /// Runs info handler `name` (or `help`) with `args`.
+    fn run_info(&self, name: &str, args: &str) -> Result<String, ApiError>;
+    /// The names of the registered info handlers.
+    fn info_names(&self) -> Vec<String>;
+}
+
+/// A running VM behind the API.
+pub struct VmControl {
+    handle: VmHandle,
+    config: VmConfigInfo,
+    started: Instant,
+    started_at_unix: u64,
+}
+
+impl VmControl {
+    /// Wraps `handle`; `config` is what the VM was built with. The uptime
+    /// counts from now: create it right before powering the VM on.
+    pub fn new(handle: VmHandle, config: VmConfigInfo) -> Self {
+        let started_at_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        VmControl {
+            handle,
+            config,
+            started: Instant::now(),
+            started_at_unix,
+        }
+    }
+
+    fn halts(&self, cpu: u32) -> u64 {
+        let name = format!("/VMM/CPU{cpu}/Halts");
+        let snapshot = self.handle.stats().snapshot(&name);
+        match snapshot.get(&name).map(|s| &s.value) {
+            Some(Value::Counter { value }) => *value,
+            _ => 0,
+        }
+    }
+}
+
+impl Control for VmControl {
+    fn vm_info(&self) -> VmInfo {
+        VmInfo {
+            state: self.handle.state().name().to_owned(),
+            config: self.config.clone(),
+            vcpus: (0..self.config.cpus)
+                .map(|id| VcpuInfo {
+                    id,
+                    halts: self.halts(id),
+                })
+                .collect(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            started_at_unix: self.started_at_unix,
+        }
+    }
+
+    fn change_state(&self, action: Action) -> Result<String, ApiError> {
+        match action {
+            Action::Pause => self.handle.pause(),
+            Action::Resume => self.handle.resume(),
+            Action::Reset => self.handle.reset(),
+            Action::PowerOff => self.handle.power_off(),
+        }
+        .map_err(|e| {
+            let mut refused = ApiError::from(e);
+            refused.message = format!("cannot {}: {}", action.verb(), refused.message);
+            refused
+        })?;
+        Ok(self.handle.state().name().to_owned())
+    }
+
+    fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {
+        let snapshot = self.handle.stats().snapshot(pattern);
+        format
+            .render(&snapshot)
+            .map_err(|e| ApiError::internal(format!("cannot render statistics: {e:#}")))
+    }
+
+    fn run_info(&self, name: &str, args: &str) -> Result<String, ApiError> {
+        let mut out = String::new();
+        self.handle.run_info(name, args, &mut out)?;
+        Ok(out)
+    }
+
+    fn info_names(&self) -> Vec<String> {
+        self.handle.info().names()
+    }
+}

@@ -1,0 +1,547 @@
+//! The endpoints: a request (method, path, query, body) in, a response out.
+//! Everything here is synchronous; the server runs it on a blocking thread.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::control::{Action, Control};
+use super::error::ApiError;
+use super::format::StatsFormat;
+
+/// The API's version prefix.
+pub const PREFIX: &str = "/v1";
+
+/// An HTTP response, before it goes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+    /// The `Allow` header of a 405 answer.
+    pub allow: Option<String>,
+}
+
+impl Response {
+    fn json(status: u16, value: &serde_json::Value) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body: value.to_string(),
+            allow: None,
+        }
+    }
+
+    fn error(e: &ApiError) -> Self {
+        Response {
+            status: e.status,
+            content_type: "application/json",
+            body: e.to_json(),
+            allow: None,
+        }
+    }
+}
+
+impl From<ApiError> for Response {
+    fn from(e: ApiError) -> Self {
+        Response::error(&e)
+    }
+}
+
+/// The endpoints.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Vm,
+    State,
+    Save,
+    Balloon,
+    Stats,
+    InfoList,
+    Info(&'a str),
+}
+
+impl Route<'_> {
+    fn parse(path: &str) -> Option<Route<'_>> {
+        let rest = path.strip_prefix(PREFIX)?;
+        Some(match rest {
+            "/vm" => Route::Vm,
+            "/vm/state" => Route::State,
+            "/vm/save" => Route::Save,
+            "/balloon" => Route::Balloon,
+            "/stats" => Route::Stats,
+            "/info" => Route::InfoList,
+            _ => {
+                let name = rest.strip_prefix("/info/")?;
+                if name.is_empty() || name.contains('/') {
+                    return None;
+                }
+                Route::Info(name)
+            }
+        })
+    }
+
+    fn methods(&self) -> &'static [&'static str] {
+        match self {
+            Route::Vm | Route::Stats | Route::InfoList | Route::Info(_) => &["GET"],
+            Route::State | Route::Save => &["PUT"],
+            Route::Balloon => &["GET", "PUT"],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateRequest {
+    action: Action,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaveRequest {
+    path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonRequest {
+    #[serde(rename = "size_mib")]
+    _size_mib: u64,
+}
+
+/// Answers one request. `query` is the raw query string (without `?`).
+pub fn respond(
+    control: &dyn Control,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let Some(route) = Route::parse(path) else {
+        return ApiError::not_found(format!(
+            "no endpoint {path}; see vmm-cli/openapi.yaml for the API"
+        ))
+        .into();
+    };
+    let methods = route.methods();
+    if !methods.contains(&method) {
+        let allowed = methods.join(", ");
+        let mut response = Response::error(&ApiError::method_not_allowed(method, path, &allowed));
+        response.allow = Some(allowed);
+        return response;
+    }
+    match dispatch(control, &route, method, query, body) {
+        Ok(response) => response,
+        Err(e) => e.into(),
+    }
+}
+
+fn dispatch(
+    control: &dyn Control,
+    route: &Route<'_>,
+    method: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    match route {
+        Route::Vm => {
+            query_params(query, &[])?;
+            let info = serde_json::to_value(control.vm_info())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(Response::json(200, &info))
+        }
+        Route::State => {
+            query_params(query, &[])?;
+            let request: StateRequest = json_body(body)?;
+            let state = control.change_state(request.action)?;
+            Ok(Response::json(
+                200,
+                &json!({ "action": request.action, "state": state }),
+            ))
+        }
+        Route::Save => {
+            query_params(query, &[])?;
+            let request: SaveRequest = json_body(body)?;
+            Err(ApiError::not_implemented(format!(
+                "saving the VM state (to {:?}) is not implemented yet: the ssm integration has not landed",
+                request.path
+            )))
+        }
+        Route::Balloon => {
+            query_params(query, &[])?;
+            if method == "PUT" {
+                let _: BalloonRequest = json_body(body)?;
+            }
+            Err(ApiError::not_implemented(
+                "the memory balloon is not implemented yet: gmm has no balloon API",
+            ))
+        }
+        Route::Stats => {
+            let params = query_params(query, &["pattern", "format"])?;
+            let pattern = params.get("pattern").unwrap_or("");
+            let format = match params.get("format") {
+                None => StatsFormat::Json,
+                Some(name) => StatsFormat::parse(name).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "unknown statistics format {name:?}; use text, json, prometheus or xml"
+                    ))
+                })?,
+            };
+            Ok(Response {
+                status: 200,
+                content_type: format.content_type(),
+                body: control.stats(pattern, format)?,
+                allow: None,
+            })
+        }
+        Route::InfoList => {
+            query_params(query, &[])?;
+            Ok(Response::json(
+                200,
+                &json!({ "handlers": control.info_names() }),
+            ))
+        }
+        Route::Info(name) => {
+            let params = query_params(query, &["args"])?;
+            let args = params.get("args").unwrap_or("");
+            let output = control.run_info(name, args)?;
+            Ok(Response::json(
+                200,
+                &json!({ "name": name, "args": args, "output": output }),
+            ))
+        }
+    }
+}
+
+/// Decoded query parameters.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `query`, refusing parameters not in `allowed` and repeated ones.
+fn query_params(query: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            let expected = if allowed.is_empty() {
+                "this endpoint takes none".to_owned()
+            } else {
+                format!("expected {}", allowed.join(", "))
+            };
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {key:?}: {expected}"
+            )));
+        }
+        if params.iter().any(|(k, _)| *k == key) {
+            return Err(ApiError::bad_request(format!(
+                "query parameter {key:?} given twice"
+            )));
+        }
+        params.push((key.into_owned(), value.into_owned()));
+    }
+    Ok(Params(params))
+}
+
+/// Parses a JSON request body.
+fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "this endpoint needs a JSON body; see vmm-cli/openapi.yaml",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use proptest::prelude::*;
+
+    use super::super::control::{VcpuInfo, VmConfigInfo, VmInfo};
+    use super::*;
+
+    /// A VM stand-in that follows the running/suspended part of the state diagram.
+    struct FakeVm {
+        state: Mutex<&'static str>,
+    }
+
+    impl FakeVm {
+        fn new() -> Self {
+            FakeVm {
+                state: Mutex::new("RUNNING"),
+            }
+        }
+    }
+
+    impl Control for FakeVm {
+        fn vm_info(&self) -> VmInfo {
+            VmInfo {
+                state: (*self.state.lock().unwrap()).to_owned(),
+                config: VmConfigInfo {
+                    ram_bytes: 1 << 20,
+                    cpus: 1,
+                    boot: "guest fake".into(),
+                },
+                vcpus: vec![VcpuInfo { id: 0, halts: 3 }],
+                uptime_secs: 1.5,
+                started_at_unix: 7,
+            }
+        }
+
+        fn change_state(&self, action: Action) -> Result<String, ApiError> {
+            let mut state = self.state.lock().unwrap();
+            let next = match (*state, action) {
+                ("RUNNING", Action::Pause) => "SUSPENDED",
+                ("SUSPENDED", Action::Resume) => "RUNNING",
+                (s @ ("RUNNING" | "SUSPENDED"), Action::Reset) => s,
+                ("RUNNING" | "SUSPENDED", Action::PowerOff) => "OFF",
+                (s, a) => return Err(ApiError::conflict(format!("{a:?} in state {s}"))),
+            };
+            *state = next;
+            Ok(next.to_owned())
+        }
+
+        fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {
+            Ok(format!("{}:{pattern}", format.name()))
+        }
+
+        fn run_info(&self, name: &str, args: &str) -> Result<String, ApiError> {
+            match name {
+                "help" => Ok("fflags\n".into()),
+                "fflags" => Ok(format!("flags {args}\n")),
+                _ => Err(ApiError::not_found(format!(
+                    "unknown info handler {name:?}"
+                ))),
+            }
+        }
+
+        fn info_names(&self) -> Vec<String> {
+            vec!["fflags".into()]
+        }
+    }
+
+    fn call(vm: &FakeVm, method: &str, target: &str, body: &str) -> (Response, serde_json::Value) {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let response = respond(vm, method, path, query, body.as_bytes());
+        let value = serde_json::from_str(&response.body).unwrap_or(serde_json::Value::Null);
+        (response, value)
+    }
+
+    #[test]
+    fn vm_info_reports_state_config_and_vcpus() {
+        let vm = FakeVm::new();
+        let (r, v) = call(&vm, "GET", "/v1/vm", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(v["state"], "RUNNING");
+        assert_eq!(v["config"]["cpus"], 1);
+        assert_eq!(v["vcpus"][0]["halts"], 3);
+    }
+
+    #[test]
+    fn pause_resume_and_a_refused_transition() {
+        let vm = FakeVm::new();
+        let (r, v) = call(&vm, "PUT", "/v1/vm/state", r#"{"action":"pause"}"#);
+        assert_eq!((r.status, v["state"].as_str()), (200, Some("SUSPENDED")));
+        let (r, v) = call(&vm, "PUT", "/v1/vm/state", r#"{"action":"pause"}"#);
+        assert_eq!(
+            (r.status, v["error"]["code"].as_str()),
+            (409, Some("conflict"))
+        );
+        let (r, v) = call(&vm, "PUT", "/v1/vm/state", r#" {"action": "resume"} "#);
+        assert_eq!((r.status, v["state"].as_str()), (200, Some("RUNNING")));
+        let (r, v) = call(&vm, "PUT", "/v1/vm/state", r#"{"action":"power_off"}"#);
+        assert_eq!((r.status, v["state"].as_str()), (200, Some("OFF")));
+    }
+
+    #[test]
+    fn malformed_bodies_are_400_and_change_nothing() {
+        let vm = FakeVm::new();
+        for body in [
+            "",
+            "{",
+            "[]",
+            r#"{"action":"explode"}"#,
+            r#"{"action":"pause","extra":1}"#,
+            r#"{"act":"pause"}"#,
+        ] {
+            let (r, v) = call(&vm, "PUT", "/v1/vm/state", body);
+            assert_eq!(r.status, 400, "{body}: {}", r.body);
+            assert_eq!(v["error"]["code"], "bad_request");
+        }
+        assert_eq!(vm.vm_info().state, "RUNNING");
+    }
+
+    #[test]
+    fn unknown_endpoints_are_404_and_wrong_methods_405_with_allow() {
+        let vm = FakeVm::new();
+        for target in ["/", "/v1", "/v2/vm", "/v1/vm/", "/v1/info/", "/v1/info/a/b"] {
+            assert_eq!(call(&vm, "GET", target, "").0.status, 404, "{target}");
+        }
+        let (r, v) = call(&vm, "DELETE", "/v1/vm", "");
+        assert_eq!(r.status, 405);
+        assert_eq!(r.allow.as_deref(), Some("GET"));
+        assert_eq!(v["error"]["code"], "method_not_allowed");
+        assert_eq!(call(&vm, "GET", "/v1/vm/state", "").0.status, 405);
+        assert_eq!(
+            call(&vm, "POST", "/v1/balloon", "").0.allow.as_deref(),
+            Some("GET, PUT")
+        );
+    }
+
+    #[test]
+    fn stats_take_pattern_and_format_and_refuse_others() {
+        let vm = FakeVm::new();
+        let (r, _) = call(
+            &vm,
+            "GET",
+            "/v1/stats?pattern=%2FHM%2F*&format=prometheus",
+            "",
+        );
+        assert_eq!((r.status, r.body.as_str()), (200, "prometheus:/HM/*"));
+        assert!(r.content_type.starts_with("text/plain"));
+        let (r, _) = call(&vm, "GET", "/v1/stats", "");
+        assert_eq!((r.status, r.body.as_str()), (200, "json:"));
+        assert_eq!(call(&vm, "GET", "/v1/stats?format=yaml", "").0.status, 400);
+        assert_eq!(call(&vm, "GET", "/v1/stats?colour=red", "").0.status, 400);
+        assert_eq!(
+            call(&vm, "GET", "/v1/stats?format=xml&format=text", "")
+                .0
+                .status,
+            400
+        );
+        assert_eq!(call(&vm, "GET", "/v1/vm?x=1", "").0.status, 400);
+    }
+
+    #[test]
+    fn info_handlers_by_name_with_args() {
+        let vm = FakeVm::new();
+        let (r, v) = call(&vm, "GET", "/v1/info/fflags?args=a+b%26c", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(v["output"], "flags a b&c\n");
+        assert_eq!(v["args"], "a b&c");
+        let (r, v) = call(&vm, "GET", "/v1/info/nosuch", "");
+        assert_eq!(
+            (r.status, v["error"]["code"].as_str()),
+            (404, Some("not_found"))
+        );
+        let (_, v) = call(&vm, "GET", "/v1/info", "");
+        assert_eq!(v["handlers"][0], "fflags");
+    }
+
+    #[test]
+    fn save_and_balloon_are_501_after_validating_the_body() {
+        let vm = FakeVm::new();
+        let (r, v) = call(&vm, "PUT", "/v1/vm/save", r#"{"path":"/tmp/x.sav"}"#);
+        assert_eq!(
+            (r.status, v["error"]["code"].as_str()),
+            (501, Some("not_implemented"))
+        );
+        assert_eq!(call(&vm, "PUT", "/v1/vm/save", "{").0.status, 400);
+        assert_eq!(call(&vm, "GET", "/v1/balloon", "").0.status, 501);
+        assert_eq!(
+            call(&vm, "PUT", "/v1/balloon", r#"{"size_mib":8}"#)
+                .0
+                .status,
+            501
+        );
+        assert_eq!(
+            call(&vm, "PUT", "/v1/balloon", r#"{"size_mib":-1}"#)
+                .0
+                .status,
+            400
+        );
+    }
+
+    /// The OpenAPI document lists every endpoint with its methods and every
+    /// error code the API answers with.
+    #[test]
+    fn openapi_document_covers_the_routes_and_error_codes() {
+        let doc = include_str!("../../openapi.yaml");
+        for path in [
+            "/v1/vm",
+            "/v1/vm/state",
+            "/v1/vm/save",
+            "/v1/balloon",
+            "/v1/stats",
+            "/v1/info",
+            "/v1/info/x",
+        ] {
+            let route = Route::parse(path).unwrap();
+            let documented = if let Route::Info(_) = route {
+                "/v1/info/{name}".to_owned()
+            } else {
+                path.to_owned()
+            };
+            let section = doc
+                .split(&format!("\n  {documented}:\n"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{documented} is not documented"));
+            // The path's block, starting at its first method line.
+            let section = format!("\n{}", section.split("\n  /").next().unwrap_or_default());
+            for method in route.methods() {
+                let key = format!("\n    {}:", method.to_lowercase());
+                assert!(
+                    section.contains(&key),
+                    "{method} {documented} is not documented"
+                );
+            }
+        }
+        for code in [
+            "bad_request",
+            "not_found",
+            "method_not_allowed",
+            "conflict",
+            "payload_too_large",
+            "internal_error",
+            "not_implemented",
+        ] {
+            assert!(doc.contains(code), "error code {code} is not documented");
+        }
+    }
+
+    proptest! {
+        /// Whatever arrives, the answer is a status the API documents, with a
+        /// JSON body for every error, and no panic.
+        #[test]
+        fn any_request_gets_a_documented_answer(
+            method in prop::sample::select(vec!["GET", "PUT", "POST", "DELETE", "PATCH"]),
+            path in "(/v1)?(/(vm|state|save|stats|info|balloon|[a-z%]{0,4})){0,3}",
+            query in proptest::option::of("[a-z=&%+0-9]{0,12}"),
+            body in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let vm = FakeVm::new();
+            let r = respond(&vm, method, &path, query.as_deref(), &body);
+            prop_assert!([200, 400, 404, 405, 409, 501].contains(&r.status), "{}", r.status);
+            if r.status >= 400 {
+                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                prop_assert_eq!(&v["error"]["status"], &serde_json::json!(r.status));
+            }
+        }
+
+        /// Parameters the client encodes come back unchanged.
+        #[test]
+        fn query_values_round_trip(args in ".{0,40}") {
+            let vm = FakeVm::new();
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("args", &args)
+                .finish();
+            let r = respond(&vm, "GET", "/v1/info/fflags", Some(&query), b"");
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            prop_assert_eq!(v["args"].as_str(), Some(args.as_str()));
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The client subcommands (`vmm status`, `vmm pause`, `vmm stats`, ...):
+//! they talk to the control API of a `vmm run --api-socket PATH`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+
+use crate::api::{Action, PREFIX, StatsFormat};
+
+/// How long a client waits for the VMM's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the VMM listens and how to print its answers.
+#[derive(Args)]
+pub struct Connection {
+    /// The API socket of the running VMM (`vmm run --api-socket PATH`).
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
+    /// Print the API's JSON answer (for scripts) instead of readable text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `vmm info NAME [ARGS]`.
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The info handler (`help` lists them).
+    name: String,
+    /// Arguments for the handler.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// `vmm stats [PATTERN]`.
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Which statistics (`*`, `?`, `|`; everything when omitted).
+    pattern: Option<String>,
+    /// Output format (`--json` is the same as `--format json`).
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
+    format: StatsFormat,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// `vmm save FILE`.
+#[derive(Args)]
+pub struct SaveArgs {
+    /// Where the VMM writes the saved state.
+    file: PathBuf,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// `vmm pause`, `vmm resume`, `vmm reset`, `vmm poweroff`, `vmm status`.
+#[derive(Args)]
+pub struct PlainArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// An answer from the API.
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| {
+            format!(
+                "the VMM answered with something that is not JSON: {:?}",
+                self.body
+            )
+        })
+    }
+}
+
+/// Sends one request to the API at `socket`.
+fn request(
+    socket: &Path,
+    method: Method,
+    target: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Reply> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the client runtime")?;
+    let exchange = async {
+        let stream = UnixStream::connect(socket).await.with_context(|| {
+            format!(
+                "cannot connect to the API socket {} (is `vmm run --api-socket` running?)",
+                socket.display()
+            )
+        })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the VMM failed")?;
+        tokio::spawn(async move {
+            // Errors surface through `send_request` below.
+            let _ = connection.await;
+        });
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(target)
+            .header(HOST, "localhost")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .context("cannot build the request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the VMM did not answer")?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("cannot read the VMM's answer")?
+            .to_bytes();
+        Ok::<_, anyhow::Error>(Reply {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow!("the VMM did not answer within {REQUEST_TIMEOUT:?}"))?
+    })
+}
+
+/// Turns an error reply into an error (readable mode) or prints it (JSON
+/// mode); `Ok(None)` means the reply was an error already reported.
+fn check(reply: Reply, json: bool) -> anyhow::Result<Option<Reply>> {
+    if (200..300).contains(&reply.status) {
+        return Ok(Some(reply));
+    }
+    if json {
+        println!("{}", reply.body);
+        return Ok(None);
+    }
+    let detail = reply.json().ok();
+    let error = detail.as_ref().map(|v| &v["error"]);
+    let message = error
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or(reply.body.as_str());
+    let code = error.and_then(|e| e["code"].as_str()).unwrap_or("error");
+    bail!("{message} (HTTP {} {code})", reply.status)
+}
+
+/// Sends a request and prints the answer: the JSON body with `--json`,
+/// otherwise what `readable` makes of it.
+fn exchange(
+    connection: &Connection,
+    method: Method,
+    target: &str,
+    body: Option<Value>,
+    readable: impl FnOnce(&Reply) -> anyhow::Result<String>,
+) -> anyhow::Result<ExitCode> {
+    let reply = request(&connection.api_socket, method, target, body)?;
+    let Some(reply) = check(reply, connection.json)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let text = if connection.json {
+        reply.body.clone()
+    } else {
+        readable(&reply)?
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in pairs {
+        serializer.append_pair(key, value);
+    }
+    serializer.finish()
+}
+
+/// `vmm status`: state, configuration, vCPUs and uptime.
+pub fn status(args: PlainArgs) -> anyhow::Result<ExitCode> {
+    exchange(
+        &args.connection,
+        Method::GET,
+        &format!("{PREFIX}/vm"),
+        None,
+        |reply| {
+            let v = reply.json()?;
+            let mut text = format!(
+                "state:    {}\nboot:     {}\nRAM:      {} MiB\nvCPUs:    {}\nuptime:   {:.1} s\n",
+                v["state"].as_str().unwrap_or("?"),
+                v["config"]["boot"].as_str().unwrap_or("?"),
+                v["config"]["ram_bytes"].as_u64().unwrap_or(0) >> 20,
+                v["config"]["cpus"],
+                v["uptime_secs"].as_f64().unwrap_or(0.0),
+            );
+            for cpu in v["vcpus"].as_array().into_iter().flatten() {
+                text.push_str(&format!("vCPU {}:   {} halts\n", cpu["id"], cpu["halts"]));
+            }
+            Ok(text)
+        },
+    )
+}
+
+/// `vmm pause`, `vmm resume`, `vmm reset`, `vmm poweroff`.
+pub fn change_state(args: PlainArgs, action: Action) -> anyhow::Result<ExitCode> {
+    exchange(
+        &args.connection,
+        Method::PUT,
+        &format!("{PREFIX}/vm/state"),
+        Some(json!({ "action": action })),
+        |reply| {
+            let v = reply.json()?;
+            let done = match action {
+                Action::Pause => "paused",
+                Action::Resume => "resumed",
+                Action::Reset => "reset",
+                Action::PowerOff => "powered off",
+            };
+            Ok(format!(
+                "VM {done}; state {}",
+                v["state"].as_str().unwrap_or("?")
+            ))
+        },
+    )
+}
+
+/// `vmm info NAME [ARGS]`: runs an info handler in the VMM.
+pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    // Handler names are letters, digits, `_`, `-` and `.`: nothing that
+    // would change the meaning of the URL.
+    if args.name.is_empty() || args.name.contains(['/', '?', '#', '%', ' ']) {
+        bail!("invalid info handler name {:?}", args.name);
+    }
+    let handler_args = args.args.join(" ");
+    let target = format!(
+        "{PREFIX}/info/{}?{}",
+        args.name,
+        query(&[("args", &handler_args)])
+    );
+    exchange(&args.connection, Method::GET, &target, None, |reply| {
+        Ok(reply.json()?["output"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    })
+}
+
+/// `vmm stats [PATTERN]`: the statistics in any format.
+pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let format = if args.connection.json {
+        StatsFormat::Json
+    } else {
+        args.format
+    };
+    let target = format!(
+        "{PREFIX}/stats?{}",
+        query(&[
+            ("pattern", args.pattern.as_deref().unwrap_or("")),
+            ("format", format.name()),
+        ])
+    );
+    exchange(&args.connection, Method::GET, &target, None, |reply| {
+        Ok(reply.body.clone())
+    })
+}
+
+/// `vmm save FILE`: asks the VMM to save the VM's state to FILE.
+pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
+    // The VMM may run in another directory: send an absolute path.
+    let file = std::path::absolute(&args.file)
+        .with_context(|| format!("cannot resolve {}", args.file.display()))?;
+    exchange(
+        &args.connection,
+        Method::PUT,
+        &format!("{PREFIX}/vm/save"),
+        Some(json!({ "path": file.to_string_lossy() })),
+        |_| Ok(format!("VM state saved to {}", file.display())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.to_owned(),
+        }
+    }
+
+    #[test]
+    fn error_replies_become_readable_errors() {
+        let body = r#"{"error":{"status":409,"code":"conflict","message":"cannot resume: VM state is RUNNING"}}"#;
+        let err = check(reply(409, body), false).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "cannot resume: VM state is RUNNING (HTTP 409 conflict)"
+        );
+        // Something that is not the API's error object is shown as it came.
+        let err = check(reply(502, "bad gateway"), false).err().unwrap();
+        assert_eq!(err.to_string(), "bad gateway (HTTP 502 error)");
+    }
+
+    #[test]
+    fn json_mode_reports_errors_without_failing_the_exchange() {
+        assert!(check(reply(501, "{}"), true).unwrap().is_none());
+        let ok = check(reply(200, "{}"), false).unwrap().unwrap();
+        assert_eq!(ok.json().unwrap(), json!({}));
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            query(&[("pattern", "/HM/*|/IOM/*"), ("format", "text")]),
+            "pattern=%2FHM%2F*%7C%2FIOM%2F*&format=text"
+        );
+    }
+}

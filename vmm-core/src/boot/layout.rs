@@ -1,0 +1,51 @@
+//! Where the boot data goes in guest-physical memory, and the ranges a PC
+//! reserves that the e820 map must not report as RAM.
+
+/// The boot GDT.
+pub const GDT_ADDR: u64 = 0x500;
+/// The PVH `hvm_start_info` and, after it, its memory map and module list.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// The zero page (`struct boot_params`).
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// The identity-mapping page tables: PML4, PDPT, then four page directories.
+pub const PAGE_TABLES_ADDR: u64 = 0x9000;
+/// Bytes of identity-mapping page tables.
+pub const PAGE_TABLES_SIZE: u64 = 6 * 4096;
+/// The kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// The longest command line the layout has room for (without its NUL).
+pub const CMDLINE_MAX: u64 = 0x1_0000 - 1;
+/// The boot stack top for the PVH entry (unused by the 64-bit entry).
+pub const BOOT_STACK_TOP: u64 = 0x8ff0;
+/// The MP floating pointer and configuration table (last KiB of base memory).
+pub const MPTABLE_ADDR: u64 = 0x9_fc00;
+/// Bytes set aside for the MP table.
+pub const MPTABLE_SIZE: u64 = 0x400;
+/// The legacy VGA / option ROM / BIOS hole.
+pub const LEGACY_HOLE: (u64, u64) = (0xa_0000, 0x6_0000);
+/// Where RAM for kernels starts (1 MiB).
+pub const HIGH_MEMORY: u64 = 0x10_0000;
+/// The local APIC's MMIO base.
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// The I/O APIC's MMIO base.
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// The 4 GiB boundary.
+pub const FOUR_GIB: u64 = 1 << 32;
+/// Highest initrd address for kernels that do not say (ELF `vmlinux`).
+pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+
+/// The ranges a PC with a 32-bit MMIO hole from `mmio_hole_start` to 4 GiB
+/// reserves: the MP table, the legacy hole and the MMIO hole (firmware ROM,
+/// APICs, PCI), as `(start, length)` pairs.
+///
+/// ```
+/// let r = vmm_core::boot::layout::pc_reserved(0xe000_0000);
+/// assert!(r.contains(&(0xe000_0000, 0x2000_0000)));
+/// ```
+pub fn pc_reserved(mmio_hole_start: u64) -> Vec<(u64, u64)> {
+    vec![
+        (MPTABLE_ADDR, MPTABLE_SIZE),
+        LEGACY_HOLE,
+        (mmio_hole_start, FOUR_GIB.saturating_sub(mmio_hole_start)),
+    ]
+}

@@ -1,0 +1,126 @@
+//! GMM as `pgm`'s host memory: guest RAM comes from GMM chunks, counted
+//! against the VM's reservation.
+
+use std::sync::Arc;
+
+use gmm::RamRegion;
+use parking_lot::Mutex;
+use pgm::phys::{HOST_PAGE_SIZE, HostMemory, HostMemoryError};
+use vm_memory::MmapRegion;
+
+/// [`HostMemory`] handing out GMM RAM regions of one VM.
+pub(crate) struct GmmHostMemory {
+    vm: gmm::Vm,
+    /// The regions handed out, kept alive as long as the provider (the
+    /// `MmapRegion`s given to `pgm` only borrow their mappings).
+    regions: Mutex<Vec<RamRegion>>,
+}
+
+impl GmmHostMemory {
+    pub(crate) fn new(vm: gmm::Vm) -> Self {
+        GmmHostMemory {
+            vm,
+            regions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on the GMM region behind `region`.
+    fn with_region<T>(
+        &self,
+        region: &MmapRegion,
+        f: impl FnOnce(&RamRegion) -> gmm::Result<T>,
+    ) -> Result<T, HostMemoryError> {
+        let addr = region.as_ptr() as u64;
+        let regions = self.regions.lock();
+        let ram = regions
+            .iter()
+            .find(|r| r.host_addr() == addr)
+            .ok_or_else(|| HostMemoryError::Allocate {
+                size: region.size() as u64,
+                message: format!("region at {addr:#x} was not handed out by GMM"),
+            })?;
+        f(ram).map_err(|e| gmm_error(region.size() as u64, e))
+    }
+}
+
+fn gmm_error(size: u64, e: gmm::Error) -> HostMemoryError {
+    HostMemoryError::Allocate {
+        size,
+        message: e.to_string(),
+    }
+}
+
+/// First page and page count of a page-aligned span.
+fn pages(region: &MmapRegion, offset: usize, len: usize) -> Result<(u64, u64), HostMemoryError> {
+    let aligned = offset % HOST_PAGE_SIZE == 0 && len % HOST_PAGE_SIZE == 0;
+    if !aligned
+        || offset
+            .checked_add(len)
+            .is_none_or(|end| end > region.size())
+    {
+        return Err(HostMemoryError::BadSpan {
+            offset,
+            len,
+            size: region.size(),
+        });
+    }
+    Ok((
+        (offset / HOST_PAGE_SIZE) as u64,
+        (len / HOST_PAGE_SIZE) as u64,
+    ))
+}
+
+impl HostMemory for GmmHostMemory {
+    fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
+        let count = size / HOST_PAGE_SIZE as u64;
+        let ram = self
+            .vm
+            .create_ram_region(count)
+            .map_err(|e| gmm_error(size, e))?;
+        ram.alloc(0, count).map_err(|e| gmm_error(size, e))?;
+        let len = usize::try_from(ram.len_bytes()).map_err(|_| HostMemoryError::Allocate {
+            size,
+            message: "region larger than the address space".into(),
+        })?;
+        // SAFETY: the mapping belongs to `ram`, which this provider keeps
+        // alive (in `regions`) for as long as the provider, and `pgm` keeps
+        // the provider alive while it uses the region; the region does not
+        // unmap on drop (raw pointer).
+        let region = unsafe {
+            MmapRegion::build_raw(
+                ram.host_addr() as *mut u8,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+            )
+        }
+        .map_err(|e| HostMemoryError::Allocate {
+            size,
+            message: e.to_string(),
+        })?;
+        self.regions.lock().push(ram);
+        Ok(Arc::new(region))
+    }
+
+    fn discard(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), HostMemoryError> {
+        let (first, count) = pages(region, offset, len)?;
+        self.with_region(region, |ram| ram.discard(first, count))
+    }
+
+    fn residency(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        out: &mut Vec<bool>,
+    ) -> Result<(), HostMemoryError> {
+        let (first, count) = pages(region, offset, len)?;
+        *out = self.with_region(region, |ram| ram.resident_pages(first, count))?;
+        Ok(())
+    }
+}

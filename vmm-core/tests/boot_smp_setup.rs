@@ -1,0 +1,83 @@
+//! The boot machine for several vCPUs: the bootstrap processor is put at
+//! the kernel's entry, the others stay in reset waiting for INIT/SIPI, every
+//! vCPU gets the boot CPUID, and the MP table lists them all.
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::boot::layout::{MPTABLE_ADDR, ZERO_PAGE_ADDR};
+use vmm_core::boot::{Entry, KernelBoot, direct, test_kernel};
+use vmm_core::memory::{GuestMemoryMap, pc_layout};
+
+const KVM_MP_STATE_RUNNABLE: u32 = 0;
+const KVM_MP_STATE_UNINITIALIZED: u32 = 1;
+
+#[test]
+fn two_vcpus_get_the_boot_machine() {
+    if !hm_vmx::testing::kvm_available(module_path!()) {
+        return;
+    }
+    let ram = 64 << 20;
+    let hv = hm_vmx::Hypervisor::open().unwrap();
+    let mut vm = hv.create_vm().unwrap();
+    let memory = GuestMemoryMap::new(
+        ram,
+        &[0xf4; 4096],
+        &stam::Registry::new(),
+        &dbgf::InfoRegistry::new(),
+    )
+    .unwrap();
+    memory.map_into(&vm).unwrap();
+    vm.create_irqchip().unwrap();
+    let vcpus = vm.create_vcpus(2).unwrap();
+    let boot = KernelBoot {
+        kernel: test_kernel::build().unwrap(),
+        initrd: Some(vec![9; 300]),
+        cmdline: "console=ttyS0".into(),
+    };
+    let hole = pc_layout(ram).mmio_hole_start();
+    let plan = direct::plan(&boot, &direct::ram_ranges(memory.ram()), hole).unwrap();
+    let loaded = direct::after_vcpus(&boot, &plan, memory.ram(), &vcpus).unwrap();
+
+    let Entry::Long64 { rip, boot_params } = loaded.entry else {
+        panic!("a bzImage is entered in long mode");
+    };
+    let bsp = vcpus[0].state().regs().unwrap();
+    assert_eq!((bsp.rip, bsp.rsi), (rip, boot_params));
+    assert_eq!(boot_params, ZERO_PAGE_ADDR);
+    let sregs = vcpus[0].state().sregs().unwrap();
+    assert_eq!(sregs.efer & 0x500, 0x500, "LME and LMA");
+    assert!(sregs.cs.l == 1 && sregs.cs.selector == 0x10);
+
+    // The application processor is still at the reset vector, waiting for
+    // INIT/SIPI from the in-kernel local APIC.
+    let ap = vcpus[1].state().regs().unwrap();
+    assert_eq!(ap.rip, 0xfff0);
+    let mp = |i: usize| vcpus[i].fd().get_mp_state().unwrap().mp_state;
+    assert_eq!(mp(0), KVM_MP_STATE_RUNNABLE);
+    assert_eq!(mp(1), KVM_MP_STATE_UNINITIALIZED);
+
+    for (id, vcpu) in vcpus.iter().enumerate() {
+        let cpuid = vcpu
+            .fd()
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        let leaf = |f: u32| cpuid.as_slice().iter().find(|e| e.function == f).copied();
+        let basic = leaf(1).unwrap();
+        assert_ne!(basic.ecx & (1 << 31), 0, "hypervisor bit on vCPU {id}");
+        assert_eq!(basic.ebx >> 24, id as u32, "APIC id kept");
+        assert_eq!(leaf(0x4000_0000).unwrap().ebx, u32::from_le_bytes(*b"KVMK"));
+        assert!(leaf(0x4000_0010).unwrap().eax > 0, "TSC frequency");
+    }
+
+    let count: u16 = memory
+        .ram()
+        .read_obj(GuestAddress(MPTABLE_ADDR + 16 + 34))
+        .unwrap();
+    let mut processors = 0;
+    let mut at = MPTABLE_ADDR + 16 + 44;
+    for _ in 0..count {
+        let kind: u8 = memory.ram().read_obj(GuestAddress(at)).unwrap();
+        at += if kind == 0 { 20 } else { 8 };
+        processors += u32::from(kind == 0);
+    }
+    assert_eq!(processors, 2);
+}
