@@ -13,6 +13,7 @@ use vmm_core::config::parse_size;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
+use crate::gdb::GdbServer;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -75,6 +76,11 @@ pub struct RunArgs {
     /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Wait for gdb on ADDR (`PORT` or `HOST:PORT` on loopback, or
+    /// `unix:PATH`) before the first guest instruction, then serve it while
+    /// the guest runs.
+    #[arg(long, value_name = "ADDR")]
+    gdb: Option<String>,
 }
 
 fn parse_mem(text: &str) -> Result<u64, String> {
@@ -134,7 +140,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             (None, None) => format!("guest {}", args.guest),
         },
     };
-    let mut vm = Vm::new(config)?;
+    let (mut vm, attach) = match &args.gdb {
+        Some(_) => {
+            let (vm, attach) = Vm::new_debuggable(config)?;
+            (vm, Some(attach))
+        }
+        None => (Vm::new(config)?, None),
+    };
     let api = match api_socket {
         Some(socket) => {
             let server = socket.serve(Arc::new(VmControl::new(vm.handle(), api_config)))?;
@@ -143,9 +155,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let gdb = match (&args.gdb, attach) {
+        (Some(addr), Some(attach)) => Some(GdbServer::start(addr, attach, vm.handle())?),
+        _ => None,
+    };
     let outcome = vm.run();
     drop(api);
     std::io::stdout().flush().ok();
+    if let Some(server) = gdb {
+        if let Err(e) = server.finish() {
+            eprintln!("vmm: {e:#}");
+        }
+    }
     report(&vm, &args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use stam::Counter;
 
 use crate::bus::IoBus;
+use crate::debug::DebugCtl;
 use crate::emt::RunOutcome;
 use crate::error::Result;
 use crate::ffs::{ForcedActions, Kick, VmFf};
@@ -65,6 +66,7 @@ pub(crate) struct Machine {
     pub(crate) stats: stam::Registry,
     pub(crate) info: InfoRegistry,
     pub(crate) outcome: Mutex<Option<Result<RunOutcome>>>,
+    pub(crate) debug: DebugCtl,
     pub(crate) memory: GuestMemoryMap,
 }
 
@@ -111,11 +113,11 @@ impl Machine {
 
 /// Runs info handlers on the EMTs of a running VM (through the request
 /// queue), or on the calling thread once the EMTs are gone.
-struct EmtExecutor<'a> {
-    machine: &'a Machine,
+struct EmtExecutor {
+    machine: Arc<Machine>,
 }
 
-impl InfoExecutor for EmtExecutor<'_> {
+impl InfoExecutor for EmtExecutor {
     fn execute(
         &self,
         handler: Arc<InfoHandler>,
@@ -216,9 +218,18 @@ impl VmHandle {
             args,
             out,
             &EmtExecutor {
-                machine: &self.machine,
+                machine: Arc::clone(&self.machine),
             },
         )
+    }
+
+    /// An executor that runs info handlers the way [`VmHandle::run_info`]
+    /// does, for callers that run the registry themselves (the gdb stub's
+    /// `monitor info`).
+    pub fn info_executor(&self) -> Box<dyn InfoExecutor + Send> {
+        Box::new(EmtExecutor {
+            machine: Arc::clone(&self.machine),
+        })
     }
 
     /// Suspends the VM: every EMT leaves the guest (a rendezvous) and waits.
@@ -298,6 +309,7 @@ impl VmHandle {
         let from = [
             (VmState::Running, VmState::PoweringOff),
             (VmState::Suspended, VmState::PoweringOff),
+            (VmState::Debugging, VmState::PoweringOff),
         ];
         m.state.try_transition(&from)?;
         m.state.set(VmState::Off)?;
