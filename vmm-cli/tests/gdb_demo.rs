@@ -138,9 +138,9 @@ fn gdb_steps_breaks_reads_watches_and_detaches_from_the_demo_guest() {
             "x/4xb 0xffff8000000f3000",
             "delete",
             // The guest writes its long-mode pattern through the higher half
-            // at 0xf3036; the next instruction is at 0xf3039.
+            // at 0xf303a; the next instruction is at 0xf303d.
             "watch *(long *)0xffff800000040000",
-            "break *0xf3039",
+            "break *0xf303d",
             "continue",
             "info registers rip",
             "x/1xg 0x40000",
@@ -185,8 +185,8 @@ fn gdb_steps_breaks_reads_watches_and_detaches_from_the_demo_guest() {
     assert_in_order(
         &out,
         &[
-            "Breakpoint 3, 0x00000000000f3039",
-            "rip            0xf3039",
+            "Breakpoint 3, 0x00000000000f303d",
+            "rip            0xf303d",
             "0x40000:\t0x0123456789abcdef",
             "CPUID leaves common to every vCPU",
             "[Inferior 1 (process 1) detached]",
