@@ -36,6 +36,33 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
     machine.kicks.bind(cpu, kicker);
     let _emt = machine.ffs.register_emt(cpu)?;
     stam::set_thread_shard(cpu as usize);
+    let result = run_guest(vcpu, machine, cpu);
+    if let Err(e) = result {
+        machine.finish(Err(e));
+    }
+    drain(machine, cpu);
+    Ok(())
+}
+
+/// After the run ended for this EMT: keep answering rendezvous until every
+/// EMT has stopped, so that an EMT caught in a rendezvous (a pause racing
+/// with the guest's exit) is never left waiting for this one. Requests are
+/// not taken any more (one could start a rendezvous nobody would join);
+/// their callers get an error when the run shuts the queue down.
+fn drain(machine: &Machine, cpu: u32) {
+    machine.emt_draining();
+    while machine.emts_in_guest_loop() > 0 {
+        if machine.ffs.vm().contains(VmFf::EMT_RENDEZVOUS) {
+            if let Err(e) = machine.rendezvous.on_ff(cpu) {
+                tracing::debug!("EMT {cpu}: rendezvous while stopping: {e}");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Runs the guest on this EMT until the VM terminates.
+fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
     loop {
         if !service_forced_actions(machine, cpu)? {
             return Ok(());

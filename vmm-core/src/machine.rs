@@ -2,6 +2,7 @@
 //! [`VmHandle`] that steers a running VM from another thread.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dbgf::{
@@ -66,6 +67,8 @@ pub(crate) struct Machine {
     pub(crate) stats: stam::Registry,
     pub(crate) info: InfoRegistry,
     pub(crate) outcome: Mutex<Option<Result<RunOutcome>>>,
+    /// EMTs that have not finished running the guest yet.
+    pub(crate) running_emts: AtomicU32,
     pub(crate) debug: DebugCtl,
     pub(crate) memory: GuestMemoryMap,
 }
@@ -92,6 +95,16 @@ impl Machine {
         }
         drop(outcome);
         self.ffs.set_vm(VmFf::TERMINATE);
+    }
+
+    /// An EMT is done running the guest (it may still answer rendezvous).
+    pub(crate) fn emt_draining(&self) {
+        self.running_emts.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// How many EMTs still run the guest.
+    pub(crate) fn emts_in_guest_loop(&self) -> u32 {
+        self.running_emts.load(Ordering::SeqCst)
     }
 
     /// Wakes every EMT waiting in a halt so that it looks at the state again.

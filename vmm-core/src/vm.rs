@@ -138,6 +138,7 @@ impl Vm {
             stats,
             info,
             outcome: Mutex::new(None),
+            running_emts: std::sync::atomic::AtomicU32::new(config.cpus),
             debug: DebugCtl::new(),
             memory,
         });
