@@ -65,6 +65,8 @@ pub(crate) struct Machine {
     pub(crate) stats: stam::Registry,
     pub(crate) info: InfoRegistry,
     pub(crate) outcome: Mutex<Option<Result<RunOutcome>>>,
+    /// Holds the backend VM: dropped before the memory it maps.
+    pub(crate) saved: crate::saved_state::SaveContext,
     pub(crate) memory: GuestMemoryMap,
 }
 
@@ -290,6 +292,18 @@ impl VmHandle {
         m.unhalt_all()?;
         result?;
         Ok(())
+    }
+
+    /// Saves the VM's state to `path`: suspends it (all EMTs out of the
+    /// guest), saves (live if asked: memory in passes while the guest
+    /// runs), then resumes or powers it off as asked. See
+    /// [`saved_state`](crate::saved_state).
+    pub fn save(
+        &self,
+        path: &std::path::Path,
+        request: crate::saved_state::SaveRequest,
+    ) -> Result<crate::saved_state::SaveReport> {
+        crate::saved_state::save(&self.machine, path, request)
     }
 
     /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`].
