@@ -61,6 +61,13 @@ pub struct StatsArgs {
 pub struct SaveArgs {
     /// Where the VMM writes the saved state.
     file: PathBuf,
+    /// Live save: the guest keeps running while memory is sent in passes
+    /// and stops only for the final pass.
+    #[arg(long)]
+    live: bool,
+    /// Power the VM off after saving (default: resume it).
+    #[arg(long)]
+    poweroff: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -296,8 +303,25 @@ pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
         &args.connection,
         Method::PUT,
         &format!("{PREFIX}/vm/save"),
-        Some(json!({ "path": file.to_string_lossy() })),
-        |_| Ok(format!("VM state saved to {}", file.display())),
+        Some(json!({
+            "path": file.to_string_lossy(),
+            "live": args.live,
+            "power_off": args.poweroff,
+        })),
+        |reply| {
+            let v = reply.json()?;
+            let passes = match v["live_passes"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(n) => format!(", {n} live passes"),
+            };
+            Ok(format!(
+                "VM state saved to {}: {} bytes{passes}, downtime {:.1} ms; state {}",
+                file.display(),
+                v["bytes"].as_u64().unwrap_or(0),
+                v["downtime_ms"].as_f64().unwrap_or(0.0),
+                v["state"].as_str().unwrap_or("?"),
+            ))
+        },
     )
 }
 

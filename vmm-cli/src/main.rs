@@ -38,7 +38,7 @@ enum Command {
     Reset(client::PlainArgs),
     /// Power a running VM off (its `vmm run` exits).
     Poweroff(client::PlainArgs),
-    /// Save a running VM's state to FILE (not implemented yet).
+    /// Save a running VM's state to FILE (`--live`: while it runs).
     Save(client::SaveArgs),
     /// Inspect or verify a saved-state file.
     State(state::StateArgs),

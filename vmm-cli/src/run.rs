@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// debug builds).
     #[arg(long)]
     check_entry: bool,
+    /// Continue a VM saved with `vmm save`: RAM size, vCPU count and
+    /// firmware come from FILE (verified before the VM is built).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bios", "kernel", "guest", "mem", "cpus"])]
+    restore: Option<PathBuf>,
     /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at PATH, for
     /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
     #[arg(long, value_name = "PATH")]
@@ -101,6 +105,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(ApiSocket::bind)
         .transpose()?;
+    let serial: vmm_core::config::SerialSink = match &args.serial {
+        Some(path) => Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create serial output file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    if let Some(path) = &args.restore {
+        let vm = Vm::restore(path, serial, args.check_entry)
+            .with_context(|| format!("cannot restore {}", path.display()))?;
+        let config = vm_core_config(&vm, path);
+        return run_vm(vm, config, api_socket, &args);
+    }
     let mut config = match &args.kernel {
         Some(kernel) => VmConfig::with_kernel(
             args.mem,
@@ -118,13 +135,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     config.cpus = args.cpus;
     config.check_entry = args.check_entry;
-    config.serial = match &args.serial {
-        Some(path) => Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create serial output file {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
-    };
+    config.serial = serial;
     let api_config = VmConfigInfo {
         ram_bytes: config.ram_bytes,
         cpus: config.cpus,
@@ -134,7 +145,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             (None, None) => format!("guest {}", args.guest),
         },
     };
-    let mut vm = Vm::new(config)?;
+    run_vm(Vm::new(config)?, api_config, api_socket, &args)
+}
+
+/// What `GET /v1/vm` reports for a restored VM.
+fn vm_core_config(vm: &Vm, path: &std::path::Path) -> VmConfigInfo {
+    let saved = vm.saved_config();
+    VmConfigInfo {
+        ram_bytes: saved.ram_bytes,
+        cpus: saved.cpus,
+        boot: format!("restored {}", path.display()),
+    }
+}
+
+/// Runs a built VM (with the control API if asked) and reports the end.
+fn run_vm(
+    mut vm: Vm,
+    api_config: VmConfigInfo,
+    api_socket: Option<ApiSocket>,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
     let api = match api_socket {
         Some(socket) => {
             let server = socket.serve(Arc::new(VmControl::new(vm.handle(), api_config)))?;
@@ -146,7 +176,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = vm.run();
     drop(api);
     std::io::stdout().flush().ok();
-    report(&vm, &args)?;
+    report(&vm, args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
         RunOutcome::Reboot => {

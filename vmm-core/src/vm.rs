@@ -180,6 +180,12 @@ impl Vm {
         VmHandle::new(Arc::clone(&self.machine))
     }
 
+    /// The RAM size, vCPU count and firmware the VM was built with (what
+    /// its saved states record).
+    pub fn saved_config(&self) -> &SavedConfig {
+        &self.machine.saved.config
+    }
+
     /// The VM's statistics registry (`/HM/...`, `/IOM/...`, `/PGM/...`, `/VMM/...`).
     pub fn stats(&self) -> &stam::Registry {
         &self.machine.stats
