@@ -306,6 +306,14 @@ impl VmHandle {
         crate::saved_state::save(&self.machine, path, request)
     }
 
+    /// Teleports the running VM to a target waiting with
+    /// [`Vm::incoming`](crate::Vm::incoming) at `address` (host:port): a
+    /// live save over TCP, then this VM powers off (or resumes if the
+    /// teleport fails).
+    pub fn teleport(&self, address: &str) -> Result<crate::saved_state::SaveReport> {
+        crate::saved_state::teleport(&self.machine, address)
+    }
+
     /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`].
     pub fn power_off(&self) -> Result<()> {
         let m = &self.machine;

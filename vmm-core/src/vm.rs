@@ -180,6 +180,24 @@ impl Vm {
         VmHandle::new(Arc::clone(&self.machine))
     }
 
+    /// Builds a VM from `config` and waits on `listener` for a teleport
+    /// (`VmHandle::teleport` on the source, which must be configured the
+    /// same way); [`run`](Vm::run) continues the guest.
+    ///
+    /// ```no_run
+    /// use vmm_core::{Vm, VmConfig, guests};
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:7000").unwrap();
+    /// let config = VmConfig::new(16 << 20, guests::find("counter")?.firmware()?);
+    /// let mut vm = Vm::incoming(config, &listener)?;
+    /// vm.run()?;
+    /// # Ok::<(), vmm_core::Error>(())
+    /// ```
+    pub fn incoming(config: VmConfig, listener: &std::net::TcpListener) -> Result<Vm> {
+        let vm = Vm::new(config)?;
+        saved_state::incoming(&vm.machine, listener)?;
+        Ok(vm)
+    }
+
     /// The RAM size, vCPU count and firmware the VM was built with (what
     /// its saved states record).
     pub fn saved_config(&self) -> &SavedConfig {

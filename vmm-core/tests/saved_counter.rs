@@ -105,3 +105,42 @@ fn counter_guest_survives_a_live_save() {
     let dir = tempfile::tempdir().unwrap();
     save_and_restore(2, true, &dir.path().join("counter-live.sav"));
 }
+
+#[test]
+fn counter_guest_teleports_over_loopback_tcp() {
+    if !kvm_available("counter_guest_teleports_over_loopback_tcp") {
+        return;
+    }
+    let firmware = guests::find("counter").unwrap().firmware().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let target_serial = Capture::default();
+    let mut target_config = VmConfig::new(16 << 20, firmware.clone());
+    target_config.cpus = 2;
+    target_config.serial = Box::new(target_serial.clone());
+    let target = std::thread::spawn(move || {
+        let mut vm = Vm::incoming(target_config, &listener)?;
+        vm.run()
+    });
+
+    let serial = Capture::default();
+    let mut config = VmConfig::new(16 << 20, firmware);
+    config.cpus = 2;
+    config.serial = Box::new(serial.clone());
+    let mut vm = Vm::new(config).expect("VM builds");
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    wait_until("tick 0x0040", &serial, || {
+        serial.text().contains("tick 0x0040")
+    });
+    let report = handle.teleport(&address).expect("teleport");
+    assert!(report.live_passes >= 1, "{report:?}");
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+    let outcome = target.join().unwrap().expect("target run");
+    let after = target_serial.text();
+    assert_eq!(outcome, RunOutcome::GuestExit(0), "target output:\n{after}");
+    assert!(
+        after.contains("vmm counter: ok") && !after.contains("started"),
+        "{after}"
+    );
+}

@@ -30,7 +30,8 @@ mod dirty;
 mod live;
 mod units;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,8 +256,20 @@ fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
     })
 }
 
-/// A live save of a running VM.
+/// A live save of a running VM to a file.
 fn save_live(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
+    live_to(machine, ssm::AtomicFile::create(path)?, |file| {
+        Ok(file.commit()?)
+    })
+}
+
+/// A live save of a running VM into `sink`; `finish` completes the sink
+/// (commits the file, waits for the teleport target's answer).
+fn live_to<W: Write>(
+    machine: &Arc<Machine>,
+    mut sink: W,
+    finish: impl FnOnce(W) -> Result<()>,
+) -> Result<SaveReport> {
     machine
         .state
         .try_transition(&[(VmState::Running, VmState::RunningLs)])?;
@@ -264,8 +277,7 @@ fn save_live(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
     let result = (|| {
         let mut m = manager(machine, Some(machine))?;
         let registered = u32::try_from(m.unit_ids().len()).unwrap_or(u32::MAX);
-        let mut file = ssm::AtomicFile::create(path)?;
-        let stats = m.save_live(&mut file, &save_options(), || {
+        let stats = m.save_live(&mut sink, &save_options(), || {
             stop_emts(
                 machine,
                 VmState::RunningLs,
@@ -276,8 +288,8 @@ fn save_live(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
             *stopped_at.lock() = Some(Instant::now());
             Ok(())
         })?;
-        file.flush().map_err(ssm::Error::from)?;
-        file.commit()?;
+        sink.flush().map_err(ssm::Error::from)?;
+        finish(sink)?;
         Ok::<_, Error>((stats, registered))
     })();
     let stopped = *stopped_at.lock();
@@ -307,6 +319,90 @@ fn save_live(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
         live_passes: stats.units.saturating_sub(registered),
         downtime: stopped.map_or(Duration::ZERO, |t| t.elapsed()),
     })
+}
+
+/// The byte a teleport target sends back once it loaded the state.
+const TELEPORT_ACK: u8 = 0x06;
+/// How long a teleport source waits to connect to the target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Teleports a running VM to the target listening at `address`
+/// ([`Vm::incoming`](crate::Vm::incoming)): a live save over TCP; when the
+/// target confirms it loaded the state, this VM powers off; on any failure
+/// it resumes.
+pub(crate) fn teleport(machine: &Arc<Machine>, address: &str) -> Result<SaveReport> {
+    if machine.state.state() != VmState::Running {
+        return Err(Error::Config(format!(
+            "cannot teleport a VM in state {}: it must be running",
+            machine.state.state()
+        )));
+    }
+    let target = address
+        .to_socket_addrs()
+        .map_err(|e| Error::Config(format!("teleport target {address:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("teleport target {address:?} resolves to nothing")))?;
+    let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| {
+        Error::Config(format!(
+            "cannot connect to the teleport target {address}: {e}"
+        ))
+    })?;
+    stream.set_nodelay(true).map_err(ssm::Error::from)?;
+    let mut answers = stream.try_clone().map_err(ssm::Error::from)?;
+    let outcome = live_to(machine, BufWriter::new(stream), |sink| {
+        let stream = sink
+            .into_inner()
+            .map_err(|e| ssm::Error::from(e.into_error()))?;
+        stream.shutdown(Shutdown::Write).map_err(ssm::Error::from)?;
+        let mut ack = [0u8; 1];
+        match answers.read_exact(&mut ack) {
+            Ok(()) if ack[0] == TELEPORT_ACK => Ok(()),
+            Ok(()) => Err(Error::Config(format!(
+                "the teleport target answered {:#04x} instead of its acknowledgement",
+                ack[0]
+            ))),
+            Err(e) => Err(Error::Config(format!(
+                "the teleport target did not confirm the state (it failed to load it?): {e}"
+            ))),
+        }
+    });
+    let handle = crate::VmHandle::new(Arc::clone(machine));
+    match outcome {
+        Ok(report) => {
+            handle.power_off()?;
+            Ok(report)
+        }
+        Err(e) => {
+            handle.resume()?;
+            Err(e)
+        }
+    }
+}
+
+/// Waits for one teleport on `listener` and loads the state into a freshly
+/// created VM; the source is told once the state is in.
+pub(crate) fn incoming(machine: &Machine, listener: &TcpListener) -> Result<ssm::LoadStats> {
+    let (stream, _) = listener.accept().map_err(ssm::Error::from)?;
+    let mut answer = stream.try_clone().map_err(ssm::Error::from)?;
+    machine
+        .state
+        .try_transition(&[(VmState::Created, VmState::Loading)])?;
+    let loaded = StreamReader::buffered(stream, true)
+        .map_err(Error::from)
+        .and_then(|reader| manager(machine, None).and_then(|mut m| Ok(m.load(reader)?)));
+    match loaded {
+        Ok(stats) => {
+            machine.state.set(VmState::Suspended)?;
+            answer
+                .write_all(&[TELEPORT_ACK])
+                .map_err(ssm::Error::from)?;
+            Ok(stats)
+        }
+        Err(e) => {
+            machine.state.set(VmState::LoadFailure)?;
+            Err(e)
+        }
+    }
 }
 
 /// Loads the saved state at `path` into a freshly created VM
