@@ -72,6 +72,15 @@ pub struct SaveArgs {
     connection: Connection,
 }
 
+/// `vmm teleport ADDR`.
+#[derive(Args)]
+pub struct TeleportArgs {
+    /// The target's address (host:port), where `vmm run --incoming` listens.
+    address: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
 /// `vmm pause`, `vmm resume`, `vmm reset`, `vmm poweroff`, `vmm status`.
 #[derive(Args)]
 pub struct PlainArgs {
@@ -318,6 +327,27 @@ pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
                 "VM state saved to {}: {} bytes{passes}, downtime {:.1} ms; state {}",
                 file.display(),
                 v["bytes"].as_u64().unwrap_or(0),
+                v["downtime_ms"].as_f64().unwrap_or(0.0),
+                v["state"].as_str().unwrap_or("?"),
+            ))
+        },
+    )
+}
+
+/// `vmm teleport ADDR`: asks the VMM to teleport the VM to ADDR.
+pub fn teleport(args: TeleportArgs) -> anyhow::Result<ExitCode> {
+    exchange(
+        &args.connection,
+        Method::PUT,
+        &format!("{PREFIX}/vm/teleport"),
+        Some(json!({ "address": args.address })),
+        |reply| {
+            let v = reply.json()?;
+            Ok(format!(
+                "VM teleported to {}: {} bytes, {} live passes, downtime {:.1} ms; state {}",
+                args.address,
+                v["bytes"].as_u64().unwrap_or(0),
+                v["live_passes"].as_u64().unwrap_or(0),
                 v["downtime_ms"].as_f64().unwrap_or(0.0),
                 v["state"].as_str().unwrap_or("?"),
             ))

@@ -40,6 +40,8 @@ enum Command {
     Poweroff(client::PlainArgs),
     /// Save a running VM's state to FILE (`--live`: while it runs).
     Save(client::SaveArgs),
+    /// Teleport the running VM to `vmm run --incoming ADDR` (live, over TCP).
+    Teleport(client::TeleportArgs),
     /// Inspect or verify a saved-state file.
     State(state::StateArgs),
 }
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Reset(args) => client::change_state(args, api::Action::Reset),
         Command::Poweroff(args) => client::change_state(args, api::Action::PowerOff),
         Command::Save(args) => client::save(args),
+        Command::Teleport(args) => client::teleport(args),
         Command::State(args) => state::state(args),
     };
     match result {

@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// firmware come from FILE (verified before the VM is built).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["bios", "kernel", "guest", "mem", "cpus"])]
     restore: Option<PathBuf>,
+    /// Wait for a teleport on ADDR (host:port; port 0 picks one, printed on
+    /// stderr) and continue the VM it brings. The VM is configured from the
+    /// other options and must match the source's.
+    #[arg(long, value_name = "ADDR", conflicts_with = "restore")]
+    incoming: Option<String>,
     /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at PATH, for
     /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
     #[arg(long, value_name = "PATH")]
@@ -136,7 +141,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     config.cpus = args.cpus;
     config.check_entry = args.check_entry;
     config.serial = serial;
-    let api_config = VmConfigInfo {
+    if let Some(address) = &args.incoming {
+        let listener = std::net::TcpListener::bind(address)
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let bound = listener.local_addr()?;
+        eprintln!("vmm: waiting for a teleport on {bound}");
+        let api_config = api_config(&config, &args);
+        let vm = Vm::incoming(config, &listener)
+            .with_context(|| format!("teleport to {bound} failed"))?;
+        eprintln!("vmm: teleport received; resuming the VM");
+        return run_vm(vm, api_config, api_socket, &args);
+    }
+    let api_config = api_config(&config, &args);
+    run_vm(Vm::new(config)?, api_config, api_socket, &args)
+}
+
+/// What `GET /v1/vm` reports for a VM built from the command line.
+fn api_config(config: &VmConfig, args: &RunArgs) -> VmConfigInfo {
+    VmConfigInfo {
         ram_bytes: config.ram_bytes,
         cpus: config.cpus,
         boot: match (&args.kernel, &args.bios) {
@@ -144,8 +166,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             (None, Some(path)) => format!("firmware {}", path.display()),
             (None, None) => format!("guest {}", args.guest),
         },
-    };
-    run_vm(Vm::new(config)?, api_config, api_socket, &args)
+    }
 }
 
 /// What `GET /v1/vm` reports for a restored VM.

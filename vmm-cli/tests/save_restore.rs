@@ -203,3 +203,82 @@ fn restore_refuses_a_missing_or_truncated_file_before_building_the_vm() {
         "refused before the VM was built: {err}"
     );
 }
+
+#[test]
+fn counter_guest_teleports_between_processes_over_loopback() {
+    if !kvm_available("counter_guest_teleports_between_processes_over_loopback") {
+        return;
+    }
+    let dir = temp();
+    let dir = dir.path();
+    let (target_serial, target_stderr) = (dir.join("target-serial"), dir.join("target-stderr"));
+    let mut target = Vmm::spawn(
+        "vmm run --incoming",
+        &[
+            "run",
+            "--guest",
+            "counter",
+            "--mem",
+            "16M",
+            "--cpus",
+            "2",
+            "--incoming",
+            "127.0.0.1:0",
+            "--serial",
+            target_serial.to_str().unwrap(),
+        ],
+        &target_stderr,
+    );
+    wait_for_text(&target_stderr, "waiting for a teleport on ", &mut target);
+    let text = read(&target_stderr);
+    let address = text
+        .split("waiting for a teleport on ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap()
+        .to_owned();
+
+    let (socket, serial, stderr) = (dir.join("api.sock"), dir.join("serial"), dir.join("stderr"));
+    let mut source = Vmm::spawn(
+        "vmm run --guest counter",
+        &[
+            "run",
+            "--guest",
+            "counter",
+            "--mem",
+            "16M",
+            "--cpus",
+            "2",
+            "--api-socket",
+            socket.to_str().unwrap(),
+            "--serial",
+            serial.to_str().unwrap(),
+        ],
+        &stderr,
+    );
+    wait_for_text(&serial, "tick 0x0040", &mut source);
+    let sent = client(&[
+        "teleport",
+        &address,
+        "--api-socket",
+        socket.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&sent.stdout).into_owned();
+    assert!(
+        sent.status.success(),
+        "vmm teleport failed: {said}{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(said.contains("VM teleported"), "{said}");
+    let status = source.wait(|| read(&stderr));
+    assert!(status.success(), "source: {status}: {}", read(&stderr));
+    let status = target.wait(|| read(&target_serial) + &read(&target_stderr));
+    let after = read(&target_serial);
+    assert!(
+        status.success(),
+        "target: {status}\nserial:\n{after}\nstderr:\n{}",
+        read(&target_stderr)
+    );
+    assert!(after.contains("vmm counter: ok"), "{after}");
+    assert!(!after.contains("started"), "{after}");
+}

@@ -110,6 +110,8 @@ pub trait Control: Send + Sync + 'static {
     fn change_state(&self, action: Action) -> Result<String, ApiError>;
     /// Saves the VM's state.
     fn save(&self, spec: &SaveSpec) -> Result<SaveResult, ApiError>;
+    /// Teleports the VM to the target at `address` (host:port).
+    fn teleport(&self, address: &str) -> Result<SaveResult, ApiError>;
     /// The statistics matching `pattern`, rendered in `format`.
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError>;
     /// Runs info handler `name` (or `help`) with `args`.
@@ -205,6 +207,21 @@ impl Control for VmControl {
         })?;
         Ok(SaveResult {
             path: spec.path.clone(),
+            bytes: report.bytes,
+            live_passes: report.live_passes,
+            downtime_ms: report.downtime.as_secs_f64() * 1000.0,
+            state: self.handle.state().name().to_owned(),
+        })
+    }
+
+    fn teleport(&self, address: &str) -> Result<SaveResult, ApiError> {
+        let report = self.handle.teleport(address).map_err(|e| {
+            let mut failed = ApiError::from(e);
+            failed.message = format!("cannot teleport to {address}: {}", failed.message);
+            failed
+        })?;
+        Ok(SaveResult {
+            path: format!("tcp://{address}"),
             bytes: report.bytes,
             live_passes: report.live_passes,
             downtime_ms: report.downtime.as_secs_f64() * 1000.0,

@@ -57,6 +57,7 @@ enum Route<'a> {
     Vm,
     State,
     Save,
+    Teleport,
     Balloon,
     Stats,
     InfoList,
@@ -70,6 +71,7 @@ impl Route<'_> {
             "/vm" => Route::Vm,
             "/vm/state" => Route::State,
             "/vm/save" => Route::Save,
+            "/vm/teleport" => Route::Teleport,
             "/balloon" => Route::Balloon,
             "/stats" => Route::Stats,
             "/info" => Route::InfoList,
@@ -86,7 +88,7 @@ impl Route<'_> {
     fn methods(&self) -> &'static [&'static str] {
         match self {
             Route::Vm | Route::Stats | Route::InfoList | Route::Info(_) => &["GET"],
-            Route::State | Route::Save => &["PUT"],
+            Route::State | Route::Save | Route::Teleport => &["PUT"],
             Route::Balloon => &["GET", "PUT"],
         }
     }
@@ -96,6 +98,12 @@ impl Route<'_> {
 #[serde(deny_unknown_fields)]
 struct StateRequest {
     action: Action,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeleportRequest {
+    address: String,
 }
 
 #[derive(Deserialize)]
@@ -159,6 +167,13 @@ fn dispatch(
             query_params(query, &[])?;
             let spec: SaveSpec = json_body(body)?;
             let result = serde_json::to_value(control.save(&spec)?)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(Response::json(200, &result))
+        }
+        Route::Teleport => {
+            query_params(query, &[])?;
+            let request: TeleportRequest = json_body(body)?;
+            let result = serde_json::to_value(control.teleport(&request.address)?)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             Ok(Response::json(200, &result))
         }
@@ -322,6 +337,14 @@ mod tests {
             })
         }
 
+        fn teleport(&self, address: &str) -> Result<SaveResult, ApiError> {
+            self.save(&SaveSpec {
+                path: format!("tcp://{address}"),
+                live: true,
+                power_off: true,
+            })
+        }
+
         fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {
             Ok(format!("{}:{pattern}", format.name()))
         }
@@ -477,6 +500,23 @@ mod tests {
                 .status,
             400
         );
+        let other = FakeVm::new();
+        let (r, v) = call(
+            &other,
+            "PUT",
+            "/v1/vm/teleport",
+            r#"{"address":"127.0.0.1:1"}"#,
+        );
+        assert_eq!(
+            (r.status, v["path"].as_str()),
+            (200, Some("tcp://127.0.0.1:1"))
+        );
+        assert_eq!(
+            call(&vm, "PUT", "/v1/vm/teleport", r#"{"addr":"x"}"#)
+                .0
+                .status,
+            400
+        );
         // The VM is off now: saving is refused as a conflict.
         assert_eq!(
             call(&vm, "PUT", "/v1/vm/save", r#"{"path":"/tmp/z.sav"}"#)
@@ -508,6 +548,7 @@ mod tests {
             "/v1/vm",
             "/v1/vm/state",
             "/v1/vm/save",
+            "/v1/vm/teleport",
             "/v1/balloon",
             "/v1/stats",
             "/v1/info",
