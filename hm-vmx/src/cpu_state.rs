@@ -604,6 +604,29 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]
+        fn encoding_round_trips(
+            rip: u64,
+            cr3: u64,
+            mxcsr: u32,
+            msrs in proptest::collection::vec((proptest::prelude::any::<u32>(), proptest::prelude::any::<u64>()), 0..80),
+            apic: bool,
+        ) {
+            let mut s = sample();
+            s.regs.rip = rip;
+            s.sregs.cr3 = cr3;
+            s.fpu.mxcsr = mxcsr;
+            s.msrs = msrs.iter().map(|&(index, value)| MsrValue { index, value }).collect();
+            if !apic {
+                s.apic = None;
+            }
+            let d = CpuState::decode(&s.encode()).unwrap();
+            proptest::prop_assert_eq!(d.encode(), s.encode());
+            proptest::prop_assert_eq!((d.regs.rip, d.sregs.cr3, d.fpu.mxcsr), (rip, cr3, mxcsr));
+            proptest::prop_assert_eq!(d.msrs, s.msrs);
+            proptest::prop_assert_eq!(d.apic.is_some(), apic);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
             let _ = CpuState::decode(&bytes);
             let _ = IrqchipState::decode(&bytes);

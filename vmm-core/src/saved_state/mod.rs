@@ -325,6 +325,9 @@ fn live_to<W: Write>(
 const TELEPORT_ACK: u8 = 0x06;
 /// How long a teleport source waits to connect to the target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long either side of a teleport waits for the other's next bytes
+/// before giving up (a peer that hangs must not hang this VMM).
+const TELEPORT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Teleports a running VM to the target listening at `address`
 /// ([`Vm::incoming`](crate::Vm::incoming)): a live save over TCP; when the
@@ -348,6 +351,10 @@ pub(crate) fn teleport(machine: &Arc<Machine>, address: &str) -> Result<SaveRepo
         ))
     })?;
     stream.set_nodelay(true).map_err(ssm::Error::from)?;
+    stream
+        .set_read_timeout(Some(TELEPORT_IDLE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(TELEPORT_IDLE_TIMEOUT)))
+        .map_err(ssm::Error::from)?;
     let mut answers = stream.try_clone().map_err(ssm::Error::from)?;
     let outcome = live_to(machine, BufWriter::new(stream), |sink| {
         let stream = sink
@@ -383,6 +390,10 @@ pub(crate) fn teleport(machine: &Arc<Machine>, address: &str) -> Result<SaveRepo
 /// created VM; the source is told once the state is in.
 pub(crate) fn incoming(machine: &Machine, listener: &TcpListener) -> Result<ssm::LoadStats> {
     let (stream, _) = listener.accept().map_err(ssm::Error::from)?;
+    stream
+        .set_read_timeout(Some(TELEPORT_IDLE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(TELEPORT_IDLE_TIMEOUT)))
+        .map_err(ssm::Error::from)?;
     let mut answer = stream.try_clone().map_err(ssm::Error::from)?;
     machine
         .state
