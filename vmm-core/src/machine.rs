@@ -42,6 +42,14 @@ impl EmtKicks {
     }
 }
 
+impl EmtKicks {
+    /// Whether any EMT has started (a restored VM is suspended before its
+    /// EMTs exist).
+    fn any_started(&self) -> bool {
+        self.kickers.iter().any(|k| k.get().is_some())
+    }
+}
+
 impl Kick for EmtKicks {
     fn kick(&self, cpu: u32) {
         if let Some(kicker) = self.kickers.get(cpu as usize).and_then(OnceLock::get) {
@@ -107,7 +115,8 @@ impl Machine {
         !matches!(
             self.state.state(),
             VmState::Created | VmState::Off | VmState::GuruMeditation | VmState::Terminated
-        ) && self.outcome.lock().is_none()
+        ) && self.kicks.any_started()
+            && self.outcome.lock().is_none()
     }
 }
 

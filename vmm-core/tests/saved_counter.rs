@@ -67,6 +67,11 @@ fn save_and_restore(cpus: u32, live: bool, path: &Path) {
     let mut restored =
         Vm::restore(path, Box::new(restored_serial.clone()), false).expect("restore");
     assert_eq!(restored.handle().state(), VmState::Suspended);
+    // Before its EMTs exist, per-vCPU info handlers run on this thread and
+    // show the restored state.
+    let mut cpu = String::new();
+    restored.run_info("cpumguest", "", &mut cpu).unwrap();
+    assert!(cpu.contains("rip="), "{cpu}");
     let outcome = restored.run().expect("restored run");
     let after = restored_serial.text();
     assert_eq!(
