@@ -47,6 +47,10 @@ pub enum Error {
     /// or explaining why KVM refused the state.
     #[error(transparent)]
     EntryState(Box<EntryCheckFailure>),
+    /// A saved vCPU or interrupt-controller state is malformed or was
+    /// refused by KVM.
+    #[error("vCPU state: {0}")]
+    BadCpuState(String),
 }
 
 /// Result type of the backend.

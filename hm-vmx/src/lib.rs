@@ -22,6 +22,7 @@
 //! # Ok::<(), hm_vmx::Error>(())
 //! ```
 
+mod cpu_state;
 mod entry_check;
 mod error;
 mod exit;
@@ -36,6 +37,7 @@ mod vcpu;
 mod vm;
 pub mod vmx;
 
+pub use cpu_state::{CpuState, IrqchipState, MsrValue};
 pub use entry_check::{EntryCheckFailure, EntryChecker, EntryDiagnosis, EntryStage};
 pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};

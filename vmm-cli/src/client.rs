@@ -61,6 +61,22 @@ pub struct StatsArgs {
 pub struct SaveArgs {
     /// Where the VMM writes the saved state.
     file: PathBuf,
+    /// Live save: the guest keeps running while memory is sent in passes
+    /// and stops only for the final pass.
+    #[arg(long)]
+    live: bool,
+    /// Power the VM off after saving (default: resume it).
+    #[arg(long)]
+    poweroff: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// `vmm teleport ADDR`.
+#[derive(Args)]
+pub struct TeleportArgs {
+    /// The target's address (host:port), where `vmm run --incoming` listens.
+    address: String,
     #[command(flatten)]
     connection: Connection,
 }
@@ -296,8 +312,46 @@ pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
         &args.connection,
         Method::PUT,
         &format!("{PREFIX}/vm/save"),
-        Some(json!({ "path": file.to_string_lossy() })),
-        |_| Ok(format!("VM state saved to {}", file.display())),
+        Some(json!({
+            "path": file.to_string_lossy(),
+            "live": args.live,
+            "power_off": args.poweroff,
+        })),
+        |reply| {
+            let v = reply.json()?;
+            let passes = match v["live_passes"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(n) => format!(", {n} live passes"),
+            };
+            Ok(format!(
+                "VM state saved to {}: {} bytes{passes}, downtime {:.1} ms; state {}",
+                file.display(),
+                v["bytes"].as_u64().unwrap_or(0),
+                v["downtime_ms"].as_f64().unwrap_or(0.0),
+                v["state"].as_str().unwrap_or("?"),
+            ))
+        },
+    )
+}
+
+/// `vmm teleport ADDR`: asks the VMM to teleport the VM to ADDR.
+pub fn teleport(args: TeleportArgs) -> anyhow::Result<ExitCode> {
+    exchange(
+        &args.connection,
+        Method::PUT,
+        &format!("{PREFIX}/vm/teleport"),
+        Some(json!({ "address": args.address })),
+        |reply| {
+            let v = reply.json()?;
+            Ok(format!(
+                "VM teleported to {}: {} bytes, {} live passes, downtime {:.1} ms; state {}",
+                args.address,
+                v["bytes"].as_u64().unwrap_or(0),
+                v["live_passes"].as_u64().unwrap_or(0),
+                v["downtime_ms"].as_f64().unwrap_or(0.0),
+                v["state"].as_str().unwrap_or("?"),
+            ))
+        },
     )
 }
 

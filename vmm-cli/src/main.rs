@@ -39,8 +39,10 @@ enum Command {
     Reset(client::PlainArgs),
     /// Power a running VM off (its `vmm run` exits).
     Poweroff(client::PlainArgs),
-    /// Save a running VM's state to FILE (not implemented yet).
+    /// Save a running VM's state to FILE (`--live`: while it runs).
     Save(client::SaveArgs),
+    /// Teleport the running VM to `vmm run --incoming ADDR` (live, over TCP).
+    Teleport(client::TeleportArgs),
     /// Inspect or verify a saved-state file.
     State(state::StateArgs),
 }
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Reset(args) => client::change_state(args, api::Action::Reset),
         Command::Poweroff(args) => client::change_state(args, api::Action::PowerOff),
         Command::Save(args) => client::save(args),
+        Command::Teleport(args) => client::teleport(args),
         Command::State(args) => state::state(args),
     };
     match result {

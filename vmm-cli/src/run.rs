@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
+use vmm_core::debug::DebugAttachment;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
@@ -72,6 +73,15 @@ pub struct RunArgs {
     /// debug builds).
     #[arg(long)]
     check_entry: bool,
+    /// Continue a VM saved with `vmm save`: RAM size, vCPU count and
+    /// firmware come from FILE (verified before the VM is built).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bios", "kernel", "guest", "mem", "cpus"])]
+    restore: Option<PathBuf>,
+    /// Wait for a teleport on ADDR (host:port; port 0 picks one, printed on
+    /// stderr) and continue the VM it brings. The VM is configured from the
+    /// other options and must match the source's.
+    #[arg(long, value_name = "ADDR", conflicts_with = "restore")]
+    incoming: Option<String>,
     /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at PATH, for
     /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
     #[arg(long, value_name = "PATH")]
@@ -79,7 +89,7 @@ pub struct RunArgs {
     /// Wait for gdb on ADDR (`PORT` or `HOST:PORT` on loopback, or
     /// `unix:PATH`) before the first guest instruction, then serve it while
     /// the guest runs.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["restore", "incoming"])]
     gdb: Option<String>,
 }
 
@@ -107,6 +117,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(ApiSocket::bind)
         .transpose()?;
+    let serial: vmm_core::config::SerialSink = match &args.serial {
+        Some(path) => Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create serial output file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    if let Some(path) = &args.restore {
+        let vm = Vm::restore(path, serial, args.check_entry)
+            .with_context(|| format!("cannot restore {}", path.display()))?;
+        let config = vm_core_config(&vm, path);
+        return run_vm(vm, None, config, api_socket, &args);
+    }
     let mut config = match &args.kernel {
         Some(kernel) => VmConfig::with_kernel(
             args.mem,
@@ -124,14 +147,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     config.cpus = args.cpus;
     config.check_entry = args.check_entry;
-    config.serial = match &args.serial {
-        Some(path) => Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create serial output file {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
+    config.serial = serial;
+    if let Some(address) = &args.incoming {
+        let listener = std::net::TcpListener::bind(address)
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let bound = listener.local_addr()?;
+        eprintln!("vmm: waiting for a teleport on {bound}");
+        let api_config = api_config(&config, &args);
+        let vm = Vm::incoming(config, &listener)
+            .with_context(|| format!("teleport to {bound} failed"))?;
+        eprintln!("vmm: teleport received; resuming the VM");
+        return run_vm(vm, None, api_config, api_socket, &args);
+    }
+    let api_config = api_config(&config, &args);
+    let (vm, attach) = match &args.gdb {
+        Some(_) => {
+            let (vm, attach) = Vm::new_debuggable(config)?;
+            (vm, Some(attach))
+        }
+        None => (Vm::new(config)?, None),
     };
-    let api_config = VmConfigInfo {
+    run_vm(vm, attach, api_config, api_socket, &args)
+}
+
+/// What `GET /v1/vm` reports for a VM built from the command line.
+fn api_config(config: &VmConfig, args: &RunArgs) -> VmConfigInfo {
+    VmConfigInfo {
         ram_bytes: config.ram_bytes,
         cpus: config.cpus,
         boot: match (&args.kernel, &args.bios) {
@@ -139,14 +180,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             (None, Some(path)) => format!("firmware {}", path.display()),
             (None, None) => format!("guest {}", args.guest),
         },
-    };
-    let (mut vm, attach) = match &args.gdb {
-        Some(_) => {
-            let (vm, attach) = Vm::new_debuggable(config)?;
-            (vm, Some(attach))
-        }
-        None => (Vm::new(config)?, None),
-    };
+    }
+}
+
+/// What `GET /v1/vm` reports for a restored VM.
+fn vm_core_config(vm: &Vm, path: &std::path::Path) -> VmConfigInfo {
+    let saved = vm.saved_config();
+    VmConfigInfo {
+        ram_bytes: saved.ram_bytes,
+        cpus: saved.cpus,
+        boot: format!("restored {}", path.display()),
+    }
+}
+
+/// Runs a built VM (with the control API and the gdb stub if asked) and
+/// reports the end.
+fn run_vm(
+    mut vm: Vm,
+    attach: Option<DebugAttachment>,
+    api_config: VmConfigInfo,
+    api_socket: Option<ApiSocket>,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
     let api = match api_socket {
         Some(socket) => {
             let server = socket.serve(Arc::new(VmControl::new(vm.handle(), api_config)))?;
@@ -167,7 +222,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("vmm: {e:#}");
         }
     }
-    report(&vm, &args)?;
+    report(&vm, args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
         RunOutcome::Reboot => {

@@ -333,9 +333,9 @@ fn malformed_requests_get_4xx_json_errors_and_the_vm_keeps_running() {
         (
             "PUT",
             "/v1/vm/save",
-            Some(br#"{"path":"/tmp/x.sav"}"#),
-            501,
-            "not_implemented",
+            Some(br#"{"path":"relative.sav"}"#),
+            400,
+            "bad_request",
         ),
         ("GET", "/v1/balloon", None, 501, "not_implemented"),
         ("PUT", "/v1/vm/state", Some(&big), 413, "payload_too_large"),
@@ -367,7 +367,7 @@ fn malformed_requests_get_4xx_json_errors_and_the_vm_keeps_running() {
     for (args, needle) in [
         (&["resume"][..], "cannot resume"),
         (&["info", "nosuch"][..], "unknown info handler"),
-        (&["save", "vm.sav"][..], "not implemented yet"),
+        (&["save", "/nonexistent-dir/vm.sav"][..], "cannot save"),
     ] {
         let out = vm.vmm(args);
         assert!(!out.status.success(), "vmm {args:?} succeeded");
@@ -375,10 +375,10 @@ fn malformed_requests_get_4xx_json_errors_and_the_vm_keeps_running() {
         assert!(stderr.contains(needle), "vmm {args:?}: {stderr}");
     }
     // ... and with --json prints the API's error object.
-    let out = vm.vmm(&["save", "vm.sav", "--json"]);
+    let out = vm.vmm(&["save", "/nonexistent-dir/vm.sav", "--json"]);
     assert!(!out.status.success());
     let error = json(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(error["error"]["status"], 501);
+    assert_eq!(error["error"]["status"], 500);
 
     // Power off through curl: `vmm run` exits 0 and the socket is gone.
     let (status, body) = vm.curl("PUT", "/v1/vm/state", Some(br#"{"action":"power_off"}"#));

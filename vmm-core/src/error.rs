@@ -49,6 +49,9 @@ pub enum Error {
     /// The VM is not in a state that allows the operation.
     #[error(transparent)]
     State(#[from] crate::vmstate::VmStateError),
+    /// Saving or restoring the VM's state failed.
+    #[error("saved state: {0}")]
+    SavedState(#[from] ssm::Error),
     /// The EMT thread died unexpectedly.
     #[error("EMT {0} terminated abnormally")]
     EmtPanicked(u32),

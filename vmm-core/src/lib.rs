@@ -26,6 +26,7 @@ mod machine;
 pub mod memory;
 pub mod rendezvous;
 pub mod request;
+pub mod saved_state;
 mod vm;
 pub mod vmstate;
 

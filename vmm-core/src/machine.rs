@@ -44,6 +44,14 @@ impl EmtKicks {
     }
 }
 
+impl EmtKicks {
+    /// Whether any EMT has started (a restored VM is suspended before its
+    /// EMTs exist).
+    fn any_started(&self) -> bool {
+        self.kickers.iter().any(|k| k.get().is_some())
+    }
+}
+
 impl Kick for EmtKicks {
     fn kick(&self, cpu: u32) {
         if let Some(kicker) = self.kickers.get(cpu as usize).and_then(OnceLock::get) {
@@ -70,6 +78,8 @@ pub(crate) struct Machine {
     /// EMTs that have not finished running the guest yet.
     pub(crate) running_emts: AtomicU32,
     pub(crate) debug: DebugCtl,
+    /// Holds the backend VM: dropped before the memory it maps.
+    pub(crate) saved: crate::saved_state::SaveContext,
     pub(crate) memory: GuestMemoryMap,
 }
 
@@ -120,7 +130,8 @@ impl Machine {
         !matches!(
             self.state.state(),
             VmState::Created | VmState::Off | VmState::GuruMeditation | VmState::Terminated
-        ) && self.outcome.lock().is_none()
+        ) && self.kicks.any_started()
+            && self.outcome.lock().is_none()
     }
 }
 
@@ -314,6 +325,26 @@ impl VmHandle {
         m.unhalt_all()?;
         result?;
         Ok(())
+    }
+
+    /// Saves the VM's state to `path`: suspends it (all EMTs out of the
+    /// guest), saves (live if asked: memory in passes while the guest
+    /// runs), then resumes or powers it off as asked. See
+    /// [`saved_state`](crate::saved_state).
+    pub fn save(
+        &self,
+        path: &std::path::Path,
+        request: crate::saved_state::SaveRequest,
+    ) -> Result<crate::saved_state::SaveReport> {
+        crate::saved_state::save(&self.machine, path, request)
+    }
+
+    /// Teleports the running VM to a target waiting with
+    /// [`Vm::incoming`](crate::Vm::incoming) at `address` (host:port): a
+    /// live save over TCP, then this VM powers off (or resumes if the
+    /// teleport fails).
+    pub fn teleport(&self, address: &str) -> Result<crate::saved_state::SaveReport> {
+        crate::saved_state::teleport(&self.machine, address)
     }
 
     /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`].

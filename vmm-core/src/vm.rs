@@ -1,6 +1,7 @@
 //! The VM: backend, memory, devices and EMTs put together.
 
 use std::fmt::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use dbgf::{InfoCall, InfoError, InfoFlags, InfoRegistry};
@@ -10,7 +11,7 @@ use stam::Unit;
 
 use crate::boot;
 use crate::bus::IoBus;
-use crate::config::VmConfig;
+use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart};
 use crate::emt::{RunOutcome, emt_main};
@@ -23,6 +24,7 @@ use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
 use crate::request::RequestQueue;
+use crate::saved_state::{self, SaveContext, SavedConfig};
 use crate::vmstate::{VmState, VmStateMachine};
 
 /// A virtual machine: one EMT thread per vCPU runs it.
@@ -38,10 +40,9 @@ use crate::vmstate::{VmState, VmStateMachine};
 /// # Ok::<(), vmm_core::Error>(())
 /// ```
 pub struct Vm {
-    // Field order is drop order: vCPUs and the backend VM go before the
-    // memory (in the machine) they map.
+    // Field order is drop order: the vCPUs go before the machine, which
+    // drops the backend VM before the memory it maps.
     vcpus: Vec<hm_vmx::Vcpu>,
-    _backend: hm_vmx::Vm,
     machine: Arc<Machine>,
 }
 
@@ -90,26 +91,19 @@ impl Vm {
             let plan = boot::direct::plan(kernel, &ram, hole)?;
             boot::direct::after_vcpus(kernel, &plan, memory.ram(), &vcpus)?;
         }
+        let backend = Arc::new(backend);
         let uart_irq = boot::machine::uart_irq(backend.fd())?;
         let mut io = IoBus::new(&stats)?;
-        io.register(
-            COM1_PORT,
-            8,
-            "uart",
-            Arc::new(Mutex::new(Uart::with_irq(config.serial, uart_irq))),
-        )?;
+        let uart = Arc::new(Mutex::new(Uart::with_irq(config.serial, uart_irq)));
+        io.register(COM1_PORT, 8, "uart", uart.clone())?;
         io.register(
             DEBUG_EXIT_PORT,
             1,
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
         )?;
-        io.register(
-            I8042_PORT,
-            I8042_PORTS,
-            "i8042",
-            Arc::new(Mutex::new(I8042::default())),
-        )?;
+        let i8042 = Arc::new(Mutex::new(I8042::default()));
+        io.register(I8042_PORT, I8042_PORTS, "i8042", i8042.clone())?;
 
         let kicks = Arc::new(EmtKicks::new(config.cpus));
         let ffs = ForcedActions::new(config.cpus, kicks.clone())?;
@@ -140,6 +134,18 @@ impl Vm {
             outcome: Mutex::new(None),
             running_emts: std::sync::atomic::AtomicU32::new(config.cpus),
             debug: DebugCtl::new(),
+            saved: SaveContext {
+                config: Arc::new(SavedConfig {
+                    ram_bytes: config.ram_bytes,
+                    cpus: config.cpus,
+                    firmware: config.firmware,
+                }),
+                backend: Arc::clone(&backend),
+                msrs: Arc::new(hypervisor.saved_msr_indices()?),
+                xcrs: backend.guest_has_xsave(),
+                uart,
+                i8042,
+            },
             memory,
         });
         register_info_handlers(&machine, &backend)?;
@@ -155,11 +161,32 @@ impl Vm {
             .map_err(info_error)?;
         register_vmm_stats(&machine)?;
         machine.state.set(VmState::Created)?;
-        Ok(Vm {
-            vcpus,
-            _backend: backend,
-            machine,
-        })
+        Ok(Vm { vcpus, machine })
+    }
+
+    /// Builds a VM from the saved state at `path` and loads the state into
+    /// it; [`run`](Vm::run) continues the guest where it was saved.
+    ///
+    /// The whole file is verified first (a truncated or damaged file is
+    /// refused before any VM exists); the VM gets the RAM size, vCPU count
+    /// and firmware the file records. A unit the file holds in a version
+    /// this VMM does not know is an error naming the unit.
+    ///
+    /// ```no_run
+    /// let mut vm = vmm_core::Vm::restore(std::path::Path::new("vm.sav"), Box::new(std::io::stdout()), false)?;
+    /// vm.run()?;
+    /// # Ok::<(), vmm_core::Error>(())
+    /// ```
+    pub fn restore(path: &Path, serial: SerialSink, check_entry: bool) -> Result<Vm> {
+        ssm::verify(path)?;
+        let saved = saved_state::read_config(path)?;
+        let mut config = VmConfig::new(saved.ram_bytes, saved.firmware);
+        config.cpus = saved.cpus;
+        config.serial = serial;
+        config.check_entry = check_entry;
+        let vm = Vm::new(config)?;
+        saved_state::load(&vm.machine, path)?;
+        Ok(vm)
     }
 
     /// Builds a VM like [`Vm::new`] with a debugger attached: [`Vm::run`]
@@ -168,7 +195,7 @@ impl Vm {
     /// [`crate::debug`]).
     pub fn new_debuggable(config: VmConfig) -> Result<(Self, DebugAttachment)> {
         let vm = Self::new(config)?;
-        let features = guest_features(vm._backend.cpuid())
+        let features = guest_features(vm.machine.saved.backend.cpuid())
             .map_err(|e| Error::Config(format!("guest CPU features: {e}")))?;
         let attachment = crate::debug::attach(&vm.machine, features)?;
         Ok((vm, attachment))
@@ -178,6 +205,30 @@ impl Vm {
     /// power off, info, statistics).
     pub fn handle(&self) -> VmHandle {
         VmHandle::new(Arc::clone(&self.machine))
+    }
+
+    /// Builds a VM from `config` and waits on `listener` for a teleport
+    /// (`VmHandle::teleport` on the source, which must be configured the
+    /// same way); [`run`](Vm::run) continues the guest.
+    ///
+    /// ```no_run
+    /// use vmm_core::{Vm, VmConfig, guests};
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:7000").unwrap();
+    /// let config = VmConfig::new(16 << 20, guests::find("counter")?.firmware()?);
+    /// let mut vm = Vm::incoming(config, &listener)?;
+    /// vm.run()?;
+    /// # Ok::<(), vmm_core::Error>(())
+    /// ```
+    pub fn incoming(config: VmConfig, listener: &std::net::TcpListener) -> Result<Vm> {
+        let vm = Vm::new(config)?;
+        saved_state::incoming(&vm.machine, listener)?;
+        Ok(vm)
+    }
+
+    /// The RAM size, vCPU count and firmware the VM was built with (what
+    /// its saved states record).
+    pub fn saved_config(&self) -> &SavedConfig {
+        &self.machine.saved.config
     }
 
     /// The VM's statistics registry (`/HM/...`, `/IOM/...`, `/PGM/...`, `/VMM/...`).
@@ -214,7 +265,13 @@ impl Vm {
     /// the run, the VM is powered off, or something fails.
     pub fn run(&mut self) -> Result<RunOutcome> {
         let machine = &self.machine;
-        machine.state.set(VmState::PoweringOn)?;
+        // A restored VM resumes; a new one powers on.
+        let starting = if machine.state.state() == VmState::Suspended {
+            VmState::Resuming
+        } else {
+            VmState::PoweringOn
+        };
+        machine.state.set(starting)?;
         machine.debug.power_on(&machine.state)?;
         std::thread::scope(|scope| {
             let emts: Vec<_> = self

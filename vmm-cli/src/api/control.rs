@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use stam::Value;
 use vmm_core::VmHandle;
+use vmm_core::saved_state::{AfterSave, SaveRequest};
 
 use super::error::ApiError;
 use super::format::StatsFormat;
@@ -72,12 +73,45 @@ pub struct VmInfo {
     pub started_at_unix: u64,
 }
 
+/// A save request: where to, live or not, and what happens afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveSpec {
+    /// Where the VMM writes the saved state (absolute path).
+    pub path: String,
+    /// Keep the guest running while memory is sent in passes.
+    #[serde(default)]
+    pub live: bool,
+    /// Power the VM off after the save instead of resuming it.
+    #[serde(default)]
+    pub power_off: bool,
+}
+
+/// What a save did, as `PUT /v1/vm/save` answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaveResult {
+    /// The file written.
+    pub path: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Live passes before the VM stopped (0 for a plain save).
+    pub live_passes: u32,
+    /// How long the guest was stopped, in milliseconds.
+    pub downtime_ms: f64,
+    /// The VM state afterwards.
+    pub state: String,
+}
+
 /// What the API needs from a VM.
 pub trait Control: Send + Sync + 'static {
     /// State, configuration, vCPUs and uptime.
     fn vm_info(&self) -> VmInfo;
     /// Carries out `action` and returns the state afterwards.
     fn change_state(&self, action: Action) -> Result<String, ApiError>;
+    /// Saves the VM's state.
+    fn save(&self, spec: &SaveSpec) -> Result<SaveResult, ApiError>;
+    /// Teleports the VM to the target at `address` (host:port).
+    fn teleport(&self, address: &str) -> Result<SaveResult, ApiError>;
     /// The statistics matching `pattern`, rendered in `format`.
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError>;
     /// Runs info handler `name` (or `help`) with `args`.
@@ -148,6 +182,51 @@ impl Control for VmControl {
             refused
         })?;
         Ok(self.handle.state().name().to_owned())
+    }
+
+    fn save(&self, spec: &SaveSpec) -> Result<SaveResult, ApiError> {
+        let path = std::path::Path::new(&spec.path);
+        if !path.is_absolute() {
+            return Err(ApiError::bad_request(format!(
+                "save path {:?} must be absolute (the VMM's working directory is not the client's)",
+                spec.path
+            )));
+        }
+        let request = SaveRequest {
+            live: spec.live,
+            then: if spec.power_off {
+                AfterSave::PowerOff
+            } else {
+                AfterSave::Resume
+            },
+        };
+        let report = self.handle.save(path, request).map_err(|e| {
+            let mut failed = ApiError::from(e);
+            failed.message = format!("cannot save to {}: {}", spec.path, failed.message);
+            failed
+        })?;
+        Ok(SaveResult {
+            path: spec.path.clone(),
+            bytes: report.bytes,
+            live_passes: report.live_passes,
+            downtime_ms: report.downtime.as_secs_f64() * 1000.0,
+            state: self.handle.state().name().to_owned(),
+        })
+    }
+
+    fn teleport(&self, address: &str) -> Result<SaveResult, ApiError> {
+        let report = self.handle.teleport(address).map_err(|e| {
+            let mut failed = ApiError::from(e);
+            failed.message = format!("cannot teleport to {address}: {}", failed.message);
+            failed
+        })?;
+        Ok(SaveResult {
+            path: format!("tcp://{address}"),
+            bytes: report.bytes,
+            live_passes: report.live_passes,
+            downtime_ms: report.downtime.as_secs_f64() * 1000.0,
+            state: self.handle.state().name().to_owned(),
+        })
     }
 
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {

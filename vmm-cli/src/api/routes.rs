@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::control::{Action, Control};
+use super::control::{Action, Control, SaveSpec};
 use super::error::ApiError;
 use super::format::StatsFormat;
 
@@ -57,6 +57,7 @@ enum Route<'a> {
     Vm,
     State,
     Save,
+    Teleport,
     Balloon,
     Stats,
     InfoList,
@@ -70,6 +71,7 @@ impl Route<'_> {
             "/vm" => Route::Vm,
             "/vm/state" => Route::State,
             "/vm/save" => Route::Save,
+            "/vm/teleport" => Route::Teleport,
             "/balloon" => Route::Balloon,
             "/stats" => Route::Stats,
             "/info" => Route::InfoList,
@@ -86,7 +88,7 @@ impl Route<'_> {
     fn methods(&self) -> &'static [&'static str] {
         match self {
             Route::Vm | Route::Stats | Route::InfoList | Route::Info(_) => &["GET"],
-            Route::State | Route::Save => &["PUT"],
+            Route::State | Route::Save | Route::Teleport => &["PUT"],
             Route::Balloon => &["GET", "PUT"],
         }
     }
@@ -100,8 +102,8 @@ struct StateRequest {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SaveRequest {
-    path: String,
+struct TeleportRequest {
+    address: String,
 }
 
 #[derive(Deserialize)]
@@ -163,11 +165,17 @@ fn dispatch(
         }
         Route::Save => {
             query_params(query, &[])?;
-            let request: SaveRequest = json_body(body)?;
-            Err(ApiError::not_implemented(format!(
-                "saving the VM state (to {:?}) is not implemented yet: the ssm integration has not landed",
-                request.path
-            )))
+            let spec: SaveSpec = json_body(body)?;
+            let result = serde_json::to_value(control.save(&spec)?)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(Response::json(200, &result))
+        }
+        Route::Teleport => {
+            query_params(query, &[])?;
+            let request: TeleportRequest = json_body(body)?;
+            let result = serde_json::to_value(control.teleport(&request.address)?)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(Response::json(200, &result))
         }
         Route::Balloon => {
             query_params(query, &[])?;
@@ -268,7 +276,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::control::{VcpuInfo, VmConfigInfo, VmInfo};
+    use super::super::control::{SaveResult, VcpuInfo, VmConfigInfo, VmInfo};
     use super::*;
 
     /// A VM stand-in that follows the running/suspended part of the state diagram.
@@ -310,6 +318,31 @@ mod tests {
             };
             *state = next;
             Ok(next.to_owned())
+        }
+
+        fn save(&self, spec: &SaveSpec) -> Result<SaveResult, ApiError> {
+            let mut state = self.state.lock().unwrap();
+            if !matches!(*state, "RUNNING" | "SUSPENDED") {
+                return Err(ApiError::conflict(format!("cannot save in state {state}")));
+            }
+            if spec.power_off {
+                *state = "OFF";
+            }
+            Ok(SaveResult {
+                path: spec.path.clone(),
+                bytes: 4096,
+                live_passes: if spec.live { 3 } else { 0 },
+                downtime_ms: 1.0,
+                state: (*state).to_owned(),
+            })
+        }
+
+        fn teleport(&self, address: &str) -> Result<SaveResult, ApiError> {
+            self.save(&SaveSpec {
+                path: format!("tcp://{address}"),
+                live: true,
+                power_off: true,
+            })
         }
 
         fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {
@@ -443,14 +476,54 @@ mod tests {
     }
 
     #[test]
-    fn save_and_balloon_are_501_after_validating_the_body() {
+    fn save_answers_the_report_and_balloon_is_501_after_validating_the_body() {
         let vm = FakeVm::new();
         let (r, v) = call(&vm, "PUT", "/v1/vm/save", r#"{"path":"/tmp/x.sav"}"#);
+        assert_eq!(r.status, 200);
         assert_eq!(
-            (r.status, v["error"]["code"].as_str()),
-            (501, Some("not_implemented"))
+            (v["path"].as_str(), v["live_passes"].as_u64()),
+            (Some("/tmp/x.sav"), Some(0))
         );
+        assert_eq!(v["state"], "RUNNING");
+        let (r, v) = call(
+            &vm,
+            "PUT",
+            "/v1/vm/save",
+            r#"{"path":"/tmp/y.sav","live":true,"power_off":true}"#,
+        );
+        assert_eq!((r.status, v["live_passes"].as_u64()), (200, Some(3)));
+        assert_eq!(v["state"], "OFF");
         assert_eq!(call(&vm, "PUT", "/v1/vm/save", "{").0.status, 400);
+        assert_eq!(
+            call(&vm, "PUT", "/v1/vm/save", r#"{"path":"/x","live":1}"#)
+                .0
+                .status,
+            400
+        );
+        let other = FakeVm::new();
+        let (r, v) = call(
+            &other,
+            "PUT",
+            "/v1/vm/teleport",
+            r#"{"address":"127.0.0.1:1"}"#,
+        );
+        assert_eq!(
+            (r.status, v["path"].as_str()),
+            (200, Some("tcp://127.0.0.1:1"))
+        );
+        assert_eq!(
+            call(&vm, "PUT", "/v1/vm/teleport", r#"{"addr":"x"}"#)
+                .0
+                .status,
+            400
+        );
+        // The VM is off now: saving is refused as a conflict.
+        assert_eq!(
+            call(&vm, "PUT", "/v1/vm/save", r#"{"path":"/tmp/z.sav"}"#)
+                .0
+                .status,
+            409
+        );
         assert_eq!(call(&vm, "GET", "/v1/balloon", "").0.status, 501);
         assert_eq!(
             call(&vm, "PUT", "/v1/balloon", r#"{"size_mib":8}"#)
@@ -475,6 +548,7 @@ mod tests {
             "/v1/vm",
             "/v1/vm/state",
             "/v1/vm/save",
+            "/v1/vm/teleport",
             "/v1/balloon",
             "/v1/stats",
             "/v1/info",

@@ -37,6 +37,25 @@ pub struct I8042 {
     awaiting_config: bool,
 }
 
+impl I8042 {
+    /// Configuration byte, pending output bytes and whether a configuration
+    /// byte is expected next, for a saved state.
+    pub(crate) fn state(&self) -> (u8, Vec<u8>, bool) {
+        (
+            self.config,
+            self.output.iter().copied().collect(),
+            self.awaiting_config,
+        )
+    }
+
+    /// Puts back what [`I8042::state`] returned.
+    pub(crate) fn set_state(&mut self, config: u8, output: &[u8], awaiting_config: bool) {
+        self.config = config;
+        self.output = output.iter().copied().collect();
+        self.awaiting_config = awaiting_config;
+    }
+}
+
 impl PioDevice for I8042 {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         let value = match offset {

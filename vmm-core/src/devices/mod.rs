@@ -6,6 +6,7 @@ mod serial;
 
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
 pub use i8042::{I8042, I8042_PORT, I8042_PORTS};
+pub(crate) use serial::UART_FIFO_SIZE;
 pub use serial::{COM1_PORT, IrqLine, Uart};
 
 /// What a device asks of the VM after an access.

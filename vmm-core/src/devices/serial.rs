@@ -9,6 +9,9 @@ use super::{DeviceAction, PioDevice};
 /// The I/O base of COM1.
 pub const COM1_PORT: u16 = 0x3f8;
 
+/// Bytes in the 16550A's receive FIFO.
+pub(crate) const UART_FIFO_SIZE: usize = 64;
+
 /// A UART's interrupt line.
 #[derive(Debug, Default, Clone)]
 pub enum IrqLine {
@@ -48,6 +51,45 @@ impl Uart {
     pub fn with_irq(out: Box<dyn Write + Send>, irq: IrqLine) -> Self {
         Uart {
             serial: Serial::new(irq, out),
+        }
+    }
+}
+
+impl Uart {
+    /// The UART's registers and receive FIFO, for a saved state.
+    pub(crate) fn state(&self) -> vm_superio::serial::SerialState {
+        self.serial.state()
+    }
+
+    /// Puts back registers and FIFO from a saved state, keeping the sink and
+    /// the interrupt line.
+    pub(crate) fn set_state(
+        &mut self,
+        state: &vm_superio::serial::SerialState,
+    ) -> Result<(), String> {
+        if state.in_buffer.len() > UART_FIFO_SIZE {
+            return Err(format!(
+                "{} bytes in the receive FIFO, a 16550A holds {UART_FIFO_SIZE}",
+                state.in_buffer.len()
+            ));
+        }
+        let irq = self.serial.interrupt_evt().clone();
+        let old = std::mem::replace(
+            &mut self.serial,
+            Serial::new(IrqLine::None, Box::new(std::io::sink())),
+        );
+        let out = old.into_writer();
+        match Serial::from_state(state, irq.clone(), vm_superio::serial::NoEvents, out) {
+            Ok(serial) => {
+                self.serial = serial;
+                Ok(())
+            }
+            Err(e) => {
+                // `from_state` consumed the sink only on success; rebuild a
+                // power-on UART on a sink that drops output.
+                self.serial = Serial::new(irq, Box::new(std::io::sink()));
+                Err(format!("{e:?}"))
+            }
         }
     }
 }

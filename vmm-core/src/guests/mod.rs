@@ -4,6 +4,7 @@
 //! binary blobs are checked in.
 
 pub(crate) mod asm;
+pub mod counter;
 mod demo;
 mod idle;
 pub mod rom;
@@ -39,6 +40,11 @@ pub const GUESTS: &[EmbeddedGuest] = &[
         name: "idle",
         description: "runs until powered off: halts between 100 Hz timer ticks, prints a heartbeat twice a second",
         build: idle::firmware,
+    },
+    EmbeddedGuest {
+        name: "counter",
+        description: "save/restore workload: ticks at 100 Hz, checks a counter (register and memory) and a 1 MiB buffer, APs count along; exits 0 after 400 ticks",
+        build: counter::firmware,
     },
     EmbeddedGuest {
         name: "smp",

@@ -1,0 +1,635 @@
+//! A vCPU's complete architectural state, and the VM-wide interrupt
+//! controller and timer state, as KVM keeps them: what a saved state or a
+//! teleport carries.
+//!
+//! [`CpuState`] gathers general, segment, control and debug registers, the
+//! x87/SSE state, XCR0 (when the guest has XSAVE), every MSR KVM lists as
+//! saveable, pending events (injected exception, interrupt, NMI, interrupt
+//! shadow), the multi-processor state and the local APIC. [`IrqchipState`]
+//! holds the in-kernel PIC pair, the IOAPIC and the PIT.
+//!
+//! Both encode to a self-describing byte string ([`CpuState::encode`]):
+//! tagged sections of KVM's own layouts, so that decoding checks every
+//! section's size and a damaged or foreign blob is refused with an error
+//! instead of being loaded.
+
+use kvm_bindings::{
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, Msrs, kvm_irqchip,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_vcpu_events, kvm_xcrs,
+};
+use serde::Deserialize;
+use serde::de::value::{BytesDeserializer, Error as ValueError};
+use zerocopy::{Immutable, IntoBytes};
+
+use crate::error::{Error, Result, ioctl};
+use crate::hypervisor::Hypervisor;
+use crate::vcpu::{DebugRegs, Fpu, Regs, Sregs, VcpuState};
+use crate::vm::Vm;
+
+/// One MSR: index and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsrValue {
+    /// The MSR's index (ECX of `rdmsr`).
+    pub index: u32,
+    /// Its value.
+    pub value: u64,
+}
+
+/// Everything KVM keeps about one vCPU.
+///
+/// ```no_run
+/// let hv = hm_vmx::Hypervisor::open()?;
+/// let msrs = hv.saved_msr_indices()?;
+/// let mut vm = hv.create_vm()?;
+/// vm.create_irqchip()?;
+/// let vcpu = vm.create_vcpu(0)?;
+/// let state = hm_vmx::CpuState::read(vcpu.state(), &msrs, true)?;
+/// let blob = state.encode();
+/// let again = hm_vmx::CpuState::decode(&blob)?;
+/// again.write(vcpu.state())?;
+/// # Ok::<(), hm_vmx::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct CpuState {
+    /// General-purpose registers, RIP, RFLAGS.
+    pub regs: Regs,
+    /// Segment, control and descriptor-table registers, EFER, APIC base.
+    pub sregs: Sregs,
+    /// x87 and SSE state.
+    pub fpu: Fpu,
+    /// DR0–DR3, DR6, DR7.
+    pub debug_regs: DebugRegs,
+    /// Extended control registers, when the guest CPUID has XSAVE.
+    pub xcrs: Option<kvm_xcrs>,
+    /// Pending and injected events, interrupt shadow, NMI masking.
+    pub events: kvm_vcpu_events,
+    /// Every MSR that could be read, in index order of the host's list.
+    pub msrs: Vec<MsrValue>,
+    /// Multi-processor state and local APIC (with an in-kernel irqchip).
+    pub apic: Option<(kvm_mp_state, kvm_lapic_state)>,
+}
+
+/// Section tags of the encoding.
+const TAG_REGS: u8 = 1;
+const TAG_SREGS: u8 = 2;
+const TAG_FPU: u8 = 3;
+const TAG_DEBUG: u8 = 4;
+const TAG_XCRS: u8 = 5;
+const TAG_EVENTS: u8 = 6;
+const TAG_MSRS: u8 = 7;
+const TAG_MP_STATE: u8 = 8;
+const TAG_LAPIC: u8 = 9;
+const TAG_PIC_MASTER: u8 = 20;
+const TAG_PIC_SLAVE: u8 = 21;
+const TAG_IOAPIC: u8 = 22;
+const TAG_PIT: u8 = 23;
+
+/// CPUID.1:ECX bit 26, XSAVE.
+const CPUID_1_ECX_XSAVE: u32 = 1 << 26;
+/// MSRs per `KVM_GET_MSRS`/`KVM_SET_MSRS` call (KVM's limit is larger).
+const MSR_BATCH: usize = 64;
+
+impl Hypervisor {
+    /// The MSRs a saved state carries: KVM's list of MSRs to save
+    /// (`KVM_GET_MSR_INDEX_LIST`).
+    pub fn saved_msr_indices(&self) -> Result<Vec<u32>> {
+        let list = self
+            .kvm()
+            .get_msr_index_list()
+            .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?;
+        Ok(list.as_slice().to_vec())
+    }
+}
+
+impl Vm {
+    /// Whether the guest CPUID offers XSAVE (then XCR0 is part of a vCPU's state).
+    pub fn guest_has_xsave(&self) -> bool {
+        self.cpuid()
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 1 && e.index == 0 && e.ecx & CPUID_1_ECX_XSAVE != 0)
+    }
+}
+
+impl CpuState {
+    /// Reads the state of a stopped vCPU. `msr_indices` is the list from
+    /// [`Hypervisor::saved_msr_indices`] (MSRs this vCPU refuses to read
+    /// are left out); `xcrs`: read XCR0 too ([`Vm::guest_has_xsave`]).
+    /// MP state and local APIC are read when the VM has an in-kernel irqchip.
+    pub fn read(vcpu: &VcpuState, msr_indices: &[u32], xcrs: bool) -> Result<CpuState> {
+        let fd = vcpu.kvm_fd();
+        let apic = match fd.get_mp_state() {
+            Ok(mp) => Some((mp, fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?)),
+            // Without an in-kernel irqchip there is no MP state or APIC.
+            Err(e) if e.errno() == libc::EINVAL || e.errno() == libc::ENXIO => None,
+            Err(e) => return Err(ioctl("KVM_GET_MP_STATE")(e)),
+        };
+        Ok(CpuState {
+            regs: vcpu.regs()?,
+            sregs: vcpu.sregs()?,
+            fpu: fd.get_fpu().map_err(ioctl("KVM_GET_FPU"))?,
+            debug_regs: vcpu.debug_regs()?,
+            xcrs: if xcrs {
+                Some(fd.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?)
+            } else {
+                None
+            },
+            events: fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))?,
+            msrs: read_msrs(vcpu, msr_indices)?,
+            apic,
+        })
+    }
+
+    /// Loads the state into a stopped vCPU of a VM built the same way (same
+    /// CPUID, irqchip or not).
+    pub fn write(&self, vcpu: &VcpuState) -> Result<()> {
+        let fd = vcpu.kvm_fd();
+        // The order follows KVM's dependencies: control registers and EFER
+        // before the MSRs that depend on them, the APIC before the events
+        // and MP state that refer to it.
+        vcpu.set_sregs(&self.sregs)?;
+        vcpu.set_regs(&self.regs)?;
+        fd.set_fpu(&self.fpu).map_err(ioctl("KVM_SET_FPU"))?;
+        if let Some(xcrs) = &self.xcrs {
+            fd.set_xcrs(xcrs).map_err(ioctl("KVM_SET_XCRS"))?;
+        }
+        write_msrs(vcpu, &self.msrs)?;
+        if let Some((_, lapic)) = &self.apic {
+            fd.set_lapic(lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
+        }
+        fd.set_vcpu_events(&self.events)
+            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+        if let Some((mp, _)) = &self.apic {
+            fd.set_mp_state(*mp).map_err(ioctl("KVM_SET_MP_STATE"))?;
+        }
+        fd.set_debug_regs(&self.debug_regs)
+            .map_err(ioctl("KVM_SET_DEBUGREGS"))?;
+        vcpu.entry.state_written();
+        Ok(())
+    }
+
+    /// Encodes the state as tagged sections of KVM's layouts.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4096);
+        put(&mut out, TAG_REGS, &self.regs);
+        put(&mut out, TAG_SREGS, &self.sregs);
+        put_section(&mut out, TAG_FPU, &encode_fpu(&self.fpu));
+        put(&mut out, TAG_DEBUG, &self.debug_regs);
+        if let Some(xcrs) = &self.xcrs {
+            put(&mut out, TAG_XCRS, xcrs);
+        }
+        put(&mut out, TAG_EVENTS, &self.events);
+        let msrs: Vec<u8> = self
+            .msrs
+            .iter()
+            .flat_map(|m| {
+                m.index
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain(m.value.to_le_bytes())
+            })
+            .collect();
+        put_section(&mut out, TAG_MSRS, &msrs);
+        if let Some((mp, lapic)) = &self.apic {
+            put(&mut out, TAG_MP_STATE, mp);
+            put(&mut out, TAG_LAPIC, lapic);
+        }
+        out
+    }
+
+    /// Decodes what [`encode`](CpuState::encode) wrote; sections of the
+    /// wrong size, unknown or missing sections are errors.
+    pub fn decode(bytes: &[u8]) -> Result<CpuState> {
+        let sections = Sections::parse(bytes)?;
+        let regs = sections.get(TAG_REGS, "general registers")?;
+        let msr_bytes = sections.required(TAG_MSRS, "MSRs")?;
+        if msr_bytes.len() % 12 != 0 {
+            return Err(bad_state(format!(
+                "MSR section of {} bytes is not a list of 12-byte entries",
+                msr_bytes.len()
+            )));
+        }
+        let msrs = msr_bytes
+            .chunks_exact(12)
+            .map(|c| {
+                let (index, value) = c.split_at(4);
+                MsrValue {
+                    index: u32::from_le_bytes(index.try_into().unwrap_or_default()),
+                    value: u64::from_le_bytes(value.try_into().unwrap_or_default()),
+                }
+            })
+            .collect();
+        let apic = match (
+            sections.optional(TAG_MP_STATE, "MP state")?,
+            sections.optional(TAG_LAPIC, "local APIC")?,
+        ) {
+            (Some(mp), Some(lapic)) => Some((mp, lapic)),
+            (None, None) => None,
+            _ => {
+                return Err(bad_state(
+                    "MP state and local APIC must come together".into(),
+                ));
+            }
+        };
+        Ok(CpuState {
+            regs,
+            sregs: sections.get(TAG_SREGS, "segment and control registers")?,
+            fpu: decode_fpu(sections.required(TAG_FPU, "FPU state")?)?,
+            debug_regs: sections.get(TAG_DEBUG, "debug registers")?,
+            xcrs: sections.optional(TAG_XCRS, "XCRs")?,
+            events: sections.get(TAG_EVENTS, "vCPU events")?,
+            msrs,
+            apic,
+        })
+    }
+}
+
+/// Reads the MSRs in batches; an MSR the vCPU refuses (KVM stops at the
+/// first failing entry) is left out and the batch goes on after it.
+fn read_msrs(vcpu: &VcpuState, indices: &[u32]) -> Result<Vec<MsrValue>> {
+    let mut out = Vec::with_capacity(indices.len());
+    let mut rest = indices;
+    while !rest.is_empty() {
+        let batch = &rest[..rest.len().min(MSR_BATCH)];
+        let entries: Vec<kvm_msr_entry> = batch
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|e| bad_state(e.to_string()))?;
+        let read = vcpu
+            .kvm_fd()
+            .get_msrs(&mut msrs)
+            .map_err(ioctl("KVM_GET_MSRS"))?;
+        let read = read.min(batch.len());
+        out.extend(msrs.as_slice()[..read].iter().map(|e| MsrValue {
+            index: e.index,
+            value: e.data,
+        }));
+        // KVM stops at the first MSR it cannot read: skip that one.
+        let consumed = if read < batch.len() { read + 1 } else { read };
+        rest = &rest[consumed..];
+    }
+    Ok(out)
+}
+
+/// Writes the MSRs; one that KVM refuses is an error naming it.
+fn write_msrs(vcpu: &VcpuState, values: &[MsrValue]) -> Result<()> {
+    for batch in values.chunks(MSR_BATCH) {
+        let entries: Vec<kvm_msr_entry> = batch
+            .iter()
+            .map(|m| kvm_msr_entry {
+                index: m.index,
+                data: m.value,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|e| bad_state(e.to_string()))?;
+        let written = vcpu
+            .kvm_fd()
+            .set_msrs(&msrs)
+            .map_err(ioctl("KVM_SET_MSRS"))?;
+        if let Some(refused) = batch.get(written) {
+            return Err(bad_state(format!(
+                "KVM refused MSR {:#x} = {:#x}",
+                refused.index, refused.value
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The in-kernel interrupt controllers and PIT of a VM.
+///
+/// ```no_run
+/// let hv = hm_vmx::Hypervisor::open()?;
+/// let mut vm = hv.create_vm()?;
+/// vm.create_irqchip()?;
+/// let state = hm_vmx::IrqchipState::read(&vm)?;
+/// hm_vmx::IrqchipState::decode(&state.encode())?.write(&vm)?;
+/// # Ok::<(), hm_vmx::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct IrqchipState {
+    /// The master 8259 PIC.
+    pub pic_master: kvm_irqchip,
+    /// The slave 8259 PIC.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// The 8254 PIT.
+    pub pit: kvm_pit_state2,
+}
+
+impl IrqchipState {
+    /// Reads the state of a VM with an in-kernel irqchip and PIT.
+    pub fn read(vm: &Vm) -> Result<IrqchipState> {
+        if !vm.has_irqchip() {
+            return Err(bad_state("the VM has no in-kernel irqchip".into()));
+        }
+        let chip = |chip_id| {
+            let mut c = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm.fd()
+                .get_irqchip(&mut c)
+                .map_err(ioctl("KVM_GET_IRQCHIP"))?;
+            Ok::<_, Error>(c)
+        };
+        Ok(IrqchipState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: vm.fd().get_pit2().map_err(ioctl("KVM_GET_PIT2"))?,
+        })
+    }
+
+    /// Loads the state into a VM with an in-kernel irqchip and PIT.
+    pub fn write(&self, vm: &Vm) -> Result<()> {
+        for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
+            vm.fd()
+                .set_irqchip(chip)
+                .map_err(ioctl("KVM_SET_IRQCHIP"))?;
+        }
+        vm.fd().set_pit2(&self.pit).map_err(ioctl("KVM_SET_PIT2"))
+    }
+
+    /// Encodes the state as tagged sections of KVM's layouts.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2048);
+        put(&mut out, TAG_PIC_MASTER, &self.pic_master);
+        put(&mut out, TAG_PIC_SLAVE, &self.pic_slave);
+        put(&mut out, TAG_IOAPIC, &self.ioapic);
+        put(&mut out, TAG_PIT, &self.pit);
+        out
+    }
+
+    /// Decodes what [`encode`](IrqchipState::encode) wrote, checking that
+    /// each chip is the one its section claims.
+    pub fn decode(bytes: &[u8]) -> Result<IrqchipState> {
+        let s = Sections::parse(bytes)?;
+        let state = IrqchipState {
+            pic_master: s.get(TAG_PIC_MASTER, "master PIC")?,
+            pic_slave: s.get(TAG_PIC_SLAVE, "slave PIC")?,
+            ioapic: s.get(TAG_IOAPIC, "IOAPIC")?,
+            pit: s.get(TAG_PIT, "PIT")?,
+        };
+        let ids = [
+            state.pic_master.chip_id,
+            state.pic_slave.chip_id,
+            state.ioapic.chip_id,
+        ];
+        if ids
+            != [
+                KVM_IRQCHIP_PIC_MASTER,
+                KVM_IRQCHIP_PIC_SLAVE,
+                KVM_IRQCHIP_IOAPIC,
+            ]
+        {
+            return Err(bad_state(format!(
+                "interrupt controller ids {ids:?} are not PIC, PIC, IOAPIC"
+            )));
+        }
+        Ok(state)
+    }
+}
+
+/// Bytes of the FPU section: KVM's `kvm_fpu` fields in order, little endian.
+const FPU_BYTES: usize = 8 * 16 + 2 + 2 + 1 + 2 + 8 + 8 + 16 * 16 + 4;
+
+/// `kvm_fpu` has no byte-layout derive in `kvm-bindings`: its fields are
+/// written one by one.
+fn encode_fpu(f: &Fpu) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FPU_BYTES);
+    f.fpr.iter().for_each(|r| out.extend_from_slice(r));
+    out.extend_from_slice(&f.fcw.to_le_bytes());
+    out.extend_from_slice(&f.fsw.to_le_bytes());
+    out.push(f.ftwx);
+    out.extend_from_slice(&f.last_opcode.to_le_bytes());
+    out.extend_from_slice(&f.last_ip.to_le_bytes());
+    out.extend_from_slice(&f.last_dp.to_le_bytes());
+    f.xmm.iter().for_each(|r| out.extend_from_slice(r));
+    out.extend_from_slice(&f.mxcsr.to_le_bytes());
+    out
+}
+
+fn decode_fpu(bytes: &[u8]) -> Result<Fpu> {
+    if bytes.len() != FPU_BYTES {
+        return Err(bad_state(format!(
+            "FPU state: {} bytes, expected {FPU_BYTES}",
+            bytes.len()
+        )));
+    }
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let part = &bytes[at..at + n];
+        at += n;
+        part
+    };
+    let mut f = Fpu::default();
+    f.fpr.iter_mut().for_each(|r| r.copy_from_slice(take(16)));
+    f.fcw = u16::from_le_bytes([take(1)[0], take(1)[0]]);
+    f.fsw = u16::from_le_bytes([take(1)[0], take(1)[0]]);
+    f.ftwx = take(1)[0];
+    f.last_opcode = u16::from_le_bytes([take(1)[0], take(1)[0]]);
+    let mut u64_at = || {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(take(8));
+        u64::from_le_bytes(b)
+    };
+    f.last_ip = u64_at();
+    f.last_dp = u64_at();
+    f.xmm.iter_mut().for_each(|r| r.copy_from_slice(take(16)));
+    let mut b = [0u8; 4];
+    b.copy_from_slice(take(4));
+    f.mxcsr = u32::from_le_bytes(b);
+    Ok(f)
+}
+
+fn bad_state(message: String) -> Error {
+    Error::BadCpuState(message)
+}
+
+fn put<T: IntoBytes + Immutable>(out: &mut Vec<u8>, tag: u8, value: &T) {
+    put_section(out, tag, value.as_bytes());
+}
+
+fn put_section(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The sections of an encoded state, by tag.
+struct Sections<'a> {
+    found: Vec<(u8, &'a [u8])>,
+}
+
+impl<'a> Sections<'a> {
+    fn parse(mut bytes: &'a [u8]) -> Result<Self> {
+        let mut found: Vec<(u8, &[u8])> = Vec::new();
+        while let Some((&tag, rest)) = bytes.split_first() {
+            let (len, rest) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| bad_state(format!("section {tag} truncated in its length")))?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if rest.len() < len {
+                return Err(bad_state(format!(
+                    "section {tag} claims {len} bytes, {} left",
+                    rest.len()
+                )));
+            }
+            if found.iter().any(|&(t, _)| t == tag) {
+                return Err(bad_state(format!("section {tag} appears twice")));
+            }
+            let (body, rest) = rest.split_at(len);
+            found.push((tag, body));
+            bytes = rest;
+        }
+        Ok(Sections { found })
+    }
+
+    fn required(&self, tag: u8, what: &str) -> Result<&'a [u8]> {
+        self.found
+            .iter()
+            .find(|&&(t, _)| t == tag)
+            .map(|&(_, b)| b)
+            .ok_or_else(|| bad_state(format!("no {what} section")))
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(&self, tag: u8, what: &str) -> Result<T> {
+        let bytes = self.required(tag, what)?;
+        from_bytes(bytes, what)
+    }
+
+    fn optional<T: for<'de> Deserialize<'de>>(&self, tag: u8, what: &str) -> Result<Option<T>> {
+        match self.found.iter().find(|&&(t, _)| t == tag) {
+            Some(&(_, bytes)) => from_bytes(bytes, what).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn from_bytes<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    let expected = std::mem::size_of::<T>();
+    if bytes.len() != expected {
+        return Err(bad_state(format!(
+            "{what}: {} bytes, expected {expected}",
+            bytes.len()
+        )));
+    }
+    T::deserialize(BytesDeserializer::<ValueError>::new(bytes))
+        .map_err(|e| bad_state(format!("{what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CpuState {
+        let mut s = CpuState {
+            regs: Regs::default(),
+            sregs: Sregs::default(),
+            fpu: Fpu::default(),
+            debug_regs: DebugRegs::default(),
+            xcrs: None,
+            events: kvm_vcpu_events::default(),
+            msrs: vec![
+                MsrValue {
+                    index: 0x10,
+                    value: 0x1234_5678_9abc,
+                },
+                MsrValue {
+                    index: 0xc000_0080,
+                    value: 0x500,
+                },
+            ],
+            apic: Some((kvm_mp_state { mp_state: 3 }, kvm_lapic_state::default())),
+        };
+        s.regs.rip = 0xfff0;
+        s.regs.rax = 0xdead_beef;
+        s.sregs.cr0 = 0x11;
+        s.debug_regs.dr7 = 0x400;
+        s.fpu.fcw = 0x37f;
+        s.fpu.mxcsr = 0x1f80;
+        s.fpu.xmm[3][5] = 9;
+        s.fpu.last_dp = 77;
+        s.events.nmi.pending = 1;
+        if let Some((_, lapic)) = &mut s.apic {
+            lapic.regs[0x20] = 7;
+        }
+        s
+    }
+
+    #[test]
+    fn cpu_state_round_trips() {
+        let s = sample();
+        let d = CpuState::decode(&s.encode()).unwrap();
+        assert_eq!(d.regs.rip, 0xfff0);
+        assert_eq!(d.regs.rax, 0xdead_beef);
+        assert_eq!(d.sregs.cr0, 0x11);
+        assert_eq!(d.debug_regs.dr7, 0x400);
+        assert_eq!(
+            (d.fpu.fcw, d.fpu.mxcsr, d.fpu.xmm[3][5], d.fpu.last_dp),
+            (0x37f, 0x1f80, 9, 77)
+        );
+        assert_eq!(d.events.nmi.pending, 1);
+        assert_eq!(d.msrs, s.msrs);
+        let (mp, lapic) = d.apic.unwrap();
+        assert_eq!(mp.mp_state, 3);
+        assert_eq!(lapic.regs[0x20], 7);
+        assert_eq!(d.encode(), s.encode());
+    }
+
+    #[test]
+    fn damaged_cpu_state_is_refused() {
+        let blob = sample().encode();
+        for cut in [1, 3, 5, 100, blob.len() - 1] {
+            assert!(CpuState::decode(&blob[..cut]).is_err(), "cut at {cut}");
+        }
+        // A section whose size does not match KVM's layout.
+        let mut wrong = Vec::new();
+        put_section(&mut wrong, TAG_REGS, &[0; 8]);
+        let err = CpuState::decode(&wrong).unwrap_err().to_string();
+        assert!(err.contains("general registers"), "{err}");
+        // A missing section.
+        let mut partial = Vec::new();
+        put(&mut partial, TAG_REGS, &Regs::default());
+        assert!(CpuState::decode(&partial).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn encoding_round_trips(
+            rip: u64,
+            cr3: u64,
+            mxcsr: u32,
+            msrs in proptest::collection::vec((proptest::prelude::any::<u32>(), proptest::prelude::any::<u64>()), 0..80),
+            apic: bool,
+        ) {
+            let mut s = sample();
+            s.regs.rip = rip;
+            s.sregs.cr3 = cr3;
+            s.fpu.mxcsr = mxcsr;
+            s.msrs = msrs.iter().map(|&(index, value)| MsrValue { index, value }).collect();
+            if !apic {
+                s.apic = None;
+            }
+            let d = CpuState::decode(&s.encode()).unwrap();
+            proptest::prop_assert_eq!(d.encode(), s.encode());
+            proptest::prop_assert_eq!((d.regs.rip, d.sregs.cr3, d.fpu.mxcsr), (rip, cr3, mxcsr));
+            proptest::prop_assert_eq!(d.msrs, s.msrs);
+            proptest::prop_assert_eq!(d.apic.is_some(), apic);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = CpuState::decode(&bytes);
+            let _ = IrqchipState::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Saving and restoring a VM: the saved-state units and the orchestration
+//! around `ssm`'s manager.
+//!
+//! A save stops every EMT outside the guest through a rendezvous (the VM
+//! goes `Running -> Suspending -> Suspended -> Saving -> Suspended`), writes
+//! the units in this order and then resumes or powers off:
+//!
+//! | unit | contents |
+//! |---|---|
+//! | `vmm` | RAM size, vCPU count and the firmware image |
+//! | `irqchip` | in-kernel PIC pair, IOAPIC and PIT |
+//! | `cpu` (instance N) | registers, FPU, XCRs, MSRs, events, MP state and local APIC of vCPU N |
+//! | `pgm` | RAM, ROM shadows and protection, MMIO2 (live passes over the dirty log) |
+//! | `uart` | COM1 registers and receive FIFO |
+//! | `i8042` | the keyboard controller |
+//!
+//! The debug-exit port has no state. GMM needs no unit of its own: its
+//! accounting follows the pages `pgm` allocates while loading.
+//!
+//! A live save ([`SaveRequest::live`]) keeps the guest running
+//! (`Running -> RunningLs`) while `pgm` sends memory in passes, using KVM's
+//! dirty log; `pgm`'s vote decides when the VM stops for the final pass.
+//!
+//! A restore ([`Vm::restore`](crate::Vm::restore)) verifies the whole file
+//! first, builds the VM from the `vmm` unit and loads every unit into it
+//! (`Created -> Loading -> Suspended`); [`Vm::run`](crate::Vm::run) then
+//! resumes it.
+
+mod dirty;
+mod live;
+mod units;
+
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use ssm::{Manager, SaveOptions, StreamReader};
+
+use crate::devices::{I8042, Uart};
+use crate::error::{Error, Result};
+use crate::machine::Machine;
+use crate::rendezvous::{RendezvousFlags, RendezvousType};
+use crate::vmstate::VmState;
+
+pub use units::SavedConfig;
+use units::{CpuUnit, I8042Unit, IrqchipUnit, UartUnit, VMM_UNIT, VmmUnit};
+
+/// What the machine keeps for saving and restoring.
+pub(crate) struct SaveContext {
+    pub(crate) config: Arc<SavedConfig>,
+    pub(crate) backend: Arc<hm_vmx::Vm>,
+    pub(crate) msrs: Arc<Vec<u32>>,
+    pub(crate) xcrs: bool,
+    pub(crate) uart: Arc<Mutex<Uart>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+}
+
+/// What to do with the VM after a save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterSave {
+    /// Resume it if it was running (the default).
+    #[default]
+    Resume,
+    /// Power it off: the run ends with [`RunOutcome::PoweredOff`](crate::RunOutcome::PoweredOff).
+    PowerOff,
+}
+
+/// How to save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SaveRequest {
+    /// Keep the guest running while memory is sent in passes; stop it only
+    /// for the final pass.
+    pub live: bool,
+    /// What happens to the VM afterwards.
+    pub then: AfterSave,
+}
+
+/// What a save did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveReport {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Unit records written (every pass of every unit).
+    pub units: u32,
+    /// Live passes before the VM stopped (0 for a plain save).
+    pub live_passes: u32,
+    /// How long the guest was stopped.
+    pub downtime: Duration,
+}
+
+/// Reads the configuration (`vmm` unit) of the saved state at `path`.
+///
+/// ```no_run
+/// let config = vmm_core::saved_state::read_config(std::path::Path::new("vm.sav"))?;
+/// println!("{} MiB, {} vCPUs", config.ram_bytes >> 20, config.cpus);
+/// # Ok::<(), vmm_core::Error>(())
+/// ```
+pub fn read_config(path: &Path) -> Result<SavedConfig> {
+    let file = std::fs::File::open(path).map_err(ssm::Error::from)?;
+    read_config_from(StreamReader::buffered(file, true)?)
+}
+
+fn read_config_from<R: BufRead>(mut reader: StreamReader<R>) -> Result<SavedConfig> {
+    while let Some(info) = reader.next_unit()? {
+        if info.id.name == VMM_UNIT && info.id.instance == 0 {
+            if info.version != units::VMM_VERSION {
+                return Err(ssm::Error::UnsupportedVersion {
+                    unit: info.id,
+                    version: info.version,
+                    oldest: units::VMM_VERSION,
+                    newest: units::VMM_VERSION,
+                }
+                .into());
+            }
+            return Ok(SavedConfig::get(&mut reader.unit_reader())?);
+        }
+    }
+    Err(ssm::Error::MissingUnit(ssm::UnitId::new(VMM_UNIT, 0)).into())
+}
+
+/// The manager with every unit of `machine`; for a live save (`live`: the
+/// machine again, shared) `pgm` gets the KVM dirty log.
+fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
+    let ctx = &machine.saved;
+    let mut m = Manager::new();
+    m.register(Box::new(VmmUnit {
+        config: Arc::clone(&ctx.config),
+    }))?;
+    m.register(Box::new(IrqchipUnit {
+        backend: Arc::clone(&ctx.backend),
+    }))?;
+    for state in &machine.vcpu_states {
+        m.register(Box::new(CpuUnit {
+            state: state.clone(),
+            msrs: Arc::clone(&ctx.msrs),
+            xcrs: ctx.xcrs,
+        }))?;
+    }
+    let map = machine.memory.phys();
+    match live {
+        Some(machine) => {
+            let applied = map.read().kvm_slots().clone();
+            let log = dirty::KvmDirtyLog::new(Arc::clone(&ctx.backend), applied);
+            let pgm = pgm::phys::PgmUnit::new(Arc::clone(map), Some(Box::new(log)));
+            m.register(Box::new(live::LivePgm::new(pgm, Arc::clone(machine))))?;
+        }
+        None => m.register(Box::new(pgm::phys::PgmUnit::new(Arc::clone(map), None)))?,
+    }
+    m.register(Box::new(UartUnit {
+        uart: Arc::clone(&ctx.uart),
+    }))?;
+    m.register(Box::new(I8042Unit {
+        kbc: Arc::clone(&ctx.i8042),
+    }))?;
+    Ok(m)
+}
+
+/// Updates `pgm`'s page states from guest memory (call with the vCPUs out
+/// of the guest).
+fn scan_zero_pages(machine: &Machine) -> Result<()> {
+    machine
+        .memory
+        .phys()
+        .read()
+        .scan_zero_pages()
+        .map_err(|e| Error::Memory(e.to_string()))?;
+    Ok(())
+}
+
+fn save_options() -> SaveOptions {
+    SaveOptions {
+        creator: concat!("vmm ", env!("CARGO_PKG_VERSION")).to_string(),
+        ..SaveOptions::default()
+    }
+}
+
+/// Takes every EMT out of the guest: `from -> via`, a rendezvous, and
+/// `to` once the last EMT is out.
+fn stop_emts(machine: &Arc<Machine>, from: VmState, via: VmState, to: VmState) -> Result<()> {
+    machine.state.try_transition(&[(from, via)])?;
+    let m = Arc::clone(machine);
+    machine.rendezvous.call(
+        RendezvousType::Descending,
+        RendezvousFlags::default(),
+        move |cpu| {
+            // Descending: vCPU 0 is the last, when every EMT is out.
+            if cpu == 0 {
+                m.state.set(to)?;
+            }
+            Ok(None)
+        },
+    )?;
+    Ok(())
+}
+
+/// Saves the VM to `path` (see the module documentation).
+pub(crate) fn save(
+    machine: &Arc<Machine>,
+    path: &Path,
+    request: SaveRequest,
+) -> Result<SaveReport> {
+    let was_running = match machine.state.state() {
+        VmState::Running => true,
+        VmState::Suspended => false,
+        other => {
+            return Err(Error::Config(format!(
+                "cannot save a VM in state {other}: it must be running or suspended"
+            )));
+        }
+    };
+    let outcome = if request.live && was_running {
+        save_live(machine, path)
+    } else {
+        if was_running {
+            stop_emts(
+                machine,
+                VmState::Running,
+                VmState::Suspending,
+                VmState::Suspended,
+            )?;
+        }
+        save_stopped(machine, path)
+    };
+    // Back to where the caller wants the VM, also after a failed save.
+    match (request.then, was_running) {
+        (AfterSave::PowerOff, _) if outcome.is_ok() => {
+            crate::VmHandle::new(Arc::clone(machine)).power_off()?
+        }
+        (_, true) => crate::VmHandle::new(Arc::clone(machine)).resume()?,
+        _ => {}
+    }
+    outcome
+}
+
+/// A save of a suspended VM.
+fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
+    let start = Instant::now();
+    machine
+        .state
+        .try_transition(&[(VmState::Suspended, VmState::Saving)])?;
+    // Guest writes through KVM bypass `pgm`'s page states: bring them up
+    // to date so that no written page is saved as a zero page.
+    let written = scan_zero_pages(machine)
+        .and_then(|()| manager(machine, None))
+        .and_then(|mut m| Ok(m.save_to_file(path, &save_options())?));
+    machine.state.set(VmState::Suspended)?;
+    let stats = written?;
+    Ok(SaveReport {
+        bytes: stats.bytes,
+        units: stats.units,
+        live_passes: 0,
+        downtime: start.elapsed(),
+    })
+}
+
+/// A live save of a running VM to a file.
+fn save_live(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
+    live_to(machine, ssm::AtomicFile::create(path)?, |file| {
+        Ok(file.commit()?)
+    })
+}
+
+/// A live save of a running VM into `sink`; `finish` completes the sink
+/// (commits the file, waits for the teleport target's answer).
+fn live_to<W: Write>(
+    machine: &Arc<Machine>,
+    mut sink: W,
+    finish: impl FnOnce(W) -> Result<()>,
+) -> Result<SaveReport> {
+    machine
+        .state
+        .try_transition(&[(VmState::Running, VmState::RunningLs)])?;
+    let stopped_at: Mutex<Option<Instant>> = Mutex::new(None);
+    let result = (|| {
+        let mut m = manager(machine, Some(machine))?;
+        let registered = u32::try_from(m.unit_ids().len()).unwrap_or(u32::MAX);
+        let stats = m.save_live(&mut sink, &save_options(), || {
+            stop_emts(
+                machine,
+                VmState::RunningLs,
+                VmState::SuspendingLs,
+                VmState::SuspendedLs,
+            )
+            .map_err(ssm::Error::callback)?;
+            *stopped_at.lock() = Some(Instant::now());
+            Ok(())
+        })?;
+        sink.flush().map_err(ssm::Error::from)?;
+        finish(sink)?;
+        Ok::<_, Error>((stats, registered))
+    })();
+    let stopped = *stopped_at.lock();
+    // Wherever the save ended, bring the state back to Suspended (stopped)
+    // or Running (never stopped).
+    let back: &[(VmState, VmState)] = &[
+        (VmState::SuspendedLs, VmState::Suspended),
+        (VmState::RunningLs, VmState::Running),
+    ];
+    machine.state.try_transition(back)?;
+    if machine.state.state() == VmState::Running {
+        // The live save failed before stopping the VM; stop it now so
+        // that the caller's resume finds it suspended.
+        stop_emts(
+            machine,
+            VmState::Running,
+            VmState::Suspending,
+            VmState::Suspended,
+        )?;
+    }
+    let (stats, registered) = result?;
+    // The final pass writes one record per unit; `pgm` is the only live
+    // unit, so the other records are its live passes.
+    Ok(SaveReport {
+        bytes: stats.bytes,
+        units: stats.units,
+        live_passes: stats.units.saturating_sub(registered),
+        downtime: stopped.map_or(Duration::ZERO, |t| t.elapsed()),
+    })
+}
+
+/// The byte a teleport target sends back once it loaded the state.
+const TELEPORT_ACK: u8 = 0x06;
+/// How long a teleport source waits to connect to the target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long either side of a teleport waits for the other's next bytes
+/// before giving up (a peer that hangs must not hang this VMM).
+const TELEPORT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Teleports a running VM to the target listening at `address`
+/// ([`Vm::incoming`](crate::Vm::incoming)): a live save over TCP; when the
+/// target confirms it loaded the state, this VM powers off; on any failure
+/// it resumes.
+pub(crate) fn teleport(machine: &Arc<Machine>, address: &str) -> Result<SaveReport> {
+    if machine.state.state() != VmState::Running {
+        return Err(Error::Config(format!(
+            "cannot teleport a VM in state {}: it must be running",
+            machine.state.state()
+        )));
+    }
+    let target = address
+        .to_socket_addrs()
+        .map_err(|e| Error::Config(format!("teleport target {address:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("teleport target {address:?} resolves to nothing")))?;
+    let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| {
+        Error::Config(format!(
+            "cannot connect to the teleport target {address}: {e}"
+        ))
+    })?;
+    stream.set_nodelay(true).map_err(ssm::Error::from)?;
+    stream
+        .set_read_timeout(Some(TELEPORT_IDLE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(TELEPORT_IDLE_TIMEOUT)))
+        .map_err(ssm::Error::from)?;
+    let mut answers = stream.try_clone().map_err(ssm::Error::from)?;
+    let outcome = live_to(machine, BufWriter::new(stream), |sink| {
+        let stream = sink
+            .into_inner()
+            .map_err(|e| ssm::Error::from(e.into_error()))?;
+        stream.shutdown(Shutdown::Write).map_err(ssm::Error::from)?;
+        let mut ack = [0u8; 1];
+        match answers.read_exact(&mut ack) {
+            Ok(()) if ack[0] == TELEPORT_ACK => Ok(()),
+            Ok(()) => Err(Error::Config(format!(
+                "the teleport target answered {:#04x} instead of its acknowledgement",
+                ack[0]
+            ))),
+            Err(e) => Err(Error::Config(format!(
+                "the teleport target did not confirm the state (it failed to load it?): {e}"
+            ))),
+        }
+    });
+    let handle = crate::VmHandle::new(Arc::clone(machine));
+    match outcome {
+        Ok(report) => {
+            handle.power_off()?;
+            Ok(report)
+        }
+        Err(e) => {
+            handle.resume()?;
+            Err(e)
+        }
+    }
+}
+
+/// Waits for one teleport on `listener` and loads the state into a freshly
+/// created VM; the source is told once the state is in.
+pub(crate) fn incoming(machine: &Machine, listener: &TcpListener) -> Result<ssm::LoadStats> {
+    let (stream, _) = listener.accept().map_err(ssm::Error::from)?;
+    stream
+        .set_read_timeout(Some(TELEPORT_IDLE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(TELEPORT_IDLE_TIMEOUT)))
+        .map_err(ssm::Error::from)?;
+    let mut answer = stream.try_clone().map_err(ssm::Error::from)?;
+    machine
+        .state
+        .try_transition(&[(VmState::Created, VmState::Loading)])?;
+    let loaded = StreamReader::buffered(stream, true)
+        .map_err(Error::from)
+        .and_then(|reader| manager(machine, None).and_then(|mut m| Ok(m.load(reader)?)));
+    match loaded {
+        Ok(stats) => {
+            machine.state.set(VmState::Suspended)?;
+            answer
+                .write_all(&[TELEPORT_ACK])
+                .map_err(ssm::Error::from)?;
+            Ok(stats)
+        }
+        Err(e) => {
+            machine.state.set(VmState::LoadFailure)?;
+            Err(e)
+        }
+    }
+}
+
+/// Loads the saved state at `path` into a freshly created VM
+/// (`Created -> Loading -> Suspended`).
+pub(crate) fn load(machine: &Machine, path: &Path) -> Result<ssm::LoadStats> {
+    machine
+        .state
+        .try_transition(&[(VmState::Created, VmState::Loading)])?;
+    let loaded = manager(machine, None).and_then(|mut m| Ok(m.load_from_file(path)?));
+    match loaded {
+        Ok(stats) => {
+            machine.state.set(VmState::Suspended)?;
+            Ok(stats)
+        }
+        Err(e) => {
+            machine.state.set(VmState::LoadFailure)?;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The VM's saved-state units: `vmm` (the configuration), `irqchip`, one
+//! `cpu` per vCPU, `pgm` (from `pgm`), `uart` and `i8042`.
+
+use std::sync::Arc;
+
+use hm_vmx::{CpuState, IrqchipState, VcpuState};
+use parking_lot::Mutex;
+use ssm::{Unit, UnitReader, UnitWriter};
+
+use crate::devices::{I8042, Uart};
+
+/// The most bytes a unit's blob may claim (vCPU state with every MSR is a
+/// few KiB; firmware at most 16 MiB).
+const MAX_BLOB: usize = 16 << 20;
+
+fn failed(e: impl std::fmt::Display) -> ssm::Error {
+    ssm::Error::callback(e.to_string())
+}
+
+/// What the VM was built from: RAM size, vCPU count and the firmware image,
+/// so that a saved state restores on its own (`vmm run --restore FILE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedConfig {
+    /// Guest RAM in bytes.
+    pub ram_bytes: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// The firmware image mapped as ROM.
+    pub firmware: Vec<u8>,
+}
+
+impl SavedConfig {
+    /// Writes the configuration into a unit.
+    pub(crate) fn put(&self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        w.put_u64(self.ram_bytes)?;
+        w.put_u32(self.cpus)?;
+        w.put_buf(&self.firmware)
+    }
+
+    /// Reads what [`SavedConfig::put`] wrote.
+    pub(crate) fn get(r: &mut UnitReader<'_>) -> ssm::Result<SavedConfig> {
+        Ok(SavedConfig {
+            ram_bytes: r.get_u64()?,
+            cpus: r.get_u32()?,
+            firmware: r.get_buf(MAX_BLOB)?,
+        })
+    }
+}
+
+/// The name and version of the configuration unit.
+pub(crate) const VMM_UNIT: &str = "vmm";
+pub(crate) const VMM_VERSION: u32 = 1;
+
+/// `vmm`: the configuration the VM was built with. Loading checks that the
+/// VM being restored was built the same way.
+pub(crate) struct VmmUnit {
+    pub(crate) config: Arc<SavedConfig>,
+}
+
+impl Unit for VmmUnit {
+    fn name(&self) -> &str {
+        VMM_UNIT
+    }
+
+    fn version(&self) -> u32 {
+        VMM_VERSION
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        self.config.put(w)
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let saved = SavedConfig::get(r)?;
+        let ours = &self.config;
+        if saved.ram_bytes != ours.ram_bytes || saved.cpus != ours.cpus {
+            return Err(failed(format!(
+                "the saved VM has {} MiB of RAM and {} vCPUs, this VM {} MiB and {} vCPUs",
+                saved.ram_bytes >> 20,
+                saved.cpus,
+                ours.ram_bytes >> 20,
+                ours.cpus
+            )));
+        }
+        if saved.firmware != ours.firmware {
+            return Err(failed(
+                "the saved VM ran different firmware than this VM's".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `cpu` instance N: the complete state of vCPU N.
+pub(crate) struct CpuUnit {
+    pub(crate) state: VcpuState,
+    pub(crate) msrs: Arc<Vec<u32>>,
+    pub(crate) xcrs: bool,
+}
+
+impl Unit for CpuUnit {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn instance(&self) -> u32 {
+        self.state.id()
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let state = CpuState::read(&self.state, &self.msrs, self.xcrs).map_err(failed)?;
+        w.put_buf(&state.encode())
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let blob = r.get_buf(MAX_BLOB)?;
+        let state = CpuState::decode(&blob).map_err(failed)?;
+        state.write(&self.state).map_err(failed)
+    }
+}
+
+/// `irqchip`: the in-kernel PIC pair, IOAPIC and PIT.
+pub(crate) struct IrqchipUnit {
+    pub(crate) backend: Arc<hm_vmx::Vm>,
+}
+
+impl Unit for IrqchipUnit {
+    fn name(&self) -> &str {
+        "irqchip"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let state = IrqchipState::read(&self.backend).map_err(failed)?;
+        w.put_buf(&state.encode())
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let blob = r.get_buf(MAX_BLOB)?;
+        let state = IrqchipState::decode(&blob).map_err(failed)?;
+        state.write(&self.backend).map_err(failed)
+    }
+}
+
+/// `uart`: COM1's registers and receive FIFO.
+pub(crate) struct UartUnit {
+    pub(crate) uart: Arc<Mutex<Uart>>,
+}
+
+impl Unit for UartUnit {
+    fn name(&self) -> &str {
+        "uart"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let s = self.uart.lock().state();
+        for b in [
+            s.baud_divisor_low,
+            s.baud_divisor_high,
+            s.interrupt_enable,
+            s.interrupt_identification,
+            s.line_control,
+            s.line_status,
+            s.modem_control,
+            s.modem_status,
+            s.scratch,
+        ] {
+            w.put_u8(b)?;
+        }
+        w.put_buf(&s.in_buffer)
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let mut regs = [0u8; 9];
+        r.get_bytes(&mut regs)?;
+        let [
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+        ] = regs;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: r.get_buf(crate::devices::UART_FIFO_SIZE)?,
+        };
+        self.uart.lock().set_state(&state).map_err(failed)
+    }
+}
+
+/// `i8042`: the keyboard controller's configuration byte and output queue.
+pub(crate) struct I8042Unit {
+    pub(crate) kbc: Arc<Mutex<I8042>>,
+}
+
+/// The most bytes the controller queues.
+const I8042_MAX_OUTPUT: usize = 16;
+
+impl Unit for I8042Unit {
+    fn name(&self) -> &str {
+        "i8042"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let (config, output, awaiting) = self.kbc.lock().state();
+        w.put_u8(config)?;
+        w.put_bool(awaiting)?;
+        // The queue only grows by a byte per guest command; keep the newest.
+        let keep = &output[output.len().saturating_sub(I8042_MAX_OUTPUT)..];
+        w.put_buf(keep)
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let config = r.get_u8()?;
+        let awaiting = r.get_bool()?;
+        let output = r.get_buf(I8042_MAX_OUTPUT)?;
+        self.kbc.lock().set_state(config, &output, awaiting);
+        Ok(())
+    }
+}

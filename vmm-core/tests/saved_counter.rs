@@ -1,0 +1,151 @@
+//! Save a running guest, restore it into a new VM, and let the guest's own
+//! checks decide: the `counter` guest verifies its tick counter (register
+//! against memory) and its 1 MiB buffer on every tick, on 1 and 2 vCPUs,
+//! with plain and live saves.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Capture;
+use hm_vmx::testing::kvm_available;
+use vmm_core::saved_state::{AfterSave, SaveRequest};
+use vmm_core::vmstate::VmState;
+use vmm_core::{RunOutcome, Vm, VmConfig, guests};
+
+/// Polls `cond` for up to 30 s (guests run slowly on software KVM).
+fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; serial output:\n{}",
+            serial.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the counter guest on `cpus` vCPUs until it printed tick 0x40,
+/// saves it to `path` (powering it off), restores the file into a new VM
+/// and runs that to the guest's verdict.
+fn save_and_restore(cpus: u32, live: bool, path: &Path) {
+    let serial = Capture::default();
+    let mut config = VmConfig::new(
+        16 << 20,
+        guests::find("counter").unwrap().firmware().unwrap(),
+    );
+    config.cpus = cpus;
+    config.serial = Box::new(serial.clone());
+    let mut vm = Vm::new(config).expect("VM builds");
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    wait_until("tick 0x0040", &serial, || {
+        serial.text().contains("tick 0x0040")
+    });
+    let report = handle
+        .save(
+            path,
+            SaveRequest {
+                live,
+                then: AfterSave::PowerOff,
+            },
+        )
+        .expect("save");
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+    let before = serial.text();
+    assert!(!before.contains("FAIL"), "{before}");
+    assert!(report.bytes > 0);
+    if live {
+        assert!(report.live_passes >= 1, "{report:?}");
+    } else {
+        assert_eq!(report.live_passes, 0);
+    }
+
+    let restored_serial = Capture::default();
+    let mut restored =
+        Vm::restore(path, Box::new(restored_serial.clone()), false).expect("restore");
+    assert_eq!(restored.handle().state(), VmState::Suspended);
+    // Before its EMTs exist, per-vCPU info handlers run on this thread and
+    // show the restored state.
+    let mut cpu = String::new();
+    restored.run_info("cpumguest", "", &mut cpu).unwrap();
+    assert!(cpu.contains("rip="), "{cpu}");
+    let outcome = restored.run().expect("restored run");
+    let after = restored_serial.text();
+    assert_eq!(
+        outcome,
+        RunOutcome::GuestExit(0),
+        "restored output:\n{after}"
+    );
+    assert!(after.contains("vmm counter: ok"), "{after}");
+    // The guest continued: no new start, and its first progress line comes
+    // after the last one printed before the save.
+    assert!(!after.contains("started"), "{after}");
+    let last_before = before.lines().rfind(|l| l.contains("tick 0x")).unwrap();
+    let first_after = after.lines().find(|l| l.contains("tick 0x")).unwrap();
+    assert!(
+        first_after > last_before,
+        "{last_before} then {first_after}"
+    );
+}
+
+#[test]
+fn counter_guest_survives_save_and_restore_on_one_and_two_vcpus() {
+    if !kvm_available("counter_guest_survives_save_and_restore_on_one_and_two_vcpus") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for cpus in [1, 2] {
+        save_and_restore(cpus, false, &dir.path().join(format!("counter-{cpus}.sav")));
+    }
+}
+
+#[test]
+fn counter_guest_survives_a_live_save() {
+    if !kvm_available("counter_guest_survives_a_live_save") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    save_and_restore(2, true, &dir.path().join("counter-live.sav"));
+}
+
+#[test]
+fn counter_guest_teleports_over_loopback_tcp() {
+    if !kvm_available("counter_guest_teleports_over_loopback_tcp") {
+        return;
+    }
+    let firmware = guests::find("counter").unwrap().firmware().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let target_serial = Capture::default();
+    let mut target_config = VmConfig::new(16 << 20, firmware.clone());
+    target_config.cpus = 2;
+    target_config.serial = Box::new(target_serial.clone());
+    let target = std::thread::spawn(move || {
+        let mut vm = Vm::incoming(target_config, &listener)?;
+        vm.run()
+    });
+
+    let serial = Capture::default();
+    let mut config = VmConfig::new(16 << 20, firmware);
+    config.cpus = 2;
+    config.serial = Box::new(serial.clone());
+    let mut vm = Vm::new(config).expect("VM builds");
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    wait_until("tick 0x0040", &serial, || {
+        serial.text().contains("tick 0x0040")
+    });
+    let report = handle.teleport(&address).expect("teleport");
+    assert!(report.live_passes >= 1, "{report:?}");
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+    let outcome = target.join().unwrap().expect("target run");
+    let after = target_serial.text();
+    assert_eq!(outcome, RunOutcome::GuestExit(0), "target output:\n{after}");
+    assert!(
+        after.contains("vmm counter: ok") && !after.contains("started"),
+        "{after}"
+    );
+}
