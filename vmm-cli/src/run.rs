@@ -5,13 +5,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
 use vmm_core::debug::DebugAttachment;
-use vmm_core::{RunOutcome, Vm, VmConfig, guests};
+use vmm_core::vmstate::VmState;
+use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
 use crate::gdb::GdbServer;
@@ -91,6 +94,10 @@ pub struct RunArgs {
     /// the guest runs.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["restore", "incoming"])]
     gdb: Option<String>,
+    /// Every SECS seconds, share identical guest pages (GMM page sharing:
+    /// one host copy, copy on write; all-zero pages cost nothing).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    page_sharing: Option<u64>,
 }
 
 fn parse_mem(text: &str) -> Result<u64, String> {
@@ -214,7 +221,11 @@ fn run_vm(
         (Some(addr), Some(attach)) => Some(GdbServer::start(addr, attach, vm.handle())?),
         _ => None,
     };
+    let sharing = args
+        .page_sharing
+        .map(|secs| PageSharing::start(vm.handle(), Duration::from_secs(secs)));
     let outcome = vm.run();
+    drop(sharing);
     drop(api);
     std::io::stdout().flush().ok();
     if let Some(server) = gdb {
@@ -260,4 +271,46 @@ fn report(vm: &Vm, args: &RunArgs) -> anyhow::Result<()> {
     stdout.write_all(out.as_bytes())?;
     stdout.flush()?;
     Ok(())
+}
+
+/// `--page-sharing`: a thread that runs GMM's sharing scan periodically
+/// while the VM runs; stopped (and joined) when dropped.
+struct PageSharing {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PageSharing {
+    fn start(vm: VmHandle, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let tick = Duration::from_millis(50);
+            let mut waited = Duration::ZERO;
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                waited += tick;
+                if waited < every || vm.state() != VmState::Running {
+                    continue;
+                }
+                waited = Duration::ZERO;
+                if let Err(e) = vm.share_pages() {
+                    eprintln!("vmm: page sharing: {e}");
+                }
+            }
+        });
+        PageSharing {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PageSharing {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

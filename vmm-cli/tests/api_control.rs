@@ -62,6 +62,11 @@ impl VmProcess {
     /// the API answers and the VM is powered on (the API serves from
     /// before power-on: the VM is `CREATED` for a moment).
     fn start(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Like [`start`](Self::start), with more `vmm run` options.
+    fn start_with(dir: tempfile::TempDir, options: &[&str]) -> Self {
         let socket = dir.path().join("api.sock");
         let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
         let child = Command::new(VMM)
@@ -69,6 +74,7 @@ impl VmProcess {
             .arg(&socket)
             .arg("--serial")
             .arg(dir.path().join("serial"))
+            .args(options)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -423,4 +429,18 @@ fn client_without_a_server_says_so() {
         stderr.contains("cannot connect to the API socket"),
         "{stderr}"
     );
+}
+
+#[test]
+fn page_sharing_scans_run_while_the_vm_runs() {
+    if !kvm_available("page_sharing_scans_run_while_the_vm_runs") {
+        return;
+    }
+    let mut vm = VmProcess::start_with(tempfile::tempdir().unwrap(), &["--page-sharing", "1"]);
+    poll("a page-sharing scan", || {
+        let out = vm.vmm_ok(&["stats", "/GMM/cShareScans", "--json"]);
+        (json(&out)["samples"][0]["value"].as_u64().unwrap_or(0) >= 1).then_some(())
+    });
+    vm.vmm_ok(&["poweroff"]);
+    assert!(vm.wait_exit().success(), "{}", vm.stderr());
 }

@@ -347,6 +347,24 @@ impl VmHandle {
         crate::saved_state::teleport(&self.machine, address)
     }
 
+    /// Shares identical guest pages (GMM's page-sharing scan) with every
+    /// EMT out of the guest; returns what the scan did.
+    pub fn share_pages(&self) -> Result<gmm::ScanReport> {
+        let machine = Arc::clone(&self.machine);
+        let report = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&report);
+        self.machine.rendezvous.call(
+            RendezvousType::Once,
+            RendezvousFlags::default(),
+            move |_| {
+                *slot.lock() = Some(machine.memory.share_pages()?);
+                Ok(None)
+            },
+        )?;
+        let done = report.lock().take();
+        done.ok_or_else(|| crate::error::Error::Memory("the page-sharing scan did not run".into()))
+    }
+
     /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`].
     pub fn power_off(&self) -> Result<()> {
         let m = &self.machine;

@@ -44,7 +44,7 @@ fn gmm_backing(
     rom: u64,
     stats: &stam::Registry,
     info: &dbgf::InfoRegistry,
-) -> Result<Arc<GmmHostMemory>> {
+) -> Result<(gmm::Gmm, Arc<GmmHostMemory>)> {
     let pages = ram.div_ceil(PAGE_SIZE) + 2 * rom.div_ceil(PAGE_SIZE);
     let gmm = gmm::Gmm::new(gmm::GmmConfig::new(pages)).map_err(pgm_error)?;
     let reservation = gmm::Reservation {
@@ -65,13 +65,14 @@ fn gmm_backing(
         },
     )
     .map_err(pgm_error)?;
-    Ok(Arc::new(GmmHostMemory::new(vm)))
+    Ok((gmm, Arc::new(GmmHostMemory::new(vm))))
 }
 
 /// A VM's memory: RAM and the firmware ROM in `pgm`'s map.
 pub struct GuestMemoryMap {
     map: SharedPhysMap,
     ram: GuestMemoryMmap,
+    gmm: gmm::Gmm,
 }
 
 impl GuestMemoryMap {
@@ -99,7 +100,7 @@ impl GuestMemoryMap {
             )));
         }
         let mirror = rom_size.min(LOW_MIRROR_MAX);
-        let host = gmm_backing(ram_size, rom_size + mirror, stats, info)?;
+        let (gmm, host) = gmm_backing(ram_size, rom_size + mirror, stats, info)?;
         let mut map = PhysMap::new(host, PhysConfig::default()).map_err(pgm_error)?;
         layout.apply(&mut map).map_err(pgm_error)?;
         let protection = RomProtection::ReadRomWriteIgnore;
@@ -124,7 +125,7 @@ impl GuestMemoryMap {
         let map = Arc::new(RwLock::new(map));
         pgm::phys::register_stats(&map, stats).map_err(pgm_error)?;
         pgm::phys::register_info(&map, info).map_err(pgm_error)?;
-        Ok(GuestMemoryMap { map, ram })
+        Ok(GuestMemoryMap { map, ram, gmm })
     }
 
     /// Guest RAM as `vm-memory` guest memory, for loaders and devices.
@@ -172,6 +173,13 @@ impl GuestMemoryMap {
             .read()
             .mmio_exit(gpa, data, is_write)
             .map_err(pgm_error)
+    }
+
+    /// Runs GMM's page-sharing scan: identical guest pages end up backed by
+    /// one host page (copy on write), all-zero pages by none. Call it with
+    /// the vCPUs stopped (a write between compare and remap would be lost).
+    pub fn share_pages(&self) -> Result<gmm::ScanReport> {
+        self.gmm.share_scan().map_err(pgm_error)
     }
 
     /// Resets memory as a machine reset does: RAM zeroed, ROM restored.
