@@ -196,23 +196,31 @@ fn mp_state_name(mp: u32) -> &'static str {
     }
 }
 
-fn write_segment(f: &mut fmt::Formatter<'_>, name: &str, s: &kvm_segment) -> fmt::Result {
-    writeln!(
-        f,
-        "  {name:<4} sel={:#06x} base={:#018x} limit={:#010x} type={:#x} s={} dpl={} p={} db={} l={} g={} avl={} unusable={}",
-        s.selector,
-        s.base,
-        s.limit,
-        s.type_,
-        s.s,
-        s.dpl,
-        s.present,
-        s.db,
-        s.l,
-        s.g,
-        s.avl,
-        s.unusable
-    )
+/// One segment register as a line of text: `NAME sel=... base=... limit=...
+/// type=... s= dpl= p= db= l= g= avl= unusable=`, for diagnoses and info
+/// handlers.
+pub struct SegmentLine<'a>(pub &'a str, pub &'a kvm_segment);
+
+impl fmt::Display for SegmentLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SegmentLine(name, s) = self;
+        write!(
+            f,
+            "{name:<4} sel={:#06x} base={:#018x} limit={:#010x} type={:#x} s={} dpl={} p={} db={} l={} g={} avl={} unusable={}",
+            s.selector,
+            s.base,
+            s.limit,
+            s.type_,
+            s.s,
+            s.dpl,
+            s.present,
+            s.db,
+            s.l,
+            s.g,
+            s.avl,
+            s.unusable
+        )
+    }
 }
 
 /// The raw KVM data, one item per line, indented by two spaces.
@@ -234,7 +242,7 @@ impl fmt::Display for KvmVcpuState {
             ("LDTR", &s.ldt),
             ("TR", &s.tr),
         ] {
-            write_segment(f, name, seg)?;
+            writeln!(f, "  {}", SegmentLine(name, seg))?;
         }
         writeln!(
             f,

@@ -43,6 +43,7 @@ pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};
 pub use kick::{KickBinding, Kicker, kick_signal};
+pub use kvm_state::SegmentLine;
 pub use stats::ExitStats;
 pub use vcpu::{CpuSnapshot, DebugRegs, Fpu, LapicState, Regs, Sregs, Vcpu, VcpuState};
 pub use vm::{MemorySlot, Vm};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state,
-    kvm_regs, kvm_sregs,
+    CpuId, KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, KVM_MAX_CPUID_ENTRIES, kvm_debugregs, kvm_fpu,
+    kvm_guest_debug, kvm_guest_debug_arch, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use stam::Profile;
@@ -187,6 +187,36 @@ impl VcpuState {
     /// Reads DR0–DR3, DR6 and DR7.
     pub fn debug_regs(&self) -> Result<DebugRegs> {
         self.fd.get_debug_regs().map_err(ioctl("KVM_GET_DEBUGREGS"))
+    }
+
+    /// Reads the x87 and SSE state.
+    pub fn fpu(&self) -> Result<Fpu> {
+        self.fd.get_fpu().map_err(ioctl("KVM_GET_FPU"))
+    }
+
+    /// Writes the x87 and SSE state.
+    pub fn set_fpu(&self, fpu: &Fpu) -> Result<()> {
+        self.fd.set_fpu(fpu).map_err(ioctl("KVM_SET_FPU"))
+    }
+
+    /// The CPUID leaves this vCPU was given (`KVM_GET_CPUID2`).
+    pub fn cpuid(&self) -> Result<CpuId> {
+        self.fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_CPUID2"))
+    }
+
+    /// Loads the guest-debug state (`KVM_SET_GUEST_DEBUG`): `control` is the
+    /// `KVM_GUESTDBG_*` flags word, `debugreg` DR0–DR3 in 0..4 and DR7 in 7.
+    pub fn set_guest_debug(&self, control: u32, debugreg: [u64; 8]) -> Result<()> {
+        let dbg = kvm_guest_debug {
+            control,
+            pad: 0,
+            arch: kvm_guest_debug_arch { debugreg },
+        };
+        self.fd
+            .set_guest_debug(&dbg)
+            .map_err(ioctl("KVM_SET_GUEST_DEBUG"))
     }
 
     /// Captures the state a reset must restore (`with_apic`: the VM has an

@@ -3,6 +3,7 @@
 mod api;
 mod client;
 mod doctor;
+mod gdb;
 mod run;
 mod state;
 

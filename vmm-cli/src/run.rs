@@ -10,9 +10,11 @@ use anyhow::{Context, bail};
 use clap::Args;
 use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
+use vmm_core::debug::DebugAttachment;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
+use crate::gdb::GdbServer;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -84,6 +86,11 @@ pub struct RunArgs {
     /// `vmm status`, `vmm pause`, `curl --unix-socket`, ...
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Wait for gdb on ADDR (`PORT` or `HOST:PORT` on loopback, or
+    /// `unix:PATH`) before the first guest instruction, then serve it while
+    /// the guest runs.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["restore", "incoming"])]
+    gdb: Option<String>,
 }
 
 fn parse_mem(text: &str) -> Result<u64, String> {
@@ -121,7 +128,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let vm = Vm::restore(path, serial, args.check_entry)
             .with_context(|| format!("cannot restore {}", path.display()))?;
         let config = vm_core_config(&vm, path);
-        return run_vm(vm, config, api_socket, &args);
+        return run_vm(vm, None, config, api_socket, &args);
     }
     let mut config = match &args.kernel {
         Some(kernel) => VmConfig::with_kernel(
@@ -150,10 +157,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let vm = Vm::incoming(config, &listener)
             .with_context(|| format!("teleport to {bound} failed"))?;
         eprintln!("vmm: teleport received; resuming the VM");
-        return run_vm(vm, api_config, api_socket, &args);
+        return run_vm(vm, None, api_config, api_socket, &args);
     }
     let api_config = api_config(&config, &args);
-    run_vm(Vm::new(config)?, api_config, api_socket, &args)
+    let (vm, attach) = match &args.gdb {
+        Some(_) => {
+            let (vm, attach) = Vm::new_debuggable(config)?;
+            (vm, Some(attach))
+        }
+        None => (Vm::new(config)?, None),
+    };
+    run_vm(vm, attach, api_config, api_socket, &args)
 }
 
 /// What `GET /v1/vm` reports for a VM built from the command line.
@@ -179,9 +193,11 @@ fn vm_core_config(vm: &Vm, path: &std::path::Path) -> VmConfigInfo {
     }
 }
 
-/// Runs a built VM (with the control API if asked) and reports the end.
+/// Runs a built VM (with the control API and the gdb stub if asked) and
+/// reports the end.
 fn run_vm(
     mut vm: Vm,
+    attach: Option<DebugAttachment>,
     api_config: VmConfigInfo,
     api_socket: Option<ApiSocket>,
     args: &RunArgs,
@@ -194,9 +210,18 @@ fn run_vm(
         }
         None => None,
     };
+    let gdb = match (&args.gdb, attach) {
+        (Some(addr), Some(attach)) => Some(GdbServer::start(addr, attach, vm.handle())?),
+        _ => None,
+    };
     let outcome = vm.run();
     drop(api);
     std::io::stdout().flush().ok();
+    if let Some(server) = gdb {
+        if let Err(e) = server.finish() {
+            eprintln!("vmm: {e:#}");
+        }
+    }
     report(&vm, args)?;
     match outcome? {
         RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),

@@ -197,7 +197,7 @@ fn info_handlers_run_when_the_guest_stops() {
     assert!(stdout.contains("  30  I/O instruction"), "{stdout}");
     // The guest stopped in long mode: EFER has LME and LMA, CS is 64-bit.
     assert!(stdout.contains("efer=0000000000000500"), "{stdout}");
-    assert!(stdout.contains("cs=0018"), "{stdout}");
+    assert!(stdout.contains("cs   sel=0x0018"), "{stdout}");
     let out = vmm(&["run", "--serial", serial, "--info", "nosuchhandler"]);
     assert!(
         stderr(&out).contains("unknown info handler \"nosuchhandler\""),
@@ -261,4 +261,52 @@ fn smp_guest_runs_on_two_and_four_vcpus() {
             );
         }
     }
+}
+
+#[test]
+fn kernel_boot_passes_the_test_kernels_checks() {
+    if !kvm_available("kernel_boot_passes_the_test_kernels_checks") {
+        return;
+    }
+    use vmm_core::boot::test_kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("bzImage");
+    let initrd_path = dir.path().join("initrd");
+    std::fs::write(&kernel, test_kernel::build().unwrap()).unwrap();
+    let initrd: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&initrd_path, &initrd).unwrap();
+    // RAM as the e820 map shows it: less the legacy hole and the MP table.
+    let ram: u64 = 64 << 20;
+    let e820_ram = ram - 0x6_0000 - 0x400;
+    let cmdline = format!(
+        "console=ttyS0 {}",
+        test_kernel::expectations(e820_ram, &initrd, 2)
+    );
+    let out = vmm(&[
+        "run",
+        "--mem",
+        "64M",
+        "--cpus",
+        "2",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd_path.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    // A truncated kernel is refused before the VM starts.
+    let bytes = std::fs::read(&kernel).unwrap();
+    std::fs::write(&kernel, &bytes[..bytes.len() / 3]).unwrap();
+    let out = vmm(&["run", "--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "the guest ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -1,13 +1,13 @@
 //! The EMT (emulation thread): runs one vCPU, handles its exits and its
 //! forced actions.
 
+use dbgf::debugger::StopCause;
 use hm_vmx::{Exit, IoData, MmioData, Vcpu};
 
 use crate::devices::DeviceAction;
 use crate::error::{Error, Result};
 use crate::ffs::{CpuFf, VmFf};
 use crate::machine::Machine;
-use crate::vmstate::VmState;
 
 /// How a run ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,22 +36,40 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
     machine.kicks.bind(cpu, kicker);
     let _emt = machine.ffs.register_emt(cpu)?;
     stam::set_thread_shard(cpu as usize);
+    let result = run_guest(vcpu, machine, cpu);
+    if let Err(e) = result {
+        machine.finish(Err(e));
+    }
+    drain(machine, cpu);
+    Ok(())
+}
+
+/// After the run ended for this EMT: keep answering rendezvous until every
+/// EMT has stopped, so that an EMT caught in a rendezvous (a pause racing
+/// with the guest's exit) is never left waiting for this one. Requests are
+/// not taken any more (one could start a rendezvous nobody would join);
+/// their callers get an error when the run shuts the queue down.
+fn drain(machine: &Machine, cpu: u32) {
+    machine.emt_draining();
+    while machine.emts_in_guest_loop() > 0 {
+        if machine.ffs.vm().contains(VmFf::EMT_RENDEZVOUS) {
+            if let Err(e) = machine.rendezvous.on_ff(cpu) {
+                tracing::debug!("EMT {cpu}: rendezvous while stopping: {e}");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Runs the guest on this EMT until the VM terminates.
+fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
     loop {
-        let vm_ff = machine.ffs.vm();
-        if vm_ff.contains(VmFf::TERMINATE) {
+        if !service_forced_actions(machine, cpu)? {
             return Ok(());
         }
-        if vm_ff.contains(VmFf::EMT_RENDEZVOUS) {
-            machine.rendezvous.on_ff(cpu)?;
-        }
-        let cpu_ff = machine.ffs.cpu(cpu)?;
-        if vm_ff.contains(VmFf::REQUEST) || cpu_ff.contains(CpuFf::REQUEST) {
-            machine.requests.process_requests(cpu)?;
-        }
-        machine.ffs.test_and_clear_cpu(cpu, CpuFf::UNHALT)?;
-        if !matches!(machine.state.state(), VmState::Running | VmState::RunningLs) {
-            // Suspended (or on the way somewhere): wait for the next
-            // forced action, such as a resume or a rendezvous.
+        if !machine.may_run(cpu) {
+            // Suspended, halted by the debugger (or on the way somewhere):
+            // wait for the next forced action, such as a resume.
             machine.ffs.halt_wait(cpu, None)?;
             continue;
         }
@@ -62,6 +80,19 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
         drop(guest);
         let unhandled = match exit? {
             Exit::Io(access) => {
+                let write = matches!(access.data, IoData::Out(_));
+                if machine.debug.io_matches(access.port, access.size, write) {
+                    let cause = StopCause::Io {
+                        port: access.port,
+                        size: access.size,
+                        write,
+                    };
+                    // Halted before the access; once resumed it completes
+                    // without being checked again.
+                    if machine.debug_stop(cpu, cause)? && !wait_for_debugger(machine, cpu)? {
+                        return Ok(());
+                    }
+                }
                 let size = usize::from(access.size.max(1));
                 match access.data {
                     IoData::Out(data) => {
@@ -107,6 +138,17 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
                 machine.ffs.halt_wait(cpu, None)?;
                 continue;
             }
+            Exit::Debug(d) if machine.debug.is_attached() => {
+                let cause = StopCause::Debug {
+                    exception: d.exception,
+                    dr6: d.dr6,
+                    pc: d.rip,
+                };
+                // Not reported when another stop halted the VM first: a
+                // breakpoint fires again when the vCPU resumes.
+                machine.debug_stop(cpu, cause)?;
+                continue;
+            }
             Exit::InternalError(e) => (format!("KVM internal error: {e}"), None, true),
             other @ Exit::FailEntry { .. } => (other.name().to_string(), other.vmx_reason(), true),
             other => (other.name().to_string(), other.vmx_reason(), false),
@@ -123,5 +165,37 @@ fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
             rip,
             diagnosis,
         });
+    }
+}
+
+/// Handles the pending forced actions (rendezvous, requests); false when the
+/// EMT must terminate.
+fn service_forced_actions(machine: &Machine, cpu: u32) -> Result<bool> {
+    let vm_ff = machine.ffs.vm();
+    if vm_ff.contains(VmFf::TERMINATE) {
+        return Ok(false);
+    }
+    if vm_ff.contains(VmFf::EMT_RENDEZVOUS) {
+        machine.rendezvous.on_ff(cpu)?;
+    }
+    let cpu_ff = machine.ffs.cpu(cpu)?;
+    if vm_ff.contains(VmFf::REQUEST) || cpu_ff.contains(CpuFf::REQUEST) {
+        machine.requests.process_requests(cpu)?;
+    }
+    machine.ffs.test_and_clear_cpu(cpu, CpuFf::UNHALT)?;
+    Ok(true)
+}
+
+/// After a stop in the middle of an exit: serves forced actions until the
+/// debugger lets this vCPU run again; false when the EMT must terminate.
+fn wait_for_debugger(machine: &Machine, cpu: u32) -> Result<bool> {
+    loop {
+        if !service_forced_actions(machine, cpu)? {
+            return Ok(false);
+        }
+        if machine.may_run(cpu) {
+            return Ok(true);
+        }
+        machine.ffs.halt_wait(cpu, None)?;
     }
 }

@@ -13,6 +13,7 @@
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod debug;
 pub mod devices;
 mod emt;
 mod error;

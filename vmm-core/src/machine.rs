@@ -2,6 +2,7 @@
 //! [`VmHandle`] that steers a running VM from another thread.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dbgf::{
@@ -12,6 +13,7 @@ use parking_lot::Mutex;
 use stam::Counter;
 
 use crate::bus::IoBus;
+use crate::debug::DebugCtl;
 use crate::emt::RunOutcome;
 use crate::error::Result;
 use crate::ffs::{ForcedActions, Kick, VmFf};
@@ -73,6 +75,9 @@ pub(crate) struct Machine {
     pub(crate) stats: stam::Registry,
     pub(crate) info: InfoRegistry,
     pub(crate) outcome: Mutex<Option<Result<RunOutcome>>>,
+    /// EMTs that have not finished running the guest yet.
+    pub(crate) running_emts: AtomicU32,
+    pub(crate) debug: DebugCtl,
     /// Holds the backend VM: dropped before the memory it maps.
     pub(crate) saved: crate::saved_state::SaveContext,
     pub(crate) memory: GuestMemoryMap,
@@ -102,6 +107,16 @@ impl Machine {
         self.ffs.set_vm(VmFf::TERMINATE);
     }
 
+    /// An EMT is done running the guest (it may still answer rendezvous).
+    pub(crate) fn emt_draining(&self) {
+        self.running_emts.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// How many EMTs still run the guest.
+    pub(crate) fn emts_in_guest_loop(&self) -> u32 {
+        self.running_emts.load(Ordering::SeqCst)
+    }
+
     /// Wakes every EMT waiting in a halt so that it looks at the state again.
     fn unhalt_all(&self) -> Result<()> {
         for cpu in 0..self.cpus() {
@@ -122,11 +137,11 @@ impl Machine {
 
 /// Runs info handlers on the EMTs of a running VM (through the request
 /// queue), or on the calling thread once the EMTs are gone.
-struct EmtExecutor<'a> {
-    machine: &'a Machine,
+struct EmtExecutor {
+    machine: Arc<Machine>,
 }
 
-impl InfoExecutor for EmtExecutor<'_> {
+impl InfoExecutor for EmtExecutor {
     fn execute(
         &self,
         handler: Arc<InfoHandler>,
@@ -227,9 +242,18 @@ impl VmHandle {
             args,
             out,
             &EmtExecutor {
-                machine: &self.machine,
+                machine: Arc::clone(&self.machine),
             },
         )
+    }
+
+    /// An executor that runs info handlers the way [`VmHandle::run_info`]
+    /// does, for callers that run the registry themselves (the gdb stub's
+    /// `monitor info`).
+    pub fn info_executor(&self) -> Box<dyn InfoExecutor + Send> {
+        Box::new(EmtExecutor {
+            machine: Arc::clone(&self.machine),
+        })
     }
 
     /// Suspends the VM: every EMT leaves the guest (a rendezvous) and waits.
@@ -329,6 +353,7 @@ impl VmHandle {
         let from = [
             (VmState::Running, VmState::PoweringOff),
             (VmState::Suspended, VmState::PoweringOff),
+            (VmState::Debugging, VmState::PoweringOff),
         ];
         m.state.try_transition(&from)?;
         m.state.set(VmState::Off)?;

@@ -12,11 +12,14 @@ use stam::Unit;
 use crate::boot;
 use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
+use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart};
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
 use crate::ffs::ForcedActions;
-use crate::info::{guest_features, register_paging_handlers, write_cpumguest};
+use crate::info::{
+    guest_features, register_cpuid_handler, register_paging_handlers, write_cpumguest,
+};
 use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
@@ -67,6 +70,16 @@ impl Vm {
             vcpus.iter_mut().for_each(|v| v.set_entry_checks(true));
         }
         let vcpu_states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
+        // SDM "VMX and multi-processor": every vCPU must see the same CPUID
+        // and capabilities; a VM whose vCPUs disagree does not start.
+        let differences = backend.check_mp_consistency(&vcpu_states)?;
+        if !differences.is_empty() {
+            let list: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            return Err(Error::Config(format!(
+                "the vCPUs' CPUID/VMX views differ: {}",
+                list.join("; ")
+            )));
+        }
         let initial = vcpu_states
             .iter()
             .map(|s| s.snapshot(true))
@@ -119,6 +132,8 @@ impl Vm {
             stats,
             info,
             outcome: Mutex::new(None),
+            running_emts: std::sync::atomic::AtomicU32::new(config.cpus),
+            debug: DebugCtl::new(),
             saved: SaveContext {
                 config: Arc::new(SavedConfig {
                     ram_bytes: config.ram_bytes,
@@ -172,6 +187,18 @@ impl Vm {
         let vm = Vm::new(config)?;
         saved_state::load(&vm.machine, path)?;
         Ok(vm)
+    }
+
+    /// Builds a VM like [`Vm::new`] with a debugger attached: [`Vm::run`]
+    /// powers it on halted before its first instruction, in
+    /// [`VmState::Debugging`], until the debugger resumes it (see
+    /// [`crate::debug`]).
+    pub fn new_debuggable(config: VmConfig) -> Result<(Self, DebugAttachment)> {
+        let vm = Self::new(config)?;
+        let features = guest_features(vm.machine.saved.backend.cpuid())
+            .map_err(|e| Error::Config(format!("guest CPU features: {e}")))?;
+        let attachment = crate::debug::attach(&vm.machine, features)?;
+        Ok((vm, attachment))
     }
 
     /// A handle to steer the VM from other threads (pause, resume, reset,
@@ -245,7 +272,7 @@ impl Vm {
             VmState::PoweringOn
         };
         machine.state.set(starting)?;
-        machine.state.set(VmState::Running)?;
+        machine.debug.power_on(&machine.state)?;
         std::thread::scope(|scope| {
             let emts: Vec<_> = self
                 .vcpus
@@ -269,6 +296,7 @@ impl Vm {
             }
         });
         machine.requests.shut_down();
+        machine.debug.powered_off();
         machine.outcome.lock().take().unwrap_or(Err(Error::Config(
             "the run ended without an outcome".into(),
         )))
@@ -279,7 +307,8 @@ fn info_error(e: InfoError) -> Error {
     Error::Config(format!("info handler registration: {e}"))
 }
 
-/// Registers the handlers the VM itself answers: `exits`, `cpumguest`, `fflags`.
+/// Registers the handlers the VM itself answers: `exits`, `cpumguest`, `fflags`,
+/// `cpuid`, `mode`, `pgmcr3`.
 fn register_info_handlers(machine: &Arc<Machine>, backend: &hm_vmx::Vm) -> Result<()> {
     let info = &machine.info;
     let exits = Arc::clone(backend.exit_stats());
@@ -314,6 +343,7 @@ fn register_info_handlers(machine: &Arc<Machine>, backend: &hm_vmx::Vm) -> Resul
         move |_: &InfoCall<'_>, out: &mut dyn Write| Ok(ffs.format_fflags(out)?),
     )
     .map_err(info_error)?;
+    register_cpuid_handler(info, &machine.vcpu_states, backend.cpuid()).map_err(info_error)?;
     let features = guest_features(backend.cpuid()).map_err(info_error)?;
     register_paging_handlers(info, &machine.vcpu_states, machine.memory.phys(), features)
         .map_err(info_error)

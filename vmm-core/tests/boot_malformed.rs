@@ -6,18 +6,6 @@
 use vmm_core::boot::{KernelBoot, test_kernel};
 use vmm_core::{Error, Vm, VmConfig};
 
-fn have_kvm() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "/dev/kvm is missing and CI=true: KVM tests must run in CI"
-    );
-    eprintln!("!!! /dev/kvm is missing: SKIPPING a KVM test of refused boots !!!");
-    false
-}
-
 /// Builds a VM for the boot; returns the error it is refused with.
 fn build_vm(kernel: Vec<u8>, initrd: Option<Vec<u8>>, ram: u64) -> String {
     let config = VmConfig::with_kernel(
@@ -90,7 +78,7 @@ fn old_protocols_are_refused() {
 
 #[test]
 fn an_initrd_too_large_for_memory_is_refused() {
-    if have_kvm() {
+    if hm_vmx::testing::kvm_available(module_path!()) {
         let err = build_vm(good(), Some(vec![0; 40 << 20]), 32 << 20);
         assert!(
             err.contains("initrd of 41943040 bytes does not fit"),
@@ -101,7 +89,7 @@ fn an_initrd_too_large_for_memory_is_refused() {
 
 #[test]
 fn a_kernel_too_large_for_memory_is_refused() {
-    if have_kvm() {
+    if hm_vmx::testing::kvm_available(module_path!()) {
         let mut image = good();
         // init_size: 64 MiB of decompression space in a 16 MiB VM.
         image[0x260..0x264].copy_from_slice(&(64u32 << 20).to_le_bytes());

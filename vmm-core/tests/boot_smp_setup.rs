@@ -10,21 +10,9 @@ use vmm_core::memory::{GuestMemoryMap, pc_layout};
 const KVM_MP_STATE_RUNNABLE: u32 = 0;
 const KVM_MP_STATE_UNINITIALIZED: u32 = 1;
 
-fn have_kvm() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "/dev/kvm is missing and CI=true: KVM tests must run in CI"
-    );
-    eprintln!("!!! /dev/kvm is missing: SKIPPING the KVM SMP boot-setup test !!!");
-    false
-}
-
 #[test]
 fn two_vcpus_get_the_boot_machine() {
-    if !have_kvm() {
+    if !hm_vmx::testing::kvm_available(module_path!()) {
         return;
     }
     let ram = 64 << 20;

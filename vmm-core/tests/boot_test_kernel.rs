@@ -8,20 +8,6 @@ use vmm_core::boot::{KernelBoot, test_kernel};
 use vmm_core::memory::pc_layout;
 use vmm_core::{RunOutcome, Vm, VmConfig};
 
-/// Whether KVM is usable; without it the test is skipped loudly, except
-/// under `CI=true` where a missing /dev/kvm fails the test.
-fn have_kvm() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "/dev/kvm is missing and CI=true: KVM tests must run in CI"
-    );
-    eprintln!("!!! /dev/kvm is missing: SKIPPING the KVM boot test !!!");
-    false
-}
-
 /// A serial sink the test can read afterwards.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -97,14 +83,14 @@ fn passes_all_checks(ram: u64, cpus: u32) {
 
 #[test]
 fn test_kernel_boots_with_64_mib() {
-    if have_kvm() {
+    if hm_vmx::testing::kvm_available(module_path!()) {
         passes_all_checks(64 << 20, 1);
     }
 }
 
 #[test]
 fn test_kernel_boots_with_memory_sizes_around_the_hole() {
-    if have_kvm() {
+    if hm_vmx::testing::kvm_available(module_path!()) {
         // Small, exactly filling the space below the 32-bit MMIO hole, and
         // just spilling above 4 GiB.
         let hole = pc_layout(1 << 30).mmio_hole_start();
@@ -116,7 +102,7 @@ fn test_kernel_boots_with_memory_sizes_around_the_hole() {
 
 #[test]
 fn test_kernel_boots_with_several_vcpus() {
-    if have_kvm() {
+    if hm_vmx::testing::kvm_available(module_path!()) {
         // The application processors wait for INIT/SIPI, which the test
         // kernel never sends; the MP table must list them all.
         passes_all_checks(64 << 20, 2);
@@ -126,14 +112,14 @@ fn test_kernel_boots_with_several_vcpus() {
 
 #[test]
 fn test_kernel_boots_with_ram_above_4_gib() {
-    if have_kvm() {
+    if hm_vmx::testing::kvm_available(module_path!()) {
         passes_all_checks(5 << 30, 1);
     }
 }
 
 #[test]
 fn test_kernel_reports_a_wrong_expectation() {
-    if !have_kvm() {
+    if !hm_vmx::testing::kvm_available(module_path!()) {
         return;
     }
     let ram = 32 << 20;
@@ -151,7 +137,7 @@ fn test_kernel_reports_a_wrong_expectation() {
 
 #[test]
 fn test_kernel_reports_a_wrong_ram_size() {
-    if !have_kvm() {
+    if !hm_vmx::testing::kvm_available(module_path!()) {
         return;
     }
     let ram = 32 << 20;
@@ -164,7 +150,7 @@ fn test_kernel_reports_a_wrong_ram_size() {
 
 #[test]
 fn test_kernel_reboots_through_the_keyboard_controller() {
-    if !have_kvm() {
+    if !hm_vmx::testing::kvm_available(module_path!()) {
         return;
     }
     // Two vCPUs: the reset ends the run with the AP still waiting for SIPI.

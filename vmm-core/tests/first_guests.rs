@@ -52,9 +52,10 @@ fn demo_guest_passes_every_stage_in_order() {
     let protected = stage("vmm demo: protected mode");
     let pae = stage("vmm demo: PAE paging");
     let long = stage("vmm demo: long mode, paged memory check ok");
+    let user = stage("vmm demo: user mode (CPL 3)");
     let done = stage("vmm demo: all checks passed");
     assert!(
-        real < protected && protected < pae && pae < long && long < done,
+        real < protected && protected < pae && pae < long && long < user && user < done,
         "{text}"
     );
     assert!(!text.contains("FAILED"), "{text}");

@@ -126,3 +126,30 @@ fn pause_resume_reset_and_power_off_a_running_two_vcpu_guest() {
     assert_eq!(vm.state(), VmState::Off);
     assert!(vm.resume().is_err());
 }
+
+#[test]
+fn a_guest_exiting_during_pause_and_resume_does_not_hang_the_vmm() {
+    if !kvm_available("a_guest_exiting_during_pause_and_resume_does_not_hang_the_vmm") {
+        return;
+    }
+    // The SMP guest ends the run on its own after a short while; meanwhile
+    // another thread keeps pausing and resuming it.
+    let (vm, serial, run) = start("smp", 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end:\n{}",
+            serial.text()
+        );
+        if vm.pause().is_ok() {
+            let _ = vm.resume();
+        }
+    }
+    assert_eq!(
+        run.join().unwrap().unwrap(),
+        RunOutcome::GuestExit(0),
+        "{}",
+        serial.text()
+    );
+}

@@ -253,9 +253,23 @@ impl HandlerTable {
     /// Index of the entry covering `addr`.
     #[inline]
     fn find(&self, addr: u64) -> Option<usize> {
-        let idx = self.keys.partition_point(|&k| k <= addr);
-        let i = idx.checked_sub(1)?;
-        (*self.lasts.get(i)? >= addr).then_some(i)
+        // Branch-free binary search for the last range starting at or
+        // below `addr`: the halving steps compile to conditional moves, so
+        // a lookup costs no mispredictions, whatever the address.
+        let keys = &self.keys;
+        let mut base = 0;
+        let mut len = keys.len();
+        if len == 0 {
+            return None;
+        }
+        while len > 1 {
+            let half = len / 2;
+            if keys[base + half] <= addr {
+                base += half;
+            }
+            len -= half;
+        }
+        (keys[base] <= addr && self.lasts[base] >= addr).then_some(base)
     }
 
     /// The handler range covering `addr`.

@@ -10,7 +10,11 @@
 //!    through its IDT, says so, and goes on to long mode, whose 4-level
 //!    tables use the same PAE entry format;
 //! 4. 64-bit long mode: EFER.LMA must be set, and a value written through a
-//!    higher-half mapping must be read back through two other mappings.
+//!    higher-half mapping must be read back through two other mappings;
+//! 5. user mode: from a GDT, TSS and IDT of its own in RAM, the guest drops
+//!    to CPL 3 with IRETQ, writes a marker at [`USER_MARKER`] and returns to
+//!    CPL 0 through a page fault on an unmapped address; the handler checks
+//!    the faulting CS, CR2 and the marker.
 //!
 //! It exits through the debug-exit port with status 0 only if every check
 //! passed, otherwise with the number of the failed stage.
@@ -50,10 +54,11 @@ const PD: u32 = 0x13000;
 const TABLES_END: u32 = 0x14000;
 const STACK_TOP: u32 = 0x8000;
 
-/// Page-directory entry: present, writable, 2 MiB page, frame 0.
-const PDE_2M_FRAME0: u32 = 0x83;
-/// Upper-level entry flags: present, writable.
-const PRESENT_RW: u32 = 0x3;
+/// Page-directory entry: present, writable, user, 2 MiB page, frame 0.
+const PDE_2M_FRAME0: u32 = 0x87;
+/// Upper-level entry flags: present, writable, user (the user-mode stage
+/// runs on the identity map).
+const PRESENT_RW: u32 = 0x7;
 /// Where the checks put their markers (physical; identity-mapped).
 const PAE_MARKER: u32 = 0x3_0000;
 const LONG_MARKER: u32 = 0x4_0000;
@@ -61,6 +66,26 @@ const LONG_MARKER: u32 = 0x4_0000;
 const ALIAS: u32 = 0x20_0000;
 /// PML4 entry 256 maps the bottom of the higher half onto the same tables.
 const HIGH_HALF: u64 = 0xffff_8000_0000_0000;
+
+/// The user-mode stage: a GDT with DPL-3 segments and a TSS, an IDT with
+/// one gate (the page fault, vector 14), all in RAM. CPL-3 code comes back
+/// to CPL 0 by touching a page that is not mapped.
+const USER_GDT: u64 = 0x1_5000;
+const USER_GDT_DESCRIPTOR: u64 = 0x1_5100;
+const TSS: u64 = 0x1_6000;
+const USER_IDT: u64 = 0x1_7000;
+const USER_IDT_DESCRIPTOR: u64 = 0x1_7810;
+const PAGE_FAULT_VECTOR: u64 = 14;
+/// Not mapped by the demo's page tables (PML4 entry 1).
+const UNMAPPED: u64 = 0x80_0000_0000;
+/// Where CPL-3 code writes its marker (a data watchpoint target).
+pub(crate) const USER_MARKER: u64 = 0x1_8000;
+const USER_STACK_TOP: u64 = 0xa000;
+const KERNEL_STACK_TOP: u64 = 0x9000;
+const SEL_USER_DATA: u64 = 0x20 | 3;
+const SEL_USER_CODE64: u64 = 0x28 | 3;
+const SEL_TSS: u16 = 0x30;
+const USER_PATTERN: u64 = 0x0bad_cafe_feed_f00d;
 
 const PAE_PATTERN: u32 = 0x5ae1_c0de;
 const LONG_PATTERN: u64 = 0x0123_4567_89ab_cdef;
@@ -90,6 +115,9 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     );
     let long_ok = strings.add("vmm demo: long mode, paged memory check ok\n");
     let long_bad = strings.add("vmm demo: long mode check FAILED\n");
+    let user_ok =
+        strings.add("vmm demo: user mode (CPL 3) write and page fault back to CPL 0, check ok\n");
+    let user_bad = strings.add("vmm demo: user mode check FAILED\n");
     let done = strings.add("vmm demo: all checks passed\n");
 
     let mut rom = RomImage::new(ROM_SIZE)?;
@@ -104,7 +132,11 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     rom.place(CODE32, &code32)?;
     rom.place(IDT, &idt(gp_handler))?;
     rom.place(IDT_DESCRIPTOR, &pseudo_descriptor(IDT_ENTRIES, low(IDT)))?;
-    rom.place(CODE64, &long_mode(long_ok, long_bad, done)?)?;
+    let user = UserStage {
+        ok: user_ok,
+        bad: user_bad,
+    };
+    rom.place(CODE64, &long_mode(long_ok, long_bad, &user, done)?)?;
     rom.reset_jump(CODE16 as u16)?;
     Ok(rom.into_bytes())
 }
@@ -247,10 +279,77 @@ fn protected_mode(
     Ok((assembled.inner.code_buffer, handler as u32))
 }
 
-fn long_mode(long_ok: usize, long_bad: usize, done: usize) -> Result<Vec<u8>> {
+/// Messages of the user-mode stage.
+struct UserStage {
+    ok: usize,
+    bad: usize,
+}
+
+/// A 64-bit memory store of a 64-bit constant.
+fn store_u64(a: &mut CodeAssembler, at: u64, value: u64) -> Result<()> {
+    a.mov(rax, value).map_err(asm_err)?;
+    a.mov(qword_ptr(at), rax).map_err(asm_err)
+}
+
+/// Builds the user-mode stage's GDT (flat segments as in ROM, DPL-3 data
+/// and 64-bit code, a 64-bit TSS), TSS and IDT in RAM and loads them.
+fn install_user_mode_tables(a: &mut CodeAssembler, handler: CodeLabel) -> Result<()> {
+    let tss_descriptor_low = 0x67 | (TSS & 0xff_ffff) << 16 | 0x89 << 40 | (TSS >> 24 & 0xff) << 56;
+    let descriptors = [
+        GDT_ENTRIES[0],
+        GDT_ENTRIES[1],
+        GDT_ENTRIES[2],
+        GDT_ENTRIES[3],
+        0x00cf_f300_0000_ffff, // 0x20 data, DPL 3
+        0x00af_fb00_0000_ffff, // 0x28 code64, DPL 3
+        tss_descriptor_low,    // 0x30 TSS (16 bytes)
+        TSS >> 32,
+    ];
+    for (i, &d) in descriptors.iter().enumerate() {
+        store_u64(a, USER_GDT + 8 * i as u64, d)?;
+    }
+    store_u64(
+        a,
+        USER_GDT_DESCRIPTOR,
+        (descriptors.len() as u64 * 8 - 1) | USER_GDT << 16,
+    )?;
+    store_u64(a, USER_GDT_DESCRIPTOR + 8, 0)?;
+    a.lgdt(ptr(USER_GDT_DESCRIPTOR)).map_err(asm_err)?;
+    store_u64(a, TSS + 4, KERNEL_STACK_TOP)?; // RSP0
+    a.mov(ax, u32::from(SEL_TSS)).map_err(asm_err)?;
+    a.ltr(ax).map_err(asm_err)?;
+    // Page-fault gate: 64-bit interrupt gate to the kernel code segment.
+    a.lea(rbx, ptr(handler)).map_err(asm_err)?;
+    a.mov(rax, rbx).map_err(asm_err)?;
+    a.and(eax, 0xffff).map_err(asm_err)?;
+    a.mov(rcx, rbx).map_err(asm_err)?;
+    a.shr(rcx, 16).map_err(asm_err)?;
+    a.and(ecx, 0xffff).map_err(asm_err)?;
+    a.shl(rcx, 48).map_err(asm_err)?;
+    a.or(rax, rcx).map_err(asm_err)?;
+    a.mov(rcx, 0xee00_u64 << 32 | u64::from(SEL_CODE64) << 16)
+        .map_err(asm_err)?;
+    a.or(rax, rcx).map_err(asm_err)?;
+    a.mov(qword_ptr(USER_IDT + PAGE_FAULT_VECTOR * 16), rax)
+        .map_err(asm_err)?;
+    a.shr(rbx, 32).map_err(asm_err)?;
+    a.mov(qword_ptr(USER_IDT + PAGE_FAULT_VECTOR * 16 + 8), rbx)
+        .map_err(asm_err)?;
+    store_u64(
+        a,
+        USER_IDT_DESCRIPTOR,
+        ((PAGE_FAULT_VECTOR + 1) * 16 - 1) | USER_IDT << 16,
+    )?;
+    store_u64(a, USER_IDT_DESCRIPTOR + 8, 0)?;
+    a.lidt(ptr(USER_IDT_DESCRIPTOR)).map_err(asm_err)
+}
+
+fn long_mode(long_ok: usize, long_bad: usize, user: &UserStage, done: usize) -> Result<Vec<u8>> {
     let mut a = CodeAssembler::new(64).map_err(asm_err)?;
     let mut print = a.create_label();
     let mut fail = a.create_label();
+    let (mut user_code, mut page_fault, mut user_fail) =
+        (a.create_label(), a.create_label(), a.create_label());
     a.mov(ax, u32::from(SEL_DATA)).map_err(asm_err)?;
     a.mov(ds, ax).map_err(asm_err)?;
     a.mov(ss, ax).map_err(asm_err)?;
@@ -278,9 +377,49 @@ fn long_mode(long_ok: usize, long_bad: usize, done: usize) -> Result<Vec<u8>> {
 
     a.mov(esi, low(long_ok)).map_err(asm_err)?;
     a.call(print).map_err(asm_err)?;
+
+    // User mode: drop to CPL 3 with IRETQ; the CPL-3 code writes a marker
+    // and comes back through a page fault.
+    install_user_mode_tables(&mut a, page_fault)?;
+    a.push(SEL_USER_DATA as i32).map_err(asm_err)?;
+    a.push(USER_STACK_TOP as i32).map_err(asm_err)?;
+    a.push(0x2).map_err(asm_err)?; // RFLAGS: interrupts off, IOPL 0
+    a.push(SEL_USER_CODE64 as i32).map_err(asm_err)?;
+    a.lea(rax, ptr(user_code)).map_err(asm_err)?;
+    a.push(rax).map_err(asm_err)?;
+    a.iretq().map_err(asm_err)?;
+
+    a.set_label(&mut user_code).map_err(asm_err)?;
+    a.mov(rax, USER_PATTERN).map_err(asm_err)?;
+    a.mov(qword_ptr(USER_MARKER), rax).map_err(asm_err)?;
+    a.mov(rax, UNMAPPED).map_err(asm_err)?;
+    a.mov(rax, qword_ptr(rax)).map_err(asm_err)?;
+    a.jmp(user_code).map_err(asm_err)?;
+
+    // Back at CPL 0: the faulting CS (on the exception frame, above the
+    // error code and RIP) must be the user code segment, CR2 the unmapped
+    // address, and the marker must hold the pattern.
+    a.set_label(&mut page_fault).map_err(asm_err)?;
+    a.mov(rax, cr2).map_err(asm_err)?;
+    a.mov(rcx, UNMAPPED).map_err(asm_err)?;
+    a.cmp(rax, rcx).map_err(asm_err)?;
+    a.jne(user_fail).map_err(asm_err)?;
+    a.mov(rax, qword_ptr(rsp + 16)).map_err(asm_err)?;
+    a.cmp(rax, SEL_USER_CODE64 as i32).map_err(asm_err)?;
+    a.jne(user_fail).map_err(asm_err)?;
+    a.mov(rax, USER_PATTERN).map_err(asm_err)?;
+    a.cmp(qword_ptr(USER_MARKER), rax).map_err(asm_err)?;
+    a.jne(user_fail).map_err(asm_err)?;
+    a.mov(esi, low(user.ok)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
     a.mov(esi, low(done)).map_err(asm_err)?;
     a.call(print).map_err(asm_err)?;
     exit_with(&mut a, 0)?;
+
+    a.set_label(&mut user_fail).map_err(asm_err)?;
+    a.mov(esi, low(user.bad)).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    exit_with(&mut a, 5)?;
 
     a.set_label(&mut fail).map_err(asm_err)?;
     a.mov(esi, low(long_bad)).map_err(asm_err)?;

@@ -3,8 +3,8 @@
 
 use std::fmt::{self, Write};
 
-use hm_vmx::{DebugRegs, Regs, Sregs};
-use kvm_bindings::{kvm_dtable, kvm_segment};
+use hm_vmx::{DebugRegs, Regs, SegmentLine, Sregs};
+use kvm_bindings::kvm_dtable;
 
 /// Writes general, control, segment, descriptor-table and debug registers
 /// and EFER of one vCPU.
@@ -54,7 +54,7 @@ pub(crate) fn write_cpumguest(
         ("ldtr", &sregs.ldt),
     ];
     for (name, seg) in segments {
-        write_segment(out, name, seg)?;
+        writeln!(out, "  {}", SegmentLine(name, seg))?;
     }
     write_table(out, "gdtr", &sregs.gdt)?;
     write_table(out, "idtr", &sregs.idt)?;
@@ -79,24 +79,6 @@ pub(crate) fn write_cpumguest(
         debug.db[3], debug.dr6, debug.dr7
     )?;
     writeln!(out, "  apic_base={:016x}", sregs.apic_base)
-}
-
-fn write_segment(out: &mut dyn Write, name: &str, s: &kvm_segment) -> fmt::Result {
-    writeln!(
-        out,
-        "{name:>6}={:04x} base={:016x} limit={:08x} type={:x} s={} dpl={} p={} db={} l={} g={}{}",
-        s.selector,
-        s.base,
-        s.limit,
-        s.type_,
-        s.s,
-        s.dpl,
-        s.present,
-        s.db,
-        s.l,
-        s.g,
-        if s.unusable != 0 { " unusable" } else { "" }
-    )
 }
 
 fn write_table(out: &mut dyn Write, name: &str, t: &kvm_dtable) -> fmt::Result {
@@ -129,7 +111,10 @@ mod tests {
         write_cpumguest(1, &regs, &sregs, &debug, &mut out).unwrap();
         assert!(out.starts_with("Guest CPUM (VCPU 1) state:"));
         assert!(out.contains("rip=000000000000fff0"), "{out}");
-        assert!(out.contains("cs=f000 base=00000000ffff0000"), "{out}");
+        assert!(
+            out.contains("cs   sel=0xf000 base=0x00000000ffff0000"),
+            "{out}"
+        );
         assert!(out.contains("cr0=0000000060000010"), "{out}");
         assert!(out.contains("efer=0000000000000500"), "{out}");
         assert!(out.contains("dr7=0000000000000400"), "{out}");

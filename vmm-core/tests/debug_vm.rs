@@ -1,0 +1,337 @@
+//! The debugger core over the real VM: stepping, hardware breakpoints and
+//! watchpoints, memory at virtual addresses, I/O-port breakpoints, halting a
+//! running VM, software breakpoints where the host can run them, `cpuid`.
+
+mod common;
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::Capture;
+use dbgf::debugger::{
+    DebugTarget, Debugger, HwAccess, IoAccess, Resume, Stop, StopCause, StopListener, StopReason,
+};
+use hm_vmx::testing::kvm_available;
+use iced_x86::code_asm::{CodeAssembler, al, dx};
+use vmm_core::debug::VmDebugTarget;
+use vmm_core::devices::{COM1_PORT, DEBUG_EXIT_PORT};
+use vmm_core::guests::rom::RomImage;
+use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
+
+/// Where the demo guest's 64-bit code starts (linear, identity-mapped ROM mirror).
+const DEMO_CODE64: u64 = 0xf_3000;
+/// The demo guest's higher-half mapping of physical 0.
+const HIGH_HALF: u64 = 0xffff_8000_0000_0000;
+/// Where the demo guest's long-mode check writes its pattern (physical).
+const LONG_MARKER: u64 = 0x4_0000;
+const LONG_PATTERN: u64 = 0x0123_4567_89ab_cdef;
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A few real-mode instructions take far less.
+const INT3_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Session {
+    target: VmDebugTarget,
+    dbg: Debugger,
+    stops: StopListener,
+    handle: VmHandle,
+    runner: JoinHandle<vmm_core::Result<RunOutcome>>,
+    serial: Capture,
+}
+
+fn start(firmware: Vec<u8>, cpus: u32) -> Session {
+    let serial = Capture::default();
+    let mut config = VmConfig::new(16 << 20, firmware);
+    config.cpus = cpus;
+    config.serial = Box::new(serial.clone());
+    let (mut vm, attach) = Vm::new_debuggable(config).expect("VM builds");
+    let handle = vm.handle();
+    let runner = std::thread::spawn(move || vm.run());
+    Session {
+        target: attach.target,
+        dbg: attach.debugger,
+        stops: attach.stops,
+        handle,
+        runner,
+        serial,
+    }
+}
+
+impl Session {
+    fn resume(&mut self, how: Resume) -> Stop {
+        self.dbg.resume(&mut self.target, how).expect("resume");
+        self.wait_stop()
+    }
+
+    fn wait_stop(&mut self) -> Stop {
+        loop {
+            let raw = self
+                .stops
+                .recv_timeout(STOP_TIMEOUT)
+                .expect("stop channel")
+                .expect("the VM stops in time");
+            if let Some(stop) = self.dbg.handle_stop(&mut self.target, raw).expect("stop") {
+                return stop;
+            }
+        }
+    }
+
+    fn rip(&mut self) -> u64 {
+        self.target.read_regs(0).expect("registers").linear_rip()
+    }
+
+    fn finish(mut self) -> (vmm_core::Result<RunOutcome>, String) {
+        self.dbg.detach(&mut self.target).expect("detach");
+        let outcome = self.runner.join().expect("VM thread");
+        (outcome, self.serial.text())
+    }
+}
+
+#[test]
+fn demo_guest_steps_breaks_watches_and_finishes_after_detach() {
+    if !kvm_available("demo_guest_steps_breaks_watches_and_finishes_after_detach") {
+        return;
+    }
+    let mut s = start(guests::find("demo").unwrap().firmware().unwrap(), 1);
+    // Halted at the reset vector before the first instruction.
+    let regs = s.target.read_regs(0).unwrap();
+    assert_eq!((regs.rip, regs.cs.base), (0xfff0, 0xffff_0000));
+    assert!(s.serial.text().is_empty());
+
+    // The reset vector's near jump, then cli and xor ax, ax of the 16-bit code.
+    let mut rips = Vec::new();
+    for _ in 0..3 {
+        let stop = s.resume(Resume::Step(0));
+        assert_eq!(stop.reason, StopReason::Step);
+        rips.push(s.rip());
+        assert_eq!(s.handle.state(), vmm_core::vmstate::VmState::Debugging);
+    }
+    assert_eq!(rips, [0xffff_1000, 0xffff_1001, 0xffff_1003]);
+
+    let bp = s.dbg.add_hw_breakpoint(DEMO_CODE64).unwrap();
+    let stop = s.resume(Resume::Continue);
+    assert_eq!(stop.reason, StopReason::Breakpoint { id: bp, hits: 1 });
+    assert_eq!(s.rip(), DEMO_CODE64);
+    s.dbg.remove_breakpoint(&mut s.target, bp).unwrap();
+
+    // Registers and memory are writable: R15 is unused by the demo, and
+    // 0x50000 is free RAM, written through the higher half.
+    let mut regs = s.target.read_regs(0).unwrap();
+    regs.r15 = 0x1234_5678_9abc_def0;
+    s.target.write_regs(0, &regs).unwrap();
+    assert_eq!(s.target.read_regs(0).unwrap(), regs);
+    s.dbg
+        .write_virt(&mut s.target, 0, HIGH_HALF + 0x5_0000, b"gdb!")
+        .unwrap();
+    let mut scratch = [0u8; 4];
+    s.dbg
+        .read_phys(&mut s.target, 0x5_0000, &mut scratch)
+        .unwrap();
+    assert_eq!(&scratch, b"gdb!");
+    assert!(
+        s.dbg
+            .read_virt(&mut s.target, 0, 0x4000_0000, &mut scratch)
+            .is_err()
+    );
+
+    // The same code through the higher-half mapping.
+    let (mut low, mut high) = ([0u8; 16], [0u8; 16]);
+    s.dbg
+        .read_phys(&mut s.target, DEMO_CODE64, &mut low)
+        .unwrap();
+    s.dbg
+        .read_virt(&mut s.target, 0, HIGH_HALF + DEMO_CODE64, &mut high)
+        .unwrap();
+    assert_eq!(low, high);
+    assert_eq!(&low[..4], &[0x66, 0xb8, 0x10, 0x00]); // mov ax, 0x10
+
+    // A write watchpoint on the higher-half alias the guest writes through,
+    // and a breakpoint on the next COM1 write (after that write).
+    let wp = s
+        .dbg
+        .add_watchpoint(HIGH_HALF + LONG_MARKER, 8, HwAccess::Write)
+        .unwrap();
+    let io = s
+        .dbg
+        .add_io_breakpoint(COM1_PORT, COM1_PORT, IoAccess::Write)
+        .unwrap();
+    let before = s.serial.text();
+    let mut stop = s.resume(Resume::Continue);
+    if matches!(stop.reason, StopReason::Watchpoint { .. }) {
+        assert!(
+            matches!(stop.reason, StopReason::Watchpoint { id, hits: 1, .. } if id == wp),
+            "{stop:?}"
+        );
+        stop = s.resume(Resume::Continue);
+    } else {
+        data_watchpoints_missing_on_this_host(&stop);
+    }
+    let mut marker = [0u8; 8];
+    s.dbg
+        .read_phys(&mut s.target, LONG_MARKER, &mut marker)
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(marker), LONG_PATTERN);
+    s.dbg.remove_breakpoint(&mut s.target, wp).unwrap();
+    // The COM1 write stops before the byte reaches the UART.
+    assert_eq!(
+        stop.reason,
+        StopReason::IoBreakpoint {
+            id: io,
+            hits: 1,
+            port: COM1_PORT,
+            write: true
+        }
+    );
+    assert_eq!(s.serial.text(), before);
+
+    let (outcome, serial) = s.finish();
+    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0));
+    assert!(
+        serial.ends_with("vmm demo: all checks passed\n"),
+        "{serial}"
+    );
+}
+
+#[test]
+fn a_running_vm_halts_on_request_with_every_vcpu_out() {
+    if !kvm_available("a_running_vm_halts_on_request_with_every_vcpu_out") {
+        return;
+    }
+    let mut s = start(guests::find("idle").unwrap().firmware().unwrap(), 2);
+    s.dbg.resume(&mut s.target, Resume::Continue).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.dbg.halt(&mut s.target).unwrap();
+    let stop = s.wait_stop();
+    assert_eq!(stop.reason, StopReason::Halted);
+    assert_eq!(s.handle.state(), vmm_core::vmstate::VmState::Debugging);
+    for cpu in 0..2 {
+        s.target.read_regs(cpu).unwrap();
+    }
+    // Info handlers run on the halted EMTs.
+    let mut text = String::new();
+    s.handle.run_info("cpuid", "", &mut text).unwrap();
+    assert!(text.contains("vCPU 1: APIC id 1"), "{text}");
+    s.dbg.detach(&mut s.target).unwrap();
+    s.handle.power_off().unwrap();
+    let outcome = s.runner.join().unwrap();
+    assert_eq!(outcome.unwrap(), RunOutcome::PoweredOff);
+    // The debugger hears that the VM is gone.
+    let last = s.stops.recv_timeout(STOP_TIMEOUT).unwrap();
+    assert_eq!(last.map(|l| l.cause), Some(StopCause::PoweredOff));
+}
+
+#[test]
+fn cpuid_lists_the_common_table_and_each_apic_id() {
+    if !kvm_available("cpuid_lists_the_common_table_and_each_apic_id") {
+        return;
+    }
+    let mut config = VmConfig::new(16 << 20, guests::find("demo").unwrap().firmware().unwrap());
+    config.cpus = 2;
+    let vm = Vm::new(config).unwrap();
+    let mut text = String::new();
+    vm.run_info("cpuid", "", &mut text).unwrap();
+    assert!(
+        text.starts_with("CPUID leaves common to every vCPU:"),
+        "{text}"
+    );
+    assert!(text.contains("\n  00000000/0 "), "{text}");
+    assert!(text.contains("vCPU 0: APIC id 0"), "{text}");
+    assert!(text.contains("vCPU 1: APIC id 1"), "{text}");
+    let mut all = String::new();
+    vm.run_info("cpuid", "all", &mut all).unwrap();
+    assert!(
+        all.contains("vCPU 1:") && all.contains("00000001/0"),
+        "{all}"
+    );
+    assert!(vm.run_info("cpuid", "bogus", &mut String::new()).is_err());
+}
+
+/// Real-mode code in RAM at 0x7000: three NOPs, then exit with status 0.
+const RAM_CODE: u64 = 0x7000;
+
+fn ram_code_firmware() -> (Vec<u8>, Vec<u8>) {
+    let mut a = CodeAssembler::new(16).unwrap();
+    a.nop().unwrap();
+    a.nop().unwrap();
+    a.nop().unwrap();
+    a.mov(dx, u32::from(DEBUG_EXIT_PORT)).unwrap();
+    a.mov(al, 0u32).unwrap();
+    a.out(dx, al).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(RAM_CODE).unwrap();
+    let mut rom = CodeAssembler::new(16).unwrap();
+    let far =
+        iced_x86::Instruction::with_far_branch(iced_x86::Code::Jmp_ptr1616, 0, RAM_CODE as u32)
+            .unwrap();
+    rom.add_instruction(far).unwrap();
+    let mut image = RomImage::new(64 * 1024).unwrap();
+    image.place(0x1000, &rom.assemble(0x1000).unwrap()).unwrap();
+    image.reset_jump(0x1000).unwrap();
+    (image.into_bytes(), code)
+}
+
+#[test]
+fn software_breakpoint_in_ram_where_the_host_runs_int3() {
+    if !kvm_available("software_breakpoint_in_ram_where_the_host_runs_int3") {
+        return;
+    }
+    let (firmware, code) = ram_code_firmware();
+    let mut s = start(firmware, 1);
+    s.dbg.write_phys(&mut s.target, RAM_CODE, &code).unwrap();
+    let bp = s
+        .dbg
+        .add_sw_breakpoint(&mut s.target, 0, RAM_CODE + 2)
+        .unwrap();
+    let mut patched = [0u8; 1];
+    s.target.read_phys(RAM_CODE + 2, &mut patched).unwrap();
+    assert_eq!(patched, [0xcc]);
+    s.dbg.resume(&mut s.target, Resume::Continue).unwrap();
+    let raw = s.stops.recv_timeout(INT3_TIMEOUT).unwrap();
+    match raw {
+        Some(raw) if raw.cause == StopCause::PoweredOff => {
+            return skip_without_int3(format!("the VM ended: {:?}", s.runner.join().unwrap()));
+        }
+        Some(raw) => {
+            let stop = s.dbg.handle_stop(&mut s.target, raw).unwrap().unwrap();
+            assert_eq!(stop.reason, StopReason::Breakpoint { id: bp, hits: 1 });
+            assert_eq!(s.rip(), RAM_CODE + 2);
+        }
+        None => {
+            s.dbg.halt(&mut s.target).unwrap();
+            let stop = s.wait_stop();
+            let rip = s.rip();
+            s.handle.power_off().unwrap();
+            return skip_without_int3(format!(
+                "no stop within {INT3_TIMEOUT:?} ({stop:?}, linear RIP {rip:#x})"
+            ));
+        }
+    }
+    let (outcome, _) = s.finish();
+    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0));
+}
+
+/// kvm_pvm (a software layer) cannot run a guest int3 at CPL0: says so and
+/// skips there; on every other KVM the missing stop is a failure.
+fn skip_without_int3(failure: String) {
+    assert!(
+        std::path::Path::new("/sys/module/kvm_pvm").exists(),
+        "the int3 did not stop the VM: {failure}"
+    );
+    eprintln!(
+        "!!! SKIPPED software_breakpoint_in_ram_where_the_host_runs_int3: this host's KVM \
+         (kvm_pvm) cannot run a guest int3 at CPL0 ({failure}); breakpoints use DR0-DR3 here !!!"
+    );
+}
+
+/// kvm_pvm emulates CPL0 code and does not deliver data breakpoints (DR7
+/// write/read-write slots) for it: says so loudly there; on every other KVM
+/// a missed watchpoint is a failure.
+fn data_watchpoints_missing_on_this_host(stop: &Stop) {
+    assert!(
+        std::path::Path::new("/sys/module/kvm_pvm").exists(),
+        "the write watchpoint did not fire; next stop: {stop:?}"
+    );
+    eprintln!(
+        "!!! NOT CHECKED: this host's KVM (kvm_pvm) delivers no data breakpoints for \
+         emulated CPL0 code; the write watchpoint was armed but could not fire !!!"
+    );
+}
