@@ -8,7 +8,8 @@
 //! | unit | contents |
 //! |---|---|
 //! | `vmm` | RAM size, vCPU count and the firmware image |
-//! | `irqchip` | in-kernel PIC pair, IOAPIC and PIT |
+//! | `irqchip` | in-kernel PIC pair and IOAPIC |
+//! | `pit` | in-kernel PIT |
 //! | `cpu` (instance N) | registers, FPU, XCRs, MSRs, events, MP state and local APIC of vCPU N |
 //! | `pgm` | RAM, ROM shadows and protection, MMIO2 (live passes over the dirty log) |
 //! | `uart` | COM1 registers and receive FIFO |
@@ -46,7 +47,7 @@ use crate::rendezvous::{RendezvousFlags, RendezvousType};
 use crate::vmstate::{VmState, VmStateError};
 
 pub use units::SavedConfig;
-use units::{CpuUnit, I8042Unit, IrqchipUnit, UartUnit, VMM_UNIT, VmmUnit};
+use units::{CpuUnit, I8042Unit, IrqchipUnit, PitUnit, UartUnit, VMM_UNIT, VmmUnit};
 
 /// What the machine keeps for saving and restoring.
 pub(crate) struct SaveContext {
@@ -130,6 +131,9 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
         config: Arc::clone(&ctx.config),
     }))?;
     m.register(Box::new(IrqchipUnit {
+        backend: Arc::clone(&ctx.backend),
+    }))?;
+    m.register(Box::new(PitUnit {
         backend: Arc::clone(&ctx.backend),
     }))?;
     for state in &machine.vcpu_states {
