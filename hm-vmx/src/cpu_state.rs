@@ -6,7 +6,7 @@
 //! x87/SSE state, XCR0 (when the guest has XSAVE), every MSR KVM lists as
 //! saveable, pending events (injected exception, interrupt, NMI, interrupt
 //! shadow), the multi-processor state and the local APIC. [`IrqchipState`]
-//! holds the in-kernel PIC pair, the IOAPIC and the PIT.
+//! holds the in-kernel PIC pair and the IOAPIC, [`PitState`] the PIT.
 //!
 //! Both encode to a self-describing byte string ([`CpuState::encode`]):
 //! tagged sections of KVM's own layouts, so that decoding checks every
@@ -301,7 +301,7 @@ fn write_msrs(vcpu: &VcpuState, values: &[MsrValue]) -> Result<()> {
     Ok(())
 }
 
-/// The in-kernel interrupt controllers and PIT of a VM.
+/// The in-kernel interrupt controllers of a VM.
 ///
 /// ```no_run
 /// let hv = hm_vmx::Hypervisor::open()?;
@@ -319,12 +319,10 @@ pub struct IrqchipState {
     pub pic_slave: kvm_irqchip,
     /// The IOAPIC.
     pub ioapic: kvm_irqchip,
-    /// The 8254 PIT.
-    pub pit: kvm_pit_state2,
 }
 
 impl IrqchipState {
-    /// Reads the state of a VM with an in-kernel irqchip and PIT.
+    /// Reads the state of a VM with an in-kernel irqchip.
     pub fn read(vm: &Vm) -> Result<IrqchipState> {
         if !vm.has_irqchip() {
             return Err(bad_state("the VM has no in-kernel irqchip".into()));
@@ -343,18 +341,17 @@ impl IrqchipState {
             pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
             pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
             ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
-            pit: vm.fd().get_pit2().map_err(ioctl("KVM_GET_PIT2"))?,
         })
     }
 
-    /// Loads the state into a VM with an in-kernel irqchip and PIT.
+    /// Loads the state into a VM with an in-kernel irqchip.
     pub fn write(&self, vm: &Vm) -> Result<()> {
         for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
             vm.fd()
                 .set_irqchip(chip)
                 .map_err(ioctl("KVM_SET_IRQCHIP"))?;
         }
-        vm.fd().set_pit2(&self.pit).map_err(ioctl("KVM_SET_PIT2"))
+        Ok(())
     }
 
     /// Encodes the state as tagged sections of KVM's layouts.
@@ -363,7 +360,6 @@ impl IrqchipState {
         put(&mut out, TAG_PIC_MASTER, &self.pic_master);
         put(&mut out, TAG_PIC_SLAVE, &self.pic_slave);
         put(&mut out, TAG_IOAPIC, &self.ioapic);
-        put(&mut out, TAG_PIT, &self.pit);
         out
     }
 
@@ -375,7 +371,6 @@ impl IrqchipState {
             pic_master: s.get(TAG_PIC_MASTER, "master PIC")?,
             pic_slave: s.get(TAG_PIC_SLAVE, "slave PIC")?,
             ioapic: s.get(TAG_IOAPIC, "IOAPIC")?,
-            pit: s.get(TAG_PIT, "PIT")?,
         };
         let ids = [
             state.pic_master.chip_id,
@@ -447,6 +442,53 @@ fn decode_fpu(bytes: &[u8]) -> Result<Fpu> {
     b.copy_from_slice(take(4));
     f.mxcsr = u32::from_le_bytes(b);
     Ok(f)
+}
+
+/// The in-kernel 8254 PIT of a VM (channels, latches, speaker gate).
+///
+/// ```no_run
+/// let hv = hm_vmx::Hypervisor::open()?;
+/// let mut vm = hv.create_vm()?;
+/// vm.create_irqchip()?;
+/// let pit = hm_vmx::PitState::read(&vm)?;
+/// hm_vmx::PitState::decode(&pit.encode())?.write(&vm)?;
+/// # Ok::<(), hm_vmx::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct PitState {
+    /// KVM's PIT state.
+    pub pit: kvm_pit_state2,
+}
+
+impl PitState {
+    /// Reads the PIT of a VM created with an in-kernel irqchip and PIT.
+    pub fn read(vm: &Vm) -> Result<PitState> {
+        if !vm.has_irqchip() {
+            return Err(bad_state("the VM has no in-kernel PIT".into()));
+        }
+        Ok(PitState {
+            pit: vm.fd().get_pit2().map_err(ioctl("KVM_GET_PIT2"))?,
+        })
+    }
+
+    /// Loads the state into the VM's in-kernel PIT.
+    pub fn write(&self, vm: &Vm) -> Result<()> {
+        vm.fd().set_pit2(&self.pit).map_err(ioctl("KVM_SET_PIT2"))
+    }
+
+    /// Encodes the state as a tagged section of KVM's layout.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        put(&mut out, TAG_PIT, &self.pit);
+        out
+    }
+
+    /// Decodes what [`encode`](PitState::encode) wrote.
+    pub fn decode(bytes: &[u8]) -> Result<PitState> {
+        Ok(PitState {
+            pit: Sections::parse(bytes)?.get(TAG_PIT, "PIT")?,
+        })
+    }
 }
 
 fn bad_state(message: String) -> Error {
@@ -630,6 +672,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
             let _ = CpuState::decode(&bytes);
             let _ = IrqchipState::decode(&bytes);
+            let _ = PitState::decode(&bytes);
         }
     }
 }

@@ -37,7 +37,7 @@ mod vcpu;
 mod vm;
 pub mod vmx;
 
-pub use cpu_state::{CpuState, IrqchipState, MsrValue};
+pub use cpu_state::{CpuState, IrqchipState, MsrValue, PitState};
 pub use entry_check::{EntryCheckFailure, EntryChecker, EntryDiagnosis, EntryStage};
 pub use error::{Error, Result};
 pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};

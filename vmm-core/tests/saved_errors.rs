@@ -98,3 +98,38 @@ fn a_truncated_file_is_refused_before_a_vm_is_built() {
         }
     }
 }
+
+#[test]
+fn failed_teleports_resume_the_vm_and_an_off_vm_cannot_be_saved() {
+    if !kvm_available("failed_teleports_resume_the_vm_and_an_off_vm_cannot_be_saved") {
+        return;
+    }
+    let serial = Capture::default();
+    let mut config = VmConfig::new(
+        16 << 20,
+        guests::find("counter").unwrap().firmware().unwrap(),
+    );
+    config.serial = Box::new(serial.clone());
+    let mut vm = Vm::new(config).unwrap();
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serial.text().contains("started") {
+        assert!(Instant::now() < deadline, "{}", serial.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Nobody listens on a port this test just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = handle.teleport(&port.to_string()).unwrap_err().to_string();
+    assert!(err.contains("cannot connect"), "{err}");
+    assert_eq!(handle.state(), vmm_core::vmstate::VmState::Running);
+    handle.power_off().unwrap();
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+    let dir = tempfile::tempdir().unwrap();
+    let refused = handle.save(&dir.path().join("off.sav"), SaveRequest::default());
+    assert!(matches!(refused, Err(Error::State(_))), "{refused:?}");
+    assert!(!dir.path().join("off.sav").exists());
+}

@@ -8,7 +8,8 @@
 //! | unit | contents |
 //! |---|---|
 //! | `vmm` | RAM size, vCPU count and the firmware image |
-//! | `irqchip` | in-kernel PIC pair, IOAPIC and PIT |
+//! | `irqchip` | in-kernel PIC pair and IOAPIC |
+//! | `pit` | in-kernel PIT |
 //! | `cpu` (instance N) | registers, FPU, XCRs, MSRs, events, MP state and local APIC of vCPU N |
 //! | `pgm` | RAM, ROM shadows and protection, MMIO2 (live passes over the dirty log) |
 //! | `uart` | COM1 registers and receive FIFO |
@@ -43,10 +44,10 @@ use crate::devices::{I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::rendezvous::{RendezvousFlags, RendezvousType};
-use crate::vmstate::VmState;
+use crate::vmstate::{VmState, VmStateError};
 
 pub use units::SavedConfig;
-use units::{CpuUnit, I8042Unit, IrqchipUnit, UartUnit, VMM_UNIT, VmmUnit};
+use units::{CpuUnit, I8042Unit, IrqchipUnit, PitUnit, UartUnit, VMM_UNIT, VmmUnit};
 
 /// What the machine keeps for saving and restoring.
 pub(crate) struct SaveContext {
@@ -132,6 +133,9 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     m.register(Box::new(IrqchipUnit {
         backend: Arc::clone(&ctx.backend),
     }))?;
+    m.register(Box::new(PitUnit {
+        backend: Arc::clone(&ctx.backend),
+    }))?;
     for state in &machine.vcpu_states {
         m.register(Box::new(CpuUnit {
             state: state.clone(),
@@ -170,9 +174,21 @@ fn scan_zero_pages(machine: &Machine) -> Result<()> {
     Ok(())
 }
 
-fn save_options() -> SaveOptions {
+/// Live passes may send at most this many times the guest's RAM before
+/// the save gives up (a guest that dirties memory faster than it can be
+/// sent never converges).
+const MAX_LIVE_RAM_MULTIPLE: u64 = 4;
+
+fn save_options(machine: &Machine) -> SaveOptions {
     SaveOptions {
         creator: concat!("vmm ", env!("CARGO_PKG_VERSION")).to_string(),
+        max_live_bytes: Some(
+            machine
+                .saved
+                .config
+                .ram_bytes
+                .saturating_mul(MAX_LIVE_RAM_MULTIPLE),
+        ),
         ..SaveOptions::default()
     }
 }
@@ -205,10 +221,13 @@ pub(crate) fn save(
     let was_running = match machine.state.state() {
         VmState::Running => true,
         VmState::Suspended => false,
-        other => {
-            return Err(Error::Config(format!(
-                "cannot save a VM in state {other}: it must be running or suspended"
-            )));
+        current => {
+            return Err(VmStateError::WrongState {
+                who: "save",
+                current,
+                expected: vec![VmState::Running, VmState::Suspended],
+            }
+            .into());
         }
     };
     let outcome = if request.live && was_running {
@@ -245,7 +264,7 @@ fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
     // to date so that no written page is saved as a zero page.
     let written = scan_zero_pages(machine)
         .and_then(|()| manager(machine, None))
-        .and_then(|mut m| Ok(m.save_to_file(path, &save_options())?));
+        .and_then(|mut m| Ok(m.save_to_file(path, &save_options(machine))?));
     machine.state.set(VmState::Suspended)?;
     let stats = written?;
     Ok(SaveReport {
@@ -277,7 +296,7 @@ fn live_to<W: Write>(
     let result = (|| {
         let mut m = manager(machine, Some(machine))?;
         let registered = u32::try_from(m.unit_ids().len()).unwrap_or(u32::MAX);
-        let stats = m.save_live(&mut sink, &save_options(), || {
+        let stats = m.save_live(&mut sink, &save_options(machine), || {
             stop_emts(
                 machine,
                 VmState::RunningLs,
@@ -334,11 +353,14 @@ const TELEPORT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// target confirms it loaded the state, this VM powers off; on any failure
 /// it resumes.
 pub(crate) fn teleport(machine: &Arc<Machine>, address: &str) -> Result<SaveReport> {
-    if machine.state.state() != VmState::Running {
-        return Err(Error::Config(format!(
-            "cannot teleport a VM in state {}: it must be running",
-            machine.state.state()
-        )));
+    let current = machine.state.state();
+    if current != VmState::Running {
+        return Err(VmStateError::WrongState {
+            who: "teleport",
+            current,
+            expected: vec![VmState::Running],
+        }
+        .into());
     }
     let target = address
         .to_socket_addrs()

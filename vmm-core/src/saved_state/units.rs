@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hm_vmx::{CpuState, IrqchipState, VcpuState};
+use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
 use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
@@ -123,7 +123,7 @@ impl Unit for CpuUnit {
     }
 }
 
-/// `irqchip`: the in-kernel PIC pair, IOAPIC and PIT.
+/// `irqchip`: the in-kernel PIC pair and IOAPIC.
 pub(crate) struct IrqchipUnit {
     pub(crate) backend: Arc<hm_vmx::Vm>,
 }
@@ -145,6 +145,32 @@ impl Unit for IrqchipUnit {
     fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
         let blob = r.get_buf(MAX_BLOB)?;
         let state = IrqchipState::decode(&blob).map_err(failed)?;
+        state.write(&self.backend).map_err(failed)
+    }
+}
+
+/// `pit`: the in-kernel 8254 PIT.
+pub(crate) struct PitUnit {
+    pub(crate) backend: Arc<hm_vmx::Vm>,
+}
+
+impl Unit for PitUnit {
+    fn name(&self) -> &str {
+        "pit"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let state = PitState::read(&self.backend).map_err(failed)?;
+        w.put_buf(&state.encode())
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let blob = r.get_buf(MAX_BLOB)?;
+        let state = PitState::decode(&blob).map_err(failed)?;
         state.write(&self.backend).map_err(failed)
     }
 }
