@@ -1,0 +1,96 @@
+//! Save and restore of a VM with 1 GiB of RAM of which 10% is touched, next
+//! to copying that much memory with `memcpy`, and the time from starting a
+//! restore to a running VM. Run with `cargo xtask bench` or
+//! `cargo bench -p vmm-core --bench save_restore`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::saved_state::{AfterSave, SaveRequest};
+use vmm_core::vmstate::VmState;
+use vmm_core::{Vm, VmConfig, VmHandle, guests};
+
+const RAM: u64 = 1 << 30;
+const TOUCHED: usize = (RAM / 10) as usize;
+/// Where the touched memory starts (above the guest's own low memory).
+const TOUCHED_AT: u64 = 16 << 20;
+
+fn wait_running(vm: &VmHandle) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vm.state() != VmState::Running {
+        assert!(Instant::now() < deadline, "the VM did not start");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn main() {
+    if !hm_vmx::testing::kvm_available("save_restore bench") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-save-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vm.sav");
+
+    // A running idle guest whose RAM has 10% written (by the host, before
+    // power-on: the same pages a busy guest would have dirtied).
+    let firmware = guests::find("idle").unwrap().firmware().unwrap();
+    let mut vm = Vm::new(VmConfig::new(RAM, firmware)).unwrap();
+    let data: Vec<u8> = (0..TOUCHED)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    vm.memory()
+        .ram()
+        .write_slice(&data, GuestAddress(TOUCHED_AT))
+        .unwrap();
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    wait_running(&handle);
+    let t = Instant::now();
+    let report = handle
+        .save(
+            &file,
+            SaveRequest {
+                live: false,
+                then: AfterSave::PowerOff,
+            },
+        )
+        .unwrap();
+    let save = t.elapsed();
+    run.join().unwrap().unwrap();
+
+    // Baseline: copy the touched memory once.
+    let mut copy = vec![0u8; TOUCHED];
+    let t = Instant::now();
+    copy.copy_from_slice(black_box(&data));
+    black_box(&copy);
+    let memcpy = t.elapsed();
+
+    // Restore to a running VM.
+    let t = Instant::now();
+    let mut restored = Vm::restore(&file, Box::new(std::io::sink()), false).unwrap();
+    let loaded = t.elapsed();
+    let handle = restored.handle();
+    let run = std::thread::spawn(move || restored.run());
+    wait_running(&handle);
+    let to_running = t.elapsed();
+    handle.power_off().unwrap();
+    run.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "save/restore of a VM with 1 GiB RAM, 10% touched ({} MiB), file {} MiB:",
+        TOUCHED >> 20,
+        report.bytes >> 20
+    );
+    println!("  memcpy of the touched memory: {memcpy:?}");
+    println!(
+        "  save:    {save:?} ({:.1}x memcpy)",
+        save.as_secs_f64() / memcpy.as_secs_f64()
+    );
+    println!(
+        "  restore: {loaded:?} ({:.1}x memcpy)",
+        loaded.as_secs_f64() / memcpy.as_secs_f64()
+    );
+    println!("  restore to running: {to_running:?} (target < 50 ms)");
+}
