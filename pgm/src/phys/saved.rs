@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 use ssm::{Page, Unit, UnitReader, UnitWriter, Vote};
+use vm_memory::MmapRegion;
 
 use super::dirty::DirtyLog;
 use super::error::PhysError;
@@ -189,6 +190,7 @@ impl PhysMap {
             }
         }
         let mut next: Option<u64> = None;
+        let mut discards = DiscardRun::default();
         loop {
             let tag = r.get_u8()?;
             if tag == REC_END {
@@ -208,12 +210,18 @@ impl PhysMap {
                 r.get_u64()?
             };
             next = gpa.checked_add(PAGE_SIZE);
-            self.load_record(r, tag & !REC_NEXT, gpa)?;
+            self.load_record(r, tag & !REC_NEXT, gpa, &mut discards)?;
         }
-        Ok(())
+        discards.flush(self)
     }
 
-    fn load_record(&self, r: &mut UnitReader<'_>, tag: u8, gpa: u64) -> ssm::Result<()> {
+    fn load_record(
+        &self,
+        r: &mut UnitReader<'_>,
+        tag: u8,
+        gpa: u64,
+        discards: &mut DiscardRun,
+    ) -> ssm::Result<()> {
         let bad = || ssm::Error::callback(format!("page record {tag} at {gpa:#x} fits no range"));
         let range = self.range_at(gpa).ok_or_else(bad)?;
         let is_shadow = matches!(range.backing, Backing::Rom { .. });
@@ -240,15 +248,44 @@ impl PhysMap {
             _ => return Err(ssm::Error::callback(format!("unknown page record {tag}"))),
         };
         if state != PageState::Allocated {
-            self.host
-                .discard(&mem.region, off as usize, PAGE_SIZE as usize)
-                .map_err(|e| err(e.into()))?;
+            discards.add(self, &mem.region, off)?;
         }
         slot.update(|mut p| {
             p.state = state;
             p.dirty = false;
             p
         });
+        Ok(())
+    }
+}
+
+/// Pages a load gives back to the host, gathered into runs so that a mostly
+/// zero guest costs a few system calls rather than one per page.
+#[derive(Default)]
+struct DiscardRun {
+    /// Region, first offset and length of the run being gathered.
+    run: Option<(Arc<MmapRegion>, u64, u64)>,
+}
+
+impl DiscardRun {
+    fn add(&mut self, map: &PhysMap, region: &Arc<MmapRegion>, off: u64) -> ssm::Result<()> {
+        if let Some((r, first, len)) = &mut self.run {
+            if Arc::ptr_eq(r, region) && *first + *len == off {
+                *len += PAGE_SIZE;
+                return Ok(());
+            }
+        }
+        self.flush(map)?;
+        self.run = Some((Arc::clone(region), off, PAGE_SIZE));
+        Ok(())
+    }
+
+    fn flush(&mut self, map: &PhysMap) -> ssm::Result<()> {
+        if let Some((region, first, len)) = self.run.take() {
+            map.host
+                .discard(&region, first as usize, len as usize)
+                .map_err(|e| err(e.into()))?;
+        }
         Ok(())
     }
 }
