@@ -84,3 +84,45 @@ pub(crate) fn pseudo_descriptor(entries: usize, base: u32) -> [u8; 6] {
     d[2..].copy_from_slice(&base.to_le_bytes());
     d
 }
+
+/// Linear address of the firmware's mirror below 1 MiB (the last 64 KiB of
+/// a 64 KiB ROM), where the embedded guests' 32- and 64-bit code runs.
+pub(crate) const LOW_MIRROR: u32 = 0xf_0000;
+/// Where the embedded guests keep their strings in the ROM.
+pub(crate) const STRINGS: usize = 0x100;
+/// Flat 32-bit code segment selector in [`FLAT_GDT`].
+pub(crate) const SEL_CODE32: u16 = 0x08;
+/// Flat data segment selector in [`FLAT_GDT`].
+pub(crate) const SEL_DATA: u16 = 0x10;
+/// The PIT input clock (1.193182 MHz) divided by 100.
+pub(crate) const PIT_DIVISOR_100HZ: u32 = 11_932;
+/// Local APIC interrupt command register (low half), xAPIC MMIO.
+pub(crate) const APIC_ICR_LOW: u32 = 0xfee0_0300;
+/// ICR: INIT, level assert, to all excluding self.
+pub(crate) const ICR_INIT_ALL_BUT_SELF: u32 = 0x000c_4500;
+/// ICR: start-up, to all excluding self (OR in the vector).
+pub(crate) const ICR_SIPI_ALL_BUT_SELF: u32 = 0x000c_4600;
+/// How long a BSP waits for its APs (loop iterations).
+pub(crate) const AP_WAIT_ITERATIONS: u32 = 2_000_000;
+
+/// The NUL-terminated strings of a guest, laid out from [`STRINGS`] in the
+/// ROM; [`add`](StringTable::add) gives each one's ROM offset.
+#[derive(Default)]
+pub(crate) struct StringTable {
+    bytes: Vec<u8>,
+}
+
+impl StringTable {
+    /// Adds a string; returns its offset in the ROM.
+    pub(crate) fn add(&mut self, s: &str) -> usize {
+        let at = STRINGS + self.bytes.len();
+        self.bytes.extend_from_slice(s.as_bytes());
+        self.bytes.push(0);
+        at
+    }
+
+    /// The table, to place at [`STRINGS`].
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}

@@ -21,7 +21,9 @@ use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction};
 
 use super::asm::{
-    FLAT_GDT, asm_err, exit_with, gdt_bytes, print_hex_routine, print_routine, pseudo_descriptor,
+    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, ICR_INIT_ALL_BUT_SELF, ICR_SIPI_ALL_BUT_SELF,
+    LOW_MIRROR, PIT_DIVISOR_100HZ, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err, exit_with,
+    gdt_bytes, print_hex_routine, print_routine, pseudo_descriptor,
 };
 use super::rom::RomImage;
 use crate::error::{Error, Result};
@@ -30,11 +32,9 @@ use crate::error::{Error, Result};
 pub const TOTAL_TICKS: u32 = 400;
 
 const ROM_SIZE: usize = 64 * 1024;
-const LOW_MIRROR: u32 = 0xf_0000;
 const GDT: usize = 0x0;
 const GDT_DESCRIPTOR: usize = 0x20;
 const IDT_DESCRIPTOR: usize = 0x30;
-const STRINGS: usize = 0x100;
 const BSP16: usize = 0x1000;
 const BSP32: usize = 0x2000;
 /// APs start here: SIPI vector 0xf3 means CS = 0xf300, IP = 0.
@@ -67,31 +67,8 @@ const IPI_VECTOR: u32 = 0x31;
 /// Local APIC registers (xAPIC MMIO).
 const APIC_EOI: u32 = 0xfee0_00b0;
 const APIC_SVR: u32 = 0xfee0_00f0;
-const APIC_ICR_LOW: u32 = 0xfee0_0300;
-/// ICR: INIT, level assert, to all excluding self.
-const ICR_INIT_ALL_BUT_SELF: u32 = 0x000c_4500;
-/// ICR: start-up, to all excluding self (OR in the vector).
-const ICR_SIPI_ALL_BUT_SELF: u32 = 0x000c_4600;
 /// ICR: fixed interrupt, to all excluding self (OR in the vector).
 const ICR_FIXED_ALL_BUT_SELF: u32 = 0x000c_4000;
-/// How long the BSP waits for the APs (loop iterations).
-const WAIT_ITERATIONS: u32 = 2_000_000;
-/// The PIT input clock divided by 100.
-const PIT_DIVISOR_100HZ: u32 = 11_932;
-
-const SEL_CODE32: u16 = 0x08;
-const SEL_DATA: u16 = 0x10;
-
-struct Strings(Vec<u8>);
-
-impl Strings {
-    fn add(&mut self, s: &str) -> usize {
-        let at = STRINGS + self.0.len();
-        self.0.extend_from_slice(s.as_bytes());
-        self.0.push(0);
-        at
-    }
-}
 
 struct Messages {
     started: usize,
@@ -104,7 +81,7 @@ struct Messages {
 }
 
 pub(super) fn firmware() -> Result<Vec<u8>> {
-    let mut strings = Strings(Vec::new());
+    let mut strings = StringTable::default();
     let m = Messages {
         started: strings.add("vmm counter: started\n"),
         tick: strings.add("vmm counter: tick 0x"),
@@ -122,7 +99,7 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     )?;
     rom.place(IDT_DESCRIPTOR, &pseudo_descriptor(256, IDT_BASE))?;
     let pieces = [
-        (STRINGS, strings.0, BSP16),
+        (STRINGS, strings.bytes().to_vec(), BSP16),
         (BSP16, real_to_protected(BSP16, BSP32)?, BSP32),
         (BSP32, bsp(&m)?, AP16),
         (AP16, real_to_protected(0, AP32)?, AP32),
@@ -290,7 +267,7 @@ fn bsp(m: &Messages) -> Result<Vec<u8>> {
         a.mov(dword_ptr(APIC_ICR_LOW), ICR_SIPI_ALL_BUT_SELF | SIPI_VECTOR)
             .map_err(asm_err)?;
     }
-    a.mov(ecx, WAIT_ITERATIONS).map_err(asm_err)?;
+    a.mov(ecx, AP_WAIT_ITERATIONS).map_err(asm_err)?;
     a.set_label(&mut wait_ready).map_err(asm_err)?;
     a.cmp(dword_ptr(APS_READY), ebx).map_err(asm_err)?;
     a.je(aps_started).map_err(asm_err)?;
@@ -380,7 +357,7 @@ fn bsp(m: &Messages) -> Result<Vec<u8>> {
     // Done: every AP must reach TOTAL_TICKS too (they are woken by IPIs;
     // keep sending while waiting).
     a.set_label(&mut finish).map_err(asm_err)?;
-    a.mov(edx, WAIT_ITERATIONS).map_err(asm_err)?;
+    a.mov(edx, AP_WAIT_ITERATIONS).map_err(asm_err)?;
     a.set_label(&mut wait_aps).map_err(asm_err)?;
     a.cmp(dword_ptr(AP_FAIL), 0).map_err(asm_err)?;
     a.jne(bad_ap).map_err(asm_err)?;

@@ -22,14 +22,14 @@
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction};
 
-use super::asm::{FLAT_GDT, asm_err, exit_with, gdt_bytes, print_routine, pseudo_descriptor};
+use super::asm::{
+    FLAT_GDT, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err, exit_with,
+    gdt_bytes, print_routine, pseudo_descriptor,
+};
 use super::rom::RomImage;
 use crate::error::Result;
 
 const ROM_SIZE: usize = 64 * 1024;
-/// Linear address of the ROM's mirror below 1 MiB, where the 32- and 64-bit
-/// code runs (the identity map covers it).
-const LOW_MIRROR: u32 = 0xf_0000;
 
 const GDT: usize = 0x0;
 const GDT_DESCRIPTOR: usize = 0x20;
@@ -37,13 +37,10 @@ const IDT_DESCRIPTOR: usize = 0x28;
 /// 32-bit IDT with gates up to #GP (vector 13).
 const IDT: usize = 0x40;
 const IDT_ENTRIES: usize = 14;
-const STRINGS: usize = 0x100;
 const CODE16: usize = 0x1000;
 const CODE32: usize = 0x2000;
 const CODE64: usize = 0x3000;
 
-const SEL_CODE32: u16 = 0x08;
-const SEL_DATA: u16 = 0x10;
 const SEL_CODE64: u16 = 0x18;
 
 /// Page tables in low RAM.
@@ -90,22 +87,8 @@ const USER_PATTERN: u64 = 0x0bad_cafe_feed_f00d;
 const PAE_PATTERN: u32 = 0x5ae1_c0de;
 const LONG_PATTERN: u64 = 0x0123_4567_89ab_cdef;
 
-struct Strings {
-    bytes: Vec<u8>,
-}
-
-impl Strings {
-    /// Adds a NUL-terminated string; returns its offset in the ROM.
-    fn add(&mut self, s: &str) -> usize {
-        let at = STRINGS + self.bytes.len();
-        self.bytes.extend_from_slice(s.as_bytes());
-        self.bytes.push(0);
-        at
-    }
-}
-
 pub(super) fn firmware() -> Result<Vec<u8>> {
-    let mut strings = Strings { bytes: Vec::new() };
+    let mut strings = StringTable::default();
     let real = strings.add("vmm demo: real mode\n");
     let protected = strings.add("vmm demo: protected mode\n");
     let pae_ok = strings.add("vmm demo: PAE paging, paged memory check ok\n");
@@ -126,7 +109,7 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
         GDT_DESCRIPTOR,
         &pseudo_descriptor(GDT_ENTRIES.len(), low(GDT)),
     )?;
-    rom.place(STRINGS, &strings.bytes)?;
+    rom.place(STRINGS, strings.bytes())?;
     rom.place(CODE16, &real_mode(real)?)?;
     let (code32, gp_handler) = protected_mode(protected, pae_ok, pae_bad, pae_refused)?;
     rom.place(CODE32, &code32)?;

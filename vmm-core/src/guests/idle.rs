@@ -8,13 +8,12 @@
 
 use iced_x86::code_asm::*;
 
-use super::asm::{asm_err, print_hex_routine, print_routine};
+use super::asm::{PIT_DIVISOR_100HZ, STRINGS, asm_err, print_hex_routine, print_routine};
 use super::rom::RomImage;
 use crate::error::Result;
 
 const ROM_SIZE: usize = 64 * 1024;
 const LOW_SEGMENT: u32 = 0xf000;
-const STRINGS: usize = 0x100;
 const MAIN: usize = 0x1000;
 const TIMER_HANDLER: usize = 0x2000;
 
@@ -23,8 +22,6 @@ const TICKS: u32 = 0x500;
 const HEARTBEATS: u32 = 0x504;
 const STACK_TOP: u32 = 0x7000;
 
-/// The PIT input clock divided by 100.
-const PIT_DIVISOR_100HZ: u32 = 11_932;
 const TICKS_PER_HEARTBEAT: u32 = 50;
 const TIMER_VECTOR: u32 = 8;
 

@@ -10,16 +10,16 @@ use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction};
 
 use super::asm::{
-    FLAT_GDT, asm_err, exit_with, gdt_bytes, print_hex_routine, print_routine, pseudo_descriptor,
+    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, ICR_INIT_ALL_BUT_SELF, ICR_SIPI_ALL_BUT_SELF,
+    LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err, exit_with, gdt_bytes,
+    print_hex_routine, print_routine, pseudo_descriptor,
 };
 use super::rom::RomImage;
 use crate::error::Result;
 
 const ROM_SIZE: usize = 64 * 1024;
-const LOW_MIRROR: u32 = 0xf_0000;
 const GDT: usize = 0x0;
 const GDT_DESCRIPTOR: usize = 0x20;
-const STRINGS: usize = 0x100;
 const BSP16: usize = 0x1000;
 const BSP32: usize = 0x2000;
 /// APs start here: SIPI vector 0xf3 means CS = 0xf300, IP = 0.
@@ -33,29 +33,6 @@ const BSP_STACK: u32 = 0x7000;
 /// Each AP gets 256 bytes of stack below this, by APIC id.
 const AP_STACKS: u32 = 0x6000;
 
-/// Local APIC interrupt command register (low half), xAPIC MMIO.
-const APIC_ICR_LOW: u32 = 0xfee0_0300;
-/// ICR: INIT, level assert, to all excluding self.
-const ICR_INIT_ALL_BUT_SELF: u32 = 0x000c_4500;
-/// ICR: start-up, to all excluding self (OR in the vector).
-const ICR_SIPI_ALL_BUT_SELF: u32 = 0x000c_4600;
-/// How long the BSP waits for the APs (loop iterations).
-const WAIT_ITERATIONS: u32 = 2_000_000;
-
-const SEL_CODE32: u16 = 0x08;
-const SEL_DATA: u16 = 0x10;
-
-struct Strings(Vec<u8>);
-
-impl Strings {
-    fn add(&mut self, s: &str) -> usize {
-        let at = STRINGS + self.0.len();
-        self.0.extend_from_slice(s.as_bytes());
-        self.0.push(0);
-        at
-    }
-}
-
 struct Messages {
     starting: usize,
     ap: usize,
@@ -66,7 +43,7 @@ struct Messages {
 }
 
 pub(super) fn firmware() -> Result<Vec<u8>> {
-    let mut strings = Strings(Vec::new());
+    let mut strings = StringTable::default();
     let messages = Messages {
         starting: strings.add("vmm smp: BSP waking the APs with INIT-SIPI-SIPI\n"),
         ap: strings.add("vmm smp: AP with APIC id 0x"),
@@ -81,7 +58,7 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
         GDT_DESCRIPTOR,
         &pseudo_descriptor(FLAT_GDT.len(), LOW_MIRROR + GDT as u32),
     )?;
-    rom.place(STRINGS, &strings.0)?;
+    rom.place(STRINGS, strings.bytes())?;
     rom.place(BSP16, &bsp_real_mode(&messages)?)?;
     rom.place(BSP32, &bsp_protected_mode(&messages)?)?;
     rom.place(AP16, &ap(&messages)?)?;
@@ -141,7 +118,7 @@ fn bsp_protected_mode(m: &Messages) -> Result<Vec<u8>> {
         a.mov(dword_ptr(APIC_ICR_LOW), ICR_SIPI_ALL_BUT_SELF | SIPI_VECTOR)
             .map_err(asm_err)?;
     }
-    a.mov(ecx, WAIT_ITERATIONS).map_err(asm_err)?;
+    a.mov(ecx, AP_WAIT_ITERATIONS).map_err(asm_err)?;
     a.set_label(&mut wait).map_err(asm_err)?;
     a.cmp(dword_ptr(COUNTER), ebp).map_err(asm_err)?;
     a.je(arrived).map_err(asm_err)?;
