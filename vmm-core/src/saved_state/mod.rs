@@ -46,8 +46,9 @@ use crate::machine::Machine;
 use crate::rendezvous::{RendezvousFlags, RendezvousType};
 use crate::vmstate::{VmState, VmStateError};
 
+use hm_vmx::{IrqchipState, PitState};
 pub use units::SavedConfig;
-use units::{CpuUnit, I8042Unit, IrqchipUnit, PitUnit, UartUnit, VMM_UNIT, VmmUnit};
+use units::{CpuUnit, I8042Unit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit};
 
 /// What the machine keeps for saving and restoring.
 pub(crate) struct SaveContext {
@@ -130,12 +131,12 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     m.register(Box::new(VmmUnit {
         config: Arc::clone(&ctx.config),
     }))?;
-    m.register(Box::new(IrqchipUnit {
-        backend: Arc::clone(&ctx.backend),
-    }))?;
-    m.register(Box::new(PitUnit {
-        backend: Arc::clone(&ctx.backend),
-    }))?;
+    m.register(Box::new(KernelDeviceUnit::<IrqchipState>::new(Arc::clone(
+        &ctx.backend,
+    ))))?;
+    m.register(Box::new(KernelDeviceUnit::<PitState>::new(Arc::clone(
+        &ctx.backend,
+    ))))?;
     for state in &machine.vcpu_states {
         m.register(Box::new(CpuUnit {
             state: state.clone(),

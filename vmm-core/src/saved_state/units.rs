@@ -123,40 +123,68 @@ impl Unit for CpuUnit {
     }
 }
 
-/// `irqchip`: the in-kernel PIC pair and IOAPIC.
-pub(crate) struct IrqchipUnit {
-    pub(crate) backend: Arc<hm_vmx::Vm>,
+/// VM-wide in-kernel device state that is saved as one encoded blob.
+pub(crate) trait KernelDevice: Sized + Send {
+    /// The unit's name.
+    const UNIT: &'static str;
+    fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self>;
+    fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()>;
+    fn encode(&self) -> Vec<u8>;
+    fn decode(blob: &[u8]) -> hm_vmx::Result<Self>;
 }
 
-impl Unit for IrqchipUnit {
-    fn name(&self) -> &str {
-        "irqchip"
+/// `irqchip`: the in-kernel PIC pair and IOAPIC.
+impl KernelDevice for IrqchipState {
+    const UNIT: &'static str = "irqchip";
+    fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self> {
+        IrqchipState::read(vm)
     }
-
-    fn version(&self) -> u32 {
-        1
+    fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()> {
+        IrqchipState::write(self, vm)
     }
-
-    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
-        let state = IrqchipState::read(&self.backend).map_err(failed)?;
-        w.put_buf(&state.encode())
+    fn encode(&self) -> Vec<u8> {
+        IrqchipState::encode(self)
     }
-
-    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
-        let blob = r.get_buf(MAX_BLOB)?;
-        let state = IrqchipState::decode(&blob).map_err(failed)?;
-        state.write(&self.backend).map_err(failed)
+    fn decode(blob: &[u8]) -> hm_vmx::Result<Self> {
+        IrqchipState::decode(blob)
     }
 }
 
 /// `pit`: the in-kernel 8254 PIT.
-pub(crate) struct PitUnit {
-    pub(crate) backend: Arc<hm_vmx::Vm>,
+impl KernelDevice for PitState {
+    const UNIT: &'static str = "pit";
+    fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self> {
+        PitState::read(vm)
+    }
+    fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()> {
+        PitState::write(self, vm)
+    }
+    fn encode(&self) -> Vec<u8> {
+        PitState::encode(self)
+    }
+    fn decode(blob: &[u8]) -> hm_vmx::Result<Self> {
+        PitState::decode(blob)
+    }
 }
 
-impl Unit for PitUnit {
+/// The unit of an in-kernel device (`irqchip`, `pit`).
+pub(crate) struct KernelDeviceUnit<S> {
+    backend: Arc<hm_vmx::Vm>,
+    device: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S> KernelDeviceUnit<S> {
+    pub(crate) fn new(backend: Arc<hm_vmx::Vm>) -> Self {
+        KernelDeviceUnit {
+            backend,
+            device: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S: KernelDevice> Unit for KernelDeviceUnit<S> {
     fn name(&self) -> &str {
-        "pit"
+        S::UNIT
     }
 
     fn version(&self) -> u32 {
@@ -164,13 +192,13 @@ impl Unit for PitUnit {
     }
 
     fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
-        let state = PitState::read(&self.backend).map_err(failed)?;
+        let state = S::read(&self.backend).map_err(failed)?;
         w.put_buf(&state.encode())
     }
 
     fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
         let blob = r.get_buf(MAX_BLOB)?;
-        let state = PitState::decode(&blob).map_err(failed)?;
+        let state = S::decode(&blob).map_err(failed)?;
         state.write(&self.backend).map_err(failed)
     }
 }
