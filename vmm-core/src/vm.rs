@@ -24,7 +24,7 @@ use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
 use crate::request::RequestQueue;
-use crate::saved_state::{self, SaveContext, SavedConfig};
+use crate::saved_state::{self, SaveContext, SaveProgress, SavedConfig};
 use crate::vmstate::{VmState, VmStateMachine};
 
 /// A virtual machine: one EMT thread per vCPU runs it.
@@ -119,6 +119,8 @@ impl Vm {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Config(format!("statistics: {e}")))?;
+        let progress = SaveProgress::register(&stats)
+            .map_err(|e| Error::Config(format!("statistics: {e}")))?;
         let machine = Arc::new(Machine {
             vcpu_states,
             initial,
@@ -145,6 +147,7 @@ impl Vm {
                 xcrs: backend.guest_has_xsave(),
                 uart,
                 i8042,
+                progress,
             },
             memory,
         });

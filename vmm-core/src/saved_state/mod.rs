@@ -29,7 +29,10 @@
 
 mod dirty;
 mod live;
+mod progress;
 mod units;
+
+pub(crate) use progress::SaveProgress;
 
 use std::io::{BufRead, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
@@ -58,6 +61,7 @@ pub(crate) struct SaveContext {
     pub(crate) xcrs: bool,
     pub(crate) uart: Arc<Mutex<Uart>>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) progress: SaveProgress,
 }
 
 /// What to do with the VM after a save.
@@ -255,6 +259,13 @@ pub(crate) fn save(
     outcome
 }
 
+/// About what the first pass of a save writes: the guest pages that hold
+/// data (as far as `pgm` knows).
+fn expected_bytes(machine: &Machine) -> u64 {
+    let pages = machine.memory.phys().read().page_stats();
+    (pages.private + pages.rom) * pgm::phys::PAGE_SIZE
+}
+
 /// A save of a suspended VM.
 fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
     let start = Instant::now();
@@ -265,7 +276,16 @@ fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
     // to date so that no written page is saved as a zero page.
     let written = scan_zero_pages(machine)
         .and_then(|()| manager(machine, None))
-        .and_then(|mut m| Ok(m.save_to_file(path, &save_options(machine))?));
+        .and_then(|mut m| {
+            let mut file = ssm::AtomicFile::create(path)?;
+            let sink = machine
+                .saved
+                .progress
+                .track(expected_bytes(machine), &mut file);
+            let stats = m.save(sink, &save_options(machine))?;
+            file.commit()?;
+            Ok(stats)
+        });
     machine.state.set(VmState::Suspended)?;
     let stats = written?;
     Ok(SaveReport {
@@ -287,9 +307,10 @@ fn save_live(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
 /// (commits the file, waits for the teleport target's answer).
 fn live_to<W: Write>(
     machine: &Arc<Machine>,
-    mut sink: W,
+    sink: W,
     finish: impl FnOnce(W) -> Result<()>,
 ) -> Result<SaveReport> {
+    let mut sink = machine.saved.progress.track(expected_bytes(machine), sink);
     machine
         .state
         .try_transition(&[(VmState::Running, VmState::RunningLs)])?;
@@ -309,7 +330,7 @@ fn live_to<W: Write>(
             Ok(())
         })?;
         sink.flush().map_err(ssm::Error::from)?;
-        finish(sink)?;
+        finish(sink.into_inner())?;
         Ok::<_, Error>((stats, registered))
     })();
     let stopped = *stopped_at.lock();
