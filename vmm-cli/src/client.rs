@@ -357,46 +357,6 @@ pub fn teleport(args: TeleportArgs) -> anyhow::Result<ExitCode> {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            body: body.to_owned(),
-        }
-    }
-
-    #[test]
-    fn error_replies_become_readable_errors() {
-        let body = r#"{"error":{"status":409,"code":"conflict","message":"cannot resume: VM state is RUNNING"}}"#;
-        let err = check(reply(409, body), false).err().unwrap();
-        assert_eq!(
-            err.to_string(),
-            "cannot resume: VM state is RUNNING (HTTP 409 conflict)"
-        );
-        // Something that is not the API's error object is shown as it came.
-        let err = check(reply(502, "bad gateway"), false).err().unwrap();
-        assert_eq!(err.to_string(), "bad gateway (HTTP 502 error)");
-    }
-
-    #[test]
-    fn json_mode_reports_errors_without_failing_the_exchange() {
-        assert!(check(reply(501, "{}"), true).unwrap().is_none());
-        let ok = check(reply(200, "{}"), false).unwrap().unwrap();
-        assert_eq!(ok.json().unwrap(), json!({}));
-    }
-
-    #[test]
-    fn query_values_are_encoded() {
-        assert_eq!(
-            query(&[("pattern", "/HM/*|/IOM/*"), ("format", "text")]),
-            "pattern=%2FHM%2F*%7C%2FIOM%2F*&format=text"
-        );
-    }
-}
-
 /// Shows the progress of a save while `vmm save` waits for it, from the
 /// VM's `/SSM/Save/...` statistics: a bar on a terminal, plain lines
 /// otherwise. Stops (and ends the bar's line) when dropped.
@@ -477,4 +437,44 @@ fn save_progress(socket: &Path) -> Option<(u64, u64)> {
         value("/SSM/Save/cbWritten")?,
         value("/SSM/Save/cbExpected")?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.to_owned(),
+        }
+    }
+
+    #[test]
+    fn error_replies_become_readable_errors() {
+        let body = r#"{"error":{"status":409,"code":"conflict","message":"cannot resume: VM state is RUNNING"}}"#;
+        let err = check(reply(409, body), false).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "cannot resume: VM state is RUNNING (HTTP 409 conflict)"
+        );
+        // Something that is not the API's error object is shown as it came.
+        let err = check(reply(502, "bad gateway"), false).err().unwrap();
+        assert_eq!(err.to_string(), "bad gateway (HTTP 502 error)");
+    }
+
+    #[test]
+    fn json_mode_reports_errors_without_failing_the_exchange() {
+        assert!(check(reply(501, "{}"), true).unwrap().is_none());
+        let ok = check(reply(200, "{}"), false).unwrap().unwrap();
+        assert_eq!(ok.json().unwrap(), json!({}));
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            query(&[("pattern", "/HM/*|/IOM/*"), ("format", "text")]),
+            "pattern=%2FHM%2F*%7C%2FIOM%2F*&format=text"
+        );
+    }
 }
