@@ -94,10 +94,19 @@ pub struct RunArgs {
     /// the guest runs.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["restore", "incoming"])]
     gdb: Option<String>,
+    /// Ask the guest for a memory balloon of SIZE (MiB, or with a unit) from
+    /// power-on; a guest with a balloon driver (the `idle` guest) gives that
+    /// much RAM back to the host. Change it later through the control API.
+    #[arg(long, value_name = "SIZE", value_parser = parse_balloon)]
+    balloon: Option<u64>,
     /// Every SECS seconds, share identical guest pages (GMM page sharing:
     /// one host copy, copy on write; all-zero pages cost nothing).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     page_sharing: Option<u64>,
+}
+
+fn parse_balloon(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
 }
 
 fn parse_mem(text: &str) -> Result<u64, String> {
@@ -154,6 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     config.cpus = args.cpus;
     config.check_entry = args.check_entry;
+    config.balloon_bytes = args.balloon.unwrap_or(0);
     config.serial = serial;
     if let Some(address) = &args.incoming {
         let listener = std::net::TcpListener::bind(address)

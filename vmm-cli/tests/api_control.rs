@@ -343,7 +343,13 @@ fn malformed_requests_get_4xx_json_errors_and_the_vm_keeps_running() {
             400,
             "bad_request",
         ),
-        ("GET", "/v1/balloon", None, 501, "not_implemented"),
+        (
+            "PUT",
+            "/v1/balloon",
+            Some(br#"{"size_mib":-1}"#),
+            400,
+            "bad_request",
+        ),
         ("PUT", "/v1/vm/state", Some(&big), 413, "payload_too_large"),
     ];
     for (method, target, body, status, code) in cases {
@@ -441,6 +447,27 @@ fn page_sharing_scans_run_while_the_vm_runs() {
         let out = vm.vmm_ok(&["stats", "/GMM/cShareScans", "--json"]);
         (json(&out)["samples"][0]["value"].as_u64().unwrap_or(0) >= 1).then_some(())
     });
+    vm.vmm_ok(&["poweroff"]);
+    assert!(vm.wait_exit().success(), "{}", vm.stderr());
+}
+
+#[test]
+fn the_balloon_follows_its_target_through_the_api() {
+    const TEST: &str = "the_balloon_follows_its_target_through_the_api";
+    if !kvm_available(TEST) || !curl_available(TEST) {
+        return;
+    }
+    let mut vm = VmProcess::start(tempfile::tempdir().unwrap());
+    let (status, body) = vm.curl("PUT", "/v1/balloon", Some(br#"{"size_mib":4}"#));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["target_mib"], 4, "{body}");
+    // The idle guest's balloon driver gives the pages at its next heartbeat.
+    poll("a 4 MiB balloon", || {
+        let (_, body) = vm.curl("GET", "/v1/balloon", None);
+        (json(&body)["size_mib"] == 4).then_some(())
+    });
+    let out = vm.vmm_ok(&["stats", "/PGM/Page/cBalloonedPages", "--json"]);
+    assert_eq!(json(&out)["samples"][0]["value"], 1024, "{out}");
     vm.vmm_ok(&["poweroff"]);
     assert!(vm.wait_exit().success(), "{}", vm.stderr());
 }

@@ -24,6 +24,8 @@ pub struct VmConfig {
     /// Check every vCPU's state against the SDM's VM-entry rules before it
     /// enters the guest (always on in debug builds).
     pub check_entry: bool,
+    /// The memory balloon the guest is asked for at power-on, in bytes.
+    pub balloon_bytes: u64,
     /// A kernel to boot directly instead of running the firmware.
     pub kernel: Option<crate::boot::KernelBoot>,
 }
@@ -39,6 +41,7 @@ impl VmConfig {
             serial: Box::new(std::io::sink()),
             kernel: None,
             check_entry: false,
+            balloon_bytes: 0,
         }
     }
 

@@ -112,6 +112,25 @@ impl HostMemory for GmmHostMemory {
         self.with_region(region, |ram| ram.discard(first, count))
     }
 
+    fn balloon(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        inflate: bool,
+    ) -> Result<(), HostMemoryError> {
+        let (first, count) = pages(region, offset, len)?;
+        self.with_region(region, |ram| {
+            if inflate {
+                ram.balloon_inflate(first, count)
+            } else {
+                // Back the pages again: the guest uses them from now on.
+                ram.balloon_deflate(first, count)?;
+                ram.alloc(first, count)
+            }
+        })
+    }
+
     fn residency(
         &self,
         region: &MmapRegion,

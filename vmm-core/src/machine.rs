@@ -77,6 +77,8 @@ pub(crate) struct Machine {
     pub(crate) outcome: Mutex<Option<Result<RunOutcome>>>,
     /// EMTs that have not finished running the guest yet.
     pub(crate) running_emts: AtomicU32,
+    /// The memory balloon's target and size.
+    pub(crate) balloon: Arc<crate::devices::BalloonState>,
     pub(crate) debug: DebugCtl,
     /// Holds the backend VM: dropped before the memory it maps.
     pub(crate) saved: crate::saved_state::SaveContext,
@@ -345,6 +347,24 @@ impl VmHandle {
     /// teleport fails).
     pub fn teleport(&self, address: &str) -> Result<crate::saved_state::SaveReport> {
         crate::saved_state::teleport(&self.machine, address)
+    }
+
+    /// Asks the guest for a memory balloon of `bytes` (rounded down to
+    /// pages): a guest with a balloon driver gives that much RAM back to the
+    /// host (or takes it back when the target shrinks).
+    pub fn set_balloon(&self, bytes: u64) {
+        self.machine
+            .balloon
+            .set_target(bytes / pgm::phys::PAGE_SIZE);
+    }
+
+    /// The balloon's target and the size the guest has given, in bytes.
+    pub fn balloon(&self) -> (u64, u64) {
+        let b = &self.machine.balloon;
+        (
+            b.target() * pgm::phys::PAGE_SIZE,
+            b.pages() * pgm::phys::PAGE_SIZE,
+        )
     }
 
     /// Shares identical guest pages (GMM's page-sharing scan) with every

@@ -13,7 +13,10 @@ use crate::boot;
 use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
-use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart};
+use crate::devices::{
+    BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState, COM1_PORT, DEBUG_EXIT_PORT, DebugExit,
+    I8042, I8042_PORT, I8042_PORTS, Uart,
+};
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
 use crate::ffs::ForcedActions;
@@ -104,6 +107,22 @@ impl Vm {
         )?;
         let i8042 = Arc::new(Mutex::new(I8042::default()));
         io.register(I8042_PORT, I8042_PORTS, "i8042", i8042.clone())?;
+        let balloon = Arc::new(BalloonState::default());
+        balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);
+        let refused = stats
+            .counter(
+                "/VMM/Balloon/Refused",
+                Unit::Occurrences,
+                "Pages the guest offered to or claimed from the balloon wrongly",
+            )
+            .map_err(|e| Error::Config(format!("statistics: {e}")))?;
+        let device = Balloon::new(Arc::clone(memory.phys()), Arc::clone(&balloon), refused);
+        io.register(
+            BALLOON_PORT,
+            BALLOON_PORTS,
+            "balloon",
+            Arc::new(Mutex::new(device)),
+        )?;
 
         let kicks = Arc::new(EmtKicks::new(config.cpus));
         let ffs = ForcedActions::new(config.cpus, kicks.clone())?;
@@ -135,6 +154,7 @@ impl Vm {
             info,
             outcome: Mutex::new(None),
             running_emts: std::sync::atomic::AtomicU32::new(config.cpus),
+            balloon,
             debug: DebugCtl::new(),
             saved: SaveContext {
                 config: Arc::new(SavedConfig {

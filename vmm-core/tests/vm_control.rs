@@ -153,3 +153,45 @@ fn a_guest_exiting_during_pause_and_resume_does_not_hang_the_vmm() {
         serial.text()
     );
 }
+
+/// A callback or counter value from the VM's statistics.
+fn stat(vm: &VmHandle, name: &str) -> u64 {
+    match vm.stats().snapshot(name).get(name).map(|s| &s.value) {
+        Some(stam::Value::Callback { value, .. } | stam::Value::Counter { value }) => *value,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[test]
+fn the_idle_guest_inflates_and_deflates_its_balloon_on_request() {
+    if !kvm_available("the_idle_guest_inflates_and_deflates_its_balloon_on_request") {
+        return;
+    }
+    let serial = Capture::default();
+    let mut config = VmConfig::new(16 << 20, guests::find("idle").unwrap().firmware().unwrap());
+    config.serial = Box::new(serial.clone());
+    config.balloon_bytes = 8 << 20;
+    let mut vm = Vm::new(config).unwrap();
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    wait_until("an 8 MiB balloon", &serial, || {
+        handle.balloon() == (8 << 20, 8 << 20)
+    });
+    assert_eq!(stat(&handle, "/PGM/Page/cBalloonedPages"), 2048);
+    assert_eq!(stat(&handle, "/GMM/cBalloonedPages"), 2048);
+    handle.set_balloon(2 << 20);
+    wait_until("a 2 MiB balloon", &serial, || {
+        handle.balloon() == (2 << 20, 2 << 20)
+    });
+    assert_eq!(stat(&handle, "/PGM/Page/cBalloonedPages"), 512);
+    assert_eq!(stat(&handle, "/GMM/cBalloonedPages"), 512);
+    // More than the guest has: it gives what it can, the rest is refused.
+    handle.set_balloon(1 << 30);
+    wait_until("a full balloon", &serial, || {
+        stat(&handle, "/VMM/Balloon/Refused") > 0
+    });
+    let (_, given) = handle.balloon();
+    assert!(given > 2 << 20 && given < 16 << 20, "{given}");
+    handle.power_off().unwrap();
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+}

@@ -63,6 +63,24 @@ pub trait HostMemory: Send + Sync {
         len: usize,
     ) -> Result<(), HostMemoryError>;
 
+    /// The guest's balloon took (`inflate`) or gave back the pages at
+    /// `offset..offset + len`. Inflated pages return to the host and read as
+    /// zero; a provider that accounts for ballooning (GMM) counts them. The
+    /// default gives inflated pages back with [`discard`](Self::discard).
+    fn balloon(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        inflate: bool,
+    ) -> Result<(), HostMemoryError> {
+        if inflate {
+            self.discard(region, offset, len)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Fills `out` with one entry per page of `offset..offset + len`: whether
     /// the page currently occupies host memory.
     fn residency(

@@ -167,10 +167,8 @@ impl PhysMap {
             pages.push((mem, off, slot));
         }
         for (mem, off, slot) in pages {
-            if inflate {
-                self.host
-                    .discard(&mem.region, off as usize, PAGE_SIZE as usize)?;
-            }
+            self.host
+                .balloon(&mem.region, off as usize, PAGE_SIZE as usize, inflate)?;
             slot.update(|mut i| {
                 i.state = if inflate {
                     PageState::Ballooned

@@ -102,6 +102,15 @@ pub struct SaveResult {
     pub state: String,
 }
 
+/// The memory balloon, as `GET`/`PUT /v1/balloon` answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BalloonInfo {
+    /// The balloon size asked of the guest, MiB.
+    pub target_mib: u64,
+    /// What the guest has given so far, MiB (rounded down).
+    pub size_mib: u64,
+}
+
 /// What the API needs from a VM.
 pub trait Control: Send + Sync + 'static {
     /// State, configuration, vCPUs and uptime.
@@ -118,6 +127,10 @@ pub trait Control: Send + Sync + 'static {
     fn run_info(&self, name: &str, args: &str) -> Result<String, ApiError>;
     /// The names of the registered info handlers.
     fn info_names(&self) -> Vec<String>;
+    /// The memory balloon's target and size.
+    fn balloon(&self) -> BalloonInfo;
+    /// Asks the guest for a balloon of `mib` MiB.
+    fn set_balloon(&self, mib: u64) -> BalloonInfo;
 }
 
 /// A running VM behind the API.
@@ -212,6 +225,19 @@ impl Control for VmControl {
             downtime_ms: report.downtime.as_secs_f64() * 1000.0,
             state: self.handle.state().name().to_owned(),
         })
+    }
+
+    fn balloon(&self) -> BalloonInfo {
+        let (target, size) = self.handle.balloon();
+        BalloonInfo {
+            target_mib: target >> 20,
+            size_mib: size >> 20,
+        }
+    }
+
+    fn set_balloon(&self, mib: u64) -> BalloonInfo {
+        self.handle.set_balloon(mib.saturating_mul(1 << 20));
+        self.balloon()
     }
 
     fn teleport(&self, address: &str) -> Result<SaveResult, ApiError> {

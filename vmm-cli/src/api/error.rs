@@ -77,11 +77,6 @@ impl ApiError {
         Self::new(500, "internal_error", message)
     }
 
-    /// 501: the endpoint is documented but not implemented yet.
-    pub fn not_implemented(message: impl Into<String>) -> Self {
-        Self::new(501, "not_implemented", message)
-    }
-
     /// The JSON body of the error response.
     pub fn to_json(&self) -> String {
         let body = ErrorBody {

@@ -109,8 +109,7 @@ struct TeleportRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BalloonRequest {
-    #[serde(rename = "size_mib")]
-    _size_mib: u64,
+    size_mib: u64,
 }
 
 /// Answers one request. `query` is the raw query string (without `?`).
@@ -179,12 +178,14 @@ fn dispatch(
         }
         Route::Balloon => {
             query_params(query, &[])?;
-            if method == "PUT" {
-                let _: BalloonRequest = json_body(body)?;
-            }
-            Err(ApiError::not_implemented(
-                "the memory balloon is not implemented yet: gmm has no balloon API",
-            ))
+            let info = if method == "PUT" {
+                let request: BalloonRequest = json_body(body)?;
+                control.set_balloon(request.size_mib)
+            } else {
+                control.balloon()
+            };
+            let info = serde_json::to_value(info).map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(Response::json(200, &info))
         }
         Route::Stats => {
             let params = query_params(query, &["pattern", "format"])?;
@@ -276,23 +277,37 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::control::{SaveResult, VcpuInfo, VmConfigInfo, VmInfo};
+    use super::super::control::{BalloonInfo, SaveResult, VcpuInfo, VmConfigInfo, VmInfo};
     use super::*;
 
     /// A VM stand-in that follows the running/suspended part of the state diagram.
     struct FakeVm {
         state: Mutex<&'static str>,
+        balloon: Mutex<u64>,
     }
 
     impl FakeVm {
         fn new() -> Self {
             FakeVm {
                 state: Mutex::new("RUNNING"),
+                balloon: Mutex::new(0),
             }
         }
     }
 
     impl Control for FakeVm {
+        fn balloon(&self) -> BalloonInfo {
+            BalloonInfo {
+                target_mib: *self.balloon.lock().unwrap(),
+                size_mib: 0,
+            }
+        }
+
+        fn set_balloon(&self, mib: u64) -> BalloonInfo {
+            *self.balloon.lock().unwrap() = mib;
+            self.balloon()
+        }
+
         fn vm_info(&self) -> VmInfo {
             VmInfo {
                 state: (*self.state.lock().unwrap()).to_owned(),
@@ -476,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn save_answers_the_report_and_balloon_is_501_after_validating_the_body() {
+    fn save_answers_the_report_and_balloon_sets_its_target_after_validating_the_body() {
         let vm = FakeVm::new();
         let (r, v) = call(&vm, "PUT", "/v1/vm/save", r#"{"path":"/tmp/x.sav"}"#);
         assert_eq!(r.status, 200);
@@ -524,13 +539,10 @@ mod tests {
                 .status,
             409
         );
-        assert_eq!(call(&vm, "GET", "/v1/balloon", "").0.status, 501);
-        assert_eq!(
-            call(&vm, "PUT", "/v1/balloon", r#"{"size_mib":8}"#)
-                .0
-                .status,
-            501
-        );
+        assert_eq!(call(&vm, "GET", "/v1/balloon", "").0.status, 200);
+        let (set, body) = call(&vm, "PUT", "/v1/balloon", r#"{"size_mib":8}"#);
+        assert_eq!(set.status, 200);
+        assert_eq!(body["target_mib"], 8, "{body}");
         assert_eq!(
             call(&vm, "PUT", "/v1/balloon", r#"{"size_mib":-1}"#)
                 .0
@@ -581,7 +593,6 @@ mod tests {
             "conflict",
             "payload_too_large",
             "internal_error",
-            "not_implemented",
         ] {
             assert!(doc.contains(code), "error code {code} is not documented");
         }
@@ -599,7 +610,7 @@ mod tests {
         ) {
             let vm = FakeVm::new();
             let r = respond(&vm, method, &path, query.as_deref(), &body);
-            prop_assert!([200, 400, 404, 405, 409, 501].contains(&r.status), "{}", r.status);
+            prop_assert!([200, 400, 404, 405, 409].contains(&r.status), "{}", r.status);
             if r.status >= 400 {
                 let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
                 prop_assert_eq!(&v["error"]["status"], &serde_json::json!(r.status));

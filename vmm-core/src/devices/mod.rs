@@ -1,9 +1,11 @@
 //! Minimal PC devices.
 
+mod balloon;
 mod debug_exit;
 mod i8042;
 mod serial;
 
+pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
 pub use i8042::{I8042, I8042_PORT, I8042_PORTS};
 pub(crate) use serial::UART_FIFO_SIZE;

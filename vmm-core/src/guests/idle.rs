@@ -3,13 +3,15 @@
 //! Real mode throughout. It programs the PIC (IRQ 0 only, vectors 8..15)
 //! and PIT channel 0 at 100 Hz, prints `vmm idle: started`, then sleeps in
 //! `hlt`; every 50 ticks (half a second) it prints a heartbeat with a
-//! running count. Between ticks the vCPU is halted, so an idle VM costs
-//! almost no host CPU.
+//! running count, then brings its memory balloon to the size the host asks
+//! for (see [`crate::devices::Balloon`]). Between ticks the vCPU is halted,
+//! so an idle VM costs almost no host CPU.
 
 use iced_x86::code_asm::*;
 
 use super::asm::{PIT_DIVISOR_100HZ, STRINGS, asm_err, print_hex_routine, print_routine};
 use super::rom::RomImage;
+use crate::devices::BALLOON_PORT;
 use crate::error::Result;
 
 const ROM_SIZE: usize = 64 * 1024;
@@ -20,6 +22,10 @@ const TIMER_HANDLER: usize = 0x2000;
 /// Tick and heartbeat counters in low RAM.
 const TICKS: u32 = 0x500;
 const HEARTBEATS: u32 = 0x504;
+/// Pages the guest has put in the memory balloon.
+const BALLOONED: u32 = 0x508;
+/// The balloon takes pages from 1 MiB up (the idle guest uses none of them).
+const BALLOON_POOL_FRAME: u32 = 0x100;
 const STACK_TOP: u32 = 0x7000;
 
 const TICKS_PER_HEARTBEAT: u32 = 50;
@@ -57,6 +63,7 @@ fn main_loop(started: usize, heartbeat: usize) -> Result<Vec<u8>> {
     a.mov(sp, STACK_TOP).map_err(asm_err)?;
     a.mov(dword_ptr(TICKS), 0).map_err(asm_err)?;
     a.mov(dword_ptr(HEARTBEATS), 0).map_err(asm_err)?;
+    a.mov(dword_ptr(BALLOONED), 0).map_err(asm_err)?;
     // IVT entry of the timer vector -> F000:TIMER_HANDLER.
     a.mov(word_ptr(TIMER_VECTOR * 4), TIMER_HANDLER as u32)
         .map_err(asm_err)?;
@@ -103,6 +110,7 @@ fn main_loop(started: usize, heartbeat: usize) -> Result<Vec<u8>> {
     a.call(print_hex).map_err(asm_err)?;
     a.mov(al, b'\n' as u32).map_err(asm_err)?;
     a.out(dx, al).map_err(asm_err)?;
+    balloon_driver(&mut a)?;
     a.jmp(idle).map_err(asm_err)?;
 
     // print_rom: print the ROM string at SI (DS switched to the ROM mirror).
@@ -116,6 +124,43 @@ fn main_loop(started: usize, heartbeat: usize) -> Result<Vec<u8>> {
     print_routine(&mut a, &mut print)?;
     print_hex_routine(&mut a, &mut print_hex)?;
     a.assemble(MAIN as u64).map_err(asm_err)
+}
+
+/// Brings the memory balloon to the size the host asks for: gives pages
+/// (from [`BALLOON_POOL_FRAME`] up) until the balloon is that big, or takes
+/// them back. Stops early when the device refuses a page (no RAM left).
+fn balloon_driver(a: &mut CodeAssembler) -> Result<()> {
+    let (mut adjust, mut inflate, mut done) =
+        (a.create_label(), a.create_label(), a.create_label());
+    let port = u32::from(BALLOON_PORT);
+    a.mov(dx, port).map_err(asm_err)?;
+    a.in_(eax, dx).map_err(asm_err)?;
+    a.mov(ebx, eax).map_err(asm_err)?; // target, in pages
+    a.set_label(&mut adjust).map_err(asm_err)?;
+    a.mov(eax, dword_ptr(BALLOONED)).map_err(asm_err)?;
+    a.cmp(eax, ebx).map_err(asm_err)?;
+    a.je(done).map_err(asm_err)?;
+    a.jb(inflate).map_err(asm_err)?;
+    // Deflate: take the last page given back.
+    a.dec(eax).map_err(asm_err)?;
+    a.mov(dword_ptr(BALLOONED), eax).map_err(asm_err)?;
+    a.add(eax, BALLOON_POOL_FRAME as i32).map_err(asm_err)?;
+    a.mov(dx, port + 8).map_err(asm_err)?;
+    a.out(dx, eax).map_err(asm_err)?;
+    a.jmp(adjust).map_err(asm_err)?;
+    // Inflate: give the next page; the device's count must grow.
+    a.set_label(&mut inflate).map_err(asm_err)?;
+    a.mov(ecx, eax).map_err(asm_err)?;
+    a.add(eax, BALLOON_POOL_FRAME as i32).map_err(asm_err)?;
+    a.mov(dx, port + 4).map_err(asm_err)?;
+    a.out(dx, eax).map_err(asm_err)?;
+    a.in_(eax, dx).map_err(asm_err)?;
+    a.cmp(eax, ecx).map_err(asm_err)?;
+    a.jbe(done).map_err(asm_err)?;
+    a.inc(ecx).map_err(asm_err)?;
+    a.mov(dword_ptr(BALLOONED), ecx).map_err(asm_err)?;
+    a.jmp(adjust).map_err(asm_err)?;
+    a.set_label(&mut done).map_err(asm_err)
 }
 
 /// IRQ 0: count the tick, acknowledge the PIC.

@@ -38,7 +38,7 @@ pub const GUESTS: &[EmbeddedGuest] = &[
     },
     EmbeddedGuest {
         name: "idle",
-        description: "runs until powered off: halts between 100 Hz timer ticks, prints a heartbeat twice a second",
+        description: "runs until powered off: halts between 100 Hz timer ticks, prints a heartbeat twice a second, has a balloon driver",
         build: idle::firmware,
     },
     EmbeddedGuest {
