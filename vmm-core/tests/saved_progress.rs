@@ -4,18 +4,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Capture;
+use common::{Capture, stat};
 use hm_vmx::testing::kvm_available;
 use vmm_core::saved_state::{AfterSave, SaveRequest};
 use vmm_core::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
-
-fn gauge(vm: &vmm_core::VmHandle, name: &str) -> u64 {
-    match vm.stats().snapshot(name).get(name).map(|s| &s.value) {
-        Some(stam::Value::Gauge { value, .. }) => *value,
-        other => panic!("{name}: {other:?}"),
-    }
-}
 
 #[test]
 fn a_save_reports_bytes_written_and_expected() {
@@ -39,9 +32,9 @@ fn a_save_reports_bytes_written_and_expected() {
         then: AfterSave::PowerOff,
     };
     let report = handle.save(&dir.path().join("vm.sav"), request).unwrap();
-    assert_eq!(gauge(&handle, "/SSM/Save/cbWritten"), report.bytes);
+    assert_eq!(stat(&handle, "/SSM/Save/cbWritten"), report.bytes);
     // The guest's ROM and the pages it wrote: more than nothing, less than RAM.
-    let expected = gauge(&handle, "/SSM/Save/cbExpected");
+    let expected = stat(&handle, "/SSM/Save/cbExpected");
     assert!(expected > 0 && expected < 16 << 20, "{expected}");
     assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Capture;
+use common::{Capture, stat};
 use hm_vmx::testing::kvm_available;
 use vmm_core::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
@@ -152,14 +152,6 @@ fn a_guest_exiting_during_pause_and_resume_does_not_hang_the_vmm() {
         "{}",
         serial.text()
     );
-}
-
-/// A callback or counter value from the VM's statistics.
-fn stat(vm: &VmHandle, name: &str) -> u64 {
-    match vm.stats().snapshot(name).get(name).map(|s| &s.value) {
-        Some(stam::Value::Callback { value, .. } | stam::Value::Counter { value }) => *value,
-        other => panic!("{name}: {other:?}"),
-    }
 }
 
 #[test]

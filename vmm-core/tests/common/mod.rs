@@ -26,3 +26,16 @@ impl Write for Capture {
         Ok(())
     }
 }
+
+/// The value of a counter, gauge or callback statistic of the VM.
+#[allow(dead_code)] // not every test binary reads statistics
+pub fn stat(vm: &vmm_core::VmHandle, name: &str) -> u64 {
+    match vm.stats().snapshot(name).get(name).map(|s| &s.value) {
+        Some(
+            stam::Value::Counter { value }
+            | stam::Value::Gauge { value, .. }
+            | stam::Value::Callback { value, .. },
+        ) => *value,
+        other => panic!("{name}: {other:?}"),
+    }
+}
