@@ -77,6 +77,22 @@ pub(crate) fn gdt_bytes(descriptors: &[u64]) -> Vec<u8> {
     descriptors.iter().flat_map(|d| d.to_le_bytes()).collect()
 }
 
+/// Where the embedded guests keep their GDT and its `lgdt` operand in the
+/// ROM (reached through [`LOW_MIRROR`]).
+pub(crate) const GDT: usize = 0x0;
+/// See [`GDT`].
+pub(crate) const GDT_DESCRIPTOR: usize = 0x20;
+
+/// Places a GDT of `descriptors` at [`GDT`] in `rom` and its `lgdt` operand
+/// at [`GDT_DESCRIPTOR`], based at the ROM's low mirror.
+pub(crate) fn place_gdt(rom: &mut super::rom::RomImage, descriptors: &[u64]) -> Result<()> {
+    rom.place(GDT, &gdt_bytes(descriptors))?;
+    rom.place(
+        GDT_DESCRIPTOR,
+        &pseudo_descriptor(descriptors.len(), LOW_MIRROR + GDT as u32),
+    )
+}
+
 /// A pseudo-descriptor (`lgdt`/`lidt` operand): 16-bit limit, 32-bit base.
 pub(crate) fn pseudo_descriptor(entries: usize, base: u32) -> [u8; 6] {
     let mut d = [0u8; 6];

@@ -21,9 +21,10 @@ use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction};
 
 use super::asm::{
-    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, ICR_INIT_ALL_BUT_SELF, ICR_SIPI_ALL_BUT_SELF,
-    LOW_MIRROR, PIT_DIVISOR_100HZ, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err, exit_with,
-    gdt_bytes, print_hex_routine, print_routine, pseudo_descriptor,
+    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, GDT_DESCRIPTOR, ICR_INIT_ALL_BUT_SELF,
+    ICR_SIPI_ALL_BUT_SELF, LOW_MIRROR, PIT_DIVISOR_100HZ, SEL_CODE32, SEL_DATA, STRINGS,
+    StringTable, asm_err, exit_with, place_gdt, print_hex_routine, print_routine,
+    pseudo_descriptor,
 };
 use super::rom::RomImage;
 use crate::error::{Error, Result};
@@ -32,8 +33,6 @@ use crate::error::{Error, Result};
 pub const TOTAL_TICKS: u32 = 400;
 
 const ROM_SIZE: usize = 64 * 1024;
-const GDT: usize = 0x0;
-const GDT_DESCRIPTOR: usize = 0x20;
 const IDT_DESCRIPTOR: usize = 0x30;
 const BSP16: usize = 0x1000;
 const BSP32: usize = 0x2000;
@@ -92,11 +91,7 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
         no_aps: strings.add("vmm counter: FAIL the APs did not start or catch up\n"),
     };
     let mut rom = RomImage::new(ROM_SIZE)?;
-    rom.place(GDT, &gdt_bytes(&FLAT_GDT))?;
-    rom.place(
-        GDT_DESCRIPTOR,
-        &pseudo_descriptor(FLAT_GDT.len(), LOW_MIRROR + GDT as u32),
-    )?;
+    place_gdt(&mut rom, &FLAT_GDT)?;
     rom.place(IDT_DESCRIPTOR, &pseudo_descriptor(256, IDT_BASE))?;
     let pieces = [
         (STRINGS, strings.bytes().to_vec(), BSP16),

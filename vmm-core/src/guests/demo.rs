@@ -23,16 +23,14 @@ use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction};
 
 use super::asm::{
-    FLAT_GDT, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err, exit_with,
-    gdt_bytes, print_routine, pseudo_descriptor,
+    FLAT_GDT, GDT_DESCRIPTOR, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
+    exit_with, place_gdt, print_routine, pseudo_descriptor,
 };
 use super::rom::RomImage;
 use crate::error::Result;
 
 const ROM_SIZE: usize = 64 * 1024;
 
-const GDT: usize = 0x0;
-const GDT_DESCRIPTOR: usize = 0x20;
 const IDT_DESCRIPTOR: usize = 0x28;
 /// 32-bit IDT with gates up to #GP (vector 13).
 const IDT: usize = 0x40;
@@ -104,11 +102,7 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     let done = strings.add("vmm demo: all checks passed\n");
 
     let mut rom = RomImage::new(ROM_SIZE)?;
-    rom.place(GDT, &gdt_bytes(&GDT_ENTRIES))?;
-    rom.place(
-        GDT_DESCRIPTOR,
-        &pseudo_descriptor(GDT_ENTRIES.len(), low(GDT)),
-    )?;
+    place_gdt(&mut rom, &GDT_ENTRIES)?;
     rom.place(STRINGS, strings.bytes())?;
     rom.place(CODE16, &real_mode(real)?)?;
     let (code32, gp_handler) = protected_mode(protected, pae_ok, pae_bad, pae_refused)?;

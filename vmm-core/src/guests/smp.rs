@@ -10,16 +10,14 @@ use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction};
 
 use super::asm::{
-    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, ICR_INIT_ALL_BUT_SELF, ICR_SIPI_ALL_BUT_SELF,
-    LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err, exit_with, gdt_bytes,
-    print_hex_routine, print_routine, pseudo_descriptor,
+    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, GDT_DESCRIPTOR, ICR_INIT_ALL_BUT_SELF,
+    ICR_SIPI_ALL_BUT_SELF, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
+    exit_with, place_gdt, print_hex_routine, print_routine,
 };
 use super::rom::RomImage;
 use crate::error::Result;
 
 const ROM_SIZE: usize = 64 * 1024;
-const GDT: usize = 0x0;
-const GDT_DESCRIPTOR: usize = 0x20;
 const BSP16: usize = 0x1000;
 const BSP32: usize = 0x2000;
 /// APs start here: SIPI vector 0xf3 means CS = 0xf300, IP = 0.
@@ -53,11 +51,7 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
         missing: strings.add("vmm smp: timed out waiting for the APs; checked in: 0x"),
     };
     let mut rom = RomImage::new(ROM_SIZE)?;
-    rom.place(GDT, &gdt_bytes(&FLAT_GDT))?;
-    rom.place(
-        GDT_DESCRIPTOR,
-        &pseudo_descriptor(FLAT_GDT.len(), LOW_MIRROR + GDT as u32),
-    )?;
+    place_gdt(&mut rom, &FLAT_GDT)?;
     rom.place(STRINGS, strings.bytes())?;
     rom.place(BSP16, &bsp_real_mode(&messages)?)?;
     rom.place(BSP32, &bsp_protected_mode(&messages)?)?;
