@@ -11,8 +11,11 @@ use crate::stream_io::{Input, Output};
 
 /// Magic at offset 0 of every saved state.
 pub const FILE_MAGIC: [u8; 8] = *b"RSSM\r\n\x1a\n";
-/// The format version this library writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this library writes. It reads this one and every
+/// older one (version 1 lacks [page-run records](crate::UnitWriter::put_page_run)).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this library reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Size of the file header in bytes.
 pub const HEADER_SIZE: usize = 96;
 /// Size of the footer in bytes.
@@ -23,6 +26,11 @@ pub const MAX_NAME_LEN: usize = 48;
 pub const PAGE_SIZE: usize = 4096;
 /// Largest payload of a single raw record.
 pub const MAX_RAW_RECORD: u32 = 1 << 20;
+/// Most pages in one page-run record (256 MiB); longer runs take several.
+pub const MAX_RUN_PAGES: u32 = 1 << 16;
+/// Bytes of a page-run record before its padding: tag, u32 page count,
+/// u32 CRC32C of the pages, u16 padding length.
+pub(crate) const RUN_HEADER: usize = 11;
 /// Pass number of the final (non-live) pass.
 pub const PASS_FINAL: u32 = u32::MAX;
 
@@ -35,6 +43,7 @@ pub(crate) const REC_RAW: u8 = 0x01;
 pub(crate) const REC_ZERO: u8 = 0x02;
 pub(crate) const REC_LZ4: u8 = 0x03;
 pub(crate) const REC_ZERO_PAGE: u8 = 0x04;
+pub(crate) const REC_PAGE_RUN: u8 = 0x05;
 pub(crate) const REC_TERM: u8 = 0xFF;
 
 const HOST_ARCH_LEN: usize = 16;
@@ -117,7 +126,7 @@ impl Header {
         inp.check_crc(0, WHAT)?;
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let format_version = u32_at(8);
-        if format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&format_version) {
             return Err(Error::UnsupportedFormat(format_version));
         }
         let flags = u32_at(12);
@@ -153,6 +162,12 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Padding that makes a page run's data start at a multiple of
+/// [`PAGE_SIZE`] when its record header ends at stream offset `after_header`.
+pub(crate) fn run_padding(after_header: u64) -> u16 {
+    ((PAGE_SIZE as u64 - after_header % PAGE_SIZE as u64) % PAGE_SIZE as u64) as u16
 }
 
 /// Decodes a NUL-padded UTF-8 field; padding must be all NUL.
@@ -467,11 +482,18 @@ mod tests {
             Err(Error::Malformed { .. })
         ));
         h.flags = 0;
-        h.format_version = 2;
+        h.format_version = 3;
         assert!(matches!(
             Header::read(&mut Input::new(&encode(&h)[..])),
-            Err(Error::UnsupportedFormat(2))
+            Err(Error::UnsupportedFormat(3))
         ));
+        h.format_version = 0;
+        assert!(matches!(
+            Header::read(&mut Input::new(&encode(&h)[..])),
+            Err(Error::UnsupportedFormat(0))
+        ));
+        h.format_version = 1;
+        assert_eq!(Header::read(&mut Input::new(&encode(&h)[..])).unwrap(), h);
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<24} {:>5} {:>7} {:>5} {:>12} {:>12} {:>12} {:>9} {:>9} {:>6}",
+            "{:<24} {:>5} {:>7} {:>5} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9} {:>6}",
             "unit",
             "inst",
             "version",
@@ -194,13 +194,14 @@ impl fmt::Display for Report {
             "logical",
             "zero-pg",
             "lz4-pg",
+            "run-pg",
             "ratio"
         )?;
         for u in &self.units {
             let pass = pass_name(u.pass);
             writeln!(
                 f,
-                "{:<24} {:>5} {:>7} {:>5} {:>12} {:>12} {:>12} {:>9} {:>9} {:>6.2}",
+                "{:<24} {:>5} {:>7} {:>5} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9} {:>6.2}",
                 u.name,
                 u.instance,
                 u.version,
@@ -210,6 +211,7 @@ impl fmt::Display for Report {
                 u.logical_bytes,
                 u.records.zero_pages,
                 u.records.compressed_pages,
+                u.records.run_pages,
                 u.compression_ratio()
             )?;
         }

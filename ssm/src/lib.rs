@@ -73,12 +73,12 @@ mod zero;
 pub use error::{Error, Result, UnitId};
 pub use file::AtomicFile;
 pub use format::{
-    DirEntry, FLAG_COMPRESSED, FLAG_LIVE, FORMAT_VERSION, Header, MAX_NAME_LEN, PAGE_SIZE,
-    PASS_FINAL,
+    DirEntry, FLAG_COMPRESSED, FLAG_LIVE, FORMAT_VERSION, Header, MAX_NAME_LEN, MAX_RUN_PAGES,
+    OLDEST_FORMAT_VERSION, PAGE_SIZE, PASS_FINAL,
 };
 pub use inspect::{Report, UnitReport, VerifySummary, inspect, inspect_stream, verify};
 pub use manager::{LoadStats, Manager, SaveOptions};
-pub use reader::{Page, RecordStats, StreamReader, UnitInfo, UnitReader};
+pub use reader::{FilePages, Page, RecordStats, StreamReader, UnitInfo, UnitReader};
 pub use unit::{Unit, Vote};
 pub use writer::{StreamWriter, UnitWriter, WriteStats};
 pub use zero::is_zero;

@@ -283,10 +283,12 @@ impl Manager {
         })
     }
 
-    /// Loads from a file written by [`Manager::save_to_file`].
+    /// Loads from a file written by [`Manager::save_to_file`], through
+    /// [`StreamReader::from_file`]: units may map page runs from the file
+    /// instead of reading them, so [`crate::verify`] the file first.
     pub fn load_from_file(&mut self, path: &Path) -> Result<LoadStats> {
         let f = std::fs::File::open(path)?;
-        self.load(StreamReader::buffered(f, true)?)
+        self.load(StreamReader::from_file(f)?)
     }
 
     fn load_units<R: BufRead>(

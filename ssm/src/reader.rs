@@ -1,12 +1,13 @@
 //! Reading a saved-state stream sequentially, checking every CRC on the way.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek};
 
 use crate::error::{Error, Result, UnitId};
 use crate::format::{
     self, DirEntry, END_MAGIC, EndMarker, FLAG_COMPRESSED, Footer, HEADER_SIZE, Header,
-    MAX_RAW_RECORD, PAGE_SIZE, REC_LZ4, REC_RAW, REC_TERM, REC_ZERO, REC_ZERO_PAGE, UNIT_MAGIC,
-    UnitHeader,
+    MAX_RAW_RECORD, MAX_RUN_PAGES, PAGE_SIZE, REC_LZ4, REC_PAGE_RUN, REC_RAW, REC_TERM, REC_ZERO,
+    REC_ZERO_PAGE, RUN_HEADER, UNIT_MAGIC, UnitHeader,
 };
 use crate::stream_io::Input;
 
@@ -36,12 +37,17 @@ pub struct RecordStats {
     pub compressed_pages: u64,
     /// Stored bytes of the compressed payloads.
     pub compressed_bytes: u64,
+    /// Pages stored in page-aligned runs.
+    pub run_pages: u64,
+    /// Padding bytes before page runs.
+    pub padding_bytes: u64,
 }
 
 impl RecordStats {
     /// Bytes the unit's data expands to.
     pub fn logical_bytes(&self) -> u64 {
-        self.raw_bytes + (self.zero_pages + self.compressed_pages) * PAGE_SIZE as u64
+        self.raw_bytes
+            + (self.zero_pages + self.compressed_pages + self.run_pages) * PAGE_SIZE as u64
     }
 }
 
@@ -56,6 +62,9 @@ enum Rec {
     Zero(u64),
     /// Inside a decompressed page, at this offset of `lz4_page`.
     Lz4(usize),
+    /// Inside a page run of `total` bytes with `left` bytes of data left;
+    /// the stream records `crc` for the run's data.
+    Run { left: u64, total: u64, crc: u32 },
     /// The terminator tag has been read.
     Term,
 }
@@ -90,6 +99,30 @@ impl Page<'_> {
     }
 }
 
+/// Pages of a page run that lie in the saved-state file at a page-aligned
+/// offset, handed out by [`UnitReader::get_file_pages`] for mapping.
+#[derive(Debug, Clone, Copy)]
+pub struct FilePages<'a> {
+    /// The saved-state file (a duplicate of the reader's descriptor).
+    pub file: &'a File,
+    /// Offset of the first page in the file (a multiple of 4096).
+    pub offset: u64,
+    /// Number of pages.
+    pub pages: u64,
+}
+
+/// The file behind a reader made by [`StreamReader::from_file`].
+struct FileSource<R: ?Sized> {
+    /// A duplicate of the source's descriptor, lent out for mapping.
+    file: File,
+    /// File offset of the stream's first byte.
+    base: u64,
+    /// File length when the reader was made: runs must lie inside it.
+    len: u64,
+    /// Moves the source on without reading.
+    seek: fn(&mut R, i64) -> std::io::Result<()>,
+}
+
 /// Reads a saved-state stream from any [`BufRead`] source: a byte slice,
 /// a buffered file, a buffered socket.
 ///
@@ -110,6 +143,7 @@ pub struct StreamReader<R: ?Sized> {
     lz4_page: Box<[u8; PAGE_SIZE]>,
     gather_page: Vec<u8>,
     lz4_in: Vec<u8>,
+    file: Option<FileSource<R>>,
     inp: Input<R>,
 }
 
@@ -126,6 +160,33 @@ impl<T: Read> StreamReader<BufReader<T>> {
     /// (right for files; a socket may carry other traffic afterwards).
     pub fn buffered(inner: T, expect_eof: bool) -> Result<Self> {
         Self::new(BufReader::with_capacity(1 << 20, inner), expect_eof)
+    }
+}
+
+impl StreamReader<BufReader<File>> {
+    /// Reads a saved-state file from its current position (the start, for
+    /// a file just opened) through a 1 MiB buffer, like
+    /// [`StreamReader::buffered`], and can lend page runs for mapping
+    /// instead of reading them ([`UnitReader::get_file_pages`]). Data after
+    /// the footer is an error.
+    ///
+    /// Pages lent out are not read, so no CRC covers them during the load:
+    /// the running CRC of their unit takes the run's recorded CRC in their
+    /// place (the rest of the unit is still checked). Check the file with
+    /// [`crate::verify`] before loading it this way, and do not change the
+    /// file while anything maps it.
+    pub fn from_file(mut file: File) -> Result<Self> {
+        let base = file.stream_position()?;
+        let len = file.metadata()?.len();
+        let dup = file.try_clone()?;
+        let mut r = Self::new(BufReader::with_capacity(1 << 20, file), true)?;
+        r.file = Some(FileSource {
+            file: dup,
+            base,
+            len,
+            seek: BufReader::seek_relative,
+        });
+        Ok(r)
     }
 }
 
@@ -146,6 +207,7 @@ impl<R: BufRead> StreamReader<R> {
             lz4_page: Box::new([0; PAGE_SIZE]),
             gather_page: vec![0; PAGE_SIZE],
             lz4_in: Vec::with_capacity(PAGE_SIZE),
+            file: None,
             inp,
         })
     }
@@ -340,6 +402,7 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
                 Rec::Raw(n) => n > 0,
                 Rec::Zero(n) => n > 0,
                 Rec::Lz4(pos) => pos < PAGE_SIZE,
+                Rec::Run { left, .. } => left > 0,
                 Rec::Between => false,
             };
             if has_data {
@@ -355,10 +418,11 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
         let at = self.inp.pos();
         // Read the whole header in one go: one copy, one CRC update.
         let tag = self.inp.peek_u8(WHAT)?;
-        let mut h = [0u8; 5];
+        let mut h = [0u8; RUN_HEADER];
         let hlen = match tag {
             REC_RAW | REC_ZERO => 5,
             REC_LZ4 => 3,
+            REC_PAGE_RUN => RUN_HEADER,
             _ => 1,
         };
         self.inp.read_exact(&mut h[..hlen], WHAT)?;
@@ -421,6 +485,7 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
                 self.stats.compressed_bytes += clen as u64;
                 Ok(Rec::Lz4(0))
             }
+            REC_PAGE_RUN => self.read_run_padding(at, &h),
             REC_TERM => Ok(Rec::Term),
             tag => Err(Error::malformed(
                 at,
@@ -428,6 +493,88 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
                 format!("unknown record tag {tag:#04x}"),
             )),
         }
+    }
+
+    /// Checks a page-run record header (`h`, read at `at`) and reads the
+    /// zero padding after it.
+    fn read_run_padding(&mut self, at: u64, h: &[u8; RUN_HEADER]) -> Result<Rec> {
+        const WHAT: &str = "page run";
+        if self.header.format_version < 2 {
+            return Err(Error::malformed(at, WHAT, "page run in a version 1 stream"));
+        }
+        let count = u32::from_le_bytes([h[1], h[2], h[3], h[4]]);
+        let crc = u32::from_le_bytes([h[5], h[6], h[7], h[8]]);
+        let pad = u16::from_le_bytes([h[9], h[10]]);
+        if count == 0 || count > MAX_RUN_PAGES {
+            return Err(Error::malformed(at, WHAT, format!("{count} pages")));
+        }
+        let want = format::run_padding(self.inp.pos());
+        if pad != want {
+            return Err(Error::malformed(
+                at,
+                WHAT,
+                format!("padding of {pad} bytes, the alignment needs {want}"),
+            ));
+        }
+        let mut padding = std::mem::take(&mut self.gather_page);
+        padding.resize(PAGE_SIZE, 0);
+        let read = self
+            .inp
+            .read_exact(&mut padding[..usize::from(pad)], "page run padding");
+        let zero = crate::zero::is_zero(&padding[..usize::from(pad)]);
+        self.gather_page = padding;
+        read?;
+        if !zero {
+            return Err(Error::malformed(at, WHAT, "padding is not zero"));
+        }
+        let total = u64::from(count) * PAGE_SIZE as u64;
+        self.stats.run_pages += u64::from(count);
+        self.stats.padding_bytes += u64::from(pad);
+        Ok(Rec::Run {
+            left: total,
+            total,
+            crc,
+        })
+    }
+
+    /// Hands out the page run that starts here, unread, when the stream is
+    /// a file (see [`StreamReader::from_file`]), the run holds at most
+    /// `max_pages` pages and lies inside the file.
+    fn file_pages(&mut self, max_pages: u64) -> Result<Option<FilePages<'_>>> {
+        if self.file.is_none() || !self.ensure_record()? {
+            return Ok(None);
+        }
+        let Rec::Run { left, total, crc } = self.open()?.rec else {
+            return Ok(None);
+        };
+        let Some(src) = &self.file else {
+            return Ok(None);
+        };
+        let offset = src.base + self.inp.pos();
+        let fits = offset.checked_add(total).is_some_and(|end| end <= src.len);
+        if left != total
+            || total / PAGE_SIZE as u64 > max_pages
+            || offset % PAGE_SIZE as u64 != 0
+            || !fits
+        {
+            return Ok(None);
+        }
+        self.inp.skip_unread(total, crc, src.seek)?;
+        self.open()?.rec = Rec::Run {
+            left: 0,
+            total,
+            crc,
+        };
+        let file = self
+            .file
+            .as_ref()
+            .map(|s| &s.file)
+            .ok_or_else(|| Error::InvalidState("file source vanished".into()))?;
+        Ok(Some(FilePages {
+            file,
+            offset,
+            pages: total / PAGE_SIZE as u64,
+        }))
     }
 
     fn read_into(&mut self, dst: &mut [u8]) -> Result<()> {
@@ -443,6 +590,12 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
                     let n = want.min(left as usize);
                     self.inp.read_exact(&mut out[..n], "raw record")?;
                     (Rec::Raw(left - n as u32), n)
+                }
+                Rec::Run { left, total, crc } => {
+                    let n = (want as u64).min(left) as usize;
+                    self.inp.read_exact(&mut out[..n], "page run")?;
+                    let left = left - n as u64;
+                    (Rec::Run { left, total, crc }, n)
                 }
                 Rec::Zero(left) => {
                     let n = (want as u64).min(left) as usize;
@@ -473,6 +626,12 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
                     self.inp.skip(k, "raw record")?;
                     (Rec::Raw(left - k as u32), k)
                 }
+                Rec::Run { left, total, crc } => {
+                    let k = n.min(left);
+                    self.inp.skip(k, "page run")?;
+                    let left = left - k;
+                    (Rec::Run { left, total, crc }, k)
+                }
                 Rec::Zero(left) => {
                     let k = n.min(left);
                     (Rec::Zero(left - k), k)
@@ -493,7 +652,7 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
         while self.ensure_record()? {
             let left = match self.open()?.rec {
                 Rec::Raw(n) => u64::from(n),
-                Rec::Zero(n) => n,
+                Rec::Zero(n) | Rec::Run { left: n, .. } => n,
                 Rec::Lz4(pos) => (PAGE_SIZE - pos) as u64,
                 Rec::Between | Rec::Term => 0,
             };
@@ -514,6 +673,11 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
             Rec::Raw(left) if left as usize >= PAGE_SIZE && self.inp.buffered()? >= PAGE_SIZE => {
                 rec
             }
+            Rec::Run { left, .. }
+                if left >= PAGE_SIZE as u64 && self.inp.buffered()? >= PAGE_SIZE =>
+            {
+                rec
+            }
             _ => Rec::Between,
         })
     }
@@ -530,6 +694,11 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
             }
             Rec::Raw(left) => {
                 self.open()?.rec = Rec::Raw(left - PAGE_SIZE as u32);
+                as_page(self.inp.borrow(PAGE_SIZE)?)
+            }
+            Rec::Run { left, total, crc } => {
+                let left = left - PAGE_SIZE as u64;
+                self.open()?.rec = Rec::Run { left, total, crc };
                 as_page(self.inp.borrow(PAGE_SIZE)?)
             }
             Rec::Between | Rec::Term => {
@@ -553,7 +722,11 @@ impl<R: BufRead + ?Sized> StreamReader<R> {
         };
         let at_term = match rec {
             Rec::Term => true,
-            Rec::Between | Rec::Raw(0) | Rec::Zero(0) | Rec::Lz4(PAGE_SIZE) => {
+            Rec::Between
+            | Rec::Raw(0)
+            | Rec::Zero(0)
+            | Rec::Lz4(PAGE_SIZE)
+            | Rec::Run { left: 0, .. } => {
                 let next = self.read_record_header()?;
                 self.open()?.rec = next;
                 next == Rec::Term
@@ -633,6 +806,7 @@ trait UnitSource {
     fn skip(&mut self, n: u64) -> Result<()>;
     fn skip_rest(&mut self) -> Result<()>;
     fn get_page(&mut self) -> Result<Page<'_>>;
+    fn file_pages(&mut self, max_pages: u64) -> Result<Option<FilePages<'_>>>;
     fn info(&self) -> Option<&UnitInfo>;
 }
 
@@ -648,6 +822,9 @@ impl<R: BufRead + ?Sized> UnitSource for StreamReader<R> {
     }
     fn get_page(&mut self) -> Result<Page<'_>> {
         StreamReader::get_page(self)
+    }
+    fn file_pages(&mut self, max_pages: u64) -> Result<Option<FilePages<'_>>> {
+        StreamReader::file_pages(self, max_pages)
     }
     fn info(&self) -> Option<&UnitInfo> {
         self.unit.as_ref().map(|u| &u.info)
@@ -732,6 +909,20 @@ impl<'a> UnitReader<'a> {
     /// buffer when it holds the page whole), so loading copies each page once.
     pub fn get_page(&mut self) -> Result<Page<'_>> {
         self.r.get_page()
+    }
+
+    /// When the next data is a page run (written with
+    /// [`crate::UnitWriter::put_page_run`]) of at most `max_pages` pages
+    /// and the reader reads a file ([`StreamReader::from_file`]), hands the
+    /// run out as pages of that file, to be mapped rather than read, and
+    /// moves past it. Otherwise (another source, another record, a longer
+    /// run, a run already partly read) returns `None` and reads nothing:
+    /// read the pages with [`get_page`](Self::get_page).
+    ///
+    /// The pages handed out are not read, so only [`crate::verify`] (run
+    /// before the load) checks their CRC; see [`StreamReader::from_file`].
+    pub fn get_file_pages(&mut self, max_pages: u64) -> Result<Option<FilePages<'_>>> {
+        self.r.file_pages(max_pages)
     }
 
     /// Skips `n` bytes of the unit's data.

@@ -52,6 +52,15 @@ impl<W: Write + ?Sized> Output<W> {
         Ok(())
     }
 
+    /// Writes `bytes` whose CRC32C the caller already computed (`crc`),
+    /// folding that into the running CRC without a second pass over them.
+    pub(crate) fn emit_precomputed(&mut self, bytes: &[u8], crc: u32) -> Result<()> {
+        self.inner.write_all(bytes)?;
+        self.crc = crc32c::crc32c_combine(self.crc, crc, bytes.len());
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
     /// Writes the running CRC (little-endian) without adding it to itself.
     pub(crate) fn emit_crc(&mut self) -> Result<()> {
         self.inner.write_all(&self.crc.to_le_bytes())?;
@@ -183,6 +192,25 @@ impl<R: BufRead + ?Sized> Input<R> {
             self.pos += k as u64;
             n -= k as u64;
         }
+        Ok(())
+    }
+
+    /// Moves `n` bytes on without reading them, through `seek` (a relative
+    /// seek of the source), and folds `crc`, the CRC32C the stream records
+    /// for those bytes, into the running CRC in their place.
+    pub(crate) fn skip_unread(
+        &mut self,
+        n: u64,
+        crc: u32,
+        seek: fn(&mut R, i64) -> std::io::Result<()>,
+    ) -> Result<()> {
+        self.settle();
+        let (Ok(delta), Ok(len)) = (i64::try_from(n), usize::try_from(n)) else {
+            return Err(Error::malformed(self.pos, "page run", "too long to skip"));
+        };
+        seek(&mut self.inner, delta)?;
+        self.pos += n;
+        self.crc = crc32c::crc32c_combine(self.crc, crc, len);
         Ok(())
     }
 

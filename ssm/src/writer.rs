@@ -5,8 +5,9 @@ use std::io::Write;
 
 use crate::error::{Error, Result, UnitId};
 use crate::format::{
-    self, DirEntry, EndMarker, FLAG_COMPRESSED, Footer, Header, MAX_RAW_RECORD, PAGE_SIZE, REC_LZ4,
-    REC_RAW, REC_TERM, REC_ZERO, REC_ZERO_PAGE, UnitHeader,
+    self, DirEntry, EndMarker, FLAG_COMPRESSED, Footer, Header, MAX_RAW_RECORD, MAX_RUN_PAGES,
+    PAGE_SIZE, REC_LZ4, REC_PAGE_RUN, REC_RAW, REC_TERM, REC_ZERO, REC_ZERO_PAGE, RUN_HEADER,
+    UnitHeader,
 };
 use crate::stream_io::Output;
 use crate::zero::is_zero;
@@ -33,6 +34,10 @@ pub struct WriteStats {
     pub compressed_pages: u64,
     /// Pages stored raw.
     pub raw_pages: u64,
+    /// Pages stored in page-aligned runs ([`UnitWriter::put_page_run`]).
+    pub run_pages: u64,
+    /// Padding bytes written to align page runs.
+    pub padding_bytes: u64,
 }
 
 struct OpenUnit {
@@ -286,6 +291,46 @@ impl<W: Write + ?Sized> StreamWriter<W> {
         r.map(|()| true)
     }
 
+    /// Writes `pages` (whole pages) as page-run records whose data starts at
+    /// a multiple of [`PAGE_SIZE`] in the stream; in a compressed stream,
+    /// page by page like [`put_page`](Self::put_page) instead.
+    fn put_page_run(&mut self, pages: &[u8]) -> Result<()> {
+        if pages.is_empty() || pages.len() % PAGE_SIZE != 0 {
+            return Err(Error::InvalidState(format!(
+                "a page run of {} bytes is not whole pages",
+                pages.len()
+            )));
+        }
+        if self.compress {
+            for page in pages.chunks_exact(PAGE_SIZE) {
+                let page: &[u8; PAGE_SIZE] = page
+                    .try_into()
+                    .map_err(|_| Error::InvalidState("short page".into()))?;
+                self.put_page(page)?;
+            }
+            return Ok(());
+        }
+        self.flush_zero()?;
+        self.flush_buf()?;
+        static PADDING: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+        for run in pages.chunks(MAX_RUN_PAGES as usize * PAGE_SIZE) {
+            let count = (run.len() / PAGE_SIZE) as u32;
+            let crc = crc32c::crc32c(run);
+            let pad = format::run_padding(self.out.pos() + RUN_HEADER as u64);
+            let mut h = [0u8; RUN_HEADER];
+            h[0] = REC_PAGE_RUN;
+            h[1..5].copy_from_slice(&count.to_le_bytes());
+            h[5..9].copy_from_slice(&crc.to_le_bytes());
+            h[9..11].copy_from_slice(&pad.to_le_bytes());
+            self.out.emit(&h)?;
+            self.out.emit(&PADDING[..usize::from(pad)])?;
+            self.out.emit_precomputed(run, crc)?;
+            self.stats.run_pages += u64::from(count);
+            self.stats.padding_bytes += u64::from(pad);
+        }
+        Ok(())
+    }
+
     pub(crate) fn close_unit(&mut self) -> Result<()> {
         self.flush_zero()?;
         self.flush_buf()?;
@@ -369,6 +414,42 @@ impl<'a> UnitWriter<'a> {
     /// for compression and it pays, else stored raw.
     pub fn put_page(&mut self, page: &[u8; PAGE_SIZE]) -> Result<()> {
         self.w.put_page(page)
+    }
+
+    /// Writes whole pages (`pages.len()` a non-zero multiple of 4096) so that
+    /// their data starts at a multiple of 4096 in the stream, zero bytes of
+    /// padding before it. Saved to a file, the pages can then be mapped
+    /// from it instead of read ([`crate::UnitReader::get_file_pages`]); they
+    /// cost up to 4 KiB of padding per 256 MiB record, so give long runs.
+    /// Zero pages are stored as they are (use [`put_page`](Self::put_page)
+    /// for those). In a compressed stream the pages go out one by one as
+    /// with `put_page`, since compressed pages cannot be mapped. Read them
+    /// back with [`crate::UnitReader::get_file_pages`] or page by page.
+    ///
+    /// ```
+    /// use ssm::{Header, StreamReader, StreamWriter, PASS_FINAL};
+    /// # fn main() -> Result<(), ssm::Error> {
+    /// let mut w = StreamWriter::new(Vec::new(), &Header::for_this_host("doc", 0))?;
+    /// let mut u = w.begin_unit("ram", 0, 1, PASS_FINAL)?;
+    /// u.put_u8(1)?;
+    /// u.put_page_run(&[0x5a; 3 * 4096])?;
+    /// u.end()?;
+    /// let bytes = w.finish()?;
+    ///
+    /// let mut r = StreamReader::from_slice(&bytes)?;
+    /// r.next_unit()?;
+    /// let mut u = r.unit_reader();
+    /// assert_eq!(u.get_u8()?, 1);
+    /// // Not a file: nothing to map, the pages are read instead.
+    /// assert!(u.get_file_pages(3)?.is_none());
+    /// for _ in 0..3 {
+    ///     assert!(matches!(u.get_page()?, ssm::Page::Data(p) if p[0] == 0x5a));
+    /// }
+    /// r.finish_unit()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn put_page_run(&mut self, pages: &[u8]) -> Result<()> {
+        self.w.put_page_run(pages)
     }
 
     /// Closes the unit with its terminator. Only for units opened through

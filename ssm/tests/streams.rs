@@ -89,7 +89,7 @@ fn file_round_trip_inspect_and_verify() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["units"].as_array().unwrap().len(), 3);
     assert_eq!(json["units"][1]["records"]["zero_pages"], 2);
-    assert_eq!(json["header"]["format_version"], 1);
+    assert_eq!(json["header"]["format_version"], ssm::FORMAT_VERSION);
 
     let summary = ssm::verify(&path).unwrap();
     assert_eq!(summary.units, 3);

@@ -27,7 +27,7 @@ impl Unit for Greedy {
         let mut page = [0u8; 4096];
         let mut bytes = [0u8; 100];
         for _ in 0..10_000 {
-            match r.get_u8()? % 9 {
+            match r.get_u8()? % 10 {
                 0 => drop(r.get_u64()?),
                 1 => drop(r.get_bool()?),
                 2 => drop(r.get_buf(1 << 16)?),
@@ -39,6 +39,10 @@ impl Unit for Greedy {
                     r.skip(u64::from(n))?
                 }
                 7 => drop(r.get_guest_addr()?),
+                8 => {
+                    let max = u64::from(r.get_u8()?);
+                    let _ = r.get_file_pages(max)?;
+                }
                 _ => return r.skip_to_end_of_unit(),
             }
         }
