@@ -5,7 +5,15 @@
 //! mapping alive for as long as anyone holds a reference, so the guest memory
 //! view and the KVM slots can share them safely. [`MmapHostMemory`] is the
 //! plain provider: anonymous private mappings from the kernel.
+//!
+//! A load from a saved-state file can ask the provider to map pages of the
+//! file into a region ([`HostMemory::map_file`]) instead of copying them:
+//! the pages then cost nothing until the guest touches them, and a write
+//! gives the guest a private copy (copy-on-write), never changing the file.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use vm_memory::MmapRegion;
@@ -34,6 +42,9 @@ pub enum HostMemoryError {
         /// Region size.
         size: usize,
     },
+    /// A file offset to map from that is not page aligned.
+    #[error("file offset {0:#x} is not page aligned")]
+    FileOffset(u64),
     /// A system call failed.
     #[error("{call}: {source}")]
     Os {
@@ -81,6 +92,49 @@ pub trait HostMemory: Send + Sync {
         }
     }
 
+    /// Makes `len` bytes at `offset` of `region` (page aligned) show the
+    /// bytes of `file` at `file_offset` (page aligned). A provider that can
+    /// maps them privately (copy-on-write: guest writes never reach the
+    /// file), so they cost nothing until touched; the pages then count as
+    /// allocated, and [`discard`](Self::discard) and ballooning make them
+    /// read zero as for any page. The file must not be truncated or written
+    /// in place while the region maps it (a mapping outlives the
+    /// descriptor, so the caller may close `file`).
+    ///
+    /// The default reads the bytes into the region (a copy), so every
+    /// provider works.
+    fn map_file(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        file: &File,
+        file_offset: u64,
+    ) -> Result<(), HostMemoryError> {
+        check_span(region, offset, len)?;
+        if file_offset % HOST_PAGE_SIZE as u64 != 0 {
+            return Err(HostMemoryError::FileOffset(file_offset));
+        }
+        let mut buf = vec![0u8; len.min(1 << 20)];
+        let mut done = 0;
+        while done < len {
+            let n = buf.len().min(len - done);
+            file.read_exact_at(&mut buf[..n], file_offset + done as u64)
+                .map_err(|source| HostMemoryError::Os {
+                    call: "pread",
+                    source,
+                })?;
+            // SAFETY: `offset + done .. + n` lies inside the region's live
+            // mapping (span checked above) and does not overlap `buf`; guest
+            // memory is only ever accessed through raw pointers.
+            unsafe {
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), region.as_ptr().add(offset + done), n);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Fills `out` with one entry per page of `offset..offset + len`: whether
     /// the page currently occupies host memory.
     fn residency(
@@ -92,8 +146,11 @@ pub trait HostMemory: Send + Sync {
     ) -> Result<(), HostMemoryError>;
 }
 
-/// [`HostMemory`] over anonymous private mappings (`mmap`, `madvise`,
-/// `mincore`).
+/// [`HostMemory`] over anonymous private mappings (`mmap`, `mincore`);
+/// [`HostMemory::map_file`] maps file pages `MAP_PRIVATE` into the region,
+/// and [`HostMemory::discard`] maps fresh anonymous memory over a span
+/// (dropping pages with `madvise` would bring a file page back instead of
+/// zeros).
 ///
 /// ```
 /// use pgm::phys::{HostMemory, MmapHostMemory};
@@ -130,6 +187,40 @@ fn check_span(region: &MmapRegion, offset: usize, len: usize) -> Result<(), Host
     }
 }
 
+/// Replaces the pages of a checked span of `region` (one of
+/// [`MmapHostMemory`]'s anonymous regions) with a new read-write mapping.
+fn map_fixed(
+    region: &MmapRegion,
+    offset: usize,
+    len: usize,
+    flags: libc::c_int,
+    fd: libc::c_int,
+    file_offset: libc::off_t,
+) -> Result<(), HostMemoryError> {
+    // SAFETY: the caller checked that the span lies inside the region's
+    // live mapping, which this provider created and which stays mapped for
+    // the region's lifetime; MAP_FIXED only replaces those pages (the
+    // region keeps its address and size), and guest memory is only
+    // accessed through raw pointers, so no Rust reference sees the swap.
+    let p = unsafe {
+        libc::mmap(
+            region.as_ptr().add(offset).cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_FIXED,
+            fd,
+            file_offset,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(HostMemoryError::Os {
+            call: "mmap",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 impl HostMemory for MmapHostMemory {
     fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
         let bad = |message: String| HostMemoryError::Allocate { size, message };
@@ -152,18 +243,40 @@ impl HostMemory for MmapHostMemory {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: the span was checked to lie inside the region's live
-        // mapping; MADV_DONTNEED on a private anonymous mapping only drops
-        // pages (they read as zero afterwards), it never unmaps.
-        let rc =
-            unsafe { libc::madvise(region.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
-        if rc != 0 {
-            return Err(HostMemoryError::Os {
-                call: "madvise",
-                source: std::io::Error::last_os_error(),
-            });
+        map_fixed(
+            region,
+            offset,
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    }
+
+    fn map_file(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        file: &File,
+        file_offset: u64,
+    ) -> Result<(), HostMemoryError> {
+        check_span(region, offset, len)?;
+        let off = libc::off_t::try_from(file_offset)
+            .ok()
+            .filter(|o| o % HOST_PAGE_SIZE as libc::off_t == 0)
+            .ok_or(HostMemoryError::FileOffset(file_offset))?;
+        if len == 0 {
+            return Ok(());
         }
-        Ok(())
+        map_fixed(
+            region,
+            offset,
+            len,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            off,
+        )
     }
 
     fn residency(
@@ -212,6 +325,86 @@ mod tests {
         assert_eq!(r, vec![false; 4]);
         // SAFETY: as above.
         assert_eq!(unsafe { region.as_ptr().add(4096).read() }, 0);
+    }
+
+    /// A file of `pages` pages, page `i` filled with `i + 1`.
+    fn page_file(pages: usize) -> File {
+        let f = tempfile::tempfile().unwrap();
+        for i in 0..pages {
+            f.write_all_at(&[i as u8 + 1; 4096], i as u64 * 4096)
+                .unwrap();
+        }
+        f
+    }
+
+    fn byte(region: &MmapRegion, at: usize) -> u8 {
+        assert!(at < region.size());
+        // SAFETY: `at` is inside the live mapping.
+        unsafe { region.as_ptr().add(at).read() }
+    }
+
+    #[test]
+    fn mapped_file_pages_are_private_and_discard_makes_them_zero() {
+        let host = MmapHostMemory::new();
+        let region = host.allocate(4 * 4096).unwrap();
+        let f = page_file(3);
+        host.map_file(&region, 4096, 2 * 4096, &f, 4096).unwrap();
+        assert_eq!(
+            [0, 4096, 8192, 12288].map(|a| byte(&region, a)),
+            [0, 2, 3, 0]
+        );
+        // A write copies the page; the file keeps its bytes.
+        // SAFETY: inside the mapping.
+        unsafe { region.as_ptr().add(4096).write(0x77) };
+        assert_eq!(byte(&region, 4096), 0x77);
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 4096).unwrap();
+        assert_eq!(b, [2]);
+        // Discarded pages read zero, written or not (not the file's bytes).
+        host.discard(&region, 4096, 2 * 4096).unwrap();
+        assert_eq!(byte(&region, 4096), 0);
+        assert_eq!(byte(&region, 8192), 0);
+        assert!(matches!(
+            host.map_file(&region, 0, 4096, &f, 100),
+            Err(HostMemoryError::FileOffset(100))
+        ));
+        assert!(host.map_file(&region, 0, 5 * 4096, &f, 0).is_err());
+    }
+
+    /// A provider with only the required methods: `map_file` copies.
+    struct Copying(MmapHostMemory);
+
+    impl HostMemory for Copying {
+        fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
+            self.0.allocate(size)
+        }
+        fn discard(&self, r: &MmapRegion, o: usize, l: usize) -> Result<(), HostMemoryError> {
+            self.0.discard(r, o, l)
+        }
+        fn residency(
+            &self,
+            r: &MmapRegion,
+            o: usize,
+            l: usize,
+            out: &mut Vec<bool>,
+        ) -> Result<(), HostMemoryError> {
+            self.0.residency(r, o, l, out)
+        }
+    }
+
+    #[test]
+    fn the_default_map_file_copies() {
+        let host = Copying(MmapHostMemory::new());
+        let region = host.allocate(2 * 4096).unwrap();
+        let f = page_file(2);
+        host.map_file(&region, 0, 2 * 4096, &f, 0).unwrap();
+        assert_eq!([0, 4095, 4096].map(|a| byte(&region, a)), [1, 1, 2]);
+        f.write_all_at(&[9; 4096], 0).unwrap();
+        assert_eq!(byte(&region, 0), 1, "a copy, not a view of the file");
+        assert!(
+            host.map_file(&region, 0, 4096, &f, 8192).is_err(),
+            "past EOF"
+        );
     }
 
     #[test]

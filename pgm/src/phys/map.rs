@@ -85,6 +85,8 @@ pub struct PhysMap {
     pub(crate) slots: SlotTracker,
     pub(crate) monitoring: bool,
     pub(crate) counters: Option<AccessCounters>,
+    /// RAM pages loads mapped from saved-state files.
+    pub(crate) pages_mapped_from_file: u64,
 }
 
 impl std::fmt::Debug for PhysMap {
@@ -150,12 +152,19 @@ impl PhysMap {
             slots: SlotTracker::default(),
             monitoring: false,
             counters: None,
+            pages_mapped_from_file: 0,
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> PhysConfig {
         self.config
+    }
+
+    /// Pages that loads of saved states mapped from their files instead of
+    /// copying (see [`PgmUnit`](super::PgmUnit)), in total.
+    pub fn pages_mapped_from_file(&self) -> u64 {
+        self.pages_mapped_from_file
     }
 
     /// Index of the range containing `gpa`.

@@ -93,6 +93,16 @@ pub fn register_stats(map: &SharedPhysMap, reg: &stam::Registry) -> Result<(), s
                 .map_or(0, |m| m.read_recursive().kvm_slots().generation)
         },
     )?;
+    let m = Arc::downgrade(map);
+    reg.callback(
+        "/PGM/SavedState/cMappedPages",
+        stam::Unit::Pages,
+        "RAM pages loads mapped from saved-state files instead of copying",
+        move || {
+            m.upgrade()
+                .map_or(0, |m| m.read_recursive().pages_mapped_from_file())
+        },
+    )?;
     let counters = AccessCounters {
         mmio_exits: reg.counter(
             "/PGM/MmioExits",
