@@ -1,6 +1,8 @@
 //! The public handles: [`Gmm`], [`Vm`] and [`RamRegion`].
 
 use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -360,6 +362,41 @@ impl RamRegion {
         self.state().region_deflate(self.id, first, count)
     }
 
+    /// Maps backed pages `first..first+count` to a private copy-on-write
+    /// view of `file` from byte `file_offset` (page aligned), e.g. guest RAM
+    /// saved in a saved-state file: they read the file's bytes and cost no
+    /// memory until touched; a guest or host write gives the VM a private
+    /// copy and never changes the file. They stay the VM's allocated private
+    /// pages (the memory they had is returned), so freeing, discarding or
+    /// ballooning them works as for any page and makes them read zero.
+    ///
+    /// The file must not be truncated or written in place while the region
+    /// maps it (a truncated page would fault the guest or the VMM with
+    /// `SIGBUS`, a written one would change guest memory): write a new file
+    /// and rename it over the old one instead. The mapping keeps the file
+    /// open by itself; `file` may be closed afterwards.
+    ///
+    /// ```
+    /// # use gmm::{Gmm, GmmConfig, Reservation};
+    /// use std::os::unix::fs::FileExt;
+    /// # let gmm = Gmm::new(GmmConfig::new(1024))?;
+    /// # let vm = gmm.register_vm("vm", Reservation { base: 16, ..Default::default() })?;
+    /// let ram = vm.create_ram_region(16)?;
+    /// ram.alloc(0, 16)?;
+    /// let file = tempfile::tempfile().unwrap();
+    /// file.write_all_at(&[7; 8192], 0).unwrap();
+    /// ram.map_file(2, 2, &file, 0)?;
+    /// let mut b = [0u8; 1];
+    /// ram.read(3 * 4096, &mut b)?;
+    /// assert_eq!(b, [7]);
+    /// assert_eq!(gmm.stats().file_mapped_pages, 2);
+    /// # Ok::<(), gmm::Error>(())
+    /// ```
+    pub fn map_file(&self, first: u64, count: u64, file: &File, file_offset: u64) -> Result<()> {
+        self.state()
+            .region_map_file(self.id, first, count, file.as_raw_fd(), file_offset)
+    }
+
     /// How page `index` is backed.
     pub fn page_state(&self, index: u64) -> Result<PageState> {
         let st = self.state();
@@ -371,7 +408,7 @@ impl RamRegion {
         })?;
         Ok(match slot {
             Slot::Empty => PageState::Empty,
-            Slot::Private(_) | Slot::Anon => PageState::Private,
+            Slot::Private(_) | Slot::Anon | Slot::File => PageState::Private,
             Slot::Shared(_) | Slot::Zero => PageState::Shared,
             Slot::Ballooned => PageState::Ballooned,
         })
@@ -388,7 +425,7 @@ impl RamRegion {
             .iter()
             .zip(core)
             .map(|(s, resident)| match s {
-                Slot::Private(_) => resident,
+                Slot::Private(_) | Slot::File => resident,
                 Slot::Anon | Slot::Shared(_) => true,
                 Slot::Empty | Slot::Zero | Slot::Ballooned => false,
             })

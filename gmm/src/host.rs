@@ -5,7 +5,7 @@
 //! `p`, so chunk `c` occupies offsets `c * 2 MiB ..`. The file is sparse: a
 //! page costs host memory only once written, and punching a hole returns it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
@@ -298,6 +298,46 @@ impl RegionMap {
 }
 
 impl RegionMap {
+    /// Maps `count` region pages from `first` to a private (copy-on-write)
+    /// view of `fd` at byte offset `offset` (page aligned): they read the
+    /// file's pages, and a write gives the writer an anonymous copy without
+    /// touching the file. The mapping holds its own reference to the file,
+    /// so the descriptor may be closed afterwards.
+    pub(crate) fn map_file(&self, first: u64, count: u64, fd: RawFd, offset: u64) -> Result<()> {
+        if first.checked_add(count).is_none_or(|e| e > self.pages) {
+            return Err(Error::RangeOutOfBounds {
+                first,
+                count,
+                pages: self.pages,
+            });
+        }
+        let off = libc::off_t::try_from(offset)
+            .ok()
+            .filter(|o| o % PAGE_SIZE as libc::off_t == 0)
+            .ok_or(Error::InvalidConfig(
+                "file offset must be page aligned and fit off_t",
+            ))?;
+        if count == 0 {
+            return Ok(());
+        }
+        // SAFETY: MAP_FIXED only replaces pages inside this reservation
+        // (bounds checked above), as in `map`.
+        let ptr = unsafe {
+            libc::mmap(
+                self.page_ptr(first).cast(),
+                count as usize * PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                fd,
+                off,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::host("mmap(MAP_FIXED) of a file in region"));
+        }
+        Ok(())
+    }
+
     /// Whether each of `count` pages from `first` is in host memory (for
     /// file mappings: whether the memfd page exists), per `mincore`.
     pub(crate) fn mincore(&self, first: u64, count: u64) -> Result<Vec<bool>> {

@@ -64,6 +64,7 @@
 mod chunk;
 mod config;
 mod error;
+mod file_map;
 mod gmm;
 mod host;
 mod ids;

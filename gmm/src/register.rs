@@ -51,6 +51,12 @@ const GLOBAL: &[GlobalStat] = &[
         "Pages ballooned by all VMs.",
         |s| s.ballooned_pages,
     ),
+    (
+        "cFileMappedPages",
+        Unit::Pages,
+        "Guest pages mapped copy-on-write from files, not written since.",
+        |s| s.file_mapped_pages,
+    ),
     ("cChunks", Unit::Count, "Chunks in existence.", |s| s.chunks),
     (
         "cEmptyChunks",

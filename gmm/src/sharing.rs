@@ -144,7 +144,7 @@ impl State {
             .filter(|(_, r)| {
                 r.slots
                     .iter()
-                    .any(|s| matches!(s, Slot::Shared(_) | Slot::Zero))
+                    .any(|s| matches!(s, Slot::Shared(_) | Slot::Zero | Slot::File))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -162,23 +162,28 @@ impl State {
                 .zip(&flags)
                 .enumerate()
                 .filter(|(_, (s, f))| match s {
-                    Slot::Shared(_) => f.is_cow_copy_of_file(),
+                    Slot::Shared(_) | Slot::File => f.is_cow_copy_of_file(),
                     Slot::Zero => f.is_written_anon(),
                     _ => false,
                 })
                 .map(|(i, (s, _))| (i, *s))
                 .collect();
             for (i, slot) in written {
-                if let Slot::Shared(m) = slot {
-                    self.unref_shared(m);
-                }
                 if let Some(r) = self.regions.get_mut(&id) {
                     r.slots[i] = Slot::Anon;
+                }
+                self.anon_pages += 1;
+                if slot == Slot::File {
+                    // Already the VM's private host page: only its kind changes.
+                    self.file_pages -= 1;
+                    continue;
+                }
+                if let Slot::Shared(m) = slot {
+                    self.unref_shared(m);
                 }
                 let v = self.vm_mut(vm)?;
                 v.shared -= 1;
                 v.private += 1;
-                self.anon_pages += 1;
                 self.host_pages += 1;
                 unshared += 1;
             }
@@ -214,6 +219,11 @@ impl State {
                 let own = match *slot {
                     Slot::Private(p) => Some(p),
                     Slot::Anon => None,
+                    // Unwritten file pages are the file's page cache, not
+                    // memory of the VM's own: sharing them would save
+                    // nothing, and reading them would fault the whole file
+                    // in. Written ones became `Anon` in the reconcile above.
+                    Slot::File => continue,
                     _ => continue,
                 };
                 let zero_action = Action {

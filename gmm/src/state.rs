@@ -48,6 +48,11 @@ pub(crate) enum Slot {
     Zero,
     /// Given back to the host by the balloon.
     Ballooned,
+    /// A private (copy-on-write) view of a page of a file, e.g. a saved
+    /// state: the VM's private page for the accounts, counted as one host
+    /// page; a write turns it into an [`Slot::Anon`] copy (found by
+    /// reconciliation).
+    File,
 }
 
 impl Slot {
@@ -59,6 +64,7 @@ impl Slot {
             Slot::Shared(_) => "shared",
             Slot::Zero => "shared zero",
             Slot::Ballooned => "ballooned",
+            Slot::File => "private (file copy-on-write)",
         }
     }
 
@@ -124,6 +130,8 @@ pub(crate) struct State {
     /// Host pages in use: used chunk pages plus private copies made on write.
     pub(crate) host_pages: u64,
     pub(crate) anon_pages: u64,
+    /// Region pages mapped from files ([`Slot::File`]).
+    pub(crate) file_pages: u64,
     pub(crate) reserved_total: u64,
     pub(crate) ballooned_total: u64,
     pub(crate) events: Events,
@@ -151,6 +159,7 @@ impl State {
             shared: IdMap::default(),
             host_pages: 0,
             anon_pages: 0,
+            file_pages: 0,
             reserved_total: 0,
             ballooned_total: 0,
             events: Events::default(),
@@ -610,7 +619,7 @@ impl State {
     }
 
     /// Fails with `PageState` unless every slot in the range satisfies `ok`.
-    fn expect_slots(
+    pub(crate) fn expect_slots(
         &self,
         id: u64,
         first: u64,
@@ -711,6 +720,11 @@ impl State {
                     self.host_pages -= 1;
                     private += 1;
                 }
+                Slot::File => {
+                    self.file_pages -= 1;
+                    self.host_pages -= 1;
+                    private += 1;
+                }
                 Slot::Shared(m) => {
                     self.unref_shared(m);
                     shared += 1;
@@ -795,6 +809,13 @@ impl State {
                             Slot::Shared(m) => self.unref_shared(m),
                             Slot::Anon => {
                                 self.anon_pages -= 1;
+                                self.host_pages -= 1;
+                                let v = self.vm_mut(vm)?;
+                                v.private -= 1;
+                                v.shared += 1;
+                            }
+                            Slot::File => {
+                                self.file_pages -= 1;
                                 self.host_pages -= 1;
                                 let v = self.vm_mut(vm)?;
                                 v.private -= 1;

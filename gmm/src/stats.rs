@@ -101,6 +101,9 @@ pub struct GmmStats {
     pub cow_unshares: u64,
     /// Registered VMs.
     pub vms: u64,
+    /// Guest pages mapped copy-on-write from files and not written since
+    /// (part of `allocated_pages`).
+    pub file_mapped_pages: u64,
 }
 
 impl GmmStats {
@@ -128,6 +131,7 @@ impl GmmStats {
             pages_deduplicated: st.events.pages_deduplicated,
             cow_unshares: st.events.cow_unshares,
             vms: st.vms().count() as u64,
+            file_mapped_pages: st.file_pages,
         }
     }
 
