@@ -131,6 +131,18 @@ impl HostMemory for GmmHostMemory {
         })
     }
 
+    fn map_file(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        file: &std::fs::File,
+        file_offset: u64,
+    ) -> Result<(), HostMemoryError> {
+        let (first, count) = pages(region, offset, len)?;
+        self.with_region(region, |ram| ram.map_file(first, count, file, file_offset))
+    }
+
     fn residency(
         &self,
         region: &MmapRegion,

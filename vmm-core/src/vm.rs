@@ -27,7 +27,9 @@ use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
 use crate::request::RequestQueue;
-use crate::saved_state::{self, SaveContext, SaveProgress, SavedConfig};
+use crate::saved_state::{
+    self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig,
+};
 use crate::vmstate::{VmState, VmStateMachine};
 
 /// A virtual machine: one EMT thread per vCPU runs it.
@@ -47,6 +49,7 @@ pub struct Vm {
     // drops the backend VM before the memory it maps.
     vcpus: Vec<hm_vmx::Vcpu>,
     machine: Arc<Machine>,
+    restored: Option<RestoreReport>,
 }
 
 impl Vm {
@@ -184,16 +187,16 @@ impl Vm {
             .map_err(info_error)?;
         register_vmm_stats(&machine)?;
         machine.state.set(VmState::Created)?;
-        Ok(Vm { vcpus, machine })
+        Ok(Vm {
+            vcpus,
+            machine,
+            restored: None,
+        })
     }
 
     /// Builds a VM from the saved state at `path` and loads the state into
-    /// it; [`run`](Vm::run) continues the guest where it was saved.
-    ///
-    /// The whole file is verified first (a truncated or damaged file is
-    /// refused before any VM exists); the VM gets the RAM size, vCPU count
-    /// and firmware the file records. A unit the file holds in a version
-    /// this VMM does not know is an error naming the unit.
+    /// it; [`run`](Vm::run) continues the guest where it was saved. The
+    /// saved RAM is mapped from the file (see [`restore_with`](Vm::restore_with)).
     ///
     /// ```no_run
     /// let mut vm = vmm_core::Vm::restore(std::path::Path::new("vm.sav"), Box::new(std::io::stdout()), false)?;
@@ -201,15 +204,82 @@ impl Vm {
     /// # Ok::<(), vmm_core::Error>(())
     /// ```
     pub fn restore(path: &Path, serial: SerialSink, check_entry: bool) -> Result<Vm> {
-        ssm::verify(path)?;
-        let saved = saved_state::read_config(path)?;
-        let mut config = VmConfig::new(saved.ram_bytes, saved.firmware);
-        config.cpus = saved.cpus;
-        config.serial = serial;
-        config.check_entry = check_entry;
-        let vm = Vm::new(config)?;
-        saved_state::load(&vm.machine, path)?;
+        let options = RestoreOptions {
+            check_entry,
+            ..RestoreOptions::default()
+        };
+        Self::restore_with(path, serial, options)
+    }
+
+    /// [`restore`](Vm::restore) with options: whether the saved RAM is
+    /// mapped from the file (the default; the file must then stay as it is
+    /// while the VM runs, see [`saved_state`]) or copied.
+    ///
+    /// The whole file is verified, every CRC, before anything is loaded (a
+    /// truncated or damaged file is refused; the VM built meanwhile is
+    /// dropped); the VM gets the RAM size, vCPU count and firmware the file
+    /// records. A unit the file holds in a version this VMM does not know
+    /// is an error naming the unit. [`restore_report`](Vm::restore_report)
+    /// tells where the time went.
+    ///
+    /// ```no_run
+    /// use vmm_core::saved_state::{RamLoad, RestoreOptions};
+    /// let options = RestoreOptions { ram: RamLoad::Copy, ..RestoreOptions::default() };
+    /// let mut vm = vmm_core::Vm::restore_with(
+    ///     std::path::Path::new("vm.sav"),
+    ///     Box::new(std::io::stdout()),
+    ///     options,
+    /// )?;
+    /// std::fs::remove_file("vm.sav").ok(); // a copied VM does not need it
+    /// vm.run()?;
+    /// # Ok::<(), vmm_core::Error>(())
+    /// ```
+    pub fn restore_with(path: &Path, serial: SerialSink, options: RestoreOptions) -> Result<Vm> {
+        let start = std::time::Instant::now();
+        // The CRC pass reads the whole file; it runs beside building the
+        // VM, which does not depend on it.
+        let owned = path.to_path_buf();
+        let verifier = std::thread::Builder::new()
+            .name("restore-verify".into())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                ssm::verify(&owned).map(|_| t.elapsed())
+            })
+            .map_err(|e| Error::Config(format!("cannot start the verification thread: {e}")))?;
+        let built = saved_state::read_config(path).and_then(|saved| {
+            let mut config = VmConfig::new(saved.ram_bytes, saved.firmware);
+            config.cpus = saved.cpus;
+            config.serial = serial;
+            config.check_entry = options.check_entry;
+            Vm::new(config)
+        });
+        let build = start.elapsed();
+        let verified = verifier
+            .join()
+            .map_err(|_| Error::Config("the verification thread panicked".into()))?;
+        // A damaged file is reported as such, whatever building made of it.
+        let verify = verified?;
+        let mut vm = built?;
+        let verify_wait = start.elapsed() - build;
+        let t = std::time::Instant::now();
+        let mapped_before = vm.memory().phys().read().pages_mapped_from_file();
+        saved_state::load(&vm.machine, path, options.ram)?;
+        let load = t.elapsed();
+        let mapped = vm.memory().phys().read().pages_mapped_from_file();
+        vm.restored = Some(RestoreReport {
+            verify,
+            build,
+            verify_wait,
+            load,
+            pages_mapped: mapped - mapped_before,
+        });
         Ok(vm)
+    }
+
+    /// Where the time of [`restore_with`](Vm::restore_with) went (`None`
+    /// for a VM that was not restored from a file).
+    pub fn restore_report(&self) -> Option<RestoreReport> {
+        self.restored
     }
 
     /// Builds a VM like [`Vm::new`] with a debugger attached: [`Vm::run`]

@@ -23,9 +23,21 @@
 //! dirty log; `pgm`'s vote decides when the VM stops for the final pass.
 //!
 //! A restore ([`Vm::restore`](crate::Vm::restore)) verifies the whole file
-//! first, builds the VM from the `vmm` unit and loads every unit into it
-//! (`Created -> Loading -> Suspended`); [`Vm::run`](crate::Vm::run) then
-//! resumes it.
+//! (every CRC, while the VM is being built from the `vmm` unit) and loads
+//! every unit into the new VM (`Created -> Loading -> Suspended`);
+//! [`Vm::run`](crate::Vm::run) then resumes it.
+//!
+//! `pgm` saves runs of non-zero RAM pages page-aligned in the file, and a
+//! restore maps them from the file copy-on-write ([`RamLoad::Map`], the
+//! default, as Firecracker does with its snapshot memory file): they cost
+//! nothing until the guest touches them, so a VM with large, mostly
+//! untouched RAM resumes in milliseconds, and a guest write gives the VM a
+//! private copy, never changing the file. The load does not read the
+//! mapped pages; the verification before it read and checked them. While
+//! the VM runs it needs the file: do not truncate or rewrite it in place
+//! (saving again to the same path is safe: a save writes a new file and
+//! renames it over the old one). [`RamLoad::Copy`] copies everything
+//! instead, for a VM independent of the file. A teleport always copies.
 
 mod dirty;
 mod live;
@@ -95,6 +107,44 @@ pub struct SaveReport {
     pub live_passes: u32,
     /// How long the guest was stopped.
     pub downtime: Duration,
+}
+
+/// How a restore brings the saved RAM into the new VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RamLoad {
+    /// Map RAM saved as page runs from the file, copy-on-write (the
+    /// default): fast, and the pages cost memory only once touched; the
+    /// file must stay unchanged while the VM runs.
+    #[default]
+    Map,
+    /// Copy all RAM into the VM's own memory: slower, but the VM no longer
+    /// needs the file.
+    Copy,
+}
+
+/// Options of [`Vm::restore_with`](crate::Vm::restore_with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreOptions {
+    /// Map or copy the saved RAM.
+    pub ram: RamLoad,
+    /// Check each vCPU's state against the VM-entry rules before it enters
+    /// the guest (see [`VmConfig::check_entry`](crate::VmConfig::check_entry)).
+    pub check_entry: bool,
+}
+
+/// Where the time of a restore went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Checking every CRC of the file (runs while the VM is built).
+    pub verify: Duration,
+    /// Building the VM (KVM, memory, devices, vCPUs).
+    pub build: Duration,
+    /// Waiting for the verification after the VM was built.
+    pub verify_wait: Duration,
+    /// Loading the units into the VM.
+    pub load: Duration,
+    /// RAM pages mapped from the file instead of copied.
+    pub pages_mapped: u64,
 }
 
 /// Reads the configuration (`vmm` unit) of the saved state at `path`.
@@ -461,12 +511,18 @@ pub(crate) fn incoming(machine: &Machine, listener: &TcpListener) -> Result<ssm:
 }
 
 /// Loads the saved state at `path` into a freshly created VM
-/// (`Created -> Loading -> Suspended`).
-pub(crate) fn load(machine: &Machine, path: &Path) -> Result<ssm::LoadStats> {
+/// (`Created -> Loading -> Suspended`), mapping or copying the RAM.
+pub(crate) fn load(machine: &Machine, path: &Path, ram: RamLoad) -> Result<ssm::LoadStats> {
     machine
         .state
         .try_transition(&[(VmState::Created, VmState::Loading)])?;
-    let loaded = manager(machine, None).and_then(|mut m| Ok(m.load_from_file(path)?));
+    let loaded = manager(machine, None).and_then(|mut m| match ram {
+        RamLoad::Map => Ok(m.load_from_file(path)?),
+        RamLoad::Copy => {
+            let file = std::fs::File::open(path).map_err(ssm::Error::from)?;
+            Ok(m.load(StreamReader::buffered(file, true)?)?)
+        }
+    });
     match loaded {
         Ok(stats) => {
             machine.state.set(VmState::Suspended)?;
