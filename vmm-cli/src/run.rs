@@ -13,6 +13,7 @@ use clap::Args;
 use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
 use vmm_core::debug::DebugAttachment;
+use vmm_core::saved_state::{RamLoad, RestoreOptions};
 use vmm_core::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
 
@@ -77,9 +78,15 @@ pub struct RunArgs {
     #[arg(long)]
     check_entry: bool,
     /// Continue a VM saved with `vmm save`: RAM size, vCPU count and
-    /// firmware come from FILE (verified before the VM is built).
+    /// firmware come from FILE (every CRC is checked before it is loaded).
+    /// The saved RAM is mapped from FILE copy-on-write, so FILE must not be
+    /// changed while the VM runs (saving to it again is fine).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["bios", "kernel", "guest", "mem", "cpus"])]
     restore: Option<PathBuf>,
+    /// With --restore: copy the saved RAM into the VM instead of mapping it
+    /// (slower; the VM then no longer needs FILE).
+    #[arg(long, requires = "restore")]
+    restore_copy: bool,
     /// Wait for a teleport on ADDR (host:port; port 0 picks one, printed on
     /// stderr) and continue the VM it brings. The VM is configured from the
     /// other options and must match the source's.
@@ -141,8 +148,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::stdout()),
     };
     if let Some(path) = &args.restore {
-        let vm = Vm::restore(path, serial, args.check_entry)
+        let options = RestoreOptions {
+            ram: if args.restore_copy {
+                RamLoad::Copy
+            } else {
+                RamLoad::Map
+            },
+            check_entry: args.check_entry,
+        };
+        let vm = Vm::restore_with(path, serial, options)
             .with_context(|| format!("cannot restore {}", path.display()))?;
+        if let Some(r) = vm.restore_report() {
+            eprintln!(
+                "vmm: restored {} in {:.1} ms (RAM pages mapped from the file: {}; load {:.1} ms)",
+                path.display(),
+                (r.build + r.verify_wait + r.load).as_secs_f64() * 1e3,
+                r.pages_mapped,
+                r.load.as_secs_f64() * 1e3,
+            );
+        }
         let config = vm_core_config(&vm, path);
         return run_vm(vm, None, config, api_socket, &args);
     }

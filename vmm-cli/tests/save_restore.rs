@@ -85,9 +85,10 @@ fn client(args: &[&str]) -> Output {
 }
 
 /// Runs the counter guest on `cpus` vCPUs, saves it at tick 0x40 with
-/// `vmm save FILE --poweroff [--live]`, restores it in a new process and
-/// checks the guest's verdict.
-fn save_in_one_process_restore_in_another(dir: &Path, cpus: u32, live: bool) {
+/// `vmm save FILE --poweroff [--live]`, restores it in a new process (its
+/// RAM mapped from FILE, or copied with `copy`) and checks the guest's
+/// verdict.
+fn save_in_one_process_restore_in_another(dir: &Path, cpus: u32, live: bool, copy: bool) {
     let (socket, serial, stderr) = (dir.join("api.sock"), dir.join("serial"), dir.join("stderr"));
     let state = dir.join("vm.sav");
     let cpus = cpus.to_string();
@@ -133,17 +134,17 @@ fn save_in_one_process_restore_in_another(dir: &Path, cpus: u32, live: bool) {
     let before = read(&serial);
 
     let (serial2, stderr2) = (dir.join("serial2"), dir.join("stderr2"));
-    let mut restored = Vmm::spawn(
-        "vmm run --restore",
-        &[
-            "run",
-            "--restore",
-            state.to_str().unwrap(),
-            "--serial",
-            serial2.to_str().unwrap(),
-        ],
-        &stderr2,
-    );
+    let mut args = vec![
+        "run",
+        "--restore",
+        state.to_str().unwrap(),
+        "--serial",
+        serial2.to_str().unwrap(),
+    ];
+    if copy {
+        args.push("--restore-copy");
+    }
+    let mut restored = Vmm::spawn("vmm run --restore", &args, &stderr2);
     let status = restored.wait(|| read(&serial2) + &read(&stderr2));
     let after = read(&serial2);
     assert!(
@@ -153,6 +154,19 @@ fn save_in_one_process_restore_in_another(dir: &Path, cpus: u32, live: bool) {
     );
     assert!(after.contains("vmm counter: ok"), "{after}");
     assert!(!after.contains("started"), "{after}");
+    // The guest's 1 MiB buffer was mapped from the file unless copied.
+    let said = read(&stderr2);
+    let mapped: u64 = said
+        .split("RAM pages mapped from the file: ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no restore report in: {said}"));
+    if copy {
+        assert_eq!(mapped, 0, "{said}");
+    } else {
+        assert!(mapped >= 256, "{said}");
+    }
     let last_before = before.lines().rfind(|l| l.contains("tick 0x")).unwrap();
     let first_after = after.lines().find(|l| l.contains("tick 0x")).unwrap();
     assert!(
@@ -170,8 +184,8 @@ fn saved_counter_guest_continues_in_a_new_process_on_one_and_two_vcpus() {
     if !kvm_available("saved_counter_guest_continues_in_a_new_process_on_one_and_two_vcpus") {
         return;
     }
-    for cpus in [1, 2] {
-        save_in_one_process_restore_in_another(temp().path(), cpus, false);
+    for (cpus, copy) in [(1, false), (2, true)] {
+        save_in_one_process_restore_in_another(temp().path(), cpus, false, copy);
     }
 }
 
@@ -180,7 +194,7 @@ fn live_saved_counter_guest_continues_in_a_new_process() {
     if !kvm_available("live_saved_counter_guest_continues_in_a_new_process") {
         return;
     }
-    save_in_one_process_restore_in_another(temp().path(), 2, true);
+    save_in_one_process_restore_in_another(temp().path(), 2, true, false);
 }
 
 #[test]
