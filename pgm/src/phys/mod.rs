@@ -62,7 +62,8 @@ pub use page::{
 pub use range::{Mmio2Id, RangeId, RangeInfo, RangeKind, RomProtection};
 pub use report::PageStats;
 pub use saved::{
-    PgmUnit, REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_SHADOW, REC_ZERO,
+    MIN_RUN_PAGES, PgmUnit, REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_RUN,
+    REC_SHADOW, REC_ZERO, REC_ZERO_RUN,
 };
 pub use slots::{KvmSlot, SlotChanges, SlotSet};
 pub use zero::ZeroScanReport;

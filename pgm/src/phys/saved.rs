@@ -11,8 +11,9 @@
 //! non-zero RAM or MMIO2 pages: a `u32` page count follows the address,
 //! then the pages as `ssm` page runs, which a load from a file maps
 //! ([`HostMemory::map_file`](super::HostMemory::map_file)) instead of
-//! reading; the address after it is the run's end. Version 1 (no runs)
-//! still loads.
+//! reading; the address after it is the run's end. A [`REC_ZERO_RUN`]
+//! record (`u32` count after the address) stands for that many pages in
+//! the zero state. Version 1 (no runs) still loads.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +45,8 @@ pub const REC_SHADOW: u8 = 5;
 /// A run of non-zero RAM or MMIO2 pages (`u32` count, then the pages as
 /// `ssm` page runs).
 pub const REC_RUN: u8 = 6;
+/// Two or more consecutive pages in the zero state (`u32` count).
+pub const REC_ZERO_RUN: u8 = 7;
 /// Flag: the address is the previous one plus 4 KiB and is not stored.
 pub const REC_NEXT: u8 = 0x80;
 
@@ -115,6 +118,8 @@ struct RecordWriter<'w, 'a> {
     pages: u64,
     run: Option<PendingRun>,
     run_buf: Vec<u8>,
+    /// Consecutive zero-state pages waiting: first address and count.
+    zeros: Option<(u64, u64)>,
 }
 
 impl RecordWriter<'_, '_> {
@@ -134,6 +139,39 @@ impl RecordWriter<'_, '_> {
         mem.read(offset, &mut self.page[..]);
         self.pages += 1;
         self.w.put_page(&self.page)
+    }
+
+    /// Adds a zero-state page to the pending zero run (writing that first
+    /// if the page does not continue it).
+    fn zero_page(&mut self, gpa: u64) -> ssm::Result<()> {
+        if let Some((first, count)) = &mut self.zeros {
+            if *first + *count * PAGE_SIZE == gpa && *count < u64::from(u32::MAX) {
+                *count += 1;
+                return Ok(());
+            }
+        }
+        self.flush_zeros()?;
+        self.zeros = Some((gpa, 1));
+        Ok(())
+    }
+
+    fn flush_zeros(&mut self) -> ssm::Result<()> {
+        match self.zeros.take() {
+            None => Ok(()),
+            Some((gpa, 1)) => self.tag(REC_ZERO, gpa),
+            Some((gpa, count)) => {
+                self.tag(REC_ZERO_RUN, gpa)?;
+                self.w.put_u32(count as u32)?;
+                self.next = Some(gpa + count * PAGE_SIZE);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes whatever is pending (a page run of `mem` or a zero run).
+    fn flush_pending(&mut self, mem: &Memory) -> ssm::Result<()> {
+        self.flush_zeros()?;
+        self.flush_run(mem)
     }
 
     /// Adds a non-zero page of `mem` to the pending run (writing the run
@@ -209,6 +247,7 @@ impl PhysMap {
             pages: 0,
             run: None,
             run_buf: Vec::new(),
+            zeros: None,
         };
         for r in self.saved_ranges() {
             if let Backing::Rom { prot, .. } = &r.backing {
@@ -237,18 +276,23 @@ impl PhysMap {
                 let gpa = r.start + off;
                 let content = !matches!(info.state, PageState::Zero | PageState::Ballooned);
                 if !shadow && content && !mem.page_is_zero(off) {
+                    rw.flush_zeros()?;
                     rw.run_page(gpa, mem, off)?;
                     continue;
                 }
-                rw.flush_run(mem)?;
+                if !shadow && info.state == PageState::Zero {
+                    rw.flush_run(mem)?;
+                    rw.zero_page(gpa)?;
+                    continue;
+                }
+                rw.flush_pending(mem)?;
                 match info.state {
                     _ if shadow => rw.content(REC_SHADOW, gpa, mem, off)?,
-                    PageState::Zero => rw.tag(REC_ZERO, gpa)?,
                     PageState::Ballooned => rw.tag(REC_BALLOONED, gpa)?,
                     _ => rw.content(REC_RAW, gpa, mem, off)?,
                 }
             }
-            rw.flush_run(mem)?;
+            rw.flush_pending(mem)?;
         }
         rw.w.put_u8(REC_END)?;
         Ok(rw.pages)
@@ -310,10 +354,59 @@ impl PhysMap {
                 next = gpa.checked_add(count * PAGE_SIZE);
                 continue;
             }
+            if tag & !REC_NEXT == REC_ZERO_RUN {
+                let count = u64::from(r.get_u32()?);
+                self.load_zero_run(gpa, count, &mut discards)?;
+                next = gpa.checked_add(count * PAGE_SIZE);
+                continue;
+            }
             next = gpa.checked_add(PAGE_SIZE);
             self.load_record(r, tag & !REC_NEXT, gpa, &mut discards)?;
         }
         discards.flush(self)
+    }
+
+    /// The writable memory (RAM or MMIO2, not a ROM shadow) holding the
+    /// `count` pages at `gpa`, and the offset of the first.
+    fn run_memory(&self, what: &str, gpa: u64, count: u64) -> ssm::Result<(&Memory, u64)> {
+        let bad = || {
+            ssm::Error::callback(format!(
+                "{what} of {count} pages at {gpa:#x} fits no RAM range"
+            ))
+        };
+        let range = self.range_at(gpa).ok_or_else(bad)?;
+        if count == 0 || gpa % PAGE_SIZE != 0 || matches!(range.backing, Backing::Rom { .. }) {
+            return Err(bad());
+        }
+        let mem = range.writable_memory().ok_or_else(bad)?;
+        let off = gpa - range.start;
+        count
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| off.checked_add(len))
+            .filter(|&end| end <= mem.size())
+            .ok_or_else(bad)?;
+        Ok((mem, off))
+    }
+
+    /// Sets the states of `count` pages of `mem` from `off`.
+    fn set_states(mem: &Memory, off: u64, count: u64, state: PageState) {
+        for i in 0..count {
+            if let Some(slot) = mem.page(off + i * PAGE_SIZE) {
+                slot.update(|mut p| {
+                    p.state = state;
+                    p.dirty = false;
+                    p
+                });
+            }
+        }
+    }
+
+    /// Loads a run of `count` zero-state pages at `gpa`.
+    fn load_zero_run(&self, gpa: u64, count: u64, discards: &mut DiscardRun) -> ssm::Result<()> {
+        let (mem, off) = self.run_memory("zero run", gpa, count)?;
+        discards.add(self, &mem.region, off, count * PAGE_SIZE)?;
+        Self::set_states(mem, off, count, PageState::Zero);
+        Ok(())
     }
 
     /// Loads a run of `count` pages at `gpa`: page runs of a file are
@@ -325,21 +418,8 @@ impl PhysMap {
         count: u64,
         discards: &mut DiscardRun,
     ) -> ssm::Result<u64> {
-        let bad = || {
-            ssm::Error::callback(format!(
-                "page run of {count} pages at {gpa:#x} fits no RAM range"
-            ))
-        };
-        let range = self.range_at(gpa).ok_or_else(bad)?;
-        if count == 0 || gpa % PAGE_SIZE != 0 || matches!(range.backing, Backing::Rom { .. }) {
-            return Err(bad());
-        }
-        let mem = range.writable_memory().ok_or_else(bad)?;
-        let off = gpa - range.start;
-        let end = off
-            .checked_add(count * PAGE_SIZE)
-            .filter(|&e| e <= mem.size())
-            .ok_or_else(bad)?;
+        let (mem, off) = self.run_memory("page run", gpa, count)?;
+        let end = off + count * PAGE_SIZE;
         // Pending discards must not land after (and on top of) the run.
         discards.flush(self)?;
         let mut at = off;
@@ -361,15 +441,7 @@ impl PhysMap {
             };
             at += PAGE_SIZE;
         }
-        for i in 0..count {
-            if let Some(slot) = mem.page(off + i * PAGE_SIZE) {
-                slot.update(|mut p| {
-                    p.state = PageState::Allocated;
-                    p.dirty = false;
-                    p
-                });
-            }
-        }
+        Self::set_states(mem, off, count, PageState::Allocated);
         Ok(mapped)
     }
 
@@ -406,7 +478,7 @@ impl PhysMap {
             _ => return Err(ssm::Error::callback(format!("unknown page record {tag}"))),
         };
         if state != PageState::Allocated {
-            discards.add(self, &mem.region, off)?;
+            discards.add(self, &mem.region, off, PAGE_SIZE)?;
         }
         slot.update(|mut p| {
             p.state = state;
@@ -426,15 +498,21 @@ struct DiscardRun {
 }
 
 impl DiscardRun {
-    fn add(&mut self, map: &PhysMap, region: &Arc<MmapRegion>, off: u64) -> ssm::Result<()> {
-        if let Some((r, first, len)) = &mut self.run {
-            if Arc::ptr_eq(r, region) && *first + *len == off {
-                *len += PAGE_SIZE;
+    fn add(
+        &mut self,
+        map: &PhysMap,
+        region: &Arc<MmapRegion>,
+        off: u64,
+        len: u64,
+    ) -> ssm::Result<()> {
+        if let Some((r, first, run_len)) = &mut self.run {
+            if Arc::ptr_eq(r, region) && *first + *run_len == off {
+                *run_len += len;
                 return Ok(());
             }
         }
         self.flush(map)?;
-        self.run = Some((Arc::clone(region), off, PAGE_SIZE));
+        self.run = Some((Arc::clone(region), off, len));
         Ok(())
     }
 
@@ -848,6 +926,19 @@ mod tests {
         // pgm checks the run before the unit's CRC is checked at its end.
         let e = m.load(StreamReader::from_slice(&bad).unwrap()).unwrap_err();
         assert!(e.to_string().contains("fits no RAM range"), "{e}");
+        // The same for the zero run before it (pages 0..0x10000).
+        let at = bytes
+            .windows(13)
+            .position(|w| {
+                w[0] == REC_ZERO_RUN && w[1..9] == [0; 8] && w[9..] == 16u32.to_le_bytes()
+            })
+            .unwrap();
+        let mut bad = bytes.clone();
+        bad[at + 9..at + 13].copy_from_slice(&1000u32.to_le_bytes());
+        let mut m = Manager::new();
+        m.register(Box::new(PgmUnit::new(shared(), None))).unwrap();
+        let e = m.load(StreamReader::from_slice(&bad).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("zero run of 1000 pages"), "{e}");
     }
 
     /// Writes into the guest between passes, reporting them as a dirty log.
