@@ -276,8 +276,11 @@ pub enum PageState {
     Empty,
     /// Backed by memory of its own.
     Private,
-    /// Backed by a page shared with other pages (or by nothing, if zero).
+    /// Backed by a page shared with other pages (copy on write).
     Shared,
+    /// Found all-zero by a sharing scan: still the VM's page, backed by
+    /// nothing until written.
+    Zero,
     /// Given back through the balloon.
     Ballooned,
 }
@@ -374,19 +377,33 @@ impl RamRegion {
 
     /// How page `index` is backed.
     pub fn page_state(&self, index: u64) -> Result<PageState> {
+        Ok(self.page_states(index, 1)?[0])
+    }
+
+    /// How each page of `first..first+count` is backed. A shared page the
+    /// guest wrote since counts as shared until GMM reconciles (every scan
+    /// starts with that, or [`Gmm::reconcile_shared`]).
+    pub fn page_states(&self, first: u64, count: u64) -> Result<Vec<PageState>> {
         let st = self.state();
         let r = st.region(self.id)?;
-        let slot = r.slots.get(index as usize).ok_or(Error::RangeOutOfBounds {
-            first: index,
-            count: 1,
-            pages: self.pages,
-        })?;
-        Ok(match slot {
-            Slot::Empty => PageState::Empty,
-            Slot::Private(_) | Slot::Anon => PageState::Private,
-            Slot::Shared(_) | Slot::Zero => PageState::Shared,
-            Slot::Ballooned => PageState::Ballooned,
-        })
+        let slots = first
+            .checked_add(count)
+            .and_then(|end| r.slots.get(first as usize..end as usize))
+            .ok_or(Error::RangeOutOfBounds {
+                first,
+                count,
+                pages: self.pages,
+            })?;
+        Ok(slots
+            .iter()
+            .map(|slot| match slot {
+                Slot::Empty => PageState::Empty,
+                Slot::Private(_) | Slot::Anon => PageState::Private,
+                Slot::Shared(_) => PageState::Shared,
+                Slot::Zero => PageState::Zero,
+                Slot::Ballooned => PageState::Ballooned,
+            })
+            .collect())
     }
 
     /// For each page of `first..first+count`, whether it occupies host

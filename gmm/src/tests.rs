@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 
 use crate::{
-    Account, BalloonAction, CHUNK_PAGES, Error, Gmm, GmmConfig, PAGE_SIZE, PageState, Reservation,
+    Account, BalloonAction, CHUNK_PAGES, Error, Gmm, GmmConfig, PAGE_SIZE, PageState, RamRegion,
+    Reservation,
 };
 
 fn gmm(max: u64) -> Gmm {
@@ -366,7 +367,16 @@ fn sharing_deduplicates_and_writes_stay_private() {
     assert_eq!(buf, [0; 16]);
     ra.read(0, &mut buf).unwrap();
     assert_eq!(buf, [0x55; 16]);
+    let states = |r: &RamRegion| r.page_states(0, 16).unwrap();
+    let mut want = [PageState::Shared; 16];
+    want[8..12].fill(PageState::Zero);
+    assert_eq!(states(&ra), want, "written but not yet reconciled");
     assert_eq!(g.reconcile_shared().unwrap(), 2);
+    want[0] = PageState::Private;
+    assert_eq!(states(&ra), want);
+    want[0] = PageState::Shared;
+    want[8] = PageState::Private;
+    assert_eq!(states(&rb), want);
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!((sa.private, sa.shared), (1, 15));
     assert_eq!((sb.private, sb.shared), (1, 15));

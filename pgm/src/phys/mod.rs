@@ -38,6 +38,7 @@ mod page;
 mod range;
 mod report;
 mod saved;
+mod sharing;
 mod slots;
 mod view;
 mod zero;
@@ -64,5 +65,6 @@ pub use report::PageStats;
 pub use saved::{
     PgmUnit, REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_SHADOW, REC_ZERO,
 };
+pub use sharing::SharingSync;
 pub use slots::{KvmSlot, SlotChanges, SlotSet};
 pub use zero::ZeroScanReport;

@@ -278,3 +278,67 @@ mod tests {
         assert_eq!(map.page_info(0x3000).state, PageState::Allocated);
     }
 }
+
+#[cfg(test)]
+mod deferred_balloon_tests {
+    use std::sync::Arc;
+
+    use vm_memory::MmapRegion;
+
+    use crate::phys::{
+        HostMemory, HostMemoryError, MmapHostMemory, PageState, PhysConfig, PhysMap,
+    };
+
+    /// A provider that takes ballooned pages back later (as GMM's reclaim
+    /// worker does): their old contents stay mapped for now.
+    struct LaterHost(MmapHostMemory);
+
+    impl HostMemory for LaterHost {
+        fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
+            self.0.allocate(size)
+        }
+
+        fn discard(
+            &self,
+            region: &MmapRegion,
+            offset: usize,
+            len: usize,
+        ) -> Result<(), HostMemoryError> {
+            self.0.discard(region, offset, len)
+        }
+
+        fn balloon(
+            &self,
+            _region: &MmapRegion,
+            _offset: usize,
+            _len: usize,
+            _inflate: bool,
+        ) -> Result<(), HostMemoryError> {
+            Ok(())
+        }
+
+        fn residency(
+            &self,
+            region: &MmapRegion,
+            offset: usize,
+            len: usize,
+            out: &mut Vec<bool>,
+        ) -> Result<(), HostMemoryError> {
+            self.0.residency(region, offset, len, out)
+        }
+    }
+
+    #[test]
+    fn ballooned_pages_read_zero_before_the_host_took_them() {
+        let host = Arc::new(LaterHost(MmapHostMemory::new()));
+        let mut map = PhysMap::new(host, PhysConfig::default()).unwrap();
+        map.add_ram(0, 0x3000, "ram").unwrap();
+        map.write(0x1000, &[7; 0x2000]).unwrap();
+        map.balloon(&[0x1000], true).unwrap();
+        assert_eq!(map.page_info(0x1000).state, PageState::Ballooned);
+        let mut buf = [1u8; 0x2000];
+        map.read(0x1000, &mut buf).unwrap();
+        assert!(buf[..0x1000].iter().all(|&b| b == 0));
+        assert!(buf[0x1000..].iter().all(|&b| b == 7));
+    }
+}
