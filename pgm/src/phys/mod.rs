@@ -40,6 +40,8 @@ mod report;
 mod saved;
 mod sharing;
 mod slots;
+#[cfg(test)]
+mod testing;
 mod view;
 mod zero;
 

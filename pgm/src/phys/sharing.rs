@@ -7,7 +7,6 @@
 use super::error::PhysError;
 use super::map::PhysMap;
 use super::page::PageState;
-use super::range::Backing;
 
 /// Outcome of [`PhysMap::sync_sharing`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,10 +26,7 @@ impl PhysMap {
     pub fn sync_sharing(&self) -> Result<SharingSync, PhysError> {
         let mut report = SharingSync::default();
         let mut shared = Vec::new();
-        for range in &self.ranges {
-            let Backing::Ram(mem) = &range.backing else {
-                continue;
-            };
+        for mem in self.ram() {
             self.host
                 .sharing(&mem.region, 0, mem.region.size(), &mut shared)?;
             for (slot, &is_shared) in mem.pages.iter().zip(&shared) {
@@ -57,70 +53,21 @@ impl PhysMap {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::sync::Arc;
 
-    use parking_lot::Mutex;
-    use vm_memory::MmapRegion;
-
     use super::*;
-    use crate::phys::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory, PhysConfig};
-
-    /// Anonymous memory whose "shared" pages a test picks.
-    #[derive(Default)]
-    struct SharingHost {
-        inner: MmapHostMemory,
-        shared: Mutex<BTreeSet<usize>>,
-    }
-
-    impl HostMemory for SharingHost {
-        fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
-            self.inner.allocate(size)
-        }
-
-        fn discard(
-            &self,
-            region: &MmapRegion,
-            offset: usize,
-            len: usize,
-        ) -> Result<(), HostMemoryError> {
-            self.inner.discard(region, offset, len)
-        }
-
-        fn sharing(
-            &self,
-            _region: &MmapRegion,
-            offset: usize,
-            len: usize,
-            out: &mut Vec<bool>,
-        ) -> Result<(), HostMemoryError> {
-            let shared = self.shared.lock();
-            let first = offset / HOST_PAGE_SIZE;
-            out.clear();
-            out.extend((first..first + len / HOST_PAGE_SIZE).map(|p| shared.contains(&p)));
-            Ok(())
-        }
-
-        fn residency(
-            &self,
-            region: &MmapRegion,
-            offset: usize,
-            len: usize,
-            out: &mut Vec<bool>,
-        ) -> Result<(), HostMemoryError> {
-            self.inner.residency(region, offset, len, out)
-        }
-    }
+    use crate::phys::PhysConfig;
+    use crate::phys::testing::ScriptedHost;
 
     #[test]
     fn page_states_follow_the_hosts_sharing() {
-        let host = Arc::new(SharingHost::default());
+        let host = Arc::new(ScriptedHost::default());
         let mut map = PhysMap::new(host.clone(), PhysConfig::default()).unwrap();
         map.add_ram(0, 0x8000, "ram").unwrap();
         map.write(0x1000, &[1]).unwrap();
         map.write(0x2000, &[1]).unwrap();
         map.balloon(&[0x3000], true).unwrap();
-        *host.shared.lock() = [1, 2, 3, 4].into();
+        host.share_pages(&[1, 2, 3, 4]);
         let r = map.sync_sharing().unwrap();
         assert_eq!(
             r,
@@ -140,7 +87,7 @@ mod tests {
         assert_eq!(state(0x0000), PageState::Zero);
         assert_eq!(map.page_stats().shared, 3);
         // The guest wrote page 2: the host gave it its own copy.
-        *host.shared.lock() = [1, 4].into();
+        host.share_pages(&[1, 4]);
         let r = map.sync_sharing().unwrap();
         assert_eq!(
             r,
@@ -155,11 +102,8 @@ mod tests {
 
     #[test]
     fn providers_without_sharing_share_nothing() {
-        let map = {
-            let mut m = PhysMap::with_defaults();
-            m.add_ram(0, 0x4000, "ram").unwrap();
-            m
-        };
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x4000, "ram").unwrap();
         map.write(0, &[1]).unwrap();
         assert_eq!(map.sync_sharing().unwrap(), SharingSync::default());
         assert_eq!(map.page_info(0).state, PageState::Allocated);
