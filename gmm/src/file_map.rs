@@ -188,7 +188,7 @@ mod tests {
 
         ram.discard(3, 1).unwrap();
         assert_eq!(byte(&ram, 3 * P), 0);
-        assert_eq!(ram.page_state(3).unwrap(), PageState::Shared);
+        assert_eq!(ram.page_state(3).unwrap(), PageState::Zero);
 
         let s = g.stats();
         assert_eq!(s.file_mapped_pages, 2);

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use crate::config::GmmConfig;
 use crate::error::{Error, Result};
 use crate::ids::{Account, PAGE_SIZE, PageId, VmId};
+use crate::reclaim::Reclaimer;
 use crate::sharing::ScanReport;
 use crate::state::{BalloonAction, Slot, State};
 use crate::stats::{GmmStats, VmStats};
@@ -41,6 +42,7 @@ use crate::stats::{GmmStats, VmStats};
 #[derive(Clone)]
 pub struct Gmm {
     pub(crate) state: Arc<Mutex<State>>,
+    reclaim: Arc<Reclaimer>,
 }
 
 impl fmt::Debug for Gmm {
@@ -80,6 +82,7 @@ impl Gmm {
     pub fn new(cfg: GmmConfig) -> Result<Self> {
         Ok(Gmm {
             state: Arc::new(Mutex::new(State::new(cfg)?)),
+            reclaim: Arc::new(Reclaimer::new()),
         })
     }
 
@@ -114,10 +117,14 @@ impl Gmm {
         self.state.lock().reconcile()
     }
 
-    /// Returns pages freed through [`Vm::free_page`] to the host now instead
-    /// of at the next batch (region operations return memory immediately).
+    /// Returns pages freed through [`Vm::free_page`] and pages ballooned
+    /// through [`RamRegion::balloon_inflate`] to the host now instead of at
+    /// the next batch or in the background (other region operations return
+    /// memory immediately).
     pub fn return_freed_pages(&self) -> Result<()> {
-        self.state.lock().flush()
+        let mut st = self.state.lock();
+        st.settle_deferred(None)?;
+        st.flush()
     }
 
     /// A snapshot of the global numbers.
@@ -271,8 +278,11 @@ pub enum PageState {
     Empty,
     /// Backed by memory of its own.
     Private,
-    /// Backed by a page shared with other pages (or by nothing, if zero).
+    /// Backed by a page shared with other pages (copy on write).
     Shared,
+    /// Found all-zero by a sharing scan: still the VM's page, backed by
+    /// nothing until written.
+    Zero,
     /// Given back through the balloon.
     Ballooned,
 }
@@ -350,10 +360,15 @@ impl RamRegion {
         self.state().region_discard(self.id, first, count)
     }
 
-    /// The guest's balloon took these backed pages: their memory returns to
-    /// the host and they count as ballooned.
+    /// The guest's balloon took these backed pages: they count as ballooned
+    /// at once, and their memory returns to the host in the background (a
+    /// gigabyte of written memory takes the host kernel over 100 ms to take
+    /// back). Until then the guest could still see its old data there, never
+    /// anyone else's; [`Gmm::return_freed_pages`] waits for it.
     pub fn balloon_inflate(&self, first: u64, count: u64) -> Result<()> {
-        self.state().region_inflate(self.id, first, count)
+        self.state().region_inflate(self.id, first, count)?;
+        let gmm = &self.vm.gmm;
+        gmm.reclaim.kick(&gmm.state)
     }
 
     /// The guest's balloon released these ballooned pages: they become empty
@@ -399,19 +414,33 @@ impl RamRegion {
 
     /// How page `index` is backed.
     pub fn page_state(&self, index: u64) -> Result<PageState> {
+        Ok(self.page_states(index, 1)?[0])
+    }
+
+    /// How each page of `first..first+count` is backed. A shared page the
+    /// guest wrote since counts as shared until GMM reconciles (every scan
+    /// starts with that, or [`Gmm::reconcile_shared`]).
+    pub fn page_states(&self, first: u64, count: u64) -> Result<Vec<PageState>> {
         let st = self.state();
         let r = st.region(self.id)?;
-        let slot = r.slots.get(index as usize).ok_or(Error::RangeOutOfBounds {
-            first: index,
-            count: 1,
-            pages: self.pages,
-        })?;
-        Ok(match slot {
-            Slot::Empty => PageState::Empty,
-            Slot::Private(_) | Slot::Anon | Slot::File => PageState::Private,
-            Slot::Shared(_) | Slot::Zero => PageState::Shared,
-            Slot::Ballooned => PageState::Ballooned,
-        })
+        let slots = first
+            .checked_add(count)
+            .and_then(|end| r.slots.get(first as usize..end as usize))
+            .ok_or(Error::RangeOutOfBounds {
+                first,
+                count,
+                pages: self.pages,
+            })?;
+        Ok(slots
+            .iter()
+            .map(|slot| match slot {
+                Slot::Empty => PageState::Empty,
+                Slot::Private(_) | Slot::Anon | Slot::File => PageState::Private,
+                Slot::Shared(_) => PageState::Shared,
+                Slot::Zero => PageState::Zero,
+                Slot::Ballooned => PageState::Ballooned,
+            })
+            .collect())
     }
 
     /// For each page of `first..first+count`, whether it occupies host
@@ -445,10 +474,12 @@ impl RamRegion {
         Ok((first, end.div_ceil(PAGE_SIZE as u64).max(first + 1) - first))
     }
 
-    /// Copies guest RAM at byte `offset` into `buf`.
+    /// Copies guest RAM at byte `offset` into `buf` (ballooned pages read
+    /// zero).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.byte_range(offset, buf.len())?;
-        let _st = self.state();
+        let mut st = self.state();
+        st.settle_deferred(Some(self.id))?;
         // SAFETY: the range is inside the region (checked above), which stays
         // mapped while `self` lives; the lock keeps GMM from remapping it
         // during the copy.

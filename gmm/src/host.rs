@@ -245,6 +245,9 @@ impl RegionMap {
                 pages: self.pages,
             });
         }
+        if count == 0 {
+            return Ok(());
+        }
         let (prot, flags, fd, off) = match target {
             Target::Zero => (
                 libc::PROT_READ | libc::PROT_WRITE,

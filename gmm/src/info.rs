@@ -58,8 +58,8 @@ impl Gmm {
         )?;
         writeln!(
             out,
-            "  host memory:      {:>10} bytes in chunks, {} freed pages pending return",
-            g.backing_bytes, g.pending_pages
+            "  host memory:      {:>10} bytes in chunks, {} freed pages pending return ({} reclaim errors)",
+            g.backing_bytes, g.pending_pages, g.reclaim_errors
         )?;
         writeln!(
             out,

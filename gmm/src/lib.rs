@@ -14,7 +14,11 @@
 //!   for which [`Error::is_out_of_memory`] is true.
 //! - Guest RAM lives in [`RamRegion`]s: contiguous host memory (one KVM slot)
 //!   whose pages GMM backs, frees, balloons and shares.
-//! - Ballooning follows VirtualBox's accounting ([`BalloonAction`]).
+//! - Ballooning follows VirtualBox's accounting ([`BalloonAction`]). An
+//!   inflate is bookkeeping only; a per-GMM worker thread returns the memory
+//!   to the host in the background, in bounded batches (a written gigabyte
+//!   costs the kernel over 100 ms). A ballooned page's host page is never
+//!   reused before its region stopped mapping it.
 //! - [`Gmm::share_scan`] deduplicates identical pages across all VMs (see
 //!   below for why writes stay private).
 //! - [`Gmm::stats`], [`Gmm::format_info`] (the `gmm` info handler's text) and
@@ -69,6 +73,7 @@ mod gmm;
 mod host;
 mod ids;
 mod info;
+mod reclaim;
 mod register;
 mod sharing;
 mod state;

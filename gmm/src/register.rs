@@ -73,7 +73,7 @@ const GLOBAL: &[GlobalStat] = &[
     (
         "cPendingPages",
         Unit::Pages,
-        "Freed pages not yet returned to the host.",
+        "Freed or ballooned pages not yet returned to the host.",
         |s| s.pending_pages,
     ),
     (
@@ -96,6 +96,12 @@ const GLOBAL: &[GlobalStat] = &[
         Unit::Pages,
         "Shared pages later written by a guest.",
         |s| s.cow_unshares,
+    ),
+    (
+        "cReclaimErrors",
+        Unit::Count,
+        "Times the host refused ballooned memory back (retried).",
+        |s| s.reclaim_errors,
     ),
     ("cVMs", Unit::Count, "Registered VMs.", |s| s.vms),
 ];
@@ -211,6 +217,7 @@ mod tests {
         let ram = vm.create_ram_region(16).unwrap();
         ram.alloc(0, 10).unwrap();
         ram.balloon_inflate(0, 3).unwrap();
+        g.return_freed_pages().unwrap();
         assert_eq!(value(&reg, "/GMM/cAllocatedPages"), 7);
         assert_eq!(value(&reg, "/GMM/VM/Allocated/cBasePages"), 7);
         assert_eq!(value(&reg, "/GMM/VM/cBalloonedPages"), 3);

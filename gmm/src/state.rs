@@ -95,6 +95,17 @@ pub(crate) struct RegionState {
     pub(crate) slots: Vec<Slot>,
 }
 
+/// Region slots taken out of a region's accounts whose host pages are still
+/// mapped there (see [`State::detach_slots`]).
+pub(crate) struct Detached {
+    pub(crate) region: u64,
+    pub(crate) first: u64,
+    /// The slots as they were, one per page from `first`.
+    pub(crate) slots: Vec<Slot>,
+    /// How many of them were allocated.
+    pub(crate) allocated: u64,
+}
+
 /// A shared master page.
 pub(crate) struct SharedPage {
     pub(crate) refs: u32,
@@ -110,6 +121,7 @@ pub(crate) struct Events {
     pub(crate) scans: u64,
     pub(crate) pages_deduplicated: u64,
     pub(crate) cow_unshares: u64,
+    pub(crate) reclaim_errors: u64,
 }
 
 pub(crate) struct State {
@@ -123,6 +135,8 @@ pub(crate) struct State {
     partial: BTreeSet<ChunkId>,
     free_in_partial: u64,
     pending: Vec<PageId>,
+    /// Ballooned ranges whose host pages the reclaim worker still has to return.
+    pub(crate) deferred: crate::reclaim::DeferredQueue,
     vms: Vec<Option<VmState>>,
     pub(crate) regions: IdMap<u64, RegionState>,
     next_region: u64,
@@ -153,6 +167,7 @@ impl State {
             partial: BTreeSet::new(),
             free_in_partial: 0,
             pending: Vec::new(),
+            deferred: Default::default(),
             vms: Vec::new(),
             regions: IdMap::default(),
             next_region: 1,
@@ -249,7 +264,19 @@ impl State {
 
     /// Refuses allocating `n` more pages on `account` if that breaks the VM's
     /// reservation or the global maximum.
-    pub(crate) fn check_alloc(&self, vm: VmId, account: Account, n: u64) -> Result<()> {
+    /// When only ballooned memory still waiting to be returned stands in the
+    /// way of the global maximum, returns it first.
+    pub(crate) fn check_alloc(&mut self, vm: VmId, account: Account, n: u64) -> Result<()> {
+        match self.check_limits(vm, account, n) {
+            Err(Error::GlobalLimit { .. }) if self.has_deferred() => {
+                self.settle_deferred(None)?;
+                self.check_limits(vm, account, n)
+            }
+            other => other,
+        }
+    }
+
+    fn check_limits(&self, vm: VmId, account: Account, n: u64) -> Result<()> {
         let v = self.vm(vm)?;
         let a = account.idx();
         let ballooned = if account == Account::Base {
@@ -700,48 +727,82 @@ impl State {
     /// slots released.
     fn release_slots(&mut self, id: u64, first: u64, count: u64, to: Slot) -> Result<u64> {
         let r = self.check_range(id, first, count)?;
-        if count > 0 {
-            r.map.map(&self.backing, first, count, Target::Zero)?;
-        }
-        let vm = r.vm;
-        let mut slots = match self.regions.get_mut(&id) {
-            Some(r) => std::mem::take(&mut r.slots),
-            None => return Ok(0),
+        r.map.map(&self.backing, first, count, Target::Zero)?;
+        let detached = self.detach_slots(id, first, count, to)?;
+        self.release_pages(&detached.slots);
+        Ok(detached.allocated)
+    }
+
+    /// The bookkeeping half of releasing slots: allocated slots in the range
+    /// become `to` and leave the VM's accounts, but their host pages stay
+    /// mapped in the region until [`release_detached`](Self::release_detached).
+    pub(crate) fn detach_slots(
+        &mut self,
+        id: u64,
+        first: u64,
+        count: u64,
+        to: Slot,
+    ) -> Result<Detached> {
+        let vm = self.check_range(id, first, count)?.vm;
+        let range = first as usize..(first + count) as usize;
+        let Some(r) = self.regions.get_mut(&id) else {
+            return Err(Error::InvalidConfig("unknown region"));
         };
+        let slots = r.slots[range.clone()].to_vec();
         let (mut private, mut shared) = (0, 0);
-        for slot in &mut slots[first as usize..(first + count) as usize] {
+        for slot in &mut r.slots[range] {
             match *slot {
-                Slot::Private(p) => {
-                    self.release(p);
-                    private += 1;
-                }
-                Slot::Anon => {
-                    self.anon_pages -= 1;
-                    self.host_pages -= 1;
-                    private += 1;
-                }
-                Slot::File => {
-                    self.file_pages -= 1;
-                    self.host_pages -= 1;
-                    private += 1;
-                }
-                Slot::Shared(m) => {
-                    self.unref_shared(m);
-                    shared += 1;
-                }
-                Slot::Zero => shared += 1,
+                Slot::Private(_) | Slot::Anon | Slot::File => private += 1,
+                Slot::Shared(_) | Slot::Zero => shared += 1,
                 Slot::Empty | Slot::Ballooned => continue,
             }
             *slot = to;
-        }
-        if let Some(r) = self.regions.get_mut(&id) {
-            r.slots = slots;
         }
         let v = self.vm_mut(vm)?;
         v.private -= private;
         v.shared -= shared;
         v.allocated[Account::Base.idx()] -= private + shared;
-        Ok(private + shared)
+        Ok(Detached {
+            region: id,
+            first,
+            slots,
+            allocated: private + shared,
+        })
+    }
+
+    /// The host half of releasing slots: points the range at zero memory,
+    /// then gives the host pages it mapped back (to the pending list). On
+    /// error nothing changed.
+    pub(crate) fn release_detached(&mut self, detached: &Detached) -> Result<()> {
+        if let Some(r) = self.regions.get(&detached.region) {
+            r.map.map(
+                &self.backing,
+                detached.first,
+                detached.slots.len() as u64,
+                Target::Zero,
+            )?;
+        }
+        self.release_pages(&detached.slots);
+        Ok(())
+    }
+
+    /// Gives back the host pages behind `slots`, which no region maps any more.
+    fn release_pages(&mut self, slots: &[Slot]) {
+        for slot in slots {
+            match *slot {
+                Slot::Private(p) => self.release(p),
+                Slot::Anon => {
+                    self.anon_pages -= 1;
+                    self.host_pages -= 1;
+                }
+                Slot::File => {
+                    self.file_pages -= 1;
+                    self.host_pages -= 1;
+                }
+                Slot::Shared(m) => self.unref_shared(m),
+                Slot::Zero | Slot::Empty | Slot::Ballooned => {}
+            }
+        }
     }
 
     pub(crate) fn unref_shared(&mut self, master: PageId) {
@@ -834,13 +895,17 @@ impl State {
         self.flush()
     }
 
-    /// Balloon inflation of region pages: their memory goes back to the host.
+    /// Balloon inflation of region pages: they count as ballooned at once;
+    /// their memory goes back to the host through the reclaim queue (see
+    /// [`crate::reclaim`]).
     pub(crate) fn region_inflate(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
         self.expect_slots(id, first, count, "allocated", Slot::is_allocated)?;
         let vm = self.region(id)?.vm;
-        let freed = self.release_slots(id, first, count, Slot::Ballooned)?;
-        self.balloon(vm, BalloonAction::Inflate, freed)?;
-        self.flush()
+        let detached = self.detach_slots(id, first, count, Slot::Ballooned)?;
+        // Cannot fail: the pages just left the VM's allocated count.
+        self.balloon(vm, BalloonAction::Inflate, detached.allocated)?;
+        self.defer_release(detached);
+        Ok(())
     }
 
     /// Balloon deflation of region pages: they become empty (allocatable) again.
@@ -848,6 +913,8 @@ impl State {
         self.expect_slots(id, first, count, "ballooned", |s| s == Slot::Ballooned)?;
         let vm = self.region(id)?.vm;
         self.balloon(vm, BalloonAction::Deflate, count)?;
+        // Empty pages must map zero before anyone backs them again.
+        self.settle_deferred(Some(id))?;
         if let Some(r) = self.regions.get_mut(&id) {
             r.slots[first as usize..(first + count) as usize].fill(Slot::Empty);
         }
@@ -856,6 +923,7 @@ impl State {
 
     /// Releases everything a region holds and unmaps it.
     pub(crate) fn remove_region(&mut self, id: u64) -> Result<()> {
+        self.settle_deferred(Some(id))?;
         let (vm, pages) = {
             let r = self.region(id)?;
             (r.vm, r.slots.len() as u64)
@@ -902,6 +970,16 @@ impl State {
                 self.ballooned_total -= pages;
             }
             BalloonAction::Reset => {
+                let regions: Vec<u64> = self
+                    .regions
+                    .iter()
+                    .filter(|(_, r)| r.vm == vm)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in regions {
+                    self.settle_deferred(Some(id))?;
+                }
+                let v = self.vm_mut(vm)?;
                 let was = std::mem::take(&mut v.ballooned);
                 self.ballooned_total -= was;
                 for r in self.regions.values_mut().filter(|r| r.vm == vm) {

@@ -83,7 +83,7 @@ pub struct GmmStats {
     pub partial_chunks: u64,
     /// Chunk ids available in total.
     pub chunk_limit: u64,
-    /// Freed pages not yet returned to the host.
+    /// Freed or ballooned pages not yet returned to the host.
     pub pending_pages: u64,
     /// Bytes of host memory the chunk memfd holds right now.
     pub backing_bytes: u64,
@@ -99,6 +99,8 @@ pub struct GmmStats {
     pub pages_deduplicated: u64,
     /// Shared pages later written by their guest (copied on write) so far.
     pub cow_unshares: u64,
+    /// Times the host refused to take ballooned memory back (retried later).
+    pub reclaim_errors: u64,
     /// Registered VMs.
     pub vms: u64,
     /// Guest pages mapped copy-on-write from files and not written since
@@ -122,7 +124,7 @@ impl GmmStats {
             empty_chunks: u64::from(st.n_empty),
             partial_chunks: st.partial_chunks() as u64,
             chunk_limit: u64::from(st.chunk_limit()),
-            pending_pages: st.pending_len() as u64,
+            pending_pages: st.pending_len() as u64 + st.deferred.pages(),
             backing_bytes: st.backing.resident_bytes().unwrap_or(0),
             chunks_created: st.events.chunks_created,
             chunks_freed: st.events.chunks_freed,
@@ -130,6 +132,7 @@ impl GmmStats {
             scans: st.events.scans,
             pages_deduplicated: st.events.pages_deduplicated,
             cow_unshares: st.events.cow_unshares,
+            reclaim_errors: st.events.reclaim_errors,
             vms: st.vms().count() as u64,
             file_mapped_pages: st.file_pages,
         }

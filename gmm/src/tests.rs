@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 
 use crate::{
-    Account, BalloonAction, CHUNK_PAGES, Error, Gmm, GmmConfig, PAGE_SIZE, PageState, Reservation,
+    Account, BalloonAction, CHUNK_PAGES, Error, Gmm, GmmConfig, PAGE_SIZE, PageState, RamRegion,
+    Reservation,
 };
 
 fn gmm(max: u64) -> Gmm {
@@ -366,7 +367,16 @@ fn sharing_deduplicates_and_writes_stay_private() {
     assert_eq!(buf, [0; 16]);
     ra.read(0, &mut buf).unwrap();
     assert_eq!(buf, [0x55; 16]);
+    let states = |r: &RamRegion| r.page_states(0, 16).unwrap();
+    let mut want = [PageState::Shared; 16];
+    want[8..12].fill(PageState::Zero);
+    assert_eq!(states(&ra), want, "written but not yet reconciled");
     assert_eq!(g.reconcile_shared().unwrap(), 2);
+    want[0] = PageState::Private;
+    assert_eq!(states(&ra), want);
+    want[0] = PageState::Shared;
+    want[8] = PageState::Private;
+    assert_eq!(states(&rb), want);
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!((sa.private, sa.shared), (1, 15));
     assert_eq!((sb.private, sb.shared), (1, 15));
@@ -563,6 +573,10 @@ proptest! {
             prop_assert_eq!(s.ballooned, m.ballooned);
             prop_assert_eq!(gs.ballooned_pages, m.ballooned);
             prop_assert_eq!(s.private + s.shared, s.allocated.base);
+            // Host pages follow once ballooned memory is back with the host.
+            g.return_freed_pages().unwrap();
+            let gs = g.stats();
+            prop_assert_eq!(gs.pending_pages, 0);
             prop_assert_eq!(gs.allocated_pages, s.private + gs.shared_pages);
             prop_assert_eq!(gs.sharing_guest_pages, s.shared);
             for (i, slot) in m.slots.iter().enumerate() {
@@ -644,6 +658,7 @@ fn residency_follows_writes_sharing_and_balloon() {
         ram.resident_pages(0, 8).unwrap(),
         [true, true, true, false, false, false, false, false]
     );
+    g.return_freed_pages().unwrap();
     assert_eq!(g.stats().allocated_pages, 1);
     assert!(matches!(
         ram.resident_pages(7, 2),
@@ -687,4 +702,106 @@ fn vms_allocate_concurrently_with_exact_totals() {
     let s = g.stats();
     assert_eq!((s.allocated_pages, s.vms, s.reserved_pages), (0, 0, 0));
     assert_eq!(s.pending_pages, 0);
+}
+
+/// Waits (bounded) until the reclaim worker has returned every ballooned page.
+fn wait_reclaimed(g: &Gmm) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while g.stats().pending_pages > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reclaim worker never returned the ballooned pages"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn ballooned_memory_goes_back_to_the_host_in_the_background() {
+    let g = gmm(4096);
+    let vm = g.register_vm("vm", base(2048)).unwrap();
+    let ram = vm.create_ram_region(2048).unwrap();
+    ram.alloc(0, 2048).unwrap();
+    ram.write(0, &vec![0x5a; 2048 * PAGE_SIZE]).unwrap();
+    let before = g.stats();
+    assert_eq!(before.backing_bytes, 2048 * PAGE_SIZE as u64);
+    // A guest driver inflates page by page; the accounts follow at once.
+    for p in 0..1024 {
+        ram.balloon_inflate(p, 1).unwrap();
+    }
+    assert_eq!(vm.stats().ballooned, 1024);
+    assert_eq!(vm.stats().allocated.base, 1024);
+    // No call to return_freed_pages: the worker alone gives the memory back.
+    wait_reclaimed(&g);
+    let after = g.stats();
+    assert_eq!(after.backing_bytes, 1024 * PAGE_SIZE as u64);
+    assert_eq!(after.allocated_pages, 1024);
+    assert_eq!(after.pages_returned - before.pages_returned, 1024);
+    assert_eq!(after.reclaim_errors, 0);
+    // The guest's view of ballooned pages is zero, the rest is intact.
+    let mut buf = [1u8; 8];
+    ram.read(1023 * 4096, &mut buf).unwrap();
+    assert_eq!(buf, [0; 8]);
+    ram.read(1024 * 4096, &mut buf).unwrap();
+    assert_eq!(buf, [0x5a; 8]);
+}
+
+#[test]
+fn deflating_before_the_worker_ran_never_loses_new_data() {
+    let g = gmm(4096);
+    let vm = g.register_vm("vm", base(512)).unwrap();
+    let other = g.register_vm("other", base(512)).unwrap();
+    let ram = vm.create_ram_region(512).unwrap();
+    ram.alloc(0, 512).unwrap();
+    ram.write(0, &vec![0x77; 512 * PAGE_SIZE]).unwrap();
+    for round in 0..20u8 {
+        // Inflate, then at once take the pages back and use them again,
+        // racing the worker.
+        ram.balloon_inflate(0, 512).unwrap();
+        ram.balloon_deflate(0, 512).unwrap();
+        ram.alloc(0, 512).unwrap();
+        let mut page = [0xffu8; 16];
+        ram.read(0, &mut page).unwrap();
+        assert_eq!(page, [0; 16], "round {round}: a deflated page reads zero");
+        ram.write(0, &vec![round; 512 * PAGE_SIZE]).unwrap();
+        // Another VM allocating meanwhile never sees this VM's data.
+        let raw = other.alloc_pages(Account::Base, 64).unwrap();
+        for p in &raw {
+            // SAFETY: a page just handed to us, 4 KiB at its host address.
+            let bytes = unsafe { std::slice::from_raw_parts(p.host_addr as *const u8, 4096) };
+            assert!(bytes.iter().all(|&b| b == 0), "round {round}");
+        }
+        other
+            .free_pages(&raw.iter().map(|p| p.id).collect::<Vec<_>>())
+            .unwrap();
+        wait_reclaimed(&g);
+        let mut buf = vec![0u8; 512 * PAGE_SIZE];
+        ram.read(0, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == round), "round {round}");
+        // ... and it lives in the VM's own (accounted) chunk pages.
+        assert_eq!(g.stats().backing_bytes, 512 * PAGE_SIZE as u64);
+    }
+}
+
+#[test]
+fn a_balloon_reset_or_dropped_region_settles_queued_memory() {
+    let g = gmm(4096);
+    let vm = g.register_vm("vm", base(256)).unwrap();
+    let ram = vm.create_ram_region(256).unwrap();
+    ram.alloc(0, 256).unwrap();
+    ram.write(0, &vec![3; 256 * PAGE_SIZE]).unwrap();
+    ram.balloon_inflate(0, 128).unwrap();
+    vm.balloon(BalloonAction::Reset, 0).unwrap();
+    assert_eq!(ram.page_state(0).unwrap(), PageState::Empty);
+    ram.alloc(0, 128).unwrap();
+    let mut buf = [9u8; 4];
+    ram.read(0, &mut buf).unwrap();
+    assert_eq!(buf, [0; 4]);
+    ram.balloon_inflate(128, 128).unwrap();
+    drop(ram);
+    let s = g.stats();
+    assert_eq!(
+        (s.pending_pages, s.allocated_pages, s.backing_bytes),
+        (0, 0, 0)
+    );
 }

@@ -143,6 +143,20 @@ impl HostMemory for GmmHostMemory {
         self.with_region(region, |ram| ram.map_file(first, count, file, file_offset))
     }
 
+    fn sharing(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        out: &mut Vec<bool>,
+    ) -> Result<(), HostMemoryError> {
+        let (first, count) = pages(region, offset, len)?;
+        let states = self.with_region(region, |ram| ram.page_states(first, count))?;
+        out.clear();
+        out.extend(states.iter().map(|s| *s == gmm::PageState::Shared));
+        Ok(())
+    }
+
     fn residency(
         &self,
         region: &MmapRegion,

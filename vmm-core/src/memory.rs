@@ -176,10 +176,13 @@ impl GuestMemoryMap {
     }
 
     /// Runs GMM's page-sharing scan: identical guest pages end up backed by
-    /// one host page (copy on write), all-zero pages by none. Call it with
-    /// the vCPUs stopped (a write between compare and remap would be lost).
+    /// one host page (copy on write), all-zero pages by none; `pgm`'s page
+    /// states follow. Call it with the vCPUs stopped (a write between compare
+    /// and remap would be lost).
     pub fn share_pages(&self) -> Result<gmm::ScanReport> {
-        self.gmm.share_scan().map_err(pgm_error)
+        let report = self.gmm.share_scan().map_err(pgm_error)?;
+        self.map.read().sync_sharing().map_err(pgm_error)?;
+        Ok(report)
     }
 
     /// Resets memory as a machine reset does: RAM zeroed, ROM restored.

@@ -77,6 +77,9 @@ fn identical_guest_pages_are_shared_and_unshared_on_write() {
     assert!(report.pages_deduplicated >= 14, "{report:?}");
     let saved = stat(&handle, "/GMM/cSavedPages");
     assert!(saved >= 14, "{saved}");
+    // PGM's page states follow: the deduplicated pages are shared.
+    let shared = stat(&handle, "/PGM/Page/cSharedPages");
+    assert!((15..=16).contains(&shared), "{shared}");
     assert_eq!(
         run.join().unwrap().unwrap(),
         RunOutcome::GuestExit(0),

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::error::PhysError;
 use super::handler::{HandlerAccess, HandlerAction, HandlerRange};
 use super::map::PhysMap;
-use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
+use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState, PageState};
 use super::range::{Backing, Memory, PhysRange};
 
 /// The caller's buffer: filled by a read, consumed by a write.
@@ -154,7 +154,16 @@ impl PhysMap {
         mut buf: Buf<'_>,
     ) -> Result<usize, PhysError> {
         let len = buf.len();
-        let handled = match mem.page(offset).map(|p| p.get().handler) {
+        let info = mem.page(offset).map(|p| p.get());
+        if let Buf::Read(b) = &mut buf
+            && info.is_some_and(|i| i.state == PageState::Ballooned)
+        {
+            // Whatever the host still maps there while it takes the page
+            // back, a page the guest gave to its balloon reads zero.
+            b.fill(0);
+            return Ok(len);
+        }
+        let handled = match info.map(|i| i.handler) {
             Some(PageHandlerState::All) => true,
             Some(PageHandlerState::Write) => buf.is_write(),
             _ => false,

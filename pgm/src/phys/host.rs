@@ -135,6 +135,23 @@ pub trait HostMemory: Send + Sync {
         Ok(())
     }
 
+    /// Fills `out` with one entry per page of `offset..offset + len`:
+    /// whether the provider backs the page with a host page it shares with
+    /// other guest pages (copy on write), as GMM's page sharing does. The
+    /// default provider shares nothing.
+    fn sharing(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        out: &mut Vec<bool>,
+    ) -> Result<(), HostMemoryError> {
+        check_span(region, offset, len)?;
+        out.clear();
+        out.resize(len / HOST_PAGE_SIZE, false);
+        Ok(())
+    }
+
     /// Fills `out` with one entry per page of `offset..offset + len`: whether
     /// the page currently occupies host memory.
     fn residency(

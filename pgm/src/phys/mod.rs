@@ -38,7 +38,10 @@ mod page;
 mod range;
 mod report;
 mod saved;
+mod sharing;
 mod slots;
+#[cfg(test)]
+mod testing;
 mod view;
 mod zero;
 
@@ -65,5 +68,6 @@ pub use saved::{
     MIN_RUN_PAGES, PgmUnit, REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_RUN,
     REC_SHADOW, REC_ZERO, REC_ZERO_RUN,
 };
+pub use sharing::SharingSync;
 pub use slots::{KvmSlot, SlotChanges, SlotSet};
 pub use zero::ZeroScanReport;

@@ -29,6 +29,14 @@ fn discard_run(map: &PhysMap, mem: &Memory, run: &mut Option<(u64, u64)>) -> Res
 }
 
 impl PhysMap {
+    /// The backing of every RAM range, in address order.
+    pub(super) fn ram(&self) -> impl Iterator<Item = &Memory> {
+        self.ranges.iter().filter_map(|r| match &r.backing {
+            Backing::Ram(mem) => Some(mem),
+            _ => None,
+        })
+    }
+
     /// Scans RAM: resident pages that hold only zeros are given back to the
     /// host (`madvise(DONTNEED)`) and return to the zero state; resident
     /// non-zero pages still in the zero state (written by the guest through
@@ -39,10 +47,7 @@ impl PhysMap {
     pub fn scan_zero_pages(&self) -> Result<ZeroScanReport, PhysError> {
         let mut report = ZeroScanReport::default();
         let mut resident = Vec::new();
-        for range in &self.ranges {
-            let Backing::Ram(mem) = &range.backing else {
-                continue;
-            };
+        for mem in self.ram() {
             self.host
                 .residency(&mem.region, 0, mem.region.size(), &mut resident)?;
             let mut run: Option<(u64, u64)> = None;
@@ -89,12 +94,10 @@ impl PhysMap {
     pub fn resident_ram_pages(&self) -> Result<u64, PhysError> {
         let mut resident = Vec::new();
         let mut count = 0;
-        for range in &self.ranges {
-            if let Backing::Ram(mem) = &range.backing {
-                self.host
-                    .residency(&mem.region, 0, mem.region.size(), &mut resident)?;
-                count += resident.iter().filter(|&&r| r).count() as u64;
-            }
+        for mem in self.ram() {
+            self.host
+                .residency(&mem.region, 0, mem.region.size(), &mut resident)?;
+            count += resident.iter().filter(|&&r| r).count() as u64;
         }
         Ok(count)
     }
@@ -276,5 +279,27 @@ mod tests {
         map.write(0x3000, &[1]).unwrap();
         assert!(map.balloon(&[0x3000], false).is_err());
         assert_eq!(map.page_info(0x3000).state, PageState::Allocated);
+    }
+}
+
+#[cfg(test)]
+mod deferred_balloon_tests {
+    use std::sync::Arc;
+
+    use crate::phys::testing::ScriptedHost;
+    use crate::phys::{PageState, PhysConfig, PhysMap};
+
+    #[test]
+    fn ballooned_pages_read_zero_before_the_host_took_them() {
+        let host = Arc::new(ScriptedHost::default());
+        let mut map = PhysMap::new(host, PhysConfig::default()).unwrap();
+        map.add_ram(0, 0x3000, "ram").unwrap();
+        map.write(0x1000, &[7; 0x2000]).unwrap();
+        map.balloon(&[0x1000], true).unwrap();
+        assert_eq!(map.page_info(0x1000).state, PageState::Ballooned);
+        let mut buf = [1u8; 0x2000];
+        map.read(0x1000, &mut buf).unwrap();
+        assert!(buf[..0x1000].iter().all(|&b| b == 0));
+        assert!(buf[0x1000..].iter().all(|&b| b == 7));
     }
 }
