@@ -45,31 +45,12 @@ impl State {
         }
         r.map.map_file(first, count, fd, offset)?;
         let old: Vec<Slot> = r.slots[range.clone()].to_vec();
-        for slot in old {
-            match slot {
-                Slot::Private(p) => self.release(p),
-                Slot::Anon => {
-                    self.anon_pages -= 1;
-                    self.host_pages -= 1;
-                }
-                Slot::File => {
-                    self.file_pages -= 1;
-                    self.host_pages -= 1;
-                }
-                Slot::Shared(_) | Slot::Zero => {
-                    if let Slot::Shared(m) = slot {
-                        self.unref_shared(m);
-                    }
-                    let v = self.vm_mut(vm)?;
-                    v.shared -= 1;
-                    v.private += 1;
-                }
-                // Excluded by the check above.
-                Slot::Empty | Slot::Ballooned => continue,
-            }
-            self.file_pages += 1;
-            self.host_pages += 1;
-        }
+        self.release_pages(&old);
+        let v = self.vm_mut(vm)?;
+        v.shared -= added;
+        v.private += added;
+        self.file_pages += count;
+        self.host_pages += count;
         if let Some(r) = self.regions.get_mut(&id) {
             r.slots[range].fill(Slot::File);
         }

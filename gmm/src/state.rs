@@ -787,7 +787,7 @@ impl State {
     }
 
     /// Gives back the host pages behind `slots`, which no region maps any more.
-    fn release_pages(&mut self, slots: &[Slot]) {
+    pub(crate) fn release_pages(&mut self, slots: &[Slot]) {
         for slot in slots {
             match *slot {
                 Slot::Private(p) => self.release(p),
