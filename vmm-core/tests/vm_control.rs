@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Capture, stat};
 use hm_vmx::testing::kvm_available;
+use vmm_core::saved_state::{AfterSave, SaveRequest};
 use vmm_core::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
 
@@ -184,6 +185,49 @@ fn the_idle_guest_inflates_and_deflates_its_balloon_on_request() {
     });
     let (_, given) = handle.balloon();
     assert!(given > 2 << 20 && given < 16 << 20, "{given}");
+    handle.power_off().unwrap();
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+}
+
+#[test]
+fn a_balloon_survives_save_and_restore() {
+    if !kvm_available("a_balloon_survives_save_and_restore") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("balloon.sav");
+    let serial = Capture::default();
+    let mut config = VmConfig::new(16 << 20, guests::find("idle").unwrap().firmware().unwrap());
+    config.serial = Box::new(serial.clone());
+    config.balloon_bytes = 4 << 20;
+    let mut vm = Vm::new(config).unwrap();
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    wait_until("a 4 MiB balloon", &serial, || {
+        handle.balloon() == (4 << 20, 4 << 20)
+    });
+    let request = SaveRequest {
+        live: false,
+        then: AfterSave::PowerOff,
+    };
+    handle.save(&path, request).unwrap();
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+
+    let serial = Capture::default();
+    let mut vm = Vm::restore(&path, Box::new(serial.clone()), false).unwrap();
+    let handle = vm.handle();
+    // The device, pgm and GMM all still know what the guest gave.
+    assert_eq!(handle.balloon(), (4 << 20, 4 << 20));
+    assert_eq!(stat(&handle, "/PGM/Page/cBalloonedPages"), 1024);
+    assert_eq!(stat(&handle, "/GMM/cBalloonedPages"), 1024);
+    let run = std::thread::spawn(move || vm.run());
+    // The restored guest's driver takes pages back without a refusal.
+    handle.set_balloon(1 << 20);
+    wait_until("a 1 MiB balloon", &serial, || {
+        handle.balloon() == (1 << 20, 1 << 20)
+    });
+    assert_eq!(stat(&handle, "/GMM/cBalloonedPages"), 256);
+    assert_eq!(stat(&handle, "/VMM/Balloon/Refused"), 0);
     handle.power_off().unwrap();
     assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
 }

@@ -401,9 +401,51 @@ impl PhysMap {
         }
     }
 
+    /// Brings the host's balloon in line with a record for `count` pages of
+    /// `mem` from `off`: pages the record says are ballooned are inflated,
+    /// ballooned pages it fills are deflated first (a live save may send a
+    /// page again after the guest took it back), so that the provider's
+    /// balloon accounts (GMM's) survive a restore.
+    fn match_balloon(
+        &self,
+        mem: &Memory,
+        off: u64,
+        count: u64,
+        ballooned: bool,
+        discards: &mut DiscardRun,
+    ) -> ssm::Result<()> {
+        let differs = |i: u64| {
+            mem.page(off + i * PAGE_SIZE)
+                .is_some_and(|p| (p.get().state == PageState::Ballooned) != ballooned)
+        };
+        let mut i = 0;
+        while i < count {
+            if !differs(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < count && differs(i) {
+                i += 1;
+            }
+            // A pending discard must not reach pages ballooned from now on.
+            discards.flush(self)?;
+            self.host
+                .balloon(
+                    &mem.region,
+                    (off + start * PAGE_SIZE) as usize,
+                    ((i - start) * PAGE_SIZE) as usize,
+                    ballooned,
+                )
+                .map_err(|e| err(e.into()))?;
+        }
+        Ok(())
+    }
+
     /// Loads a run of `count` zero-state pages at `gpa`.
     fn load_zero_run(&self, gpa: u64, count: u64, discards: &mut DiscardRun) -> ssm::Result<()> {
         let (mem, off) = self.run_memory("zero run", gpa, count)?;
+        self.match_balloon(mem, off, count, false, discards)?;
         discards.add(self, &mem.region, off, count * PAGE_SIZE)?;
         Self::set_states(mem, off, count, PageState::Zero);
         Ok(())
@@ -419,6 +461,7 @@ impl PhysMap {
         discards: &mut DiscardRun,
     ) -> ssm::Result<u64> {
         let (mem, off) = self.run_memory("page run", gpa, count)?;
+        self.match_balloon(mem, off, count, false, discards)?;
         let end = off + count * PAGE_SIZE;
         // Pending discards must not land after (and on top of) the run.
         discards.flush(self)?;
@@ -461,6 +504,7 @@ impl PhysMap {
         let mem = range.writable_memory().ok_or_else(bad)?;
         let off = (gpa - range.start) & !(PAGE_SIZE - 1);
         let slot = mem.page(off).ok_or_else(bad)?;
+        self.match_balloon(mem, off, 1, tag == REC_BALLOONED, discards)?;
         let state = match tag {
             REC_ZERO => PageState::Zero,
             REC_BALLOONED => PageState::Ballooned,
@@ -477,7 +521,7 @@ impl PhysMap {
             },
             _ => return Err(ssm::Error::callback(format!("unknown page record {tag}"))),
         };
-        if state != PageState::Allocated {
+        if state == PageState::Zero {
             discards.add(self, &mem.region, off, PAGE_SIZE)?;
         }
         slot.update(|mut p| {
@@ -679,6 +723,7 @@ impl Unit for PgmUnit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::phys::testing::ScriptedHost;
     use crate::phys::{KvmSlot, PhysMap, RomProtection};
     use ssm::{Manager, SaveOptions, StreamReader};
 
@@ -760,6 +805,42 @@ mod tests {
     }
 
     #[test]
+    fn ballooned_pages_are_ballooned_again_with_the_host() {
+        let save = |map: &Arc<RwLock<PhysMap>>| {
+            let mut m = Manager::new();
+            m.register(Box::new(PgmUnit::new(map.clone(), None)))
+                .unwrap();
+            let mut bytes = Vec::new();
+            m.save(&mut bytes, &SaveOptions::default()).unwrap();
+            bytes
+        };
+        let load = |map: &Arc<RwLock<PhysMap>>, bytes: &[u8]| {
+            let mut m = Manager::new();
+            m.register(Box::new(PgmUnit::new(map.clone(), None)))
+                .unwrap();
+            m.load(StreamReader::from_slice(bytes).unwrap()).unwrap();
+        };
+        let src = shared();
+        src.read().write(0x2000, &[4; 0x2000]).unwrap();
+        src.read().balloon(&[0x5000, 0x6000, 0x9000], true).unwrap();
+        let ballooned = save(&src);
+        let (host, dst) = recording_map();
+        load(&dst, &ballooned);
+        // GMM-like providers count what the guest gave: the load tells them.
+        assert_eq!(host.ballooned(), [5, 6, 9]);
+        assert_eq!(dst.read().page_info(0x6000).state, PageState::Ballooned);
+        // A later state where the guest took the pages back and wrote one.
+        src.read()
+            .balloon(&[0x5000, 0x6000, 0x9000], false)
+            .unwrap();
+        src.read().write(0x6000, &[8; 0x1000]).unwrap();
+        load(&dst, &save(&src));
+        assert!(host.ballooned().is_empty());
+        assert_eq!(byte(&dst, 0x6000), 8);
+        assert_eq!(dst.read().page_info(0x5000).state, PageState::Zero);
+    }
+
+    #[test]
     fn load_rejects_a_different_layout_and_garbage() {
         let src = shared();
         let mut m = Manager::new();
@@ -773,49 +854,8 @@ mod tests {
         assert!(m2.load(StreamReader::from_slice(&bytes).unwrap()).is_err());
     }
 
-    /// [`MmapHostMemory`] that records the `map_file` calls.
-    #[derive(Default)]
-    struct Recording {
-        inner: crate::phys::MmapHostMemory,
-        mapped: parking_lot::Mutex<Vec<(usize, usize, u64)>>,
-    }
-
-    impl crate::phys::HostMemory for Recording {
-        fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, crate::phys::HostMemoryError> {
-            self.inner.allocate(size)
-        }
-        fn discard(
-            &self,
-            r: &MmapRegion,
-            o: usize,
-            l: usize,
-        ) -> Result<(), crate::phys::HostMemoryError> {
-            self.inner.discard(r, o, l)
-        }
-        fn residency(
-            &self,
-            r: &MmapRegion,
-            o: usize,
-            l: usize,
-            out: &mut Vec<bool>,
-        ) -> Result<(), crate::phys::HostMemoryError> {
-            self.inner.residency(r, o, l, out)
-        }
-        fn map_file(
-            &self,
-            r: &MmapRegion,
-            o: usize,
-            l: usize,
-            f: &std::fs::File,
-            fo: u64,
-        ) -> Result<(), crate::phys::HostMemoryError> {
-            self.mapped.lock().push((o, l, fo));
-            self.inner.map_file(r, o, l, f, fo)
-        }
-    }
-
-    fn recording_map() -> (Arc<Recording>, Arc<RwLock<PhysMap>>) {
-        let host = Arc::new(Recording::default());
+    fn recording_map() -> (Arc<ScriptedHost>, Arc<RwLock<PhysMap>>) {
+        let host = Arc::new(ScriptedHost::default());
         let mut map = PhysMap::new(host.clone(), crate::phys::PhysConfig::default()).unwrap();
         layout(&mut map);
         (host, Arc::new(RwLock::new(map)))
@@ -866,7 +906,7 @@ mod tests {
         m.register(Box::new(PgmUnit::new(dst.clone(), None)))
             .unwrap();
         m.load_from_file(&path).unwrap();
-        let calls = host.mapped.lock().clone();
+        let calls = host.mapped();
         assert_eq!(calls.len(), 1);
         assert_eq!((calls[0].0, calls[0].1), (0x10000, 20 * 4096));
         assert_eq!(calls[0].2 % 4096, 0);
@@ -886,7 +926,7 @@ mod tests {
             .unwrap();
         m.load(StreamReader::from_slice(&std::fs::read(&path).unwrap()).unwrap())
             .unwrap();
-        assert!(host.mapped.lock().is_empty());
+        assert!(host.mapped().is_empty());
         assert_eq!(dst.read().pages_mapped_from_file(), 0);
         check_runs_loaded(&dst);
     }

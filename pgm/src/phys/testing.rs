@@ -1,6 +1,7 @@
 //! A host memory provider for tests that behaves like GMM where the plain
-//! provider cannot: it shares the pages a test picks, and takes ballooned
-//! pages back later (their old contents stay mapped).
+//! provider cannot: it shares the pages a test picks, keeps balloon accounts
+//! and takes ballooned pages back later (their old contents stay mapped),
+//! and records the file mappings it makes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,17 +11,30 @@ use vm_memory::MmapRegion;
 
 use super::host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
 
-/// Anonymous memory with scripted sharing and deferred ballooning.
+/// Anonymous memory with scripted sharing, balloon accounts and a record of
+/// file mappings.
 #[derive(Default)]
 pub(crate) struct ScriptedHost {
     inner: MmapHostMemory,
     shared: Mutex<BTreeSet<usize>>,
+    ballooned: Mutex<BTreeSet<usize>>,
+    mapped: Mutex<Vec<(usize, usize, u64)>>,
 }
 
 impl ScriptedHost {
     /// From now on the provider reports these region pages as shared.
     pub(crate) fn share_pages(&self, pages: &[usize]) {
         *self.shared.lock() = pages.iter().copied().collect();
+    }
+
+    /// The region pages in the balloon, in order.
+    pub(crate) fn ballooned(&self) -> Vec<usize> {
+        self.ballooned.lock().iter().copied().collect()
+    }
+
+    /// The `map_file` calls so far: region offset, length, file offset.
+    pub(crate) fn mapped(&self) -> Vec<(usize, usize, u64)> {
+        self.mapped.lock().clone()
     }
 }
 
@@ -41,11 +55,38 @@ impl HostMemory for ScriptedHost {
     fn balloon(
         &self,
         _region: &MmapRegion,
-        _offset: usize,
-        _len: usize,
-        _inflate: bool,
+        offset: usize,
+        len: usize,
+        inflate: bool,
     ) -> Result<(), HostMemoryError> {
+        let mut ballooned = self.ballooned.lock();
+        for page in offset / HOST_PAGE_SIZE..(offset + len) / HOST_PAGE_SIZE {
+            let changed = if inflate {
+                ballooned.insert(page)
+            } else {
+                ballooned.remove(&page)
+            };
+            if !changed {
+                return Err(HostMemoryError::BadSpan {
+                    offset,
+                    len,
+                    size: 0,
+                });
+            }
+        }
         Ok(())
+    }
+
+    fn map_file(
+        &self,
+        region: &MmapRegion,
+        offset: usize,
+        len: usize,
+        file: &std::fs::File,
+        file_offset: u64,
+    ) -> Result<(), HostMemoryError> {
+        self.mapped.lock().push((offset, len, file_offset));
+        self.inner.map_file(region, offset, len, file, file_offset)
     }
 
     fn sharing(

@@ -49,6 +49,13 @@ impl BalloonState {
     pub fn pages(&self) -> u64 {
         self.pages.load(Ordering::Relaxed)
     }
+
+    /// Takes over a saved target and size (the guest's balloon driver keeps
+    /// its pages across a save and restore).
+    pub(crate) fn restore(&self, target: u64, pages: u64) {
+        self.target.store(target, Ordering::Relaxed);
+        self.pages.store(pages, Ordering::Relaxed);
+    }
 }
 
 /// The balloon device on the I/O bus.

@@ -14,9 +14,11 @@
 //! | `pgm` | RAM, ROM shadows and protection, MMIO2 (live passes over the dirty log) |
 //! | `uart` | COM1 registers and receive FIFO |
 //! | `i8042` | the keyboard controller |
+//! | `balloon` | the balloon's target and the pages the guest has given |
 //!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
-//! accounting follows the pages `pgm` allocates while loading.
+//! accounting follows the pages `pgm` allocates, maps and balloons while
+//! loading.
 //!
 //! A live save ([`SaveRequest::live`]) keeps the guest running
 //! (`Running -> RunningLs`) while `pgm` sends memory in passes, using KVM's
@@ -63,7 +65,7 @@ use crate::vmstate::{VmState, VmStateError};
 
 use hm_vmx::{IrqchipState, PitState};
 pub use units::SavedConfig;
-use units::{CpuUnit, I8042Unit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit};
+use units::{BalloonUnit, CpuUnit, I8042Unit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit};
 
 /// What the machine keeps for saving and restoring.
 pub(crate) struct SaveContext {
@@ -213,6 +215,9 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     }))?;
     m.register(Box::new(I8042Unit {
         kbc: Arc::clone(&ctx.i8042),
+    }))?;
+    m.register(Box::new(BalloonUnit {
+        state: Arc::clone(&machine.balloon),
     }))?;
     Ok(m)
 }

@@ -1,5 +1,5 @@
 //! The VM's saved-state units: `vmm` (the configuration), `irqchip`, one
-//! `cpu` per vCPU, `pgm` (from `pgm`), `uart` and `i8042`.
+//! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042` and `balloon`.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
 use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
-use crate::devices::{I8042, Uart};
+use crate::devices::{BalloonState, I8042, Uart};
 
 /// The most bytes a unit's blob may claim (vCPU state with every MSR is a
 /// few KiB; firmware at most 16 MiB).
@@ -296,6 +296,34 @@ impl Unit for I8042Unit {
         let awaiting = r.get_bool()?;
         let output = r.get_buf(I8042_MAX_OUTPUT)?;
         self.kbc.lock().set_state(config, &output, awaiting);
+        Ok(())
+    }
+}
+
+/// `balloon`: the size the host asks for and the pages the guest has given
+/// (which pages those are, `pgm` saves; GMM's balloon accounts follow them).
+pub(crate) struct BalloonUnit {
+    pub(crate) state: Arc<BalloonState>,
+}
+
+impl Unit for BalloonUnit {
+    fn name(&self) -> &str {
+        "balloon"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        w.put_u64(self.state.target())?;
+        w.put_u64(self.state.pages())
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let target = r.get_u64()?;
+        let pages = r.get_u64()?;
+        self.state.restore(target, pages);
         Ok(())
     }
 }
