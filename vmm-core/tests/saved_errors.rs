@@ -54,6 +54,24 @@ fn unknown_unit_versions_are_refused_naming_the_unit() {
 }
 
 #[test]
+fn a_damaged_configuration_is_refused_before_a_vm_is_built_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.sav");
+    crafted(&path, 1, 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The RAM size (16 MiB) turns into 16 TiB.
+    let size = (16u64 << 20).to_le_bytes();
+    let at = bytes.windows(8).position(|w| w == size).unwrap();
+    bytes[at + 4] = 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = match vmm_core::saved_state::read_config(&path) {
+        Ok(c) => panic!("a damaged configuration read: {} bytes of RAM", c.ram_bytes),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("CRC"), "{err}");
+}
+
+#[test]
 fn a_truncated_file_is_refused_before_a_vm_is_built() {
     if !kvm_available("a_truncated_file_is_refused_before_a_vm_is_built") {
         return;

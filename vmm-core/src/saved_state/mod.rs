@@ -173,7 +173,10 @@ fn read_config_from<R: BufRead>(mut reader: StreamReader<R>) -> Result<SavedConf
                 }
                 .into());
             }
-            return Ok(SavedConfig::get(&mut reader.unit_reader())?);
+            let config = SavedConfig::get(&mut reader.unit_reader())?;
+            // The unit's CRC, before anything is built from a damaged size.
+            reader.finish_unit()?;
+            return Ok(config);
         }
     }
     Err(ssm::Error::MissingUnit(ssm::UnitId::new(VMM_UNIT, 0)).into())
