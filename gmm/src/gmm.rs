@@ -80,9 +80,10 @@ pub struct HostPage {
 impl Gmm {
     /// A GMM with its (empty, sparse) chunk backing.
     pub fn new(cfg: GmmConfig) -> Result<Self> {
+        let state = Arc::new(Mutex::new(State::new(cfg)?));
         Ok(Gmm {
-            state: Arc::new(Mutex::new(State::new(cfg)?)),
-            reclaim: Arc::new(Reclaimer::new()),
+            reclaim: Arc::new(Reclaimer::new(&state)),
+            state,
         })
     }
 
@@ -367,8 +368,7 @@ impl RamRegion {
     /// anyone else's; [`Gmm::return_freed_pages`] waits for it.
     pub fn balloon_inflate(&self, first: u64, count: u64) -> Result<()> {
         self.state().region_inflate(self.id, first, count)?;
-        let gmm = &self.vm.gmm;
-        gmm.reclaim.kick(&gmm.state)
+        self.vm.gmm.reclaim.kick()
     }
 
     /// The guest's balloon released these ballooned pages: they become empty

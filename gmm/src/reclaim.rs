@@ -149,13 +149,15 @@ struct Signal {
 /// The worker thread of one GMM, started on first use and stopped (after
 /// finishing the queue) when the last [`Gmm`](crate::Gmm) handle goes.
 pub(crate) struct Reclaimer {
+    state: Arc<Mutex<State>>,
     signal: Arc<Signal>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Reclaimer {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(state: &Arc<Mutex<State>>) -> Self {
         Reclaimer {
+            state: Arc::clone(state),
             signal: Arc::new(Signal {
                 wake: Condvar::new(),
                 stop: AtomicBool::new(false),
@@ -166,16 +168,16 @@ impl Reclaimer {
 
     /// Tells the worker there is work, starting it if needed. Without a
     /// worker (the host would not give us a thread) the work is done here.
-    pub(crate) fn kick(&self, state: &Arc<Mutex<State>>) -> Result<()> {
+    pub(crate) fn kick(&self) -> Result<()> {
         let mut thread = self.thread.lock();
         if thread.is_none() {
-            let (state2, signal) = (Arc::clone(state), Arc::clone(&self.signal));
+            let (state, signal) = (Arc::clone(&self.state), Arc::clone(&self.signal));
             match std::thread::Builder::new()
                 .name("gmm-reclaim".into())
-                .spawn(move || worker(&state2, &signal))
+                .spawn(move || worker(&state, &signal))
             {
                 Ok(handle) => *thread = Some(handle),
-                Err(_) => return state.lock().settle_deferred(None),
+                Err(_) => return self.state.lock().settle_deferred(None),
             }
         }
         self.signal.wake.notify_one();
@@ -185,8 +187,13 @@ impl Reclaimer {
 
 impl Drop for Reclaimer {
     fn drop(&mut self) {
-        self.signal.stop.store(true, Ordering::Release);
-        self.signal.wake.notify_one();
+        {
+            // Under the lock the worker checks `stop` with, so that it is
+            // either before its check or already waiting for this wake-up.
+            let _state = self.state.lock();
+            self.signal.stop.store(true, Ordering::Release);
+            self.signal.wake.notify_one();
+        }
         if let Some(handle) = self.thread.get_mut().take() {
             // A panicking worker has nothing more to give back.
             let _ = handle.join();

@@ -805,3 +805,20 @@ fn a_balloon_reset_or_dropped_region_settles_queued_memory() {
         (0, 0, 0)
     );
 }
+
+#[test]
+fn dropping_the_last_handle_stops_the_reclaim_worker() {
+    for round in 0..50u64 {
+        let g = gmm(4096);
+        let vm = g.register_vm("vm", base(64)).unwrap();
+        let ram = vm.create_ram_region(64).unwrap();
+        ram.alloc(0, 64).unwrap();
+        ram.write(0, &[1; 64 * PAGE_SIZE]).unwrap();
+        ram.balloon_inflate(0, 32 + round % 32).unwrap();
+        // Dropping everything joins the worker; a lost wake-up would hang.
+        if round % 2 == 0 {
+            wait_reclaimed(&g);
+        }
+        drop((ram, vm, g));
+    }
+}
