@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use super::DebuggerError;
 use super::dr7::{HW_SLOTS, HwAccess, HwLen, HwSlot, split_aligned};
-use super::stop::{IoAccess, IoRange};
+use super::stop::{IoAccess, IoRange, MemAccess, MemRange};
+use super::target::{PAGE_SIZE, PageTrap};
 
 /// Identifies a breakpoint for its whole life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -35,6 +36,20 @@ pub enum BreakpointKind {
         addr: u64,
         /// Guest-physical address of the patched byte.
         phys: u64,
+    },
+    /// A page-trap watchpoint over `[addr, addr + len)`: the guest-physical pages behind
+    /// the range (translated when it was set, so it follows those physical pages) trap
+    /// guest accesses to the VMM, which checks the exact bytes.
+    PageTrap {
+        /// Start address as given (linear, or guest-physical for
+        /// [`Debugger::add_phys_watch`](super::Debugger::add_phys_watch)).
+        addr: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Guest-physical address of the first byte.
+        phys: u64,
+        /// Direction filter.
+        access: MemAccess,
     },
     /// An I/O-port breakpoint over ports `first..=last`, checked by the VMM on port exits.
     Io {
@@ -80,6 +95,8 @@ pub(crate) struct Entry {
     pub slots: Vec<usize>,
     /// The guest byte an `int3` replaced.
     pub original: u8,
+    /// Guest-physical pieces `(first, last)` of a page-trap watchpoint.
+    pub phys: Vec<(u64, u64)>,
 }
 
 /// Breakpoints by id plus the DR slot assignment.
@@ -105,6 +122,7 @@ impl Table {
                 bp,
                 slots,
                 original,
+                phys: Vec::new(),
             },
         );
         id
@@ -155,6 +173,7 @@ impl Table {
                 bp,
                 slots: used,
                 original: 0,
+                phys: Vec::new(),
             },
         );
         Ok(id)
@@ -179,6 +198,31 @@ impl Table {
             Vec::new(),
             0,
         )
+    }
+
+    /// Records a page-trap watchpoint whose guest-physical pieces are `phys`.
+    pub fn add_page_trap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        access: MemAccess,
+        phys: Vec<(u64, u64)>,
+    ) -> BreakpointId {
+        let first = phys.first().map_or(0, |p| p.0);
+        let id = self.insert(
+            BreakpointKind::PageTrap {
+                addr,
+                len,
+                phys: first,
+                access,
+            },
+            Vec::new(),
+            0,
+        );
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.phys = phys;
+        }
+        id
     }
 
     /// Removes an entry and frees its slots.
@@ -242,6 +286,60 @@ impl Table {
         self.software().next().is_some()
     }
 
+    /// Guest-physical ranges of the page-trap watchpoints, with their owner.
+    fn page_trap_pieces(&self) -> impl Iterator<Item = (BreakpointId, MemRange)> + '_ {
+        self.entries.values().flat_map(|e| {
+            let access = match e.bp.kind {
+                BreakpointKind::PageTrap { access, .. } => Some(access),
+                _ => None,
+            };
+            access.into_iter().flat_map(move |access| {
+                e.phys.iter().map(move |&(first, last)| {
+                    (
+                        e.bp.id,
+                        MemRange {
+                            first,
+                            last,
+                            access,
+                        },
+                    )
+                })
+            })
+        })
+    }
+
+    pub fn mem_ranges(&self) -> Vec<MemRange> {
+        self.page_trap_pieces().map(|(_, r)| r).collect()
+    }
+
+    /// The first page-trap watchpoint an access matches.
+    pub fn page_trap_hit(&self, addr: u64, size: u32, write: bool) -> Option<BreakpointId> {
+        self.page_trap_pieces()
+            .find(|(_, r)| r.matches(addr, size, write))
+            .map(|(id, _)| id)
+    }
+
+    /// The pages the page-trap watchpoints need trapped, sorted, one entry per page
+    /// (reads trapped when any watch on the page wants them).
+    pub fn trap_pages(&self) -> Vec<PageTrap> {
+        let mut pages: BTreeMap<u64, bool> = BTreeMap::new();
+        for (_, r) in self.page_trap_pieces() {
+            let reads = r.access != IoAccess::Write;
+            let mut page = r.first & !(PAGE_SIZE - 1);
+            while page <= r.last {
+                *pages.entry(page).or_default() |= reads;
+                match page.checked_add(PAGE_SIZE) {
+                    Some(next) => page = next,
+                    None => break,
+                }
+            }
+        }
+        pages
+            .into_iter()
+            .map(|(page, reads)| PageTrap { page, reads })
+            .collect()
+    }
+
     pub fn io_ranges(&self) -> Vec<IoRange> {
         self.entries
             .values()
@@ -298,5 +396,46 @@ mod tests {
         assert_eq!(t.get(a).unwrap().bp.hits, 2);
         assert_eq!(t.io_ranges().len(), 1);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn page_traps_merge_per_page() {
+        let mut t = Table::default();
+        let w = t.add_page_trap(
+            0x1ffc,
+            8,
+            IoAccess::Write,
+            vec![(0x7ffc, 0x7fff), (0x3000, 0x3003)],
+        );
+        let r = t.add_page_trap(0x3000, 2, IoAccess::Read, vec![(0x3000, 0x3001)]);
+        assert_eq!(
+            t.trap_pages(),
+            vec![
+                PageTrap {
+                    page: 0x3000,
+                    reads: true
+                },
+                PageTrap {
+                    page: 0x7000,
+                    reads: false
+                },
+            ]
+        );
+        assert_eq!(t.mem_ranges().len(), 3);
+        assert_eq!(t.page_trap_hit(0x3001, 1, false), Some(r));
+        assert_eq!(t.page_trap_hit(0x3001, 1, true), Some(w));
+        assert_eq!(t.page_trap_hit(0x7ff8, 8, true), Some(w));
+        assert_eq!(t.page_trap_hit(0x7ff8, 4, true), None);
+        assert!(matches!(
+            t.get(w).unwrap().bp.kind,
+            BreakpointKind::PageTrap {
+                phys: 0x7ffc,
+                len: 8,
+                ..
+            }
+        ));
+        t.remove(w).unwrap();
+        t.remove(r).unwrap();
+        assert!(t.trap_pages().is_empty());
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! It honours the guest-debug state like the hardware does (DR0..DR3/DR7 execute and
 //! data breakpoints, single step, `int3` interception, port breakpoints through an
-//! [`IoWatch`]) so that the debugger core and the gdb stub can be exercised without a
-//! VM. Instructions other than `hlt` have no effect beyond RIP; `hlt` powers the fake
+//! [`IoWatch`], page traps checked against a [`MemWatch`] like the VMM's EMT does) so
+//! that the debugger core and the gdb stub can be exercised without a VM. Instructions other than `hlt` have no effect beyond RIP; `hlt` powers the fake
 //! machine off.
 
 use iced_x86::{
@@ -14,8 +14,8 @@ use iced_x86::{
 
 use super::dr7::HW_SLOTS;
 use super::{
-    DebugTarget, GuestDebug, IoWatch, Registers, ResumeScope, StopCause, StopNotifier, TargetError,
-    VcpuStop,
+    DebugTarget, GuestDebug, IoWatch, MemWatch, PAGE_SIZE, PageTrap, Registers, ResumeScope,
+    StopCause, StopNotifier, TargetError, VcpuStop,
 };
 
 const CR0_PE: u64 = 1;
@@ -58,6 +58,11 @@ pub struct MemTarget {
     io_stopped: Option<u32>,
     /// Instructions a resume may run before the fake machine reports `Halted`.
     budget: u64,
+    mem_watch: MemWatch,
+    /// Trapped pages, as the debugger last set them.
+    traps: Vec<PageTrap>,
+    /// Whether DR7 data breakpoints fire (see [`MemTarget::set_data_breakpoints`]).
+    data_breakpoints: bool,
 }
 
 impl MemTarget {
@@ -79,7 +84,36 @@ impl MemTarget {
             io_watch: IoWatch::default(),
             io_stopped: None,
             budget: 100_000,
+            mem_watch: MemWatch::default(),
+            traps: Vec::new(),
+            data_breakpoints: true,
         }
+    }
+
+    /// Lets accesses to trapped pages consult `watch` like the VMM's EMT does on MMIO
+    /// exits.
+    pub fn set_mem_watch(&mut self, watch: MemWatch) {
+        self.mem_watch = watch;
+    }
+
+    /// Makes DR7 data breakpoints fire (the default) or not, like a backend that does
+    /// not deliver them.
+    pub fn set_data_breakpoints(&mut self, on: bool) {
+        self.data_breakpoints = on;
+    }
+
+    /// The pages trapped now.
+    pub fn page_traps(&self) -> &[PageTrap] {
+        &self.traps
+    }
+
+    /// Whether an access reaches the VMM: some byte is on a trapped page (reads only
+    /// where reads are trapped).
+    fn trapped(&self, addr: u64, len: u64, write: bool) -> bool {
+        let last = addr.saturating_add(len.max(1) - 1);
+        self.traps.iter().any(|t| {
+            (write || t.reads) && t.page <= last && addr < t.page.saturating_add(PAGE_SIZE)
+        })
     }
 
     /// Lets `in`/`out` instructions consult `watch` like the VMM's EMT does.
@@ -166,6 +200,7 @@ impl MemTarget {
         }
         let next = insn.next_ip();
         let mut dr6 = DR6_INIT;
+        let mut watched = None;
         let mut factory = InstructionInfoFactory::new();
         let regs = self.regs[i];
         for m in factory.info(&insn).used_memory() {
@@ -179,6 +214,22 @@ impl MemTarget {
                 continue;
             };
             let len = m.memory_size().size().max(1) as u64;
+            for (trap_write, on) in [(false, read), (true, write)] {
+                if on
+                    && watched.is_none()
+                    && self.trapped(addr, len, trap_write)
+                    && self.mem_watch.matches(addr, len as u32, trap_write)
+                {
+                    watched = Some(StopCause::Mem {
+                        addr,
+                        size: len as u32,
+                        write: trap_write,
+                    });
+                }
+            }
+            if !self.data_breakpoints {
+                continue;
+            }
             for s in 0..HW_SLOTS {
                 let slot_len = match (dbg.dr7 >> (18 + 4 * s)) & 3 {
                     0 => 1,
@@ -199,6 +250,10 @@ impl MemTarget {
             }
         }
         self.regs[i].rip = next;
+        if let Some(cause) = watched {
+            // Reported after the instruction, which the VMM completes first.
+            return Outcome::Stop(cause);
+        }
         if insn.mnemonic() == Mnemonic::Hlt {
             return Outcome::Stop(StopCause::PoweredOff);
         }
@@ -294,6 +349,21 @@ impl DebugTarget for MemTarget {
         } else {
             Err(TargetError::Unmapped { addr: vaddr })
         }
+    }
+
+    fn delivers_data_breakpoints(&self) -> bool {
+        self.data_breakpoints
+    }
+
+    fn set_page_traps(&mut self, traps: &[PageTrap]) -> Result<(), TargetError> {
+        if let Some(t) = traps.iter().find(|t| t.page >= self.mem.len() as u64) {
+            return Err(TargetError::PhysAccess {
+                addr: t.page,
+                len: PAGE_SIZE,
+            });
+        }
+        self.traps = traps.to_vec();
+        Ok(())
     }
 
     fn set_guest_debug(&mut self, cpu: u32, dbg: &GuestDebug) -> Result<(), TargetError> {

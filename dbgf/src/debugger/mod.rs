@@ -10,9 +10,32 @@
 //! 1. implement [`DebugTarget`] over the VM (`set_guest_debug` is `KVM_SET_GUEST_DEBUG`);
 //! 2. give a [`StopNotifier`] to the EMTs: on `KVM_EXIT_DEBUG` halt every vCPU and send
 //!    [`StopCause::Debug`]; on a port access for which [`Debugger::io_watch`] matches,
-//!    halt and send [`StopCause::Io`]; after a requested halt send [`StopCause::Halted`];
+//!    halt and send [`StopCause::Io`]; on an MMIO exit for which [`Debugger::mem_watch`]
+//!    matches, complete the access and the instruction, halt and send
+//!    [`StopCause::Mem`]; after a requested halt send [`StopCause::Halted`];
 //! 3. whoever drives the debugger (the gdb stub, a console) passes each received stop to
 //!    [`Debugger::handle_stop`].
+//!
+//! # Watchpoints: debug registers or page traps
+//!
+//! A data watchpoint ([`Debugger::add_data_watch`]) is armed one of two ways:
+//! - **debug registers**: DR0..DR3 through `KVM_SET_GUEST_DEBUG`; no cost while the
+//!   guest runs, but at most four slots of 1, 2, 4 or 8 aligned bytes, and only where
+//!   the backend delivers data breakpoints ([`DebugTarget::delivers_data_breakpoints`]);
+//! - **page traps**: the VMM makes guest accesses to the guest-physical page(s) behind
+//!   the range exit ([`DebugTarget::set_page_traps`]: a PGM write or all-access handler,
+//!   the page gets a read-only KVM slot or none) and the EMT checks each exit against
+//!   the exact bytes ([`MemWatch`]). Works on any host, for any length and any number
+//!   of watches, and can watch reads alone; every access to the trapped page costs an
+//!   exit. A linear address is translated when the watchpoint is set, so the watch
+//!   follows the physical page (like VirtualBox's physical access handlers): a guest
+//!   that remaps the linear address is not followed, and other mappings of the page are
+//!   watched too. A read (or access) watch leaves the page without a KVM mapping, so
+//!   the guest cannot execute code from that page while it is set.
+//!
+//! [`WatchMode`] picks: [`WatchMode::Auto`] (the default) uses debug registers when the
+//! target delivers data breakpoints and the range fits in the free slots, page traps
+//! otherwise.
 //!
 //! ```
 //! use dbgf::debugger::*;
@@ -43,13 +66,13 @@ pub use breakpoints::{Breakpoint, BreakpointId, BreakpointKind};
 pub use dr7::{Dr6, HW_SLOTS, HwAccess, HwLen, HwSlot, encode_debug_regs, split_aligned};
 pub use mem_target::MemTarget;
 pub use stop::{
-    IoAccess, IoWatch, StopCause, StopChannelError, StopListener, StopNotifier, VcpuStop,
-    stop_channel,
+    IoAccess, IoWatch, MemAccess, MemWatch, StopCause, StopChannelError, StopListener,
+    StopNotifier, VcpuStop, stop_channel,
 };
 pub use target::{
     CodeBitness, DebugTarget, FpuRegs, GuestDebug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP,
-    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP, PAGE_SIZE, Registers, ResumeScope, Segment,
-    TargetError,
+    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP, PAGE_SIZE, PageTrap, Registers, ResumeScope,
+    Segment, TargetError,
 };
 
 use crate::disas::{DisasLine, disassemble};
@@ -108,6 +131,20 @@ pub enum DebuggerError {
     Running,
 }
 
+/// How [`Debugger::add_data_watch`] arms a data watchpoint (see the
+/// [module docs](self#watchpoints-debug-registers-or-page-traps)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchMode {
+    /// Debug registers when the target delivers data breakpoints and the range fits in
+    /// the free DR slots; page traps otherwise.
+    #[default]
+    Auto,
+    /// Debug registers only (fails when the slots are taken or the range does not fit).
+    DebugRegisters,
+    /// Page traps only.
+    PageTraps,
+}
+
 /// How to resume a halted VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
@@ -150,6 +187,19 @@ pub enum StopReason {
         addr: u64,
         /// Its trigger condition.
         access: HwAccess,
+    },
+    /// A page-trap watchpoint triggered (after the accessing instruction).
+    PageWatchpoint {
+        /// The breakpoint.
+        id: BreakpointId,
+        /// Its hit count including this hit.
+        hits: u64,
+        /// Start of the watched range, as it was set.
+        addr: u64,
+        /// Guest-physical address of the access.
+        phys: u64,
+        /// A write (true) or a read (false).
+        write: bool,
     },
     /// An I/O-port breakpoint matched (before the access completes).
     IoBreakpoint {
@@ -202,6 +252,8 @@ enum Pending {
 pub struct Debugger {
     table: Table,
     io_watch: IoWatch,
+    mem_watch: MemWatch,
+    watch_mode: WatchMode,
     /// Last guest-debug state loaded per vCPU, to skip redundant ioctls.
     applied: Vec<Option<GuestDebug>>,
     pending: Option<Pending>,
@@ -219,6 +271,27 @@ impl Debugger {
     /// The I/O-port filter the EMTs consult on port exits.
     pub fn io_watch(&self) -> IoWatch {
         self.io_watch.clone()
+    }
+
+    /// The page-trap watchpoint filter the EMTs consult on MMIO exits.
+    pub fn mem_watch(&self) -> MemWatch {
+        self.mem_watch.clone()
+    }
+
+    /// The same debugger with another [`WatchMode`].
+    pub fn with_watch_mode(mut self, mode: WatchMode) -> Self {
+        self.watch_mode = mode;
+        self
+    }
+
+    /// Changes how later watchpoints are armed (existing ones stay as they are).
+    pub fn set_watch_mode(&mut self, mode: WatchMode) {
+        self.watch_mode = mode;
+    }
+
+    /// How watchpoints are armed.
+    pub fn watch_mode(&self) -> WatchMode {
+        self.watch_mode
     }
 
     /// All breakpoints, by id.
@@ -264,6 +337,113 @@ impl Debugger {
             return Err(DebuggerError::InvalidLength(len));
         }
         self.table.add_hw(addr, len, access)
+    }
+
+    /// Adds a data watchpoint over the linear range `[addr, addr + len)` as seen by
+    /// `cpu`, armed as the [`WatchMode`] says. Debug registers have no read-only
+    /// condition: there a [`MemAccess::Read`] watch triggers on writes too.
+    pub fn add_data_watch<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        cpu: u32,
+        addr: u64,
+        len: u64,
+        access: MemAccess,
+    ) -> Result<BreakpointId, DebuggerError> {
+        let hw = match access {
+            MemAccess::Write => HwAccess::Write,
+            MemAccess::Read | MemAccess::ReadWrite => HwAccess::ReadWrite,
+        };
+        match self.watch_mode {
+            WatchMode::DebugRegisters => self.add_watchpoint(addr, len, hw),
+            WatchMode::PageTraps => self.add_page_watch(target, cpu, addr, len, access),
+            WatchMode::Auto if !target.delivers_data_breakpoints() => {
+                self.add_page_watch(target, cpu, addr, len, access)
+            }
+            WatchMode::Auto => match self.add_watchpoint(addr, len, hw) {
+                Err(
+                    DebuggerError::NoFreeSlot { .. }
+                    | DebuggerError::InvalidLength(_)
+                    | DebuggerError::Misaligned { .. },
+                ) => self.add_page_watch(target, cpu, addr, len, access),
+                other => other,
+            },
+        }
+    }
+
+    /// Adds a page-trap watchpoint over the linear range `[addr, addr + len)`, translated
+    /// now with `cpu`'s paging (page by page: the range may span pages that are not
+    /// physically contiguous). The VM must be halted.
+    pub fn add_page_watch<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        cpu: u32,
+        addr: u64,
+        len: u64,
+        access: MemAccess,
+    ) -> Result<BreakpointId, DebuggerError> {
+        check_cpu(target, cpu)?;
+        let size = watch_len(addr, len)?;
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        for (off, n) in page_chunks(addr, size) {
+            let first = target.translate(cpu, addr.wrapping_add(off as u64))?;
+            let last = first + (n as u64 - 1);
+            match pieces.last_mut() {
+                Some(prev) if prev.1 + 1 == first => prev.1 = last,
+                _ => pieces.push((first, last)),
+            }
+        }
+        self.insert_page_watch(target, addr, len, access, pieces)
+    }
+
+    /// Adds a page-trap watchpoint over the guest-physical range `[phys, phys + len)`.
+    /// The VM must be halted.
+    pub fn add_phys_watch<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        phys: u64,
+        len: u64,
+        access: MemAccess,
+    ) -> Result<BreakpointId, DebuggerError> {
+        watch_len(phys, len)?;
+        self.insert_page_watch(target, phys, len, access, vec![(phys, phys + (len - 1))])
+    }
+
+    fn insert_page_watch<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        addr: u64,
+        len: u64,
+        access: MemAccess,
+        pieces: Vec<(u64, u64)>,
+    ) -> Result<BreakpointId, DebuggerError> {
+        if self.running {
+            return Err(DebuggerError::Running);
+        }
+        let id = self.table.add_page_trap(addr, len, access, pieces);
+        if let Err(e) = self.sync_page_traps(target) {
+            self.table.remove(id)?;
+            // Back to the traps that worked before; the first error is the one to report.
+            let _ = self.sync_page_traps(target);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Hands the page-trap set to the target and the exact ranges to the EMTs' filter.
+    fn sync_page_traps<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+    ) -> Result<(), DebuggerError> {
+        let ranges = self.table.mem_ranges();
+        if ranges.is_empty() {
+            self.mem_watch.set(ranges);
+            target.set_page_traps(&[])?;
+        } else {
+            target.set_page_traps(&self.table.trap_pages())?;
+            self.mem_watch.set(ranges);
+        }
+        Ok(())
     }
 
     /// Adds an `int3` breakpoint at a linear address (translated with `cpu`'s paging).
@@ -322,6 +502,13 @@ impl Debugger {
     ) -> Result<(), DebuggerError> {
         let lifted =
             matches!(&self.pending, Some(Pending::StepOver(s)) if s.lifted_sw.contains(&id));
+        let page_trap = matches!(
+            self.table.get(id).map(|e| e.bp.kind),
+            Some(BreakpointKind::PageTrap { .. })
+        );
+        if page_trap && self.running {
+            return Err(DebuggerError::Running);
+        }
         let entry = self.table.remove(id)?;
         match entry.bp.kind {
             BreakpointKind::Software { phys, .. } if !lifted => {
@@ -333,6 +520,7 @@ impl Debugger {
                 }
             }
             BreakpointKind::Io { .. } => self.io_watch.set(self.table.io_ranges()),
+            BreakpointKind::PageTrap { .. } => self.sync_page_traps(target)?,
             _ => {}
         }
         Ok(())
@@ -671,6 +859,22 @@ impl Debugger {
                     write,
                 })
             }
+            StopCause::Mem { addr, size, write } => {
+                let id = self.table.page_trap_hit(addr, size, write)?;
+                let hits = self.table.hit(id);
+                let Some(BreakpointKind::PageTrap { addr: start, .. }) =
+                    self.table.get(id).map(|e| e.bp.kind)
+                else {
+                    return None;
+                };
+                Some(StopReason::PageWatchpoint {
+                    id,
+                    hits,
+                    addr: start,
+                    phys: addr,
+                    write,
+                })
+            }
             StopCause::Halted => Some(StopReason::Halted),
             StopCause::PoweredOff => Some(StopReason::PoweredOff),
         }
@@ -778,6 +982,19 @@ fn continue_scope(how: Resume) -> ResumeScope {
     match how {
         Resume::ContinueOnly(cpu) => ResumeScope::Only(cpu),
         Resume::Continue | Resume::Step(_) => ResumeScope::All,
+    }
+}
+
+/// The longest page-trap watchpoint (each page is translated and trapped on its own).
+pub const MAX_PAGE_WATCH_LEN: u64 = 16 << 20;
+
+/// A watch length as a buffer size: 1..=[`MAX_PAGE_WATCH_LEN`] bytes, no wrap past the top.
+fn watch_len(addr: u64, len: u64) -> Result<usize, DebuggerError> {
+    match usize::try_from(len) {
+        Ok(n) if (1..=MAX_PAGE_WATCH_LEN).contains(&len) && addr.checked_add(len - 1).is_some() => {
+            Ok(n)
+        }
+        _ => Err(DebuggerError::InvalidLength(len)),
     }
 }
 

@@ -1,5 +1,5 @@
-//! How the VMM reports a stop: raw causes, the stop channel and the I/O-port watch the
-//! EMT checks on every port access.
+//! How the VMM reports a stop: raw causes, the stop channel, and the watches the EMT
+//! checks: the I/O-port watch on every port access, the memory watch on every MMIO exit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +30,18 @@ pub enum StopCause {
         /// Access size in bytes.
         size: u8,
         /// `out` (true) or `in` (false).
+        write: bool,
+    },
+    /// A guest access to guest-physical memory for which [`MemWatch::matches`] returned
+    /// true (the page is trapped through the VMM's physical access handlers, see
+    /// [`DebugTarget::set_page_traps`](super::DebugTarget::set_page_traps)). Reported
+    /// after the accessing instruction completed, like an x86 data breakpoint.
+    Mem {
+        /// Guest-physical address of the first byte accessed.
+        addr: u64,
+        /// Access size in bytes.
+        size: u32,
+        /// A write (true) or a read (false).
         write: bool,
     },
     /// The VM halted because [`DebugTarget::halt`](super::DebugTarget::halt) asked.
@@ -110,7 +122,8 @@ impl StopListener {
     }
 }
 
-/// Direction filter of an I/O-port breakpoint.
+/// Direction filter of an I/O-port breakpoint or of a page-trap watchpoint
+/// ([`MemAccess`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IoAccess {
     /// `in` only.
@@ -147,10 +160,57 @@ impl IoRange {
     }
 }
 
-#[derive(Debug, Default)]
-struct IoWatchInner {
+/// Direction filter of a page-trap watchpoint (the same three choices as for ports;
+/// unlike x86 debug registers, page traps can watch reads alone).
+pub type MemAccess = IoAccess;
+
+/// One armed guest-physical range: bytes `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemRange {
+    pub first: u64,
+    pub last: u64,
+    pub access: MemAccess,
+}
+
+impl MemRange {
+    pub(crate) fn matches(&self, addr: u64, size: u32, write: bool) -> bool {
+        let end = addr.saturating_add(u64::from(size.max(1)) - 1);
+        self.access.matches(write) && self.first <= end && addr <= self.last
+    }
+}
+
+/// A set of armed ranges checked from the EMTs: one atomic load while it is empty.
+#[derive(Debug)]
+struct WatchSet<R> {
     armed: AtomicBool,
-    ranges: RwLock<Vec<IoRange>>,
+    ranges: RwLock<Vec<R>>,
+}
+
+impl<R> Default for WatchSet<R> {
+    fn default() -> Self {
+        Self {
+            armed: AtomicBool::new(false),
+            ranges: RwLock::new(Vec::new()),
+        }
+    }
+}
+
+impl<R> WatchSet<R> {
+    #[inline]
+    fn any(&self, hit: impl Fn(&R) -> bool) -> bool {
+        self.armed.load(Ordering::Acquire) && self.any_armed(hit)
+    }
+
+    #[inline(never)]
+    fn any_armed(&self, hit: impl Fn(&R) -> bool) -> bool {
+        self.ranges.read().iter().any(hit)
+    }
+
+    fn set(&self, ranges: Vec<R>) {
+        let mut guard = self.ranges.write();
+        self.armed.store(!ranges.is_empty(), Ordering::Release);
+        *guard = ranges;
+    }
 }
 
 /// The I/O-port breakpoint filter the EMT consults on every port access.
@@ -158,28 +218,51 @@ struct IoWatchInner {
 /// Cheap to clone and `Send + Sync`; when no I/O breakpoint exists the check is one
 /// atomic load. On a match the VMM halts the VM and reports [`StopCause::Io`].
 #[derive(Debug, Clone, Default)]
-pub struct IoWatch(Arc<IoWatchInner>);
+pub struct IoWatch(Arc<WatchSet<IoRange>>);
 
 impl IoWatch {
     /// Whether an access of `size` bytes at `port` in direction `write` hits a breakpoint.
     #[inline]
     pub fn matches(&self, port: u16, size: u8, write: bool) -> bool {
-        self.0.armed.load(Ordering::Acquire) && self.matches_armed(port, size, write)
-    }
-
-    #[inline(never)]
-    fn matches_armed(&self, port: u16, size: u8, write: bool) -> bool {
-        self.0
-            .ranges
-            .read()
-            .iter()
-            .any(|r| r.matches(port, size, write))
+        self.0.any(|r| r.matches(port, size, write))
     }
 
     pub(crate) fn set(&self, ranges: Vec<IoRange>) {
-        let mut guard = self.0.ranges.write();
-        self.0.armed.store(!ranges.is_empty(), Ordering::Release);
-        *guard = ranges;
+        self.0.set(ranges);
+    }
+}
+
+/// The page-trap watchpoint filter the EMT consults on every MMIO exit (the exits the
+/// trapped pages produce, and those of real MMIO).
+///
+/// Cheap to clone and `Send + Sync`; when no page-trap watchpoint exists the check is
+/// one atomic load. On a match the VMM completes the access and the instruction, halts
+/// the VM and reports [`StopCause::Mem`].
+///
+/// ```
+/// use dbgf::debugger::{stop_channel, Debugger, MemAccess, MemTarget, WatchMode};
+/// let (tx, _rx) = stop_channel();
+/// let mut vm = MemTarget::new(1, 0x4000, tx);
+/// let mut dbg = Debugger::new().with_watch_mode(WatchMode::PageTraps);
+/// let watch = dbg.mem_watch(); // the VMM hands this to its EMTs
+/// dbg.add_data_watch(&mut vm, 0, 0x2ffc, 8, MemAccess::Write).unwrap();
+/// assert!(watch.matches(0x3000, 4, true));
+/// assert!(!watch.matches(0x3000, 4, false));
+/// assert!(!watch.matches(0x3004, 1, true));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemWatch(Arc<WatchSet<MemRange>>);
+
+impl MemWatch {
+    /// Whether an access of `size` bytes at guest-physical `addr` in direction `write`
+    /// hits a page-trap watchpoint.
+    #[inline]
+    pub fn matches(&self, addr: u64, size: u32, write: bool) -> bool {
+        self.0.any(|r| r.matches(addr, size, write))
+    }
+
+    pub(crate) fn set(&self, ranges: Vec<MemRange>) {
+        self.0.set(ranges);
     }
 }
 
@@ -205,6 +288,26 @@ mod tests {
         assert!(!w.matches(0xffff, 4, true)); // no wrap-around at the top of the port space
         w.set(Vec::new());
         assert!(!w.matches(0x3f8, 1, true));
+    }
+
+    #[test]
+    fn mem_watch_ranges_and_directions() {
+        let w = MemWatch::default();
+        assert!(!w.matches(0x1000, 1, true));
+        w.set(vec![MemRange {
+            first: 0x1ffe,
+            last: 0x2001,
+            access: MemAccess::Read,
+        }]);
+        assert!(w.matches(0x1ffe, 1, false));
+        assert!(w.matches(0x1ff8, 8, false)); // 1ff8..1fff overlaps
+        assert!(!w.matches(0x1ff8, 6, false));
+        assert!(w.matches(0x2001, 8, false));
+        assert!(!w.matches(0x2002, 8, false));
+        assert!(!w.matches(0x2000, 1, true));
+        assert!(!w.matches(u64::MAX, 8, false)); // no wrap-around at the top
+        w.set(Vec::new());
+        assert!(!w.matches(0x2000, 1, false));
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum TargetError {
         /// Length of the access.
         len: u64,
     },
+    /// The target cannot do this (for example trap guest-physical pages).
+    #[error("the target does not support {0}")]
+    Unsupported(&'static str),
     /// Any other failure of the VMM (an ioctl, a VM that is gone, ...).
     #[error("target: {0}")]
     Other(#[from] Box<dyn std::error::Error + Send + Sync>),
@@ -249,6 +252,16 @@ pub enum ResumeScope {
     Only(u32),
 }
 
+/// A guest-physical page whose guest accesses must reach the VMM, so that the EMTs can
+/// check them against the [`MemWatch`](super::MemWatch) (page-trap watchpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PageTrap {
+    /// Guest-physical address of the page (a multiple of [`PAGE_SIZE`]).
+    pub page: u64,
+    /// Trap reads too (else only writes).
+    pub reads: bool,
+}
+
 /// What the debugger core needs from a VM.
 ///
 /// Execution control is asynchronous: [`DebugTarget::resume`] returns at once and the
@@ -299,6 +312,29 @@ pub trait DebugTarget {
 
     /// Loads the guest-debug state of one vCPU (`KVM_SET_GUEST_DEBUG`).
     fn set_guest_debug(&mut self, cpu: u32, dbg: &GuestDebug) -> Result<(), TargetError>;
+
+    /// Whether `KVM_SET_GUEST_DEBUG` data breakpoints (DR7 write/read-write slots) fire
+    /// on this target. [`WatchMode::Auto`](super::WatchMode::Auto) uses page traps for
+    /// every watchpoint when they do not. The default says they do.
+    fn delivers_data_breakpoints(&self) -> bool {
+        true
+    }
+
+    /// Makes guest accesses to exactly these guest-physical pages exit to the VMM (writes,
+    /// and reads where [`PageTrap::reads`] is set), replacing the previous set; an empty
+    /// set removes every trap. Called only while the VM is halted. An EMT that sees such
+    /// an access (or any MMIO exit) matching the debugger's
+    /// [`MemWatch`](super::MemWatch) completes it, halts the VM and reports
+    /// [`StopCause::Mem`](super::StopCause::Mem).
+    ///
+    /// The default supports no traps (an empty set is fine).
+    fn set_page_traps(&mut self, traps: &[PageTrap]) -> Result<(), TargetError> {
+        if traps.is_empty() {
+            Ok(())
+        } else {
+            Err(TargetError::Unsupported("page-trap watchpoints"))
+        }
+    }
 
     /// Lets the vCPUs in `scope` run. Returns at once; the stop is reported later.
     fn resume(&mut self, scope: ResumeScope) -> Result<(), TargetError>;

@@ -104,6 +104,15 @@ fn list(dbg: &Debugger, out: &mut dyn Write) -> std::fmt::Result {
                 last,
                 access,
             } => writeln!(out, "port {access:?} {first:#x}-{last:#x}")?,
+            BreakpointKind::PageTrap {
+                addr,
+                len,
+                phys,
+                access,
+            } => writeln!(
+                out,
+                "page-trap {access:?} {addr:#018x} len {len} (phys {phys:#x})"
+            )?,
         }
     }
     Ok(())

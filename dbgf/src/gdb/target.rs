@@ -21,7 +21,7 @@ use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use super::monitor::{self, InfoAccess};
 use super::regs::{from_gdb, to_gdb};
 use crate::debugger::{
-    BreakpointId, DebugTarget, Debugger, DebuggerError, HwAccess, Resume, Stop, StopListener,
+    BreakpointId, DebugTarget, Debugger, DebuggerError, MemAccess, Resume, Stop, StopListener,
     StopReason, TargetError,
 };
 
@@ -112,16 +112,16 @@ impl<T: DebugTarget> GdbTarget<T> {
         };
         let asked = |id: BreakpointId| self.gdb_bps.iter().find(|(_, v)| *v == id).map(|(k, _)| *k);
         match stop.reason {
-            StopReason::Breakpoint { id, .. } | StopReason::Watchpoint { id, .. } => {
-                match asked(id) {
-                    Some(GdbBp::Sw(_)) => MultiThreadStopReason::SwBreak(tid),
-                    Some(GdbBp::Hw(_)) => MultiThreadStopReason::HwBreak(tid),
-                    Some(GdbBp::Watch(addr, _, kind)) => {
-                        MultiThreadStopReason::Watch { tid, kind, addr }
-                    }
-                    None => trap,
+            StopReason::Breakpoint { id, .. }
+            | StopReason::Watchpoint { id, .. }
+            | StopReason::PageWatchpoint { id, .. } => match asked(id) {
+                Some(GdbBp::Sw(_)) => MultiThreadStopReason::SwBreak(tid),
+                Some(GdbBp::Hw(_)) => MultiThreadStopReason::HwBreak(tid),
+                Some(GdbBp::Watch(addr, _, kind)) => {
+                    MultiThreadStopReason::Watch { tid, kind, addr }
                 }
-            }
+                None => trap,
+            },
             StopReason::Step | StopReason::Trap { .. } | StopReason::IoBreakpoint { .. } => trap,
             StopReason::Halted => MultiThreadStopReason::SignalWithThread {
                 tid,
@@ -360,8 +360,11 @@ impl<T: DebugTarget> HwBreakpoint for GdbTarget<T> {
 }
 
 impl<T: DebugTarget> HwWatchpoint for GdbTarget<T> {
-    /// x86 has no read-only data breakpoint: `rwatch` uses a read/write slot (gdb
-    /// filters writes by checking whether the value changed).
+    /// Armed as the debugger's [`WatchMode`](crate::debugger::WatchMode) says: debug
+    /// registers or page traps. Debug registers have no read-only condition: there
+    /// `rwatch` uses a read/write slot (gdb filters writes by checking whether the value
+    /// changed); page traps watch reads alone. A linear address is translated with the
+    /// vCPU of the last stop.
     fn add_hw_watchpoint(
         &mut self,
         addr: u64,
@@ -369,11 +372,13 @@ impl<T: DebugTarget> HwWatchpoint for GdbTarget<T> {
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
         let access = match kind {
-            WatchKind::Write => HwAccess::Write,
-            WatchKind::Read | WatchKind::ReadWrite => HwAccess::ReadWrite,
+            WatchKind::Write => MemAccess::Write,
+            WatchKind::Read => MemAccess::Read,
+            WatchKind::ReadWrite => MemAccess::ReadWrite,
         };
         self.insert(GdbBp::Watch(addr, len, kind), |s| {
-            s.dbg.add_watchpoint(addr, len, access)
+            let cpu = s.dbg.last_stop_cpu();
+            s.dbg.add_data_watch(&mut s.target, cpu, addr, len, access)
         })
     }
 
@@ -390,7 +395,7 @@ impl<T: DebugTarget> HwWatchpoint for GdbTarget<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::debugger::{BreakpointKind, MemTarget, stop_channel};
+    use crate::debugger::{BreakpointKind, HwAccess, MemTarget, stop_channel};
 
     fn gdb_target() -> GdbTarget<MemTarget> {
         let (tx, rx) = stop_channel();
@@ -429,7 +434,22 @@ mod tests {
         assert!(ok(t.add_hw_breakpoint(0x100, 1)), "re-inserting is fine");
         assert_eq!(t.dbg.breakpoints().len(), 4);
         assert!(!ok(t.add_hw_breakpoint(0x200, 1)), "no free slot");
-        assert!(!ok(t.add_hw_watchpoint(0x300, 4, WatchKind::Write)));
+        // A watchpoint with the slots full becomes a page trap.
+        assert!(ok(t.add_hw_watchpoint(0x300, 4, WatchKind::Write)));
+        assert!(matches!(
+            t.dbg.breakpoints().last().map(|b| b.kind),
+            Some(BreakpointKind::PageTrap {
+                addr: 0x300,
+                len: 4,
+                ..
+            })
+        ));
+        assert!(
+            !ok(t.add_hw_watchpoint(0x9000, 4, WatchKind::Read)),
+            "unmapped"
+        );
+        assert!(ok(t.remove_hw_watchpoint(0x300, 4, WatchKind::Write)));
+        assert!(t.target.page_traps().is_empty());
         // `break` with the slots full becomes an int3.
         assert!(ok(t.add_sw_breakpoint(0x400, 1)));
         assert!(matches!(
