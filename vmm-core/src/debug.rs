@@ -1,7 +1,24 @@
 //! The debugger wired into the VM: [`VmDebugTarget`] implements
 //! [`dbgf::debugger::DebugTarget`] over the real vCPUs and guest memory, and
-//! the EMTs report debug exits and I/O-port breakpoints through the VM's
-//! [`StopNotifier`].
+//! the EMTs report debug exits, I/O-port breakpoints and page-trap
+//! watchpoint hits through the VM's [`StopNotifier`].
+//!
+//! Page-trap watchpoints: [`VmDebugTarget`] puts a `pgm` physical access
+//! handler on each trapped RAM page (a write handler for write watches, the
+//! page gets a read-only KVM slot; an all-access handler for read watches,
+//! the page gets no slot) and updates the KVM slots while the VM is halted.
+//! The handler only lets the access happen; the EMT checks every MMIO exit
+//! against the debugger's [`MemWatch`], and on a match completes the
+//! instruction (one `KVM_RUN` with `immediate_exit`) before it halts the VM,
+//! so the stop comes after the access like an x86 data breakpoint. MMIO and
+//! unassigned pages exit on every access anyway and need no handler; ROM
+//! writes exit (read-only slot), ROM reads cannot be trapped.
+//!
+//! Which mechanism a watchpoint gets is the debugger's
+//! [`WatchMode`](dbgf::debugger::WatchMode); under `Auto` the target says
+//! whether the host delivers DR7 data breakpoints
+//! ([`VmDebugTarget::delivers_data_breakpoints`](DebugTarget::delivers_data_breakpoints)):
+//! not on the kvm_pvm software layer, which emulates CPL0 code without them.
 //!
 //! All-stop: a stop (a debug exit, a matching I/O access, a requested halt)
 //! moves the VM to [`VmState::Debugging`], keeps every EMT out of the guest
@@ -29,13 +46,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dbgf::debugger::{
-    DebugTarget, Debugger, FpuRegs, GuestDebug, IoWatch, Registers, ResumeScope, Segment,
-    StopCause, StopListener, StopNotifier, TargetError, VcpuStop, stop_channel,
+    DebugTarget, Debugger, FpuRegs, GuestDebug, IoWatch, MemWatch, PAGE_SIZE, PageTrap, Registers,
+    ResumeScope, Segment, StopCause, StopListener, StopNotifier, TargetError, VcpuStop,
+    stop_channel,
 };
 use hm_vmx::{Fpu, Regs, Sregs};
 use kvm_bindings::kvm_segment;
 use parking_lot::Mutex;
 use pgm::paging::{Access, AccessKind, CpuFeatures, PagingState, Privilege, walk};
+use pgm::phys::{HandlerAction, HandlerKind, HandlerTypeId, PhysMap, RangeInfo, RangeKind};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -65,6 +84,7 @@ struct Attached {
 /// The VM's side of the debugger: set up once by [`crate::Vm::new_debuggable`].
 pub(crate) struct DebugCtl {
     io_watch: OnceLock<IoWatch>,
+    mem_watch: OnceLock<MemWatch>,
     attached: Mutex<Option<Attached>>,
 }
 
@@ -72,18 +92,20 @@ impl DebugCtl {
     pub(crate) fn new() -> Self {
         DebugCtl {
             io_watch: OnceLock::new(),
+            mem_watch: OnceLock::new(),
             attached: Mutex::new(None),
         }
     }
 
     /// Attaches a debugger: the VM starts halted.
-    fn attach(&self, notifier: StopNotifier, io_watch: IoWatch) -> Result<()> {
+    fn attach(&self, notifier: StopNotifier, io_watch: IoWatch, mem_watch: MemWatch) -> Result<()> {
         let mut attached = self.attached.lock();
         if attached.is_some() {
             return Err(Error::Config("a debugger is already attached".into()));
         }
         // Set once, under the lock that makes a second attach fail.
         let _ = self.io_watch.set(io_watch);
+        let _ = self.mem_watch.set(mem_watch);
         *attached = Some(Attached {
             notifier: Some(notifier),
             scope: Scope::Halted,
@@ -103,6 +125,23 @@ impl DebugCtl {
         self.io_watch
             .get()
             .is_some_and(|w| w.matches(port, size, write))
+    }
+
+    /// Whether a guest-physical access (an MMIO exit) hits a page-trap
+    /// watchpoint (one atomic load when none is set).
+    #[inline]
+    pub(crate) fn mem_matches(&self, addr: u64, size: u32, write: bool) -> bool {
+        self.mem_watch
+            .get()
+            .is_some_and(|w| w.matches(addr, size, write))
+    }
+
+    /// Whether the debugger has the VM halted (nothing runs).
+    fn is_halted(&self) -> bool {
+        self.attached
+            .lock()
+            .as_ref()
+            .is_some_and(|a| a.scope == Scope::Halted)
     }
 
     /// Powers on: `Running`, then `Debugging` unless the debugger let every
@@ -229,11 +268,15 @@ pub struct DebugAttachment {
 pub(crate) fn attach(machine: &Arc<Machine>, features: CpuFeatures) -> Result<DebugAttachment> {
     let (notifier, stops) = stop_channel();
     let debugger = Debugger::new();
-    machine.debug.attach(notifier, debugger.io_watch())?;
+    machine
+        .debug
+        .attach(notifier, debugger.io_watch(), debugger.mem_watch())?;
     Ok(DebugAttachment {
         target: VmDebugTarget {
             machine: Arc::clone(machine),
             features,
+            data_breakpoints: host_delivers_data_breakpoints(),
+            traps: PageTraps::default(),
         },
         debugger,
         stops,
@@ -245,6 +288,115 @@ pub(crate) fn attach(machine: &Arc<Machine>, features: CpuFeatures) -> Result<De
 pub struct VmDebugTarget {
     machine: Arc<Machine>,
     features: CpuFeatures,
+    data_breakpoints: bool,
+    traps: PageTraps,
+}
+
+/// Whether the host's KVM delivers DR7 data breakpoints to the debugger.
+/// Hardware KVM (VT-x, AMD-V) does; the kvm_pvm software layer emulates
+/// guest CPL0 code and never reports them. It is recognised by its module
+/// in sysfs, as `hm`'s backend report does.
+fn host_delivers_data_breakpoints() -> bool {
+    !std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The `pgm` handlers behind page-trap watchpoints.
+#[derive(Debug, Default)]
+struct PageTraps {
+    /// Handler types for write and read traps, registered on first use.
+    types: Option<(HandlerTypeId, HandlerTypeId)>,
+    /// Handler ranges registered now: `(first, last, reads)`.
+    registered: Vec<(u64, u64, bool)>,
+}
+
+/// The handler ranges for a set of traps: runs of adjacent RAM or MMIO2
+/// pages (of one range) with the same read flag. MMIO and unassigned pages
+/// exit on every access already and need none; ROM traps writes already
+/// (unless it is writable RAM now) and cannot trap reads.
+fn handler_runs(
+    traps: &[PageTrap],
+    ranges: &[RangeInfo],
+) -> std::result::Result<Vec<(u64, u64, bool)>, TargetError> {
+    let mut runs: Vec<(u64, u64, bool, u64)> = Vec::new();
+    for t in traps {
+        let Some(r) = ranges
+            .iter()
+            .find(|r| r.start <= t.page && t.page - r.start < r.size)
+        else {
+            continue;
+        };
+        match r.kind {
+            RangeKind::Mmio => continue,
+            RangeKind::Rom => {
+                let writes_exit = r
+                    .rom_protection
+                    .is_some_and(|p| !p.writes_ram() || p.reads_rom());
+                if t.reads || !writes_exit {
+                    return Err(TargetError::Unsupported("page traps on this ROM page"));
+                }
+                continue;
+            }
+            RangeKind::Ram | RangeKind::Mmio2 => {}
+        }
+        let last = t.page + (PAGE_SIZE - 1);
+        match runs.last_mut() {
+            Some(run) if run.1 + 1 == t.page && run.2 == t.reads && run.3 == r.start => {
+                run.1 = last;
+            }
+            _ => runs.push((t.page, last, t.reads, r.start)),
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|(f, l, reads, _)| (f, l, reads))
+        .collect())
+}
+
+impl PageTraps {
+    fn types(&mut self, map: &mut PhysMap) -> (HandlerTypeId, HandlerTypeId) {
+        *self.types.get_or_insert_with(|| {
+            // The handlers only let the access happen: the EMT checks the
+            // exact bytes against the debugger's memory watch.
+            let pass = |_: &mut pgm::phys::HandlerAccess<'_>| Ok(HandlerAction::Default);
+            (
+                map.register_handler_type(HandlerKind::Write, "debugger write watch", pass),
+                map.register_handler_type(HandlerKind::All, "debugger access watch", pass),
+            )
+        })
+    }
+
+    /// Replaces the registered handlers with `runs`; on failure the old
+    /// ones are back.
+    fn replace(
+        &mut self,
+        map: &mut PhysMap,
+        runs: Vec<(u64, u64, bool)>,
+    ) -> std::result::Result<(), pgm::phys::PhysError> {
+        let (write, all) = self.types(map);
+        let register = |map: &mut PhysMap, runs: &[(u64, u64, bool)]| {
+            for (i, &(first, last, reads)) in runs.iter().enumerate() {
+                let ty = if reads { all } else { write };
+                if let Err(e) = map.register_handler(ty, first, last, 0, "debugger watchpoint") {
+                    for &(f, ..) in &runs[..i] {
+                        // Registered just now, so it is there to remove.
+                        let _ = map.deregister_handler(f);
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(())
+        };
+        for &(first, ..) in &self.registered {
+            map.deregister_handler(first)?;
+        }
+        if let Err(e) = register(map, &runs) {
+            // The old set registered before, so it fits again.
+            let _ = register(map, &self.registered);
+            return Err(e);
+        }
+        self.registered = runs;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for VmDebugTarget {
@@ -334,6 +486,26 @@ impl DebugTarget for VmDebugTarget {
         walk(&state, &*phys, vaddr, access)
             .map(|t| t.gpa)
             .map_err(|_| TargetError::Unmapped { addr: vaddr })
+    }
+
+    fn delivers_data_breakpoints(&self) -> bool {
+        self.data_breakpoints
+    }
+
+    /// Registers the `pgm` handlers for `traps` and updates the KVM slots;
+    /// only while the debugger has the VM halted.
+    fn set_page_traps(&mut self, traps: &[PageTrap]) -> std::result::Result<(), TargetError> {
+        let m = &self.machine;
+        if !m.debug.is_halted() {
+            return Err(other(Error::Config(
+                "page traps change only while the debugger has the VM halted".into(),
+            )));
+        }
+        let mut map = m.memory.phys().write();
+        let runs = handler_runs(traps, &map.ranges())?;
+        self.traps.replace(&mut map, runs).map_err(other)?;
+        drop(map);
+        m.memory.sync_slots(&m.saved.backend).map_err(other)
     }
 
     fn set_guest_debug(

@@ -63,6 +63,8 @@ fn drain(machine: &Machine, cpu: u32) {
 
 /// Runs the guest on this EMT until the VM terminates.
 fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
+    // A page-trap watchpoint hit waiting for its instruction to complete.
+    let mut watch_hit: Option<StopCause> = None;
     loop {
         if !service_forced_actions(machine, cpu)? {
             return Ok(());
@@ -76,8 +78,25 @@ fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
         let Some(guest) = machine.ffs.enter_guest(cpu)? else {
             continue;
         };
+        if watch_hit.is_some() {
+            // KVM completes the pending MMIO access (a read's register
+            // write-back, RIP) on the next entry; `immediate_exit` makes that
+            // entry return before another guest instruction runs.
+            vcpu.set_immediate_exit(true);
+        }
         let exit = vcpu.run();
         drop(guest);
+        if let Some(cause) = watch_hit
+            && matches!(exit, Ok(Exit::Interrupted | Exit::Debug(_)))
+        {
+            // The instruction is complete (a single step it ended is
+            // reported as the watchpoint hit, as with DR6.Bn and DR6.BS).
+            watch_hit = None;
+            if report_watch_hit(machine, cpu, cause)? {
+                watch_hit = Some(cause);
+            }
+            continue;
+        }
         let unhandled = match exit? {
             Exit::Io(access) => {
                 let write = matches!(access.data, IoData::Out(_));
@@ -119,6 +138,10 @@ fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
                 continue;
             }
             Exit::Mmio(access) => {
+                let (addr, size, write) = match &access.data {
+                    MmioData::Read(data) => (access.addr, data.len(), false),
+                    MmioData::Write(data) => (access.addr, data.len(), true),
+                };
                 match access.data {
                     MmioData::Read(data) => machine.memory.mmio_exit(access.addr, data, false)?,
                     MmioData::Write(data) => {
@@ -127,6 +150,10 @@ fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
                         buf.copy_from_slice(&data[..buf.len()]);
                         machine.memory.mmio_exit(access.addr, buf, true)?;
                     }
+                }
+                let size = u32::try_from(size).unwrap_or(u32::MAX);
+                if machine.debug.mem_matches(addr, size, write) {
+                    watch_hit = Some(StopCause::Mem { addr, size, write });
                 }
                 continue;
             }
@@ -184,6 +211,19 @@ fn service_forced_actions(machine: &Machine, cpu: u32) -> Result<bool> {
     }
     machine.ffs.test_and_clear_cpu(cpu, CpuFf::UNHALT)?;
     Ok(true)
+}
+
+/// Reports a page-trap watchpoint hit whose instruction has completed (a
+/// watchpoint removed meanwhile is forgotten). True when the hit must wait:
+/// another stop halted the VM first, so it is reported when the VM resumes.
+fn report_watch_hit(machine: &Machine, cpu: u32, cause: StopCause) -> Result<bool> {
+    let StopCause::Mem { addr, size, write } = cause else {
+        return Ok(false);
+    };
+    if !machine.debug.mem_matches(addr, size, write) {
+        return Ok(false);
+    }
+    Ok(!machine.debug_stop(cpu, cause)? && machine.debug.is_attached())
 }
 
 /// After a stop in the middle of an exit: serves forced actions until the

@@ -10,10 +10,11 @@ use std::io::{Seek, Write};
 use std::sync::Arc;
 
 use hm_vmx::{MemorySlot, Vm as BackendVm};
+use parking_lot::Mutex;
 use parking_lot::RwLock;
 use pgm::phys::{
-    DumpReport, FOUR_GIB, HIGH_RAM_START, PAGE_SIZE, PcLayout, PhysConfig, PhysMap, RomProtection,
-    SharedPhysMap,
+    DumpReport, FOUR_GIB, HIGH_RAM_START, KvmSlot, PAGE_SIZE, PcLayout, PhysConfig, PhysMap,
+    RomProtection, SharedPhysMap, SlotSet,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -73,6 +74,8 @@ pub struct GuestMemoryMap {
     map: SharedPhysMap,
     ram: GuestMemoryMmap,
     gmm: gmm::Gmm,
+    /// The slot set the backend VM has now.
+    applied: Arc<Mutex<SlotSet>>,
 }
 
 impl GuestMemoryMap {
@@ -125,7 +128,12 @@ impl GuestMemoryMap {
         let map = Arc::new(RwLock::new(map));
         pgm::phys::register_stats(&map, stats).map_err(pgm_error)?;
         pgm::phys::register_info(&map, info).map_err(pgm_error)?;
-        Ok(GuestMemoryMap { map, ram, gmm })
+        Ok(GuestMemoryMap {
+            map,
+            ram,
+            gmm,
+            applied: Arc::default(),
+        })
     }
 
     /// Guest RAM as `vm-memory` guest memory, for loaders and devices.
@@ -138,32 +146,44 @@ impl GuestMemoryMap {
         &self.map
     }
 
-    /// The KVM slots `pgm` reports: RAM read-write, ROM read-only.
+    /// The KVM slots `pgm` reports: RAM read-write, ROM read-only (and RAM
+    /// pages under a write handler read-only, under an all-access handler
+    /// left out).
     pub fn slots(&self) -> Vec<MemorySlot> {
         let map = self.map.read();
         map.kvm_slots()
             .slots
             .iter()
-            .map(|s| MemorySlot {
-                slot: s.slot,
-                guest_addr: s.guest_addr,
-                size: s.size,
-                host_addr: s.host_addr,
-                read_only: s.read_only,
-                log_dirty: s.log_dirty,
-            })
+            .map(|s| memory_slot(s, s.size))
             .collect()
     }
 
     /// Registers every slot with the backend VM.
     pub fn map_into(&self, vm: &BackendVm) -> Result<()> {
-        for slot in self.slots() {
-            // SAFETY: the host ranges belong to `pgm`'s map, which the VM
-            // keeps alive for as long as the backend VM exists (the `Vm`
-            // drops its backend before its memory).
-            unsafe { vm.set_memory_slot(&slot) }?;
+        let mut applied = self.applied.lock();
+        let current = self.map.read().kvm_slots().clone();
+        apply_slot_changes(vm, &applied, &current)?;
+        *applied = current;
+        Ok(())
+    }
+
+    /// Brings the backend VM's slots up to date with `pgm`'s after the map
+    /// changed (a handler registered or removed). Call it with the vCPUs out
+    /// of the guest.
+    pub fn sync_slots(&self, vm: &BackendVm) -> Result<()> {
+        let mut applied = self.applied.lock();
+        let current = self.map.read().kvm_slots().clone();
+        if current != *applied {
+            apply_slot_changes(vm, &applied, &current)?;
+            *applied = current;
         }
         Ok(())
+    }
+
+    /// The slot set the backend VM has now, shared with whoever else changes
+    /// it (the live save's dirty log).
+    pub(crate) fn applied_slots(&self) -> Arc<Mutex<SlotSet>> {
+        Arc::clone(&self.applied)
     }
 
     /// Handles an access KVM could not satisfy from a slot: MMIO handlers,
@@ -204,4 +224,53 @@ impl GuestMemoryMap {
         }
         map.dump(out, include_zero).map_err(pgm_error)
     }
+}
+
+fn memory_slot(s: &KvmSlot, size: u64) -> MemorySlot {
+    MemorySlot {
+        slot: s.slot,
+        guest_addr: s.guest_addr,
+        size,
+        host_addr: s.host_addr,
+        read_only: s.read_only,
+        log_dirty: s.log_dirty,
+    }
+}
+
+/// Tells the backend VM how to get from slot set `old` to `new`.
+///
+/// KVM changes a slot in place only when nothing but its dirty-logging
+/// flag changes (same number, address, size, host memory and read-only
+/// flag); the guest never sees that memory disappear. Every other changed
+/// slot is deleted before the new slots are created, so that they never
+/// overlap.
+pub(crate) fn apply_slot_changes(
+    vm: &BackendVm,
+    old: &SlotSet,
+    new: &SlotSet,
+) -> std::result::Result<(), hm_vmx::Error> {
+    let changes = new.changes_from(old);
+    let in_place = |gone: &KvmSlot| {
+        changes.add.iter().any(|a| {
+            (a.slot, a.guest_addr, a.size, a.host_addr, a.read_only)
+                == (
+                    gone.slot,
+                    gone.guest_addr,
+                    gone.size,
+                    gone.host_addr,
+                    gone.read_only,
+                )
+        })
+    };
+    for gone in changes.remove.iter().filter(|g| !in_place(g)) {
+        // SAFETY: size 0 unmaps the slot; no host memory is handed out.
+        unsafe { vm.set_memory_slot(&memory_slot(gone, 0)) }?;
+    }
+    for added in &changes.add {
+        // SAFETY: the host ranges belong to `pgm`'s map, which the VM keeps
+        // alive for as long as the backend VM exists (the `Vm` drops its
+        // backend before its memory).
+        unsafe { vm.set_memory_slot(&memory_slot(added, added.size)) }?;
+    }
+    Ok(())
 }

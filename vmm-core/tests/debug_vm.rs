@@ -1,6 +1,8 @@
-//! The debugger core over the real VM: stepping, hardware breakpoints and
-//! watchpoints, memory at virtual addresses, I/O-port breakpoints, halting a
-//! running VM, software breakpoints where the host can run them, `cpuid`.
+//! The debugger core over the real VM: stepping, hardware breakpoints,
+//! watchpoints (debug registers where the host delivers them, page traps
+//! through `pgm` everywhere), memory at virtual addresses, I/O-port
+//! breakpoints, halting a running VM, software breakpoints where the host
+//! can run them, `cpuid`.
 
 mod common;
 
@@ -9,10 +11,11 @@ use std::time::Duration;
 
 use common::Capture;
 use dbgf::debugger::{
-    DebugTarget, Debugger, HwAccess, IoAccess, Resume, Stop, StopCause, StopListener, StopReason,
+    BreakpointKind, DebugTarget, Debugger, IoAccess, MemAccess, Resume, Stop, StopCause,
+    StopListener, StopReason, WatchMode,
 };
 use hm_vmx::testing::kvm_available;
-use iced_x86::code_asm::{CodeAssembler, al, dx};
+use iced_x86::code_asm::{CodeAssembler, al, ax, bx, dx, ptr, word_ptr};
 use vmm_core::debug::VmDebugTarget;
 use vmm_core::devices::{COM1_PORT, DEBUG_EXIT_PORT};
 use vmm_core::guests::rom::RomImage;
@@ -25,6 +28,8 @@ const HIGH_HALF: u64 = 0xffff_8000_0000_0000;
 /// Where the demo guest's long-mode check writes its pattern (physical).
 const LONG_MARKER: u64 = 0x4_0000;
 const LONG_PATTERN: u64 = 0x0123_4567_89ab_cdef;
+/// The instruction after the demo guest's store of that pattern.
+const DEMO_STORE_NEXT: u64 = 0xf_303d;
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A few real-mode instructions take far less.
 const INT3_TIMEOUT: Duration = Duration::from_secs(5);
@@ -145,32 +150,58 @@ fn demo_guest_steps_breaks_watches_and_finishes_after_detach() {
     assert_eq!(&low[..4], &[0x66, 0xb8, 0x10, 0x00]); // mov ax, 0x10
 
     // A write watchpoint on the higher-half alias the guest writes through,
-    // and a breakpoint on the next COM1 write (after that write).
+    // and a breakpoint on the next COM1 write (after that write). The
+    // debugger picks debug registers where the host delivers data
+    // breakpoints, page traps elsewhere: either way it fires, after the
+    // store at 0xf303a.
     let wp = s
         .dbg
-        .add_watchpoint(HIGH_HALF + LONG_MARKER, 8, HwAccess::Write)
+        .add_data_watch(
+            &mut s.target,
+            0,
+            HIGH_HALF + LONG_MARKER,
+            8,
+            MemAccess::Write,
+        )
         .unwrap();
+    let by_page_trap = matches!(
+        s.dbg.breakpoint(wp).unwrap().kind,
+        BreakpointKind::PageTrap {
+            phys: LONG_MARKER,
+            len: 8,
+            ..
+        }
+    );
+    assert_eq!(
+        by_page_trap,
+        std::path::Path::new("/sys/module/kvm_pvm").exists(),
+        "page traps exactly where the host delivers no data breakpoints"
+    );
     let io = s
         .dbg
         .add_io_breakpoint(COM1_PORT, COM1_PORT, IoAccess::Write)
         .unwrap();
     let before = s.serial.text();
-    let mut stop = s.resume(Resume::Continue);
-    if matches!(stop.reason, StopReason::Watchpoint { .. }) {
-        assert!(
-            matches!(stop.reason, StopReason::Watchpoint { id, hits: 1, .. } if id == wp),
-            "{stop:?}"
-        );
-        stop = s.resume(Resume::Continue);
-    } else {
-        data_watchpoints_missing_on_this_host(&stop);
+    let stop = s.resume(Resume::Continue);
+    match stop.reason {
+        StopReason::Watchpoint { id, hits: 1, .. } => assert_eq!(id, wp),
+        StopReason::PageWatchpoint {
+            id,
+            hits: 1,
+            addr,
+            phys,
+            write: true,
+        } => assert_eq!((id, addr, phys), (wp, HIGH_HALF + LONG_MARKER, LONG_MARKER)),
+        _ => panic!("the write watchpoint did not fire: {stop:?}"),
     }
+    assert_eq!(s.rip(), DEMO_STORE_NEXT, "stopped after the store");
     let mut marker = [0u8; 8];
     s.dbg
         .read_phys(&mut s.target, LONG_MARKER, &mut marker)
         .unwrap();
     assert_eq!(u64::from_le_bytes(marker), LONG_PATTERN);
     s.dbg.remove_breakpoint(&mut s.target, wp).unwrap();
+    let stop = s.resume(Resume::Continue);
     // The COM1 write stops before the byte reaches the UART.
     assert_eq!(
         stop.reason,
@@ -245,14 +276,23 @@ fn cpuid_lists_the_common_table_and_each_apic_id() {
     assert!(vm.run_info("cpuid", "bogus", &mut String::new()).is_err());
 }
 
-/// Real-mode code in RAM at 0x7000: three NOPs, then exit with status 0.
+/// Where the RAM test guests' real-mode code starts.
 const RAM_CODE: u64 = 0x7000;
 
+/// Real-mode code in RAM at 0x7000: three NOPs, then exit with status 0.
 fn ram_code_firmware() -> (Vec<u8>, Vec<u8>) {
+    ram_guest(|a| {
+        for _ in 0..3 {
+            a.nop().unwrap();
+        }
+    })
+}
+
+/// A firmware that jumps to real-mode code at 0x7000 in RAM (the caller
+/// writes it there), and that code: `body`, then exit with status 0.
+fn ram_guest(body: impl FnOnce(&mut CodeAssembler)) -> (Vec<u8>, Vec<u8>) {
     let mut a = CodeAssembler::new(16).unwrap();
-    a.nop().unwrap();
-    a.nop().unwrap();
-    a.nop().unwrap();
+    body(&mut a);
     a.mov(dx, u32::from(DEBUG_EXIT_PORT)).unwrap();
     a.mov(al, 0u32).unwrap();
     a.out(dx, al).unwrap();
@@ -267,6 +307,113 @@ fn ram_code_firmware() -> (Vec<u8>, Vec<u8>) {
     image.place(0x1000, &rom.assemble(0x1000).unwrap()).unwrap();
     image.reset_jump(0x1000).unwrap();
     (image.into_bytes(), code)
+}
+
+/// The page-trap guest's data: a word at the end of one page, the next page.
+const TRAP_WORD: u64 = 0x8ffe;
+const TRAP_PAGE2: u64 = 0x9000;
+
+#[test]
+fn page_trap_watchpoints_fire_after_writes_and_reads_on_any_host() {
+    if !kvm_available("page_trap_watchpoints_fire_after_writes_and_reads_on_any_host") {
+        return;
+    }
+    let mut ends = Vec::new();
+    let (firmware, code) = ram_guest(|a| {
+        let mut mark = |a: &mut CodeAssembler| ends.push(a.instructions().len());
+        a.mov(ax, 0x1234u32).unwrap();
+        a.mov(word_ptr(TRAP_WORD as u32), ax).unwrap(); // stop 1: write
+        mark(a);
+        a.mov(bx, word_ptr(TRAP_PAGE2 as u32)).unwrap(); // stop 2: read
+        mark(a);
+        a.mov(ptr(TRAP_PAGE2 as u32 + 8), al).unwrap(); // trapped page, not watched
+        a.mov(word_ptr(TRAP_WORD as u32 + 1), ax).unwrap(); // stop 3: across the pages
+        mark(a);
+        a.mov(word_ptr(TRAP_WORD as u32), ax).unwrap(); // watch removed: runs on
+    });
+    // Where each stop's instruction ends (the code is position-independent).
+    let decoded: Vec<iced_x86::Instruction> =
+        iced_x86::Decoder::with_ip(16, &code, RAM_CODE, iced_x86::DecoderOptions::NONE)
+            .into_iter()
+            .collect();
+    let next: Vec<u64> = ends.iter().map(|&n| decoded[n - 1].next_ip()).collect();
+    let mut s = start(firmware, 1);
+    s.dbg.set_watch_mode(WatchMode::PageTraps);
+    s.dbg.write_phys(&mut s.target, RAM_CODE, &code).unwrap();
+    s.dbg
+        .write_phys(&mut s.target, TRAP_PAGE2, &0x5678u16.to_le_bytes())
+        .unwrap();
+    // The guest runs in real mode: linear == physical.
+    let w = s
+        .dbg
+        .add_data_watch(&mut s.target, 0, TRAP_WORD + 1, 2, MemAccess::Write)
+        .unwrap();
+    let r = s
+        .dbg
+        .add_data_watch(&mut s.target, 0, TRAP_PAGE2, 1, MemAccess::Read)
+        .unwrap();
+    let mut handlers = String::new();
+    s.handle.run_info("handlers", "", &mut handlers).unwrap();
+    assert!(handlers.contains("debugger watchpoint"), "{handlers}");
+
+    let stop = s.resume(Resume::Continue);
+    assert_eq!(
+        stop.reason,
+        StopReason::PageWatchpoint {
+            id: w,
+            hits: 1,
+            addr: TRAP_WORD + 1,
+            phys: TRAP_WORD,
+            write: true
+        }
+    );
+    assert_eq!(s.rip(), next[0], "stopped after the write");
+    let mut word = [0u8; 2];
+    s.dbg
+        .read_phys(&mut s.target, TRAP_WORD, &mut word)
+        .unwrap();
+    assert_eq!(u16::from_le_bytes(word), 0x1234, "the write happened");
+
+    let stop = s.resume(Resume::Continue);
+    assert_eq!(
+        stop.reason,
+        StopReason::PageWatchpoint {
+            id: r,
+            hits: 1,
+            addr: TRAP_PAGE2,
+            phys: TRAP_PAGE2,
+            write: false
+        }
+    );
+    assert_eq!(s.rip(), next[1], "stopped after the read");
+    let regs = s.target.read_regs(0).unwrap();
+    assert_eq!(regs.rbx & 0xffff, 0x5678, "the read completed");
+
+    // The byte store to the read-watched page does not stop; the word store
+    // across both pages does.
+    let stop = s.resume(Resume::Continue);
+    assert!(
+        matches!(stop.reason, StopReason::PageWatchpoint { id, hits: 2, write: true, .. } if id == w),
+        "{stop:?}"
+    );
+    assert_eq!(s.rip(), next[2]);
+    let mut bytes = [0u8; 3];
+    s.dbg
+        .read_phys(&mut s.target, TRAP_WORD + 1, &mut bytes[..2])
+        .unwrap();
+    s.dbg
+        .read_phys(&mut s.target, TRAP_PAGE2 + 8, &mut bytes[2..])
+        .unwrap();
+    assert_eq!(bytes, [0x34, 0x12, 0x34]);
+
+    // Removing the watches removes the handlers; the last store runs on.
+    s.dbg.remove_breakpoint(&mut s.target, w).unwrap();
+    s.dbg.remove_breakpoint(&mut s.target, r).unwrap();
+    let mut handlers = String::new();
+    s.handle.run_info("handlers", "", &mut handlers).unwrap();
+    assert!(!handlers.contains("debugger watchpoint"), "{handlers}");
+    let (outcome, _) = s.finish();
+    assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0));
 }
 
 #[test]
@@ -319,19 +466,5 @@ fn skip_without_int3(failure: String) {
     eprintln!(
         "!!! SKIPPED software_breakpoint_in_ram_where_the_host_runs_int3: this host's KVM \
          (kvm_pvm) cannot run a guest int3 at CPL0 ({failure}); breakpoints use DR0-DR3 here !!!"
-    );
-}
-
-/// kvm_pvm emulates CPL0 code and does not deliver data breakpoints (DR7
-/// write/read-write slots) for it: says so loudly there; on every other KVM
-/// a missed watchpoint is a failure.
-fn data_watchpoints_missing_on_this_host(stop: &Stop) {
-    assert!(
-        std::path::Path::new("/sys/module/kvm_pvm").exists(),
-        "the write watchpoint did not fire; next stop: {stop:?}"
-    );
-    eprintln!(
-        "!!! NOT CHECKED: this host's KVM (kvm_pvm) delivers no data breakpoints for \
-         emulated CPL0 code; the write watchpoint was armed but could not fire !!!"
     );
 }

@@ -206,7 +206,7 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     let map = machine.memory.phys();
     match live {
         Some(machine) => {
-            let applied = map.read().kvm_slots().clone();
+            let applied = machine.memory.applied_slots();
             let log = dirty::KvmDirtyLog::new(Arc::clone(&ctx.backend), applied);
             let pgm = pgm::phys::PgmUnit::new(Arc::clone(map), Some(Box::new(log)));
             m.register(Box::new(live::LivePgm::new(pgm, Arc::clone(machine))))?;
