@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use dbgf::debugger::WatchMode;
 use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
 use vmm_core::debug::DebugAttachment;
@@ -101,6 +102,14 @@ pub struct RunArgs {
     /// the guest runs.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["restore", "incoming"])]
     gdb: Option<String>,
+    /// With --gdb: how gdb's watchpoints (`watch`, `rwatch`, `awatch`) are
+    /// armed. `auto`: the debug registers DR0-DR3 when the host's KVM
+    /// delivers data breakpoints and the range fits in the free slots, page
+    /// traps otherwise; `dr`: debug registers only (at most 4 slots of 1, 2,
+    /// 4 or 8 aligned bytes); `page`: page traps only (any length and count,
+    /// reads alone can be watched; every access to a watched page exits).
+    #[arg(long, value_enum, default_value_t = WatchArg::Auto, requires = "gdb")]
+    gdb_watch: WatchArg,
     /// Ask the guest for a memory balloon of SIZE (MiB, or with a unit) from
     /// power-on; a guest with a balloon driver (the `idle` guest) gives that
     /// much RAM back to the host. Change it later through the control API.
@@ -110,6 +119,27 @@ pub struct RunArgs {
     /// one host copy, copy on write; all-zero pages cost nothing).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     page_sharing: Option<u64>,
+}
+
+/// `--gdb-watch`: the debugger's watchpoint mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WatchArg {
+    /// Debug registers where the host delivers them and they fit, else page traps.
+    Auto,
+    /// Debug registers only.
+    Dr,
+    /// Page traps through the guest-physical map only.
+    Page,
+}
+
+impl From<WatchArg> for WatchMode {
+    fn from(arg: WatchArg) -> Self {
+        match arg {
+            WatchArg::Auto => WatchMode::Auto,
+            WatchArg::Dr => WatchMode::DebugRegisters,
+            WatchArg::Page => WatchMode::PageTraps,
+        }
+    }
 }
 
 fn parse_balloon(text: &str) -> Result<u64, String> {
@@ -203,7 +233,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let api_config = api_config(&config, &args);
     let (vm, attach) = match &args.gdb {
         Some(_) => {
-            let (vm, attach) = Vm::new_debuggable(config)?;
+            let (vm, mut attach) = Vm::new_debuggable(config)?;
+            attach.debugger.set_watch_mode(args.gdb_watch.into());
             (vm, Some(attach))
         }
         None => (Vm::new(config)?, None),
