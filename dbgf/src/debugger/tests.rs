@@ -551,3 +551,93 @@ proptest! {
         prop_assert!(vm.page_traps().is_empty());
     }
 }
+
+/// A target whose linear pages 0x10000 and 0x11000 map to physical 0x3000 and 0x1000.
+struct Remapped(MemTarget);
+
+impl DebugTarget for Remapped {
+    fn cpu_count(&self) -> u32 {
+        self.0.cpu_count()
+    }
+    fn read_regs(&mut self, cpu: u32) -> Result<Registers, TargetError> {
+        self.0.read_regs(cpu)
+    }
+    fn write_regs(&mut self, cpu: u32, regs: &Registers) -> Result<(), TargetError> {
+        self.0.write_regs(cpu, regs)
+    }
+    fn read_phys(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        self.0.read_phys(addr, buf)
+    }
+    fn write_phys(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.0.write_phys(addr, data)
+    }
+    fn translate(&mut self, cpu: u32, vaddr: u64) -> Result<u64, TargetError> {
+        match vaddr >> 12 {
+            0x10 => Ok(0x3000 | (vaddr & 0xfff)),
+            0x11 => Ok(0x1000 | (vaddr & 0xfff)),
+            _ => self.0.translate(cpu, vaddr),
+        }
+    }
+    fn set_page_traps(&mut self, traps: &[PageTrap]) -> Result<(), TargetError> {
+        self.0.set_page_traps(traps)
+    }
+    fn set_guest_debug(&mut self, cpu: u32, dbg: &GuestDebug) -> Result<(), TargetError> {
+        self.0.set_guest_debug(cpu, dbg)
+    }
+    fn resume(&mut self, scope: ResumeScope) -> Result<(), TargetError> {
+        self.0.resume(scope)
+    }
+    fn halt(&mut self) -> Result<(), TargetError> {
+        self.0.halt()
+    }
+}
+
+#[test]
+fn a_linear_range_across_pages_watches_each_physical_piece() {
+    let (vm, rx) = vm_with(1, &[0xf4]);
+    let mut vm = Remapped(vm);
+    let mut dbg = Debugger::new();
+    // Auto with free debug registers still needs page traps for 4 KiB + 2 bytes.
+    let id = dbg
+        .add_data_watch(&mut vm, 0, 0x10ffe, 0x1002, MemAccess::ReadWrite)
+        .unwrap();
+    assert!(matches!(
+        dbg.breakpoint(id).unwrap().kind,
+        BreakpointKind::PageTrap {
+            addr: 0x10ffe,
+            len: 0x1002,
+            phys: 0x3ffe,
+            ..
+        }
+    ));
+    assert_eq!(
+        vm.0.page_traps(),
+        &[
+            PageTrap {
+                page: 0x1000,
+                reads: true
+            },
+            PageTrap {
+                page: 0x3000,
+                reads: true
+            }
+        ]
+    );
+    let w = dbg.mem_watch();
+    assert!(w.matches(0x3fff, 1, false) && w.matches(0x1fff, 1, true));
+    assert!(!w.matches(0x3ffd, 1, true) && !w.matches(0x2000, 4, true));
+    assert!(
+        !w.matches(0x10ffe, 2, true),
+        "physical addresses, not linear"
+    );
+    // One more byte reaches linear 0x12000, which does not translate.
+    assert!(matches!(
+        dbg.add_data_watch(&mut vm, 0, 0x10ffe, 0x1003, MemAccess::Write),
+        Err(DebuggerError::Target(TargetError::Unmapped {
+            addr: 0x12000
+        }))
+    ));
+    dbg.detach(&mut vm).unwrap();
+    assert!(vm.0.page_traps().is_empty());
+    assert!(rx.try_recv().unwrap().is_some(), "detach lets the VM run");
+}
