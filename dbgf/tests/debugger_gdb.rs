@@ -86,10 +86,12 @@ fn serve(
             },
         )
         .unwrap();
-        // The EMT side of I/O breakpoints: the target consults the debugger's filter.
+        // The EMT side of I/O breakpoints and page traps: the target consults the
+        // debugger's filters.
         let dbg = Debugger::new();
         let mut vm = vm;
         vm.set_io_watch(dbg.io_watch());
+        vm.set_mem_watch(dbg.mem_watch());
         let mut session =
             GdbSession::new(vm, dbg, rx).with_info(info, Box::new(SameThreadExecutor::new(2)));
         let end = session.run(conn).unwrap();
@@ -220,6 +222,46 @@ fn gdb_steps_breaks_watches_and_runs_to_exit() {
     assert_eq!(b[0], 0x5a);
     vm.read_phys(0x1016, &mut b).unwrap();
     assert_eq!(b[0], 0x90, "the int3 is gone after the session");
+    assert!(dbg.breakpoints().is_empty());
+}
+
+#[test]
+fn gdb_watches_through_page_traps_without_data_breakpoints() {
+    let Some(gdb) = gdb_or_skip() else { return };
+    let (mut vm, rx) = machine();
+    vm.set_data_breakpoints(false);
+    vm.write_phys(0x3000, &0x1234_5678u32.to_le_bytes())
+        .unwrap();
+    let (local, handle) = serve(vm, rx, &"127.0.0.1:0".parse().unwrap());
+    let remote = local.unwrap().to_string();
+    let out = run_gdb(
+        &gdb,
+        &remote,
+        &[
+            "set breakpoint always-inserted on",
+            "rwatch *(int *)0x3002",
+            "monitor bl",
+            "continue",
+            "info registers rip",
+            "delete",
+            "monitor bl",
+            "continue",
+        ],
+    );
+    let (end, vm, dbg, _rx) = handle.join().unwrap();
+    assert_in_order(
+        &out,
+        &[
+            "page-trap Read 0x0000000000003002 len 4 (phys 0x3002)",
+            // After `mov eax, [0x3000]`, which reads bytes 0x3002 and 0x3003.
+            "Hardware read watchpoint 1: *(int *)0x3002\n\nValue = 4660",
+            "rip            0x1012",
+            "no breakpoints",
+            "exited normally",
+        ],
+    );
+    assert_eq!(end, SessionEnd::PoweredOff);
+    assert!(vm.page_traps().is_empty());
     assert!(dbg.breakpoints().is_empty());
 }
 
