@@ -494,7 +494,8 @@ impl Debugger {
     }
 
     /// Removes a breakpoint, restoring the original byte of an `int3` (unless the guest
-    /// has overwritten the `int3` since).
+    /// has overwritten the `int3` since). A page-trap watchpoint gives its pages back
+    /// ([`DebugTarget::set_page_traps`]), so the VM must be halted for it.
     pub fn remove_breakpoint<T: DebugTarget + ?Sized>(
         &mut self,
         target: &mut T,
@@ -771,8 +772,8 @@ impl Debugger {
         }))
     }
 
-    /// Removes every breakpoint, turns guest debugging off on every vCPU and lets the VM
-    /// run (gdb's `detach`).
+    /// Removes every breakpoint (page traps included: call it with the VM halted), turns
+    /// guest debugging off on every vCPU and lets the VM run (gdb's `detach`).
     pub fn detach<T: DebugTarget + ?Sized>(&mut self, target: &mut T) -> Result<(), DebuggerError> {
         if let Some(Pending::StepOver(over)) = self.pending.take() {
             self.rearm(target, &over.lifted_sw)?;

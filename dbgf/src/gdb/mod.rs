@@ -8,7 +8,8 @@
 //! `continue`/`stepi`; the VMM reports every stop through the matching
 //! [`StopNotifier`](crate::debugger::StopNotifier). [`GdbSession::with_info`] makes the
 //! DBGF info handlers available as `monitor info NAME ARGS`; `monitor help` lists the
-//! other monitor commands (breakpoint list with hit counts, port I/O breakpoints).
+//! other monitor commands (breakpoint list with hit counts, port I/O breakpoints,
+//! watchpoints on guest-physical addresses).
 //!
 //! ```no_run
 //! use dbgf::debugger::{stop_channel, Debugger, MemTarget};

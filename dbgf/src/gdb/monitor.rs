@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::debugger::{BreakpointId, BreakpointKind, DebugTarget, Debugger, IoAccess};
+use crate::debugger::{BreakpointId, BreakpointKind, DebugTarget, Debugger, IoAccess, MemAccess};
 use crate::{InfoExecutor, InfoRegistry};
 
 const HELP: &str = "\
@@ -12,6 +12,7 @@ monitor commands:
   info NAME [ARGS]            run a DBGF info handler (`info help` lists them)
   bl                          list breakpoints with their hit counts
   bo PORT[-LAST] [r|w|rw]     break on guest port I/O (default rw)
+  wp PHYS LEN [r|w|rw]        watch guest-physical bytes through page traps (default w)
   bc ID                       clear a breakpoint set with a monitor command";
 
 /// The info registry and the executor that runs its handlers on the right thread.
@@ -54,17 +55,29 @@ pub(super) fn run<T: DebugTarget + ?Sized>(
         }
         ("bl", []) => list(dbg, out),
         ("bo", [ports, access @ ..]) if access.len() <= 1 => {
-            let access = match access.first().copied() {
-                None | Some("rw") => IoAccess::ReadWrite,
-                Some("r") => IoAccess::Read,
-                Some("w") => IoAccess::Write,
-                Some(other) => return writeln!(out, "bad access {other:?}: r, w or rw"),
+            let Some(access) = parse_access(access.first().copied(), IoAccess::ReadWrite) else {
+                return writeln!(out, "bad access {access:?}: r, w or rw");
             };
             let Some((first, last)) = parse_ports(ports) else {
                 return writeln!(out, "bad port range {ports:?}");
             };
             match dbg.add_io_breakpoint(first, last, access) {
                 Ok(id) => writeln!(out, "breakpoint {id}: ports {first:#x}-{last:#x}"),
+                Err(e) => writeln!(out, "error: {e}"),
+            }
+        }
+        ("wp", [phys, len, access @ ..]) if access.len() <= 1 => {
+            let Some(access) = parse_access(access.first().copied(), MemAccess::Write) else {
+                return writeln!(out, "bad access {access:?}: r, w or rw");
+            };
+            let (Some(phys), Some(len)) = (parse_num(phys), parse_num(len)) else {
+                return writeln!(out, "bad address or length in {cmd:?}");
+            };
+            match dbg.add_phys_watch(target, phys, len, access) {
+                Ok(id) => writeln!(
+                    out,
+                    "breakpoint {id}: guest-physical {phys:#x} len {len} ({access:?})"
+                ),
                 Err(e) => writeln!(out, "error: {e}"),
             }
         }
@@ -116,6 +129,17 @@ fn list(dbg: &Debugger, out: &mut dyn Write) -> std::fmt::Result {
         }
     }
     Ok(())
+}
+
+/// An access filter word (`r`, `w`, `rw`), `default` when absent.
+fn parse_access(word: Option<&str>, default: IoAccess) -> Option<IoAccess> {
+    match word {
+        None => Some(default),
+        Some("rw") => Some(IoAccess::ReadWrite),
+        Some("r") => Some(IoAccess::Read),
+        Some("w") => Some(IoAccess::Write),
+        Some(_) => None,
+    }
 }
 
 fn parse_num(s: &str) -> Option<u64> {
@@ -185,6 +209,34 @@ mod tests {
             );
         }
         assert!(exec("", &mut dbg, None, &[]).contains("monitor commands"));
+    }
+
+    #[test]
+    fn physical_watches_through_page_traps() {
+        let mut dbg = Debugger::new();
+        let out = exec("wp 0x800 4", &mut dbg, None, &[]);
+        assert!(
+            out.contains("breakpoint #1: guest-physical 0x800 len 4 (Write)"),
+            "{out}"
+        );
+        assert!(dbg.mem_watch().matches(0x803, 1, true));
+        assert!(!dbg.mem_watch().matches(0x803, 1, false));
+        exec("wp 0x900 1 rw", &mut dbg, None, &[]);
+        assert!(dbg.mem_watch().matches(0x900, 1, false));
+        let out = exec("bl", &mut dbg, None, &[]);
+        assert!(
+            out.contains("page-trap ReadWrite 0x0000000000000900 len 1"),
+            "{out}"
+        );
+        // The in-memory target has 4 KiB: the trap cannot be set beyond it.
+        assert!(exec("wp 0x1000 4", &mut dbg, None, &[]).contains("error"));
+        for bad in ["wp 0x800", "wp 0x800 0", "wp x 4", "wp 0x800 4 q"] {
+            let out = exec(bad, &mut dbg, None, &[]);
+            assert!(
+                out.contains("bad") || out.contains("error") || out.contains("unknown"),
+                "{bad}: {out}"
+            );
+        }
     }
 
     #[test]
