@@ -28,6 +28,9 @@ const HIGH_HALF: u64 = 0xffff_8000_0000_0000;
 /// Where the demo guest's long-mode check writes its pattern (physical).
 const LONG_MARKER: u64 = 0x4_0000;
 const LONG_PATTERN: u64 = 0x0123_4567_89ab_cdef;
+/// Where the demo guest's CPL-3 code stores its pattern (physical and linear).
+const USER_MARKER: u64 = 0x1_8000;
+const USER_PATTERN: u64 = 0x0bad_cafe_feed_f00d;
 /// The instruction after the demo guest's store of that pattern.
 const DEMO_STORE_NEXT: u64 = 0xf_303d;
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -213,6 +216,43 @@ fn demo_guest_steps_breaks_watches_and_finishes_after_detach() {
         }
     );
     assert_eq!(s.serial.text(), before);
+    s.dbg.remove_breakpoint(&mut s.target, io).unwrap();
+
+    // The CPL-3 code's store to its marker, watched by guest-physical address
+    // (page traps whatever the host; CPL-3 code runs natively on kvm_pvm, so
+    // this is the other path into the trapped page).
+    let user = s
+        .dbg
+        .add_phys_watch(&mut s.target, USER_MARKER, 8, MemAccess::Write)
+        .unwrap();
+    let stop = s.resume(Resume::Continue);
+    assert_eq!(
+        stop.reason,
+        StopReason::PageWatchpoint {
+            id: user,
+            hits: 1,
+            addr: USER_MARKER,
+            phys: USER_MARKER,
+            write: true
+        }
+    );
+    let regs = s.target.read_regs(0).unwrap();
+    assert_eq!(regs.cs.selector & 3, 3, "stopped in user mode");
+    let mut marker = [0u8; 8];
+    s.dbg
+        .read_phys(&mut s.target, USER_MARKER, &mut marker)
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(marker), USER_PATTERN);
+    // `mov [USER_MARKER], rax` (moffs form: 48 a3 imm64) ends at RIP.
+    let mut insn = [0u8; 10];
+    s.dbg
+        .read_virt(&mut s.target, 0, regs.rip - 10, &mut insn)
+        .unwrap();
+    assert_eq!(&insn[..2], &[0x48, 0xa3], "stopped after the store");
+    assert_eq!(
+        u64::from_le_bytes(insn[2..].try_into().unwrap()),
+        USER_MARKER
+    );
 
     let (outcome, serial) = s.finish();
     assert_eq!(outcome.unwrap(), RunOutcome::GuestExit(0));
