@@ -3,7 +3,8 @@
 //! The VM is built halted; `vmm` waits for gdb on ADDR before the guest runs
 //! its first instruction, then serves the session on a thread of its own
 //! while the EMTs run. `monitor info NAME ARGS` reaches the VM's info
-//! handlers.
+//! handlers. gdb's watchpoints use the debug registers or page traps as
+//! `--gdb-watch` says (see `dbgf::debugger::WatchMode`).
 
 use std::thread::JoinHandle;
 

@@ -14,7 +14,9 @@
 //! unassigned pages exit on every access anyway and need no handler; ROM
 //! writes exit (read-only slot), ROM reads cannot be trapped. A page under a
 //! read trap has no KVM mapping at all: the guest cannot execute code or
-//! keep page tables there while the watch is set. A page already covered by
+//! keep page tables there while the watch is set (page walks, which also
+//! set accessed and dirty bits, cannot be handed to the VMM, so a write
+//! trap on a page-table page is not safe either). A page already covered by
 //! another `pgm` handler cannot be trapped (the watchpoint is refused).
 //!
 //! Which mechanism a watchpoint gets is the debugger's

@@ -31,7 +31,9 @@
 //!   follows the physical page (like VirtualBox's physical access handlers): a guest
 //!   that remaps the linear address is not followed, and other mappings of the page are
 //!   watched too. A read (or access) watch leaves the page without a KVM mapping, so
-//!   the guest cannot execute code from that page while it is set.
+//!   the guest cannot execute code from that page while it is set; and since the
+//!   CPU's own page walks cannot be handed to the VMM, watching a page that holds
+//!   the guest's page tables can end the run with an emulation failure.
 //!
 //! [`WatchMode`] picks: [`WatchMode::Auto`] (the default) uses debug registers when the
 //! target delivers data breakpoints and the range fits in the free slots, page traps
