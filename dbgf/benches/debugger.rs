@@ -1,4 +1,5 @@
-//! Debugger hot paths: the I/O-port breakpoint check every port exit pays, next to a
+//! Debugger hot paths: the I/O-port breakpoint check every port exit pays and the
+//! page-trap watchpoint check every MMIO exit pays, next to a
 //! baseline (one atomic load, the least any "is debugging on?" check costs) measured in
 //! the same run, and the interpretation of a breakpoint stop. Ratios are printed at the
 //! end.
@@ -10,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dbgf::debugger::{Debugger, IoAccess, MemTarget, StopCause, VcpuStop, stop_channel};
+use dbgf::debugger::{
+    Debugger, IoAccess, MemAccess, MemTarget, StopCause, VcpuStop, WatchMode, stop_channel,
+};
 
 static MEANS: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
 
@@ -72,6 +75,33 @@ fn io_watch(c: &mut Criterion) {
     });
 }
 
+fn mem_watch(c: &mut Criterion) {
+    let (tx, _rx) = stop_channel();
+    let mut vm = MemTarget::new(1, 0x10000, tx);
+    let mut dbg = Debugger::new().with_watch_mode(WatchMode::PageTraps);
+    let watch = dbg.mem_watch();
+    c.bench_function("mem_watch: no watchpoints", |b| {
+        b.iter_custom(|n| {
+            timed("mem disarmed", n, || {
+                black_box(watch.matches(black_box(0xfee0_0000), 4, true));
+            })
+        })
+    });
+    for page in 1..5u64 {
+        let added = dbg.add_data_watch(&mut vm, 0, page * 0x1000 + 8, 8, MemAccess::Write);
+        if added.is_err() {
+            return;
+        }
+    }
+    c.bench_function("mem_watch: 4 ranges, miss on a trapped page", |b| {
+        b.iter_custom(|n| {
+            timed("mem armed miss", n, || {
+                black_box(watch.matches(black_box(0x2000), 4, true));
+            })
+        })
+    });
+}
+
 fn handle_stop(c: &mut Criterion) {
     let (tx, _rx) = stop_channel();
     let mut vm = MemTarget::new(1, 0x2000, tx);
@@ -104,12 +134,18 @@ fn summary(_: &mut Criterion) {
         return;
     };
     println!("\nratios against the baseline (atomic load, {base:.2} ns):");
-    for name in ["disarmed", "armed miss", "handle_stop"] {
+    for name in [
+        "disarmed",
+        "armed miss",
+        "mem disarmed",
+        "mem armed miss",
+        "handle_stop",
+    ] {
         if let Some(ns) = mean_ns(name) {
-            println!("  {name:<12} {ns:>9.2} ns  = {:>7.1} x baseline", ns / base);
+            println!("  {name:<14} {ns:>9.2} ns  = {:>7.1} x baseline", ns / base);
         }
     }
 }
 
-criterion_group!(benches, io_watch, handle_stop, summary);
+criterion_group!(benches, io_watch, mem_watch, handle_stop, summary);
 criterion_main!(benches);
