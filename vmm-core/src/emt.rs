@@ -63,8 +63,9 @@ fn drain(machine: &Machine, cpu: u32) {
 
 /// Runs the guest on this EMT until the VM terminates.
 fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
-    // A page-trap watchpoint hit waiting for its instruction to complete.
-    let mut watch_hit: Option<StopCause> = None;
+    // A page-trap watchpoint hit waiting for its instruction to complete:
+    // (guest-physical address, size, write).
+    let mut watch_hit: Option<(u64, u32, bool)> = None;
     loop {
         if !service_forced_actions(machine, cpu)? {
             return Ok(());
@@ -86,14 +87,13 @@ fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
         }
         let exit = vcpu.run();
         drop(guest);
-        if let Some(cause) = watch_hit
+        if let Some(hit) = watch_hit
             && matches!(exit, Ok(Exit::Interrupted | Exit::Debug(_)))
         {
             // The instruction is complete (a single step it ended is
             // reported as the watchpoint hit, as with DR6.Bn and DR6.BS).
-            watch_hit = None;
-            if report_watch_hit(machine, cpu, cause)? {
-                watch_hit = Some(cause);
+            if !report_watch_hit(machine, cpu, hit)? {
+                watch_hit = None;
             }
             continue;
         }
@@ -153,7 +153,7 @@ fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
                 }
                 let size = u32::try_from(size).unwrap_or(u32::MAX);
                 if machine.debug.mem_matches(addr, size, write) {
-                    watch_hit = Some(StopCause::Mem { addr, size, write });
+                    watch_hit = Some((addr, size, write));
                 }
                 continue;
             }
@@ -216,13 +216,15 @@ fn service_forced_actions(machine: &Machine, cpu: u32) -> Result<bool> {
 /// Reports a page-trap watchpoint hit whose instruction has completed (a
 /// watchpoint removed meanwhile is forgotten). True when the hit must wait:
 /// another stop halted the VM first, so it is reported when the VM resumes.
-fn report_watch_hit(machine: &Machine, cpu: u32, cause: StopCause) -> Result<bool> {
-    let StopCause::Mem { addr, size, write } = cause else {
-        return Ok(false);
-    };
+fn report_watch_hit(
+    machine: &Machine,
+    cpu: u32,
+    (addr, size, write): (u64, u32, bool),
+) -> Result<bool> {
     if !machine.debug.mem_matches(addr, size, write) {
         return Ok(false);
     }
+    let cause = StopCause::Mem { addr, size, write };
     Ok(!machine.debug_stop(cpu, cause)? && machine.debug.is_attached())
 }
 
