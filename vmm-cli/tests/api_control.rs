@@ -179,13 +179,19 @@ fn curl(socket: &Path, method: &str, target: &str, body: Option<&[u8]>) -> (u16,
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("curl starts");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(body.unwrap_or_default()).unwrap();
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "curl {method} {target} failed");
+    assert!(
+        out.status.success(),
+        "curl {method} {target} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.parse().unwrap(), body.to_owned())
