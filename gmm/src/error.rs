@@ -38,6 +38,18 @@ pub enum Error {
         /// The global maximum.
         max: u64,
     },
+    /// The process is close to the kernel's cap on memory mappings
+    /// (`vm.max_map_count`); GMM refuses remaps that could use up the rest.
+    #[error(
+        "host mappings exhausted: the process has {mappings} of at most {limit} memory mappings \
+         (vm.max_map_count); GMM keeps the rest for the VMM"
+    )]
+    MappingsExhausted {
+        /// Mappings the process has.
+        mappings: u64,
+        /// The kernel's cap.
+        limit: u64,
+    },
     /// Every chunk id is in use (the host chunk table is fragmented beyond its size).
     #[error("out of memory: all {0} chunk ids are in use")]
     ChunksExhausted(u32),

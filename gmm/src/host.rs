@@ -248,6 +248,7 @@ impl RegionMap {
         if count == 0 {
             return Ok(());
         }
+        crate::map_budget::check()?;
         let (prot, flags, fd, off) = match target {
             Target::Zero => (
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -323,6 +324,7 @@ impl RegionMap {
         if count == 0 {
             return Ok(());
         }
+        crate::map_budget::check()?;
         // SAFETY: MAP_FIXED only replaces pages inside this reservation
         // (bounds checked above), as in `map`.
         let ptr = unsafe {

@@ -73,6 +73,7 @@ mod gmm;
 mod host;
 mod ids;
 mod info;
+mod map_budget;
 mod reclaim;
 mod register;
 mod sharing;

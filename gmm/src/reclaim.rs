@@ -88,7 +88,7 @@ impl DeferredQueue {
     }
 
     /// Takes every queued range of `region` (all ranges for `None`).
-    fn take(&mut self, region: Option<u64>) -> Vec<Detached> {
+    pub(crate) fn take(&mut self, region: Option<u64>) -> Vec<Detached> {
         let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ranges)
             .into_iter()
             .partition(|d| region.is_none_or(|r| r == d.region));
@@ -115,14 +115,18 @@ impl State {
         if !self.has_deferred() {
             return Ok(());
         }
-        let mut result = Ok(());
-        for d in self.deferred.take(region) {
+        let mut taken = self.deferred.take(region).into_iter();
+        while let Some(d) = taken.next() {
             if let Err(e) = self.release_detached(&d) {
+                // The host refused (it will refuse the rest too): keep it all
+                // queued for later.
                 self.deferred.push(d);
-                result = Err(e);
+                taken.for_each(|d| self.deferred.push(d));
+                self.flush()?;
+                return Err(e);
             }
         }
-        result.and(self.flush())
+        self.flush()
     }
 
     /// Does one batch of queued work. Returns `false` when the queue is

@@ -923,12 +923,18 @@ impl State {
 
     /// Releases everything a region holds and unmaps it.
     pub(crate) fn remove_region(&mut self, id: u64) -> Result<()> {
-        self.settle_deferred(Some(id))?;
         let (vm, pages) = {
             let r = self.region(id)?;
             (r.vm, r.slots.len() as u64)
         };
-        self.release_slots(id, 0, pages, Slot::Empty)?;
+        // No remapping (which the host may refuse): the whole mapping goes
+        // before anyone can have the released pages (they are pending until
+        // the flush below).
+        for queued in self.deferred.take(Some(id)) {
+            self.release_pages(&queued.slots);
+        }
+        let detached = self.detach_slots(id, 0, pages, Slot::Empty)?;
+        self.release_pages(&detached.slots);
         let ballooned = self.regions.remove(&id).map_or(0, |r| {
             r.slots.iter().filter(|s| **s == Slot::Ballooned).count() as u64
         });
