@@ -46,10 +46,14 @@ impl GmmConfig {
     }
 
     /// Chunk ids available: room for the maximum twice over (fragmentation),
-    /// plus the empty-chunk cache and the reserved id 0.
+    /// once more for pages parked by the balloon (they keep their ids but
+    /// cost no host memory; at most `max_pages` of them, beyond that
+    /// ballooning gives ids back), plus the empty-chunk cache and the
+    /// reserved id 0. The id space is address space of the sparse memfd,
+    /// not memory.
     pub(crate) fn chunk_limit(&self) -> u32 {
         let chunks = self.max_pages.div_ceil(CHUNK_PAGES as u64);
-        let limit = chunks * 2 + u64::from(self.empty_chunk_cache) + 2;
+        let limit = chunks * 3 + u64::from(self.empty_chunk_cache) + 2;
         limit.min(1 << 23) as u32
     }
 }

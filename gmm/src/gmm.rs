@@ -242,7 +242,10 @@ impl Vm {
     /// beyond the base reservation, deflating beyond what is ballooned. Use
     /// this when the caller frees the ballooned pages itself; RAM regions
     /// offer [`RamRegion::balloon_inflate`] which does both. `Reset` also
-    /// makes every ballooned region page empty again.
+    /// takes every ballooned region page out of the balloon: parked pages
+    /// become backed (zeroed) pages of the VM again, as after
+    /// [`RamRegion::balloon_deflate`] (or empty, remapped, where the global
+    /// maximum has no room for them), the others empty.
     pub fn balloon(&self, action: BalloonAction, pages: u64) -> Result<()> {
         self.state().balloon(self.inner.id, action, pages)
     }
@@ -366,13 +369,48 @@ impl RamRegion {
     /// gigabyte of written memory takes the host kernel over 100 ms to take
     /// back). Until then the guest could still see its old data there, never
     /// anyone else's; [`Gmm::return_freed_pages`] waits for it.
+    ///
+    /// Private pages are *parked*: the region keeps mapping their chunk
+    /// page, whose memory is punched out of the memfd, and the page stays
+    /// reserved for its slot (nobody else can get it). So ballooning single
+    /// pages never splits the region's mapping. Pages ballooned after
+    /// sharing or mapped from a file are remapped to zero memory instead.
+    /// Parked pages are limited to `max_pages` in all (beyond that pages
+    /// take the remap path), so that their ids cannot starve other VMs.
+    /// A guest that touches a parked page anyway (it has no business there)
+    /// gives it memory again, unaccounted, until the page is deflated or the
+    /// region dropped; only its own VM can ever see that memory.
+    ///
+    /// ```
+    /// # use gmm::{Gmm, GmmConfig, PageState, Reservation};
+    /// # let gmm = Gmm::new(GmmConfig::new(1024))?;
+    /// # let vm = gmm.register_vm("vm", Reservation { base: 16, ..Default::default() })?;
+    /// let ram = vm.create_ram_region(16)?;
+    /// ram.alloc(0, 16)?;
+    /// ram.write(0, &[1; 4096])?;
+    /// ram.balloon_inflate(0, 1)?;
+    /// gmm.return_freed_pages()?;
+    /// assert_eq!((vm.stats().parked, gmm.stats().backing_bytes), (1, 0));
+    /// ram.balloon_deflate(0, 1)?;
+    /// assert_eq!(ram.page_state(0)?, PageState::Private);
+    /// let mut b = [9u8; 1];
+    /// ram.read(0, &mut b)?;
+    /// assert_eq!(b, [0]);
+    /// # Ok::<(), gmm::Error>(())
+    /// ```
     pub fn balloon_inflate(&self, first: u64, count: u64) -> Result<()> {
         self.state().region_inflate(self.id, first, count)?;
         self.vm.gmm.reclaim.kick()
     }
 
-    /// The guest's balloon released these ballooned pages: they become empty
-    /// (back them again with [`alloc`](Self::alloc) when the guest uses them).
+    /// The guest's balloon released these ballooned pages. Parked pages (see
+    /// [`balloon_inflate`](Self::balloon_inflate)) become backed private
+    /// pages again, reading zero (even if the guest wrote them while
+    /// ballooned), without any remap; this needs room under the global
+    /// maximum ([`Error::is_out_of_memory`] otherwise, nothing changed). The
+    /// other ballooned pages become empty: back them again with
+    /// [`alloc`](Self::alloc) when the guest uses them
+    /// ([`page_states`](Self::page_states) tells which).
     pub fn balloon_deflate(&self, first: u64, count: u64) -> Result<()> {
         self.state().region_deflate(self.id, first, count)
     }
@@ -438,7 +476,7 @@ impl RamRegion {
                 Slot::Private(_) | Slot::Anon | Slot::File => PageState::Private,
                 Slot::Shared(_) => PageState::Shared,
                 Slot::Zero => PageState::Zero,
-                Slot::Ballooned => PageState::Ballooned,
+                Slot::Ballooned | Slot::Parked(_) => PageState::Ballooned,
             })
             .collect())
     }
@@ -456,7 +494,7 @@ impl RamRegion {
             .map(|(s, resident)| match s {
                 Slot::Private(_) | Slot::File => resident,
                 Slot::Anon | Slot::Shared(_) => true,
-                Slot::Empty | Slot::Zero | Slot::Ballooned => false,
+                Slot::Empty | Slot::Zero | Slot::Ballooned | Slot::Parked(_) => false,
             })
             .collect())
     }
@@ -475,20 +513,42 @@ impl RamRegion {
     }
 
     /// Copies guest RAM at byte `offset` into `buf` (ballooned pages read
-    /// zero).
+    /// zero). Parked pages are not touched: reading one through the
+    /// mapping would give it memory again (a `MAP_SHARED` read fault on a
+    /// hole allocates a page), so they are filled with zeroes instead.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.byte_range(offset, buf.len())?;
+        let (first, count) = self.byte_range(offset, buf.len())?;
         let mut st = self.state();
         st.settle_deferred(Some(self.id))?;
-        // SAFETY: the range is inside the region (checked above), which stays
-        // mapped while `self` lives; the lock keeps GMM from remapping it
-        // during the copy.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (self.base + offset) as *const u8,
-                buf.as_mut_ptr(),
-                buf.len(),
-            );
+        let r = st.region(self.id)?;
+        let page = PAGE_SIZE as u64;
+        let end = offset + buf.len() as u64;
+        let mut i = first;
+        while i < first + count {
+            let parked = |s: &Slot| matches!(s, Slot::Parked(_));
+            let kind = parked(&r.slots[i as usize]);
+            let n = r.slots[i as usize..(first + count) as usize]
+                .iter()
+                .take_while(|s| parked(s) == kind)
+                .count() as u64;
+            let from = (i * page).max(offset);
+            let to = ((i + n) * page).min(end);
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            if kind {
+                dst.fill(0);
+            } else {
+                // SAFETY: the range is inside the region (checked above),
+                // which stays mapped while `self` lives; the lock keeps GMM
+                // from remapping it during the copy.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (self.base + from) as *const u8,
+                        dst.as_mut_ptr(),
+                        dst.len(),
+                    );
+                }
+            }
+            i += n;
         }
         Ok(())
     }

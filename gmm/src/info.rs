@@ -45,7 +45,11 @@ impl Gmm {
             g.saved_pages,
             mib(g.saved_pages)
         )?;
-        writeln!(out, "  ballooned pages:  {:>10}", g.ballooned_pages)?;
+        writeln!(
+            out,
+            "  ballooned pages:  {:>10} ({} parked)",
+            g.ballooned_pages, g.parked_pages
+        )?;
         writeln!(
             out,
             "  chunks:           {:>10} ({} empty, {} partly used, limit {}; {} created, {} freed)",
@@ -83,8 +87,8 @@ impl Gmm {
             )?;
             writeln!(
                 out,
-                "  private {} shared {} ballooned {}",
-                v.private, v.shared, v.ballooned
+                "  private {} shared {} ballooned {} (parked {})",
+                v.private, v.shared, v.ballooned, v.parked
             )?;
         }
         Ok(())

@@ -17,8 +17,13 @@
 //! - Ballooning follows VirtualBox's accounting ([`BalloonAction`]). An
 //!   inflate is bookkeeping only; a per-GMM worker thread returns the memory
 //!   to the host in the background, in bounded batches (a written gigabyte
-//!   costs the kernel over 100 ms). A ballooned page's host page is never
-//!   reused before its region stopped mapping it.
+//!   costs the kernel over 100 ms). A ballooned private page is *parked*:
+//!   the region keeps mapping its chunk page, which is punched out of the
+//!   memfd and stays reserved for it, so inflating and deflating single
+//!   pages never splits a mapping (no `vm.max_map_count` trouble); deflated
+//!   pages come back backed and zeroed. Other ballooned pages are remapped
+//!   to zero memory, and their host page is never reused before the region
+//!   stopped mapping it.
 //! - [`Gmm::share_scan`] deduplicates identical pages across all VMs (see
 //!   below for why writes stay private).
 //! - [`Gmm::stats`], [`Gmm::format_info`] (the `gmm` info handler's text) and

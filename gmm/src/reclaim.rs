@@ -7,7 +7,8 @@
 //! ballooned at once, the VM's accounts are exact) and queues the host half;
 //! a per-GMM worker thread then points the ballooned range at zero memory
 //! and punches the pages out in bounded batches, taking the GMM lock per
-//! batch so that other VMs are never held up for long.
+//! batch so that other VMs are never held up for long. Parked pages
+//! ([`Slot::Parked`]) are only punched: the region goes on mapping them.
 //!
 //! Until its batch is done a ballooned page still shows the guest its old
 //! contents (a guest has no business touching pages it gave away), and its
@@ -28,7 +29,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::Result;
-use crate::state::{Detached, State};
+use crate::state::{Detached, Slot, State};
 
 /// Pages the worker returns per batch (64 MiB), bounding how long it holds
 /// the GMM lock.
@@ -70,7 +71,10 @@ impl DeferredQueue {
         let d = if front.slots.len() > max {
             let rest = front.slots.split_off(max);
             let head = std::mem::replace(&mut front.slots, rest);
-            let allocated = head.iter().filter(|s| s.is_allocated()).count() as u64;
+            let allocated = head
+                .iter()
+                .filter(|s| s.is_allocated() || matches!(s, Slot::Parked(_)))
+                .count() as u64;
             front.allocated -= allocated;
             let first = front.first;
             front.first += max as u64;

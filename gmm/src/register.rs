@@ -52,6 +52,12 @@ const GLOBAL: &[GlobalStat] = &[
         |s| s.ballooned_pages,
     ),
     (
+        "cParkedPages",
+        Unit::Pages,
+        "Ballooned pages still mapped by their region, their memory returned.",
+        |s| s.parked_pages,
+    ),
+    (
         "cFileMappedPages",
         Unit::Pages,
         "Guest pages mapped copy-on-write from files, not written since.",
@@ -138,6 +144,11 @@ const PER_VM: &[VmStat] = &[
         |v| v.shared,
     ),
     ("cBalloonedPages", "Pages in the balloon.", |v| v.ballooned),
+    (
+        "cParkedPages",
+        "Ballooned pages parked (mapped, memory returned, no remap).",
+        |v| v.parked,
+    ),
 ];
 
 fn read_global(state: &Weak<Mutex<State>>, f: fn(&GmmStats) -> u64) -> u64 {
@@ -221,6 +232,8 @@ mod tests {
         assert_eq!(value(&reg, "/GMM/cAllocatedPages"), 7);
         assert_eq!(value(&reg, "/GMM/VM/Allocated/cBasePages"), 7);
         assert_eq!(value(&reg, "/GMM/VM/cBalloonedPages"), 3);
+        assert_eq!(value(&reg, "/GMM/VM/cParkedPages"), 3);
+        assert_eq!(value(&reg, "/GMM/cParkedPages"), 3);
         assert_eq!(value(&reg, "/GMM/VM/Reserved/cBasePages"), 64);
         // Registering twice is refused by the registry.
         assert!(g.register_stats(&reg).is_err());

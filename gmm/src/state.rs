@@ -48,6 +48,11 @@ pub(crate) enum Slot {
     Zero,
     /// Given back to the host by the balloon.
     Ballooned,
+    /// Given back to the host by the balloon while the region keeps mapping
+    /// chunk page `p`: the page is punched out of the memfd (the reclaim
+    /// worker does it) but stays reserved for this slot, so no remap is
+    /// needed either way and nobody else can ever get the page.
+    Parked(PageId),
     /// A private (copy-on-write) view of a page of a file, e.g. a saved
     /// state: the VM's private page for the accounts, counted as one host
     /// page; a write turns it into an [`Slot::Anon`] copy (found by
@@ -64,12 +69,18 @@ impl Slot {
             Slot::Shared(_) => "shared",
             Slot::Zero => "shared zero",
             Slot::Ballooned => "ballooned",
+            Slot::Parked(_) => "ballooned (parked)",
             Slot::File => "private (file copy-on-write)",
         }
     }
 
     pub(crate) fn is_allocated(self) -> bool {
-        !matches!(self, Slot::Empty | Slot::Ballooned)
+        !matches!(self, Slot::Empty | Slot::Ballooned | Slot::Parked(_))
+    }
+
+    /// Whether the slot is ballooned (parked or not).
+    pub(crate) fn is_ballooned(self) -> bool {
+        matches!(self, Slot::Ballooned | Slot::Parked(_))
     }
 }
 
@@ -81,6 +92,8 @@ pub(crate) struct VmState {
     pub(crate) private: u64,
     pub(crate) shared: u64,
     pub(crate) ballooned: u64,
+    /// Region pages of this VM parked by the balloon.
+    pub(crate) parked: u64,
     /// Chunk pages this VM owns, per chunk.
     chunks: BTreeSet<ChunkId>,
     /// Small MRU cache of chunks to allocate from.
@@ -100,7 +113,9 @@ pub(crate) struct RegionState {
 pub(crate) struct Detached {
     pub(crate) region: u64,
     pub(crate) first: u64,
-    /// The slots as they were, one per page from `first`.
+    /// The slots as they were, one per page from `first`, except that a
+    /// private page parked by the balloon shows as [`Slot::Parked`] (its
+    /// host half is a punch, not a remap).
     pub(crate) slots: Vec<Slot>,
     /// How many of them were allocated.
     pub(crate) allocated: u64,
@@ -148,6 +163,8 @@ pub(crate) struct State {
     pub(crate) file_pages: u64,
     pub(crate) reserved_total: u64,
     pub(crate) ballooned_total: u64,
+    /// Region pages parked by the balloon ([`Slot::Parked`]), all VMs.
+    pub(crate) parked_total: u64,
     pub(crate) events: Events,
 }
 
@@ -177,6 +194,7 @@ impl State {
             file_pages: 0,
             reserved_total: 0,
             ballooned_total: 0,
+            parked_total: 0,
             events: Events::default(),
         })
     }
@@ -212,6 +230,7 @@ impl State {
             private: 0,
             shared: 0,
             ballooned: 0,
+            parked: 0,
             chunks: BTreeSet::new(),
             cache: [0; CACHE_WAYS],
             cache_next: 0,
@@ -450,6 +469,13 @@ impl State {
     /// Releases a used chunk page (VM-owned or shared master) to the pending
     /// list. The caller fixes the VM account counts.
     pub(crate) fn release(&mut self, pid: PageId) {
+        self.host_pages -= 1;
+        self.release_id(pid);
+    }
+
+    /// Releases the id of a used chunk page that costs no host page (a
+    /// punched parked page) to the pending list.
+    fn release_id(&mut self, pid: PageId) {
         let cid = pid.chunk();
         let Some(ch) = self.chunks.get_mut(cid.0 as usize).and_then(Option::as_mut) else {
             return;
@@ -461,7 +487,6 @@ impl State {
         if let Some(vm) = owner_vm(owner) {
             self.drop_chunk_user(vm, cid);
         }
-        self.host_pages -= 1;
         self.pending.push(pid);
     }
 
@@ -728,7 +753,7 @@ impl State {
     fn release_slots(&mut self, id: u64, first: u64, count: u64, to: Slot) -> Result<u64> {
         let r = self.check_range(id, first, count)?;
         r.map.map(&self.backing, first, count, Target::Zero)?;
-        let detached = self.detach_slots(id, first, count, to)?;
+        let detached = self.detach_slots(id, first, count, to, false)?;
         self.release_pages(&detached.slots);
         Ok(detached.allocated)
     }
@@ -736,29 +761,43 @@ impl State {
     /// The bookkeeping half of releasing slots: allocated slots in the range
     /// become `to` and leave the VM's accounts, but their host pages stay
     /// mapped in the region until [`release_detached`](Self::release_detached).
+    /// With `park`, private pages become [`Slot::Parked`] instead while the
+    /// global parking budget lasts (see [`State::park_budget`]).
     pub(crate) fn detach_slots(
         &mut self,
         id: u64,
         first: u64,
         count: u64,
         to: Slot,
+        park: bool,
     ) -> Result<Detached> {
         let vm = self.check_range(id, first, count)?.vm;
         let range = first as usize..(first + count) as usize;
+        let mut budget = if park { self.park_budget() } else { 0 };
         let Some(r) = self.regions.get_mut(&id) else {
             return Err(Error::InvalidConfig("unknown region"));
         };
-        let slots = r.slots[range.clone()].to_vec();
-        let (mut private, mut shared) = (0, 0);
-        for slot in &mut r.slots[range] {
+        let mut slots = r.slots[range.clone()].to_vec();
+        let (mut private, mut shared, mut parked) = (0, 0, 0);
+        for (slot, was) in r.slots[range].iter_mut().zip(&mut slots) {
             match *slot {
+                Slot::Private(p) if budget > 0 => {
+                    budget -= 1;
+                    parked += 1;
+                    private += 1;
+                    *slot = Slot::Parked(p);
+                    *was = Slot::Parked(p);
+                    continue;
+                }
                 Slot::Private(_) | Slot::Anon | Slot::File => private += 1,
                 Slot::Shared(_) | Slot::Zero => shared += 1,
-                Slot::Empty | Slot::Ballooned => continue,
+                Slot::Empty | Slot::Ballooned | Slot::Parked(_) => continue,
             }
             *slot = to;
         }
+        self.parked_total += parked;
         let v = self.vm_mut(vm)?;
+        v.parked += parked;
         v.private -= private;
         v.shared -= shared;
         v.allocated[Account::Base.idx()] -= private + shared;
@@ -771,19 +810,64 @@ impl State {
     }
 
     /// The host half of releasing slots: points the range at zero memory,
-    /// then gives the host pages it mapped back (to the pending list). On
-    /// error nothing changed.
+    /// then gives the host pages it mapped back (to the pending list);
+    /// parked pages instead stay mapped and are punched out of the memfd
+    /// (they stop costing a host page but stay reserved for their slot).
+    /// On error no account changed (repeating it is harmless).
     pub(crate) fn release_detached(&mut self, detached: &Detached) -> Result<()> {
-        if let Some(r) = self.regions.get(&detached.region) {
-            r.map.map(
-                &self.backing,
-                detached.first,
-                detached.slots.len() as u64,
-                Target::Zero,
-            )?;
+        let is_parked = |s: &Slot| matches!(s, Slot::Parked(_));
+        let mut parked = Vec::new();
+        let mut i = 0;
+        while i < detached.slots.len() {
+            let kind = is_parked(&detached.slots[i]);
+            let n = detached.slots[i..]
+                .iter()
+                .take_while(|s| is_parked(s) == kind)
+                .count();
+            if kind {
+                parked.extend(detached.slots[i..i + n].iter().filter_map(|s| match s {
+                    Slot::Parked(p) => Some(*p),
+                    _ => None,
+                }));
+            } else if let Some(r) = self.regions.get(&detached.region) {
+                r.map.map(
+                    &self.backing,
+                    detached.first + i as u64,
+                    n as u64,
+                    Target::Zero,
+                )?;
+            }
+            i += n;
         }
-        self.release_pages(&detached.slots);
+        self.punch_pages(&parked)?;
+        self.host_pages -= parked.len() as u64;
+        self.events.pages_returned += parked.len() as u64;
+        for s in detached.slots.iter().filter(|s| !is_parked(s)) {
+            self.release_pages(std::slice::from_ref(s));
+        }
         Ok(())
+    }
+
+    /// Punches `pages` out of the memfd, in runs of consecutive ids.
+    fn punch_pages(&self, pages: &[PageId]) -> Result<()> {
+        let mut sorted = pages.to_vec();
+        sorted.sort_unstable();
+        let mut k = 0;
+        while k < sorted.len() {
+            let len = run_len(&sorted[k..]);
+            self.backing.punch(sorted[k].0, len as u32)?;
+            k += len;
+        }
+        Ok(())
+    }
+
+    /// How many more pages the balloon may park. Parked pages cost no host
+    /// memory but keep their page ids; the id space has room for
+    /// `max_pages` of them on top of the pages in use (see
+    /// [`GmmConfig`]'s chunk limit), beyond that ballooning takes the remap
+    /// path and gives the ids back.
+    fn park_budget(&self) -> u64 {
+        self.cfg.max_pages.saturating_sub(self.parked_total)
     }
 
     /// Gives back the host pages behind `slots`, which no region maps any more.
@@ -800,6 +884,17 @@ impl State {
                     self.host_pages -= 1;
                 }
                 Slot::Shared(m) => self.unref_shared(m),
+                // A parked page costs no host page once punched; callers
+                // account the ones still waiting for their punch.
+                Slot::Parked(p) => {
+                    if let Some(v) = self.owner_of(p).and_then(owner_vm) {
+                        if let Ok(v) = self.vm_mut(v) {
+                            v.parked -= 1;
+                        }
+                    }
+                    self.parked_total -= 1;
+                    self.release_id(p);
+                }
                 Slot::Zero | Slot::Empty | Slot::Ballooned => {}
             }
         }
@@ -897,26 +992,79 @@ impl State {
 
     /// Balloon inflation of region pages: they count as ballooned at once;
     /// their memory goes back to the host through the reclaim queue (see
-    /// [`crate::reclaim`]).
+    /// [`crate::reclaim`]). Private pages are parked (punched, no remap).
     pub(crate) fn region_inflate(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
         self.expect_slots(id, first, count, "allocated", Slot::is_allocated)?;
         let vm = self.region(id)?.vm;
-        let detached = self.detach_slots(id, first, count, Slot::Ballooned)?;
+        let detached = self.detach_slots(id, first, count, Slot::Ballooned, true)?;
         // Cannot fail: the pages just left the VM's allocated count.
         self.balloon(vm, BalloonAction::Inflate, detached.allocated)?;
         self.defer_release(detached);
         Ok(())
     }
 
-    /// Balloon deflation of region pages: they become empty (allocatable) again.
+    /// Balloon deflation of region pages: parked pages become the VM's
+    /// private pages again (reading zero, no remap), subject to the global
+    /// maximum; other ballooned pages become empty (allocatable) again. On
+    /// error nothing changed.
     pub(crate) fn region_deflate(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
-        self.expect_slots(id, first, count, "ballooned", |s| s == Slot::Ballooned)?;
+        self.expect_slots(id, first, count, "ballooned", Slot::is_ballooned)?;
         let vm = self.region(id)?.vm;
         self.balloon(vm, BalloonAction::Deflate, count)?;
-        // Empty pages must map zero before anyone backs them again.
-        self.settle_deferred(Some(id))?;
+        // Empty pages must map zero before anyone backs them again, and
+        // parked pages must have left the host-page count before they
+        // rejoin it.
+        let unparked = self
+            .settle_deferred(Some(id))
+            .and_then(|()| self.unpark(id, first, count));
+        if let Err(e) = unparked {
+            let v = self.vm_mut(vm)?;
+            v.ballooned += count;
+            self.ballooned_total += count;
+            return Err(e);
+        }
         if let Some(r) = self.regions.get_mut(&id) {
-            r.slots[first as usize..(first + count) as usize].fill(Slot::Empty);
+            for s in &mut r.slots[first as usize..(first + count) as usize] {
+                if *s == Slot::Ballooned {
+                    *s = Slot::Empty;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the (punched) parked pages in the range private pages of the
+    /// VM again: punched once more, since the guest may have written them
+    /// while ballooned, so they read zero. Checks the reservation and the
+    /// global maximum first; on error nothing changed.
+    fn unpark(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
+        let r = self.check_range(id, first, count)?;
+        let vm = r.vm;
+        let pages: Vec<PageId> = r.slots[first as usize..(first + count) as usize]
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Parked(p) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        let n = pages.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        self.check_alloc(vm, Account::Base, n)?;
+        self.punch_pages(&pages)?;
+        let v = self.vm_mut(vm)?;
+        v.allocated[Account::Base.idx()] += n;
+        v.private += n;
+        v.parked -= n;
+        self.host_pages += n;
+        self.parked_total -= n;
+        if let Some(r) = self.regions.get_mut(&id) {
+            for s in &mut r.slots[first as usize..(first + count) as usize] {
+                if let Slot::Parked(p) = *s {
+                    *s = Slot::Private(p);
+                }
+            }
         }
         Ok(())
     }
@@ -931,12 +1079,18 @@ impl State {
         // before anyone can have the released pages (they are pending until
         // the flush below).
         for queued in self.deferred.take(Some(id)) {
-            self.release_pages(&queued.slots);
+            for s in &queued.slots {
+                match s {
+                    // Still a host page; its id goes with the region's slot.
+                    Slot::Parked(_) => self.host_pages -= 1,
+                    s => self.release_pages(std::slice::from_ref(s)),
+                }
+            }
         }
-        let detached = self.detach_slots(id, 0, pages, Slot::Empty)?;
+        let detached = self.detach_slots(id, 0, pages, Slot::Empty, false)?;
         self.release_pages(&detached.slots);
         let ballooned = self.regions.remove(&id).map_or(0, |r| {
-            r.slots.iter().filter(|s| **s == Slot::Ballooned).count() as u64
+            r.slots.iter().filter(|s| s.is_ballooned()).count() as u64
         });
         let v = self.vm_mut(vm)?;
         let drop_count = ballooned.min(v.ballooned);
@@ -982,12 +1136,21 @@ impl State {
                     .filter(|(_, r)| r.vm == vm)
                     .map(|(id, _)| *id)
                     .collect();
-                for id in regions {
+                for &id in &regions {
                     self.settle_deferred(Some(id))?;
                 }
                 let v = self.vm_mut(vm)?;
                 let was = std::mem::take(&mut v.ballooned);
                 self.ballooned_total -= was;
+                // Parked pages become the VM's (zeroed) pages again: no
+                // remap, which the host might refuse. Beyond the global
+                // maximum they take the remap path and become empty.
+                for &id in &regions {
+                    let pages = self.region(id)?.slots.len() as u64;
+                    if self.unpark(id, 0, pages).is_err() {
+                        self.drop_parked(id)?;
+                    }
+                }
                 for r in self.regions.values_mut().filter(|r| r.vm == vm) {
                     for s in &mut r.slots {
                         if *s == Slot::Ballooned {
@@ -998,6 +1161,36 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Points the parked pages of a region at zero memory and releases
+    /// them; they become plain ballooned pages.
+    fn drop_parked(&mut self, id: u64) -> Result<()> {
+        let r = self.region(id)?;
+        let parked: Vec<(u64, PageId)> = (0..)
+            .zip(&r.slots)
+            .filter_map(|(i, s)| match s {
+                Slot::Parked(p) => Some((i, *p)),
+                _ => None,
+            })
+            .collect();
+        let mut k = 0;
+        while k < parked.len() {
+            let n = parked[k..]
+                .windows(2)
+                .position(|w| w[1].0 != w[0].0 + 1)
+                .map_or(parked.len() - k, |i| i + 1);
+            r.map
+                .map(&self.backing, parked[k].0, n as u64, Target::Zero)?;
+            k += n;
+        }
+        for &(i, p) in &parked {
+            self.release_pages(&[Slot::Parked(p)]);
+            if let Some(r) = self.regions.get_mut(&id) {
+                r.slots[i as usize] = Slot::Ballooned;
+            }
+        }
+        self.flush()
     }
 
     // ----- sharing helpers used by the scan -----

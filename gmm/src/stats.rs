@@ -32,6 +32,10 @@ pub struct VmStats {
     pub shared: u64,
     /// Pages given back through the balloon.
     pub ballooned: u64,
+    /// Of those, region pages parked: their memory is returned but the
+    /// region still maps their page, which stays reserved for them (so
+    /// deflating needs no remap).
+    pub parked: u64,
 }
 
 impl VmStats {
@@ -54,6 +58,7 @@ impl VmStats {
             private: v.private,
             shared: v.shared,
             ballooned: v.ballooned,
+            parked: v.parked,
         }
     }
 }
@@ -75,6 +80,9 @@ pub struct GmmStats {
     pub saved_pages: u64,
     /// Pages ballooned by all VMs.
     pub ballooned_pages: u64,
+    /// Of those, region pages parked (see [`VmStats::parked`]); they cost
+    /// no host memory once returned, but keep their page ids.
+    pub parked_pages: u64,
     /// Chunks currently existing.
     pub chunks: u64,
     /// Of those, chunks without any used page (their memory is returned).
@@ -120,6 +128,7 @@ impl GmmStats {
             sharing_guest_pages: sharing,
             saved_pages: sharing.saturating_sub(masters),
             ballooned_pages: st.ballooned_total,
+            parked_pages: st.parked_total,
             chunks: u64::from(st.n_chunks),
             empty_chunks: u64::from(st.n_empty),
             partial_chunks: st.partial_chunks() as u64,

@@ -263,14 +263,27 @@ fn balloon_rules_follow_virtualbox() {
         ram.balloon_deflate(0, 11),
         Err(Error::PageState { index: 0, .. })
     ));
+    // Private pages were parked: they come back backed (and zeroed).
     ram.balloon_deflate(10, 30).unwrap();
-    assert_eq!(ram.page_state(10).unwrap(), PageState::Empty);
-    assert_eq!(vm.stats().ballooned, 0);
-    ram.alloc(10, 30).unwrap();
-    // Reset empties ballooned region pages.
+    assert_eq!(ram.page_state(10).unwrap(), PageState::Private);
+    let s = vm.stats();
+    assert_eq!((s.allocated.base, s.ballooned, s.parked), (80, 0, 0));
+    // Reset gives parked pages back to the VM as well.
     ram.balloon_inflate(0, 5).unwrap();
+    assert_eq!(vm.stats().parked, 5);
     vm.balloon(BalloonAction::Reset, 0).unwrap();
+    assert_eq!(ram.page_state(0).unwrap(), PageState::Private);
+    let s = vm.stats();
+    assert_eq!((s.allocated.base, s.ballooned, s.parked), (80, 0, 0));
+    // Pages ballooned after sharing are not parked: they come back empty.
+    g.share_scan().unwrap();
+    ram.balloon_inflate(0, 5).unwrap();
+    assert_eq!(vm.stats().parked, 0);
+    ram.balloon_deflate(0, 5).unwrap();
     assert_eq!(ram.page_state(0).unwrap(), PageState::Empty);
+    ram.balloon_inflate(5, 5).unwrap();
+    vm.balloon(BalloonAction::Reset, 0).unwrap();
+    assert_eq!(ram.page_state(5).unwrap(), PageState::Empty);
 }
 
 #[test]
@@ -493,6 +506,27 @@ impl Model {
     fn set(&mut self, f: u64, c: u64, m: M) {
         self.slots[f as usize..(f + c) as usize].fill(m);
     }
+    /// Takes the state of formerly ballooned pages `f..f+c` from the region:
+    /// parked pages come back backed (reading zero), others empty. Returns
+    /// how many came back backed.
+    fn unballoon(&mut self, ram: &crate::RamRegion, f: u64, c: u64) -> u64 {
+        let states = ram.page_states(f, c).unwrap();
+        let mut backed = 0;
+        for (i, st) in (f..).zip(states) {
+            if self.slots[i as usize] != M::Ballooned {
+                continue;
+            }
+            self.slots[i as usize] = match st {
+                PageState::Private => {
+                    backed += 1;
+                    M::Alloc(0)
+                }
+                PageState::Empty => M::Empty,
+                other => panic!("page {i} came back out of the balloon {other:?}"),
+            };
+        }
+        backed
+    }
 }
 
 proptest! {
@@ -503,6 +537,9 @@ proptest! {
         let vm = g.register_vm("vm", base(RESERVED)).unwrap();
         let ram = vm.create_ram_region(PAGES).unwrap();
         let mut m = Model { slots: vec![M::Empty; PAGES as usize], raw: Vec::new(), ballooned: 0 };
+        // Until a sharing scan ran every region page is private, so every
+        // ballooned page is parked.
+        let mut scanned = false;
         for op in ops {
             match op {
                 Op::Alloc(f, c) => {
@@ -527,8 +564,14 @@ proptest! {
                 }
                 Op::Deflate(f, c) => {
                     let ok = m.all(f, c, |s| *s == M::Ballooned) && m.ballooned >= c;
+                    let parked = vm.stats().parked;
                     prop_assert_eq!(ram.balloon_deflate(f, c).is_ok(), ok);
-                    if ok { m.set(f, c, M::Empty); m.ballooned -= c; }
+                    if ok {
+                        let backed = m.unballoon(&ram, f, c);
+                        prop_assert_eq!(parked - vm.stats().parked, backed);
+                        if !scanned { prop_assert_eq!(backed, c); }
+                        m.ballooned -= c;
+                    }
                 }
                 Op::Balloon(a, n) => {
                     let ok = match a {
@@ -543,7 +586,8 @@ proptest! {
                             BalloonAction::Deflate => m.ballooned -= n,
                             BalloonAction::Reset => {
                                 m.ballooned = 0;
-                                for s in &mut m.slots { if *s == M::Ballooned { *s = M::Empty; } }
+                                m.unballoon(&ram, 0, PAGES);
+                                prop_assert_eq!(vm.stats().parked, 0);
                             }
                         }
                     }
@@ -565,13 +609,17 @@ proptest! {
                     prop_assert_eq!(ram.write(p * 4096, &[v; 4096]).is_ok(), ok);
                     if ok { m.slots[p as usize] = M::Alloc(v); }
                 }
-                Op::Scan => { g.share_scan().unwrap(); }
+                Op::Scan => { g.share_scan().unwrap(); scanned = true; }
             }
             let s = vm.stats();
             let gs = g.stats();
             prop_assert_eq!(s.allocated.base, m.allocated());
             prop_assert_eq!(s.ballooned, m.ballooned);
             prop_assert_eq!(gs.ballooned_pages, m.ballooned);
+            prop_assert_eq!(gs.parked_pages, s.parked);
+            let in_balloon = m.slots.iter().filter(|s| **s == M::Ballooned).count() as u64;
+            prop_assert!(s.parked <= in_balloon);
+            if !scanned { prop_assert_eq!(s.parked, in_balloon); }
             prop_assert_eq!(s.private + s.shared, s.allocated.base);
             // Host pages follow once ballooned memory is back with the host.
             g.return_freed_pages().unwrap();
@@ -759,7 +807,6 @@ fn deflating_before_the_worker_ran_never_loses_new_data() {
         // racing the worker.
         ram.balloon_inflate(0, 512).unwrap();
         ram.balloon_deflate(0, 512).unwrap();
-        ram.alloc(0, 512).unwrap();
         let mut page = [0xffu8; 16];
         ram.read(0, &mut page).unwrap();
         assert_eq!(page, [0; 16], "round {round}: a deflated page reads zero");
@@ -792,8 +839,7 @@ fn a_balloon_reset_or_dropped_region_settles_queued_memory() {
     ram.write(0, &vec![3; 256 * PAGE_SIZE]).unwrap();
     ram.balloon_inflate(0, 128).unwrap();
     vm.balloon(BalloonAction::Reset, 0).unwrap();
-    assert_eq!(ram.page_state(0).unwrap(), PageState::Empty);
-    ram.alloc(0, 128).unwrap();
+    assert_eq!(ram.page_state(0).unwrap(), PageState::Private);
     let mut buf = [9u8; 4];
     ram.read(0, &mut buf).unwrap();
     assert_eq!(buf, [0; 4]);
@@ -821,4 +867,157 @@ fn dropping_the_last_handle_stops_the_reclaim_worker() {
         }
         drop((ram, vm, g));
     }
+}
+
+/// Reads one byte of region page `page` straight through its mapping, as the
+/// guest would (also for pages `RamRegion::read` would settle first).
+fn guest_byte(ram: &RamRegion, page: u64) -> u8 {
+    // SAFETY: the page lies inside the region, which stays mapped while
+    // `ram` lives.
+    unsafe { *((ram.host_addr() + page * PAGE_SIZE as u64) as *const u8) }
+}
+
+#[test]
+fn parked_pages_are_never_anyone_elses() {
+    let g = gmm(4096);
+    let a = g.register_vm("a", base(1024)).unwrap();
+    let b = g.register_vm("b", base(2048)).unwrap();
+    let ram = a.create_ram_region(1024).unwrap();
+    ram.alloc(0, 1024).unwrap();
+    ram.write(0, &vec![0x42; 1024 * PAGE_SIZE]).unwrap();
+    for p in (0..1024).step_by(2) {
+        ram.balloon_inflate(p, 1).unwrap();
+    }
+    g.return_freed_pages().unwrap();
+    let s = g.stats();
+    assert_eq!(
+        (s.ballooned_pages, s.parked_pages, s.allocated_pages),
+        (512, 512, 512)
+    );
+    assert_eq!(s.backing_bytes, 512 * PAGE_SIZE as u64);
+    assert_eq!(s.pending_pages, 0);
+    let sa = a.stats();
+    assert_eq!(
+        (sa.allocated.base, sa.private, sa.ballooned, sa.parked),
+        (512, 512, 512, 512)
+    );
+    assert_eq!(guest_byte(&ram, 0), 0);
+    assert_eq!(guest_byte(&ram, 1), 0x42);
+
+    // The other VM takes everything it may and writes it all: none of it
+    // shows up in a parked page.
+    let raw = b.alloc_pages(Account::Base, 2048).unwrap();
+    for p in &raw {
+        // SAFETY: a page just handed to `b`, 4 KiB at its host address.
+        unsafe { std::ptr::write_bytes(p.host_addr as *mut u8, 0xbb, PAGE_SIZE) };
+    }
+    for p in (0..1024).step_by(2) {
+        assert_eq!(guest_byte(&ram, p), 0, "page {p}");
+    }
+    // (Touching parked pages gave them memory again, until deflated; the
+    // odd pages still hold `a`'s data.)
+    let touched = 2048 + 512;
+    assert_eq!(g.stats().backing_bytes, (touched + 512) * PAGE_SIZE as u64);
+    // Inflating the rest parks a whole chunk's worth: its chunk stays.
+    let chunks = g.stats().chunks;
+    for p in (1..1024).step_by(2) {
+        ram.balloon_inflate(p, 1).unwrap();
+    }
+    g.return_freed_pages().unwrap();
+    let s = g.stats();
+    assert_eq!(
+        (s.parked_pages, s.chunks, s.allocated_pages),
+        (1024, chunks, 2048)
+    );
+    assert_eq!(s.backing_bytes, touched * PAGE_SIZE as u64);
+    let mut buf = vec![1u8; 1024 * PAGE_SIZE];
+    ram.read(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 0));
+    // Reading parked pages through the region costs nothing.
+    assert_eq!(g.stats().backing_bytes, touched * PAGE_SIZE as u64);
+
+    // Deflated pages read zero, even where the guest wrote while ballooned.
+    let page3 = (ram.host_addr() + 3 * PAGE_SIZE as u64) as *mut u8;
+    // SAFETY: page 3 is inside the region, mapped while `ram` lives.
+    unsafe { page3.write_bytes(0x99, 8) };
+    ram.balloon_deflate(0, 1024).unwrap();
+    assert_eq!(g.stats().backing_bytes, 2048 * PAGE_SIZE as u64);
+    buf.fill(1);
+    ram.read(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 0));
+    let sa = a.stats();
+    assert_eq!(
+        (sa.allocated.base, sa.private, sa.ballooned, sa.parked),
+        (1024, 1024, 0, 0)
+    );
+    assert_eq!(g.stats().allocated_pages, 1024 + 2048);
+    for p in &raw {
+        // SAFETY: `b`'s page, still allocated.
+        assert_eq!(unsafe { *(p.host_addr as *const u8) }, 0xbb);
+    }
+
+    // Dropping a region with parked pages (some not punched yet) gives
+    // everything back.
+    ram.balloon_inflate(0, 700).unwrap();
+    drop(ram);
+    let s = g.stats();
+    assert_eq!(
+        (
+            s.ballooned_pages,
+            s.parked_pages,
+            s.allocated_pages,
+            s.pending_pages
+        ),
+        (0, 0, 2048, 0)
+    );
+    assert_eq!(s.backing_bytes, 2048 * PAGE_SIZE as u64);
+    assert_eq!(a.stats().parked, 0);
+}
+
+#[test]
+fn parking_is_bounded_and_deflating_respects_the_global_maximum() {
+    let mut cfg = GmmConfig::new(512);
+    cfg.overcommit = true;
+    let g = Gmm::new(cfg).unwrap();
+    let a = g.register_vm("a", base(1024)).unwrap();
+    let b = g.register_vm("b", base(512)).unwrap();
+    let ram = a.create_ram_region(1024).unwrap();
+    ram.alloc(0, 512).unwrap();
+    ram.balloon_inflate(0, 512).unwrap();
+    g.return_freed_pages().unwrap();
+    assert_eq!(g.stats().allocated_pages, 0);
+    // Parked pages cost no host page: the other half fits the maximum ...
+    ram.alloc(512, 512).unwrap();
+    // ... but only `max_pages` may be parked: these take the remap path.
+    ram.balloon_inflate(512, 512).unwrap();
+    g.return_freed_pages().unwrap();
+    let s = g.stats();
+    assert_eq!(
+        (s.ballooned_pages, s.parked_pages, s.allocated_pages),
+        (1024, 512, 0)
+    );
+    // Deflating parked pages needs room under the global maximum.
+    let raw = b.alloc_pages(Account::Base, 512).unwrap();
+    let err = ram.balloon_deflate(0, 1).unwrap_err();
+    assert!(err.is_out_of_memory(), "{err}");
+    assert_eq!(ram.page_state(0).unwrap(), PageState::Ballooned);
+    let sa = a.stats();
+    assert_eq!((sa.ballooned, sa.parked, sa.allocated.base), (1024, 512, 0));
+    b.free_pages(&raw.iter().map(|p| p.id).collect::<Vec<_>>())
+        .unwrap();
+    ram.balloon_deflate(0, 1024).unwrap();
+    assert_eq!(ram.page_state(0).unwrap(), PageState::Private);
+    assert_eq!(ram.page_state(512).unwrap(), PageState::Empty);
+    let sa = a.stats();
+    assert_eq!((sa.ballooned, sa.parked, sa.allocated.base), (0, 0, 512));
+    // A reset with no room under the maximum remaps parked pages instead.
+    ram.balloon_inflate(0, 512).unwrap();
+    g.return_freed_pages().unwrap();
+    let raw = b.alloc_pages(Account::Base, 512).unwrap();
+    a.balloon(BalloonAction::Reset, 0).unwrap();
+    assert_eq!(ram.page_state(0).unwrap(), PageState::Empty);
+    let sa = a.stats();
+    assert_eq!((sa.ballooned, sa.parked, sa.allocated.base), (0, 0, 0));
+    assert_eq!(g.stats().allocated_pages, 512);
+    drop(raw);
 }

@@ -124,9 +124,24 @@ impl HostMemory for GmmHostMemory {
             if inflate {
                 ram.balloon_inflate(first, count)
             } else {
-                // Back the pages again: the guest uses them from now on.
+                // The guest uses the pages from now on: parked pages come
+                // back backed; back the others (ballooned after sharing or
+                // a restore, they come back empty) again.
                 ram.balloon_deflate(first, count)?;
-                ram.alloc(first, count)
+                let states = ram.page_states(first, count)?;
+                let mut i = 0;
+                while i < states.len() {
+                    let empty = states[i] == gmm::PageState::Empty;
+                    let n = states[i..]
+                        .iter()
+                        .take_while(|s| (**s == gmm::PageState::Empty) == empty)
+                        .count();
+                    if empty {
+                        ram.alloc(first + i as u64, n as u64)?;
+                    }
+                    i += n;
+                }
+                Ok(())
             }
         })
     }
