@@ -1147,8 +1147,18 @@ impl State {
                 // maximum they take the remap path and become empty.
                 for &id in &regions {
                     let pages = self.region(id)?.slots.len() as u64;
-                    if self.unpark(id, 0, pages).is_err() {
-                        self.drop_parked(id)?;
+                    if self.unpark(id, 0, pages).is_err()
+                        && let Err(e) = self.drop_parked(id)
+                    {
+                        // What is still in the balloon stays counted there.
+                        let left: u64 = regions
+                            .iter()
+                            .filter_map(|id| self.regions.get(id))
+                            .map(|r| r.slots.iter().filter(|s| s.is_ballooned()).count() as u64)
+                            .sum();
+                        self.vm_mut(vm)?.ballooned = left;
+                        self.ballooned_total += left;
+                        return Err(e);
                     }
                 }
                 for r in self.regions.values_mut().filter(|r| r.vm == vm) {
@@ -1180,15 +1190,23 @@ impl State {
                 .windows(2)
                 .position(|w| w[1].0 != w[0].0 + 1)
                 .map_or(parked.len() - k, |i| i + 1);
-            r.map
-                .map(&self.backing, parked[k].0, n as u64, Target::Zero)?;
-            k += n;
-        }
-        for &(i, p) in &parked {
-            self.release_pages(&[Slot::Parked(p)]);
-            if let Some(r) = self.regions.get_mut(&id) {
-                r.slots[i as usize] = Slot::Ballooned;
+            let remapped = self.region(id).and_then(|r| {
+                r.map
+                    .map(&self.backing, parked[k].0, n as u64, Target::Zero)
+            });
+            if let Err(e) = remapped {
+                // The runs done so far are plain ballooned pages now.
+                self.flush()?;
+                return Err(e);
             }
+            // Only now that the region maps zero there may the ids go.
+            for &(i, p) in &parked[k..k + n] {
+                self.release_pages(&[Slot::Parked(p)]);
+                if let Some(r) = self.regions.get_mut(&id) {
+                    r.slots[i as usize] = Slot::Ballooned;
+                }
+            }
+            k += n;
         }
         self.flush()
     }
