@@ -86,9 +86,17 @@ impl VmProcess {
             }
             UnixStream::connect(&vm.socket).ok().map(drop)
         });
+        // A connection can succeed before `vmm run` listens (a test that
+        // left a stale socket behind had a listener whose descriptor a child
+        // another test thread forked held until its exec), so a refused
+        // status request here only means "not yet".
         poll("the VM to run", || {
-            let status = vm.vmm_ok(&["status", "--json"]);
-            (json(&status)["state"] == "RUNNING").then_some(())
+            if let Some(status) = vm.child.try_wait().unwrap() {
+                panic!("vmm run exited early ({status}): {}", vm.stderr());
+            }
+            let out = vm.vmm(&["status", "--json"]);
+            let status = String::from_utf8_lossy(&out.stdout);
+            (out.status.success() && json(&status)["state"] == "RUNNING").then_some(())
         });
         vm
     }
