@@ -10,6 +10,46 @@ pub(crate) fn asm_err(e: IcedError) -> Error {
     Error::Config(format!("embedded guest failed to assemble: {e}"))
 }
 
+/// `out port, value` through AL (any bitness).
+pub(crate) fn outb(a: &mut CodeAssembler, port: u32, value: u32) -> Result<()> {
+    a.mov(al, value).map_err(asm_err)?;
+    a.out(port, al).map_err(asm_err)
+}
+
+/// `out 0x20, 0x20`: end of interrupt at the master PIC.
+pub(crate) fn pic_eoi(a: &mut CodeAssembler) -> Result<()> {
+    outb(a, 0x20, 0x20)
+}
+
+/// Programs a 100 Hz timer interrupt: the master PIC (edge triggered, slave
+/// on IRQ 2, 8086 mode) at vectors `master_vector..` with only IRQ 0
+/// unmasked, the slave at `slave_vector..` all masked, and PIT channel 0 as
+/// a rate generator (lobyte/hibyte, mode 2) at 100 Hz. Clobbers AL.
+pub(crate) fn timer_100hz(
+    a: &mut CodeAssembler,
+    master_vector: u32,
+    slave_vector: u32,
+) -> Result<()> {
+    for (port, value) in [
+        (0x20, 0x11),
+        (0x21, master_vector),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0x21, 0xfe),
+        (0xa0, 0x11),
+        (0xa1, slave_vector),
+        (0xa1, 0x02),
+        (0xa1, 0x01),
+        (0xa1, 0xff),
+        (0x43, 0x34),
+        (0x40, PIT_DIVISOR_100HZ & 0xff),
+        (0x40, PIT_DIVISOR_100HZ >> 8),
+    ] {
+        outb(a, port, value)?;
+    }
+    Ok(())
+}
+
 /// Emits `print`: writes the NUL-terminated string at `[si]`/`[esi]`/`[rsi]`
 /// (per the assembler's bitness) to COM1. Clobbers AL, DX and the index.
 pub(crate) fn print_routine(a: &mut CodeAssembler, print: &mut CodeLabel) -> Result<()> {

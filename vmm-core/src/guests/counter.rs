@@ -22,9 +22,9 @@ use iced_x86::{Code, Instruction};
 
 use super::asm::{
     AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, GDT_DESCRIPTOR, ICR_INIT_ALL_BUT_SELF,
-    ICR_SIPI_ALL_BUT_SELF, LOW_MIRROR, PIT_DIVISOR_100HZ, SEL_CODE32, SEL_DATA, STRINGS,
-    StringTable, asm_err, exit_with, place_gdt, print_hex_routine, print_routine,
-    pseudo_descriptor,
+    ICR_SIPI_ALL_BUT_SELF, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
+    exit_with, pic_eoi, place_gdt, print_hex_routine, print_routine, pseudo_descriptor,
+    timer_100hz,
 };
 use super::rom::RomImage;
 use crate::error::{Error, Result};
@@ -144,12 +144,6 @@ fn flat_segments(a: &mut CodeAssembler) -> Result<()> {
     a.mov(es, ax).map_err(asm_err)?;
     a.mov(ss, ax).map_err(asm_err)?;
     a.cld().map_err(asm_err)
-}
-
-/// `out port, value` through AL.
-fn outb(a: &mut CodeAssembler, port: u32, value: u32) -> Result<()> {
-    a.mov(al, value).map_err(asm_err)?;
-    a.out(port, al).map_err(asm_err)
 }
 
 /// An interrupt gate's two dwords for a handler at ROM offset `handler`.
@@ -272,25 +266,8 @@ fn bsp(m: &Messages) -> Result<Vec<u8>> {
     a.jmp(no_aps).map_err(asm_err)?;
 
     a.set_label(&mut aps_started).map_err(asm_err)?;
-    // Master PIC: vectors 0x20.., only IRQ 0; slave: vectors 0x28.., masked.
-    for (port, value) in [
-        (0x20, 0x11),
-        (0x21, TIMER_VECTOR),
-        (0x21, 0x04),
-        (0x21, 0x01),
-        (0x21, 0xfe),
-        (0xa0, 0x11),
-        (0xa1, TIMER_VECTOR + 8),
-        (0xa1, 0x02),
-        (0xa1, 0x01),
-        (0xa1, 0xff),
-    ] {
-        outb(&mut a, port, value)?;
-    }
-    // PIT channel 0: lobyte/hibyte, mode 2 (rate generator), 100 Hz.
-    outb(&mut a, 0x43, 0x34)?;
-    outb(&mut a, 0x40, PIT_DIVISOR_100HZ & 0xff)?;
-    outb(&mut a, 0x40, PIT_DIVISOR_100HZ >> 8)?;
+    // Timer interrupts at vectors 0x20.., the slave PIC masked at 0x28...
+    timer_100hz(&mut a, TIMER_VECTOR, TIMER_VECTOR + 8)?;
     a.xor(ebp, ebp).map_err(asm_err)?;
 
     // The main loop: EBP is the register copy of DONE.
@@ -477,7 +454,7 @@ fn return_from_wait(a: &mut CodeAssembler) -> Result<()> {
 fn timer_handler() -> Result<Vec<u8>> {
     let mut a = CodeAssembler::new(32).map_err(asm_err)?;
     a.inc(dword_ptr(TICKS)).map_err(asm_err)?;
-    outb(&mut a, 0x20, 0x20)?;
+    pic_eoi(&mut a)?;
     return_from_wait(&mut a)?;
     a.assemble(u64::from(low(TIMER_HANDLER))).map_err(asm_err)
 }

@@ -9,7 +9,7 @@
 
 use iced_x86::code_asm::*;
 
-use super::asm::{PIT_DIVISOR_100HZ, STRINGS, asm_err, print_hex_routine, print_routine};
+use super::asm::{STRINGS, asm_err, pic_eoi, print_hex_routine, print_routine, timer_100hz};
 use super::rom::RomImage;
 use crate::devices::BALLOON_PORT;
 use crate::error::Result;
@@ -45,12 +45,6 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     Ok(rom.into_bytes())
 }
 
-/// `out port, value` through AL.
-fn outb(a: &mut CodeAssembler, port: u32, value: u32) -> Result<()> {
-    a.mov(al, value).map_err(asm_err)?;
-    a.out(port, al).map_err(asm_err)
-}
-
 fn main_loop(started: usize, heartbeat: usize) -> Result<Vec<u8>> {
     let mut a = CodeAssembler::new(16).map_err(asm_err)?;
     let (mut print, mut print_hex, mut print_rom) =
@@ -69,30 +63,9 @@ fn main_loop(started: usize, heartbeat: usize) -> Result<Vec<u8>> {
         .map_err(asm_err)?;
     a.mov(word_ptr(TIMER_VECTOR * 4 + 2), LOW_SEGMENT)
         .map_err(asm_err)?;
-    // Master PIC: edge triggered, vectors 8..15, slave on IRQ 2, 8086 mode,
-    // only IRQ 0 unmasked. Slave PIC: vectors 0x70.., all masked.
-    for (port, value) in [
-        (0x20, 0x11),
-        (0x21, 0x08),
-        (0x21, 0x04),
-        (0x21, 0x01),
-        (0x21, 0xfe),
-    ] {
-        outb(&mut a, port, value)?;
-    }
-    for (port, value) in [
-        (0xa0, 0x11),
-        (0xa1, 0x70),
-        (0xa1, 0x02),
-        (0xa1, 0x01),
-        (0xa1, 0xff),
-    ] {
-        outb(&mut a, port, value)?;
-    }
-    // PIT channel 0: lobyte/hibyte, mode 2 (rate generator), 100 Hz.
-    outb(&mut a, 0x43, 0x34)?;
-    outb(&mut a, 0x40, PIT_DIVISOR_100HZ & 0xff)?;
-    outb(&mut a, 0x40, PIT_DIVISOR_100HZ >> 8)?;
+    // Timer interrupts at vectors 8.. (the BIOS layout), the slave PIC
+    // masked at 0x70...
+    timer_100hz(&mut a, 0x08, 0x70)?;
     a.mov(si, started as u32).map_err(asm_err)?;
     a.call(print_rom).map_err(asm_err)?;
     a.sti().map_err(asm_err)?;
@@ -171,7 +144,7 @@ fn timer_handler() -> Result<Vec<u8>> {
     a.xor(ax, ax).map_err(asm_err)?;
     a.mov(ds, ax).map_err(asm_err)?;
     a.inc(dword_ptr(TICKS)).map_err(asm_err)?;
-    outb(&mut a, 0x20, 0x20)?;
+    pic_eoi(&mut a)?;
     a.pop(ds).map_err(asm_err)?;
     a.pop(ax).map_err(asm_err)?;
     a.iret().map_err(asm_err)?;
