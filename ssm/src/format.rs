@@ -185,6 +185,32 @@ pub(crate) fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len()) && name.bytes().all(|c| (0x20..0x7f).contains(&c))
 }
 
+/// Reads the `len` bytes of a stored unit name (of the structure `what` at
+/// `start`), refusing a length no name can have.
+fn read_name_bytes<R: BufRead + ?Sized>(
+    inp: &mut Input<R>,
+    start: u64,
+    what: &str,
+    len: u8,
+) -> Result<Vec<u8>> {
+    let len = usize::from(len);
+    if len == 0 || len > MAX_NAME_LEN {
+        return Err(Error::malformed(start, what, format!("name length {len}")));
+    }
+    let mut name = vec![0u8; len];
+    inp.read_exact(&mut name, what)?;
+    Ok(name)
+}
+
+/// A stored unit name as a string, if it is a valid name.
+fn name_from(bytes: &[u8], start: u64, what: &str) -> Result<String> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|n| valid_name(n))
+        .map(str::to_string)
+        .ok_or_else(|| Error::malformed(start, what, "name is not printable ASCII"))
+}
+
 /// The header opening a unit: which unit, which version of its data, which pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnitHeader {
@@ -223,17 +249,8 @@ impl UnitHeader {
         b.extend_from_slice(&UNIT_MAGIC);
         let fixed: [u8; 21] = inp.read_array(WHAT)?;
         b.extend_from_slice(&fixed);
-        let name_len = usize::from(fixed[20]);
-        if name_len == 0 || name_len > MAX_NAME_LEN {
-            return Err(Error::malformed(
-                start,
-                WHAT,
-                format!("name length {name_len}"),
-            ));
-        }
-        let mut name = [0u8; MAX_NAME_LEN];
-        inp.read_exact(&mut name[..name_len], WHAT)?;
-        b.extend_from_slice(&name[..name_len]);
+        let name = read_name_bytes(inp, start, WHAT, fixed[20])?;
+        b.extend_from_slice(&name);
         let computed = crc32c::crc32c(&b);
         let stored = inp.read_u32(WHAT)?;
         if stored != computed {
@@ -258,12 +275,8 @@ impl UnitHeader {
                 ),
             ));
         }
-        let name = std::str::from_utf8(&name[..name_len])
-            .ok()
-            .filter(|n| valid_name(n))
-            .ok_or_else(|| Error::malformed(start, WHAT, "name is not printable ASCII"))?;
         Ok(Self {
-            name: name.to_string(),
+            name: name_from(&name, start, WHAT)?,
             instance: u32_at(8),
             version: u32_at(12),
             pass: u32_at(16),
@@ -370,21 +383,8 @@ pub(crate) fn read_directory<R: BufRead + ?Sized>(
         let version = inp.read_u32(WHAT)?;
         let pass = inp.read_u32(WHAT)?;
         let crc = inp.read_u32(WHAT)?;
-        let name_len = usize::from(inp.read_u8(WHAT)?);
-        if name_len == 0 || name_len > MAX_NAME_LEN {
-            return Err(Error::malformed(
-                start,
-                WHAT,
-                format!("name length {name_len}"),
-            ));
-        }
-        let mut name = [0u8; MAX_NAME_LEN];
-        inp.read_exact(&mut name[..name_len], WHAT)?;
-        let name = std::str::from_utf8(&name[..name_len])
-            .ok()
-            .filter(|n| valid_name(n))
-            .ok_or_else(|| Error::malformed(start, WHAT, "name is not printable ASCII"))?
-            .to_string();
+        let len = inp.read_u8(WHAT)?;
+        let name = name_from(&read_name_bytes(inp, start, WHAT, len)?, start, WHAT)?;
         entries.push(DirEntry {
             name,
             instance,
