@@ -27,11 +27,15 @@ fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Runs the counter guest on `cpus` vCPUs until it printed tick 0x40,
-/// saves it to `path` (powering it off), restores the file into a new VM
-/// (its RAM mapped from the file or copied, as `ram` says) and runs that
-/// to the guest's verdict.
-fn save_and_restore(cpus: u32, live: bool, ram: RamLoad, path: &Path) {
+/// A running VM of the counter guest on `cpus` vCPUs that has printed tick
+/// 0x40: its handle, serial output and run thread.
+fn counter_at_tick_0x40(
+    cpus: u32,
+) -> (
+    vmm_core::VmHandle,
+    Capture,
+    std::thread::JoinHandle<vmm_core::Result<RunOutcome>>,
+) {
     let serial = Capture::default();
     let mut config = VmConfig::new(
         16 << 20,
@@ -45,6 +49,15 @@ fn save_and_restore(cpus: u32, live: bool, ram: RamLoad, path: &Path) {
     wait_until("tick 0x0040", &serial, || {
         serial.text().contains("tick 0x0040")
     });
+    (handle, serial, run)
+}
+
+/// Runs the counter guest on `cpus` vCPUs until it printed tick 0x40,
+/// saves it to `path` (powering it off), restores the file into a new VM
+/// (its RAM mapped from the file or copied, as `ram` says) and runs that
+/// to the guest's verdict.
+fn save_and_restore(cpus: u32, live: bool, ram: RamLoad, path: &Path) {
+    let (handle, serial, run) = counter_at_tick_0x40(cpus);
     let report = handle
         .save(
             path,
@@ -147,7 +160,7 @@ fn counter_guest_teleports_over_loopback_tcp() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let target_serial = Capture::default();
-    let mut target_config = VmConfig::new(16 << 20, firmware.clone());
+    let mut target_config = VmConfig::new(16 << 20, firmware);
     target_config.cpus = 2;
     target_config.serial = Box::new(target_serial.clone());
     let target = std::thread::spawn(move || {
@@ -160,16 +173,7 @@ fn counter_guest_teleports_over_loopback_tcp() {
         vm.run()
     });
 
-    let serial = Capture::default();
-    let mut config = VmConfig::new(16 << 20, firmware);
-    config.cpus = 2;
-    config.serial = Box::new(serial.clone());
-    let mut vm = Vm::new(config).expect("VM builds");
-    let handle = vm.handle();
-    let run = std::thread::spawn(move || vm.run());
-    wait_until("tick 0x0040", &serial, || {
-        serial.text().contains("tick 0x0040")
-    });
+    let (handle, _serial, run) = counter_at_tick_0x40(2);
     let report = handle.teleport(&address).expect("teleport");
     assert!(report.live_passes >= 1, "{report:?}");
     assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
@@ -202,18 +206,7 @@ fn a_vm_running_from_its_saved_state_saves_over_that_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("counter.sav");
-    let serial = Capture::default();
-    let mut config = VmConfig::new(
-        16 << 20,
-        guests::find("counter").unwrap().firmware().unwrap(),
-    );
-    config.serial = Box::new(serial.clone());
-    let mut vm = Vm::new(config).expect("VM builds");
-    let handle = vm.handle();
-    let run = std::thread::spawn(move || vm.run());
-    wait_until("tick 0x0040", &serial, || {
-        serial.text().contains("tick 0x0040")
-    });
+    let (handle, _serial, run) = counter_at_tick_0x40(1);
     save_off(&handle, &path);
     assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
 
