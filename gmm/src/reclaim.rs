@@ -29,7 +29,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::Result;
-use crate::state::{Detached, Slot, State};
+use crate::state::{Detached, State};
 
 /// Pages the worker returns per batch (64 MiB), bounding how long it holds
 /// the GMM lock.
@@ -59,7 +59,6 @@ impl DeferredQueue {
             && last.first + last.slots.len() as u64 == d.first
         {
             last.slots.extend_from_slice(&d.slots);
-            last.allocated += d.allocated;
             return;
         }
         self.ranges.push_back(d);
@@ -71,18 +70,12 @@ impl DeferredQueue {
         let d = if front.slots.len() > max {
             let rest = front.slots.split_off(max);
             let head = std::mem::replace(&mut front.slots, rest);
-            let allocated = head
-                .iter()
-                .filter(|s| s.is_allocated() || matches!(s, Slot::Parked(_)))
-                .count() as u64;
-            front.allocated -= allocated;
             let first = front.first;
             front.first += max as u64;
             Detached {
                 region: front.region,
                 first,
                 slots: head,
-                allocated,
             }
         } else {
             self.ranges.pop_front()?

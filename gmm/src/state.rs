@@ -117,8 +117,6 @@ pub(crate) struct Detached {
     /// private page parked by the balloon shows as [`Slot::Parked`] (its
     /// host half is a punch, not a remap).
     pub(crate) slots: Vec<Slot>,
-    /// How many of them were allocated.
-    pub(crate) allocated: u64,
 }
 
 /// A shared master page.
@@ -753,15 +751,15 @@ impl State {
     fn release_slots(&mut self, id: u64, first: u64, count: u64, to: Slot) -> Result<u64> {
         let r = self.check_range(id, first, count)?;
         r.map.map(&self.backing, first, count, Target::Zero)?;
-        let detached = self.detach_slots(id, first, count, to, false)?;
+        let (detached, released) = self.detach_slots(id, first, count, to, false)?;
         self.release_pages(&detached.slots);
-        Ok(detached.allocated)
+        Ok(released)
     }
 
     /// The bookkeeping half of releasing slots: allocated slots in the range
     /// become `to` and leave the VM's accounts, but their host pages stay
     /// mapped in the region until [`release_detached`](Self::release_detached).
-    /// With `park`, private pages become [`Slot::Parked`] instead while the
+    /// Returns them with the number of allocated slots among them. With `park`, private pages become [`Slot::Parked`] instead while the
     /// global parking budget lasts (see [`State::park_budget`]).
     pub(crate) fn detach_slots(
         &mut self,
@@ -770,7 +768,7 @@ impl State {
         count: u64,
         to: Slot,
         park: bool,
-    ) -> Result<Detached> {
+    ) -> Result<(Detached, u64)> {
         let vm = self.check_range(id, first, count)?.vm;
         let range = first as usize..(first + count) as usize;
         let mut budget = if park { self.park_budget() } else { 0 };
@@ -801,12 +799,12 @@ impl State {
         v.private -= private;
         v.shared -= shared;
         v.allocated[Account::Base.idx()] -= private + shared;
-        Ok(Detached {
+        let detached = Detached {
             region: id,
             first,
             slots,
-            allocated: private + shared,
-        })
+        };
+        Ok((detached, private + shared))
     }
 
     /// The host half of releasing slots: points the range at zero memory,
@@ -996,9 +994,9 @@ impl State {
     pub(crate) fn region_inflate(&mut self, id: u64, first: u64, count: u64) -> Result<()> {
         self.expect_slots(id, first, count, "allocated", Slot::is_allocated)?;
         let vm = self.region(id)?.vm;
-        let detached = self.detach_slots(id, first, count, Slot::Ballooned, true)?;
+        let (detached, freed) = self.detach_slots(id, first, count, Slot::Ballooned, true)?;
         // Cannot fail: the pages just left the VM's allocated count.
-        self.balloon(vm, BalloonAction::Inflate, detached.allocated)?;
+        self.balloon(vm, BalloonAction::Inflate, freed)?;
         self.defer_release(detached);
         Ok(())
     }
@@ -1087,7 +1085,7 @@ impl State {
                 }
             }
         }
-        let detached = self.detach_slots(id, 0, pages, Slot::Empty, false)?;
+        let (detached, _) = self.detach_slots(id, 0, pages, Slot::Empty, false)?;
         self.release_pages(&detached.slots);
         let ballooned = self.regions.remove(&id).map_or(0, |r| {
             r.slots.iter().filter(|s| s.is_ballooned()).count() as u64
