@@ -1,15 +1,18 @@
 //! `cargo xtask guest-linux`: guest images for a direct Linux boot.
 //!
 //! By default it builds a Debian image: the cloud kernel and
-//! `busybox-static` fetched with `apt-get download`, and an initramfs
-//! (written here as a cpio "newc" archive) whose init prints a marker and
-//! reboots. With `--test-kernel` it writes the project's test kernel, an
+//! `busybox-static` fetched with `apt-get download` (cached, see
+//! [`cache_dir`]), and an initramfs whose init prints a marker, runs the
+//! command given as `vmm_run="..."` on the kernel command line and hands
+//! its status to `vmm` (see `guest_exit`), or reboots. With `--test-kernel` it writes the project's test kernel, an
 //! initrd for it, and the matching `vmm run` command line instead.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail};
+
+use crate::apt::Apt;
+use crate::cpio::Cpio;
 
 const USAGE: &str = "usage: cargo xtask guest-linux [--out DIR] [--test-kernel [--mem SIZE]]
 
@@ -70,75 +73,81 @@ fn write_test_kernel(out: &Path, mem: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads and unpacks the Debian packages, then writes `vmlinuz`,
-/// `initramfs.cpio` and `cmdline` into `out`.
-fn debian_image(out: &Path) -> anyhow::Result<()> {
-    let debs = out.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    let kernel_pkg = cloud_kernel_package()?;
-    for pkg in [kernel_pkg.as_str(), "busybox-static"] {
-        run_tool(
-            Command::new("apt-get")
-                .arg("download")
-                .arg(pkg)
-                .current_dir(&debs),
-        )
-        .with_context(|| format!("cannot download {pkg} (is apt-get update done?)"))?;
+/// Where the Debian packages are cached (they outlive the checkout, so
+/// that fresh clones reuse them): `$VMM_CACHE`, else `$XDG_CACHE_HOME/vmm`,
+/// else `~/.cache/vmm`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VMM_CACHE") {
+        return dir.into();
     }
-    let root = out.join("unpacked");
-    for entry in std::fs::read_dir(&debs)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "deb") {
-            run_tool(Command::new("dpkg-deb").arg("-x").arg(&path).arg(&root))?;
-        }
-    }
-    let vmlinuz = std::fs::read_dir(root.join("boot"))
-        .context("the kernel package has no /boot")?
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    base.join("vmm")
+}
+
+/// The Debian guest: kernel, initramfs and command line.
+pub struct DebianGuest {
+    /// The kernel package it came from.
+    pub package: String,
+    /// The bzImage.
+    pub vmlinuz: PathBuf,
+    /// The busybox initramfs (see [`initramfs`]).
+    pub initramfs: Vec<u8>,
+}
+
+/// The kernel command line the guest is booted with.
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 rdinit=/init";
+
+/// Fetches (or finds in the cache) Debian's cloud kernel and
+/// `busybox-static`, and builds the initramfs.
+pub fn debian_guest(apt: &Apt, cache: &Path) -> anyhow::Result<DebianGuest> {
+    let package = apt.resolve("linux-image-cloud-amd64", |apt| {
+        apt.dependency("linux-image-cloud-amd64", |p| {
+            p.starts_with("linux-image-") && p.ends_with("-cloud-amd64")
+        })
+    })?;
+    let kernel = apt.unpack(&package, cache)?;
+    let vmlinuz = std::fs::read_dir(kernel.join("boot"))
+        .with_context(|| format!("{package} has no /boot"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
-        .context("no vmlinuz-* in the kernel package")?;
-    std::fs::copy(&vmlinuz, out.join("vmlinuz"))
-        .with_context(|| format!("cannot copy {}", vmlinuz.display()))?;
-    let busybox =
-        std::fs::read(root.join("bin/busybox")).context("busybox-static has no /bin/busybox")?;
-    let cpio = initramfs(&busybox);
-    write(&out.join("initramfs.cpio"), &cpio)?;
-    let cmdline = "console=ttyS0 reboot=k panic=1 rdinit=/init";
-    write(&out.join("cmdline"), cmdline.as_bytes())?;
+        .with_context(|| format!("no vmlinuz-* in {package}"))?;
+    let busybox = busybox(apt, cache)?;
+    Ok(DebianGuest {
+        package,
+        vmlinuz,
+        initramfs: initramfs(&busybox, &crate::guest_exit::program()?),
+    })
+}
+
+/// The static busybox binary of Debian's `busybox-static`.
+pub fn busybox(apt: &Apt, cache: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = apt.unpack("busybox-static", cache)?.join("bin/busybox");
+    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Writes `vmlinuz`, `initramfs.cpio` and `cmdline` into `out`.
+fn debian_image(out: &Path) -> anyhow::Result<()> {
+    let guest = debian_guest(&Apt::system(), &cache_dir())?;
+    std::fs::copy(&guest.vmlinuz, out.join("vmlinuz"))
+        .with_context(|| format!("cannot copy {}", guest.vmlinuz.display()))?;
+    write(&out.join("initramfs.cpio"), &guest.initramfs)?;
+    write(&out.join("cmdline"), CMDLINE.as_bytes())?;
     println!("kernel:    {}", out.join("vmlinuz").display());
     println!("initramfs: {}", out.join("initramfs.cpio").display());
     println!(
-        "boot it (needs hardware virtualization): vmm run --mem 512M --kernel {} --initrd {} --cmdline \"{cmdline}\"",
+        "boot it (needs hardware virtualization): vmm run --mem 512M --kernel {} --initrd {} --cmdline \"{CMDLINE}\"",
         out.join("vmlinuz").display(),
         out.join("initramfs.cpio").display()
     );
-    Ok(())
-}
-
-/// The versioned package `linux-image-cloud-amd64` depends on.
-fn cloud_kernel_package() -> anyhow::Result<String> {
-    let output = Command::new("apt-cache")
-        .args(["depends", "linux-image-cloud-amd64"])
-        .output()
-        .context("cannot run apt-cache")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-") && p.ends_with("-cloud-amd64"))
-        .map(str::to_string)
-        .context("apt-cache knows no linux-image-cloud-amd64 (run apt-get update)")
-}
-
-fn run_tool(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
+    println!(
+        "run a command in it, its status becomes vmm's: --cmdline '{CMDLINE} vmm_run=\"uname -a; exit 3\"'"
+    );
     Ok(())
 }
 
@@ -146,124 +155,62 @@ fn write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, data).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The init script: mount /proc, print the marker, reboot (with
-/// `reboot=k` the kernel resets through the keyboard controller).
+/// The init script: mount /proc, /sys and /dev, print the marker; then run
+/// the command given on the kernel command line as `vmm_run="..."` (the
+/// kernel hands unknown `name=value` parameters to init as environment
+/// variables) and end the VM with its status through `vmm-exit`, or
+/// without a command reboot (with `reboot=k` through the keyboard
+/// controller).
 fn init_script() -> String {
     format!(
         "#!/bin/sh\n\
          /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sys /sys\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n\
+         export PATH=/bin\n\
+         /bin/busybox --install -s /bin\n\
          echo\n\
          echo \"{MARKER}\"\n\
-         echo \"kernel: $(/bin/busybox uname -r)\"\n\
-         /bin/busybox reboot -f\n"
+         echo \"kernel: $(uname -r)\"\n\
+         if [ -n \"$vmm_run\" ]; then\n\
+         \x20 sh -c \"$vmm_run\"\n\
+         \x20 rc=$?\n\
+         \x20 echo \"{STATUS_PREFIX}$rc\"\n\
+         \x20 /bin/vmm-exit $rc\n\
+         fi\n\
+         reboot -f\n"
     )
 }
 
-/// The initramfs: /bin/busybox with a `sh` link, /init, and the directories
-/// and console device a kernel expects.
-fn initramfs(busybox: &[u8]) -> Vec<u8> {
+/// The line the init prints before it hands a command's status to the VMM.
+pub const STATUS_PREFIX: &str = "VMM-GUEST-LINUX: command exited with ";
+
+/// The initramfs: /bin/busybox with a `sh` link, `/bin/vmm-exit`, /init,
+/// and the directories and console device a kernel expects.
+pub fn initramfs(busybox: &[u8], vmm_exit: &[u8]) -> Vec<u8> {
     let mut cpio = Cpio::default();
-    for dir in ["bin", "dev", "proc", "sys"] {
-        cpio.add(dir, 0o040_755, &[], (0, 0));
+    for dir in ["bin", "dev", "proc", "sys", "tmp"] {
+        cpio.dir(dir);
     }
-    cpio.add("dev/console", 0o020_600, &[], (5, 1));
-    cpio.add("bin/busybox", 0o100_755, busybox, (0, 0));
-    cpio.add("bin/sh", 0o120_777, b"busybox", (0, 0));
-    cpio.add("init", 0o100_755, init_script().as_bytes(), (0, 0));
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.file("bin/busybox", 0o755, busybox);
+    cpio.symlink("bin/sh", "busybox");
+    cpio.file("bin/vmm-exit", 0o755, vmm_exit);
+    cpio.file("init", 0o755, init_script().as_bytes());
     cpio.finish()
-}
-
-/// A cpio archive in the "newc" format the kernel's initramfs unpacker reads.
-#[derive(Default)]
-struct Cpio {
-    bytes: Vec<u8>,
-    next_ino: u32,
-}
-
-impl Cpio {
-    /// Adds an entry; `rdev` is the (major, minor) of a device node.
-    fn add(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
-        self.next_ino += 1;
-        let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
-        let fields = [
-            self.next_ino,
-            mode,
-            0, // uid
-            0, // gid
-            nlink,
-            0, // mtime
-            data.len() as u32,
-            0, // devmajor
-            0, // devminor
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0, // check
-        ];
-        self.bytes.extend_from_slice(b"070701");
-        for f in fields {
-            self.bytes.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        self.bytes.extend_from_slice(name.as_bytes());
-        self.bytes.push(0);
-        self.pad();
-        self.bytes.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
-            self.bytes.push(0);
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.next_ino = 0;
-        self.add("TRAILER!!!", 0, &[], (0, 0));
-        self.bytes
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One archive entry read back: name, mode, data, rdev.
-    type Entry = (String, u32, Vec<u8>, (u32, u32));
-
-    /// Reads a newc archive back.
-    fn parse(mut bytes: &[u8]) -> Vec<Entry> {
-        let field = |h: &[u8], i: usize| {
-            u32::from_str_radix(std::str::from_utf8(&h[6 + i * 8..14 + i * 8]).unwrap(), 16)
-                .unwrap()
-        };
-        let align = |n: usize| n.div_ceil(4) * 4;
-        let mut out = Vec::new();
-        loop {
-            assert_eq!(&bytes[..6], b"070701");
-            let (mode, size, namesize) = (
-                field(bytes, 1),
-                field(bytes, 6) as usize,
-                field(bytes, 11) as usize,
-            );
-            let rdev = (field(bytes, 9), field(bytes, 10));
-            let name = String::from_utf8(bytes[110..110 + namesize - 1].to_vec()).unwrap();
-            let data_at = align(110 + namesize);
-            let data = bytes[data_at..data_at + size].to_vec();
-            bytes = &bytes[align(data_at + size)..];
-            if name == "TRAILER!!!" {
-                assert!(bytes.is_empty());
-                return out;
-            }
-            out.push((name, mode, data, rdev));
-        }
-    }
+    use crate::cpio::parse;
 
     #[test]
-    fn initramfs_round_trips() {
-        let entries = parse(&initramfs(b"\x7fELF-busybox"));
+    fn initramfs_holds_busybox_init_and_vmm_exit() {
+        let entries = parse(&initramfs(b"\x7fELF-busybox", b"\x7fELF-exit"));
         let find = |n: &str| entries.iter().find(|e| e.0 == n).unwrap().clone();
         assert_eq!(find("bin/busybox").2, b"\x7fELF-busybox");
+        assert_eq!(find("bin/vmm-exit").2, b"\x7fELF-exit");
         assert_eq!(
             find("bin/sh"),
             ("bin/sh".into(), 0o120_777, b"busybox".to_vec(), (0, 0))
@@ -271,17 +218,34 @@ mod tests {
         assert_eq!(find("dev/console").3, (5, 1));
         let init = String::from_utf8(find("init").2).unwrap();
         assert!(init.starts_with("#!/bin/sh\n") && init.contains(MARKER));
+        assert!(init.contains("/bin/vmm-exit $rc") && init.contains(STATUS_PREFIX));
         assert_eq!(find("init").1 & 0o777, 0o755);
     }
 
     #[test]
-    fn entries_are_aligned() {
-        let mut cpio = Cpio::default();
-        cpio.add("a", 0o100_644, b"12345", (0, 0));
-        cpio.add("bcd", 0o100_644, b"", (0, 0));
-        let bytes = cpio.finish();
-        assert_eq!(bytes.len() % 4, 0);
-        assert_eq!(parse(&bytes).len(), 2);
+    fn the_init_script_runs_a_command_and_reports_its_status() {
+        // The script as busybox would run it, with `vmm-exit` and the
+        // busybox-only lines replaced by what a host shell has.
+        let script = init_script()
+            .replace("/bin/busybox mount", "true")
+            .replace("/bin/busybox --install -s /bin", "true")
+            .replace("/bin/vmm-exit $rc", "exit $rc")
+            .replace("reboot -f", "exit 99");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("vmm_run", "echo inside; exit 7")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(7), "{text}");
+        assert!(text.contains(MARKER) && text.contains("inside\n"));
+        assert!(text.contains(&format!("{STATUS_PREFIX}7")));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env_remove("vmm_run")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(99));
     }
 
     #[test]

@@ -1,15 +1,24 @@
-//! Developer tasks: `cargo xtask ci` (the whole test suite) and
-//! `cargo xtask bench` (the benchmarks, kept out of the test run).
+//! Developer tasks: `cargo xtask ci` (the whole test suite, the
+//! hardware-KVM lane included), `cargo xtask hwkvm` (that lane alone),
+//! `cargo xtask bench` (the benchmarks, kept out of the test run) and
+//! `cargo xtask guest-linux` (Linux guest images).
 
 use std::process::Command;
 
+mod apt;
+mod cpio;
+mod guest_exit;
 mod guest_linux;
+mod hwkvm;
+mod tool;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench [CRATE...] | guest-linux [--test-kernel]>
+const USAGE: &str =
+    "usage: cargo xtask <ci | hwkvm [...] | bench [CRATE...] | guest-linux [--test-kernel]>
 
-  ci      format check, clippy with -D warnings, and every test
+  ci      format check, clippy with -D warnings, every test, and the hardware-KVM lane
+  hwkvm   the hardware-KVM lane alone (cargo xtask hwkvm --help)
   bench   run the criterion benchmarks (all crates, or the ones named)
   guest-linux  Debian kernel + busybox initramfs (or --test-kernel) for vmm run --kernel";
 
@@ -19,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
         Some("guest-linux") => guest_linux::run(&args[1..]),
+        Some("hwkvm") => hwkvm::run(&args[1..]),
         _ => bail!("{USAGE}"),
     }
 }
@@ -56,6 +66,7 @@ fn ci() -> anyhow::Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    hwkvm::run(&[])?;
     eprintln!("xtask: ci passed");
     Ok(())
 }

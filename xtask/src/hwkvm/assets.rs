@@ -1,0 +1,115 @@
+//! What the lane downloads (once, into the cache): QEMU, Debian's 6.12
+//! cloud kernel for L1 with its KVM modules, busybox, gdb, and the L2
+//! guest of `cargo xtask guest-linux`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::qemu::Qemu;
+use crate::apt::Apt;
+use crate::guest_linux::{self, DebianGuest};
+use crate::tool;
+
+/// The modules L1 loads, in order, relative to its module tree.
+const KVM_MODULES: [&str; 3] = [
+    "virt/lib/irqbypass.ko",
+    "arch/x86/kvm/kvm.ko",
+    "arch/x86/kvm/kvm-amd.ko",
+];
+
+/// Everything the lane runs, on the host.
+pub struct Assets {
+    /// The emulator.
+    pub qemu: Qemu,
+    /// L1's kernel package.
+    pub l1_package: String,
+    /// L1's kernel.
+    pub l1_kernel: PathBuf,
+    /// The KVM modules, decompressed: file name and contents.
+    pub modules: Vec<(String, Vec<u8>)>,
+    /// Static busybox.
+    pub busybox: Vec<u8>,
+    /// Debian's `gdb-minimal`.
+    pub gdb: PathBuf,
+    /// The L2 guest.
+    pub guest: DebianGuest,
+}
+
+impl Assets {
+    /// Fetches what is not cached yet. `l1_package` picks L1's kernel
+    /// package (default: the newest 6.12 cloud kernel apt knows).
+    pub fn fetch(cache: &Path, l1_package: Option<&str>) -> anyhow::Result<Assets> {
+        let apt = Apt::system();
+        let qemu = Qemu::fetch(cache)?;
+        let l1_package = match l1_package {
+            Some(p) => p.to_owned(),
+            None => apt.resolve("Linux 6.12 cloud kernel", |apt| {
+                apt.newest("^linux-image-6\\.12.*-cloud-amd64$", |n| {
+                    n.starts_with("linux-image-6.12") && n.ends_with("-cloud-amd64")
+                })
+            })?,
+        };
+        let l1 = apt.unpack(&l1_package, cache)?;
+        let l1_kernel = file_starting_with(&l1.join("boot"), "vmlinuz-")?;
+        let release = l1_kernel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .context("vmlinuz-<release>")?
+            .to_owned();
+        let busybox_dir = apt.unpack("busybox-static", cache)?;
+        let busybox = busybox_dir.join("bin/busybox");
+        let module_tree = l1.join("lib/modules").join(&release).join("kernel");
+        let modules = KVM_MODULES
+            .iter()
+            .map(|m| module(&module_tree, m, &busybox))
+            .collect::<anyhow::Result<_>>()?;
+        let gdb = apt.unpack("gdb-minimal", cache)?.join("usr/bin/gdb");
+        Ok(Assets {
+            qemu,
+            l1_package,
+            l1_kernel,
+            modules,
+            busybox: std::fs::read(&busybox)?,
+            gdb,
+            guest: guest_linux::debian_guest(&apt, cache)?,
+        })
+    }
+}
+
+fn file_starting_with(dir: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .with_context(|| format!("no {prefix}* in {}", dir.display()))
+}
+
+/// A module's file name and contents, decompressed with busybox if the
+/// package ships it as `.ko.xz`.
+fn module(tree: &Path, rel: &str, busybox: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let plain = tree.join(rel);
+    let name = plain
+        .file_name()
+        .context("module file name")?
+        .to_string_lossy()
+        .into_owned();
+    if plain.is_file() {
+        return Ok((name, std::fs::read(&plain)?));
+    }
+    let xz = tree.join(format!("{rel}.xz"));
+    if xz.is_file() {
+        let data = tool::output_bytes(
+            Command::new(busybox).arg("unxz").arg("-c").arg(&xz),
+            Duration::from_secs(120),
+        )?;
+        return Ok((name, data));
+    }
+    anyhow::bail!("the L1 kernel has no {rel} (looked in {})", tree.display())
+}

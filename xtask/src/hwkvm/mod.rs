@@ -1,0 +1,331 @@
+//! `cargo xtask hwkvm`: the hardware-KVM lane.
+//!
+//! The development host's KVM is a software layer that cannot run legacy
+//! paging, debug-register watchpoints or unmodified Linux. The lane gets a
+//! KVM that behaves like hardware on any x86 Linux machine: QEMU in pure
+//! software emulation with an AMD CPU model that has SVM and nested paging
+//! boots Debian's cloud kernel (L1), which loads `kvm-amd`; `vmm` and the
+//! test binaries that need hardware KVM run inside it, against real
+//! software: Debian's kernel as the L2 guest, gdb.
+//!
+//! * `cargo xtask hwkvm` builds the release `vmm` and the test binaries,
+//!   runs them in L1 and prints one `N passed, N failed` line; it fails
+//!   unless every test passed.
+//! * `cargo xtask hwkvm -- 'SHELL COMMAND'` runs one command in L1 with
+//!   `vmm` and `gdb` on PATH and `$L2_KERNEL`, `$L2_INITRD`, `$L2_CMDLINE`
+//!   naming the Debian guest, and exits with its status.
+//!
+//! Downloads are cached outside the checkout (see
+//! [`crate::guest_linux::cache_dir`]); what cannot be fetched is an error
+//! naming it.
+
+mod assets;
+mod image;
+mod qemu;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use assets::Assets;
+use image::Image;
+use report::Report;
+
+const USAGE: &str =
+    "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [-- 'SHELL COMMAND']
+
+  (default)         run the hardware-KVM test binaries in L1; print N passed, N failed
+  -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_INITRD $L2_CMDLINE)
+  --l1-kernel PKG   Debian kernel package for L1, the KVM host (default: newest 6.12 cloud)
+  --timeout SECS    how long L1 may run (default 2400)";
+
+/// A test binary the lane runs in L1.
+struct TestBinary {
+    package: &'static str,
+    test: &'static str,
+    args: &'static [&'static str],
+}
+
+/// The lane's tests: pgm's paging checked against the CPU (legacy, PAE,
+/// PSE-36, NX, 1 GiB pages), gdb with debug-register breakpoints and
+/// watchpoints, and Debian's kernel under `vmm` (SMP, large RAM, a command's
+/// status, save/restore, live save, teleport).
+const SUITE: [TestBinary; 3] = [
+    TestBinary {
+        package: "pgm",
+        test: "paging_kvm",
+        args: &["--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "gdb_demo",
+        args: &["--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_linux",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+];
+
+/// What the software emulation cannot show, said on every run.
+const NOT_CHECKED: &str = "not checked in this lane: software (int3) breakpoints \
+    (QEMU's emulation hands an int3 in L2 to L2, not to L1's KVM)";
+
+/// Runs the task with its arguments (those after `hwkvm`).
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut l1_package = None;
+    let mut limit = Duration::from_secs(2400);
+    let mut command = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--l1-kernel" => l1_package = Some(it.next().context("--l1-kernel needs a package")?),
+            "--timeout" => {
+                let secs = it.next().context("--timeout needs seconds")?;
+                limit = Duration::from_secs(secs.parse().context("--timeout takes seconds")?);
+            }
+            "--" => {
+                let rest: Vec<&str> = it.by_ref().map(String::as_str).collect();
+                if rest.is_empty() {
+                    bail!("-- needs a shell command\n{USAGE}");
+                }
+                command = Some(rest.join(" "));
+            }
+            _ => bail!("unknown argument {arg:?}\n{USAGE}"),
+        }
+    }
+    let started = Instant::now();
+    let cache = crate::guest_linux::cache_dir();
+    let assets = Assets::fetch(&cache, l1_package.map(String::as_str))?;
+    let vmm = build_vmm()?;
+    let tests = match command {
+        None => SUITE
+            .iter()
+            .map(|t| Ok((t, build_test(t)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        Some(_) => Vec::new(),
+    };
+    let run_script = match &command {
+        Some(c) => format!("{c}\n"),
+        None => suite_script(&tests),
+    };
+    let work = crate::workspace_root().join("target/hwkvm");
+    std::fs::create_dir_all(&work)?;
+    let initrd = work.join("l1-initrd.cpio");
+    let image = l1_image(&assets, &vmm, &tests, &run_script, &work)?;
+    std::fs::write(&initrd, image).with_context(|| format!("cannot write {}", initrd.display()))?;
+    eprintln!(
+        "xtask: hwkvm: {}; L1 kernel {}; L2 kernel {}; prepared in {:.0} s",
+        assets.qemu.version()?,
+        assets.l1_package,
+        assets.guest.package,
+        started.elapsed().as_secs_f64()
+    );
+    let log = work.join("console.log");
+    let lane = Instant::now();
+    let console = assets.qemu.run(
+        &qemu::Machine {
+            kernel: &assets.l1_kernel,
+            initrd: &initrd,
+            append: "console=ttyS0 rdinit=/init panic=-1 loglevel=4",
+            cpus: 1,
+            mem: "3G",
+            limit,
+        },
+        &log,
+    )?;
+    let report = Report::parse(&console);
+    eprintln!(
+        "xtask: hwkvm: L1 ran {:.0} s (console: {})",
+        lane.elapsed().as_secs_f64(),
+        log.display()
+    );
+    match command {
+        Some(_) => {
+            let status = report
+                .status
+                .context("L1 never reported the command's status (see the console above)")?;
+            std::process::exit(status);
+        }
+        None => summarize(&report),
+    }
+}
+
+/// Prints the summary line and fails unless every test passed.
+fn summarize(report: &Report) -> anyhow::Result<()> {
+    for step in &report.steps {
+        eprintln!(
+            "xtask: hwkvm: {}: {} passed, {} failed",
+            step.name,
+            step.passed,
+            step.failed.len()
+        );
+    }
+    eprintln!("xtask: hwkvm: {NOT_CHECKED}");
+    let failed = report.failed();
+    for f in &failed {
+        eprintln!("xtask: hwkvm: FAILED {f}");
+    }
+    if report.steps.len() < SUITE.len() {
+        eprintln!(
+            "xtask: hwkvm: only {} of {} test binaries ran",
+            report.steps.len(),
+            SUITE.len()
+        );
+    }
+    println!("hwkvm: {} passed, {} failed", report.passed(), failed.len());
+    if !failed.is_empty() || report.steps.len() < SUITE.len() || report.passed() == 0 {
+        bail!("the hardware-KVM lane failed");
+    }
+    Ok(())
+}
+
+/// The shell script L1 runs: each test binary between step markers.
+fn suite_script(tests: &[(&TestBinary, PathBuf)]) -> String {
+    let mut s = String::from("status=0\n");
+    for (t, _) in tests {
+        let name = format!("{}/{}", t.package, t.test);
+        s.push_str(&format!(
+            "echo '{}{name}'\n/tests/{} {}\nrc=$?\necho \"{}{name} rc=$rc\"\n[ $rc = 0 ] || status=$rc\n",
+            report::BEGIN,
+            t.test,
+            t.args.join(" "),
+            report::END,
+        ));
+    }
+    s.push_str("exit $status\n");
+    s
+}
+
+/// L1's initramfs.
+fn l1_image(
+    assets: &Assets,
+    vmm: &Path,
+    tests: &[(&TestBinary, PathBuf)],
+    run_script: &str,
+    work: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    let mut image = Image::new(
+        &assets.busybox,
+        include_str!("init.sh"),
+        &work.join("strip"),
+    )?;
+    for (name, data) in &assets.modules {
+        image.file(&format!("modules/{name}"), 0o644, data);
+    }
+    let guest = &assets.guest;
+    image.file("guest/vmlinuz", 0o644, &std::fs::read(&guest.vmlinuz)?);
+    image.file("guest/initramfs.cpio", 0o644, &guest.initramfs);
+    image.executable(vmm, "bin/vmm")?;
+    // Test binaries start `vmm` by the path it was built at.
+    image.symlink(&vmm.to_string_lossy(), "/bin/vmm");
+    image.executable(&assets.gdb, "bin/gdb")?;
+    for (t, path) in tests {
+        image.executable(path, &format!("tests/{}", t.test))?;
+    }
+    image.file(
+        "hwkvm/env",
+        0o644,
+        format!(
+            "export CI=true VMM_HWKVM=1 L2_KERNEL=/guest/vmlinuz L2_INITRD=/guest/initramfs.cpio\n\
+             export L2_CMDLINE='{}'\n",
+            crate::guest_linux::CMDLINE
+        )
+        .as_bytes(),
+    );
+    image.file("hwkvm/run.sh", 0o755, run_script.as_bytes());
+    Ok(image.finish())
+}
+
+/// Builds the release `vmm` and returns its path.
+fn build_vmm() -> anyhow::Result<PathBuf> {
+    let found = cargo_executables(&["build", "--release", "-p", "vmm-cli", "--bin", "vmm"])?;
+    found
+        .into_iter()
+        .find(|(name, _)| name == "vmm")
+        .map(|(_, p)| p)
+        .context("cargo built no vmm executable")
+}
+
+/// Builds one test binary (release) and returns its path.
+fn build_test(t: &TestBinary) -> anyhow::Result<PathBuf> {
+    let found = cargo_executables(&[
+        "test",
+        "--release",
+        "--no-run",
+        "-p",
+        t.package,
+        "--test",
+        t.test,
+    ])?;
+    found
+        .into_iter()
+        .find(|(name, _)| name == t.test)
+        .map(|(_, p)| p)
+        .with_context(|| format!("cargo built no {} test binary", t.test))
+}
+
+/// Runs cargo with `args` and JSON messages; returns the executables it
+/// reported, by target name.
+fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let out = Command::new(&cargo)
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(crate::workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !out.status.success() {
+        bail!("cargo {} failed ({})", args.join(" "), out.status);
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            found.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_suite_script_marks_every_binary() {
+        let tests: Vec<_> = SUITE.iter().map(|t| (t, PathBuf::from("/x"))).collect();
+        let script = suite_script(&tests);
+        for t in &SUITE {
+            assert!(script.contains(&format!("{}{}/{}", report::BEGIN, t.package, t.test)));
+            assert!(script.contains(&format!("/tests/{} {}", t.test, t.args.join(" "))));
+        }
+        assert!(script.ends_with("exit $status\n"));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for args in [
+            &["--bogus"][..],
+            &["--"],
+            &["--timeout", "soon"],
+            &["--l1-kernel"],
+        ] {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            assert!(run(&args).is_err(), "{args:?}");
+        }
+    }
+}
