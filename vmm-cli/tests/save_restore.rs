@@ -2,87 +2,16 @@
 //! one `vmm run` process, is saved through the control API (plain and
 //! live) and continues in a new process, where its own checks decide.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hm_vmx::testing::kvm_available;
+use support::{Vmm, client, client_ok, incoming_address, read};
 
-const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 /// Generous: the test host is shared and slow; polls end as soon as they succeed.
 const DEADLINE: Duration = Duration::from_secs(40);
-
-/// A `vmm` child; killed on drop if still running.
-struct Vmm {
-    child: Child,
-    what: String,
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Vmm {
-    fn spawn(what: &str, args: &[&str], stderr: &Path) -> Vmm {
-        let child = Command::new(VMM)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(stderr).unwrap())
-            .spawn()
-            .expect("vmm starts");
-        Vmm {
-            child,
-            what: what.to_owned(),
-        }
-    }
-
-    /// Waits for the child to exit (killing it after the deadline).
-    fn wait(&mut self, diagnostics: impl Fn() -> String) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = self.child.kill();
-                panic!("{} did not exit in time:\n{}", self.what, diagnostics());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Polls until `path` contains `needle`; panics with `what` after the deadline.
-fn wait_for_text(path: &Path, needle: &str, child: &mut Vmm) {
-    let start = Instant::now();
-    while !read(path).contains(needle) {
-        if let Some(status) = child.child.try_wait().unwrap() {
-            panic!("vmm exited early ({status}); output:\n{}", read(path));
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {needle:?}; output:\n{}",
-            read(path)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn client(args: &[&str]) -> Output {
-    Command::new(VMM)
-        .args(args)
-        .output()
-        .expect("vmm client runs")
-}
 
 /// Runs the counter guest on `cpus` vCPUs, saves it at tick 0x40 with
 /// `vmm save FILE --poweroff [--live]`, restores it in a new process (its
@@ -108,8 +37,9 @@ fn save_in_one_process_restore_in_another(dir: &Path, cpus: u32, live: bool, cop
             serial.to_str().unwrap(),
         ],
         &stderr,
+        DEADLINE,
     );
-    wait_for_text(&serial, "tick 0x0040", &mut vm);
+    vm.wait_for_text(&serial, "tick 0x0040");
     let mut save = vec![
         "save",
         state.to_str().unwrap(),
@@ -120,13 +50,7 @@ fn save_in_one_process_restore_in_another(dir: &Path, cpus: u32, live: bool, cop
     if live {
         save.push("--live");
     }
-    let saved = client(&save);
-    let said = String::from_utf8_lossy(&saved.stdout).into_owned();
-    assert!(
-        saved.status.success(),
-        "vmm save failed: {said}{}",
-        String::from_utf8_lossy(&saved.stderr)
-    );
+    let said = client_ok(&save);
     assert!(said.contains("VM state saved"), "{said}");
     assert_eq!(live, said.contains("live passes"), "{said}");
     let status = vm.wait(|| read(&stderr));
@@ -144,7 +68,7 @@ fn save_in_one_process_restore_in_another(dir: &Path, cpus: u32, live: bool, cop
     if copy {
         args.push("--restore-copy");
     }
-    let mut restored = Vmm::spawn("vmm run --restore", &args, &stderr2);
+    let mut restored = Vmm::spawn("vmm run --restore", &args, &stderr2, DEADLINE);
     let status = restored.wait(|| read(&serial2) + &read(&stderr2));
     let after = read(&serial2);
     assert!(
@@ -242,15 +166,9 @@ fn counter_guest_teleports_between_processes_over_loopback() {
             target_serial.to_str().unwrap(),
         ],
         &target_stderr,
+        DEADLINE,
     );
-    wait_for_text(&target_stderr, "waiting for a teleport on ", &mut target);
-    let text = read(&target_stderr);
-    let address = text
-        .split("waiting for a teleport on ")
-        .nth(1)
-        .and_then(|rest| rest.lines().next())
-        .unwrap()
-        .to_owned();
+    let address = incoming_address(&mut target, &target_stderr);
 
     let (socket, serial, stderr) = (dir.join("api.sock"), dir.join("serial"), dir.join("stderr"));
     let mut source = Vmm::spawn(
@@ -269,20 +187,15 @@ fn counter_guest_teleports_between_processes_over_loopback() {
             serial.to_str().unwrap(),
         ],
         &stderr,
+        DEADLINE,
     );
-    wait_for_text(&serial, "tick 0x0040", &mut source);
-    let sent = client(&[
+    source.wait_for_text(&serial, "tick 0x0040");
+    let said = client_ok(&[
         "teleport",
         &address,
         "--api-socket",
         socket.to_str().unwrap(),
     ]);
-    let said = String::from_utf8_lossy(&sent.stdout).into_owned();
-    assert!(
-        sent.status.success(),
-        "vmm teleport failed: {said}{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
     assert!(said.contains("VM teleported"), "{said}");
     let status = source.wait(|| read(&stderr));
     assert!(status.success(), "source: {status}: {}", read(&stderr));

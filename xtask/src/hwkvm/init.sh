@@ -16,6 +16,8 @@ for m in irqbypass kvm kvm-amd; do
     insmod /modules/$m.ko || echo "HWKVM: insmod $m failed"
 done
 dmesg | grep -E 'kvm_amd: (Nested|SVM)' | sed 's/^/HWKVM: /'
+# Quiet from here on: kernel messages would cut into the tests' output lines.
+dmesg -n 1
 if [ ! -c /dev/kvm ]; then
     echo "HWKVM: L1 has no /dev/kvm"
     echo "HWKVM-RC=125"

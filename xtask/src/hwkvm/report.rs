@@ -35,22 +35,24 @@ impl Report {
     /// A step counts its libtest summary (`test result: ... N passed; M
     /// failed`); a step whose binary ended without a summary, or with a
     /// non-zero status but no failed test, counts one failure of its own,
-    /// and so does a step that never ended (L1 died or timed out).
+    /// and so does a step that never ended (L1 died or timed out), which
+    /// keeps the tests it saw pass.
     pub fn parse(log: &str) -> Report {
         let mut report = Report::default();
-        let mut open: Option<(Step, bool)> = None;
+        // The step running, whether its summary came, and the tests seen passing.
+        let mut open: Option<(Step, bool, u32)> = None;
         for line in log.lines().map(|l| l.trim_end_matches('\r')) {
             if let Some(name) = line.strip_prefix(BEGIN) {
-                if let Some((step, _)) = open.take() {
-                    report.steps.push(unfinished(step));
+                if let Some((step, _, ok)) = open.take() {
+                    report.steps.push(unfinished(step, ok));
                 }
                 let step = Step {
                     name: name.trim().to_owned(),
                     ..Step::default()
                 };
-                open = Some((step, false));
+                open = Some((step, false, 0));
             } else if let Some(rest) = line.strip_prefix(END) {
-                if let Some((mut step, summary)) = open.take() {
+                if let Some((mut step, summary, _)) = open.take() {
                     let rc = rest
                         .rsplit_once("rc=")
                         .and_then(|(_, n)| n.trim().parse::<i32>().ok());
@@ -64,17 +66,19 @@ impl Report {
                 }
             } else if let Some(rc) = line.strip_prefix(RC) {
                 report.status = rc.trim().parse().ok();
-            } else if let Some((step, summary)) = open.as_mut() {
+            } else if let Some((step, summary, ok)) = open.as_mut() {
                 if let Some((passed, _)) = summary_counts(line) {
                     step.passed += passed;
                     *summary = true;
                 } else if let Some(test) = failed_test(line) {
                     step.failed.push(test.to_owned());
+                } else if line.starts_with("test ") && line.ends_with(" ... ok") {
+                    *ok += 1;
                 }
             }
         }
-        if let Some((step, _)) = open {
-            report.steps.push(unfinished(step));
+        if let Some((step, _, ok)) = open {
+            report.steps.push(unfinished(step, ok));
         }
         report
     }
@@ -93,7 +97,8 @@ impl Report {
     }
 }
 
-fn unfinished(mut step: Step) -> Step {
+fn unfinished(mut step: Step, passed: u32) -> Step {
+    step.passed = passed;
     step.failed.push(format!(
         "{} (never finished: L1 stopped or timed out)",
         step.name
@@ -158,7 +163,8 @@ HWKVM-RC=1\r
 
     #[test]
     fn a_step_that_never_ends_is_a_failure() {
-        let r = Report::parse("HWKVM-STEP-BEGIN linux\ntest a ... ok\n");
+        let r = Report::parse("HWKVM-STEP-BEGIN linux\ntest a ... ok\ntest b ... ok\n");
+        assert_eq!(r.passed(), 2);
         assert_eq!(
             r.failed(),
             ["linux (never finished: L1 stopped or timed out)"]

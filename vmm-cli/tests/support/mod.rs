@@ -1,0 +1,120 @@
+//! What the end-to-end tests that drive `vmm` as a child process share: a
+//! child that is killed on drop, waits with deadlines, and the client calls.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `vmm` binary under test.
+pub const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+/// A `vmm` child; killed on drop if still running.
+pub struct Vmm {
+    child: Child,
+    what: String,
+    deadline: Duration,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Vmm {
+    /// Starts `vmm ARGS` with stdout discarded and stderr in `stderr`; every
+    /// wait on it gives up after `deadline`.
+    pub fn spawn(what: &str, args: &[&str], stderr: &Path, deadline: Duration) -> Vmm {
+        let child = Command::new(VMM)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .expect("vmm starts");
+        Vmm {
+            child,
+            what: what.to_owned(),
+            deadline,
+        }
+    }
+
+    /// Waits for the child to exit (killing it after the deadline and
+    /// panicking with `diagnostics`).
+    pub fn wait(&mut self, diagnostics: impl Fn() -> String) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > self.deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit in time:\n{}", self.what, diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until `path` contains `needle`; panics if the child exits
+    /// first or after the deadline.
+    pub fn wait_for_text(&mut self, path: &Path, needle: &str) {
+        let start = Instant::now();
+        while !read(path).contains(needle) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited early ({status}); output:\n{}",
+                    self.what,
+                    read(path)
+                );
+            }
+            assert!(
+                start.elapsed() < self.deadline,
+                "{}: timed out waiting for {needle:?}; output:\n{}",
+                self.what,
+                read(path)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The file's text, or nothing if it cannot be read (yet).
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Runs `vmm ARGS` to completion (a client call: `vmm save`, `vmm teleport`).
+pub fn client(args: &[&str]) -> Output {
+    Command::new(VMM)
+        .args(args)
+        .output()
+        .expect("vmm client runs")
+}
+
+/// Runs a client call that must succeed and returns its stdout.
+pub fn client_ok(args: &[&str]) -> String {
+    let out = client(args);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "vmm {} failed: {said}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
+/// Where a `vmm run --incoming 127.0.0.1:0` target listens, read from its
+/// stderr once it says so.
+pub fn incoming_address(target: &mut Vmm, stderr: &Path) -> String {
+    const WAITING: &str = "waiting for a teleport on ";
+    target.wait_for_text(stderr, WAITING);
+    read(stderr)
+        .split(WAITING)
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap()
+        .to_owned()
+}
