@@ -3,9 +3,10 @@
 //! routing and legacy devices.
 //!
 //! [`build`] lays out, from [`ACPI_ADDR`] on (a range the e820 map reports
-//! as reserved): the RSDP, the DSDT ([`dsdt`]), the FACS, the FADT
-//! ([`fadt`]), the MADT ([`madt`]) and the XSDT listing the FADT and the
-//! MADT. The loader hands the RSDP's address to the kernel in the zero
+//! as reserved): the RSDP, the DSDT (legacy devices and processors), the
+//! FACS, the FADT (a PC with legacy devices, not hardware-reduced), the
+//! MADT (local APICs, I/O APIC, overrides, NMI) and the XSDT listing the
+//! FADT and the MADT. The loader hands the RSDP's address to the kernel in the zero
 //! page (`acpi_rsdp_addr`) or the PVH start info (`rsdp_paddr`).
 
 mod dsdt;
