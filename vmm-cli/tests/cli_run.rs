@@ -275,9 +275,11 @@ fn kernel_boot_passes_the_test_kernels_checks() {
     std::fs::write(&kernel, test_kernel::build().unwrap()).unwrap();
     let initrd: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(&initrd_path, &initrd).unwrap();
-    // RAM as the e820 map shows it: less the legacy hole and the MP table.
+    // RAM as the e820 map shows it: less the legacy hole and the ACPI and
+    // MP tables.
+    use vmm_core::boot::layout::{ACPI_SIZE, LEGACY_HOLE, MPTABLE_SIZE};
     let ram: u64 = 64 << 20;
-    let e820_ram = ram - 0x6_0000 - 0x400;
+    let e820_ram = ram - LEGACY_HOLE.1 - MPTABLE_SIZE - ACPI_SIZE;
     let cmdline = format!(
         "console=ttyS0 {}",
         test_kernel::expectations(e820_ram, &initrd, 2)

@@ -14,8 +14,8 @@ use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{
-    BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState, COM1_PORT, DEBUG_EXIT_PORT, DebugExit,
-    I8042, I8042_PORT, I8042_PORTS, Uart,
+    ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
+    COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart,
 };
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
@@ -110,6 +110,8 @@ impl Vm {
         )?;
         let i8042 = Arc::new(Mutex::new(I8042::default()));
         io.register(I8042_PORT, I8042_PORTS, "i8042", i8042.clone())?;
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::default()));
+        io.register(ACPI_PM_PORT, ACPI_PM_PORTS, "acpi-pm", acpi_pm.clone())?;
         let balloon = Arc::new(BalloonState::default());
         balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);
         let refused = stats
@@ -170,6 +172,7 @@ impl Vm {
                 xcrs: backend.guest_has_xsave(),
                 uart,
                 i8042,
+                acpi_pm,
                 progress,
             },
             memory,

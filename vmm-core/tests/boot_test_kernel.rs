@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use vmm_core::boot::layout::{LEGACY_HOLE, MPTABLE_SIZE};
+use vmm_core::boot::layout::{ACPI_SIZE, LEGACY_HOLE, MPTABLE_SIZE};
 use vmm_core::boot::{KernelBoot, test_kernel};
 use vmm_core::memory::pc_layout;
 use vmm_core::{RunOutcome, Vm, VmConfig};
@@ -32,9 +32,10 @@ impl Capture {
 }
 
 /// The e820 RAM a VM with `ram` bytes shows: the PC layout's RAM less the
-/// KiB the MP table reserves (the legacy hole is not RAM in the layout).
+/// ranges the ACPI and MP tables reserve (the legacy hole is not RAM in the
+/// layout).
 fn e820_ram(ram: u64) -> u64 {
-    ram - LEGACY_HOLE.1 - MPTABLE_SIZE
+    ram - LEGACY_HOLE.1 - MPTABLE_SIZE - ACPI_SIZE
 }
 
 /// An initrd with varied bytes, small enough to checksum quickly at CPL0.

@@ -7,12 +7,13 @@ use super::cpu::set_entry_state;
 use super::error::Result;
 use super::layout::pc_reserved;
 use super::loader::{BootPlan, KernelBoot, Loaded};
-use super::{machine, mptable};
+use super::{acpi, machine, mptable};
 
 /// What can be checked before the VM exists: the image, the command line
 /// and whether the boot tables can describe `cpus` processors.
 pub fn check(boot: &KernelBoot, cpus: u32) -> Result<()> {
     boot.check()?;
+    acpi::build(cpus)?;
     mptable::build(cpus).map(drop)
 }
 

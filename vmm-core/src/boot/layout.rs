@@ -17,6 +17,10 @@ pub const CMDLINE_ADDR: u64 = 0x2_0000;
 pub const CMDLINE_MAX: u64 = 0x1_0000 - 1;
 /// The boot stack top for the PVH entry (unused by the 64-bit entry).
 pub const BOOT_STACK_TOP: u64 = 0x8ff0;
+/// The ACPI tables (RSDP first), just below the MP table.
+pub const ACPI_ADDR: u64 = 0x9_c000;
+/// Bytes set aside for the ACPI tables.
+pub const ACPI_SIZE: u64 = MPTABLE_ADDR - ACPI_ADDR;
 /// The MP floating pointer and configuration table (last KiB of base memory).
 pub const MPTABLE_ADDR: u64 = 0x9_fc00;
 /// Bytes set aside for the MP table.
@@ -35,7 +39,7 @@ pub const FOUR_GIB: u64 = 1 << 32;
 pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 
 /// The ranges a PC with a 32-bit MMIO hole from `mmio_hole_start` to 4 GiB
-/// reserves: the MP table, the legacy hole and the MMIO hole (firmware ROM,
+/// reserves: the ACPI tables, the MP table, the legacy hole and the MMIO hole (firmware ROM,
 /// APICs, PCI), as `(start, length)` pairs.
 ///
 /// ```
@@ -44,6 +48,7 @@ pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 /// ```
 pub fn pc_reserved(mmio_hole_start: u64) -> Vec<(u64, u64)> {
     vec![
+        (ACPI_ADDR, ACPI_SIZE),
         (MPTABLE_ADDR, MPTABLE_SIZE),
         LEGACY_HOLE,
         (mmio_hole_start, FOUR_GIB.saturating_sub(mmio_hole_start)),

@@ -11,13 +11,14 @@ use linux_loader::loader::elf::start_info::{
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::acpi;
 use super::cpu::{Entry, write_tables};
 use super::e820::{self, E820Entry, E820Kind};
 use super::error::{Error, Result, mem_err};
 use super::header::{self, BzImageInfo, ENTRY_64_OFFSET, KernelFormat};
 use super::layout::{
-    CMDLINE_ADDR, CMDLINE_MAX, DEFAULT_INITRD_ADDR_MAX, FOUR_GIB, HIGH_MEMORY, MPTABLE_ADDR,
-    PVH_INFO_ADDR, ZERO_PAGE_ADDR,
+    ACPI_ADDR, CMDLINE_ADDR, CMDLINE_MAX, DEFAULT_INITRD_ADDR_MAX, FOUR_GIB, HIGH_MEMORY,
+    MPTABLE_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
 };
 use super::mptable;
 use super::zero_page::{ZeroPageInput, fill};
@@ -153,8 +154,8 @@ impl KernelBoot {
     }
 
     /// Loads everything `plan` placed into `mem` for `cpus` vCPUs: kernel,
-    /// command line, initrd, zero page (or PVH start info), MP table, GDT
-    /// and page tables. Returns the entry the bootstrap processor takes.
+    /// command line, initrd, zero page (or PVH start info), ACPI tables, MP
+    /// table, GDT and page tables. Returns the entry the bootstrap processor takes.
     pub fn load(&self, plan: &BootPlan, mem: &GuestMemoryMmap, cpus: u32) -> Result<Loaded> {
         let cmdline_len = self.cmdline.len() as u64;
         let mut cmdline = self.cmdline.clone().into_bytes();
@@ -163,6 +164,8 @@ impl KernelBoot {
             .map_err(mem_err("the command line"))?;
         mem.write_slice(&mptable::build(cpus)?, GuestAddress(MPTABLE_ADDR))
             .map_err(mem_err("the MP table"))?;
+        mem.write_slice(&acpi::build(cpus)?, GuestAddress(ACPI_ADDR))
+            .map_err(mem_err("the ACPI tables"))?;
         let loaded = match &plan.format {
             KernelFormat::BzImage(info) => self.load_bzimage(plan, info, mem, cmdline_len)?,
             KernelFormat::Elf => self.load_elf(plan, mem, cmdline_len)?,
@@ -203,6 +206,7 @@ impl KernelBoot {
             cmdline_len,
             initrd,
             e820: &plan.e820,
+            acpi_rsdp: Some(acpi::RSDP_ADDR),
         });
         mem.write_obj(zp, GuestAddress(ZERO_PAGE_ADDR))
             .map_err(mem_err("the zero page"))?;
@@ -244,6 +248,7 @@ impl KernelBoot {
                     cmdline_len,
                     initrd,
                     e820: &plan.e820,
+                    acpi_rsdp: Some(acpi::RSDP_ADDR),
                 });
                 mem.write_obj(zp, GuestAddress(ZERO_PAGE_ADDR))
                     .map_err(mem_err("the zero page"))?;
@@ -334,6 +339,7 @@ fn write_pvh_info(
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: memmap_addr,
         memmap_entries: e820.len() as u32,
+        rsdp_paddr: acpi::RSDP_ADDR,
         ..Default::default()
     };
     mem.write_obj(info, GuestAddress(PVH_INFO_ADDR))
@@ -461,6 +467,14 @@ mod tests {
             .read_obj(GuestAddress(MPTABLE_ADDR + 16 + 44 + 20 + 1))
             .unwrap();
         assert_eq!(procs, 1, "second processor has APIC id 1");
+        // The zero page points at the ACPI tables for both processors.
+        assert_eq!({ zp.acpi_rsdp_addr }, acpi::RSDP_ADDR);
+        let tables = acpi::build(2).unwrap();
+        let mut written = vec![0u8; tables.len()];
+        mem.read_slice(&mut written, GuestAddress(zp.acpi_rsdp_addr))
+            .unwrap();
+        assert_eq!(written, tables);
+        assert!(!e820::is_ram(&plan.e820, ACPI_ADDR, 1));
     }
 
     #[test]
@@ -505,6 +519,11 @@ mod tests {
         assert_eq!(info.cmdline_paddr, CMDLINE_ADDR);
         assert_eq!(info.memmap_entries as usize, plan.e820.len());
         assert_eq!(info.nr_modules, 1);
+        assert_eq!(info.rsdp_paddr, acpi::RSDP_ADDR);
+        let mut rsdp = [0u8; 8];
+        mem.read_slice(&mut rsdp, GuestAddress(info.rsdp_paddr))
+            .unwrap();
+        assert_eq!(&rsdp, b"RSD PTR ");
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!(Some((module.paddr, module.size)), loaded.initrd);
         let first: hvm_memmap_table_entry = mem.read_obj(GuestAddress(info.memmap_paddr)).unwrap();

@@ -3,7 +3,7 @@
 //! A [`KernelBoot`] (bzImage or ELF `vmlinux`, initrd, command line) is
 //! checked and laid out by [`KernelBoot::plan`] before the VM exists, then
 //! [`KernelBoot::load`] writes the kernel, the initrd, the command line, the
-//! zero page with the e820 map (or the PVH start info), the MP table, the
+//! zero page with the e820 map (or the PVH start info), the ACPI tables, the MP table, the
 //! boot GDT and identity page tables into guest memory, and
 //! [`set_entry_state`] puts the bootstrap processor at the entry point in
 //! the mode the boot protocol requires. [`machine`] has the pieces a Linux
@@ -26,6 +26,7 @@
 //! # Ok::<(), vmm_core::Error>(())
 //! ```
 
+pub mod acpi;
 mod cpu;
 pub mod direct;
 pub mod e820;

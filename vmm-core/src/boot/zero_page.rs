@@ -3,10 +3,14 @@
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 
 use super::e820::E820Entry;
-use super::header::{BOOT_FLAG, HDRS_MAGIC, MIN_PROTOCOL};
+use super::header::{BOOT_FLAG, HDRS_MAGIC};
 
 /// `type_of_loader` for a boot loader without an assigned id.
 pub const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+/// The boot protocol version claimed for ELF kernels, which have no setup
+/// header: the zero page is filled as protocol 2.15 lays it out (2.14
+/// added `acpi_rsdp_addr`, which kernels read only from 2.14 on).
+const ELF_PROTOCOL: u16 = 0x020f;
 /// `kernel_alignment` given to ELF kernels, which have no setup header.
 const ELF_KERNEL_ALIGNMENT: u32 = 0x100_0000;
 
@@ -25,6 +29,8 @@ pub struct ZeroPageInput<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The memory map.
     pub e820: &'a [E820Entry],
+    /// Where the ACPI RSDP is, if the machine has ACPI tables.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Fills a zero page the way the boot protocol asks a boot loader to: the
@@ -37,10 +43,11 @@ pub struct ZeroPageInput<'a> {
 /// let e820 = build(&[(0, 0xa_0000), (0x10_0000, 0xf0_0000)], &[])?;
 /// let zp = fill(&ZeroPageInput {
 ///     header: None, kernel_load: 0x100_0000, cmdline_addr: 0x2_0000, cmdline_len: 5,
-///     initrd: Some((0x80_0000, 0x1000)), e820: &e820,
+///     initrd: Some((0x80_0000, 0x1000)), e820: &e820, acpi_rsdp: Some(0x9_c000),
 /// });
 /// assert_eq!({ zp.hdr.ramdisk_image }, 0x80_0000);
 /// assert_eq!(zp.e820_entries, 2);
+/// assert_eq!({ zp.acpi_rsdp_addr }, 0x9_c000);
 /// # Ok::<(), vmm_core::boot::Error>(())
 /// ```
 pub fn fill(input: &ZeroPageInput<'_>) -> boot_params {
@@ -48,7 +55,7 @@ pub fn fill(input: &ZeroPageInput<'_>) -> boot_params {
         hdr: input.header.unwrap_or(setup_header {
             boot_flag: BOOT_FLAG,
             header: HDRS_MAGIC,
-            version: MIN_PROTOCOL,
+            version: ELF_PROTOCOL,
             kernel_alignment: ELF_KERNEL_ALIGNMENT,
             ..Default::default()
         }),
@@ -78,6 +85,7 @@ pub fn fill(input: &ZeroPageInput<'_>) -> boot_params {
         count += 1;
     }
     zp.e820_entries = count;
+    zp.acpi_rsdp_addr = input.acpi_rsdp.unwrap_or(0);
     zp
 }
 
@@ -110,6 +118,7 @@ mod tests {
             cmdline_len: 10,
             initrd: Some((0x1_2345_6000, 0x1_0000_1000)),
             e820,
+            acpi_rsdp: None,
         }
     }
 
@@ -167,5 +176,6 @@ mod tests {
         assert_eq!({ zp.hdr.cmdline_size }, 11);
         assert_eq!({ zp.hdr.ramdisk_image }, 0);
         assert_eq!({ zp.hdr.kernel_alignment }, ELF_KERNEL_ALIGNMENT);
+        assert_eq!({ zp.hdr.version }, ELF_PROTOCOL);
     }
 }

@@ -1,10 +1,12 @@
 //! Minimal PC devices.
 
+mod acpi_pm;
 mod balloon;
 mod debug_exit;
 mod i8042;
 mod serial;
 
+pub use acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN};
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
 pub use i8042::{I8042, I8042_PORT, I8042_PORTS};

@@ -1,5 +1,5 @@
 //! The VM's saved-state units: `vmm` (the configuration), `irqchip`, one
-//! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042` and `balloon`.
+//! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042`, `acpi-pm` and `balloon`.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
 use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
-use crate::devices::{BalloonState, I8042, Uart};
+use crate::devices::{AcpiPm, BalloonState, I8042, Uart};
 
 /// The most bytes a unit's blob may claim (vCPU state with every MSR is a
 /// few KiB; firmware at most 16 MiB).
@@ -296,6 +296,34 @@ impl Unit for I8042Unit {
         let awaiting = r.get_bool()?;
         let output = r.get_buf(I8042_MAX_OUTPUT)?;
         self.kbc.lock().set_state(config, &output, awaiting);
+        Ok(())
+    }
+}
+
+/// `acpi-pm`: the PM1a enable and control registers.
+pub(crate) struct AcpiPmUnit {
+    pub(crate) pm: Arc<Mutex<AcpiPm>>,
+}
+
+impl Unit for AcpiPmUnit {
+    fn name(&self) -> &str {
+        "acpi-pm"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let (enable, control) = self.pm.lock().state();
+        w.put_u16(enable)?;
+        w.put_u16(control)
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let enable = r.get_u16()?;
+        let control = r.get_u16()?;
+        self.pm.lock().set_state(enable, control);
         Ok(())
     }
 }

@@ -1,0 +1,349 @@
+//! The tables read back: by the `acpi` crate (a parser written elsewhere)
+//! for the RSDP, FADT and MADT, and by a small AML walker for the DSDT.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use ::acpi::address::AddressSpace;
+use ::acpi::fadt::Fadt;
+use ::acpi::madt::{Madt, MadtEntry};
+use ::acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
+
+use super::*;
+use crate::boot::layout::{IOAPIC_ADDR, LAPIC_ADDR};
+use crate::devices::ACPI_PM_PORT;
+
+/// Maps "physical" addresses inside the table image.
+#[derive(Clone)]
+struct Image(Arc<Vec<u8>>);
+
+impl AcpiHandler for Image {
+    unsafe fn map_physical_region<T>(
+        &self,
+        address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
+        let offset = address
+            .checked_sub(ACPI_ADDR as usize)
+            .filter(|o| o + size <= self.0.len())
+            .unwrap_or_else(|| panic!("{address:#x}+{size:#x} lies outside the tables"));
+        let start = NonNull::from(&self.0[offset]).cast::<T>();
+        // SAFETY: the range lies inside the image, which the mapping keeps
+        // alive through its clone of the handler; the tables' types are
+        // packed (alignment 1).
+        unsafe { PhysicalMapping::new(address, start, size, size, self.clone()) }
+    }
+
+    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
+}
+
+fn parse(image: &[u8]) -> AcpiTables<Image> {
+    let handler = Image(Arc::new(image.to_vec()));
+    // SAFETY: the handler maps nothing but the image.
+    unsafe { AcpiTables::from_rsdp(handler, RSDP_ADDR as usize) }.expect("a valid RSDP and XSDT")
+}
+
+fn sum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// The table at guest-physical `addr` in `image`, by its header's length.
+fn table(image: &[u8], addr: u64) -> &[u8] {
+    let at = (addr - ACPI_ADDR) as usize;
+    let len = u32_at(image, at + 4) as usize;
+    &image[at..at + len]
+}
+
+const COUNTS: [u32; 5] = [1, 2, 4, 32, MAX_CPUS];
+
+#[test]
+fn every_table_is_reachable_from_the_rsdp_with_good_checksums() {
+    for cpus in COUNTS {
+        let image = build(cpus).unwrap();
+        assert!(image.len() as u64 <= ACPI_SIZE);
+        assert_eq!(&image[..8], b"RSD PTR ");
+        assert_eq!(sum(&image[..20]), 0, "ACPI 1.0 checksum");
+        assert_eq!(sum(&image[..36]), 0, "extended checksum");
+        assert_eq!(image[15], 2, "revision 2: an XSDT");
+        let xsdt = table(&image, u64_at(&image, 24));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        let listed: Vec<&[u8]> = xsdt[36..]
+            .chunks(8)
+            .map(|e| table(&image, u64::from_le_bytes(e.try_into().unwrap())))
+            .collect();
+        let signatures: Vec<&[u8]> = listed.iter().map(|t| &t[..4]).collect();
+        assert_eq!(signatures, [b"FACP", b"APIC"]);
+        let fadt = listed[0];
+        let dsdt = table(&image, u64_at(fadt, 140));
+        assert_eq!(&dsdt[..4], b"DSDT");
+        for t in [xsdt, fadt, listed[1], dsdt] {
+            assert_eq!(sum(t), 0, "{} checksum", String::from_utf8_lossy(&t[..4]));
+        }
+        let facs = u64_at(fadt, 132);
+        assert_eq!(facs % 64, 0, "the FACS is 64-byte aligned");
+        assert_eq!(&table(&image, facs)[..4], b"FACS");
+        assert_eq!(table(&image, facs).len(), 64);
+        assert_eq!(parse(&image).headers().count(), 2);
+    }
+}
+
+#[test]
+fn madt_lists_every_vcpu_the_ioapic_the_sci_override_and_the_nmi() {
+    for cpus in COUNTS {
+        let tables = parse(&build(cpus).unwrap());
+        let madt = tables.find_table::<Madt>().unwrap();
+        assert_eq!({ madt.get().local_apic_address }, LAPIC_ADDR);
+        assert!(madt.get().supports_8259());
+        let (mut lapics, mut ioapics, mut overrides, mut nmis) = (vec![], vec![], vec![], vec![]);
+        for entry in madt.get().entries() {
+            match entry {
+                MadtEntry::LocalApic(e) => lapics.push((e.processor_id, e.apic_id, { e.flags })),
+                MadtEntry::IoApic(e) => ioapics.push((e.io_apic_id, { e.io_apic_address }, {
+                    e.global_system_interrupt_base
+                })),
+                MadtEntry::InterruptSourceOverride(e) => {
+                    overrides.push((e.bus, e.irq, { e.global_system_interrupt }, { e.flags }))
+                }
+                MadtEntry::LocalApicNmi(e) => nmis.push((e.processor_id, { e.flags }, e.nmi_line)),
+                other => panic!("unexpected MADT entry {other:?}"),
+            }
+        }
+        let expected: Vec<_> = (0..cpus as u8).map(|id| (id, id, 1)).collect();
+        assert_eq!(lapics, expected, "{cpus} enabled local APICs, ids = UIDs");
+        assert_eq!(ioapics, [(cpus as u8, IOAPIC_ADDR, 0)]);
+        assert_eq!(overrides, [(0, 9, 9, 0b1101)], "SCI: level, active high");
+        assert_eq!(nmis, [(0xff, 0, 1)], "NMI on LINT1 of every CPU");
+    }
+}
+
+#[test]
+fn fadt_describes_a_pc_with_legacy_devices_and_the_pm1_block() {
+    let image = build(2).unwrap();
+    let tables = parse(&image);
+    let fadt = tables.find_table::<Fadt>().unwrap();
+    let raw = table(&image, fadt.physical_start() as u64);
+    let flags = { fadt.flags };
+    assert!(!flags.system_is_hw_reduced_acpi());
+    assert_eq!({ fadt.sci_interrupt }, 9);
+    assert_eq!({ fadt.smi_cmd_port }, 0, "always in ACPI mode");
+    let evt = fadt.pm1a_event_block().unwrap();
+    assert_eq!(evt.address_space, AddressSpace::SystemIo);
+    assert_eq!((evt.address, evt.bit_width), (u64::from(ACPI_PM_PORT), 32));
+    let cnt = fadt.pm1a_control_block().unwrap();
+    assert_eq!(
+        (cnt.address, cnt.bit_width),
+        (u64::from(ACPI_PM_PORT) + 4, 16)
+    );
+    assert!(fadt.pm_timer_block().unwrap().is_none(), "no PM timer");
+    assert!(fadt.gpe0_block().unwrap().is_none());
+    let boot_arch = fadt.iapc_boot_arch;
+    assert!(boot_arch.legacy_devices_are_accessible());
+    assert!(boot_arch.motherboard_implements_8042());
+    assert!(boot_arch.dont_probe_vga());
+    assert_eq!(raw[109] & (1 << 5), 0, "the CMOS RTC is present");
+    assert!(flags.power_button_is_control_method());
+    assert!(flags.sleep_button_is_control_method());
+    assert!(!flags.supports_system_reset_via_fadt());
+    let dsdt = tables.dsdt().unwrap();
+    assert_eq!(
+        dsdt.address as u64,
+        fadt.dsdt_address().unwrap() as u64 + 36
+    );
+}
+
+/// One `Device` of the DSDT as the walker saw it.
+#[derive(Debug, Default, PartialEq)]
+struct Dev {
+    name: String,
+    hid: String,
+    uid: Option<u64>,
+    /// I/O ranges `(base, length)` and IRQs of `_CRS`.
+    ports: Vec<(u16, u8)>,
+    irqs: Vec<(u32, u8)>,
+}
+
+/// Decodes a PkgLength at `b[0..]`: (package length, bytes of the encoding).
+fn pkg_length(b: &[u8]) -> (usize, usize) {
+    let extra = usize::from(b[0] >> 6);
+    if extra == 0 {
+        return (usize::from(b[0] & 0x3f), 1);
+    }
+    let mut len = usize::from(b[0] & 0x0f);
+    for i in 0..extra {
+        len |= usize::from(b[1 + i]) << (4 + 8 * i);
+    }
+    (len, 1 + extra)
+}
+
+/// Decodes an integer or string data object: (value, bytes used).
+fn data(b: &[u8]) -> (std::result::Result<u64, String>, usize) {
+    match b[0] {
+        0x00 => (Ok(0), 1),
+        0x01 => (Ok(1), 1),
+        0x0a => (Ok(u64::from(b[1])), 2),
+        0x0b => (Ok(u64::from(u16::from_le_bytes([b[1], b[2]]))), 3),
+        0x0c => (Ok(u64::from(u32_at(b, 1))), 5),
+        0x0d => {
+            let end = b.iter().position(|&c| c == 0).unwrap();
+            (Err(String::from_utf8(b[1..end].to_vec()).unwrap()), end + 1)
+        }
+        op => panic!("unexpected data opcode {op:#x}"),
+    }
+}
+
+/// A compressed EISA id back to its 7-character form.
+fn eisa_id(v: u64) -> String {
+    let v = (v as u32).swap_bytes();
+    let letter = |shift: u32| char::from(b'@' + ((v >> shift) & 0x1f) as u8);
+    format!(
+        "{}{}{}{:04X}",
+        letter(26),
+        letter(21),
+        letter(16),
+        v & 0xffff
+    )
+}
+
+fn resources(dev: &mut Dev, mut b: &[u8]) {
+    loop {
+        match b[0] {
+            0x47 => {
+                let base = u16::from_le_bytes([b[2], b[3]]);
+                assert_eq!(u16::from_le_bytes([b[4], b[5]]), base, "fixed range");
+                dev.ports.push((base, b[7]));
+                b = &b[8..];
+            }
+            0x89 => {
+                assert_eq!(b[4], 1, "one interrupt");
+                dev.irqs.push((u32_at(b, 5), b[3]));
+                b = &b[3 + usize::from(u16::from_le_bytes([b[1], b[2]]))..];
+            }
+            0x79 => return assert_eq!(b.len(), 2, "the end tag ends the buffer"),
+            tag => panic!("unexpected resource descriptor {tag:#x}"),
+        }
+    }
+}
+
+fn device(b: &[u8]) -> Dev {
+    let mut dev = Dev {
+        name: String::from_utf8(b[..4].to_vec()).unwrap(),
+        ..Dev::default()
+    };
+    let mut at = 4;
+    while at < b.len() {
+        assert_eq!(b[at], 0x08, "only Name objects in devices");
+        let name = &b[at + 1..at + 5];
+        at += 5;
+        if name == b"_CRS" {
+            assert_eq!(b[at], 0x11, "a buffer");
+            let (len, used) = pkg_length(&b[at + 1..]);
+            let body = &b[at + 1 + used..at + 1 + len];
+            let (size, used) = data(body);
+            let bytes = &body[used..];
+            assert_eq!(size.unwrap() as usize, bytes.len());
+            resources(&mut dev, bytes);
+            at += 1 + len;
+            continue;
+        }
+        let (value, used) = data(&b[at..]);
+        at += used;
+        match (name, value) {
+            (b"_HID", Ok(id)) => dev.hid = eisa_id(id),
+            (b"_HID", Err(s)) => dev.hid = s,
+            (b"_UID", Ok(uid)) => dev.uid = Some(uid),
+            (other, v) => panic!("unexpected {other:?} = {v:?}"),
+        }
+    }
+    dev
+}
+
+/// The devices of the DSDT's `\_SB` scope.
+fn dsdt_devices(image: &[u8]) -> Vec<Dev> {
+    let tables = parse(image);
+    let aml = tables.dsdt().unwrap();
+    let start = aml.address - ACPI_ADDR as usize;
+    let b = &image[start..start + aml.length as usize];
+    assert_eq!(b[0], 0x10, "a Scope");
+    let (len, used) = pkg_length(&b[1..]);
+    assert_eq!(1 + len, b.len(), "the scope spans the table");
+    assert_eq!(&b[1 + used..6 + used], b"\\_SB_");
+    let mut at = 6 + used;
+    let mut devices = Vec::new();
+    while at < b.len() {
+        assert_eq!(&b[at..at + 2], [0x5b, 0x82], "a Device");
+        let (len, used) = pkg_length(&b[at + 2..]);
+        devices.push(device(&b[at + 2 + used..at + 2 + len]));
+        at += 2 + len;
+    }
+    devices
+}
+
+#[test]
+fn dsdt_has_the_legacy_devices_and_one_processor_per_vcpu() {
+    const EDGE_HIGH_CONSUMER: u8 = 0b0011;
+    for cpus in COUNTS {
+        let devices = dsdt_devices(&build(cpus).unwrap());
+        let isa = |name: &str, hid: &str, ports: &[(u16, u8)], irq: u32| Dev {
+            name: name.into(),
+            hid: hid.into(),
+            uid: None,
+            ports: ports.to_vec(),
+            irqs: vec![(irq, EDGE_HIGH_CONSUMER)],
+        };
+        assert_eq!(
+            devices[..4],
+            [
+                isa("COM1", "PNP0501", &[(0x3f8, 8)], 4),
+                isa("KBD_", "PNP0303", &[(0x60, 1), (0x64, 1)], 1),
+                isa("MOU_", "PNP0F13", &[], 12),
+                isa("RTC_", "PNP0B00", &[(0x70, 2)], 8),
+            ]
+        );
+        let processors: Vec<Dev> = (0..cpus)
+            .map(|uid| Dev {
+                name: format!("C{uid:03X}"),
+                hid: "ACPI0007".into(),
+                uid: Some(u64::from(uid)),
+                ..Dev::default()
+            })
+            .collect();
+        assert_eq!(devices[4..], processors);
+    }
+}
+
+#[test]
+fn the_tables_lie_in_reserved_memory_below_and_above_4g() {
+    use crate::boot::e820::{self, E820Kind};
+    use crate::boot::layout::{FOUR_GIB, HIGH_MEMORY, pc_reserved};
+
+    let hole = 0xc000_0000;
+    for high in [0, 1 << 30] {
+        let low_top = if high == 0 { 512 << 20 } else { hole };
+        let mut ram = vec![(0, 0xa_0000), (HIGH_MEMORY, low_top - HIGH_MEMORY)];
+        if high > 0 {
+            ram.push((FOUR_GIB, high));
+        }
+        let map = e820::build(&ram, &pc_reserved(hole)).unwrap();
+        let size = build(MAX_CPUS).unwrap().len() as u64;
+        assert!(map.iter().any(|e| e.kind == E820Kind::Reserved
+            && e.addr <= ACPI_ADDR
+            && ACPI_ADDR + size <= e.end()));
+        assert!(!map.iter().any(|e| e.kind == E820Kind::Ram
+            && e.addr < ACPI_ADDR + ACPI_SIZE
+            && ACPI_ADDR < e.end()));
+    }
+}
+
+#[test]
+fn cpu_counts_out_of_range_are_refused() {
+    assert!(build(0).is_err());
+    assert!(build(MAX_CPUS + 1).is_err());
+}
