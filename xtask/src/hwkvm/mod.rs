@@ -67,9 +67,14 @@ const SUITE: [TestBinary; 3] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_linux",
-        args: &["--include-ignored", "--test-threads=1"],
+        // Two Linux guests at a time, one per L1 vCPU: QEMU runs each L1
+        // vCPU on a host thread of its own.
+        args: &["--include-ignored", "--test-threads=2"],
     },
 ];
+
+/// L1's vCPUs (the budget's machine has two cores).
+const L1_CPUS: u32 = 2;
 
 /// What the software emulation cannot show, said on every run.
 const NOT_CHECKED: &str = "not checked in this lane: software (int3) breakpoints \
@@ -132,7 +137,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             kernel: &assets.l1_kernel,
             initrd: &initrd,
             append: "console=ttyS0 rdinit=/init panic=-1 loglevel=4",
-            cpus: 1,
+            cpus: L1_CPUS,
             mem: "3G",
             limit,
         },
