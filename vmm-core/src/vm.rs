@@ -14,8 +14,8 @@ use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{
-    BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState, COM1_PORT, DEBUG_EXIT_PORT, DebugExit,
-    I8042, I8042_PORT, I8042_PORTS, Uart,
+    BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState, CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos,
+    DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart, system_clock,
 };
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
@@ -110,6 +110,15 @@ impl Vm {
         )?;
         let i8042 = Arc::new(Mutex::new(I8042::default()));
         io.register(I8042_PORT, I8042_PORTS, "i8042", i8042.clone())?;
+        let below_4g = config
+            .ram_bytes
+            .min(pc_layout(config.ram_bytes).mmio_hole_start());
+        let cmos = Arc::new(Mutex::new(Cmos::new(
+            below_4g,
+            config.ram_bytes - below_4g,
+            system_clock(),
+        )));
+        io.register(CMOS_PORT, CMOS_PORTS, "cmos", cmos.clone())?;
         let balloon = Arc::new(BalloonState::default());
         balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);
         let refused = stats
@@ -170,6 +179,7 @@ impl Vm {
                 xcrs: backend.guest_has_xsave(),
                 uart,
                 i8042,
+                cmos,
                 progress,
             },
             memory,

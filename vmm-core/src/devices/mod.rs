@@ -1,11 +1,13 @@
 //! Minimal PC devices.
 
 mod balloon;
+mod cmos;
 mod debug_exit;
 mod i8042;
 mod serial;
 
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
+pub use cmos::{CMOS_PORT, CMOS_PORTS, Cmos, CmosState, HostClock, system_clock};
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
 pub use i8042::{I8042, I8042_PORT, I8042_PORTS};
 pub(crate) use serial::UART_FIFO_SIZE;

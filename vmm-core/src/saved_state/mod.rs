@@ -14,6 +14,7 @@
 //! | `pgm` | RAM, ROM shadows and protection, MMIO2 (live passes over the dirty log) |
 //! | `uart` | COM1 registers and receive FIFO |
 //! | `i8042` | the keyboard controller |
+//! | `cmos` | the RTC's registers, CMOS RAM and the guest clock's offset |
 //! | `balloon` | the balloon's target and the pages the guest has given |
 //!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
@@ -57,7 +58,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ssm::{Manager, SaveOptions, StreamReader};
 
-use crate::devices::{I8042, Uart};
+use crate::devices::{Cmos, I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::rendezvous::{RendezvousFlags, RendezvousType};
@@ -65,7 +66,9 @@ use crate::vmstate::{VmState, VmStateError};
 
 use hm_vmx::{IrqchipState, PitState};
 pub use units::SavedConfig;
-use units::{BalloonUnit, CpuUnit, I8042Unit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit};
+use units::{
+    BalloonUnit, CmosUnit, CpuUnit, I8042Unit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit,
+};
 
 /// What the machine keeps for saving and restoring.
 pub(crate) struct SaveContext {
@@ -75,6 +78,7 @@ pub(crate) struct SaveContext {
     pub(crate) xcrs: bool,
     pub(crate) uart: Arc<Mutex<Uart>>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) cmos: Arc<Mutex<Cmos>>,
     pub(crate) progress: SaveProgress,
 }
 
@@ -218,6 +222,9 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     }))?;
     m.register(Box::new(I8042Unit {
         kbc: Arc::clone(&ctx.i8042),
+    }))?;
+    m.register(Box::new(CmosUnit {
+        cmos: Arc::clone(&ctx.cmos),
     }))?;
     m.register(Box::new(BalloonUnit {
         state: Arc::clone(&machine.balloon),

@@ -1,5 +1,5 @@
 //! The VM's saved-state units: `vmm` (the configuration), `irqchip`, one
-//! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042` and `balloon`.
+//! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042`, `cmos` and `balloon`.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
 use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
-use crate::devices::{BalloonState, I8042, Uart};
+use crate::devices::{BalloonState, Cmos, CmosState, I8042, Uart};
 
 /// The most bytes a unit's blob may claim (vCPU state with every MSR is a
 /// few KiB; firmware at most 16 MiB).
@@ -296,6 +296,52 @@ impl Unit for I8042Unit {
         let awaiting = r.get_bool()?;
         let output = r.get_buf(I8042_MAX_OUTPUT)?;
         self.kbc.lock().set_state(config, &output, awaiting);
+        Ok(())
+    }
+}
+
+/// `cmos`: the RTC's registers and CMOS RAM, the selected byte with the
+/// NMI mask, and the guest clock's offset from the host's (a restored
+/// guest's clock keeps the time it was set to, moving on with the host's).
+pub(crate) struct CmosUnit {
+    pub(crate) cmos: Arc<Mutex<Cmos>>,
+}
+
+impl Unit for CmosUnit {
+    fn name(&self) -> &str {
+        "cmos"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let s = self.cmos.lock().state();
+        w.put_bytes(&s.ram)?;
+        w.put_u8(s.index)?;
+        w.put_bool(s.nmi_masked)?;
+        w.put_i64(s.offset_ns)?;
+        w.put_i64(s.events_seen_ns)
+    }
+
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
+        let mut ram = [0; 128];
+        r.get_bytes(&mut ram)?;
+        let index = r.get_u8()?;
+        if index >= 0x80 {
+            return Err(failed(format!(
+                "CMOS index {index:#x} beyond its 128 bytes"
+            )));
+        }
+        let state = CmosState {
+            ram,
+            index,
+            nmi_masked: r.get_bool()?,
+            offset_ns: r.get_i64()?,
+            events_seen_ns: r.get_i64()?,
+        };
+        self.cmos.lock().set_state(&state);
         Ok(())
     }
 }
