@@ -15,7 +15,7 @@ use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{
     BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState, CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos,
-    DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart, system_clock,
+    DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, IrqLine, Uart, system_clock,
 };
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
@@ -31,6 +31,10 @@ use crate::saved_state::{
     self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig,
 };
 use crate::vmstate::{VmState, VmStateMachine};
+
+/// The ISA IRQs of the i8042's keyboard and auxiliary ports.
+const KBD_IRQ: u32 = 1;
+const AUX_IRQ: u32 = 12;
 
 /// A virtual machine: one EMT thread per vCPU runs it.
 ///
@@ -108,7 +112,11 @@ impl Vm {
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
         )?;
-        let i8042 = Arc::new(Mutex::new(I8042::default()));
+        let irq = |line: u32| {
+            IrqLine::irqfd(backend.fd(), line)
+                .map_err(|e| Error::Config(format!("cannot wire IRQ {line} to KVM: {e}")))
+        };
+        let i8042 = Arc::new(Mutex::new(I8042::new(irq(KBD_IRQ)?, irq(AUX_IRQ)?)));
         io.register(I8042_PORT, I8042_PORTS, "i8042", i8042.clone())?;
         let below_4g = config
             .ram_bytes

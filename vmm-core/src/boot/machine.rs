@@ -6,8 +6,6 @@
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_msr_entry};
 use kvm_ioctls::{VcpuFd, VmFd};
 
-use vmm_sys_util::eventfd::EventFd;
-
 use super::error::{Error, Result, kvm};
 use crate::devices::IrqLine;
 
@@ -42,11 +40,8 @@ pub const COM1_IRQ: u32 = 4;
 /// An interrupt line for COM1: an eventfd KVM turns into IRQ 4 of the
 /// in-kernel PIC and I/O APIC (the VM must have its irqchip).
 pub fn uart_irq(vm: &VmFd) -> Result<IrqLine> {
-    let event = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| Error::Machine(format!("cannot create an eventfd: {e}")))?;
-    vm.register_irqfd(&event, COM1_IRQ)
-        .map_err(kvm("KVM_IRQFD"))?;
-    Ok(IrqLine::Irqfd(std::sync::Arc::new(event)))
+    IrqLine::irqfd(vm, COM1_IRQ)
+        .map_err(|e| Error::Machine(format!("cannot wire IRQ {COM1_IRQ} to KVM: {e}")))
 }
 
 /// The header leaf of the CPUID range `function` belongs to, grouped as

@@ -43,6 +43,7 @@
 //! instead, for a VM independent of the file. A teleport always copies.
 
 mod dirty;
+mod kbc_unit;
 mod live;
 mod progress;
 mod units;
@@ -65,10 +66,9 @@ use crate::rendezvous::{RendezvousFlags, RendezvousType};
 use crate::vmstate::{VmState, VmStateError};
 
 use hm_vmx::{IrqchipState, PitState};
+use kbc_unit::I8042Unit;
 pub use units::SavedConfig;
-use units::{
-    BalloonUnit, CmosUnit, CpuUnit, I8042Unit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit,
-};
+use units::{BalloonUnit, CmosUnit, CpuUnit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit};
 
 /// What the machine keeps for saving and restoring.
 pub(crate) struct SaveContext {

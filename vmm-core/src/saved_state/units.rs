@@ -7,13 +7,13 @@ use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
 use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
-use crate::devices::{BalloonState, Cmos, CmosState, I8042, Uart};
+use crate::devices::{BalloonState, Cmos, CmosState, Uart};
 
 /// The most bytes a unit's blob may claim (vCPU state with every MSR is a
 /// few KiB; firmware at most 16 MiB).
 const MAX_BLOB: usize = 16 << 20;
 
-fn failed(e: impl std::fmt::Display) -> ssm::Error {
+pub(super) fn failed(e: impl std::fmt::Display) -> ssm::Error {
     ssm::Error::callback(e.to_string())
 }
 
@@ -262,41 +262,6 @@ impl Unit for UartUnit {
             in_buffer: r.get_buf(crate::devices::UART_FIFO_SIZE)?,
         };
         self.uart.lock().set_state(&state).map_err(failed)
-    }
-}
-
-/// `i8042`: the keyboard controller's configuration byte and output queue.
-pub(crate) struct I8042Unit {
-    pub(crate) kbc: Arc<Mutex<I8042>>,
-}
-
-/// The most bytes the controller queues.
-const I8042_MAX_OUTPUT: usize = 16;
-
-impl Unit for I8042Unit {
-    fn name(&self) -> &str {
-        "i8042"
-    }
-
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
-        let (config, output, awaiting) = self.kbc.lock().state();
-        w.put_u8(config)?;
-        w.put_bool(awaiting)?;
-        // The queue only grows by a byte per guest command; keep the newest.
-        let keep = &output[output.len().saturating_sub(I8042_MAX_OUTPUT)..];
-        w.put_buf(keep)
-    }
-
-    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
-        let config = r.get_u8()?;
-        let awaiting = r.get_bool()?;
-        let output = r.get_buf(I8042_MAX_OUTPUT)?;
-        self.kbc.lock().set_state(config, &output, awaiting);
-        Ok(())
     }
 }
 
