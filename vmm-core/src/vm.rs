@@ -15,7 +15,8 @@ use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{
     BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState, CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos,
-    DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, IrqLine, Uart, system_clock,
+    DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, IrqLine, Uart, spawn_interrupts,
+    system_clock,
 };
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
@@ -32,9 +33,10 @@ use crate::saved_state::{
 };
 use crate::vmstate::{VmState, VmStateMachine};
 
-/// The ISA IRQs of the i8042's keyboard and auxiliary ports.
+/// The ISA IRQs of the i8042's keyboard and auxiliary ports and of the RTC.
 const KBD_IRQ: u32 = 1;
 const AUX_IRQ: u32 = 12;
+const RTC_IRQ: u32 = 8;
 
 /// A virtual machine: one EMT thread per vCPU runs it.
 ///
@@ -121,11 +123,10 @@ impl Vm {
         let below_4g = config
             .ram_bytes
             .min(pc_layout(config.ram_bytes).mmio_hole_start());
-        let cmos = Arc::new(Mutex::new(Cmos::new(
-            below_4g,
-            config.ram_bytes - below_4g,
-            system_clock(),
-        )));
+        let cmos = Cmos::new(below_4g, config.ram_bytes - below_4g, system_clock());
+        let cmos = Arc::new(Mutex::new(cmos.with_irq(irq(RTC_IRQ)?)));
+        spawn_interrupts(&cmos)
+            .map_err(|e| Error::Config(format!("cannot start the RTC's interrupt thread: {e}")))?;
         io.register(CMOS_PORT, CMOS_PORTS, "cmos", cmos.clone())?;
         let balloon = Arc::new(BalloonState::default());
         balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);

@@ -7,7 +7,7 @@ mod i8042;
 mod serial;
 
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
-pub use cmos::{CMOS_PORT, CMOS_PORTS, Cmos, CmosState, HostClock, system_clock};
+pub use cmos::{CMOS_PORT, CMOS_PORTS, Cmos, CmosState, HostClock, spawn_interrupts, system_clock};
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
 pub use i8042::{
     DataTarget, I8042, I8042_PORT, I8042_PORTS, I8042State, Keyboard, Mouse, PENDING_LIMIT, Queue,

@@ -10,14 +10,21 @@
 //! data, C reports the periodic, alarm and update-ended events since it was
 //! last read (reading clears it), D reports valid RAM and time. The RAM
 //! holds what a PC BIOS leaves there: the memory sizes and the century.
-//! Interrupts (IRQ 8) are not raised: C reports events when read.
+//! An enabled event raises the interrupt line (IRQ 8) when C's IRQF flag
+//! goes from 0 to 1; [`spawn_interrupts`] runs the thread that notices
+//! events as they fall due.
 
 mod clock;
+mod interrupts;
 
 use std::sync::Arc;
 
-use super::{DeviceAction, PioDevice};
+use parking_lot::Condvar;
+use vm_superio::Trigger;
+
+use super::{DeviceAction, IrqLine, PioDevice};
 use clock::REG_B;
+pub use interrupts::spawn_interrupts;
 
 /// The I/O base of the CMOS: index at +0 (0x70), data at +1 (0x71).
 pub const CMOS_PORT: u16 = 0x70;
@@ -108,6 +115,10 @@ pub struct CmosState {
 pub struct Cmos {
     state: CmosState,
     host: HostClock,
+    irq: IrqLine,
+    /// Wakes the interrupt thread when the registers that time its next
+    /// event change.
+    wake: Arc<Condvar>,
 }
 
 impl Cmos {
@@ -130,9 +141,16 @@ impl Cmos {
                 events_seen_ns: now,
             },
             host,
+            irq: IrqLine::None,
+            wake: Arc::new(Condvar::new()),
         };
         cmos.latch_time();
         cmos
+    }
+
+    /// The CMOS with its interrupt on `irq`.
+    pub fn with_irq(self, irq: IrqLine) -> Self {
+        Cmos { irq, ..self }
     }
 
     /// The state, for a saved state.
@@ -143,6 +161,7 @@ impl Cmos {
     /// Puts back a state [`Cmos::state`] returned.
     pub fn set_state(&mut self, state: &CmosState) {
         self.state = state.clone();
+        self.wake.notify_all();
     }
 
     /// Whether the guest masked NMI through the index port.
@@ -217,9 +236,32 @@ impl Cmos {
         let ram = &mut self.state.ram;
         ram[REG_C] |= flags;
         // Each enable bit of B sits where C has its event's flag.
-        if ram[REG_C] & ram[REG_B] & (C_PF | C_AF | C_UF) != 0 {
+        if ram[REG_C] & C_IRQF == 0 && ram[REG_C] & ram[REG_B] & (C_PF | C_AF | C_UF) != 0 {
             ram[REG_C] |= C_IRQF;
+            if let Err(e) = self.irq.trigger() {
+                tracing::warn!("RTC interrupt lost: {e}");
+            }
         }
+    }
+
+    /// How long until the next event whose interrupt is enabled, if one
+    /// can raise it (none while IRQF waits for C to be read).
+    fn next_interrupt_in(&self) -> Option<std::time::Duration> {
+        let ram = &self.state.ram;
+        if ram[REG_C] & C_IRQF != 0 || ram[REG_A] & A_DIVIDER != A_DIVIDER_RUN {
+            return None;
+        }
+        let now = self.guest_now_ns();
+        let next_multiple = |period: i64| (now.div_euclid(period) + 1) * period;
+        let periodic = (ram[REG_B] & B_PIE != 0)
+            .then(|| self.period_ns().map(next_multiple))
+            .flatten();
+        let second = (ram[REG_B] & (B_UIE | B_AIE) != 0 && self.running())
+            .then(|| next_multiple(NS_PER_SEC));
+        let next = periodic.into_iter().chain(second).min()?;
+        Some(std::time::Duration::from_nanos(
+            u64::try_from(next - now).unwrap_or(0),
+        ))
     }
 
     fn read_register(&mut self, index: usize) -> u8 {
@@ -231,6 +273,7 @@ impl Cmos {
             }
             REG_C => {
                 self.collect_events();
+                self.wake.notify_all();
                 std::mem::take(&mut self.state.ram[REG_C])
             }
             i if clock::is_time_register(i) => {
@@ -274,6 +317,7 @@ impl Cmos {
             }
             _ => {}
         }
+        self.wake.notify_all();
     }
 }
 
@@ -330,6 +374,7 @@ impl PioDevice for Cmos {
         self.collect_events();
         self.state.ram[REG_B] &= !(B_PIE | B_AIE | B_UIE | B_SQWE);
         self.state.ram[REG_C] = 0;
+        self.wake.notify_all();
     }
 }
 

@@ -193,3 +193,53 @@ fn state_round_trips() {
     assert!(d.nmi_masked());
     assert_eq!(get(&mut d, 2), 0x45);
 }
+
+/// An interrupt line whose signals the test counts.
+fn line() -> (IrqLine, Arc<vmm_sys_util::eventfd::EventFd>) {
+    let event = Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    (IrqLine::Irqfd(Arc::clone(&event)), event)
+}
+
+#[test]
+fn an_enabled_event_raises_irq_8_until_c_is_read() {
+    let (c, now) = cmos();
+    let (irq, event) = line();
+    let mut c = c.with_irq(irq);
+    assert_eq!(c.next_interrupt_in(), None, "no interrupt enabled");
+    set(&mut c, 0x0b, B_DEFAULT | B_UIE);
+    let half = std::time::Duration::from_nanos(NS_PER_SEC as u64 / 2);
+    assert_eq!(c.next_interrupt_in(), Some(half));
+    advance(&now, NS_PER_SEC);
+    c.collect_events();
+    assert_eq!(event.read().unwrap(), 1);
+    assert_eq!(c.next_interrupt_in(), None, "IRQF waits for C");
+    advance(&now, NS_PER_SEC);
+    c.collect_events();
+    assert!(event.read().is_err(), "no second edge before C is read");
+    assert_eq!(get(&mut c, 0x0c), C_IRQF | C_PF | C_UF);
+    advance(&now, NS_PER_SEC);
+    c.collect_events();
+    assert_eq!(event.read().unwrap(), 1);
+    set(&mut c, 0x0b, B_DEFAULT | B_PIE);
+    get(&mut c, 0x0c);
+    let period = c.next_interrupt_in().unwrap();
+    assert!(
+        period <= std::time::Duration::from_nanos(976_563),
+        "{period:?}"
+    );
+}
+
+#[test]
+fn the_interrupt_thread_raises_update_interrupts() {
+    let (irq, event) = line();
+    let cmos = Cmos::new(64 << 20, 0, system_clock()).with_irq(irq);
+    let cmos = Arc::new(parking_lot::Mutex::new(cmos));
+    spawn_interrupts(&cmos).unwrap();
+    set(&mut cmos.lock(), 0x0b, B_DEFAULT | B_UIE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while event.read().is_err() {
+        assert!(std::time::Instant::now() < deadline, "no update interrupt");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(get(&mut cmos.lock(), 0x0c) & (C_IRQF | C_UF), C_IRQF | C_UF);
+}
