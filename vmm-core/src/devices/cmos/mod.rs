@@ -71,6 +71,8 @@ const B_DEFAULT: u8 = clock::B_24H;
 /// How long before each second's update A's UIP reads 1.
 const UIP_LEAD_NS: i64 = 244_000;
 const NS_PER_SEC: i64 = 1_000_000_000;
+/// How long after the divider chain leaves reset the first update comes.
+const DIVIDER_FIRST_UPDATE_NS: i64 = NS_PER_SEC / 2;
 /// The most seconds of missed alarms a read of C looks back (a day holds
 /// every alarm pattern).
 const ALARM_LOOKBACK: i64 = 86_400;
@@ -185,18 +187,23 @@ impl Cmos {
         clock::store(&mut self.state.ram, secs);
     }
 
-    /// Makes the clock continue from the time the registers hold, keeping
-    /// the position within the second; registers that hold no valid time
-    /// leave the clock as it was.
-    fn adopt_registers(&mut self) {
+    /// Makes the clock continue from the time the registers hold: at
+    /// `phase` nanoseconds into that second if the divider chain restarts,
+    /// else keeping the chain's position within the second. Registers that
+    /// hold no valid time leave the clock as it was.
+    fn adopt_registers(&mut self, phase: Option<i64>) {
         let Some(secs) = clock::load(&self.state.ram) else {
             return;
         };
         let now = self.guest_now_ns();
-        let delta = secs
-            .saturating_sub(now.div_euclid(NS_PER_SEC))
-            .saturating_mul(NS_PER_SEC);
-        self.state.offset_ns = self.state.offset_ns.saturating_add(delta);
+        let kept = now.rem_euclid(NS_PER_SEC);
+        let target = secs
+            .saturating_mul(NS_PER_SEC)
+            .saturating_add(phase.unwrap_or(kept));
+        self.state.offset_ns = self
+            .state
+            .offset_ns
+            .saturating_add(target.saturating_sub(now));
     }
 
     /// The periodic interrupt's period for register A's rate bits (none
@@ -288,6 +295,7 @@ impl Cmos {
 
     fn write_register(&mut self, index: usize, value: u8) {
         let was_running = self.running();
+        let divider_stopped = self.state.ram[REG_A] & A_DIVIDER != A_DIVIDER_RUN;
         match index {
             REG_A => {
                 self.collect_events();
@@ -304,7 +312,7 @@ impl Cmos {
             i if clock::is_time_register(i) && was_running => {
                 self.latch_time();
                 self.state.ram[i] = value;
-                self.adopt_registers();
+                self.adopt_registers(None);
                 return;
             }
             i => self.state.ram[i] = value,
@@ -312,7 +320,10 @@ impl Cmos {
         match (was_running, self.running()) {
             (true, false) => self.latch_time(),
             (false, true) => {
-                self.adopt_registers();
+                // A divider chain leaving reset makes its first update
+                // half a second later.
+                let restarted = divider_stopped.then_some(NS_PER_SEC - DIVIDER_FIRST_UPDATE_NS);
+                self.adopt_registers(restarted);
                 self.state.events_seen_ns = self.guest_now_ns();
             }
             _ => {}
