@@ -15,7 +15,8 @@ use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{
     ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
-    COM1_PORT, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT, I8042_PORTS, Uart,
+    CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
+    I8042_PORTS, IrqLine, Uart, spawn_interrupts, system_clock,
 };
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
@@ -31,6 +32,11 @@ use crate::saved_state::{
     self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig,
 };
 use crate::vmstate::{VmState, VmStateMachine};
+
+/// The ISA IRQs of the i8042's keyboard and auxiliary ports and of the RTC.
+const KBD_IRQ: u32 = 1;
+const AUX_IRQ: u32 = 12;
+const RTC_IRQ: u32 = 8;
 
 /// A virtual machine: one EMT thread per vCPU runs it.
 ///
@@ -108,10 +114,22 @@ impl Vm {
             "debug-exit",
             Arc::new(Mutex::new(DebugExit)),
         )?;
-        let i8042 = Arc::new(Mutex::new(I8042::default()));
+        let irq = |line: u32| {
+            IrqLine::irqfd(backend.fd(), line)
+                .map_err(|e| Error::Config(format!("cannot wire IRQ {line} to KVM: {e}")))
+        };
+        let i8042 = Arc::new(Mutex::new(I8042::new(irq(KBD_IRQ)?, irq(AUX_IRQ)?)));
         io.register(I8042_PORT, I8042_PORTS, "i8042", i8042.clone())?;
         let acpi_pm = Arc::new(Mutex::new(AcpiPm::default()));
         io.register(ACPI_PM_PORT, ACPI_PM_PORTS, "acpi-pm", acpi_pm.clone())?;
+        let below_4g = config
+            .ram_bytes
+            .min(pc_layout(config.ram_bytes).mmio_hole_start());
+        let cmos = Cmos::new(below_4g, config.ram_bytes - below_4g, system_clock());
+        let cmos = Arc::new(Mutex::new(cmos.with_irq(irq(RTC_IRQ)?)));
+        spawn_interrupts(&cmos)
+            .map_err(|e| Error::Config(format!("cannot start the RTC's interrupt thread: {e}")))?;
+        io.register(CMOS_PORT, CMOS_PORTS, "cmos", cmos.clone())?;
         let balloon = Arc::new(BalloonState::default());
         balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);
         let refused = stats
@@ -173,6 +191,7 @@ impl Vm {
                 uart,
                 i8042,
                 acpi_pm,
+                cmos,
                 progress,
             },
             memory,

@@ -6,8 +6,6 @@
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_msr_entry};
 use kvm_ioctls::{VcpuFd, VmFd};
 
-use vmm_sys_util::eventfd::EventFd;
-
 use super::error::{Error, Result, kvm};
 use crate::devices::IrqLine;
 
@@ -42,87 +40,111 @@ pub const COM1_IRQ: u32 = 4;
 /// An interrupt line for COM1: an eventfd KVM turns into IRQ 4 of the
 /// in-kernel PIC and I/O APIC (the VM must have its irqchip).
 pub fn uart_irq(vm: &VmFd) -> Result<IrqLine> {
-    let event = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| Error::Machine(format!("cannot create an eventfd: {e}")))?;
-    vm.register_irqfd(&event, COM1_IRQ)
-        .map_err(kvm("KVM_IRQFD"))?;
-    Ok(IrqLine::Irqfd(std::sync::Arc::new(event)))
+    IrqLine::irqfd(vm, COM1_IRQ)
+        .map_err(|e| Error::Machine(format!("cannot wire IRQ {COM1_IRQ} to KVM: {e}")))
 }
 
-/// Edits a vCPU's CPUID in place: sets the hypervisor bit, makes sure the
-/// KVM signature leaf exists and adds the timing leaf with `tsc_khz`.
+/// The header leaf of the CPUID range `function` belongs to, grouped as
+/// KVM groups them: basic (0), hypervisor (0x4000_0000, 0x4000_0100, ...),
+/// extended (0x8000_0000) and Centaur (0xc000_0000). A header's EAX is the
+/// highest leaf of its range.
+fn range_header(function: u32) -> u32 {
+    match function {
+        0x4000_0000..=0x4fff_ffff => function & 0xffff_ff00,
+        0xc000_0000.. => 0xc000_0000,
+        _ => function & 0x8000_0000,
+    }
+}
+
+/// Whether the guest can tell `entry` from a missing one. A leaf or subleaf
+/// the list lacks reads as all zeros when it lies within its range, so an
+/// all-zero entry says nothing; a leaf past its range's highest leaf
+/// (header EAX) is never read as itself on hardware (Intel answers with
+/// the highest basic leaf, AMD with zeros). Range headers always stay.
+fn says_something(supported: &[kvm_cpuid_entry2], entry: &kvm_cpuid_entry2) -> bool {
+    let header = range_header(entry.function);
+    if entry.function == header {
+        return true;
+    }
+    if [entry.eax, entry.ebx, entry.ecx, entry.edx] == [0; 4] {
+        return false;
+    }
+    supported
+        .iter()
+        .find(|e| e.function == header)
+        .is_none_or(|h| entry.function <= h.eax)
+}
+
+/// Builds a vCPU's boot CPUID from the leaves it was given (what
+/// `KVM_GET_SUPPORTED_CPUID` offered, with its APIC id): keeps every leaf
+/// and subleaf that says something (see below), sets the hypervisor bit,
+/// makes sure the KVM signature leaf exists and adds the timing leaf with
+/// `tsc_khz`.
+///
+/// KVM may offer as many leaves as a `kvm_cpuid2` can hold, most of them
+/// all zeros (Debian 12's 6.1 kernel does), which leaves no room to add
+/// anything. All-zero leaves read the same when absent, and leaves past
+/// their range's highest leaf are never read as themselves, so both are
+/// dropped; subleaves of the indexed leaves (4, 7, 0xb, 0xd, ...) keep
+/// their index and flags. The result is sized for what it holds; more
+/// than `KVM_MAX_CPUID_ENTRIES` meaningful leaves is an error.
 ///
 /// ```
-/// use kvm_bindings::{CpuId, kvm_cpuid_entry2};
-/// let mut cpuid = CpuId::from_entries(&[kvm_cpuid_entry2 { function: 1, ..Default::default() }]).unwrap();
-/// vmm_core::boot::machine::edit_cpuid(&mut cpuid, 2_000_000)?;
+/// use kvm_bindings::kvm_cpuid_entry2;
+/// let given = [kvm_cpuid_entry2 { function: 1, eax: 0x806f8, ..Default::default() }];
+/// let cpuid = vmm_core::boot::machine::guest_cpuid(&given, 2_000_000)?;
 /// assert!(cpuid.as_slice().iter().any(|e| e.function == 0x4000_0000 && e.ebx == 0x4b4d_564b));
 /// # Ok::<(), vmm_core::boot::Error>(())
 /// ```
-pub fn edit_cpuid(cpuid: &mut CpuId, tsc_khz: u32) -> Result<()> {
-    let mut max_hv_leaf = TIMING_LEAF;
-    let mut has_signature = false;
-    let mut has_timing = false;
-    for e in cpuid.as_mut_slice() {
+pub fn guest_cpuid(given: &[kvm_cpuid_entry2], tsc_khz: u32) -> Result<CpuId> {
+    let mut entries: Vec<kvm_cpuid_entry2> = given
+        .iter()
+        .filter(|e| says_something(given, e) && e.function != TIMING_LEAF)
+        .copied()
+        .collect();
+    let max_hv_leaf = entries
+        .iter()
+        .find(|e| e.function == KVM_SIGNATURE_LEAF)
+        .map_or(TIMING_LEAF, |e| e.eax.max(TIMING_LEAF));
+    for e in &mut entries {
         match e.function {
             1 => e.ecx |= CPUID_1_ECX_HYPERVISOR,
-            KVM_SIGNATURE_LEAF => {
-                has_signature = true;
-                max_hv_leaf = max_hv_leaf.max(e.eax);
-            }
-            TIMING_LEAF => {
-                has_timing = true;
-                e.eax = tsc_khz;
-                e.ebx = LAPIC_BUS_KHZ;
-            }
+            KVM_SIGNATURE_LEAF => e.eax = max_hv_leaf,
             _ => {}
         }
     }
-    let push = |cpuid: &mut CpuId, entry: kvm_cpuid_entry2| {
-        cpuid
-            .push(entry)
-            .map_err(|e| Error::Machine(format!("guest CPUID is full: {e:?}")))
-    };
-    if !has_signature {
-        push(
-            cpuid,
-            kvm_cpuid_entry2 {
-                function: KVM_SIGNATURE_LEAF,
-                eax: max_hv_leaf,
-                ebx: u32::from_le_bytes(*b"KVMK"),
-                ecx: u32::from_le_bytes(*b"VMKV"),
-                edx: u32::from_le_bytes(*b"M\0\0\0"),
-                ..Default::default()
-            },
-        )?;
+    if !entries.iter().any(|e| e.function == KVM_SIGNATURE_LEAF) {
+        entries.push(kvm_cpuid_entry2 {
+            function: KVM_SIGNATURE_LEAF,
+            eax: max_hv_leaf,
+            ebx: u32::from_le_bytes(*b"KVMK"),
+            ecx: u32::from_le_bytes(*b"VMKV"),
+            edx: u32::from_le_bytes(*b"M\0\0\0"),
+            ..Default::default()
+        });
     }
-    for e in cpuid.as_mut_slice() {
-        if e.function == KVM_SIGNATURE_LEAF {
-            e.eax = max_hv_leaf;
-        }
-    }
-    if !has_timing {
-        push(
-            cpuid,
-            kvm_cpuid_entry2 {
-                function: TIMING_LEAF,
-                eax: tsc_khz,
-                ebx: LAPIC_BUS_KHZ,
-                ..Default::default()
-            },
-        )?;
-    }
-    Ok(())
+    entries.push(kvm_cpuid_entry2 {
+        function: TIMING_LEAF,
+        eax: tsc_khz,
+        ebx: LAPIC_BUS_KHZ,
+        ..Default::default()
+    });
+    CpuId::from_entries(&entries).map_err(|e| {
+        Error::Machine(format!(
+            "the guest CPUID needs {} leaves, KVM takes at most {KVM_MAX_CPUID_ENTRIES}: {e:?}",
+            entries.len()
+        ))
+    })
 }
 
 /// Gives a vCPU the boot CPUID (its current CPUID edited by
-/// [`edit_cpuid`] with its TSC frequency) and the [`BOOT_MSRS`].
+/// [`guest_cpuid`] with its TSC frequency) and the [`BOOT_MSRS`].
 pub fn configure_vcpu(vcpu: &VcpuFd) -> Result<()> {
     let tsc_khz = vcpu.get_tsc_khz().map_err(kvm("KVM_GET_TSC_KHZ"))?;
-    let mut cpuid = vcpu
+    let given = vcpu
         .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("KVM_GET_CPUID2"))?;
-    edit_cpuid(&mut cpuid, tsc_khz)?;
+    let cpuid = guest_cpuid(given.as_slice(), tsc_khz)?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
     let entries: Vec<kvm_msr_entry> = BOOT_MSRS
         .iter()
@@ -177,13 +199,12 @@ mod tests {
 
     #[test]
     fn cpuid_gains_hypervisor_bit_and_leaves() {
-        let mut cpuid = CpuId::from_entries(&[kvm_cpuid_entry2 {
+        let given = [kvm_cpuid_entry2 {
             function: 1,
             ecx: 1,
             ..Default::default()
-        }])
-        .unwrap();
-        edit_cpuid(&mut cpuid, 1_234_567).unwrap();
+        }];
+        let cpuid = guest_cpuid(&given, 1_234_567).unwrap();
         assert_eq!(leaf(&cpuid, 1).unwrap().ecx, 1 | CPUID_1_ECX_HYPERVISOR);
         let sig = leaf(&cpuid, KVM_SIGNATURE_LEAF).unwrap();
         assert_eq!(sig.eax, TIMING_LEAF);
@@ -198,14 +219,13 @@ mod tests {
 
     #[test]
     fn existing_kvm_leaves_are_kept() {
-        let mut cpuid = CpuId::from_entries(&[kvm_cpuid_entry2 {
+        let given = [kvm_cpuid_entry2 {
             function: KVM_SIGNATURE_LEAF,
             eax: 0x4000_0001,
             ebx: 7,
             ..Default::default()
-        }])
-        .unwrap();
-        edit_cpuid(&mut cpuid, 1000).unwrap();
+        }];
+        let cpuid = guest_cpuid(&given, 1000).unwrap();
         let sig = leaf(&cpuid, KVM_SIGNATURE_LEAF).unwrap();
         assert_eq!((sig.eax, sig.ebx), (TIMING_LEAF, 7));
         assert_eq!(
@@ -216,5 +236,180 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    /// A KVM_GET_SUPPORTED_CPUID answer shaped like a Debian 12 (6.1) host's:
+    /// the leaves a guest needs among hundreds of all-zero entries (zero
+    /// subleaves, zero leaves in and beyond the reported ranges), as many as
+    /// KVM hands out.
+    /// Leaves whose ECX input selects a subleaf (KVM flags them with
+    /// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX`).
+    const SUBLEAF_LEAVES: &[u32] = &[
+        4,
+        7,
+        0xb,
+        0xd,
+        0xf,
+        0x10,
+        0x12,
+        0x14,
+        0x17,
+        0x18,
+        0x1d,
+        0x1e,
+        0x1f,
+        0x20,
+        0x23,
+        0x24,
+        0x8000_001d,
+        0x8000_0020,
+        0x8000_0026,
+    ];
+
+    fn debian_6_1_table() -> Vec<kvm_cpuid_entry2> {
+        let entry = |function, index, regs: [u32; 4]| kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: if SUBLEAF_LEAVES.contains(&function) {
+                1
+            } else {
+                0
+            },
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        };
+        let mut table = vec![
+            entry(0, 0, [0x1f, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
+            entry(1, 0, [0x806f8, 0x0080_0800, 0x7ffa_3223, 0x0f8b_fbff]),
+            entry(4, 0, [0x121, 0x01c0_003f, 0x3f, 0]),
+            entry(4, 1, [0x122, 0x01c0_003f, 0x3f, 0]),
+            entry(4, 2, [0x143, 0x03c0_003f, 0x7ff, 0]),
+            entry(4, 3, [0x163, 0x0380_003f, 0xffff, 4]),
+            entry(7, 0, [1, 0xf1bf_07ab, 0x1b40_5f4e, 0xbc01_4410]),
+            entry(0xb, 0, [0, 1, 0x100, 0]),
+            entry(0xb, 1, [0, 1, 0x201, 0]),
+            entry(0xd, 0, [0x2e7, 0x2a88, 0x2a88, 0]),
+            entry(0xd, 1, [0x1f, 0, 0, 0]),
+            entry(0xd, 2, [0x100, 0x240, 0, 0]),
+            entry(
+                KVM_SIGNATURE_LEAF,
+                0,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
+            entry(0x4000_0001, 0, [0x0100_7afb, 0, 0, 0]),
+            entry(0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
+            entry(0x8000_0001, 0, [0, 0, 0x121, 0x2c10_0800]),
+            entry(0x8000_0008, 0, [0x3030, 0, 0, 0]),
+        ];
+        // All-zero basic and extended leaves inside the reported ranges,
+        // zero subleaves of the indexed leaves, and zero leaves past the
+        // maximum, until the list is as long as KVM allows.
+        let fillers = (2..=0x1f)
+            .map(|f| (f, 0))
+            .chain((0x8000_0002..=0x8000_0021).map(|f| (f, 0)))
+            .chain((3..64).map(|i| (0xd, i)))
+            .chain((4..64).map(|i| (0x4, i)))
+            .chain((0x20..0x40).map(|f| (f, 0)))
+            .chain((0x8000_0022..0x8000_0040).map(|f| (f, 0)));
+        for (function, index) in fillers {
+            if table.len() == KVM_MAX_CPUID_ENTRIES {
+                break;
+            }
+            if !table
+                .iter()
+                .any(|e| (e.function, e.index) == (function, index))
+            {
+                table.push(entry(function, index, [0; 4]));
+            }
+        }
+        assert_eq!(table.len(), KVM_MAX_CPUID_ENTRIES);
+        table
+    }
+
+    #[test]
+    fn a_full_6_1_table_leaves_room_for_the_hypervisor_leaves() {
+        let table = debian_6_1_table();
+        let cpuid = guest_cpuid(&table, 2_000_000).unwrap();
+        let timing = leaf(&cpuid, TIMING_LEAF).unwrap();
+        assert_eq!((timing.eax, timing.ebx), (2_000_000, LAPIC_BUS_KHZ));
+        assert_eq!(leaf(&cpuid, KVM_SIGNATURE_LEAF).unwrap().eax, TIMING_LEAF);
+        // Every entry that says something is still there, subleaves too.
+        for e in table
+            .iter()
+            .filter(|e| [e.eax, e.ebx, e.ecx, e.edx] != [0; 4])
+        {
+            let kept = cpuid
+                .as_slice()
+                .iter()
+                .find(|g| (g.function, g.index) == (e.function, e.index))
+                .unwrap_or_else(|| panic!("leaf {:#x}.{} lost", e.function, e.index));
+            assert_eq!(kept.flags, e.flags);
+            if e.function != 1 && e.function != KVM_SIGNATURE_LEAF {
+                assert_eq!(
+                    [kept.eax, kept.ebx, kept.ecx, kept.edx],
+                    [e.eax, e.ebx, e.ecx, e.edx]
+                );
+            }
+        }
+        assert!(
+            cpuid.as_slice().len() < 40,
+            "{} entries",
+            cpuid.as_slice().len()
+        );
+    }
+
+    #[test]
+    fn zero_leaves_and_leaves_past_the_range_go() {
+        let entry = |function, index, eax| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ..Default::default()
+        };
+        let given = [
+            entry(0, 0, 7),
+            entry(5, 0, 0), // all zeros
+            entry(7, 1, 3), // a subleaf
+            entry(8, 0, 1), // past the basic range
+            entry(0x8000_0000, 0, 0x8000_0001),
+            entry(0x8000_0001, 0, 2),
+            entry(0x8000_0002, 0, 5), // past the extended range
+            entry(0xc000_0001, 0, 4), // a range without header: kept
+        ];
+        let cpuid = guest_cpuid(&given, 1).unwrap();
+        let kept: Vec<(u32, u32)> = cpuid
+            .as_slice()
+            .iter()
+            .map(|e| (e.function, e.index))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (0, 0),
+                (7, 1),
+                (0x8000_0000, 0),
+                (0x8000_0001, 0),
+                (0xc000_0001, 0),
+                (KVM_SIGNATURE_LEAF, 0),
+                (TIMING_LEAF, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_meaningful_leaves_is_an_error() {
+        let given: Vec<kvm_cpuid_entry2> = (0..KVM_MAX_CPUID_ENTRIES as u32)
+            .map(|index| kvm_cpuid_entry2 {
+                function: 0xd,
+                index,
+                eax: 1,
+                ..Default::default()
+            })
+            .collect();
+        let err = guest_cpuid(&given, 1).unwrap_err().to_string();
+        assert!(err.contains("258 leaves"), "{err}");
     }
 }

@@ -2,14 +2,21 @@
 
 mod acpi_pm;
 mod balloon;
+mod cmos;
 mod debug_exit;
 mod i8042;
 mod serial;
 
 pub use acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN};
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
+pub use cmos::{
+    CMOS_CENTURY, CMOS_PORT, CMOS_PORTS, Cmos, CmosState, HostClock, spawn_interrupts, system_clock,
+};
 pub use debug_exit::{DEBUG_EXIT_PORT, DebugExit};
-pub use i8042::{I8042, I8042_PORT, I8042_PORTS};
+pub use i8042::{
+    DataTarget, I8042, I8042_PORT, I8042_PORTS, I8042State, Keyboard, Mouse, PENDING_LIMIT, Queue,
+    Source,
+};
 pub(crate) use serial::UART_FIFO_SIZE;
 pub use serial::{COM1_PORT, IrqLine, Uart};
 

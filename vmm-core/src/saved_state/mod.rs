@@ -15,6 +15,7 @@
 //! | `uart` | COM1 registers and receive FIFO |
 //! | `i8042` | the keyboard controller |
 //! | `acpi-pm` | the ACPI PM1a enable and control registers |
+//! | `cmos` | the RTC's registers, CMOS RAM and the guest clock's offset |
 //! | `balloon` | the balloon's target and the pages the guest has given |
 //!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
@@ -43,6 +44,7 @@
 //! instead, for a VM independent of the file. A teleport always copies.
 
 mod dirty;
+mod kbc_unit;
 mod live;
 mod progress;
 mod units;
@@ -58,16 +60,17 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ssm::{Manager, SaveOptions, StreamReader};
 
-use crate::devices::{AcpiPm, I8042, Uart};
+use crate::devices::{AcpiPm, Cmos, I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::rendezvous::{RendezvousFlags, RendezvousType};
 use crate::vmstate::{VmState, VmStateError};
 
 use hm_vmx::{IrqchipState, PitState};
+use kbc_unit::I8042Unit;
 pub use units::SavedConfig;
 use units::{
-    AcpiPmUnit, BalloonUnit, CpuUnit, I8042Unit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit,
+    AcpiPmUnit, BalloonUnit, CmosUnit, CpuUnit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit,
 };
 
 /// What the machine keeps for saving and restoring.
@@ -79,6 +82,7 @@ pub(crate) struct SaveContext {
     pub(crate) uart: Arc<Mutex<Uart>>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm>>,
+    pub(crate) cmos: Arc<Mutex<Cmos>>,
     pub(crate) progress: SaveProgress,
 }
 
@@ -225,6 +229,9 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     }))?;
     m.register(Box::new(AcpiPmUnit {
         pm: Arc::clone(&ctx.acpi_pm),
+    }))?;
+    m.register(Box::new(CmosUnit {
+        cmos: Arc::clone(&ctx.cmos),
     }))?;
     m.register(Box::new(BalloonUnit {
         state: Arc::clone(&machine.balloon),

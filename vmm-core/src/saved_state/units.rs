@@ -1,5 +1,6 @@
 //! The VM's saved-state units: `vmm` (the configuration), `irqchip`, one
-//! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042`, `acpi-pm` and `balloon`.
+//! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042`, `acpi-pm`, `cmos` and
+//! `balloon`.
 
 use std::sync::Arc;
 
@@ -7,13 +8,13 @@ use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
 use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
-use crate::devices::{AcpiPm, BalloonState, I8042, Uart};
+use crate::devices::{AcpiPm, BalloonState, Cmos, CmosState, Uart};
 
 /// The most bytes a unit's blob may claim (vCPU state with every MSR is a
 /// few KiB; firmware at most 16 MiB).
 const MAX_BLOB: usize = 16 << 20;
 
-fn failed(e: impl std::fmt::Display) -> ssm::Error {
+pub(super) fn failed(e: impl std::fmt::Display) -> ssm::Error {
     ssm::Error::callback(e.to_string())
 }
 
@@ -265,17 +266,16 @@ impl Unit for UartUnit {
     }
 }
 
-/// `i8042`: the keyboard controller's configuration byte and output queue.
-pub(crate) struct I8042Unit {
-    pub(crate) kbc: Arc<Mutex<I8042>>,
+/// `cmos`: the RTC's registers and CMOS RAM, the selected byte with the
+/// NMI mask, and the guest clock's offset from the host's (a restored
+/// guest's clock keeps the time it was set to, moving on with the host's).
+pub(crate) struct CmosUnit {
+    pub(crate) cmos: Arc<Mutex<Cmos>>,
 }
 
-/// The most bytes the controller queues.
-const I8042_MAX_OUTPUT: usize = 16;
-
-impl Unit for I8042Unit {
+impl Unit for CmosUnit {
     fn name(&self) -> &str {
-        "i8042"
+        "cmos"
     }
 
     fn version(&self) -> u32 {
@@ -283,19 +283,31 @@ impl Unit for I8042Unit {
     }
 
     fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
-        let (config, output, awaiting) = self.kbc.lock().state();
-        w.put_u8(config)?;
-        w.put_bool(awaiting)?;
-        // The queue only grows by a byte per guest command; keep the newest.
-        let keep = &output[output.len().saturating_sub(I8042_MAX_OUTPUT)..];
-        w.put_buf(keep)
+        let s = self.cmos.lock().state();
+        w.put_bytes(&s.ram)?;
+        w.put_u8(s.index)?;
+        w.put_bool(s.nmi_masked)?;
+        w.put_i64(s.offset_ns)?;
+        w.put_i64(s.events_seen_ns)
     }
 
     fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
-        let config = r.get_u8()?;
-        let awaiting = r.get_bool()?;
-        let output = r.get_buf(I8042_MAX_OUTPUT)?;
-        self.kbc.lock().set_state(config, &output, awaiting);
+        let mut ram = [0; 128];
+        r.get_bytes(&mut ram)?;
+        let index = r.get_u8()?;
+        if index >= 0x80 {
+            return Err(failed(format!(
+                "CMOS index {index:#x} beyond its 128 bytes"
+            )));
+        }
+        let state = CmosState {
+            ram,
+            index,
+            nmi_masked: r.get_bool()?,
+            offset_ns: r.get_i64()?,
+            events_seen_ns: r.get_i64()?,
+        };
+        self.cmos.lock().set_state(&state);
         Ok(())
     }
 }

@@ -67,14 +67,15 @@ const SUITE: [TestBinary; 3] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_linux",
-        // Two Linux guests at a time, one per L1 vCPU: QEMU runs each L1
-        // vCPU on a host thread of its own.
-        args: &["--include-ignored", "--test-threads=2"],
+        args: &["--include-ignored", "--test-threads=1"],
     },
 ];
 
-/// L1's vCPUs (the budget's machine has two cores).
-const L1_CPUS: u32 = 2;
+/// L1's vCPUs. One: with two, QEMU 10.0's multi-threaded TCG let L2 Linux
+/// triple-fault at random points during boot (KVM reports SHUTDOWN with the
+/// VMCB already reinitialized, hence RIP 0xfff0) in 5 of 8 boots, never
+/// with one.
+const L1_CPUS: u32 = 1;
 
 /// What the software emulation cannot show, said on every run.
 const NOT_CHECKED: &str = "not checked in this lane: software (int3) breakpoints \

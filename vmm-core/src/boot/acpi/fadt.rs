@@ -5,7 +5,7 @@ use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID, SCI_IRQ};
-use crate::devices::{ACPI_PM_PORT, PM1_CNT_LEN, PM1_EVT_LEN};
+use crate::devices::{ACPI_PM_PORT, CMOS_CENTURY, PM1_CNT_LEN, PM1_EVT_LEN};
 
 /// IA-PC boot architecture flags: legacy (ISA) devices, an 8042, no VGA.
 /// "CMOS RTC not present" (bit 5) stays clear: the RTC is there.
@@ -21,7 +21,7 @@ const C3_UNSUPPORTED: u16 = 1001;
 /// The SCI is ISA IRQ 9; the PM1a event and control blocks are the
 /// [`AcpiPm`](crate::devices::AcpiPm) registers; there is no SMI command
 /// port (always in ACPI mode), no PM timer, no GPE block, no reset
-/// register. The power and sleep buttons are not fixed features, the RTC
+/// register. The CMOS RTC keeps the century at [`CMOS_CENTURY`]. The power and sleep buttons are not fixed features, the RTC
 /// has no fixed wake status, C1 is HLT and WBINVD works.
 pub(super) fn build(dsdt: u64, facs: u64) -> Vec<u8> {
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
@@ -39,6 +39,7 @@ pub(super) fn build(dsdt: u64, facs: u64) -> Vec<u8> {
     fadt.pm1_cnt_len = PM1_CNT_LEN;
     fadt.p_lvl2_lat = C2_UNSUPPORTED.into();
     fadt.p_lvl3_lat = C3_UNSUPPORTED.into();
+    fadt.century = CMOS_CENTURY;
     fadt.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_VGA_NOT_PRESENT).into();
     let mut bytes = Vec::new();
     fadt.finalize().to_aml_bytes(&mut bytes);

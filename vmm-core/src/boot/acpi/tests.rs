@@ -149,6 +149,7 @@ fn fadt_describes_a_pc_with_legacy_devices_and_the_pm1_block() {
     assert!(boot_arch.motherboard_implements_8042());
     assert!(boot_arch.dont_probe_vga());
     assert_eq!(raw[109] & (1 << 5), 0, "the CMOS RTC is present");
+    assert_eq!(raw[108], crate::devices::CMOS_CENTURY, "its century byte");
     assert!(flags.power_button_is_control_method());
     assert!(flags.sleep_button_is_control_method());
     assert!(!flags.supports_system_reset_via_fadt());
