@@ -8,8 +8,11 @@
 //! - [`gdb`]: a gdb remote stub over the debugger core.
 //! - [`disas`]: disassembly of guest code.
 
+#[cfg(feature = "debugger")]
 pub mod debugger;
+#[cfg(feature = "debugger")]
 pub mod disas;
+#[cfg(feature = "debugger")]
 pub mod gdb;
 mod info;
 

@@ -11,6 +11,7 @@ use super::handler::{
     HandlerTable, HandlerType, HandlerTypeId, IntegrityError,
 };
 use super::host::{HostMemory, MmapHostMemory};
+#[cfg(feature = "stats")]
 use super::observe::AccessCounters;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageType};
 use super::range::{
@@ -84,6 +85,7 @@ pub struct PhysMap {
     pub(crate) a20_mask: AtomicU64,
     pub(crate) slots: SlotTracker,
     pub(crate) monitoring: bool,
+    #[cfg(feature = "stats")]
     pub(crate) counters: Option<AccessCounters>,
     /// RAM pages loads mapped from saved-state files.
     pub(crate) pages_mapped_from_file: u64,
@@ -151,6 +153,7 @@ impl PhysMap {
             a20_mask: AtomicU64::new(!0),
             slots: SlotTracker::default(),
             monitoring: false,
+            #[cfg(feature = "stats")]
             counters: None,
             pages_mapped_from_file: 0,
         }
