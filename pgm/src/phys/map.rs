@@ -167,7 +167,7 @@ impl PhysMap {
     }
 
     /// Pages that loads of saved states mapped from their files instead of
-    /// copying (see [`PgmUnit`](super::PgmUnit)), in total.
+    /// copying (see `PgmUnit`, feature `saved-state`), in total.
     pub fn pages_mapped_from_file(&self) -> u64 {
         self.pages_mapped_from_file
     }

@@ -17,8 +17,9 @@
 //! - devices and the VMM access memory with [`PhysMap::read`] /
 //!   [`PhysMap::write`] (handlers, ROM protection, A20, 0xFF for unassigned
 //!   space) or through the `vm-memory` view of [`PhysMap::guest_memory`];
-//! - share the map as a [`SharedPhysMap`] and register [`register_stats`],
-//!   [`register_info`] and the saved-state unit [`PgmUnit`].
+//! - share the map as a [`SharedPhysMap`] and register `register_stats`
+//!   (feature `stats`), `register_info` (feature `info`) and the saved-state
+//!   unit `PgmUnit` (feature `saved-state`).
 //!
 //! The A20 gate masks address bit 20 for accesses through `pgm`; the KVM
 //! slots do not model it (a VMM that needs A20 off for guest code must
