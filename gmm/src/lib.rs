@@ -46,6 +46,23 @@
 //! Run scans with the VMs' vCPUs stopped: a guest write racing the window
 //! between compare and remap would be lost.
 //!
+//! # How data flows
+//!
+//! [`Gmm`] (one per process) → [`Vm`] (one per guest, with its
+//! reservation) → [`RamRegion`] (one per block of guest RAM). The VMM
+//! registers a region's host memory ([`RamRegion::host_addr`],
+//! [`RamRegion::len_bytes`]) as a KVM memory slot, backs pages with
+//! [`RamRegion::alloc`] before the guest uses them, and gives pages back with
+//! [`RamRegion::free`], [`RamRegion::discard`] or the balloon calls; saved
+//! states can be mapped in with [`RamRegion::map_file`]. `gmm` knows nothing
+//! about guest-physical addresses: a guest-physical map (the `pgm` crate)
+//! decides where each region appears, through its own host-memory trait that
+//! the VMM implements over a [`Vm`].
+//!
+//! # Using it alone
+//!
+//! Two VMs with identical RAM contents, deduplicated by a scan:
+//!
 //! ```
 //! use gmm::{Gmm, GmmConfig, Reservation};
 //!
@@ -69,6 +86,11 @@
 //! assert_eq!(buf, [1; 4]);
 //! # Ok::<(), gmm::Error>(())
 //! ```
+//!
+//! # Features
+//!
+//! None. Statistics always go through `stam` (the only workspace crate `gmm`
+//! depends on); the memory comes from a `memfd` and `mmap` through `libc`.
 
 mod chunk;
 mod config;

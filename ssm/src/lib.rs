@@ -20,6 +20,25 @@
 //! teleporting. Reading never trusts the input: any damaged or hostile
 //! stream gives an [`Error`], never a panic or a hang.
 //!
+//! # How data flows
+//!
+//! Saving: the [`Manager`] writes the header, then for each registered unit
+//! (in registration order; live units once per live pass, every unit in
+//! the final pass) opens it in the [`StreamWriter`] and calls the unit's
+//! callback with a [`UnitWriter`]; the writer turns puts into records (zero
+//! pages into zero records, other pages into LZ4 records when compression is
+//! on and it shrinks them), and closing the unit writes its terminator; the
+//! directory and footer end the stream.
+//! Loading runs the same way backwards: the [`StreamReader`] checks every
+//! header and CRC, the [`Manager`] finds the registered unit by name and
+//! instance, checks the version and hands it a [`UnitReader`]; a unit that
+//! leaves data unread or reads past its end fails the load.
+//!
+//! # Using it alone
+//!
+//! `ssm` depends on no other workspace crate. A unit saving some pages of
+//! RAM, saved into memory and loaded into another unit:
+//!
 //! ```
 //! use ssm::{Manager, SaveOptions, StreamReader, Unit, UnitReader, UnitWriter};
 //!
@@ -58,6 +77,10 @@
 //! m2.load(StreamReader::from_slice(&bytes)?)?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! None: LZ4 compression (`lz4_flex`) and CRC32C are always built in.
 
 mod error;
 mod file;

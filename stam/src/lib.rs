@@ -17,9 +17,20 @@
 //!   booleans and ratios registered as resettable; plain ones keep their value.
 //! - **Output** from a [`Snapshot`]: a text table in the style of
 //!   `VBoxManage debugvm statistics` ([`Snapshot::write_text`]), JSON
-//!   ([`Snapshot::to_json`]), the Prometheus text exposition format
-//!   ([`Snapshot::write_prometheus`]) and VirtualBox's XML snapshot form
-//!   ([`Snapshot::write_xml`]).
+//!   (`Snapshot::to_json`, feature `json`), the Prometheus text exposition
+//!   format ([`Snapshot::write_prometheus`]) and VirtualBox's XML snapshot
+//!   form ([`Snapshot::write_xml`]).
+//!
+//! # How data flows
+//!
+//! A component registers its samples once, at setup, and keeps the handles;
+//! the hot path bumps a handle (no lock, no allocation); a reader (the CLI,
+//! an HTTP endpoint, a test) takes a [`Snapshot`] by pattern, which sums the
+//! per-thread shards and runs the callbacks, and renders or compares it.
+//! `stam` depends on no other workspace crate; other crates take a
+//! `&Registry` to register into.
+//!
+//! # Using it alone
 //!
 //! ```
 //! let reg = stam::Registry::new();
@@ -31,8 +42,17 @@
 //! }
 //! let snap = reg.snapshot("/HM/*");
 //! assert_eq!(snap.samples.len(), 2);
+//! let mut table = String::new();
+//! snap.write_text(&mut table, true).unwrap();
+//! assert!(table.contains("/HM/Exit/Io"));
 //! # Ok::<(), stam::Error>(())
 //! ```
+//!
+//! # Features
+//!
+//! - `json` (default): JSON output and input of snapshots
+//!   (`Snapshot::to_json`, `write_json`, `from_json`), through `serde_json`.
+//!   Snapshots implement `serde`'s traits either way.
 
 mod clock;
 mod counter;

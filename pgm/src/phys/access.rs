@@ -79,6 +79,7 @@ impl PhysMap {
     /// slot, a read-only slot written). For a read, fills `data`.
     #[inline]
     pub fn mmio_exit(&self, gpa: u64, data: &mut [u8], is_write: bool) -> Result<(), PhysError> {
+        #[cfg(feature = "stats")]
         if let Some(c) = &self.counters {
             c.mmio_exits.inc();
         }
@@ -107,6 +108,7 @@ impl PhysMap {
     fn access_chunk(&self, addr: u64, mut buf: Buf<'_>) -> Result<usize, PhysError> {
         let len = buf.len();
         let Some(range) = self.range_at(addr) else {
+            #[cfg(feature = "stats")]
             if let Some(c) = &self.counters {
                 c.unassigned.inc();
             }
@@ -131,7 +133,9 @@ impl PhysMap {
                 match buf {
                     Buf::Read(_) => buf.memory(if prot.reads_rom() { rom } else { shadow }, offset),
                     Buf::Write(_) if prot.writes_ram() => buf.memory(shadow, offset),
-                    Buf::Write(_) => {
+                    Buf::Write(_) =>
+                    {
+                        #[cfg(feature = "stats")]
                         if let Some(c) = &self.counters {
                             c.rom_writes_ignored.inc();
                         }
@@ -198,6 +202,7 @@ impl PhysMap {
         buf: &mut Buf<'_>,
     ) -> Result<HandlerAction, PhysError> {
         let t = self.handler_type(h.type_id)?;
+        #[cfg(feature = "stats")]
         if let Some(c) = &self.counters {
             c.handler_calls.inc();
         }

@@ -8,15 +8,18 @@ use vm_memory::MmapRegion;
 use super::error::PhysError;
 use super::handler::{
     DEFAULT_MAX_HANDLERS, HandlerAccess, HandlerAction, HandlerError, HandlerKind, HandlerRange,
-    HandlerTable, HandlerType, HandlerTypeId, IntegrityError,
+    HandlerTable, HandlerType, HandlerTypeId,
 };
 use super::host::{HostMemory, MmapHostMemory};
+#[cfg(feature = "stats")]
 use super::observe::AccessCounters;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageType};
 use super::range::{
     Backing, Memory, Mmio2Id, PhysRange, RangeId, RangeInfo, RangeKind, RomProtection,
 };
 use super::slots::SlotTracker;
+
+mod handlers;
 
 /// Configuration of a [`PhysMap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,7 @@ pub struct PhysMap {
     pub(crate) a20_mask: AtomicU64,
     pub(crate) slots: SlotTracker,
     pub(crate) monitoring: bool,
+    #[cfg(feature = "stats")]
     pub(crate) counters: Option<AccessCounters>,
     /// RAM pages loads mapped from saved-state files.
     pub(crate) pages_mapped_from_file: u64,
@@ -151,6 +155,7 @@ impl PhysMap {
             a20_mask: AtomicU64::new(!0),
             slots: SlotTracker::default(),
             monitoring: false,
+            #[cfg(feature = "stats")]
             counters: None,
             pages_mapped_from_file: 0,
         }
@@ -162,7 +167,7 @@ impl PhysMap {
     }
 
     /// Pages that loads of saved states mapped from their files instead of
-    /// copying (see [`PgmUnit`](super::PgmUnit)), in total.
+    /// copying (see `PgmUnit`, feature `saved-state`), in total.
     pub fn pages_mapped_from_file(&self) -> u64 {
         self.pages_mapped_from_file
     }
@@ -432,169 +437,6 @@ impl PhysMap {
         Ok(())
     }
 
-    /// Registers a WRITE or ALL handler over `first..=last`, which must lie in
-    /// one RAM or MMIO2 range. KVM maps the covered pages read-only (WRITE)
-    /// or not at all (ALL) so that accesses exit to the handler.
-    pub fn register_handler(
-        &mut self,
-        type_id: HandlerTypeId,
-        first: u64,
-        last: u64,
-        user: u64,
-        desc: &str,
-    ) -> Result<(), PhysError> {
-        let kind = self.handler_type(type_id)?.kind;
-        let range = self
-            .range_at(first)
-            .ok_or_else(|| PhysError::NoSuchRange(format!("nothing mapped at {first:#x}")))?;
-        let fits = last >= first && last <= range.last();
-        let memory_kind = matches!(range.kind(), RangeKind::Ram | RangeKind::Mmio2);
-        if kind == HandlerKind::Mmio || !memory_kind || !fits {
-            return Err(PhysError::HandlerKindMismatch {
-                kind: kind.name(),
-                what: format!(
-                    "{first:#x}..={last:#x} in {} '{}'",
-                    range.kind().name(),
-                    range.name
-                ),
-            });
-        }
-        self.handlers.insert(HandlerRange {
-            first,
-            last,
-            type_id,
-            user,
-            desc: desc.to_owned(),
-        })?;
-        self.update_page_handler_state(first, last);
-        self.refresh_slots();
-        Ok(())
-    }
-
-    /// Removes the WRITE/ALL handler starting at `first`.
-    pub fn deregister_handler(&mut self, first: u64) -> Result<(), PhysError> {
-        if matches!(
-            self.range_at(first).map(|r| r.kind()),
-            Some(RangeKind::Mmio)
-        ) {
-            return Err(PhysError::NoSuchHandler(first));
-        }
-        let h = self.handlers.remove(first)?;
-        self.update_page_handler_state(h.first, h.last);
-        self.refresh_slots();
-        Ok(())
-    }
-
-    /// Recomputes the handler state of the pages touching `first..=last`.
-    fn update_page_handler_state(&self, first: u64, last: u64) {
-        let Some(range) = self.range_at(first) else {
-            return;
-        };
-        let Some(mem) = range.writable_memory() else {
-            return;
-        };
-        let mut page = first & !PAGE_OFFSET_MASK;
-        while page <= last {
-            let state = self.handler_state_of(page, page + PAGE_OFFSET_MASK);
-            if let Some(slot) = mem.page(page - range.start) {
-                slot.update(|mut i| {
-                    i.handler = state;
-                    i
-                });
-            }
-            match page.checked_add(PAGE_SIZE) {
-                Some(p) => page = p,
-                None => break,
-            }
-        }
-    }
-
-    /// The handler state a page spanning `first..=last` should have.
-    fn handler_state_of(&self, first: u64, last: u64) -> PageHandlerState {
-        let mut state = PageHandlerState::None;
-        for h in self.handlers.overlapping(first, last) {
-            let k = self.handler_types.get(h.type_id.0 as usize).map(|t| t.kind);
-            state = match (state, k) {
-                (_, Some(HandlerKind::All)) | (PageHandlerState::All, _) => PageHandlerState::All,
-                _ => PageHandlerState::Write,
-            };
-        }
-        state
-    }
-
-    /// Handler ranges in address order.
-    pub fn handlers(&self) -> impl Iterator<Item = &HandlerRange> {
-        self.handlers.iter()
-    }
-
-    /// The handler range covering `gpa`.
-    #[inline]
-    pub fn lookup_handler(&self, gpa: u64) -> Option<&HandlerRange> {
-        self.handlers.lookup(gpa)
-    }
-
-    /// Kind and description of a handler type.
-    pub fn handler_type_info(&self, id: HandlerTypeId) -> Option<(HandlerKind, &str)> {
-        self.handler_types
-            .get(id.0 as usize)
-            .map(|t| (t.kind, t.desc.as_str()))
-    }
-
-    /// Checks the handler table (walked in both directions), that every
-    /// handler lies within one range of a fitting kind, and that every
-    /// page's handler state matches the handlers covering it.
-    pub fn check_handlers(&self) -> Result<(), IntegrityError> {
-        self.handlers.check_integrity()?;
-        for h in self.handlers.iter() {
-            let placement = |reason: String| IntegrityError::Placement {
-                first: h.first,
-                reason,
-            };
-            let kind = self
-                .handler_types
-                .get(h.type_id.0 as usize)
-                .map(|t| t.kind)
-                .ok_or_else(|| placement(format!("unknown type {}", h.type_id)))?;
-            let range = self
-                .range_at(h.first)
-                .ok_or_else(|| placement("not inside any range".into()))?;
-            let fits = match kind {
-                HandlerKind::Mmio => range.kind() == RangeKind::Mmio,
-                _ => matches!(range.kind(), RangeKind::Ram | RangeKind::Mmio2),
-            };
-            if h.last > range.last() || !fits {
-                return Err(placement(format!(
-                    "{} handler does not fit {} range '{}'",
-                    kind.name(),
-                    range.kind().name(),
-                    range.name
-                )));
-            }
-        }
-        for r in &self.ranges {
-            if !matches!(r.kind(), RangeKind::Ram | RangeKind::Mmio2) {
-                continue;
-            }
-            let Some(mem) = r.writable_memory() else {
-                continue;
-            };
-            for (i, p) in mem.pages.iter().enumerate() {
-                let first = r.start + i as u64 * PAGE_SIZE;
-                let want = self.handler_state_of(first, first + PAGE_OFFSET_MASK);
-                if p.get().handler != want {
-                    return Err(IntegrityError::Placement {
-                        first,
-                        reason: format!(
-                            "page handler state {:?}, expected {want:?}",
-                            p.get().handler
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// All ranges in address order.
     pub fn ranges(&self) -> Vec<RangeInfo> {
         self.ranges.iter().map(RangeInfo::from).collect()
@@ -669,177 +511,4 @@ impl PhysMap {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Add {
-            page: u64,
-            off: u64,
-            len: u64,
-            all: bool,
-        },
-        Remove(usize),
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0u64..32, 0u64..0x1000, 1u64..0x3000, any::<bool>()).prop_map(
-                |(page, off, len, all)| Op::Add {
-                    page,
-                    off,
-                    len,
-                    all
-                }
-            ),
-            (0usize..32).prop_map(Op::Remove),
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Random registrations and removals on a map keep the handler table,
-        /// the page handler states and the KVM slots consistent, and lookups
-        /// agree with a linear scan.
-        #[test]
-        fn map_handlers_stay_consistent(ops in proptest::collection::vec(op(), 1..60),
-                                        probes in proptest::collection::vec(0u64..0x22000, 32)) {
-            let mut map = PhysMap::new(
-                Arc::new(MmapHostMemory::new()),
-                PhysConfig { max_handlers: 32, ..PhysConfig::default() },
-            ).unwrap();
-            map.add_ram(0, 0x20000, "ram").unwrap();
-            let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
-            let a = map.register_handler_type(HandlerKind::All, "a", |_| Ok(HandlerAction::Default));
-            let mut model: Vec<(u64, u64)> = Vec::new();
-            for op in ops {
-                match op {
-                    Op::Add { page, off, len, all } => {
-                        let first = page * PAGE_SIZE + off;
-                        let last = first + len - 1;
-                        let ok = last < 0x20000
-                            && model.len() < 32
-                            && !model.iter().any(|&(f, l)| f <= last && first <= l);
-                        let res = map.register_handler(if all { a } else { w }, first, last, 0, "h");
-                        prop_assert_eq!(res.is_ok(), ok);
-                        if ok {
-                            model.push((first, last));
-                        }
-                    }
-                    Op::Remove(i) if !model.is_empty() => {
-                        let (f, _) = model.swap_remove(i % model.len());
-                        map.deregister_handler(f).unwrap();
-                    }
-                    Op::Remove(_) => prop_assert!(map.deregister_handler(0x100).is_err()),
-                }
-                prop_assert_eq!(map.check_handlers(), Ok(()));
-            }
-            for p in probes {
-                let linear = model.iter().find(|&&(f, l)| f <= p && p <= l).map(|&(f, _)| f);
-                prop_assert_eq!(map.lookup_handler(p).map(|h| h.first), linear);
-            }
-            // every page is mapped as its handler state says, at its host page
-            let slots = &map.kvm_slots().slots;
-            let host0 = slots.iter().find(|s| s.guest_addr == 0).map(|s| s.host_addr);
-            for pg in 0..0x20u64 {
-                let gpa = pg * PAGE_SIZE;
-                let slot = slots.iter().find(|s| s.guest_addr <= gpa && gpa < s.guest_addr + s.size);
-                let got = slot.map(|s| (s.read_only, s.host_addr + (gpa - s.guest_addr)));
-                let want = match map.page_info(gpa).handler {
-                    PageHandlerState::None => Some(false),
-                    PageHandlerState::Write => Some(true),
-                    PageHandlerState::All => None,
-                };
-                prop_assert_eq!(got.map(|g| g.0), want, "page {:#x}", gpa);
-                if let (Some((_, h)), Some(h0)) = (got, host0) {
-                    prop_assert_eq!(h, h0 + gpa);
-                }
-            }
-            prop_assert!(slots.windows(2).all(|w| w[0].guest_addr + w[0].size <= w[1].guest_addr));
-        }
-    }
-
-    #[test]
-    fn page_tracking_stays_within_16_bytes_per_page() {
-        let mut map = PhysMap::with_defaults();
-        map.add_ram(0, 64 << 20, "ram").unwrap();
-        map.add_rom(
-            0xfff0_0000,
-            0x10_0000,
-            &[],
-            RomProtection::ReadRomWriteIgnore,
-            "rom",
-        )
-        .unwrap();
-        let pages = map.memory_pages();
-        assert!(
-            map.tracking_bytes() as u64 <= 16 * pages,
-            "{} bytes for {pages} pages",
-            map.tracking_bytes()
-        );
-    }
-
-    #[test]
-    fn bad_ranges_are_rejected() {
-        let mut map = PhysMap::with_defaults();
-        assert!(matches!(
-            map.add_ram(0x1001, 0x1000, "x"),
-            Err(PhysError::Misaligned { .. })
-        ));
-        assert!(matches!(
-            map.add_ram(0, 0, "x"),
-            Err(PhysError::InvalidRange { .. })
-        ));
-        assert!(
-            map.add_ram(MAX_GUEST_PHYS + 1 - 0x1000, 0x2000, "x")
-                .is_err()
-        );
-        assert!(map.add_ram(!0xfff, 0x1000, "x").is_err());
-        map.add_ram(0x10000, 0x10000, "a").unwrap();
-        assert!(matches!(
-            map.add_ram(0x1f000, 0x2000, "b"),
-            Err(PhysError::RangeOverlap { .. })
-        ));
-        assert!(
-            map.add_rom(
-                0x40000,
-                0x1000,
-                &[0; 0x1001],
-                RomProtection::ReadRomWriteIgnore,
-                "r"
-            )
-            .is_err()
-        );
-        let id = map.register_mmio2(0x2000, "vram").unwrap();
-        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
-        map.map_mmio2(id, 0x100000).unwrap();
-        assert!(map.map_mmio2(id, 0x200000).is_err());
-        map.register_handler(w, 0x100000, 0x100fff, 0, "h").unwrap();
-        map.unmap_mmio2(id).unwrap();
-        assert!(map.unmap_mmio2(id).is_err());
-        map.map_mmio2(id, 0x200000).unwrap();
-        assert!(map.kvm_slots().slots.iter().all(|s| !s.read_only));
-        map.check_handlers().unwrap();
-    }
-
-    #[test]
-    fn check_handlers_reports_bad_page_state() {
-        let mut map = PhysMap::with_defaults();
-        map.add_ram(0, 0x4000, "ram").unwrap();
-        let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Default));
-        map.register_handler(w, 0x1000, 0x1fff, 0, "h").unwrap();
-        map.check_handlers().unwrap();
-        if let Backing::Ram(mem) = &map.ranges[0].backing {
-            mem.pages[1].update(|mut i| {
-                i.handler = PageHandlerState::None;
-                i
-            });
-        }
-        assert!(matches!(
-            map.check_handlers(),
-            Err(IntegrityError::Placement { first: 0x1000, .. })
-        ));
-    }
-}
+mod tests;

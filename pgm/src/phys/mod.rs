@@ -17,8 +17,9 @@
 //! - devices and the VMM access memory with [`PhysMap::read`] /
 //!   [`PhysMap::write`] (handlers, ROM protection, A20, 0xFF for unassigned
 //!   space) or through the `vm-memory` view of [`PhysMap::guest_memory`];
-//! - share the map as a [`SharedPhysMap`] and register [`register_stats`],
-//!   [`register_info`] and the saved-state unit [`PgmUnit`].
+//! - share the map as a [`SharedPhysMap`] and register `register_stats`
+//!   (feature `stats`), `register_info` (feature `info`) and the saved-state
+//!   unit `PgmUnit` (feature `saved-state`).
 //!
 //! The A20 gate masks address bit 20 for accesses through `pgm`; the KVM
 //! slots do not model it (a VMM that needs A20 off for guest code must
@@ -37,6 +38,7 @@ mod observe;
 mod page;
 mod range;
 mod report;
+#[cfg(feature = "saved-state")]
 mod saved;
 mod sharing;
 mod slots;
@@ -57,13 +59,18 @@ pub use host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
 pub use layout::{FOUR_GIB, HIGH_RAM_START, LOW_RAM_END, PcLayout};
 pub use live::{DIRTY_HISTORY, LiveVote, LiveVoter};
 pub use map::{MAX_GUEST_PHYS, PhysConfig, PhysMap};
-pub use observe::{SharedPhysMap, register_info, register_stats};
+pub use observe::SharedPhysMap;
+#[cfg(feature = "info")]
+pub use observe::register_info;
+#[cfg(feature = "stats")]
+pub use observe::register_stats;
 pub use page::{
     PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE, PageHandlerState, PageInfo, PageSlot, PageState,
     PageType,
 };
 pub use range::{Mmio2Id, RangeId, RangeInfo, RangeKind, RomProtection};
 pub use report::PageStats;
+#[cfg(feature = "saved-state")]
 pub use saved::{
     MIN_RUN_PAGES, PgmUnit, REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_RUN,
     REC_SHADOW, REC_ZERO, REC_ZERO_RUN,

@@ -28,11 +28,13 @@ impl ScriptedHost {
     }
 
     /// The region pages in the balloon, in order.
+    #[cfg(feature = "saved-state")]
     pub(crate) fn ballooned(&self) -> Vec<usize> {
         self.ballooned.lock().iter().copied().collect()
     }
 
     /// The `map_file` calls so far: region offset, length, file offset.
+    #[cfg(feature = "saved-state")]
     pub(crate) fn mapped(&self) -> Vec<(usize, usize, u64)> {
         self.mapped.lock().clone()
     }
