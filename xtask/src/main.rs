@@ -10,6 +10,7 @@ mod cpio;
 mod guest_exit;
 mod guest_linux;
 mod hwkvm;
+mod light;
 mod tool;
 
 use anyhow::{Context, bail};
@@ -66,6 +67,7 @@ fn ci() -> anyhow::Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    light::check(cargo)?;
     hwkvm::run(&[])?;
     eprintln!("xtask: ci passed");
     Ok(())

@@ -1,0 +1,75 @@
+//! The leaf crates alone: each builds, passes clippy and its tests with
+//! its optional features off (and each of pgm's on its own), and pgm
+//! without its defaults pulls in neither the debugger, the assembler nor
+//! the saved-state compression.
+
+use std::process::Command;
+
+/// `(crate, features)` combinations checked besides the workspace default.
+const COMBINATIONS: &[(&str, &str)] = &[
+    ("pgm", ""),
+    ("pgm", "stats"),
+    ("pgm", "info"),
+    ("pgm", "saved-state"),
+    ("dbgf", ""),
+    ("stam", ""),
+];
+
+/// Crates `pgm` alone must not depend on.
+const NOT_IN_BARE_PGM: &[&str] = &["gdbstub", "iced-x86", "lz4_flex"];
+
+/// Runs the checks; `cargo` runs one cargo command and fails on failure.
+pub fn check(cargo: impl Fn(&[&str]) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    for &(krate, features) in COMBINATIONS {
+        let mut args = vec!["clippy", "-p", krate, "--no-default-features"];
+        if !features.is_empty() {
+            args.extend(["--features", features]);
+        }
+        args.extend(["--all-targets", "--", "-D", "warnings"]);
+        cargo(&args)?;
+        if features.is_empty() {
+            cargo(&["test", "-p", krate, "--no-default-features"])?;
+        }
+    }
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["tree", "-p", "pgm", "--no-default-features", "-e", "normal"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "cargo tree -p pgm failed");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let pulled = pulled_in(&tree, NOT_IN_BARE_PGM);
+    anyhow::ensure!(
+        pulled.is_empty(),
+        "pgm without default features depends on {pulled:?}:\n{tree}"
+    );
+    Ok(())
+}
+
+/// Which of `crates` appear in a `cargo tree` listing.
+fn pulled_in<'a>(tree: &str, crates: &[&'a str]) -> Vec<&'a str> {
+    crates
+        .iter()
+        .copied()
+        .filter(|c| {
+            tree.lines().any(|l| {
+                l.trim_start_matches(|ch: char| !ch.is_ascii_alphanumeric())
+                    .split_whitespace()
+                    .next()
+                    == Some(c)
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crate_anywhere_in_the_tree_is_found_and_prefixes_are_not() {
+        let tree = "pgm v0.1.0 (/w/pgm)\n├── thiserror v2.0.0\n│   └── iced-x86 v1.21.0\n└── gdbstub_arch v0.3.3\n";
+        assert_eq!(
+            pulled_in(tree, &["gdbstub", "iced-x86", "lz4_flex"]),
+            ["iced-x86"]
+        );
+    }
+}
