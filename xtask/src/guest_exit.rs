@@ -3,7 +3,9 @@
 //! a command's status inside a Linux guest becomes `vmm run`'s exit status.
 //!
 //! Debian's cloud kernels have no `/dev/port`, and busybox cannot do port
-//! I/O, hence this program: `ioperm(0x501, 1, 1)`, then `out 0x501, N`.
+//! I/O, hence this program: `tcdrain` on standard output and error (so
+//! that what the command wrote leaves the serial port before the VM ends),
+//! `ioperm(0x501, 1, 1)`, then `out 0x501, N`.
 //! Where the port cannot be had (no rights, or not under `vmm`) it exits
 //! with status N instead. Assembled with `iced-x86` and wrapped in a
 //! one-segment ELF file.
@@ -18,6 +20,10 @@ const PROGRAM_HEADER: usize = 56;
 const DEBUG_EXIT_PORT: u32 = 0x501;
 const SYS_IOPERM: u32 = 173;
 const SYS_EXIT: u32 = 60;
+const SYS_IOCTL: u32 = 16;
+/// `ioctl(fd, TCSBRK, 1)` is `tcdrain(fd)`: it returns once the tty and
+/// the UART have sent everything (and fails harmlessly on a non-tty).
+const TCSBRK: u32 = 0x5409;
 
 /// The program's machine code, to run at `entry`.
 fn code(entry: u64) -> anyhow::Result<Vec<u8>> {
@@ -41,6 +47,13 @@ fn code(entry: u64) -> anyhow::Result<Vec<u8>> {
     a.inc(rsi)?;
     a.jmp(digit)?;
     a.set_label(&mut parsed)?;
+    for fd in [1, 2] {
+        a.mov(eax, SYS_IOCTL)?;
+        a.mov(edi, fd)?;
+        a.mov(esi, TCSBRK)?;
+        a.mov(edx, 1)?;
+        a.syscall()?;
+    }
     a.mov(eax, SYS_IOPERM)?;
     a.mov(edi, DEBUG_EXIT_PORT)?;
     a.mov(esi, 1)?;

@@ -256,9 +256,19 @@ fn scan_zero_pages(machine: &Machine) -> Result<()> {
 /// sent never converges).
 const MAX_LIVE_RAM_MULTIPLE: u64 = 4;
 
+/// Live passes allowed. pgm votes by VirtualBox's rule, whose long-term
+/// average spans 64 passes: a guest that keeps dirtying a steady few hundred
+/// pages (Linux's timers and page cache) is done only once that history has
+/// filled, so the passes must not run out before it (32, ssm's default, made
+/// every live save of an idle Linux guest fail). The byte limit above is
+/// what bounds a guest that dirties memory faster than it can be sent.
+const MAX_LIVE_PASSES: u32 = 256;
+const _: () = assert!(MAX_LIVE_PASSES as usize > 2 * pgm::phys::DIRTY_HISTORY);
+
 fn save_options(machine: &Machine) -> SaveOptions {
     SaveOptions {
         creator: concat!("vmm ", env!("CARGO_PKG_VERSION")).to_string(),
+        max_passes: MAX_LIVE_PASSES,
         max_live_bytes: Some(
             machine
                 .saved
