@@ -16,7 +16,7 @@ use vmm_core::config::parse_size;
 use vmm_core::debug::DebugAttachment;
 use vmm_core::saved_state::{RamLoad, RestoreOptions};
 use vmm_core::vmstate::VmState;
-use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
+use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
 use crate::gdb::GdbServer;
@@ -48,13 +48,18 @@ pub struct RunArgs {
     /// The initrd for --kernel.
     #[arg(long, value_name = "FILE", requires = "kernel")]
     initrd: Option<PathBuf>,
-    /// The kernel command line for --kernel.
-    #[arg(
-        long,
-        requires = "kernel",
-        default_value = "console=ttyS0 reboot=k panic=1"
-    )]
-    cmdline: String,
+    /// The kernel command line for --kernel (without it: a serial console
+    /// on COM1, and a panic ends the run; printed on stderr).
+    #[arg(long, requires = "kernel")]
+    cmdline: Option<String>,
+    /// With --kernel: leave the ACPI tables out (the guest finds its CPUs
+    /// and interrupt routing in the MP table alone).
+    #[arg(long, requires = "kernel")]
+    no_acpi: bool,
+    /// What a reboot from inside the guest does: `restart` the VM (as QEMU
+    /// does) or `exit` (end the run, as Firecracker does).
+    #[arg(long, value_enum, default_value_t = RebootArg::Restart)]
+    reboot: RebootArg,
     /// When the guest stops, print the statistics matching PATTERN
     /// (`*`, `?`, `|`; everything when omitted).
     #[arg(long, value_name = "PATTERN", num_args = 0..=1, default_missing_value = "", require_equals = true)]
@@ -121,6 +126,30 @@ pub struct RunArgs {
     page_sharing: Option<u64>,
 }
 
+/// `--reboot`: what a reboot from inside the guest does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RebootArg {
+    /// Reset the VM and boot again.
+    Restart,
+    /// End the run.
+    Exit,
+}
+
+impl From<RebootArg> for OnReboot {
+    fn from(arg: RebootArg) -> Self {
+        match arg {
+            RebootArg::Restart => OnReboot::Restart,
+            RebootArg::Exit => OnReboot::Exit,
+        }
+    }
+}
+
+/// The kernel command line without --cmdline: the console on COM1, a reset
+/// through the keyboard controller, and a panic (an oops too) reboots at
+/// once with the BIOS warm-reset flag set, which `vmm` takes as the end of
+/// the run (see [`vmm_core::OnReboot`]).
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 oops=panic panic_reboot_mode=warm";
+
 /// `--gdb-watch`: the debugger's watchpoint mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum WatchArg {
@@ -185,6 +214,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 RamLoad::Map
             },
             check_entry: args.check_entry,
+            on_reboot: args.reboot.into(),
         };
         let vm = Vm::restore_with(path, serial, options)
             .with_context(|| format!("cannot restore {}", path.display()))?;
@@ -203,7 +233,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = match &args.kernel {
         Some(kernel) => VmConfig::with_kernel(
             args.mem,
-            KernelBoot::from_files(kernel, args.initrd.as_deref(), &args.cmdline)
+            KernelBoot::from_files(kernel, args.initrd.as_deref(), &kernel_cmdline(&args))
                 .context("cannot read the kernel or initrd")?,
         ),
         None => VmConfig::new(
@@ -216,6 +246,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     config.cpus = args.cpus;
+    config.acpi = !args.no_acpi;
+    config.on_reboot = args.reboot.into();
     config.check_entry = args.check_entry;
     config.balloon_bytes = args.balloon.unwrap_or(0);
     config.serial = serial;
@@ -240,6 +272,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => (Vm::new(config)?, None),
     };
     run_vm(vm, attach, api_config, api_socket, &args)
+}
+
+/// The kernel command line: --cmdline, or the default (said on stderr).
+fn kernel_cmdline(args: &RunArgs) -> String {
+    args.cmdline.clone().unwrap_or_else(|| {
+        eprintln!("vmm: no --cmdline; using \"{DEFAULT_CMDLINE}\"");
+        DEFAULT_CMDLINE.to_string()
+    })
 }
 
 /// What `GET /v1/vm` reports for a VM built from the command line.
@@ -306,6 +346,16 @@ fn run_vm(
             Ok(ExitCode::SUCCESS)
         }
         RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
+        RunOutcome::WarmReset => {
+            eprintln!(
+                "vmm: the guest reset the machine warm (with the default command line: a kernel panic); run ended"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        RunOutcome::GuestPoweredOff => {
+            eprintln!("vmm: the guest powered off");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -312,3 +312,109 @@ fn kernel_boot_passes_the_test_kernels_checks() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The test kernel and an initrd in files (paths), and the kernel's checks'
+/// expectations for `ram` bytes of RAM and `cpus` vCPUs.
+fn test_kernel_files(dir: &std::path::Path, ram: u64, cpus: u32) -> (String, String, String) {
+    use vmm_core::boot::layout::{ACPI_SIZE, LEGACY_HOLE, MPTABLE_SIZE};
+    use vmm_core::boot::test_kernel;
+    let (kernel, initrd_path) = (dir.join("bzImage"), dir.join("initrd"));
+    std::fs::write(&kernel, test_kernel::build().unwrap()).unwrap();
+    let initrd: Vec<u8> = (0..100u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&initrd_path, &initrd).unwrap();
+    let e820_ram = ram - LEGACY_HOLE.1 - MPTABLE_SIZE - ACPI_SIZE;
+    let expect = test_kernel::expectations(e820_ram, &initrd, cpus);
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    (path(kernel), path(initrd_path), expect)
+}
+
+#[test]
+fn without_cmdline_the_default_is_used_and_said() {
+    if !kvm_available("without_cmdline_the_default_is_used_and_said") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, _, _) = test_kernel_files(dir.path(), 64 << 20, 1);
+    let out = vmm(&["run", "--kernel", &kernel]);
+    let said = stderr(&out);
+    assert!(
+        said.contains(
+            "vmm: no --cmdline; using \"console=ttyS0 reboot=k panic=1 oops=panic panic_reboot_mode=warm\""
+        ),
+        "{said}"
+    );
+    // The test kernel ran and, missing its expectations, failed a check.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("testkernel: "), "{stdout}\n{said}");
+    assert_ne!(out.status.code(), Some(0), "{stdout}\n{said}");
+}
+
+#[test]
+fn reboot_exit_ends_the_run_and_restart_boots_again() {
+    if !kvm_available("reboot_exit_ends_the_run_and_restart_boots_again") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, initrd, expect) = test_kernel_files(dir.path(), 64 << 20, 2);
+    let cmdline = format!("console=ttyS0 {expect} testkernel.reboot=1");
+    let out = vmm(&[
+        "run",
+        "--mem",
+        "64M",
+        "--cpus",
+        "2",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        &cmdline,
+        "--reboot",
+        "exit",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", stderr(&out));
+    assert_eq!(stdout.matches("all checks passed").count(), 1, "{stdout}");
+    assert!(
+        stderr(&out).contains("vmm: the guest reset the machine (reboot); run ended"),
+        "{}",
+        stderr(&out)
+    );
+    // Restarting (the default), the kernel boots again and again (and
+    // passes its checks each time) until it is stopped.
+    let serial = dir.path().join("serial");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--mem",
+            "64M",
+            "--cpus",
+            "2",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--cmdline",
+            &cmdline,
+            "--serial",
+            serial.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vmm starts");
+    let boots = || {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        (text.matches("all checks passed").count(), text)
+    };
+    let start = std::time::Instant::now();
+    while boots().0 < 3 && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (count, text) = boots();
+    assert!(still_running, "{text}\n{}", stderr(&out));
+    assert!(count >= 3, "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
+}

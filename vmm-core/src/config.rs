@@ -8,6 +8,22 @@ use crate::memory::MIN_RAM;
 /// The most vCPUs a VM may have (the local APIC id space of xAPIC mode).
 pub const MAX_CPUS: u32 = 254;
 
+/// The ROM of a direct kernel boot, where no firmware runs: all `hlt`.
+pub(crate) const DIRECT_BOOT_ROM: [u8; 4096] = [0xf4; 4096];
+
+/// What a reboot from inside the guest (a machine reset, such as Linux's
+/// `reboot=k` through the keyboard controller) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReboot {
+    /// End the run with [`RunOutcome::Reboot`](crate::RunOutcome::Reboot)
+    /// (as Firecracker does).
+    #[default]
+    Exit,
+    /// Reset the machine and boot again (as QEMU does): a direct kernel
+    /// boot loads its kernel, initrd and tables again.
+    Restart,
+}
+
 /// Where the guest's serial output goes.
 pub type SerialSink = Box<dyn Write + Send>;
 
@@ -28,6 +44,11 @@ pub struct VmConfig {
     pub balloon_bytes: u64,
     /// A kernel to boot directly instead of running the firmware.
     pub kernel: Option<crate::boot::KernelBoot>,
+    /// With [`kernel`](Self::kernel): give the guest ACPI tables (the MP
+    /// table is there either way).
+    pub acpi: bool,
+    /// What a reboot from inside the guest does.
+    pub on_reboot: OnReboot,
 }
 
 impl VmConfig {
@@ -42,6 +63,8 @@ impl VmConfig {
             kernel: None,
             check_entry: false,
             balloon_bytes: 0,
+            acpi: true,
+            on_reboot: OnReboot::Exit,
         }
     }
 
@@ -50,7 +73,7 @@ impl VmConfig {
     pub fn with_kernel(ram_bytes: u64, kernel: crate::boot::KernelBoot) -> Self {
         VmConfig {
             kernel: Some(kernel),
-            ..VmConfig::new(ram_bytes, vec![0xf4; 4096])
+            ..VmConfig::new(ram_bytes, DIRECT_BOOT_ROM.to_vec())
         }
     }
 

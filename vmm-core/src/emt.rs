@@ -4,6 +4,9 @@
 use dbgf::debugger::StopCause;
 use hm_vmx::{Exit, IoData, MmioData, Vcpu};
 
+use std::sync::Arc;
+
+use crate::config::OnReboot;
 use crate::devices::DeviceAction;
 use crate::error::{Error, Result};
 use crate::ffs::{CpuFf, VmFf};
@@ -15,22 +18,30 @@ pub enum RunOutcome {
     /// The guest wrote this status to the debug-exit port.
     GuestExit(u8),
     /// The guest reset the machine (for example through the keyboard
-    /// controller, as Linux's `reboot=k` does).
+    /// controller, as Linux's `reboot=k` does) and the VM is configured to
+    /// end the run then ([`OnReboot::Exit`]).
     Reboot,
     /// The VM was powered off from outside (the control API).
     PoweredOff,
+    /// The guest powered the machine off (ACPI soft-off, as Linux's
+    /// `poweroff` does).
+    GuestPoweredOff,
+    /// The guest reset the machine with the BIOS warm-reset flag set (0x1234
+    /// at 0x472), as Linux does on a panic with `panic_reboot_mode=warm`:
+    /// the run ends whatever [`OnReboot`] says.
+    WarmReset,
 }
 
 /// The EMT of vCPU `cpu`: runs until the VM terminates. Whatever ends the
 /// run (the guest's exit status, an error) is reported to the machine,
 /// which stops the other EMTs.
-pub(crate) fn emt_main(vcpu: &mut Vcpu, machine: &Machine) {
+pub(crate) fn emt_main(vcpu: &mut Vcpu, machine: &Arc<Machine>) {
     if let Err(e) = emt_loop(vcpu, machine) {
         machine.finish(Err(e));
     }
 }
 
-fn emt_loop(vcpu: &mut Vcpu, machine: &Machine) -> Result<()> {
+fn emt_loop(vcpu: &mut Vcpu, machine: &Arc<Machine>) -> Result<()> {
     let cpu = vcpu.id();
     let (kicker, _binding) = vcpu.bind_kicks()?;
     machine.kicks.bind(cpu, kicker);
@@ -62,7 +73,7 @@ fn drain(machine: &Machine, cpu: u32) {
 }
 
 /// Runs the guest on this EMT until the VM terminates.
-fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
+fn run_guest(vcpu: &mut Vcpu, machine: &Arc<Machine>, cpu: u32) -> Result<()> {
     // A page-trap watchpoint hit waiting for its instruction to complete:
     // (guest-physical address, size, write).
     let mut watch_hit: Option<(u64, u32, bool)> = None;
@@ -116,17 +127,23 @@ fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
                 match access.data {
                     IoData::Out(data) => {
                         for chunk in data.chunks(size) {
-                            match machine.io.write(access.port, chunk) {
-                                DeviceAction::GuestExit(status) => {
-                                    machine.finish(Ok(RunOutcome::GuestExit(status)));
-                                    return Ok(());
+                            let end = match machine.io.write(access.port, chunk) {
+                                DeviceAction::Continue => continue,
+                                DeviceAction::GuestExit(status) => RunOutcome::GuestExit(status),
+                                DeviceAction::PowerOff => RunOutcome::GuestPoweredOff,
+                                DeviceAction::Reset if crate::reset::warm_reset(machine) => {
+                                    RunOutcome::WarmReset
                                 }
-                                DeviceAction::Reset => {
-                                    machine.finish(Ok(RunOutcome::Reboot));
-                                    return Ok(());
+                                DeviceAction::Reset if restarts(machine) => {
+                                    // The rest of a string `out` is lost
+                                    // with the machine it was written to.
+                                    crate::reset::reset(machine)?;
+                                    break;
                                 }
-                                DeviceAction::Continue => {}
-                            }
+                                DeviceAction::Reset => RunOutcome::Reboot,
+                            };
+                            machine.finish(Ok(end));
+                            return Ok(());
                         }
                     }
                     IoData::In(data) => {
@@ -193,6 +210,19 @@ fn run_guest(vcpu: &mut Vcpu, machine: &Machine, cpu: u32) -> Result<()> {
             diagnosis,
         });
     }
+}
+
+/// Whether a reset from inside the guest restarts the VM (as configured,
+/// and when the VM can: see [`PowerOn::restarts`](crate::reset::PowerOn::restarts)).
+fn restarts(machine: &Machine) -> bool {
+    let restarts = machine.power_on.restarts(&machine.saved.config.firmware);
+    if machine.on_reboot == OnReboot::Restart && !restarts {
+        tracing::warn!(
+            "the guest reset the machine; a restored direct-boot VM cannot restart \
+             (its kernel is not in the saved state): the run ends"
+        );
+    }
+    machine.on_reboot == OnReboot::Restart && restarts
 }
 
 /// Handles the pending forced actions (rendezvous, requests); false when the

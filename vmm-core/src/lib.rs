@@ -26,11 +26,12 @@ mod machine;
 pub mod memory;
 pub mod rendezvous;
 pub mod request;
+mod reset;
 pub mod saved_state;
 mod vm;
 pub mod vmstate;
 
-pub use config::VmConfig;
+pub use config::{OnReboot, VmConfig};
 pub use emt::RunOutcome;
 pub use error::{Error, Result};
 pub use machine::VmHandle;

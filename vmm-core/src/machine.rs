@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use dbgf::{
     InfoCall, InfoError, InfoExecutor, InfoFlags, InfoHandler, InfoRegistry, SameThreadExecutor,
 };
-use hm_vmx::{CpuSnapshot, Kicker, VcpuState};
+use hm_vmx::{Kicker, VcpuState};
 use parking_lot::Mutex;
 use stam::Counter;
 
@@ -64,7 +64,10 @@ impl Kick for EmtKicks {
 pub(crate) struct Machine {
     // Field order is drop order: the vCPU handles go before the memory.
     pub(crate) vcpu_states: Vec<VcpuState>,
-    pub(crate) initial: Vec<CpuSnapshot>,
+    /// What a reset goes back to.
+    pub(crate) power_on: crate::reset::PowerOn,
+    /// What a reboot from inside the guest does.
+    pub(crate) on_reboot: crate::config::OnReboot,
     pub(crate) ffs: ForcedActions,
     pub(crate) requests: RequestQueue,
     pub(crate) rendezvous: Rendezvous,
@@ -120,7 +123,7 @@ impl Machine {
     }
 
     /// Wakes every EMT waiting in a halt so that it looks at the state again.
-    fn unhalt_all(&self) -> Result<()> {
+    pub(crate) fn unhalt_all(&self) -> Result<()> {
         for cpu in 0..self.cpus() {
             self.ffs.unhalt(cpu)?;
         }
@@ -288,45 +291,12 @@ impl VmHandle {
     }
 
     /// Resets the VM as the reset line of a PC does: every vCPU back to its
-    /// power-on state (APs waiting for INIT/SIPI again), RAM zeroed, ROM and
-    /// devices reset. A suspended VM stays suspended.
+    /// power-on state (APs waiting for INIT/SIPI again), RAM zeroed, ROM,
+    /// interrupt controllers, PIT and devices reset; a directly booted
+    /// kernel is loaded again and entered as at power-on. A suspended VM
+    /// stays suspended.
     pub fn reset(&self) -> Result<()> {
-        let m = &self.machine;
-        let resume_to = m.state.state();
-        let from = [
-            (VmState::Running, VmState::Resetting),
-            (VmState::Suspended, VmState::Resetting),
-        ];
-        m.state.try_transition(&from)?;
-        let machine = Arc::clone(m);
-        let result = m.rendezvous.call(
-            RendezvousType::Descending,
-            RendezvousFlags::default(),
-            move |cpu| {
-                let i = cpu as usize;
-                if let (Some(state), Some(initial)) =
-                    (machine.vcpu_states.get(i), machine.initial.get(i))
-                {
-                    state.restore(initial)?;
-                }
-                if cpu == 0 {
-                    machine.memory.reset()?;
-                    machine.io.reset();
-                }
-                Ok(None)
-            },
-        );
-        let back = if resume_to == VmState::Suspended {
-            VmState::Suspended
-        } else {
-            VmState::Running
-        };
-        m.state.set(back)?;
-        // EMTs that looked at the state during the reset are waiting for it
-        // to change: wake them.
-        m.unhalt_all()?;
-        result?;
-        Ok(())
+        crate::reset::reset(&self.machine)
     }
 
     /// Saves the VM's state to `path`: suspends it (all EMTs out of the

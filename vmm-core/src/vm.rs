@@ -28,6 +28,7 @@ use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::rendezvous::Rendezvous;
 use crate::request::RequestQueue;
+use crate::reset::{KernelReload, PowerOn};
 use crate::saved_state::{
     self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig,
 };
@@ -61,7 +62,7 @@ pub struct Vm {
 impl Vm {
     /// Builds a VM from `config`: opens KVM, lays out memory, creates the
     /// in-kernel interrupt controllers and the vCPUs, attaches the devices.
-    pub fn new(config: VmConfig) -> Result<Self> {
+    pub fn new(mut config: VmConfig) -> Result<Self> {
         config.validate()?;
         let stats = stam::Registry::new();
         let info = InfoRegistry::new();
@@ -92,17 +93,18 @@ impl Vm {
                 list.join("; ")
             )));
         }
-        let initial = vcpu_states
-            .iter()
-            .map(|s| s.snapshot(true))
-            .collect::<hm_vmx::Result<Vec<_>>>()?;
-
-        if let Some(kernel) = &config.kernel {
-            let ram = boot::direct::ram_ranges(memory.ram());
-            let hole = pc_layout(config.ram_bytes).mmio_hole_start();
-            let plan = boot::direct::plan(kernel, &ram, hole)?;
-            boot::direct::after_vcpus(kernel, &plan, memory.ram(), &vcpus)?;
-        }
+        let kernel = match config.kernel.take() {
+            Some(boot) => {
+                let ram = boot::direct::ram_ranges(memory.ram());
+                let hole = pc_layout(config.ram_bytes).mmio_hole_start();
+                let plan = boot::direct::plan(&boot, &ram, hole, config.acpi)?;
+                boot::direct::after_vcpus(&boot, &plan, memory.ram(), &vcpus)?;
+                Some(KernelReload { boot, plan })
+            }
+            None => None,
+        };
+        let msrs = Arc::new(hypervisor.saved_msr_indices()?);
+        let power_on = PowerOn::capture(&vcpu_states, &backend, &msrs, kernel)?;
         let backend = Arc::new(backend);
         let uart_irq = boot::machine::uart_irq(backend.fd())?;
         let mut io = IoBus::new(&stats)?;
@@ -165,7 +167,8 @@ impl Vm {
             .map_err(|e| Error::Config(format!("statistics: {e}")))?;
         let machine = Arc::new(Machine {
             vcpu_states,
-            initial,
+            power_on,
+            on_reboot: config.on_reboot,
             ffs,
             requests,
             rendezvous,
@@ -186,7 +189,7 @@ impl Vm {
                     firmware: config.firmware,
                 }),
                 backend: Arc::clone(&backend),
-                msrs: Arc::new(hypervisor.saved_msr_indices()?),
+                msrs,
                 xcrs: backend.guest_has_xsave(),
                 uart,
                 i8042,
@@ -273,6 +276,7 @@ impl Vm {
             config.cpus = saved.cpus;
             config.serial = serial;
             config.check_entry = options.check_entry;
+            config.on_reboot = options.on_reboot;
             Vm::new(config)
         });
         let build = start.elapsed();

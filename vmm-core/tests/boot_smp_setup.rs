@@ -34,7 +34,7 @@ fn two_vcpus_get_the_boot_machine() {
         cmdline: "console=ttyS0".into(),
     };
     let hole = pc_layout(ram).mmio_hole_start();
-    let plan = direct::plan(&boot, &direct::ram_ranges(memory.ram()), hole).unwrap();
+    let plan = direct::plan(&boot, &direct::ram_ranges(memory.ram()), hole, true).unwrap();
     let loaded = direct::after_vcpus(&boot, &plan, memory.ram(), &vcpus).unwrap();
 
     let Entry::Long64 { rip, boot_params } = loaded.entry else {

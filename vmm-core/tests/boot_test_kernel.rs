@@ -2,11 +2,12 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vmm_core::boot::layout::{ACPI_SIZE, LEGACY_HOLE, MPTABLE_SIZE};
 use vmm_core::boot::{KernelBoot, test_kernel};
 use vmm_core::memory::pc_layout;
-use vmm_core::{RunOutcome, Vm, VmConfig};
+use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig};
 
 /// A serial sink the test can read afterwards.
 #[derive(Clone, Default)]
@@ -164,4 +165,52 @@ fn test_kernel_reboots_through_the_keyboard_controller() {
     let (outcome, serial) = boot(ram, cpus, rd, cmdline);
     assert_eq!(outcome, RunOutcome::Reboot, "{serial}");
     assert!(serial.contains("all checks passed"), "{serial}");
+}
+
+#[test]
+fn test_kernel_boots_again_after_a_reboot_when_the_vm_restarts() {
+    if !hm_vmx::testing::kvm_available(module_path!()) {
+        return;
+    }
+    // Two vCPUs: after each reset the AP must be back waiting for SIPI and
+    // the BSP at the kernel's entry with the kernel, initrd, command line
+    // and tables loaded again (the checks would fail otherwise).
+    let (ram, cpus) = (32 << 20, 2);
+    let rd = initrd(64);
+    let cmdline = format!(
+        "{} testkernel.reboot=1",
+        test_kernel::expectations(e820_ram(ram), &rd, cpus)
+    );
+    let capture = Capture::default();
+    let mut config = VmConfig::with_kernel(
+        ram,
+        KernelBoot {
+            kernel: test_kernel::build().unwrap(),
+            initrd: Some(rd),
+            cmdline,
+        },
+    );
+    config.cpus = cpus;
+    config.serial = Box::new(capture.clone());
+    config.on_reboot = OnReboot::Restart;
+    let mut vm = Vm::new(config).unwrap();
+    let handle = vm.handle();
+    let watched = capture.clone();
+    let boots = |text: &str| text.matches("all checks passed").count();
+    let stopper = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while boots(&watched.text()) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A power-off racing with a reset is refused: try again.
+        while handle.power_off().is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let outcome = vm.run();
+    stopper.join().unwrap();
+    let text = capture.text();
+    assert_eq!(outcome.unwrap(), RunOutcome::PoweredOff, "{text}");
+    assert!(boots(&text) >= 3, "three boots expected:\n{text}");
+    assert!(!text.contains("FAILED"), "{text}");
 }

@@ -23,9 +23,18 @@ pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 }
 
 /// Plans the boot for a PC with `ram` ranges and its 32-bit MMIO hole
-/// from `mmio_hole_start`.
-pub fn plan(boot: &KernelBoot, ram: &[(u64, u64)], mmio_hole_start: u64) -> Result<BootPlan> {
-    boot.plan(ram, &pc_reserved(mmio_hole_start))
+/// from `mmio_hole_start`, with ACPI tables or (`acpi` false) without.
+pub fn plan(
+    boot: &KernelBoot,
+    ram: &[(u64, u64)],
+    mmio_hole_start: u64,
+    acpi: bool,
+) -> Result<BootPlan> {
+    let mut plan = boot.plan(ram, &pc_reserved(mmio_hole_start))?;
+    if !acpi {
+        plan.rsdp = None;
+    }
+    Ok(plan)
 }
 
 /// After the vCPUs exist: loads the kernel and its tables into `mem`, gives

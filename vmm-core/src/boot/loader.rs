@@ -55,6 +55,9 @@ pub struct BootPlan {
     pub e820: Vec<E820Entry>,
     /// Where the initrd goes (bzImage; ELF initrds are placed after loading).
     pub initrd_addr: Option<u64>,
+    /// Where the ACPI tables' RSDP goes ([`acpi::RSDP_ADDR`]); `None`: the
+    /// guest gets no ACPI tables, only the MP table.
+    pub rsdp: Option<u64>,
 }
 
 /// What was loaded, for the CPU setup and for callers' diagnostics.
@@ -143,6 +146,7 @@ impl KernelBoot {
             format,
             e820,
             initrd_addr,
+            rsdp: Some(acpi::RSDP_ADDR),
         })
     }
 
@@ -164,8 +168,10 @@ impl KernelBoot {
             .map_err(mem_err("the command line"))?;
         mem.write_slice(&mptable::build(cpus)?, GuestAddress(MPTABLE_ADDR))
             .map_err(mem_err("the MP table"))?;
-        mem.write_slice(&acpi::build(cpus)?, GuestAddress(ACPI_ADDR))
-            .map_err(mem_err("the ACPI tables"))?;
+        if plan.rsdp.is_some() {
+            mem.write_slice(&acpi::build(cpus)?, GuestAddress(ACPI_ADDR))
+                .map_err(mem_err("the ACPI tables"))?;
+        }
         let loaded = match &plan.format {
             KernelFormat::BzImage(info) => self.load_bzimage(plan, info, mem, cmdline_len)?,
             KernelFormat::Elf => self.load_elf(plan, mem, cmdline_len)?,
@@ -206,7 +212,7 @@ impl KernelBoot {
             cmdline_len,
             initrd,
             e820: &plan.e820,
-            acpi_rsdp: Some(acpi::RSDP_ADDR),
+            acpi_rsdp: plan.rsdp,
         });
         mem.write_obj(zp, GuestAddress(ZERO_PAGE_ADDR))
             .map_err(mem_err("the zero page"))?;
@@ -234,7 +240,7 @@ impl KernelBoot {
         let initrd = self.write_initrd(mem, initrd_addr)?;
         let entry = match result.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(eip) => {
-                write_pvh_info(mem, &plan.e820, initrd)?;
+                write_pvh_info(mem, plan, initrd)?;
                 Entry::Pvh32 {
                     eip: eip.0,
                     start_info: PVH_INFO_ADDR,
@@ -248,7 +254,7 @@ impl KernelBoot {
                     cmdline_len,
                     initrd,
                     e820: &plan.e820,
-                    acpi_rsdp: Some(acpi::RSDP_ADDR),
+                    acpi_rsdp: plan.rsdp,
                 });
                 mem.write_obj(zp, GuestAddress(ZERO_PAGE_ADDR))
                     .map_err(mem_err("the zero page"))?;
@@ -306,9 +312,10 @@ pub fn place_initrd(e820: &[E820Entry], above: u64, max: u64, size: u64) -> Resu
 /// Writes the PVH start info, its memory map and the initrd module entry.
 fn write_pvh_info(
     mem: &GuestMemoryMmap,
-    e820: &[E820Entry],
+    plan: &BootPlan,
     initrd: Option<(u64, u64)>,
 ) -> Result<()> {
+    let e820 = &plan.e820;
     let modlist_addr = PVH_INFO_ADDR + 0x40;
     let memmap_addr = modlist_addr + 0x40;
     for (i, e) in e820.iter().enumerate() {
@@ -339,7 +346,7 @@ fn write_pvh_info(
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: memmap_addr,
         memmap_entries: e820.len() as u32,
-        rsdp_paddr: acpi::RSDP_ADDR,
+        rsdp_paddr: plan.rsdp.unwrap_or(0),
         ..Default::default()
     };
     mem.write_obj(info, GuestAddress(PVH_INFO_ADDR))

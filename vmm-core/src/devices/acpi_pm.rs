@@ -5,8 +5,10 @@
 //! The machine raises no ACPI fixed events, so the status register always
 //! reads 0; the enable bits read back what the guest wrote (Linux checks
 //! that an enabled event stays enabled). The FADT names no SMI command
-//! port, so the machine is always in ACPI mode: `SCI_EN` reads 1. Sleep
-//! requests (`SLP_EN`) are not acted on: the DSDT offers no sleep state.
+//! port, so the machine is always in ACPI mode: `SCI_EN` reads 1. The
+//! DSDT offers one sleep state, soft-off (`\_S5` with [`S5_SLP_TYP`]):
+//! setting `SLP_EN` with that `SLP_TYP` powers the machine off
+//! ([`DeviceAction::PowerOff`]); `SLP_EN` with any other type is ignored.
 
 use super::{DeviceAction, PioDevice};
 
@@ -28,7 +30,12 @@ const ENABLE_MASK: u16 = 0x0001 | 0x0020 | 0x0100 | 0x0200 | 0x0400 | 0x4000;
 const SCI_EN: u16 = 0x0001;
 /// Control bits that hold a value: `BM_RLD` and `SLP_TYP`. `GBL_RLS` and
 /// `SLP_EN` are write-only and read 0.
-const CONTROL_KEPT: u16 = 0x0002 | 0x1c00;
+const CONTROL_KEPT: u16 = 0x0002 | SLP_TYP_MASK;
+const SLP_TYP_MASK: u16 = 0x1c00;
+const SLP_TYP_SHIFT: u16 = 10;
+const SLP_EN: u16 = 0x2000;
+/// The `SLP_TYP` of soft-off (S5), which the DSDT's `\_S5` names.
+pub const S5_SLP_TYP: u8 = 5;
 
 /// The PM1a register block.
 ///
@@ -81,17 +88,29 @@ impl PioDevice for AcpiPm {
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
+        let mut sleep = false;
         for (i, &byte) in data.iter().enumerate() {
             let at = offset.saturating_add(i as u16);
             let shift = 8 * (at & 1);
             let merge = |old: u16| (old & !(0xff << shift)) | (u16::from(byte) << shift);
             match at & !1 {
                 ENABLE => self.enable = merge(self.enable) & ENABLE_MASK,
-                CONTROL => self.control = merge(self.control) & CONTROL_KEPT,
+                CONTROL => {
+                    let value = merge(self.control);
+                    sleep |= value & SLP_EN != 0;
+                    self.control = value & CONTROL_KEPT;
+                }
                 _ => {} // status: write 1 to clear, and nothing is set
             }
         }
-        DeviceAction::Continue
+        // The whole access is applied first: a 16-bit write sets SLP_TYP
+        // and SLP_EN together.
+        let slp_typ = (self.control & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
+        if sleep && slp_typ == u16::from(S5_SLP_TYP) {
+            DeviceAction::PowerOff
+        } else {
+            DeviceAction::Continue
+        }
     }
 
     fn reset(&mut self) {
@@ -129,15 +148,84 @@ mod tests {
     #[test]
     fn control_has_sci_en_and_write_only_bits_read_zero() {
         let mut pm = AcpiPm::default();
-        // SLP_TYP 5 with SLP_EN, GBL_RLS and BM_RLD.
-        pm.write(CONTROL, &(0x2000u16 | 0x1400 | 0x4 | 0x2).to_le_bytes());
+        // SLP_TYP 3 with SLP_EN, GBL_RLS and BM_RLD.
+        let action = pm.write(CONTROL, &(SLP_EN | 0x0c00 | 0x4 | 0x2).to_le_bytes());
+        assert_eq!(action, DeviceAction::Continue, "S3 is not offered");
         assert_eq!(
             read(&mut pm, CONTROL, 2),
-            (0x1400u16 | 0x2 | 1).to_le_bytes()
+            (0x0c00u16 | 0x2 | 1).to_le_bytes()
         );
         pm.reset();
         assert_eq!(read(&mut pm, CONTROL, 2), [1, 0]);
         assert_eq!(read(&mut pm, ENABLE, 2), [0, 0]);
+    }
+
+    fn s5(with: u16) -> [u8; 2] {
+        ((u16::from(S5_SLP_TYP) << SLP_TYP_SHIFT) | with).to_le_bytes()
+    }
+
+    #[test]
+    fn slp_en_with_the_s5_type_powers_off_in_any_access_size() {
+        let mut pm = AcpiPm::default();
+        // ACPICA's order: SLP_TYP first, then SLP_TYP with SLP_EN.
+        assert_eq!(pm.write(CONTROL, &s5(0)), DeviceAction::Continue);
+        assert_eq!(pm.write(CONTROL, &s5(SLP_EN)), DeviceAction::PowerOff);
+        // The high byte alone (SLP_TYP and SLP_EN live there).
+        let mut pm = AcpiPm::default();
+        assert_eq!(
+            pm.write(CONTROL + 1, &[s5(SLP_EN)[1]]),
+            DeviceAction::PowerOff
+        );
+        // A 32-bit write from the enable register on.
+        let mut pm = AcpiPm::default();
+        let [low, high] = s5(SLP_EN);
+        assert_eq!(pm.write(ENABLE, &[0, 0, low, high]), DeviceAction::PowerOff);
+    }
+
+    #[test]
+    fn slp_en_with_another_type_or_the_type_alone_does_nothing() {
+        for slp_typ in (0..8u16).filter(|&t| t != u16::from(S5_SLP_TYP)) {
+            let mut pm = AcpiPm::default();
+            let value = (slp_typ << SLP_TYP_SHIFT) | SLP_EN;
+            assert_eq!(
+                pm.write(CONTROL, &value.to_le_bytes()),
+                DeviceAction::Continue
+            );
+        }
+        let mut pm = AcpiPm::default();
+        assert_eq!(pm.write(CONTROL, &s5(0)), DeviceAction::Continue);
+        // The low byte alone never carries SLP_EN.
+        assert_eq!(pm.write(CONTROL, &[0xff]), DeviceAction::Continue);
+    }
+
+    #[test]
+    fn garbage_writes_never_panic_and_only_s5_powers_off() {
+        let mut pm = AcpiPm::default();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let offset = if seed & 0x100 != 0 {
+                u16::MAX - (seed % 4) as u16
+            } else {
+                (seed % 8) as u16
+            };
+            let len = [1, 2, 4][(seed >> 9) as usize % 3];
+            let bytes = (seed >> 16).to_le_bytes();
+            let before = pm.control;
+            let action = pm.write(offset, &bytes[..len]);
+            if action == DeviceAction::PowerOff {
+                assert_eq!(
+                    pm.control & SLP_TYP_MASK,
+                    u16::from(S5_SLP_TYP) << SLP_TYP_SHIFT
+                );
+            } else {
+                assert_eq!(action, DeviceAction::Continue, "{before:#x}");
+            }
+            let mut out = [0u8; 4];
+            pm.read(offset, &mut out[..len]);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod debug_exit;
 mod i8042;
 mod serial;
 
-pub use acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN};
+pub use acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP};
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
 pub use cmos::{
     CMOS_CENTURY, CMOS_PORT, CMOS_PORTS, Cmos, CmosState, HostClock, spawn_interrupts, system_clock,
@@ -27,8 +27,11 @@ pub enum DeviceAction {
     Continue,
     /// End the run: the guest asked to exit with this status.
     GuestExit(u8),
-    /// End the run: the guest reset the machine (a reboot).
+    /// The guest reset the machine (a reboot): the VM restarts or the run
+    /// ends, as configured.
     Reset,
+    /// End the run: the guest powered the machine off (ACPI soft-off).
+    PowerOff,
 }
 
 /// A device on the I/O port bus.

@@ -140,6 +140,9 @@ pub struct RestoreOptions {
     /// Check each vCPU's state against the VM-entry rules before it enters
     /// the guest (see [`VmConfig::check_entry`](crate::VmConfig::check_entry)).
     pub check_entry: bool,
+    /// What a reboot from inside the guest does (see
+    /// [`VmConfig::on_reboot`](crate::VmConfig::on_reboot)).
+    pub on_reboot: crate::config::OnReboot,
 }
 
 /// Where the time of a restore went.

@@ -1,13 +1,15 @@
 //! The DSDT: the legacy devices the machine has (so that Linux's PNP
-//! probing finds them without poking at ports) and one processor device
-//! per vCPU.
+//! probing finds them without poking at ports), one processor device per
+//! vCPU, and the one sleep state the machine has: soft-off (`\_S5`).
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Path, ResourceTemplate, Scope};
+use acpi_tables::aml::{
+    Device, EISAName, IO, Interrupt, Name, Package, Path, ResourceTemplate, Scope,
+};
 use acpi_tables::sdt::Sdt;
 
 use super::{HEADER_LEN, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
-use crate::devices::{COM1_PORT, I8042_PORT};
+use crate::devices::{COM1_PORT, I8042_PORT, S5_SLP_TYP};
 
 /// Revision 2: integers are 64 bits wide.
 const REVISION: u8 = 2;
@@ -53,8 +55,9 @@ const ISA_DEVICES: [IsaDevice; 4] = [
 /// Builds the DSDT for `cpus` vCPUs: under `\_SB`, the ISA devices (COM1,
 /// PS/2 keyboard and mouse, CMOS RTC) with their ports and edge-triggered,
 /// active-high IRQs, and processor devices `C000`.. with `_UID` equal to
-/// the MADT's processor UID. `cpus` is at most 4096 (device names are
-/// three hex digits).
+/// the MADT's processor UID; then `\_S5` with the `SLP_TYP` the PM1
+/// control register powers off with. `cpus` is at most 4096 (device names
+/// are three hex digits).
 pub(super) fn build(cpus: u32) -> Vec<u8> {
     let mut body = Vec::new();
     for device in &ISA_DEVICES {
@@ -72,7 +75,22 @@ pub(super) fn build(cpus: u32) -> Vec<u8> {
         OEM_REVISION,
     );
     dsdt.append_slice(&Scope::raw(Path::new("\\_SB_"), body));
+    let mut s5 = Vec::new();
+    soft_off(&mut s5);
+    dsdt.append_slice(&s5);
     dsdt.as_slice().to_vec()
+}
+
+/// `Name (\_S5, Package { SLP_TYPa, SLP_TYPb, 0, 0 })`: the values Linux
+/// writes to the PM1a (and, if there were one, PM1b) control register's
+/// `SLP_TYP` to power off.
+fn soft_off(sink: &mut Vec<u8>) {
+    let zero = 0u8;
+    Name::new(
+        Path::new("\\_S5_"),
+        &Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP, &zero, &zero]),
+    )
+    .to_aml_bytes(sink);
 }
 
 fn isa_device(device: &IsaDevice, sink: &mut Vec<u8>) {

@@ -266,32 +266,60 @@ fn device(b: &[u8]) -> Dev {
     dev
 }
 
-/// The devices of the DSDT's `\_SB` scope.
-fn dsdt_devices(image: &[u8]) -> Vec<Dev> {
+/// The DSDT's top level as the walker saw it: the devices of its `\_SB`
+/// scope, then the packages named at the root (`\_S5`, ...) with their
+/// integer elements.
+struct Dsdt {
+    devices: Vec<Dev>,
+    packages: Vec<(String, Vec<u64>)>,
+}
+
+fn dsdt(image: &[u8]) -> Dsdt {
     let tables = parse(image);
     let aml = tables.dsdt().unwrap();
     let start = aml.address - ACPI_ADDR as usize;
     let b = &image[start..start + aml.length as usize];
     assert_eq!(b[0], 0x10, "a Scope");
     let (len, used) = pkg_length(&b[1..]);
-    assert_eq!(1 + len, b.len(), "the scope spans the table");
     assert_eq!(&b[1 + used..6 + used], b"\\_SB_");
     let mut at = 6 + used;
     let mut devices = Vec::new();
-    while at < b.len() {
+    while at < 1 + len {
         assert_eq!(&b[at..at + 2], [0x5b, 0x82], "a Device");
         let (len, used) = pkg_length(&b[at + 2..]);
         devices.push(device(&b[at + 2 + used..at + 2 + len]));
         at += 2 + len;
     }
-    devices
+    assert_eq!(at, 1 + len, "the devices fill the scope");
+    let mut packages = Vec::new();
+    while at < b.len() {
+        assert_eq!(b[at], 0x08, "a Name at the root");
+        assert_eq!(b[at + 1], b'\\', "a root path");
+        let name = String::from_utf8(b[at + 2..at + 6].to_vec()).unwrap();
+        at += 6;
+        assert_eq!(b[at], 0x12, "a Package");
+        let (len, used) = pkg_length(&b[at + 1..]);
+        let body = &b[at + 1 + used..at + 1 + len];
+        let mut elements = Vec::new();
+        let mut e = 1;
+        while e < body.len() {
+            let (value, used) = data(&body[e..]);
+            elements.push(value.unwrap());
+            e += used;
+        }
+        assert_eq!(elements.len(), usize::from(body[0]), "NumElements");
+        packages.push((name, elements));
+        at += 1 + len;
+    }
+    assert_eq!(at, b.len(), "nothing after the last object");
+    Dsdt { devices, packages }
 }
 
 #[test]
 fn dsdt_has_the_legacy_devices_and_one_processor_per_vcpu() {
     const EDGE_HIGH_CONSUMER: u8 = 0b0011;
     for cpus in COUNTS {
-        let devices = dsdt_devices(&build(cpus).unwrap());
+        let devices = dsdt(&build(cpus).unwrap()).devices;
         let isa = |name: &str, hid: &str, ports: &[(u16, u8)], irq: u32| Dev {
             name: name.into(),
             hid: hid.into(),
@@ -318,6 +346,20 @@ fn dsdt_has_the_legacy_devices_and_one_processor_per_vcpu() {
             .collect();
         assert_eq!(devices[4..], processors);
     }
+}
+
+#[test]
+fn dsdt_offers_soft_off_with_the_type_the_pm1_control_register_powers_off_with() {
+    use crate::devices::{AcpiPm, DeviceAction, PioDevice, S5_SLP_TYP};
+    for cpus in COUNTS {
+        let packages = dsdt(&build(cpus).unwrap()).packages;
+        let typ = u64::from(S5_SLP_TYP);
+        assert_eq!(packages, [("_S5_".to_string(), vec![typ, typ, 0, 0])]);
+    }
+    // What Linux then writes to PM1a_CNT (SLP_TYPa in bits 10-12, SLP_EN).
+    let mut pm = AcpiPm::default();
+    let value = (u16::from(S5_SLP_TYP) << 10) | 0x2000;
+    assert_eq!(pm.write(4, &value.to_le_bytes()), DeviceAction::PowerOff);
 }
 
 #[test]
