@@ -339,7 +339,7 @@ fn without_cmdline_the_default_is_used_and_said() {
     let said = stderr(&out);
     assert!(
         said.contains(
-            "vmm: no --cmdline; using \"console=ttyS0 reboot=k panic=1 oops=panic panic_reboot_mode=warm\""
+            "vmm: no --cmdline; using \"console=ttyS0 reboot=k,panic_warm panic=1 oops=panic\""
         ),
         "{said}"
     );

@@ -27,7 +27,7 @@ pub enum RunOutcome {
     /// `poweroff` does).
     GuestPoweredOff,
     /// The guest reset the machine with the BIOS warm-reset flag set (0x1234
-    /// at 0x472), as Linux does on a panic with `panic_reboot_mode=warm`:
+    /// at 0x472), as Linux does on a panic with `reboot=panic_warm`:
     /// the run ends whatever [`OnReboot`] says.
     WarmReset,
 }

@@ -62,7 +62,7 @@ impl PowerOn {
 
 /// Where a PC's BIOS data area keeps the reset flag, and the value that
 /// asks for a warm reset (Linux writes it before resetting when its reboot
-/// mode is `warm`, as `panic_reboot_mode=warm` makes it on a panic).
+/// mode is `warm`, as `reboot=panic_warm` makes it on a panic).
 const RESET_FLAG_ADDR: u64 = 0x472;
 const WARM_RESET: u16 = 0x1234;
 

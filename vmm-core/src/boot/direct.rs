@@ -56,3 +56,42 @@ pub fn after_vcpus(
     }
     Ok(loaded)
 }
+
+#[cfg(test)]
+mod tests {
+    use linux_loader::loader::bootparam::boot_params;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::boot::layout::{ACPI_ADDR, MPTABLE_ADDR, ZERO_PAGE_ADDR};
+    use crate::boot::test_kernel;
+
+    /// Loads the test kernel into 64 MiB with or without ACPI; returns the
+    /// zero page's RSDP address and the first bytes at the ACPI and MP
+    /// table addresses.
+    fn load(acpi: bool) -> (u64, [u8; 8], [u8; 4]) {
+        let ram = [(0, 0xa_0000), (0x10_0000, 63 << 20)];
+        let mem = GuestMemoryMmap::<()>::from_ranges(
+            &ram.map(|(start, len)| (GuestAddress(start), len as usize)),
+        )
+        .unwrap();
+        let boot = KernelBoot {
+            kernel: test_kernel::build().unwrap(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+        };
+        let plan = plan(&boot, &ram, 0xc000_0000, acpi).unwrap();
+        boot.load(&plan, &mem, 2).unwrap();
+        let zp: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let (mut rsdp, mut mp) = ([0u8; 8], [0u8; 4]);
+        mem.read_slice(&mut rsdp, GuestAddress(ACPI_ADDR)).unwrap();
+        mem.read_slice(&mut mp, GuestAddress(MPTABLE_ADDR)).unwrap();
+        (zp.acpi_rsdp_addr, rsdp, mp)
+    }
+
+    #[test]
+    fn without_acpi_only_the_mp_table_is_there() {
+        assert_eq!(load(true), (ACPI_ADDR, *b"RSD PTR ", *b"_MP_"));
+        assert_eq!(load(false), (0, [0; 8], *b"_MP_"));
+    }
+}
