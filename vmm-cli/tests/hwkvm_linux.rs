@@ -317,3 +317,110 @@ fn linux_counter_teleports_to_another_process() {
     );
     assert_counter_continued(&read(&dir.join("serial")), &read(&target_serial));
 }
+
+/// Boots Linux on `cpus` vCPUs to run `date` and `poweroff -f`: ACPI
+/// soft-off must end the run with status 0 and say so.
+fn linux_powers_off(cpus: u32) {
+    let out = boot("256M", cpus, "date; poweroff -f");
+    let text = out.serial;
+    assert!(out.status.success(), "{}\n{text}", out.status);
+    assert!(text.contains("vmm: the guest powered off"), "{text}");
+    assert!(text.contains("reboot: Power down"), "{text}");
+    assert!(!text.contains(STATUS_PREFIX), "poweroff returned:\n{text}");
+}
+
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn linux_powers_off_with_one_cpu() {
+    linux_powers_off(1);
+}
+
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn linux_powers_off_with_four_cpus() {
+    linux_powers_off(4);
+}
+
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn linux_boots_again_after_reboot_with_every_cpu() {
+    const MARKER: &str = "VMM-GUEST-LINUX: reached userspace";
+    const RESTART: &str = "reboot: Restarting system";
+    const SMP: &str = "smp: Brought up 1 node, 2 CPUs";
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (serial, socket) = (dir.join("serial"), dir.join("api.sock"));
+    let mut args = Guest::from_lane().run_args("256M", 2, "reboot -f");
+    args.extend(
+        [
+            "--api-socket",
+            socket.to_str().unwrap(),
+            "--serial",
+            serial.to_str().unwrap(),
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = Vmm::spawn("vmm run (reboot)", &args, &dir.join("stderr"), DEADLINE);
+    vm.wait_for_text(&serial, RESTART);
+    // The second boot, after the first reset, must reach userspace too.
+    let start = std::time::Instant::now();
+    let second_boot = || read(&serial).split_once(RESTART).map(|(_, b)| b.to_owned());
+    while !second_boot().is_some_and(|b| b.contains(MARKER)) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no second boot:\n{}{}",
+            read(&serial),
+            read(&dir.join("stderr"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = client_ok(&["poweroff", "--api-socket", socket.to_str().unwrap()]);
+    assert!(said.contains("powered off"), "{said}");
+    let status = vm.wait(|| read(&serial));
+    let text = read(&serial);
+    assert!(status.success(), "{status}\n{text}");
+    let (first, second) = text.split_once(RESTART).unwrap();
+    assert!(first.contains(SMP) && second.contains(SMP), "{text}");
+    assert!(!text.contains("Kernel panic"), "{text}");
+}
+
+/// Boots Linux with `--no-acpi` on `cpus` vCPUs until it has looked for
+/// ACPI, then stops it: Linux must find no RSDP and run without ACPI.
+///
+/// Only that much is checked. Debian's kernel is built without
+/// `CONFIG_X86_MPPARSE`, so it ignores the MP table and finds one CPU;
+/// with neither MADT nor MP table its interrupt delivery (virtual wire)
+/// stalls in this lane before userspace (the printk clock stops, the
+/// i8042 probe never ends), so the boot is not awaited.
+fn linux_runs_without_acpi_tables(cpus: u32) {
+    const NO_INTERPRETER: &str = "ACPI: Interpreter disabled.";
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial");
+    let mut args = Guest::from_lane().run_args("256M", cpus, "poweroff -f");
+    args.extend(["--no-acpi", "--serial", serial.to_str().unwrap()].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = Vmm::spawn(
+        "vmm run --no-acpi",
+        &args,
+        &dir.path().join("stderr"),
+        DEADLINE,
+    );
+    vm.wait_for_text(&serial, NO_INTERPRETER);
+    drop(vm);
+    let text = read(&serial);
+    assert!(text.contains("A valid RSDP was not found"), "{text}");
+    assert!(!text.contains("ACPI: RSDP"), "{text}");
+}
+
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn linux_finds_no_acpi_tables_with_no_acpi_and_one_cpu() {
+    linux_runs_without_acpi_tables(1);
+}
+
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn linux_finds_no_acpi_tables_with_no_acpi_and_four_cpus() {
+    linux_runs_without_acpi_tables(4);
+}
