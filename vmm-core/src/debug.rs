@@ -473,7 +473,9 @@ impl DebugTarget for VmDebugTarget {
             .memory
             .phys()
             .read()
-            .write(addr, data)
+            // Past ROM write protection: an int3 in ROM must reach the page
+            // the guest executes from (and come out again on removal).
+            .write_past_rom_protection(addr, data)
             .map_err(|_| TargetError::PhysAccess { addr, len })
     }
 

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::gmm_host::GmmHostMemory;
 
 /// The most firmware a PC mirrors just below 1 MiB.
-const LOW_MIRROR_MAX: u64 = 128 * 1024;
+const LOW_MIRROR_MAX: u64 = crate::config::BIOS_AREA_SIZE;
 
 /// The smallest guest RAM the VMM accepts.
 pub const MIN_RAM: u64 = 1 << 20;

@@ -56,7 +56,7 @@ impl PowerOn {
     /// a file that was booted from a kernel directly (the saved state holds
     /// the placeholder ROM, not the kernel), whose reset would only halt.
     pub(crate) fn restarts(&self, firmware: &[u8]) -> bool {
-        self.kernel.is_some() || firmware != crate::config::DIRECT_BOOT_ROM
+        self.kernel.is_some() || !crate::config::is_direct_boot_rom(firmware)
     }
 }
 

@@ -63,6 +63,10 @@ impl PhysMap {
                     pos = out.seek(SeekFrom::Start(base + gpa))?;
                 }
                 mem.read(off, &mut page);
+                if let Backing::Rom { prot, .. } = &r.backing {
+                    self.rom_patches
+                        .unpatch_page(gpa, !prot.reads_rom(), &mut page);
+                }
                 out.write_all(&page)?;
                 pos += PAGE_SIZE;
                 report.written += 1;

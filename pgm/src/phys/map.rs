@@ -91,6 +91,8 @@ pub struct PhysMap {
     pub(crate) counters: Option<AccessCounters>,
     /// RAM pages loads mapped from saved-state files.
     pub(crate) pages_mapped_from_file: u64,
+    /// ROM bytes the debugger patched past write protection.
+    pub(crate) rom_patches: super::rom_patch::RomPatches,
 }
 
 impl std::fmt::Debug for PhysMap {
@@ -158,6 +160,7 @@ impl PhysMap {
             #[cfg(feature = "stats")]
             counters: None,
             pages_mapped_from_file: 0,
+            rom_patches: Default::default(),
         }
     }
 

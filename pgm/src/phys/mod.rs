@@ -38,6 +38,7 @@ mod observe;
 mod page;
 mod range;
 mod report;
+mod rom_patch;
 #[cfg(feature = "saved-state")]
 mod saved;
 mod sharing;

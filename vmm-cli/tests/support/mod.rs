@@ -2,7 +2,7 @@
 //! child that is killed on drop, waits with deadlines, and the client calls.
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 /// The `vmm` binary under test.
@@ -25,13 +25,14 @@ impl Drop for Vmm {
 }
 
 impl Vmm {
-    /// Starts `vmm ARGS` with stdout discarded and stderr in `stderr`; every
-    /// wait on it gives up after `deadline`.
-    pub fn spawn(what: &str, args: &[&str], stderr: &Path, deadline: Duration) -> Vmm {
+    /// Starts `vmm ARGS` with its stdout and stderr both in `output`;
+    /// every wait on it gives up after `deadline`.
+    pub fn spawn(what: &str, args: &[&str], output: &Path, deadline: Duration) -> Vmm {
+        let file = std::fs::File::create(output).unwrap();
         let child = Command::new(VMM)
             .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(stderr).unwrap())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .expect("vmm starts");
         Vmm {

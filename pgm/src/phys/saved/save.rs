@@ -10,6 +10,7 @@ use super::{
 use crate::phys::map::PhysMap;
 use crate::phys::page::{PAGE_SIZE, PageState};
 use crate::phys::range::{Backing, Memory, PhysRange};
+use crate::phys::rom_patch::RomPatches;
 
 /// Which pages a pass writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +52,21 @@ impl RecordWriter<'_, '_> {
         Ok(())
     }
 
-    fn content(&mut self, tag: u8, gpa: u64, mem: &Memory, offset: u64) -> ssm::Result<()> {
+    /// Writes one page of `mem`; a ROM shadow page without the debugger's
+    /// patches (`unpatch`).
+    fn content(
+        &mut self,
+        tag: u8,
+        gpa: u64,
+        mem: &Memory,
+        offset: u64,
+        unpatch: Option<&RomPatches>,
+    ) -> ssm::Result<()> {
         self.tag(tag, gpa)?;
         mem.read(offset, &mut self.page[..]);
+        if let Some(patches) = unpatch {
+            patches.unpatch_page(gpa, true, &mut self.page[..]);
+        }
         self.pages += 1;
         self.w.put_page(&self.page)
     }
@@ -119,6 +132,7 @@ impl RecordWriter<'_, '_> {
                     run.gpa + i * PAGE_SIZE,
                     mem,
                     run.off + i * PAGE_SIZE,
+                    None,
                 )?;
             }
             return Ok(());
@@ -204,9 +218,11 @@ impl PhysMap {
                 }
                 rw.flush_pending(mem)?;
                 match info.state {
-                    _ if shadow => rw.content(REC_SHADOW, gpa, mem, off)?,
+                    _ if shadow => {
+                        rw.content(REC_SHADOW, gpa, mem, off, Some(&self.rom_patches))?
+                    }
                     PageState::Ballooned => rw.tag(REC_BALLOONED, gpa)?,
-                    _ => rw.content(REC_RAW, gpa, mem, off)?,
+                    _ => rw.content(REC_RAW, gpa, mem, off, None)?,
                 }
             }
             rw.flush_pending(mem)?;

@@ -84,6 +84,25 @@ fn full_save_restores_ram_rom_mmio2_and_states() {
 }
 
 #[test]
+fn a_debugger_patch_in_the_rom_shadow_is_not_saved() {
+    let src = shared();
+    {
+        let mut m = src.write();
+        m.set_rom_protection(0xf0000, RomProtection::ReadRamWriteIgnore)
+            .unwrap();
+        m.write_past_rom_protection(0xf0010, &[0xcc]).unwrap();
+    }
+    assert_eq!(byte(&src, 0xf0010), 0xcc);
+    let mut m = Manager::new();
+    m.register(Box::new(PgmUnit::new(src.clone(), None)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    m.save(&mut bytes, &SaveOptions::default()).unwrap();
+    let dst = load_into(&bytes);
+    assert_eq!(byte(&dst, 0xf0010), 0x5a);
+}
+
+#[test]
 fn ballooned_pages_are_ballooned_again_with_the_host() {
     let save = |map: &Arc<RwLock<PhysMap>>| {
         let mut m = Manager::new();
