@@ -357,7 +357,7 @@ fn reboot_exit_ends_the_run_and_restart_boots_again() {
     let dir = tempfile::tempdir().unwrap();
     let (kernel, initrd, expect) = test_kernel_files(dir.path(), 64 << 20, 2);
     let cmdline = format!("console=ttyS0 {expect} testkernel.reboot=1");
-    let out = vmm(&[
+    let boot = [
         "run",
         "--mem",
         "64M",
@@ -369,9 +369,8 @@ fn reboot_exit_ends_the_run_and_restart_boots_again() {
         &initrd,
         "--cmdline",
         &cmdline,
-        "--reboot",
-        "exit",
-    ]);
+    ];
+    let out = vmm(&[&boot[..], &["--reboot", "exit"]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", stderr(&out));
     assert_eq!(stdout.matches("all checks passed").count(), 1, "{stdout}");
@@ -384,21 +383,8 @@ fn reboot_exit_ends_the_run_and_restart_boots_again() {
     // passes its checks each time) until it is stopped.
     let serial = dir.path().join("serial");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "run",
-            "--mem",
-            "64M",
-            "--cpus",
-            "2",
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
-            "--cmdline",
-            &cmdline,
-            "--serial",
-            serial.to_str().unwrap(),
-        ])
+        .args(boot)
+        .args(["--serial", serial.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("vmm starts");

@@ -20,6 +20,15 @@ pub use i8042::{
 pub(crate) use serial::UART_FIFO_SIZE;
 pub use serial::{COM1_PORT, IrqLine, Uart};
 
+/// Answers an `in` from a byte-wide register: `value` in the first byte,
+/// zeros in any wider part of the access.
+pub(crate) fn answer_byte(data: &mut [u8], value: u8) {
+    data.fill(0);
+    if let Some(first) = data.first_mut() {
+        *first = value;
+    }
+}
+
 /// What a device asks of the VM after an access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceAction {

@@ -108,10 +108,7 @@ impl Uart {
 impl PioDevice for Uart {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         let value = u8::try_from(offset).map_or(0xff, |reg| self.serial.read(reg));
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        super::answer_byte(data, value);
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {

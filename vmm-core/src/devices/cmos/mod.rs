@@ -360,10 +360,7 @@ impl PioDevice for Cmos {
             // The index port is write-only.
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        crate::devices::answer_byte(data, value);
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {

@@ -310,10 +310,7 @@ impl PioDevice for I8042 {
             COMMAND => self.status(),
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        crate::devices::answer_byte(data, value);
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
