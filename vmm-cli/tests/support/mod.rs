@@ -61,8 +61,24 @@ impl Vmm {
     /// Polls until `path` contains `needle`; panics if the child exits
     /// first or after the deadline.
     pub fn wait_for_text(&mut self, path: &Path, needle: &str) {
+        self.wait_until(path, needle, |text| text.contains(needle));
+    }
+
+    /// Polls until `path` holds a whole line that starts with `prefix`
+    /// (the child may write a line in several pieces) and returns the rest
+    /// of that line.
+    pub fn wait_for_line(&mut self, path: &Path, prefix: &str) -> String {
+        let rest_of_line = |text: &str| {
+            let (_, rest) = text.split_once(prefix)?;
+            rest.split_once('\n').map(|(line, _)| line.to_owned())
+        };
+        self.wait_until(path, prefix, |text| rest_of_line(text).is_some());
+        rest_of_line(&read(path)).expect("the line stays in the file")
+    }
+
+    fn wait_until(&mut self, path: &Path, what: &str, done: impl Fn(&str) -> bool) {
         let start = Instant::now();
-        while !read(path).contains(needle) {
+        while !done(&read(path)) {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
                     "{} exited early ({status}); output:\n{}",
@@ -72,7 +88,7 @@ impl Vmm {
             }
             assert!(
                 start.elapsed() < self.deadline,
-                "{}: timed out waiting for {needle:?}; output:\n{}",
+                "{}: timed out waiting for {what:?}; output:\n{}",
                 self.what,
                 read(path)
             );
@@ -108,14 +124,7 @@ pub fn client_ok(args: &[&str]) -> String {
 }
 
 /// Where a `vmm run --incoming 127.0.0.1:0` target listens, read from its
-/// stderr once it says so.
-pub fn incoming_address(target: &mut Vmm, stderr: &Path) -> String {
-    const WAITING: &str = "waiting for a teleport on ";
-    target.wait_for_text(stderr, WAITING);
-    read(stderr)
-        .split(WAITING)
-        .nth(1)
-        .and_then(|rest| rest.lines().next())
-        .unwrap()
-        .to_owned()
+/// output once it has said so in a whole line.
+pub fn incoming_address(target: &mut Vmm, output: &Path) -> String {
+    target.wait_for_line(output, "waiting for a teleport on ")
 }
