@@ -86,6 +86,8 @@ const TAG_PIT: u8 = 23;
 
 /// CPUID.1:ECX bit 26, XSAVE.
 const CPUID_1_ECX_XSAVE: u32 = 1 << 26;
+/// IA32_TSC_DEADLINE: the local APIC timer's deadline in TSC-deadline mode.
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// MSRs per `KVM_GET_MSRS`/`KVM_SET_MSRS` call (KVM's limit is larger).
 const MSR_BATCH: usize = 64;
 
@@ -153,10 +155,19 @@ impl CpuState {
         if let Some(xcrs) = &self.xcrs {
             fd.set_xcrs(xcrs).map_err(ioctl("KVM_SET_XCRS"))?;
         }
-        write_msrs(vcpu, &self.msrs)?;
+        // KVM ignores a TSC deadline unless the local APIC's timer is in
+        // TSC-deadline mode, so the deadline goes in after the APIC (else
+        // a restored guest's timer never fires).
+        let (deadline, msrs): (Vec<MsrValue>, Vec<MsrValue>) = self
+            .msrs
+            .iter()
+            .copied()
+            .partition(|m| m.index == MSR_IA32_TSC_DEADLINE);
+        write_msrs(vcpu, &msrs)?;
         if let Some((_, lapic)) = &self.apic {
             fd.set_lapic(lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
         }
+        write_msrs(vcpu, &deadline)?;
         fd.set_vcpu_events(&self.events)
             .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
         if let Some((mp, _)) = &self.apic {

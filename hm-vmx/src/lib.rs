@@ -22,6 +22,7 @@
 //! # Ok::<(), hm_vmx::Error>(())
 //! ```
 
+mod clock_state;
 mod cpu_state;
 mod entry_check;
 mod error;
@@ -37,6 +38,7 @@ mod vcpu;
 mod vm;
 pub mod vmx;
 
+pub use clock_state::ClockState;
 pub use cpu_state::{CpuState, IrqchipState, MsrValue, PitState};
 pub use entry_check::{EntryCheckFailure, EntryChecker, EntryDiagnosis, EntryStage};
 pub use error::{Error, Result};

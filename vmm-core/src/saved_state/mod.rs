@@ -17,6 +17,7 @@
 //! | `acpi-pm` | the ACPI PM1a enable and control registers |
 //! | `cmos` | the RTC's registers, CMOS RAM and the guest clock's offset |
 //! | `balloon` | the balloon's target and the pages the guest has given |
+//! | `kvmclock` | the guest's paravirtual clock (set last, just before the VM runs) |
 //!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
 //! accounting follows the pages `pgm` allocates, maps and balloons while
@@ -66,7 +67,7 @@ use crate::machine::Machine;
 use crate::rendezvous::{RendezvousFlags, RendezvousType};
 use crate::vmstate::{VmState, VmStateError};
 
-use hm_vmx::{IrqchipState, PitState};
+use hm_vmx::{ClockState, IrqchipState, PitState};
 use kbc_unit::I8042Unit;
 pub use units::SavedConfig;
 use units::{
@@ -239,6 +240,11 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     m.register(Box::new(BalloonUnit {
         state: Arc::clone(&machine.balloon),
     }))?;
+    // Last: a restore sets the clock just before the VM runs, so loading
+    // the other units takes none of the guest's time.
+    m.register(Box::new(KernelDeviceUnit::<ClockState>::new(Arc::clone(
+        &ctx.backend,
+    ))))?;
     Ok(m)
 }
 

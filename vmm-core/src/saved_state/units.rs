@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
+use hm_vmx::{ClockState, CpuState, IrqchipState, PitState, VcpuState};
 use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
@@ -168,7 +168,25 @@ impl KernelDevice for PitState {
     }
 }
 
-/// The unit of an in-kernel device (`irqchip`, `pit`).
+/// `kvmclock`: the guest's paravirtual clock, so that its time goes on
+/// where it stopped.
+impl KernelDevice for ClockState {
+    const UNIT: &'static str = "kvmclock";
+    fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self> {
+        ClockState::read(vm)
+    }
+    fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()> {
+        ClockState::write(self, vm)
+    }
+    fn encode(&self) -> Vec<u8> {
+        ClockState::encode(self)
+    }
+    fn decode(blob: &[u8]) -> hm_vmx::Result<Self> {
+        ClockState::decode(blob)
+    }
+}
+
+/// The unit of an in-kernel device (`irqchip`, `pit`, `kvmclock`).
 pub(crate) struct KernelDeviceUnit<S> {
     backend: Arc<hm_vmx::Vm>,
     device: std::marker::PhantomData<fn() -> S>,
