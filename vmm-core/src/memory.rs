@@ -24,6 +24,12 @@ use crate::gmm_host::GmmHostMemory;
 /// The most firmware a PC mirrors just below 1 MiB.
 const LOW_MIRROR_MAX: u64 = crate::config::BIOS_AREA_SIZE;
 
+/// The PC's expansion ROM area (0xC0000-0xDFFFF), where option ROMs live.
+const EXPANSION_ROM_AREA: std::ops::Range<u64> = 0xc_0000..0xe_0000;
+
+/// What an empty expansion ROM socket reads as.
+const EMPTY_ROM_BYTE: u8 = 0xff;
+
 /// The smallest guest RAM the VMM accepts.
 pub const MIN_RAM: u64 = 1 << 20;
 
@@ -81,7 +87,8 @@ pub struct GuestMemoryMap {
 impl GuestMemoryMap {
     /// Lays out `ram_size` bytes of RAM and a ROM holding `firmware`, which
     /// ends at 4 GiB and whose last 128 KiB at most are mirrored below
-    /// 1 MiB, as on a PC. Statistics and info handlers (`phys`,
+    /// 1 MiB, and an empty expansion ROM area (0xC0000-0xDFFFF), as on a
+    /// PC. Statistics and info handlers (`phys`,
     /// `handlers`) go into `stats` and `info`.
     pub fn new(
         ram_size: u64,
@@ -103,7 +110,8 @@ impl GuestMemoryMap {
             )));
         }
         let mirror = rom_size.min(LOW_MIRROR_MAX);
-        let (gmm, host) = gmm_backing(ram_size, rom_size + mirror, stats, info)?;
+        let expansion = EXPANSION_ROM_AREA.end - EXPANSION_ROM_AREA.start;
+        let (gmm, host) = gmm_backing(ram_size, rom_size + mirror + expansion, stats, info)?;
         let mut map = PhysMap::new(host, PhysConfig::default()).map_err(pgm_error)?;
         layout.apply(&mut map).map_err(pgm_error)?;
         let protection = RomProtection::ReadRomWriteIgnore;
@@ -122,6 +130,17 @@ impl GuestMemoryMap {
             tail,
             protection,
             "firmware (low mirror)",
+        )
+        .map_err(pgm_error)?;
+        // No option ROMs: the area reads as empty sockets do. Mapped as
+        // ROM rather than left unassigned, Linux's scans of it at boot
+        // (16,000 reads) are memory reads, not exits to the VMM.
+        map.add_rom(
+            EXPANSION_ROM_AREA.start,
+            expansion,
+            &vec![EMPTY_ROM_BYTE; expansion as usize],
+            protection,
+            "expansion ROM area",
         )
         .map_err(pgm_error)?;
         let ram = map.guest_memory().map_err(pgm_error)?;
