@@ -164,8 +164,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 /// Prints the summary line and fails unless every test passed.
 fn summarize(report: &Report) -> anyhow::Result<()> {
     for step in &report.steps {
+        let took = step
+            .seconds
+            .map(|s| format!(" in {s:.0} s"))
+            .unwrap_or_default();
         eprintln!(
-            "xtask: hwkvm: {}: {} passed, {} failed",
+            "xtask: hwkvm: {}: {} passed, {} failed{took}",
             step.name,
             step.passed,
             step.failed.len()

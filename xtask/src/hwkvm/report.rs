@@ -9,7 +9,7 @@ pub const END: &str = "HWKVM-STEP-END ";
 pub const RC: &str = "HWKVM-RC=";
 
 /// What one step (one test binary) reported.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Step {
     /// The step's name.
     pub name: String,
@@ -17,6 +17,8 @@ pub struct Step {
     pub passed: u32,
     /// Tests that failed, with their names.
     pub failed: Vec<String>,
+    /// How long libtest says the tests took, in seconds.
+    pub seconds: Option<f64>,
 }
 
 /// The lane's results: every step, and the command's status if L1 got to
@@ -69,6 +71,7 @@ impl Report {
             } else if let Some((step, summary, ok)) = open.as_mut() {
                 if let Some((passed, _)) = summary_counts(line) {
                     step.passed += passed;
+                    step.seconds = summary_seconds(line);
                     *summary = true;
                 } else if let Some(test) = failed_test(line) {
                     step.failed.push(test.to_owned());
@@ -123,6 +126,16 @@ fn summary_counts(line: &str) -> Option<(u32, u32)> {
     Some((count("passed")?, count("failed")?))
 }
 
+/// The `finished in 1.2s` of libtest's summary line, in seconds.
+fn summary_seconds(line: &str) -> Option<f64> {
+    line.rsplit_once("finished in ")?
+        .1
+        .trim()
+        .strip_suffix('s')?
+        .parse()
+        .ok()
+}
+
 /// The name in libtest's `test some::name ... FAILED`.
 fn failed_test(line: &str) -> Option<&str> {
     line.strip_prefix("test ")?.strip_suffix(" ... FAILED")
@@ -159,6 +172,8 @@ HWKVM-RC=1\r
         assert_eq!(r.passed(), 4);
         assert_eq!(r.failed(), ["boots", "gdb (no test summary)"]);
         assert_eq!(r.status, Some(1));
+        assert_eq!(r.steps[0].seconds, Some(1.2));
+        assert_eq!(r.steps[1].seconds, None);
     }
 
     #[test]
