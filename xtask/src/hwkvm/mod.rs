@@ -107,14 +107,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let cache = crate::guest_linux::cache_dir();
     let assets = Assets::fetch(&cache, l1_package.map(String::as_str))?;
-    let vmm = build_vmm()?;
-    let tests = match command {
-        None => SUITE
-            .iter()
-            .map(|t| Ok((t, build_test(t)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        Some(_) => Vec::new(),
-    };
+    let (vmm, mut tests) = build_suite()?;
+    if command.is_some() {
+        tests.clear();
+    }
     let run_script = match &command {
         Some(c) => format!("{c}\n"),
         None => suite_script(&tests),
@@ -251,32 +247,26 @@ fn l1_image(
     Ok(image.finish())
 }
 
-/// Builds the release `vmm` and returns its path.
-fn build_vmm() -> anyhow::Result<PathBuf> {
-    let found = cargo_executables(&["build", "--release", "-p", "vmm-cli", "--bin", "vmm"])?;
-    found
-        .into_iter()
-        .find(|(name, _)| name == "vmm")
-        .map(|(_, p)| p)
-        .context("cargo built no vmm executable")
-}
-
-/// Builds one test binary (release) and returns its path.
-fn build_test(t: &TestBinary) -> anyhow::Result<PathBuf> {
-    let found = cargo_executables(&[
-        "test",
-        "--release",
-        "--no-run",
-        "-p",
-        t.package,
-        "--test",
-        t.test,
-    ])?;
-    found
-        .into_iter()
-        .find(|(name, _)| name == t.test)
-        .map(|(_, p)| p)
-        .with_context(|| format!("cargo built no {} test binary", t.test))
+/// Builds the release `vmm` and the suite's test binaries in one cargo
+/// run (separate runs would build the crates twice, with the features of
+/// a plain build and of a test build) and returns their paths.
+fn build_suite() -> anyhow::Result<(PathBuf, Vec<(&'static TestBinary, PathBuf)>)> {
+    let mut args = vec!["test", "--release", "--no-run"];
+    for t in &SUITE {
+        args.extend(["-p", t.package, "--test", t.test]);
+    }
+    let mut found = cargo_executables(&args)?;
+    let mut take = |name: &str| {
+        let at = found.iter().position(|(n, _)| n == name);
+        at.map(|i| found.swap_remove(i).1)
+            .with_context(|| format!("cargo built no {name} executable"))
+    };
+    let vmm = take("vmm")?;
+    let tests = SUITE
+        .iter()
+        .map(|t| Ok((t, take(t.test)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((vmm, tests))
 }
 
 /// Runs cargo with `args` and JSON messages; returns the executables it
