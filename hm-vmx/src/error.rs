@@ -51,6 +51,10 @@ pub enum Error {
     /// refused by KVM.
     #[error("vCPU state: {0}")]
     BadCpuState(String),
+    /// A [`ScriptedVcpu`](crate::testing::ScriptedVcpu) was run past the
+    /// end of its script.
+    #[error("{0}")]
+    ScriptEnded(String),
 }
 
 /// Result type of the backend.

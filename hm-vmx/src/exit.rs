@@ -2,13 +2,15 @@
 
 use std::fmt;
 
+use iom::Data;
+
 use crate::vmx::ExitReason;
 
 /// Why the vCPU stopped running guest code.
 ///
-/// Data slices borrow the vCPU's shared run page: fill an [`IoData::In`] or
-/// [`MmioData::Read`] buffer before the next [`Vcpu::run`](crate::Vcpu::run)
-/// and the guest sees the value.
+/// Data slices borrow the vCPU's shared run page: fill the
+/// [`Data::Read`] buffer of an `in` or an MMIO read before the next
+/// [`Vcpu::run`](crate::Vcpu::run) and the guest sees the value.
 #[derive(Debug)]
 pub enum Exit<'a> {
     /// Port I/O (`in`, `out`, `ins`, `outs`): VMX reason 30.
@@ -85,17 +87,9 @@ pub struct IoAccess<'a> {
     pub port: u16,
     /// Access size in bytes (1, 2 or 4).
     pub size: u8,
-    /// The data: `size` bytes per access, `count` accesses for string I/O.
-    pub data: IoData<'a>,
-}
-
-/// The data of a port I/O exit.
-#[derive(Debug)]
-pub enum IoData<'a> {
-    /// `in`: fill the buffer with what the port returns.
-    In(&'a mut [u8]),
-    /// `out`: the bytes the guest wrote.
-    Out(&'a [u8]),
+    /// `in`: [`Data::Read`], `out`: [`Data::Write`]; `size` bytes per
+    /// access, several accesses for string I/O.
+    pub data: Data<'a>,
 }
 
 /// A guest-physical access that left the memory slots.
@@ -103,17 +97,8 @@ pub enum IoData<'a> {
 pub struct MmioAccess<'a> {
     /// Guest-physical address.
     pub addr: u64,
-    /// The data.
-    pub data: MmioData<'a>,
-}
-
-/// The data of an MMIO exit.
-#[derive(Debug)]
-pub enum MmioData<'a> {
-    /// A read: fill the buffer.
-    Read(&'a mut [u8]),
-    /// A write: the bytes the guest wrote.
-    Write(&'a [u8]),
+    /// The data: a read fills it, a write carries it.
+    pub data: Data<'a>,
 }
 
 /// A debug exit's architectural details.

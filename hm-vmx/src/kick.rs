@@ -73,21 +73,34 @@ impl Drop for KickBinding {
     }
 }
 
+/// Binds `flag` (a vCPU's `immediate_exit` byte) to the calling thread:
+/// a kick sent to the thread sets it.
+///
+/// # Safety
+///
+/// `flag` must stay valid for writes until the returned binding is
+/// dropped, and only the calling thread may hold the binding.
+pub(crate) unsafe fn bind_flag(flag: *mut u8) -> Result<(Kicker, KickBinding)> {
+    install_handler()?;
+    IMMEDIATE_EXIT.with(|p| p.set(flag));
+    // SAFETY: pthread_self has no preconditions.
+    let thread = unsafe { libc::pthread_self() };
+    Ok((
+        Kicker { thread },
+        KickBinding {
+            _not_send: std::marker::PhantomData,
+        },
+    ))
+}
+
 impl Vcpu {
     /// Binds this vCPU to the calling thread (its EMT) for kicks and returns
     /// a [`Kicker`] for other threads plus the binding, which must live as
     /// long as the thread runs the vCPU.
     pub fn bind_kicks(&mut self) -> Result<(Kicker, KickBinding)> {
-        install_handler()?;
         let flag: *mut u8 = &mut self.run_page().immediate_exit;
-        IMMEDIATE_EXIT.with(|p| p.set(flag));
-        // SAFETY: pthread_self has no preconditions.
-        let thread = unsafe { libc::pthread_self() };
-        Ok((
-            Kicker { thread },
-            KickBinding {
-                _not_send: std::marker::PhantomData,
-            },
-        ))
+        // SAFETY: the run page stays mapped while the vCPU lives, and the
+        // binding (not `Send`) is dropped by this thread before the vCPU is.
+        unsafe { bind_flag(flag) }
     }
 }

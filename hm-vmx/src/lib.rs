@@ -9,7 +9,7 @@
 //! [`VcpuState::diagnose_entry_failure`] after a failed entry.
 //!
 //! ```no_run
-//! use hm_vmx::{Exit, Hypervisor, IoData};
+//! use hm_vmx::{Exit, Hypervisor};
 //!
 //! let hv = Hypervisor::open()?;
 //! let vm = hv.create_vm()?;
@@ -35,6 +35,7 @@ mod mp_check;
 mod stats;
 pub mod testing;
 mod vcpu;
+mod virtual_cpu;
 mod vm;
 pub mod vmx;
 
@@ -42,10 +43,11 @@ pub use clock_state::ClockState;
 pub use cpu_state::{CpuState, IrqchipState, MsrValue, PitState};
 pub use entry_check::{EntryCheckFailure, EntryChecker, EntryDiagnosis, EntryStage};
 pub use error::{Error, Result};
-pub use exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
+pub use exit::{DebugExit, Exit, InternalError, IoAccess, MmioAccess};
 pub use hypervisor::{CAPABILITIES, Capability, Hypervisor};
 pub use kick::{KickBinding, Kicker, kick_signal};
 pub use kvm_state::SegmentLine;
 pub use stats::ExitStats;
 pub use vcpu::{CpuSnapshot, DebugRegs, Fpu, LapicState, Regs, Sregs, Vcpu, VcpuState};
+pub use virtual_cpu::VirtualCpu;
 pub use vm::{MemorySlot, Vm};

@@ -11,7 +11,9 @@ use stam::Profile;
 
 use crate::entry_check::{EntryGate, EntryStage};
 use crate::error::{Result, ioctl};
-use crate::exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
+use iom::Data;
+
+use crate::exit::{DebugExit, Exit, InternalError, IoAccess, MmioAccess};
 use crate::stats::ExitStats;
 
 /// General-purpose registers, RIP and RFLAGS (KVM's layout).
@@ -305,9 +307,9 @@ fn mmio_exit(fd: &mut VcpuFd) -> Exit<'_> {
     let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
     let len = (mmio.len as usize).min(mmio.data.len());
     let data = if mmio.is_write != 0 {
-        MmioData::Write(&mmio.data[..len])
+        Data::Write(&mmio.data[..len])
     } else {
-        MmioData::Read(&mut mmio.data[..len])
+        Data::Read(&mut mmio.data[..len])
     };
     Exit::Mmio(MmioAccess {
         addr: mmio.phys_addr,
@@ -330,9 +332,9 @@ fn io_exit(fd: &mut VcpuFd) -> Exit<'_> {
     // can touch the run page while it exists.
     let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
     let data = if u32::from(io.direction) == KVM_EXIT_IO_IN {
-        IoData::In(data)
+        Data::Read(data)
     } else {
-        IoData::Out(data)
+        Data::Write(data)
     };
     Exit::Io(IoAccess {
         port: io.port,

@@ -4,7 +4,7 @@
 //! pre-entry check catches it or KVM refuses or fails the state first.
 
 use hm_vmx::vmx::Rule;
-use hm_vmx::{EntryStage, Error, Exit, Hypervisor, IoData, MemorySlot, Sregs, Vcpu, VcpuState, Vm};
+use hm_vmx::{EntryStage, Error, Exit, Hypervisor, MemorySlot, Sregs, Vcpu, VcpuState, Vm};
 
 const MEM_SIZE: usize = 0x10_0000;
 const CODE: u64 = 0x4000;
@@ -155,7 +155,7 @@ fn expect_out(vcpu: &mut Vcpu) {
         match vcpu.run().unwrap() {
             Exit::Io(io) => {
                 assert_eq!(io.port, 0x10);
-                assert!(matches!(io.data, IoData::Out(&[0x42])));
+                assert!(matches!(io.data, iom::Data::Write(&[0x42])));
                 return;
             }
             Exit::Interrupted => continue,

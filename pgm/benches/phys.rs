@@ -107,10 +107,7 @@ fn exit_bare(vcpu: &mut VcpuFd) {
 fn exit_pgm(vcpu: &mut VcpuFd, map: &PhysMap) {
     match vcpu.run() {
         Ok(VcpuExit::MmioWrite(addr, data)) => {
-            let mut buf = [0u8; 8];
-            let n = data.len().min(8);
-            buf[..n].copy_from_slice(&data[..n]);
-            map.mmio_exit(addr, &mut buf[..n], true).unwrap();
+            map.mmio_exit(addr, iom::Data::Write(data)).unwrap();
         }
         other => panic!("unexpected exit {other:?}"),
     }

@@ -54,9 +54,7 @@
 //! map.add_ram(0, 0x10_0000, "RAM")?;
 //! // A device register block: reads return 0x42, writes are dropped.
 //! let dev = map.register_handler_type(HandlerKind::Mmio, "my device", |acc| {
-//!     if !acc.is_write {
-//!         acc.data.fill(0x42);
-//!     }
+//!     acc.data.fill_read(0x42);
 //!     Ok(HandlerAction::Handled)
 //! });
 //! map.map_mmio(0xfee0_0000, 0x1000, dev, 0, "my device")?;
@@ -68,7 +66,7 @@
 //!
 //! // An MMIO exit at the device, and a write to RAM through the map.
 //! let mut val = [0u8; 4];
-//! map.mmio_exit(0xfee0_0010, &mut val, false)?;
+//! map.mmio_exit(0xfee0_0010, iom::Data::Read(&mut val))?;
 //! assert_eq!(val, [0x42; 4]);
 //! map.write(0x1000, b"boot")?;
 //! let mut back = [0u8; 4];

@@ -66,11 +66,8 @@ fn run(vcpu: &mut VcpuFd, map: &PhysMap) {
     for _ in 0..100 {
         match vcpu.run().unwrap() {
             VcpuExit::Hlt => return,
-            VcpuExit::MmioRead(addr, data) => map.mmio_exit(addr, data, false).unwrap(),
-            VcpuExit::MmioWrite(addr, data) => {
-                let mut d = data.to_vec();
-                map.mmio_exit(addr, &mut d, true).unwrap();
-            }
+            VcpuExit::MmioRead(addr, data) => map.mmio_exit(addr, iom::Data::Read(data)).unwrap(),
+            VcpuExit::MmioWrite(addr, data) => map.mmio_exit(addr, iom::Data::Write(data)).unwrap(),
             other => panic!("unexpected exit {other:?}"),
         }
     }
@@ -144,15 +141,14 @@ fn guest_mmio_goes_to_handler() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     let t = map.register_handler_type(HandlerKind::Mmio, "test device", move |acc| {
-        let written = if acc.is_write {
-            acc.data.to_vec()
-        } else {
-            Vec::new()
+        let written = match &acc.data {
+            iom::Data::Write(bytes) => bytes.to_vec(),
+            iom::Data::Read(_) => Vec::new(),
         };
-        l.lock().unwrap().push((acc.offset, acc.is_write, written));
-        if !acc.is_write {
-            acc.data.fill(0x3c);
-        }
+        l.lock()
+            .unwrap()
+            .push((acc.offset, acc.data.is_write(), written));
+        acc.data.fill_read(0x3c);
         Ok(HandlerAction::Handled)
     });
     map.map_mmio(0xd_0000, 0x1000, t, 0, "test device").unwrap();

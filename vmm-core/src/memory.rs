@@ -207,11 +207,8 @@ impl GuestMemoryMap {
 
     /// Handles an access KVM could not satisfy from a slot: MMIO handlers,
     /// ROM writes, unassigned space (reads 0xff, writes dropped).
-    pub fn mmio_exit(&self, gpa: u64, data: &mut [u8], is_write: bool) -> Result<()> {
-        self.map
-            .read()
-            .mmio_exit(gpa, data, is_write)
-            .map_err(pgm_error)
+    pub fn mmio_exit(&self, gpa: u64, data: iom::Data<'_>) -> Result<()> {
+        self.map.read().mmio_exit(gpa, data).map_err(pgm_error)
     }
 
     /// Runs GMM's page-sharing scan: identical guest pages end up backed by

@@ -1,4 +1,9 @@
-//! Support for tests that need `/dev/kvm`.
+//! Support for tests: a check for tests that need `/dev/kvm`, and a
+//! scripted vCPU for those that must not.
+
+mod scripted;
+
+pub use scripted::{ScriptedExit, ScriptedVcpu};
 
 /// Whether tests that boot guests can run here.
 ///

@@ -3,49 +3,32 @@
 
 use std::sync::atomic::Ordering;
 
+use iom::Data;
+
 use super::error::PhysError;
 use super::handler::{HandlerAccess, HandlerAction, HandlerRange};
 use super::map::PhysMap;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState, PageState};
 use super::range::{Backing, Memory, PhysRange};
 
-/// The caller's buffer: filled by a read, consumed by a write.
-enum Buf<'a> {
-    Read(&'a mut [u8]),
-    Write(&'a [u8]),
+/// What `pgm` does with an access's data when no handler takes it.
+trait DefaultAccess {
+    /// Unassigned space or MMIO without a handler: reads give 0xFF,
+    /// writes are dropped.
+    fn fill_unassigned(&mut self);
+    /// Plain memory access; writes mark the page written.
+    fn memory(&mut self, mem: &Memory, offset: u64);
 }
 
-impl Buf<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Buf::Read(b) => b.len(),
-            Buf::Write(b) => b.len(),
-        }
-    }
-
-    fn is_write(&self) -> bool {
-        matches!(self, Buf::Write(_))
-    }
-
-    fn sub(&mut self, from: usize, len: usize) -> Buf<'_> {
-        match self {
-            Buf::Read(b) => Buf::Read(&mut b[from..from + len]),
-            Buf::Write(b) => Buf::Write(&b[from..from + len]),
-        }
-    }
-
-    /// Default access for unassigned space or MMIO: reads give 0xFF.
+impl DefaultAccess for Data<'_> {
     fn fill_unassigned(&mut self) {
-        if let Buf::Read(b) = self {
-            b.fill(0xff);
-        }
+        self.fill_read(0xff);
     }
 
-    /// Plain memory access; writes mark the page written.
     fn memory(&mut self, mem: &Memory, offset: u64) {
         let ok = match self {
-            Buf::Read(b) => mem.read(offset, b),
-            Buf::Write(b) => {
+            Data::Read(b) => mem.read(offset, b),
+            Data::Write(b) => {
                 if let Some(p) = mem.page(offset) {
                     p.note_write();
                 }
@@ -64,7 +47,7 @@ impl PhysMap {
     /// unassigned space reads as 0xFF, the A20 mask applies.
     #[inline]
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PhysError> {
-        self.access(gpa, Buf::Read(buf))
+        self.access(gpa, Data::Read(buf))
     }
 
     /// Writes `data` to guest-physical memory at `gpa`: handlers are called,
@@ -72,25 +55,21 @@ impl PhysMap {
     /// dropped, the A20 mask applies.
     #[inline]
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), PhysError> {
-        self.access(gpa, Buf::Write(data))
+        self.access(gpa, Data::Write(data))
     }
 
     /// Handles an MMIO exit of a vCPU: an access KVM could not satisfy (no
-    /// slot, a read-only slot written). For a read, fills `data`.
+    /// slot, a read-only slot written). A read's buffer is filled.
     #[inline]
-    pub fn mmio_exit(&self, gpa: u64, data: &mut [u8], is_write: bool) -> Result<(), PhysError> {
+    pub fn mmio_exit(&self, gpa: u64, data: Data<'_>) -> Result<(), PhysError> {
         #[cfg(feature = "stats")]
         if let Some(c) = &self.counters {
             c.mmio_exits.inc();
         }
-        if is_write {
-            self.access(gpa, Buf::Write(data))
-        } else {
-            self.access(gpa, Buf::Read(data))
-        }
+        self.access(gpa, data)
     }
 
-    fn access(&self, gpa: u64, mut buf: Buf<'_>) -> Result<(), PhysError> {
+    fn access(&self, gpa: u64, mut buf: Data<'_>) -> Result<(), PhysError> {
         let mask = self.a20_mask.load(Ordering::Relaxed);
         let len = buf.len();
         let mut done = 0usize;
@@ -105,7 +84,7 @@ impl PhysMap {
 
     /// Performs an access within one page; returns the bytes handled (the
     /// chunk may be cut at a handler boundary).
-    fn access_chunk(&self, addr: u64, mut buf: Buf<'_>) -> Result<usize, PhysError> {
+    fn access_chunk(&self, addr: u64, mut buf: Data<'_>) -> Result<usize, PhysError> {
         let len = buf.len();
         let Some(range) = self.range_at(addr) else {
             #[cfg(feature = "stats")]
@@ -131,9 +110,11 @@ impl PhysMap {
                 rom, shadow, prot, ..
             } => {
                 match buf {
-                    Buf::Read(_) => buf.memory(if prot.reads_rom() { rom } else { shadow }, offset),
-                    Buf::Write(_) if prot.writes_ram() => buf.memory(shadow, offset),
-                    Buf::Write(_) =>
+                    Data::Read(_) => {
+                        buf.memory(if prot.reads_rom() { rom } else { shadow }, offset)
+                    }
+                    Data::Write(_) if prot.writes_ram() => buf.memory(shadow, offset),
+                    Data::Write(_) =>
                     {
                         #[cfg(feature = "stats")]
                         if let Some(c) = &self.counters {
@@ -155,11 +136,11 @@ impl PhysMap {
         mem: &Memory,
         offset: u64,
         addr: u64,
-        mut buf: Buf<'_>,
+        mut buf: Data<'_>,
     ) -> Result<usize, PhysError> {
         let len = buf.len();
         let info = mem.page(offset).map(|p| p.get());
-        if let Buf::Read(b) = &mut buf
+        if let Data::Read(b) = &mut buf
             && info.is_some_and(|i| i.state == PageState::Ballooned)
         {
             // Whatever the host still maps there while it takes the page
@@ -199,31 +180,18 @@ impl PhysMap {
         &self,
         h: &HandlerRange,
         addr: u64,
-        buf: &mut Buf<'_>,
+        buf: &mut Data<'_>,
     ) -> Result<HandlerAction, PhysError> {
         let t = self.handler_type(h.type_id)?;
         #[cfg(feature = "stats")]
         if let Some(c) = &self.counters {
             c.handler_calls.inc();
         }
-        let mut tmp = [0u8; 16];
-        let mut heap;
-        let (data, is_write): (&mut [u8], bool) = match buf {
-            Buf::Read(b) => (b, false),
-            Buf::Write(b) if b.len() <= tmp.len() => {
-                tmp[..b.len()].copy_from_slice(b);
-                (&mut tmp[..b.len()], true)
-            }
-            Buf::Write(b) => {
-                heap = b.to_vec();
-                (&mut heap[..], true)
-            }
-        };
+        let len = buf.len();
         let mut access = HandlerAccess {
             gpa: addr,
             offset: addr - h.first,
-            data,
-            is_write,
+            data: buf.sub(0, len),
             user: h.user,
             map: self,
         };
@@ -289,8 +257,8 @@ mod tests {
         let h = hits.clone();
         let t = map.register_handler_type(HandlerKind::Write, "mon", move |a| {
             h.fetch_add(1, Ordering::Relaxed);
-            assert!(a.is_write);
-            if a.data[0] == 0xee {
+            assert!(a.data.is_write());
+            if matches!(a.data, iom::Data::Write([0xee, ..])) {
                 return Err(HandlerError("refused".into()));
             }
             Ok(HandlerAction::Default)
@@ -331,9 +299,7 @@ mod tests {
             let mut map = PhysMap::with_defaults();
             map.add_ram(0, 0x3000, "ram").unwrap();
             let t = map.register_handler_type(HandlerKind::All, "all", |a| {
-                if !a.is_write {
-                    a.data.fill(a.user as u8);
-                }
+                a.data.fill_read(a.user as u8);
                 Ok(HandlerAction::Handled)
             });
             let mut owner = vec![0u8; 0x3000];
@@ -373,9 +339,7 @@ mod tests {
         let c = calls.clone();
         let t = map.register_handler_type(HandlerKind::All, "all", move |a| {
             c.lock().unwrap().push((a.gpa, a.data.len(), a.user));
-            if !a.is_write {
-                a.data.fill(a.user as u8);
-            }
+            a.data.fill_read(a.user as u8);
             Ok(HandlerAction::Handled)
         });
         map.register_handler(t, 0x1010, 0x1017, 0xa1, "a").unwrap();
@@ -434,7 +398,7 @@ mod tests {
         });
         map.map_mmio(0x1000_0000, 0x1000, t, 0, "dma").unwrap();
         map.write(0, &[0x42]).unwrap();
-        map.mmio_exit(0x1000_0000, &mut [1], true).unwrap();
+        map.mmio_exit(0x1000_0000, iom::Data::Write(&[1])).unwrap();
         let mut b = [0u8];
         map.read(1, &mut b).unwrap();
         assert_eq!(b[0], 0x42);
@@ -447,16 +411,14 @@ mod tests {
             if a.offset == 0 {
                 return Ok(HandlerAction::Default);
             }
-            if !a.is_write {
-                a.data.fill(a.user as u8);
-            }
+            a.data.fill_read(a.user as u8);
             Ok(HandlerAction::Handled)
         });
         map.map_mmio(0x1000_0000, 0x1000, t, 0x5a, "dev").unwrap();
         let mut b = [0u8; 2];
-        map.mmio_exit(0x1000_0000, &mut b, false).unwrap();
+        map.mmio_exit(0x1000_0000, iom::Data::Read(&mut b)).unwrap();
         assert_eq!(b, [0xff; 2]);
-        map.mmio_exit(0x1000_0004, &mut b, false).unwrap();
+        map.mmio_exit(0x1000_0004, iom::Data::Read(&mut b)).unwrap();
         assert_eq!(b, [0x5a; 2]);
         assert!(map.map_mmio(0x1000_0000, 0x1000, t, 0, "again").is_err());
         let w = map.register_handler_type(HandlerKind::Write, "w", |_| Ok(HandlerAction::Handled));

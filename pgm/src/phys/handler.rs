@@ -52,10 +52,9 @@ pub struct HandlerAccess<'a> {
     pub gpa: u64,
     /// Offset of `gpa` from the start of the handler range.
     pub offset: u64,
-    /// Bytes written by the guest (write), or to fill (read).
-    pub data: &'a mut [u8],
-    /// Whether this is a write.
-    pub is_write: bool,
+    /// What the guest wrote (it cannot be changed), or the buffer a read
+    /// fills.
+    pub data: iom::Data<'a>,
     /// The user value given when the handler range was registered.
     pub user: u64,
     /// The map the access goes through, so a handler can access other guest

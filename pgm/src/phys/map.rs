@@ -60,7 +60,7 @@ pub(crate) struct Mmio2Entry {
 /// map.add_rom(0xf_0000 + 0x10_0000, 0x1_0000, &[0xea; 16],
 ///             RomProtection::ReadRomWriteIgnore, "BIOS").unwrap();
 /// let t = map.register_handler_type(HandlerKind::Mmio, "dev", |a| {
-///     a.data.fill(0x42);
+///     a.data.fill_read(0x42);
 ///     Ok(HandlerAction::Handled)
 /// });
 /// map.map_mmio(0xfee0_0000, 0x1000, t, 0, "APIC").unwrap();
@@ -69,7 +69,7 @@ pub(crate) struct Mmio2Entry {
 /// let mut b = [0u8; 3];
 /// map.read(0x1000, &mut b).unwrap();
 /// assert_eq!(b, [1, 2, 3]);
-/// map.mmio_exit(0xfee0_0020, &mut b, false).unwrap();
+/// map.mmio_exit(0xfee0_0020, iom::Data::Read(&mut b)).unwrap();
 /// assert_eq!(b, [0x42; 3]);
 /// map.read(0x8000_0000, &mut b).unwrap();      // unassigned
 /// assert_eq!(b, [0xff; 3]);

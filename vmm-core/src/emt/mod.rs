@@ -1,8 +1,19 @@
 //! The EMT (emulation thread): runs one vCPU, handles its exits and its
 //! forced actions.
+//!
+//! An EMT is a small state machine ([`EmtState`]): it serves forced
+//! actions (rendezvous, requests, termination), waits while the VM may not
+//! run, enters the guest, and after each exit does what the exit handler
+//! ([`exit::handle_exit`], which sees only the buses, guest memory and the
+//! debugger's hooks) asked. The vCPU is anything that implements
+//! [`VirtualCpu`]: hm-vmx's KVM vCPU, or a scripted one in tests.
+
+mod exit;
+#[cfg(test)]
+mod tests;
 
 use dbgf::debugger::StopCause;
-use hm_vmx::{Exit, IoData, MmioData, Vcpu};
+use hm_vmx::VirtualCpu;
 
 use std::sync::Arc;
 
@@ -11,6 +22,8 @@ use crate::devices::DeviceAction;
 use crate::error::{Error, Result};
 use crate::ffs::{CpuFf, VmFf};
 use crate::machine::Machine;
+
+use exit::{DebugHooks, ExitAction, ExitContext, Unhandled, WatchHit, handle_exit};
 
 /// How a run ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,20 +48,19 @@ pub enum RunOutcome {
 /// The EMT of vCPU `cpu`: runs until the VM terminates. Whatever ends the
 /// run (the guest's exit status, an error) is reported to the machine,
 /// which stops the other EMTs.
-pub(crate) fn emt_main(vcpu: &mut Vcpu, machine: &Arc<Machine>) {
+pub(crate) fn emt_main(vcpu: &mut impl VirtualCpu, machine: &Arc<Machine>) {
     if let Err(e) = emt_loop(vcpu, machine) {
         machine.finish(Err(e));
     }
 }
 
-fn emt_loop(vcpu: &mut Vcpu, machine: &Arc<Machine>) -> Result<()> {
+fn emt_loop(vcpu: &mut impl VirtualCpu, machine: &Arc<Machine>) -> Result<()> {
     let cpu = vcpu.id();
     let (kicker, _binding) = vcpu.bind_kicks()?;
     machine.kicks.bind(cpu, kicker);
     let _emt = machine.ffs.register_emt(cpu)?;
     stam::set_thread_shard(cpu as usize);
-    let result = run_guest(vcpu, machine, cpu);
-    if let Err(e) = result {
+    if let Err(e) = run_guest(vcpu, machine) {
         machine.finish(Err(e));
     }
     drain(machine, cpu);
@@ -72,143 +84,155 @@ fn drain(machine: &Machine, cpu: u32) {
     }
 }
 
+/// Where an EMT is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EmtState {
+    /// Serve pending forced actions, then run if the VM may.
+    Ready,
+    /// The VM may not run (suspended, halted by the debugger) or the guest
+    /// halted: sleep until the next forced action.
+    Waiting,
+    /// Enter the guest and handle the exit.
+    InGuest,
+    /// A watched access's instruction must complete (one entry that
+    /// returns before another instruction runs) before the hit is
+    /// reported.
+    CompletingWatched(WatchHit),
+    /// The run is over for this EMT.
+    Terminated,
+}
+
 /// Runs the guest on this EMT until the VM terminates.
-fn run_guest(vcpu: &mut Vcpu, machine: &Arc<Machine>, cpu: u32) -> Result<()> {
-    // A page-trap watchpoint hit waiting for its instruction to complete:
-    // (guest-physical address, size, write).
-    let mut watch_hit: Option<(u64, u32, bool)> = None;
+fn run_guest(vcpu: &mut impl VirtualCpu, machine: &Arc<Machine>) -> Result<()> {
+    let cpu = vcpu.id();
+    let mut state = EmtState::Ready;
     loop {
-        if !service_forced_actions(machine, cpu)? {
-            return Ok(());
-        }
-        if !machine.may_run(cpu) {
-            // Suspended, halted by the debugger (or on the way somewhere):
-            // wait for the next forced action, such as a resume.
-            machine.ffs.halt_wait(cpu, None)?;
-            continue;
-        }
-        let Some(guest) = machine.ffs.enter_guest(cpu)? else {
-            continue;
-        };
-        if watch_hit.is_some() {
-            // KVM completes the pending MMIO access (a read's register
-            // write-back, RIP) on the next entry; `immediate_exit` makes that
-            // entry return before another guest instruction runs.
-            vcpu.set_immediate_exit(true);
-        }
-        let exit = vcpu.run();
-        drop(guest);
-        if let Some(hit) = watch_hit
-            && matches!(exit, Ok(Exit::Interrupted | Exit::Debug(_)))
-        {
-            // The instruction is complete (a single step it ended is
-            // reported as the watchpoint hit, as with DR6.Bn and DR6.BS).
-            if !report_watch_hit(machine, cpu, hit)? {
-                watch_hit = None;
-            }
-            continue;
-        }
-        let unhandled = match exit? {
-            Exit::Io(access) => {
-                let write = matches!(access.data, IoData::Out(_));
-                if machine.debug.io_matches(access.port, access.size, write) {
-                    let cause = StopCause::Io {
-                        port: access.port,
-                        size: access.size,
-                        write,
-                    };
-                    // Halted before the access; once resumed it completes
-                    // without being checked again.
-                    if machine.debug_stop(cpu, cause)? && !wait_for_debugger(machine, cpu)? {
-                        return Ok(());
-                    }
-                }
-                let size = usize::from(access.size.max(1));
-                match access.data {
-                    IoData::Out(data) => {
-                        for chunk in data.chunks(size) {
-                            let end = match machine.io.write(access.port, chunk) {
-                                DeviceAction::Continue => continue,
-                                DeviceAction::GuestExit(status) => RunOutcome::GuestExit(status),
-                                DeviceAction::PowerOff => RunOutcome::GuestPoweredOff,
-                                DeviceAction::Reset if crate::reset::warm_reset(machine) => {
-                                    RunOutcome::WarmReset
-                                }
-                                DeviceAction::Reset if restarts(machine) => {
-                                    // The rest of a string `out` is lost
-                                    // with the machine it was written to.
-                                    crate::reset::reset(machine)?;
-                                    break;
-                                }
-                                DeviceAction::Reset => RunOutcome::Reboot,
-                            };
-                            machine.finish(Ok(end));
-                            return Ok(());
-                        }
-                    }
-                    IoData::In(data) => {
-                        for chunk in data.chunks_mut(size) {
-                            machine.io.read(access.port, chunk);
-                        }
-                    }
-                }
-                continue;
-            }
-            Exit::Mmio(access) => {
-                let (addr, size, write) = match &access.data {
-                    MmioData::Read(data) => (access.addr, data.len(), false),
-                    MmioData::Write(data) => (access.addr, data.len(), true),
-                };
-                match access.data {
-                    MmioData::Read(data) => machine.memory.mmio_exit(access.addr, data, false)?,
-                    MmioData::Write(data) => {
-                        let mut buf = [0u8; 8];
-                        let buf = &mut buf[..data.len().min(8)];
-                        buf.copy_from_slice(&data[..buf.len()]);
-                        machine.memory.mmio_exit(access.addr, buf, true)?;
-                    }
-                }
-                let size = u32::try_from(size).unwrap_or(u32::MAX);
-                if machine.debug.mem_matches(addr, size, write) {
-                    watch_hit = Some((addr, size, write));
-                }
-                continue;
-            }
-            Exit::Interrupted | Exit::InterruptWindow => continue,
-            Exit::Hlt => {
-                // Only without an in-kernel irqchip does HLT reach us: sleep
-                // until a forced action (nothing else can wake the vCPU).
-                machine.halts[cpu as usize].inc();
+        state = match state {
+            EmtState::Ready if !service_forced_actions(machine, cpu)? => EmtState::Terminated,
+            EmtState::Ready if machine.may_run(cpu) => EmtState::InGuest,
+            EmtState::Ready => EmtState::Waiting,
+            EmtState::Waiting => {
                 machine.ffs.halt_wait(cpu, None)?;
-                continue;
+                EmtState::Ready
             }
-            Exit::Debug(d) if machine.debug.is_attached() => {
-                let cause = StopCause::Debug {
-                    exception: d.exception,
-                    dr6: d.dr6,
-                    pc: d.rip,
+            EmtState::InGuest => {
+                let Some(guest) = machine.ffs.enter_guest(cpu)? else {
+                    state = EmtState::Ready;
+                    continue;
                 };
-                // Not reported when another stop halted the VM first: a
-                // breakpoint fires again when the vCPU resumes.
-                machine.debug_stop(cpu, cause)?;
-                continue;
+                let exit = vcpu.run();
+                drop(guest);
+                let action = handle_exit(exit?, &exit_context(machine, cpu))?;
+                after_exit(vcpu, machine, action)?
             }
-            Exit::InternalError(e) => (format!("KVM internal error: {e}"), None, true),
-            other @ Exit::FailEntry { .. } => (other.name().to_string(), other.vmx_reason(), true),
-            other => (other.name().to_string(), other.vmx_reason(), false),
+            EmtState::CompletingWatched(hit) => complete_watched(vcpu, machine, hit)?,
+            EmtState::Terminated => return Ok(()),
         };
-        let (exit, reason, diagnose) = unhandled;
-        let rip = vcpu.state().regs().map(|r| r.rip).unwrap_or(u64::MAX);
-        // Entry failures and emulation failures are explained against the
-        // SDM's guest-state rules instead of KVM's opaque codes.
-        let diagnosis = diagnose.then(|| vcpu.diagnose_entry_failure().to_string());
-        return Err(Error::UnhandledExit {
-            cpu,
-            exit,
-            reason,
-            rip,
-            diagnosis,
-        });
+    }
+}
+
+/// What an exit of `cpu` may touch of the machine.
+fn exit_context(machine: &Machine, cpu: u32) -> ExitContext<'_> {
+    ExitContext {
+        cpu,
+        io: &machine.io,
+        memory: &machine.memory,
+        debug: machine,
+    }
+}
+
+/// Carries out what the exit handler asked.
+fn after_exit(
+    vcpu: &impl VirtualCpu,
+    machine: &Arc<Machine>,
+    action: ExitAction,
+) -> Result<EmtState> {
+    let cpu = vcpu.id();
+    let end = match action {
+        ExitAction::Continue => return Ok(EmtState::Ready),
+        ExitAction::Halt => {
+            machine.halts[cpu as usize].inc();
+            return Ok(EmtState::Waiting);
+        }
+        ExitAction::DebugStop(cause) => {
+            // Not reported when another stop halted the VM first: a
+            // breakpoint fires again when the vCPU resumes.
+            machine.debug_stop(cpu, cause)?;
+            return Ok(EmtState::Ready);
+        }
+        ExitAction::Watched(hit) => return Ok(EmtState::CompletingWatched(hit)),
+        ExitAction::Terminate => return Ok(EmtState::Terminated),
+        ExitAction::Unhandled(u) => return Err(unhandled(vcpu, u)),
+        ExitAction::Device(DeviceAction::Continue) => return Ok(EmtState::Ready),
+        ExitAction::Device(DeviceAction::GuestExit(status)) => RunOutcome::GuestExit(status),
+        ExitAction::Device(DeviceAction::PowerOff) => RunOutcome::GuestPoweredOff,
+        ExitAction::Device(DeviceAction::Reset) if crate::reset::warm_reset(machine) => {
+            RunOutcome::WarmReset
+        }
+        ExitAction::Device(DeviceAction::Reset) if restarts(machine) => {
+            crate::reset::reset(machine)?;
+            return Ok(EmtState::Ready);
+        }
+        ExitAction::Device(DeviceAction::Reset) => RunOutcome::Reboot,
+    };
+    machine.finish(Ok(end));
+    Ok(EmtState::Terminated)
+}
+
+/// The error that ends the run on an exit the VMM does not handle: entry
+/// and emulation failures are explained against the SDM's guest-state
+/// rules instead of KVM's opaque codes.
+fn unhandled(vcpu: &impl VirtualCpu, u: Unhandled) -> Error {
+    Error::UnhandledExit {
+        cpu: vcpu.id(),
+        exit: u.exit,
+        reason: u.reason,
+        rip: vcpu.regs().map(|r| r.rip).unwrap_or(u64::MAX),
+        diagnosis: u.diagnose.then(|| vcpu.diagnose_entry_failure()),
+    }
+}
+
+/// Completes the instruction of a watched access and reports the hit.
+/// KVM completes a pending MMIO access (a read's register write-back,
+/// RIP) on the next entry; `immediate_exit` makes that entry return
+/// before another guest instruction runs.
+fn complete_watched(
+    vcpu: &mut impl VirtualCpu,
+    machine: &Arc<Machine>,
+    hit: WatchHit,
+) -> Result<EmtState> {
+    let cpu = vcpu.id();
+    if !service_forced_actions(machine, cpu)? {
+        return Ok(EmtState::Terminated);
+    }
+    if !machine.may_run(cpu) {
+        machine.ffs.halt_wait(cpu, None)?;
+        return Ok(EmtState::CompletingWatched(hit));
+    }
+    let Some(guest) = machine.ffs.enter_guest(cpu)? else {
+        return Ok(EmtState::CompletingWatched(hit));
+    };
+    vcpu.set_immediate_exit(true);
+    let exit = vcpu.run();
+    drop(guest);
+    match exit? {
+        // The instruction is complete (a single step it ended is reported
+        // as the watchpoint hit, as with DR6.Bn and DR6.BS).
+        hm_vmx::Exit::Interrupted | hm_vmx::Exit::Debug(_) => {
+            Ok(if report_watch_hit(machine, cpu, hit)? {
+                EmtState::CompletingWatched(hit)
+            } else {
+                EmtState::Ready
+            })
+        }
+        // Anything else is handled as usual, and the hit waits on.
+        other => {
+            let action = handle_exit(other, &exit_context(machine, cpu))?;
+            Ok(match after_exit(vcpu, machine, action)? {
+                EmtState::Ready => EmtState::CompletingWatched(hit),
+                next => next,
+            })
+        }
     }
 }
 
@@ -246,11 +270,8 @@ fn service_forced_actions(machine: &Machine, cpu: u32) -> Result<bool> {
 /// Reports a page-trap watchpoint hit whose instruction has completed (a
 /// watchpoint removed meanwhile is forgotten). True when the hit must wait:
 /// another stop halted the VM first, so it is reported when the VM resumes.
-fn report_watch_hit(
-    machine: &Machine,
-    cpu: u32,
-    (addr, size, write): (u64, u32, bool),
-) -> Result<bool> {
+fn report_watch_hit(machine: &Machine, cpu: u32, hit: WatchHit) -> Result<bool> {
+    let WatchHit { addr, size, write } = hit;
     if !machine.debug.mem_matches(addr, size, write) {
         return Ok(false);
     }
@@ -269,5 +290,26 @@ fn wait_for_debugger(machine: &Machine, cpu: u32) -> Result<bool> {
             return Ok(true);
         }
         machine.ffs.halt_wait(cpu, None)?;
+    }
+}
+
+/// The machine's debugger, as the exit path sees it.
+impl DebugHooks for Machine {
+    fn is_attached(&self) -> bool {
+        self.debug.is_attached()
+    }
+
+    fn io_matches(&self, port: u16, size: u8, write: bool) -> bool {
+        self.debug.io_matches(port, size, write)
+    }
+
+    fn mem_matches(&self, addr: u64, size: u32, write: bool) -> bool {
+        self.debug.mem_matches(addr, size, write)
+    }
+
+    fn stop_before_io(&self, cpu: u32, cause: StopCause) -> Result<bool> {
+        // Halted before the access; once resumed it completes without
+        // being checked again.
+        Ok(!self.debug_stop(cpu, cause)? || wait_for_debugger(self, cpu)?)
     }
 }

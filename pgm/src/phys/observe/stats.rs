@@ -136,7 +136,7 @@ mod tests {
         {
             let m = map.read();
             let mut b = [0u8; 4];
-            m.mmio_exit(0x1000_0000, &mut b, false).unwrap();
+            m.mmio_exit(0x1000_0000, iom::Data::Read(&mut b)).unwrap();
             m.read(0x2000_0000, &mut b).unwrap();
             m.write(0xf0000, &[5]).unwrap();
         }

@@ -1,0 +1,78 @@
+//! The vCPU an EMT drives, as a trait: hm-vmx's KVM [`Vcpu`] implements it,
+//! and so does [`ScriptedVcpu`](crate::testing::ScriptedVcpu), which replays
+//! a list of exits so that exit handling can be tested without `/dev/kvm`.
+
+use crate::error::Result;
+use crate::exit::Exit;
+use crate::kick::{KickBinding, Kicker};
+use crate::vcpu::{Regs, Vcpu};
+
+/// What an EMT needs of its vCPU: run it to the next exit, stop it from
+/// other threads, and read its registers for reports.
+///
+/// ```
+/// use hm_vmx::testing::{ScriptedExit, ScriptedVcpu};
+/// use hm_vmx::{Exit, VirtualCpu};
+///
+/// fn count_halts(vcpu: &mut impl VirtualCpu) -> hm_vmx::Result<usize> {
+///     let mut halts = 0;
+///     while let Exit::Hlt = vcpu.run()? {
+///         halts += 1;
+///     }
+///     Ok(halts)
+/// }
+///
+/// let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Hlt, ScriptedExit::Hlt, ScriptedExit::Shutdown]);
+/// assert_eq!(count_halts(&mut vcpu)?, 2);
+/// # Ok::<(), hm_vmx::Error>(())
+/// ```
+pub trait VirtualCpu {
+    /// The vCPU's index (and initial APIC id).
+    fn id(&self) -> u32;
+
+    /// Runs guest code until the next exit that needs the VMM. The data of
+    /// an `in` or an MMIO read that the caller fills reaches the guest on
+    /// the next run.
+    fn run(&mut self) -> Result<Exit<'_>>;
+
+    /// Sets or clears `immediate_exit`: while set, [`run`](Self::run)
+    /// returns [`Exit::Interrupted`] without running guest code (after
+    /// completing a pending I/O or MMIO read).
+    fn set_immediate_exit(&mut self, on: bool);
+
+    /// Binds the vCPU to the calling thread for kicks (see
+    /// [`Vcpu::bind_kicks`]).
+    fn bind_kicks(&mut self) -> Result<(Kicker, KickBinding)>;
+
+    /// The general-purpose registers and RIP.
+    fn regs(&self) -> Result<Regs>;
+
+    /// Why the last entry failed, explained against the VT-x entry rules.
+    fn diagnose_entry_failure(&self) -> String;
+}
+
+impl VirtualCpu for Vcpu {
+    fn id(&self) -> u32 {
+        Vcpu::id(self)
+    }
+
+    fn run(&mut self) -> Result<Exit<'_>> {
+        Vcpu::run(self)
+    }
+
+    fn set_immediate_exit(&mut self, on: bool) {
+        Vcpu::set_immediate_exit(self, on);
+    }
+
+    fn bind_kicks(&mut self) -> Result<(Kicker, KickBinding)> {
+        Vcpu::bind_kicks(self)
+    }
+
+    fn regs(&self) -> Result<Regs> {
+        self.state().regs()
+    }
+
+    fn diagnose_entry_failure(&self) -> String {
+        self.state().diagnose_entry_failure().to_string()
+    }
+}
