@@ -1,7 +1,8 @@
-//! The leaf crates alone: each builds, passes clippy and its tests with
-//! its optional features off (and each of pgm's on its own), and pgm
+//! The crates alone: each leaf crate builds, passes clippy and its tests
+//! with its optional features off (and each of pgm's on its own), pgm
 //! without its defaults pulls in neither the debugger, the assembler nor
-//! the saved-state compression.
+//! the saved-state compression, and vmm-core's exit handling is tested
+//! on a machine without KVM.
 
 use std::process::Command;
 
@@ -41,7 +42,45 @@ pub fn check(cargo: impl Fn(&[&str]) -> anyhow::Result<()>) -> anyhow::Result<()
         pulled.is_empty(),
         "pgm without default features depends on {pulled:?}:\n{tree}"
     );
+    exit_tests_without_kvm()
+}
+
+/// The exit-handling tests of vmm-core, in a mount namespace where
+/// `/dev/kvm` is `/dev/null`: they must need no KVM (needs root, as CI has).
+const EXIT_TESTS_WITHOUT_KVM: &str =
+    "mount --bind /dev/null /dev/kvm && exec \"$CARGO\" test -p vmm-core --lib emt::";
+
+fn exit_tests_without_kvm() -> anyhow::Result<()> {
+    eprintln!("xtask: vmm-core exit tests with /dev/kvm hidden");
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", EXIT_TESTS_WITHOUT_KVM])
+        .env(
+            "CARGO",
+            std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        )
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    print!("{said}");
+    anyhow::ensure!(
+        out.status.success(),
+        "vmm-core's exit tests failed with /dev/kvm hidden (unshare --mount needs root)"
+    );
+    anyhow::ensure!(
+        ran_tests(&said),
+        "no vmm-core exit test ran with /dev/kvm hidden"
+    );
     Ok(())
+}
+
+/// Whether libtest's output reports at least one test passed.
+fn ran_tests(output: &str) -> bool {
+    output.lines().any(|l| {
+        l.strip_prefix("test result: ok. ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 0)
+    })
 }
 
 /// Which of `crates` appear in a `cargo tree` listing.
@@ -63,6 +102,13 @@ fn pulled_in<'a>(tree: &str, crates: &[&'a str]) -> Vec<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_passing_summary_with_tests_counts() {
+        assert!(ran_tests("running 11 tests\ntest result: ok. 11 passed; 0 failed"));
+        assert!(!ran_tests("test result: ok. 0 passed; 0 failed"));
+        assert!(!ran_tests("test result: FAILED. 3 passed; 1 failed"));
+    }
 
     #[test]
     fn a_crate_anywhere_in_the_tree_is_found_and_prefixes_are_not() {
