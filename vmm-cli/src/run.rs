@@ -15,7 +15,7 @@ use vmm_core::boot::KernelBoot;
 use vmm_core::config::parse_size;
 use vmm_core::debug::DebugAttachment;
 use vmm_core::saved_state::{RamLoad, RestoreOptions};
-use vmm_core::vmstate::VmState;
+use vmm_core::sync::vmstate::VmState;
 use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};

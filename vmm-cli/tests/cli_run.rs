@@ -268,7 +268,7 @@ fn kernel_boot_passes_the_test_kernels_checks() {
     if !kvm_available("kernel_boot_passes_the_test_kernels_checks") {
         return;
     }
-    use vmm_core::boot::test_kernel;
+    use vmm_core::guests::test_kernel;
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("bzImage");
     let initrd_path = dir.path().join("initrd");
@@ -317,7 +317,7 @@ fn kernel_boot_passes_the_test_kernels_checks() {
 /// expectations for `ram` bytes of RAM and `cpus` vCPUs.
 fn test_kernel_files(dir: &std::path::Path, ram: u64, cpus: u32) -> (String, String, String) {
     use vmm_core::boot::layout::{ACPI_SIZE, LEGACY_HOLE, MPTABLE_SIZE};
-    use vmm_core::boot::test_kernel;
+    use vmm_core::guests::test_kernel;
     let (kernel, initrd_path) = (dir.join("bzImage"), dir.join("initrd"));
     std::fs::write(&kernel, test_kernel::build().unwrap()).unwrap();
     let initrd: Vec<u8> = (0..100u32).map(|i| (i * 7 + 3) as u8).collect();

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use parking_lot::Mutex;
-use vmm_core::ffs::{CpuFf, ForcedActions, Kick, VmFf};
-use vmm_core::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
-use vmm_core::request::RequestQueue;
+use vmm_core::sync::ffs::{CpuFf, ForcedActions, Kick, VmFf};
+use vmm_core::sync::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
+use vmm_core::sync::request::RequestQueue;
 
 /// Mean time per iteration over everything criterion ran.
 #[derive(Default)]

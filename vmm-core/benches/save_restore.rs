@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::saved_state::{AfterSave, RamLoad, RestoreOptions, RestoreReport, SaveRequest};
-use vmm_core::vmstate::VmState;
+use vmm_core::sync::vmstate::VmState;
 use vmm_core::{Vm, VmConfig, VmHandle, guests};
 
 const RAM: u64 = 1 << 30;

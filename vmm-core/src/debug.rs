@@ -63,9 +63,9 @@ use pgm::phys::{HandlerAction, HandlerKind, HandlerTypeId, PhysMap, RangeInfo, R
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::ffs::ExecState;
 use crate::machine::Machine;
-use crate::vmstate::{VmState, VmStateMachine};
+use crate::sync::ffs::ExecState;
+use crate::sync::vmstate::{VmState, VmStateMachine};
 
 /// How long a stop waits for the other EMTs to leave the guest.
 const LEAVE_GUEST_TIMEOUT: Duration = Duration::from_secs(10);

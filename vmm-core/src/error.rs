@@ -39,16 +39,16 @@ pub enum Error {
     Boot(#[from] crate::boot::Error),
     /// Forced-action bookkeeping failed (an EMT registered twice, a bad vCPU).
     #[error(transparent)]
-    ForcedActions(#[from] crate::ffs::FfError),
+    ForcedActions(#[from] crate::sync::ffs::FfError),
     /// An EMT rendezvous failed.
     #[error(transparent)]
-    Rendezvous(#[from] crate::rendezvous::RendezvousError),
+    Rendezvous(#[from] crate::sync::rendezvous::RendezvousError),
     /// A request to an EMT failed.
     #[error(transparent)]
-    Request(#[from] crate::request::RequestError),
+    Request(#[from] crate::sync::request::RequestError),
     /// The VM is not in a state that allows the operation.
     #[error(transparent)]
-    State(#[from] crate::vmstate::VmStateError),
+    State(#[from] crate::sync::vmstate::VmStateError),
     /// Saving or restoring the VM's state failed.
     #[error("saved state: {0}")]
     SavedState(#[from] ssm::Error),

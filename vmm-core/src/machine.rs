@@ -16,11 +16,11 @@ use crate::bus::IoBus;
 use crate::debug::DebugCtl;
 use crate::emt::RunOutcome;
 use crate::error::Result;
-use crate::ffs::{ForcedActions, Kick, VmFf};
 use crate::memory::GuestMemoryMap;
-use crate::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
-use crate::request::{RequestQueue, Target};
-use crate::vmstate::{VmState, VmStateMachine};
+use crate::sync::ffs::{ForcedActions, Kick, VmFf};
+use crate::sync::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
+use crate::sync::request::{RequestQueue, Target};
+use crate::sync::vmstate::{VmState, VmStateMachine};
 
 /// Kicks EMTs out of the guest: each EMT registers its [`Kicker`] when it
 /// starts; a kick for an EMT that has not started yet is not needed (it

@@ -15,8 +15,8 @@ use hm_vmx::{CpuState, IrqchipState, PitState, VcpuState};
 use crate::boot::{BootPlan, KernelBoot};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
-use crate::rendezvous::{RendezvousFlags, RendezvousType};
-use crate::vmstate::VmState;
+use crate::sync::rendezvous::{RendezvousFlags, RendezvousType};
+use crate::sync::vmstate::VmState;
 
 /// A direct kernel boot, kept to be loaded again.
 pub(crate) struct KernelReload {

@@ -20,19 +20,19 @@ use crate::devices::{
 };
 use crate::emt::{RunOutcome, emt_main};
 use crate::error::{Error, Result};
-use crate::ffs::ForcedActions;
 use crate::info::{
     guest_features, register_cpuid_handler, register_paging_handlers, write_cpumguest,
 };
 use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
-use crate::rendezvous::Rendezvous;
-use crate::request::RequestQueue;
 use crate::reset::{KernelReload, PowerOn};
 use crate::saved_state::{
     self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig,
 };
-use crate::vmstate::{VmState, VmStateMachine};
+use crate::sync::ffs::ForcedActions;
+use crate::sync::rendezvous::Rendezvous;
+use crate::sync::request::RequestQueue;
+use crate::sync::vmstate::{VmState, VmStateMachine};
 
 /// The ISA IRQs of the i8042's keyboard and auxiliary ports and of the RTC.
 const KBD_IRQ: u32 = 1;

@@ -3,7 +3,8 @@
 //! check (no KVM needed), boots that do not fit in memory by `Vm::new`
 //! once the memory layout exists, before any vCPU runs.
 
-use vmm_core::boot::{KernelBoot, test_kernel};
+use vmm_core::boot::KernelBoot;
+use vmm_core::guests::test_kernel;
 use vmm_core::{Error, Vm, VmConfig};
 
 /// Builds a VM for the boot; returns the error it is refused with.

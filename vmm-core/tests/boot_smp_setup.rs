@@ -4,7 +4,8 @@
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::layout::{MPTABLE_ADDR, ZERO_PAGE_ADDR};
-use vmm_core::boot::{Entry, KernelBoot, direct, test_kernel};
+use vmm_core::boot::{Entry, KernelBoot, direct};
+use vmm_core::guests::test_kernel;
 use vmm_core::memory::{GuestMemoryMap, pc_layout};
 
 const KVM_MP_STATE_RUNNABLE: u32 = 0;

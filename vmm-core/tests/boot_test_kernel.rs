@@ -4,8 +4,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vmm_core::boot::KernelBoot;
 use vmm_core::boot::layout::{ACPI_SIZE, LEGACY_HOLE, MPTABLE_SIZE};
-use vmm_core::boot::{KernelBoot, test_kernel};
+use vmm_core::guests::test_kernel;
 use vmm_core::memory::pc_layout;
 use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig};
 

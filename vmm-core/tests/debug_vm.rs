@@ -111,7 +111,10 @@ fn demo_guest_steps_breaks_watches_and_finishes_after_detach() {
         let stop = s.resume(Resume::Step(0));
         assert_eq!(stop.reason, StopReason::Step);
         rips.push(s.rip());
-        assert_eq!(s.handle.state(), vmm_core::vmstate::VmState::Debugging);
+        assert_eq!(
+            s.handle.state(),
+            vmm_core::sync::vmstate::VmState::Debugging
+        );
     }
     assert_eq!(rips, [0xffff_1000, 0xffff_1001, 0xffff_1003]);
 
@@ -273,7 +276,10 @@ fn a_running_vm_halts_on_request_with_every_vcpu_out() {
     s.dbg.halt(&mut s.target).unwrap();
     let stop = s.wait_stop();
     assert_eq!(stop.reason, StopReason::Halted);
-    assert_eq!(s.handle.state(), vmm_core::vmstate::VmState::Debugging);
+    assert_eq!(
+        s.handle.state(),
+        vmm_core::sync::vmstate::VmState::Debugging
+    );
     for cpu in 0..2 {
         s.target.read_regs(cpu).unwrap();
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::Capture;
 use hm_vmx::testing::kvm_available;
 use vmm_core::saved_state::{AfterSave, RamLoad, RestoreOptions, SaveRequest};
-use vmm_core::vmstate::VmState;
+use vmm_core::sync::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
 /// Polls `cond` for up to 30 s (guests run slowly on software KVM).

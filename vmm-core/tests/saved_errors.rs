@@ -143,7 +143,7 @@ fn failed_teleports_resume_the_vm_and_an_off_vm_cannot_be_saved() {
         .unwrap();
     let err = handle.teleport(&port.to_string()).unwrap_err().to_string();
     assert!(err.contains("cannot connect"), "{err}");
-    assert_eq!(handle.state(), vmm_core::vmstate::VmState::Running);
+    assert_eq!(handle.state(), vmm_core::sync::vmstate::VmState::Running);
     handle.power_off().unwrap();
     assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
     let dir = tempfile::tempdir().unwrap();

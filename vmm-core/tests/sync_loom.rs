@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::{Condvar, Mutex};
-use vmm_core::ffs::CpuId;
-use vmm_core::rendezvous::{Callback, EmStatus, RendezvousCore, RendezvousType};
+use vmm_core::sync::ffs::CpuId;
+use vmm_core::sync::rendezvous::{Callback, EmStatus, RendezvousCore, RendezvousType};
 
 /// Checks every interleaving with at most `bound` preemptions per execution
 /// (`LOOM_MAX_PREEMPTIONS` overrides it). Unbounded runs of these models

@@ -8,12 +8,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use vmm_core::ffs::{CpuFf, CpuId, ForcedActions, Kick, VmFf};
-use vmm_core::rendezvous::{
+use vmm_core::sync::ffs::{CpuFf, CpuId, ForcedActions, Kick, VmFf};
+use vmm_core::sync::rendezvous::{
     CallbackError, EmStatus, MAX_RECURSION, Rendezvous, RendezvousError, RendezvousFlags,
     RendezvousType,
 };
-use vmm_core::request::{RequestQueue, Target};
+use vmm_core::sync::request::{RequestQueue, Target};
 
 const ALL_TYPES: [RendezvousType; 5] = [
     RendezvousType::Once,

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use vmm_core::vmstate::{VmState, VmStateError, VmStateMachine};
+use vmm_core::sync::vmstate::{VmState, VmStateError, VmStateMachine};
 
 use VmState::*;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{Capture, stat};
 use hm_vmx::testing::kvm_available;
 use vmm_core::saved_state::{AfterSave, SaveRequest};
-use vmm_core::vmstate::VmState;
+use vmm_core::sync::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 /// Polls `cond` for up to 20 s (guests run slowly on software KVM).

@@ -49,7 +49,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 /// Writes the test kernel, a small initrd and the command that boots them.
 fn write_test_kernel(out: &Path, mem: &str) -> anyhow::Result<()> {
     use vmm_core::boot::layout::{LEGACY_HOLE, MPTABLE_SIZE};
-    use vmm_core::boot::test_kernel;
+    use vmm_core::guests::test_kernel;
 
     let ram = vmm_core::config::parse_size(mem)?;
     let e820_ram = ram

@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn only_a_passing_summary_with_tests_counts() {
-        assert!(ran_tests("running 11 tests\ntest result: ok. 11 passed; 0 failed"));
+        assert!(ran_tests(
+            "running 11 tests\ntest result: ok. 11 passed; 0 failed"
+        ));
         assert!(!ran_tests("test result: ok. 0 passed; 0 failed"));
         assert!(!ran_tests("test result: FAILED. 3 passed; 1 failed"));
     }

@@ -64,7 +64,7 @@ mod tests {
 
     use super::*;
     use crate::boot::layout::{ACPI_ADDR, MPTABLE_ADDR, ZERO_PAGE_ADDR};
-    use crate::boot::test_kernel;
+    use crate::guests::test_kernel;
 
     /// Loads the test kernel into 64 MiB with or without ACPI; returns the
     /// zero page's RSDP address and the first bytes at the ACPI and MP

@@ -358,8 +358,8 @@ mod tests {
     use linux_loader::loader::bootparam::boot_params;
 
     use super::super::layout::pc_reserved;
-    use super::super::test_kernel;
     use super::*;
+    use crate::guests::test_kernel;
 
     const RAM: u64 = 64 << 20;
 

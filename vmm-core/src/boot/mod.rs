@@ -9,11 +9,13 @@
 //! the mode the boot protocol requires. [`machine`] has the pieces a Linux
 //! guest needs from the VM itself besides the in-kernel irqchip and PIT
 //! that `hm-vmx` creates (COM1 on IRQ 4, CPUID, MSRs, LINT wiring), and
-//! [`direct`] strings it all together for `Vm::new`. [`test_kernel`] is the
+//! [`direct`] strings it all together for `Vm::new`.
+//! [`test_kernel`](crate::guests::test_kernel) is the
 //! project-built kernel that checks all of it from inside the guest.
 //!
 //! ```
-//! use vmm_core::boot::{KernelBoot, layout, test_kernel};
+//! use vmm_core::boot::{KernelBoot, layout};
+//! use vmm_core::guests::test_kernel;
 //!
 //! let boot = KernelBoot {
 //!     kernel: test_kernel::build()?,
@@ -36,7 +38,6 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod mptable;
-pub mod test_kernel;
 pub mod zero_page;
 
 pub use cpu::{BOOT_CS, BOOT_DS, Entry, set_entry_state};

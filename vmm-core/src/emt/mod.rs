@@ -20,8 +20,8 @@ use std::sync::Arc;
 use crate::config::OnReboot;
 use crate::devices::DeviceAction;
 use crate::error::{Error, Result};
-use crate::ffs::{CpuFf, VmFf};
 use crate::machine::Machine;
+use crate::sync::ffs::{CpuFf, VmFf};
 
 use exit::{DebugHooks, ExitAction, ExitContext, Unhandled, WatchHit, handle_exit};
 

@@ -9,6 +9,7 @@ mod demo;
 mod idle;
 pub mod rom;
 mod smp;
+pub mod test_kernel;
 
 use crate::error::{Error, Result};
 

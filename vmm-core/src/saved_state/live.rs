@@ -8,7 +8,7 @@ use pgm::phys::PgmUnit;
 use ssm::{Unit, UnitReader, UnitWriter, Vote};
 
 use crate::machine::Machine;
-use crate::rendezvous::{RendezvousFlags, RendezvousType};
+use crate::sync::rendezvous::{RendezvousFlags, RendezvousType};
 
 /// [`PgmUnit`] for a live save of a running VM.
 ///

@@ -64,8 +64,8 @@ use ssm::{Manager, SaveOptions, StreamReader};
 use crate::devices::{AcpiPm, Cmos, I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
-use crate::rendezvous::{RendezvousFlags, RendezvousType};
-use crate::vmstate::{VmState, VmStateError};
+use crate::sync::rendezvous::{RendezvousFlags, RendezvousType};
+use crate::sync::vmstate::{VmState, VmStateError};
 
 use hm_vmx::{ClockState, IrqchipState, PitState};
 use kbc_unit::I8042Unit;

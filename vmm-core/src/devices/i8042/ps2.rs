@@ -39,7 +39,7 @@ impl Queue {
         self.0.iter().copied().collect()
     }
 
-    /// A queue holding `bytes` (the newest [`QUEUE_LIMIT`] of them).
+    /// A queue holding `bytes` (the newest `QUEUE_LIMIT` of them).
     pub fn from_bytes(bytes: &[u8]) -> Queue {
         let mut q = Queue::default();
         q.push(bytes);

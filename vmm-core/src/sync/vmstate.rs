@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use vmm_core::vmstate::{VmState, VmStateMachine};
+//! use vmm_core::sync::vmstate::{VmState, VmStateMachine};
 //!
 //! let sm = VmStateMachine::new();
 //! assert_eq!(sm.state(), VmState::Creating);

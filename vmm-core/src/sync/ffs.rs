@@ -23,7 +23,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicU32, Ordering};
-//! use vmm_core::ffs::{CpuFf, ForcedActions, Kick, VmFf};
+//! use vmm_core::sync::ffs::{CpuFf, ForcedActions, Kick, VmFf};
 //!
 //! #[derive(Default)]
 //! struct CountKicks(AtomicU32);
@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::halt::{HaltEvent, WaitOutcome};
+use crate::sync::halt::{HaltEvent, WaitOutcome};
 
 /// A vCPU index (VirtualBox's `VMCPUID`).
 pub type CpuId = u32;

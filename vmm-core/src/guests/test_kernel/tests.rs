@@ -1,5 +1,5 @@
-use super::super::header::{KernelFormat, inspect};
 use super::*;
+use crate::boot::header::{KernelFormat, inspect};
 
 #[test]
 fn image_passes_the_loader_checks() {

@@ -14,8 +14,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use vmm_core::ffs::{ForcedActions, Kick};
-//! use vmm_core::request::{RequestQueue, Target};
+//! use vmm_core::sync::ffs::{ForcedActions, Kick};
+//! use vmm_core::sync::request::{RequestQueue, Target};
 //!
 //! struct NoKick;
 //! impl Kick for NoKick {
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use thiserror::Error;
 
-use crate::ffs::{CpuFf, CpuId, FfError, ForcedActions, VmFf};
+use crate::sync::ffs::{CpuFf, CpuId, FfError, ForcedActions, VmFf};
 
 /// Which EMT runs a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,7 +411,7 @@ impl RequestQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffs::Kick;
+    use crate::sync::ffs::Kick;
 
     struct NoKick;
     impl Kick for NoKick {

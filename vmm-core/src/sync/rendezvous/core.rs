@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::sync::{Condvar, Mutex, MutexGuard, lock, wait};
 use super::{CallbackError, EmStatus, RendezvousError, RendezvousType};
-use crate::ffs::CpuId;
+use crate::sync::ffs::CpuId;
 
 /// The most rendezvous that may be nested inside the active one
 /// (VirtualBox allows three recursions).

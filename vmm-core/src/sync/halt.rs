@@ -10,7 +10,7 @@
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicBool, Ordering};
 //! use std::time::Duration;
-//! use vmm_core::halt::{HaltEvent, WaitOutcome};
+//! use vmm_core::sync::halt::{HaltEvent, WaitOutcome};
 //!
 //! let ev = Arc::new(HaltEvent::new());
 //! let flag = Arc::new(AtomicBool::new(false));

@@ -22,9 +22,9 @@
 //! use std::sync::atomic::{AtomicBool, Ordering};
 //! use std::time::Duration;
 //! use parking_lot::Mutex;
-//! use vmm_core::ffs::{CpuFf, ForcedActions, Kick, VmFf};
-//! use vmm_core::rendezvous::{EmStatus, Rendezvous, RendezvousFlags, RendezvousType};
-//! use vmm_core::request::RequestQueue;
+//! use vmm_core::sync::ffs::{CpuFf, ForcedActions, Kick, VmFf};
+//! use vmm_core::sync::rendezvous::{EmStatus, Rendezvous, RendezvousFlags, RendezvousType};
+//! use vmm_core::sync::request::RequestQueue;
 //!
 //! struct NoKick; // these EMTs never enter a guest
 //! impl Kick for NoKick {
@@ -83,8 +83,8 @@ use thiserror::Error;
 
 pub use self::core::{Callback, MAX_RECURSION, RendezvousCore, Signal};
 pub use self::status::EmStatus;
-use crate::ffs::{CpuId, VmFf};
-use crate::request::{Priority, RequestError, RequestQueue, Target};
+use crate::sync::ffs::{CpuId, VmFf};
+use crate::sync::request::{Priority, RequestError, RequestQueue, Target};
 
 /// The error a rendezvous callback may return.
 pub type CallbackError = Box<dyn std::error::Error + Send + Sync>;

@@ -28,10 +28,10 @@ use iced_x86::code_asm::*;
 use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 
-use super::header::{
+use crate::boot::header::{
     BOOT_FLAG, HDRS_MAGIC, LOADED_HIGH, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64,
 };
-use super::layout::{HIGH_MEMORY, LAPIC_ADDR, MPTABLE_ADDR};
+use crate::boot::layout::{HIGH_MEMORY, LAPIC_ADDR, MPTABLE_ADDR};
 use crate::devices::COM1_PORT;
 use crate::error::Result;
 use crate::guests::asm::{asm_err, exit_with, print_routine};
@@ -50,7 +50,7 @@ pub const CHECKS: [&str; 10] = [
 /// `ram` bytes of e820 RAM, the `initrd`'s contents and `cpus` processors.
 ///
 /// ```
-/// let args = vmm_core::boot::test_kernel::expectations(0x3ff_fc00, &[1, 2, 255], 1);
+/// let args = vmm_core::guests::test_kernel::expectations(0x3ff_fc00, &[1, 2, 255], 1);
 /// assert_eq!(args, "testkernel.ram=0x3fffc00 testkernel.sum=0x102 testkernel.cpus=0x1");
 /// ```
 pub fn expectations(ram: u64, initrd: &[u8], cpus: u32) -> String {
@@ -71,7 +71,7 @@ pub fn initrd_sum(initrd: &[u8]) -> u32 {
 /// Assembles the test kernel as a bzImage.
 ///
 /// ```
-/// let image = vmm_core::boot::test_kernel::build()?;
+/// let image = vmm_core::guests::test_kernel::build()?;
 /// assert_eq!(&image[0x202..0x206], b"HdrS");
 /// # Ok::<(), vmm_core::Error>(())
 /// ```
@@ -98,7 +98,7 @@ pub fn build() -> Result<Vec<u8>> {
         ..Default::default()
     };
     let mut image = vec![0u8; 1024];
-    let at = super::header::SETUP_HEADER_OFFSET;
+    let at = crate::boot::header::SETUP_HEADER_OFFSET;
     image[at..at + std::mem::size_of::<setup_header>()].copy_from_slice(header.as_slice());
     image.extend_from_slice(&payload);
     Ok(image)
