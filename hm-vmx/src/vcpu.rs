@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    CpuId, KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, KVM_MAX_CPUID_ENTRIES, kvm_debugregs, kvm_fpu,
+    KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, KVM_MAX_CPUID_ENTRIES, kvm_debugregs, kvm_fpu,
     kvm_guest_debug, kvm_guest_debug_arch, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -13,6 +13,7 @@ use crate::entry_check::{EntryGate, EntryStage};
 use crate::error::{Result, ioctl};
 use crate::exit::{DebugExit, Exit, InternalError, IoAccess, IoData, MmioAccess, MmioData};
 use crate::stats::ExitStats;
+use crate::types::Cpuid;
 
 /// General-purpose registers, RIP and RFLAGS (KVM's layout).
 pub type Regs = kvm_regs;
@@ -199,8 +200,9 @@ impl VcpuState {
         self.fd.set_fpu(fpu).map_err(ioctl("KVM_SET_FPU"))
     }
 
-    /// The CPUID leaves this vCPU was given (`KVM_GET_CPUID2`).
-    pub fn cpuid(&self) -> Result<CpuId> {
+    /// The CPUID leaves this vCPU was given (`KVM_GET_CPUID2`), as set by
+    /// [`set_cpuid`](VcpuState::set_cpuid).
+    pub fn cpuid(&self) -> Result<Cpuid> {
         self.fd
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_CPUID2"))
