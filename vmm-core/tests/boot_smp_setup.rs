@@ -2,13 +2,11 @@
 //! the kernel's entry, the others stay in reset waiting for INIT/SIPI, every
 //! vCPU gets the boot CPUID, and the MP table lists them all.
 
+use hm_vmx::MpState;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::layout::{MPTABLE_ADDR, ZERO_PAGE_ADDR};
 use vmm_core::boot::{Entry, KernelBoot, direct, test_kernel};
 use vmm_core::memory::{GuestMemoryMap, pc_layout};
-
-const KVM_MP_STATE_RUNNABLE: u32 = 0;
-const KVM_MP_STATE_UNINITIALIZED: u32 = 1;
 
 #[test]
 fn two_vcpus_get_the_boot_machine() {
@@ -51,15 +49,12 @@ fn two_vcpus_get_the_boot_machine() {
     // INIT/SIPI from the in-kernel local APIC.
     let ap = vcpus[1].state().regs().unwrap();
     assert_eq!(ap.rip, 0xfff0);
-    let mp = |i: usize| vcpus[i].fd().get_mp_state().unwrap().mp_state;
-    assert_eq!(mp(0), KVM_MP_STATE_RUNNABLE);
-    assert_eq!(mp(1), KVM_MP_STATE_UNINITIALIZED);
+    let mp = |i: usize| vcpus[i].state().mp_state().unwrap();
+    assert_eq!(mp(0), MpState::Runnable);
+    assert_eq!(mp(1), MpState::Uninitialized);
 
     for (id, vcpu) in vcpus.iter().enumerate() {
-        let cpuid = vcpu
-            .fd()
-            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .unwrap();
+        let cpuid = vcpu.state().cpuid().unwrap();
         let leaf = |f: u32| cpuid.as_slice().iter().find(|e| e.function == f).copied();
         let basic = leaf(1).unwrap();
         assert_ne!(basic.ecx & (1 << 31), 0, "hypervisor bit on vCPU {id}");
