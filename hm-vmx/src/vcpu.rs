@@ -100,12 +100,6 @@ impl Vcpu {
     pub fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));
     }
-
-    /// The underlying KVM vCPU file descriptor, for state this backend does
-    /// not wrap yet.
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
-    }
 }
 
 /// A handle on a vCPU's register state that any thread may hold (it uses its

@@ -209,9 +209,8 @@ impl Vm {
         &self.cpuid
     }
 
-    /// The underlying KVM VM file descriptor, for crates that drive KVM
-    /// devices this backend does not wrap yet.
-    pub fn fd(&self) -> &VmFd {
+    /// The underlying KVM VM file descriptor, for this crate's modules.
+    pub(crate) fn fd(&self) -> &VmFd {
         &self.fd
     }
 }
