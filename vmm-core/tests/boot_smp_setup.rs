@@ -2,7 +2,7 @@
 //! the kernel's entry, the others stay in reset waiting for INIT/SIPI, every
 //! vCPU gets the boot CPUID, and the MP table lists them all.
 
-use hm_vmx::MpState;
+use hm_vmx::{LapicRegisters, MpState};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::layout::{MPTABLE_ADDR, ZERO_PAGE_ADDR};
 use vmm_core::boot::{Entry, KernelBoot, direct, test_kernel};
@@ -61,6 +61,13 @@ fn two_vcpus_get_the_boot_machine() {
         assert_eq!(basic.ebx >> 24, id as u32, "APIC id kept");
         assert_eq!(leaf(0x4000_0000).unwrap().ebx, u32::from_le_bytes(*b"KVMK"));
         assert!(leaf(0x4000_0010).unwrap().eax > 0, "TSC frequency");
+        // The boot MSRs (MTRRdefType: MTRRs on, write-back) and the LINT
+        // wiring (LINT0 ExtINT, LINT1 NMI).
+        let mtrr = vcpu.state().msrs(&[0x2ff]).unwrap();
+        assert_eq!(mtrr[0].value, (1 << 11) | 6, "MTRRdefType on vCPU {id}");
+        let lapic = vcpu.state().lapic().unwrap();
+        assert_eq!(lapic.register(0x350) & 0x700, 0x700, "LINT0 ExtINT");
+        assert_eq!(lapic.register(0x360) & 0x700, 0x400, "LINT1 NMI");
     }
 
     let count: u16 = memory
