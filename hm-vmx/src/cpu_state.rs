@@ -14,8 +14,8 @@
 //! instead of being loaded.
 
 use kvm_bindings::{
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, Msrs, kvm_irqchip,
-    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_vcpu_events, kvm_xcrs,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_irqchip,
+    kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_vcpu_events, kvm_xcrs,
 };
 use serde::Deserialize;
 use serde::de::value::{BytesDeserializer, Error as ValueError};
@@ -23,17 +23,9 @@ use zerocopy::{Immutable, IntoBytes};
 
 use crate::error::{Error, Result, ioctl};
 use crate::hypervisor::Hypervisor;
+use crate::msrs::MsrValue;
 use crate::vcpu::{DebugRegs, Fpu, Regs, Sregs, VcpuState};
 use crate::vm::Vm;
-
-/// One MSR: index and value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MsrValue {
-    /// The MSR's index (ECX of `rdmsr`).
-    pub index: u32,
-    /// Its value.
-    pub value: u64,
-}
 
 /// Everything KVM keeps about one vCPU.
 ///
@@ -88,8 +80,6 @@ const TAG_PIT: u8 = 23;
 const CPUID_1_ECX_XSAVE: u32 = 1 << 26;
 /// IA32_TSC_DEADLINE: the local APIC timer's deadline in TSC-deadline mode.
 const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
-/// MSRs per `KVM_GET_MSRS`/`KVM_SET_MSRS` call (KVM's limit is larger).
-const MSR_BATCH: usize = 64;
 
 impl Hypervisor {
     /// The MSRs a saved state carries: KVM's list of MSRs to save
@@ -137,7 +127,7 @@ impl CpuState {
                 None
             },
             events: fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))?,
-            msrs: read_msrs(vcpu, msr_indices)?,
+            msrs: vcpu.msrs(msr_indices)?,
             apic,
         })
     }
@@ -163,11 +153,11 @@ impl CpuState {
             .iter()
             .copied()
             .partition(|m| m.index == MSR_IA32_TSC_DEADLINE);
-        write_msrs(vcpu, &msrs)?;
+        vcpu.set_msrs(&msrs)?;
         if let Some((_, lapic)) = &self.apic {
             fd.set_lapic(lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
         }
-        write_msrs(vcpu, &deadline)?;
+        vcpu.set_msrs(&deadline)?;
         fd.set_vcpu_events(&self.events)
             .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
         if let Some((mp, _)) = &self.apic {
@@ -253,63 +243,6 @@ impl CpuState {
             apic,
         })
     }
-}
-
-/// Reads the MSRs in batches; an MSR the vCPU refuses (KVM stops at the
-/// first failing entry) is left out and the batch goes on after it.
-fn read_msrs(vcpu: &VcpuState, indices: &[u32]) -> Result<Vec<MsrValue>> {
-    let mut out = Vec::with_capacity(indices.len());
-    let mut rest = indices;
-    while !rest.is_empty() {
-        let batch = &rest[..rest.len().min(MSR_BATCH)];
-        let entries: Vec<kvm_msr_entry> = batch
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| bad_state(e.to_string()))?;
-        let read = vcpu
-            .kvm_fd()
-            .get_msrs(&mut msrs)
-            .map_err(ioctl("KVM_GET_MSRS"))?;
-        let read = read.min(batch.len());
-        out.extend(msrs.as_slice()[..read].iter().map(|e| MsrValue {
-            index: e.index,
-            value: e.data,
-        }));
-        // KVM stops at the first MSR it cannot read: skip that one.
-        let consumed = if read < batch.len() { read + 1 } else { read };
-        rest = &rest[consumed..];
-    }
-    Ok(out)
-}
-
-/// Writes the MSRs; one that KVM refuses is an error naming it.
-fn write_msrs(vcpu: &VcpuState, values: &[MsrValue]) -> Result<()> {
-    for batch in values.chunks(MSR_BATCH) {
-        let entries: Vec<kvm_msr_entry> = batch
-            .iter()
-            .map(|m| kvm_msr_entry {
-                index: m.index,
-                data: m.value,
-                ..Default::default()
-            })
-            .collect();
-        let msrs = Msrs::from_entries(&entries).map_err(|e| bad_state(e.to_string()))?;
-        let written = vcpu
-            .kvm_fd()
-            .set_msrs(&msrs)
-            .map_err(ioctl("KVM_SET_MSRS"))?;
-        if let Some(refused) = batch.get(written) {
-            return Err(bad_state(format!(
-                "KVM refused MSR {:#x} = {:#x}",
-                refused.index, refused.value
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The in-kernel interrupt controllers of a VM.

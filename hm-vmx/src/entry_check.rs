@@ -293,7 +293,8 @@ impl Vcpu {
     /// check the state KVM holds against the VT-x entry rules and return
     /// [`Error::EntryState`] instead of entering when a rule is broken. The
     /// check costs five or six vCPU ioctls and runs only after such writes
-    /// (state written through [`Vcpu::fd`] directly is not noticed).
+    /// (and after [`CpuState::write`](crate::CpuState::write)); the other
+    /// setters write nothing the check looks at.
     pub fn set_entry_checks(&mut self, on: bool) {
         let gate = &self.state().entry;
         gate.enabled.store(on, Ordering::Relaxed);

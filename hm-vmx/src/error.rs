@@ -55,6 +55,22 @@ pub enum Error {
     /// end of its script.
     #[error("{0}")]
     ScriptEnded(String),
+    /// KVM refused to write an MSR (an unknown index or a value the vCPU
+    /// does not accept).
+    #[error("KVM refused MSR {index:#x} = {value:#x}")]
+    MsrRefused {
+        /// The MSR's index.
+        index: u32,
+        /// The value that was refused.
+        value: u64,
+    },
+    /// An interrupt line was asked for a GSI the in-kernel irqchip does not
+    /// route (the IOAPIC has pins 0–23).
+    #[error("GSI {0} is not routed: the in-kernel IOAPIC has GSIs 0-23")]
+    UnroutedGsi(u32),
+    /// An eventfd for an interrupt line could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
 }
 
 /// Result type of the backend.

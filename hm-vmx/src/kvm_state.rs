@@ -16,6 +16,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 
 use crate::error::{Result, ioctl};
+use crate::mp_state::MpState;
 use crate::vmx::{
     CheckEnv, EventKind, GuestState, InjectedEvent, KvmDtableFields, KvmRegsFields,
     KvmSegmentFields, KvmSregsFields, ProgrammedControls, activity_from_kvm_mp_state, efer,
@@ -179,23 +180,6 @@ pub(crate) fn injected_event(ev: &kvm_vcpu_events) -> Option<InjectedEvent> {
     }
 }
 
-/// KVM's name for an MP state.
-fn mp_state_name(mp: u32) -> &'static str {
-    match mp {
-        0 => "runnable",
-        1 => "uninitialized",
-        2 => "INIT received",
-        3 => "halted",
-        4 => "SIPI received",
-        5 => "stopped",
-        6 => "check-stop",
-        7 => "operating",
-        8 => "load",
-        9 => "AP reset hold",
-        _ => "unknown",
-    }
-}
-
 /// One segment register as a line of text: `NAME sel=... base=... limit=...
 /// type=... s= dpl= p= db= l= g= avl= unusable=`, for diagnoses and info
 /// handlers.
@@ -272,7 +256,7 @@ impl fmt::Display for KvmVcpuState {
             f,
             "  MP state: {} ({}), DR7={:#x}",
             self.mp_state,
-            mp_state_name(self.mp_state),
+            MpState::from_kvm(self.mp_state),
             self.dr7
         )?;
         match self.pdptes {

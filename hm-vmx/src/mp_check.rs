@@ -13,7 +13,7 @@
 //! # Ok::<(), hm_vmx::Error>(())
 //! ```
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry};
+use kvm_bindings::{Msrs, kvm_msr_entry};
 use kvm_ioctls::Error as KvmError;
 
 use crate::error::{Result, ioctl};
@@ -26,10 +26,7 @@ impl VcpuState {
     /// capability MSRs the vCPU itself reports (nested VMX), or else the
     /// VM's capability profile, which is what the VMM uses for it.
     pub fn vcpu_view(&self) -> Result<VcpuView> {
-        let cpuid = self
-            .kvm_fd()
-            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_err(ioctl("KVM_GET_CPUID2"))?;
+        let cpuid = self.cpuid()?;
         let mut view = VcpuView::default();
         for e in cpuid.as_slice() {
             view.cpuid

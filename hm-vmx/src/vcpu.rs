@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    CpuId, KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, KVM_MAX_CPUID_ENTRIES, kvm_debugregs, kvm_fpu,
+    KVM_EXIT_IO_IN, KVM_EXIT_MEMORY_FAULT, KVM_MAX_CPUID_ENTRIES, kvm_debugregs, kvm_fpu,
     kvm_guest_debug, kvm_guest_debug_arch, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -15,6 +15,7 @@ use iom::Data;
 
 use crate::exit::{DebugExit, Exit, InternalError, IoAccess, MmioAccess};
 use crate::stats::ExitStats;
+use crate::types::Cpuid;
 
 /// General-purpose registers, RIP and RFLAGS (KVM's layout).
 pub type Regs = kvm_regs;
@@ -100,12 +101,6 @@ impl Vcpu {
     /// [`Exit::Interrupted`] without entering the guest.
     pub fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));
-    }
-
-    /// The underlying KVM vCPU file descriptor, for state this backend does
-    /// not wrap yet.
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
     }
 }
 
@@ -201,8 +196,9 @@ impl VcpuState {
         self.fd.set_fpu(fpu).map_err(ioctl("KVM_SET_FPU"))
     }
 
-    /// The CPUID leaves this vCPU was given (`KVM_GET_CPUID2`).
-    pub fn cpuid(&self) -> Result<CpuId> {
+    /// The CPUID leaves this vCPU was given (`KVM_GET_CPUID2`), as set by
+    /// [`set_cpuid`](VcpuState::set_cpuid).
+    pub fn cpuid(&self) -> Result<Cpuid> {
         self.fd
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_CPUID2"))

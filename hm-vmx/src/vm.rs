@@ -3,12 +3,13 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use kvm_bindings::{CpuId, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 
 use crate::entry_check::{EntryChecker, EntryGate};
 use crate::error::{Error, Result, ioctl};
 use crate::stats::ExitStats;
+use crate::types::Cpuid;
 use crate::vcpu::{Vcpu, VcpuState};
 use crate::vmx::VmxCapabilities;
 
@@ -36,7 +37,7 @@ pub struct MemorySlot {
 /// A VM created by [`Hypervisor::create_vm`](crate::Hypervisor::create_vm).
 pub struct Vm {
     fd: VmFd,
-    cpuid: CpuId,
+    cpuid: Cpuid,
     stats: stam::Registry,
     exits: Arc<ExitStats>,
     irqchip: bool,
@@ -46,7 +47,7 @@ pub struct Vm {
 impl Vm {
     pub(crate) fn new(
         fd: VmFd,
-        cpuid: CpuId,
+        cpuid: Cpuid,
         stats: &stam::Registry,
         caps: VmxCapabilities,
     ) -> Result<Self> {
@@ -204,13 +205,12 @@ impl Vm {
     }
 
     /// The CPUID leaves every vCPU of this VM is given (before per-vCPU APIC ids).
-    pub fn cpuid(&self) -> &CpuId {
+    pub fn cpuid(&self) -> &Cpuid {
         &self.cpuid
     }
 
-    /// The underlying KVM VM file descriptor, for crates that drive KVM
-    /// devices this backend does not wrap yet.
-    pub fn fd(&self) -> &VmFd {
+    /// The underlying KVM VM file descriptor, for this crate's modules.
+    pub(crate) fn fd(&self) -> &VmFd {
         &self.fd
     }
 }

@@ -59,7 +59,7 @@ struct Guest {
 }
 
 fn long_mode_sregs(mut s: Sregs) -> Sregs {
-    let code = kvm_bindings::kvm_segment {
+    let code = hm_vmx::Segment {
         base: 0,
         limit: 0xffff_ffff,
         selector: 8,
@@ -74,7 +74,7 @@ fn long_mode_sregs(mut s: Sregs) -> Sregs {
         unusable: 0,
         padding: 0,
     };
-    let data = kvm_bindings::kvm_segment {
+    let data = hm_vmx::Segment {
         selector: 0x10,
         type_: 3,
         l: 0,
@@ -87,7 +87,7 @@ fn long_mode_sregs(mut s: Sregs) -> Sregs {
     s.fs = data;
     s.gs = data;
     s.ss = data;
-    s.tr = kvm_bindings::kvm_segment {
+    s.tr = hm_vmx::Segment {
         selector: 0x18,
         limit: 0x67,
         type_: 11,
@@ -304,10 +304,7 @@ fn differing_cpuid_between_vcpus_is_reported() {
     let states: Vec<VcpuState> = vcpus.iter().map(|v| v.state().clone()).collect();
     // Hide a feature from vCPU 1 only: CPUID.1:ECX bit 1 (PCLMULQDQ), or
     // show it when the host lacks it.
-    let mut cpuid = vcpus[1]
-        .fd()
-        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .unwrap();
+    let mut cpuid = vcpus[1].state().cpuid().unwrap();
     let leaf1 = cpuid
         .as_mut_slice()
         .iter_mut()
@@ -315,7 +312,7 @@ fn differing_cpuid_between_vcpus_is_reported() {
         .unwrap();
     let ecx = leaf1.ecx;
     leaf1.ecx ^= 1 << 1;
-    vcpus[1].fd().set_cpuid2(&cpuid).unwrap();
+    vcpus[1].state().set_cpuid(&cpuid).unwrap();
     let diffs = vm.check_mp_consistency(&states).unwrap();
     let applied = states[1]
         .vcpu_view()

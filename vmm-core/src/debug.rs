@@ -55,8 +55,7 @@ use dbgf::debugger::{
     ResumeScope, Segment, StopCause, StopListener, StopNotifier, TargetError, VcpuStop,
     stop_channel,
 };
-use hm_vmx::{Fpu, Regs, Sregs};
-use kvm_bindings::kvm_segment;
+use hm_vmx::{Fpu, Regs, Segment as KvmSegment, Sregs};
 use parking_lot::Mutex;
 use pgm::paging::{Access, AccessKind, CpuFeatures, PagingState, Privilege, walk};
 use pgm::phys::{HandlerAction, HandlerKind, HandlerTypeId, PhysMap, RangeInfo, RangeKind};
@@ -574,7 +573,7 @@ impl DebugTarget for VmDebugTarget {
     }
 }
 
-fn to_segment(s: &kvm_segment) -> Segment {
+fn to_segment(s: &KvmSegment) -> Segment {
     Segment {
         selector: s.selector,
         base: s.base,
@@ -584,7 +583,7 @@ fn to_segment(s: &kvm_segment) -> Segment {
     }
 }
 
-fn from_segment(s: &Segment, k: &mut kvm_segment) {
+fn from_segment(s: &Segment, k: &mut KvmSegment) {
     k.selector = s.selector;
     k.base = s.base;
     k.limit = s.limit;

@@ -106,7 +106,7 @@ impl Vm {
         let msrs = Arc::new(hypervisor.saved_msr_indices()?);
         let power_on = PowerOn::capture(&vcpu_states, &backend, &msrs, kernel)?;
         let backend = Arc::new(backend);
-        let uart_irq = boot::machine::uart_irq(backend.fd())?;
+        let uart_irq = boot::machine::uart_irq(&backend)?;
         let mut io = IoBus::new(&stats)?;
         let uart = Arc::new(Mutex::new(Uart::with_irq(config.serial, uart_irq)));
         io.register(COM1_PORT, 8, "uart", uart.clone())?;
@@ -117,7 +117,7 @@ impl Vm {
             Arc::new(Mutex::new(DebugExit)),
         )?;
         let irq = |line: u32| {
-            IrqLine::irqfd(backend.fd(), line)
+            IrqLine::irqfd(&backend, line)
                 .map_err(|e| Error::Config(format!("cannot wire IRQ {line} to KVM: {e}")))
         };
         let i8042 = Arc::new(Mutex::new(I8042::new(irq(KBD_IRQ)?, irq(AUX_IRQ)?)));

@@ -2,14 +2,12 @@
 //! the kernel's entry, the others stay in reset waiting for INIT/SIPI, every
 //! vCPU gets the boot CPUID, and the MP table lists them all.
 
+use hm_vmx::{LapicRegisters, MpState};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::layout::{MPTABLE_ADDR, ZERO_PAGE_ADDR};
 use vmm_core::boot::{Entry, KernelBoot, direct};
 use vmm_core::guests::test_kernel;
 use vmm_core::memory::{GuestMemoryMap, pc_layout};
-
-const KVM_MP_STATE_RUNNABLE: u32 = 0;
-const KVM_MP_STATE_UNINITIALIZED: u32 = 1;
 
 #[test]
 fn two_vcpus_get_the_boot_machine() {
@@ -52,21 +50,25 @@ fn two_vcpus_get_the_boot_machine() {
     // INIT/SIPI from the in-kernel local APIC.
     let ap = vcpus[1].state().regs().unwrap();
     assert_eq!(ap.rip, 0xfff0);
-    let mp = |i: usize| vcpus[i].fd().get_mp_state().unwrap().mp_state;
-    assert_eq!(mp(0), KVM_MP_STATE_RUNNABLE);
-    assert_eq!(mp(1), KVM_MP_STATE_UNINITIALIZED);
+    let mp = |i: usize| vcpus[i].state().mp_state().unwrap();
+    assert_eq!(mp(0), MpState::Runnable);
+    assert_eq!(mp(1), MpState::Uninitialized);
 
     for (id, vcpu) in vcpus.iter().enumerate() {
-        let cpuid = vcpu
-            .fd()
-            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .unwrap();
+        let cpuid = vcpu.state().cpuid().unwrap();
         let leaf = |f: u32| cpuid.as_slice().iter().find(|e| e.function == f).copied();
         let basic = leaf(1).unwrap();
         assert_ne!(basic.ecx & (1 << 31), 0, "hypervisor bit on vCPU {id}");
         assert_eq!(basic.ebx >> 24, id as u32, "APIC id kept");
         assert_eq!(leaf(0x4000_0000).unwrap().ebx, u32::from_le_bytes(*b"KVMK"));
         assert!(leaf(0x4000_0010).unwrap().eax > 0, "TSC frequency");
+        // The boot MSRs (MTRRdefType: MTRRs on, write-back) and the LINT
+        // wiring (LINT0 ExtINT, LINT1 NMI).
+        let mtrr = vcpu.state().msrs(&[0x2ff]).unwrap();
+        assert_eq!(mtrr[0].value, (1 << 11) | 6, "MTRRdefType on vCPU {id}");
+        let lapic = vcpu.state().lapic().unwrap();
+        assert_eq!(lapic.register(0x350) & 0x700, 0x700, "LINT0 ExtINT");
+        assert_eq!(lapic.register(0x360) & 0x700, 0x400, "LINT1 NMI");
     }
 
     let count: u16 = memory

@@ -1,7 +1,7 @@
 //! The CPU state at a kernel's entry point: the boot GDT, identity page
 //! tables and the registers the 64-bit and PVH boot protocols ask for.
 
-use kvm_bindings::{kvm_fpu, kvm_segment};
+use hm_vmx::{Fpu, Segment};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::error::{Result, mem_err};
@@ -54,10 +54,10 @@ fn gdt(long: bool) -> [u64; 5] {
 }
 
 /// Unpacks a GDT descriptor into the form KVM takes.
-fn segment(selector: u16, descriptor: u64) -> kvm_segment {
+fn segment(selector: u16, descriptor: u64) -> Segment {
     let limit = ((descriptor & 0xffff) | ((descriptor >> 32) & 0xf_0000)) as u32;
     let g = ((descriptor >> 55) & 1) as u8;
-    kvm_segment {
+    Segment {
         base: ((descriptor >> 16) & 0xff_ffff) | (((descriptor >> 56) & 0xff) << 24),
         limit: if g == 1 { (limit << 12) | 0xfff } else { limit },
         selector,
@@ -155,14 +155,12 @@ pub fn set_entry_state(vcpu: &hm_vmx::Vcpu, entry: &Entry) -> Result<()> {
     }
     state.set_sregs(&sregs)?;
     state.set_regs(&regs)?;
-    let fpu = kvm_fpu {
+    let fpu = Fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.fd()
-        .set_fpu(&fpu)
-        .map_err(super::error::kvm("KVM_SET_FPU"))?;
+    state.set_fpu(&fpu)?;
     Ok(())
 }
 

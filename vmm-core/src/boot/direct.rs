@@ -48,8 +48,8 @@ pub fn after_vcpus(
 ) -> Result<Loaded> {
     let loaded = boot.load(plan, mem, vcpus.len() as u32)?;
     for vcpu in vcpus {
-        machine::configure_vcpu(vcpu.fd())?;
-        machine::setup_lint(vcpu.fd())?;
+        machine::configure_vcpu(vcpu.state())?;
+        machine::setup_lint(vcpu.state())?;
     }
     if let Some(bsp) = vcpus.first() {
         set_entry_state(bsp, &loaded.entry)?;

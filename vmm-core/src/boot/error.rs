@@ -1,7 +1,7 @@
 //! Why a kernel could not be loaded or a boot machine set up.
 
 /// A direct-kernel-boot failure: a malformed image, inputs that do not fit in
-/// guest memory, or a KVM call that set up the boot machine.
+/// guest memory, or a backend call that set up the boot machine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kernel image is neither a bzImage nor an x86-64 ELF file.
@@ -33,15 +33,7 @@ pub enum Error {
         /// The memory error.
         source: vm_memory::GuestMemoryError,
     },
-    /// A KVM call setting up the boot machine failed.
-    #[error("{call} failed: {source}")]
-    Kvm {
-        /// The ioctl or operation.
-        call: &'static str,
-        /// The error from KVM.
-        source: kvm_ioctls::Error,
-    },
-    /// The execution backend refused a vCPU state.
+    /// The execution backend failed to set up or refused a vCPU state.
     #[error(transparent)]
     Backend(#[from] hm_vmx::Error),
     /// The machine description asks for something the boot tables cannot say.
@@ -51,11 +43,6 @@ pub enum Error {
 
 /// Result type of the boot module.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Maps a `kvm-ioctls` error to [`Error::Kvm`] for `call`.
-pub(crate) fn kvm(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { call, source }
-}
 
 /// Maps a guest-memory error to [`Error::GuestMemory`] for `what`.
 pub(crate) fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> Error {

@@ -3,10 +3,9 @@
 //! guest CPUID that says "KVM", the MSRs Linux reads at boot, and the local
 //! APIC's LINT pins wired as on a PC.
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_msr_entry};
-use kvm_ioctls::{VcpuFd, VmFd};
+use hm_vmx::{Cpuid, CpuidEntry, LapicRegisters, MAX_CPUID_ENTRIES, MsrValue, VcpuState, Vm};
 
-use super::error::{Error, Result, kvm};
+use super::error::{Error, Result};
 use crate::devices::IrqLine;
 
 /// CPUID.1:ECX bit 31: running under a hypervisor.
@@ -20,26 +19,30 @@ const LAPIC_BUS_KHZ: u32 = 1_000_000;
 
 /// MSRs Linux reads or expects in a defined state at boot, with the values
 /// a freshly reset PC gives them.
-pub const BOOT_MSRS: &[(u32, u64)] = &[
-    (0x174, 0),             // IA32_SYSENTER_CS
-    (0x175, 0),             // IA32_SYSENTER_ESP
-    (0x176, 0),             // IA32_SYSENTER_EIP
-    (0xc000_0081, 0),       // STAR
-    (0xc000_0082, 0),       // LSTAR
-    (0xc000_0083, 0),       // CSTAR
-    (0xc000_0084, 0),       // SFMASK
-    (0xc000_0102, 0),       // KERNEL_GS_BASE
-    (0x10, 0),              // IA32_TSC
-    (0x1a0, 1),             // IA32_MISC_ENABLE: fast strings
-    (0x2ff, (1 << 11) | 6), // MTRRdefType: MTRRs on, default write-back
+pub const BOOT_MSRS: &[MsrValue] = &[
+    msr(0x174, 0),             // IA32_SYSENTER_CS
+    msr(0x175, 0),             // IA32_SYSENTER_ESP
+    msr(0x176, 0),             // IA32_SYSENTER_EIP
+    msr(0xc000_0081, 0),       // STAR
+    msr(0xc000_0082, 0),       // LSTAR
+    msr(0xc000_0083, 0),       // CSTAR
+    msr(0xc000_0084, 0),       // SFMASK
+    msr(0xc000_0102, 0),       // KERNEL_GS_BASE
+    msr(0x10, 0),              // IA32_TSC
+    msr(0x1a0, 1),             // IA32_MISC_ENABLE: fast strings
+    msr(0x2ff, (1 << 11) | 6), // MTRRdefType: MTRRs on, default write-back
 ];
+
+const fn msr(index: u32, value: u64) -> MsrValue {
+    MsrValue { index, value }
+}
 
 /// The ISA IRQ of COM1.
 pub const COM1_IRQ: u32 = 4;
 
 /// An interrupt line for COM1: an eventfd KVM turns into IRQ 4 of the
 /// in-kernel PIC and I/O APIC (the VM must have its irqchip).
-pub fn uart_irq(vm: &VmFd) -> Result<IrqLine> {
+pub fn uart_irq(vm: &Vm) -> Result<IrqLine> {
     IrqLine::irqfd(vm, COM1_IRQ)
         .map_err(|e| Error::Machine(format!("cannot wire IRQ {COM1_IRQ} to KVM: {e}")))
 }
@@ -61,7 +64,7 @@ fn range_header(function: u32) -> u32 {
 /// all-zero entry says nothing; a leaf past its range's highest leaf
 /// (header EAX) is never read as itself on hardware (Intel answers with
 /// the highest basic leaf, AMD with zeros). Range headers always stay.
-fn says_something(supported: &[kvm_cpuid_entry2], entry: &kvm_cpuid_entry2) -> bool {
+fn says_something(supported: &[CpuidEntry], entry: &CpuidEntry) -> bool {
     let header = range_header(entry.function);
     if entry.function == header {
         return true;
@@ -87,17 +90,17 @@ fn says_something(supported: &[kvm_cpuid_entry2], entry: &kvm_cpuid_entry2) -> b
 /// their range's highest leaf are never read as themselves, so both are
 /// dropped; subleaves of the indexed leaves (4, 7, 0xb, 0xd, ...) keep
 /// their index and flags. The result is sized for what it holds; more
-/// than `KVM_MAX_CPUID_ENTRIES` meaningful leaves is an error.
+/// than [`MAX_CPUID_ENTRIES`] meaningful leaves is an error.
 ///
 /// ```
-/// use kvm_bindings::kvm_cpuid_entry2;
-/// let given = [kvm_cpuid_entry2 { function: 1, eax: 0x806f8, ..Default::default() }];
+/// use hm_vmx::CpuidEntry;
+/// let given = [CpuidEntry { function: 1, eax: 0x806f8, ..Default::default() }];
 /// let cpuid = vmm_core::boot::machine::guest_cpuid(&given, 2_000_000)?;
 /// assert!(cpuid.as_slice().iter().any(|e| e.function == 0x4000_0000 && e.ebx == 0x4b4d_564b));
 /// # Ok::<(), vmm_core::boot::Error>(())
 /// ```
-pub fn guest_cpuid(given: &[kvm_cpuid_entry2], tsc_khz: u32) -> Result<CpuId> {
-    let mut entries: Vec<kvm_cpuid_entry2> = given
+pub fn guest_cpuid(given: &[CpuidEntry], tsc_khz: u32) -> Result<Cpuid> {
+    let mut entries: Vec<CpuidEntry> = given
         .iter()
         .filter(|e| says_something(given, e) && e.function != TIMING_LEAF)
         .copied()
@@ -114,7 +117,7 @@ pub fn guest_cpuid(given: &[kvm_cpuid_entry2], tsc_khz: u32) -> Result<CpuId> {
         }
     }
     if !entries.iter().any(|e| e.function == KVM_SIGNATURE_LEAF) {
-        entries.push(kvm_cpuid_entry2 {
+        entries.push(CpuidEntry {
             function: KVM_SIGNATURE_LEAF,
             eax: max_hv_leaf,
             ebx: u32::from_le_bytes(*b"KVMK"),
@@ -123,15 +126,15 @@ pub fn guest_cpuid(given: &[kvm_cpuid_entry2], tsc_khz: u32) -> Result<CpuId> {
             ..Default::default()
         });
     }
-    entries.push(kvm_cpuid_entry2 {
+    entries.push(CpuidEntry {
         function: TIMING_LEAF,
         eax: tsc_khz,
         ebx: LAPIC_BUS_KHZ,
         ..Default::default()
     });
-    CpuId::from_entries(&entries).map_err(|e| {
+    Cpuid::from_entries(&entries).map_err(|e| {
         Error::Machine(format!(
-            "the guest CPUID needs {} leaves, KVM takes at most {KVM_MAX_CPUID_ENTRIES}: {e:?}",
+            "the guest CPUID needs {} leaves, KVM takes at most {MAX_CPUID_ENTRIES}: {e:?}",
             entries.len()
         ))
     })
@@ -139,57 +142,35 @@ pub fn guest_cpuid(given: &[kvm_cpuid_entry2], tsc_khz: u32) -> Result<CpuId> {
 
 /// Gives a vCPU the boot CPUID (its current CPUID edited by
 /// [`guest_cpuid`] with its TSC frequency) and the [`BOOT_MSRS`].
-pub fn configure_vcpu(vcpu: &VcpuFd) -> Result<()> {
-    let tsc_khz = vcpu.get_tsc_khz().map_err(kvm("KVM_GET_TSC_KHZ"))?;
-    let given = vcpu
-        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm("KVM_GET_CPUID2"))?;
-    let cpuid = guest_cpuid(given.as_slice(), tsc_khz)?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
-    let entries: Vec<kvm_msr_entry> = BOOT_MSRS
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
-    let msrs = Msrs::from_entries(&entries)
-        .map_err(|e| Error::Machine(format!("boot MSR list: {e:?}")))?;
-    let written = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
-    if let Some(&(index, _)) = BOOT_MSRS.get(written) {
-        return Err(Error::Machine(format!(
-            "KVM refused boot MSR {index:#x} ({written} of {} set)",
-            BOOT_MSRS.len()
-        )));
-    }
+pub fn configure_vcpu(vcpu: &VcpuState) -> Result<()> {
+    let cpuid = guest_cpuid(vcpu.cpuid()?.as_slice(), vcpu.tsc_khz()?)?;
+    vcpu.set_cpuid(&cpuid)?;
+    vcpu.set_msrs(BOOT_MSRS)?;
     Ok(())
 }
 
 /// Wires a vCPU's local APIC as a PC does: LINT0 takes the PIC's ExtINT,
 /// LINT1 takes NMI. Needs the in-kernel irqchip.
-pub fn setup_lint(vcpu: &VcpuFd) -> Result<()> {
+pub fn setup_lint(vcpu: &VcpuState) -> Result<()> {
     const LVT_LINT0: usize = 0x350;
     const LVT_LINT1: usize = 0x360;
+    const DELIVERY_MODE: u32 = 0b111 << 8;
     const DELIVERY_EXTINT: u32 = 0b111 << 8;
     const DELIVERY_NMI: u32 = 0b100 << 8;
-    let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
+    let mut lapic = vcpu.lapic()?;
     for (offset, mode) in [(LVT_LINT0, DELIVERY_EXTINT), (LVT_LINT1, DELIVERY_NMI)] {
-        let reg = &mut lapic.regs[offset..offset + 4];
-        let bytes: [u8; 4] = [reg[0] as u8, reg[1] as u8, reg[2] as u8, reg[3] as u8];
-        let value = (u32::from_le_bytes(bytes) & !0x700) | mode;
-        for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
-            *dst = src as _;
-        }
+        let value = (lapic.register(offset) & !DELIVERY_MODE) | mode;
+        lapic.set_register(offset, value);
     }
-    vcpu.set_lapic(&lapic).map_err(kvm("KVM_SET_LAPIC"))
+    vcpu.set_lapic(&lapic)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn leaf(cpuid: &CpuId, function: u32) -> Option<kvm_cpuid_entry2> {
+    fn leaf(cpuid: &Cpuid, function: u32) -> Option<CpuidEntry> {
         cpuid
             .as_slice()
             .iter()
@@ -199,7 +180,7 @@ mod tests {
 
     #[test]
     fn cpuid_gains_hypervisor_bit_and_leaves() {
-        let given = [kvm_cpuid_entry2 {
+        let given = [CpuidEntry {
             function: 1,
             ecx: 1,
             ..Default::default()
@@ -219,7 +200,7 @@ mod tests {
 
     #[test]
     fn existing_kvm_leaves_are_kept() {
-        let given = [kvm_cpuid_entry2 {
+        let given = [CpuidEntry {
             function: KVM_SIGNATURE_LEAF,
             eax: 0x4000_0001,
             ebx: 7,
@@ -266,8 +247,8 @@ mod tests {
         0x8000_0026,
     ];
 
-    fn debian_6_1_table() -> Vec<kvm_cpuid_entry2> {
-        let entry = |function, index, regs: [u32; 4]| kvm_cpuid_entry2 {
+    fn debian_6_1_table() -> Vec<CpuidEntry> {
+        let entry = |function, index, regs: [u32; 4]| CpuidEntry {
             function,
             index,
             flags: if SUBLEAF_LEAVES.contains(&function) {
@@ -315,7 +296,7 @@ mod tests {
             .chain((0x20..0x40).map(|f| (f, 0)))
             .chain((0x8000_0022..0x8000_0040).map(|f| (f, 0)));
         for (function, index) in fillers {
-            if table.len() == KVM_MAX_CPUID_ENTRIES {
+            if table.len() == MAX_CPUID_ENTRIES {
                 break;
             }
             if !table
@@ -325,7 +306,7 @@ mod tests {
                 table.push(entry(function, index, [0; 4]));
             }
         }
-        assert_eq!(table.len(), KVM_MAX_CPUID_ENTRIES);
+        assert_eq!(table.len(), MAX_CPUID_ENTRIES);
         table
     }
 
@@ -363,7 +344,7 @@ mod tests {
 
     #[test]
     fn zero_leaves_and_leaves_past_the_range_go() {
-        let entry = |function, index, eax| kvm_cpuid_entry2 {
+        let entry = |function, index, eax| CpuidEntry {
             function,
             index,
             eax,
@@ -401,8 +382,8 @@ mod tests {
 
     #[test]
     fn too_many_meaningful_leaves_is_an_error() {
-        let given: Vec<kvm_cpuid_entry2> = (0..KVM_MAX_CPUID_ENTRIES as u32)
-            .map(|index| kvm_cpuid_entry2 {
+        let given: Vec<CpuidEntry> = (0..MAX_CPUID_ENTRIES as u32)
+            .map(|index| CpuidEntry {
                 function: 0xd,
                 index,
                 eax: 1,

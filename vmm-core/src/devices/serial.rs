@@ -26,12 +26,9 @@ pub enum IrqLine {
 
 impl IrqLine {
     /// An eventfd registered with KVM as `irq` of the in-kernel PIC and
-    /// I/O APIC (the VM must have its irqchip).
-    pub fn irqfd(vm: &kvm_ioctls::VmFd, irq: u32) -> std::io::Result<IrqLine> {
-        let event = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?;
-        vm.register_irqfd(&event, irq)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-        Ok(IrqLine::Irqfd(std::sync::Arc::new(event)))
+    /// I/O APIC (the VM must have its irqchip), see [`hm_vmx::Vm::irqfd`].
+    pub fn irqfd(vm: &hm_vmx::Vm, irq: u32) -> hm_vmx::Result<IrqLine> {
+        Ok(IrqLine::Irqfd(std::sync::Arc::new(vm.irqfd(irq)?)))
     }
 }
 

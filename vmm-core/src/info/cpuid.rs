@@ -3,8 +3,7 @@
 use std::fmt::Write;
 
 use dbgf::{InfoCall, InfoError, InfoFlags, InfoRegistry};
-use hm_vmx::VcpuState;
-use kvm_bindings::{CpuId, kvm_cpuid_entry2};
+use hm_vmx::{Cpuid, CpuidEntry, VcpuState};
 
 /// One leaf: function, sub-leaf index and the four output registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,8 +13,8 @@ struct Leaf {
     regs: [u32; 4],
 }
 
-impl From<&kvm_cpuid_entry2> for Leaf {
-    fn from(e: &kvm_cpuid_entry2) -> Self {
+impl From<&CpuidEntry> for Leaf {
+    fn from(e: &CpuidEntry) -> Self {
         Leaf {
             function: e.function,
             index: e.index,
@@ -24,7 +23,7 @@ impl From<&kvm_cpuid_entry2> for Leaf {
     }
 }
 
-fn leaves(cpuid: &CpuId) -> Vec<Leaf> {
+fn leaves(cpuid: &Cpuid) -> Vec<Leaf> {
     let mut v: Vec<Leaf> = cpuid.as_slice().iter().map(Leaf::from).collect();
     v.sort_by_key(|l| (l.function, l.index));
     v
@@ -86,7 +85,7 @@ fn write_cpuid(
 pub(crate) fn register_cpuid_handler(
     info: &InfoRegistry,
     states: &[VcpuState],
-    common: &CpuId,
+    common: &Cpuid,
 ) -> Result<(), InfoError> {
     let vcpus = states.to_vec();
     let common = leaves(common);

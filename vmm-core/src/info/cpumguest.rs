@@ -3,8 +3,7 @@
 
 use std::fmt::{self, Write};
 
-use hm_vmx::{DebugRegs, Regs, SegmentLine, Sregs};
-use kvm_bindings::kvm_dtable;
+use hm_vmx::{DebugRegs, DescriptorTable, Regs, SegmentLine, Sregs};
 
 /// Writes general, control, segment, descriptor-table and debug registers
 /// and EFER of one vCPU.
@@ -81,7 +80,7 @@ pub(crate) fn write_cpumguest(
     writeln!(out, "  apic_base={:016x}", sregs.apic_base)
 }
 
-fn write_table(out: &mut dyn Write, name: &str, t: &kvm_dtable) -> fmt::Result {
+fn write_table(out: &mut dyn Write, name: &str, t: &DescriptorTable) -> fmt::Result {
     writeln!(out, "{name:>6}: base={:016x} limit={:04x}", t.base, t.limit)
 }
 

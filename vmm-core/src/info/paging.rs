@@ -10,7 +10,7 @@ use pgm::paging::{CpuFeatures, HostPaging, ModeTracker, PagingState, info_mode, 
 use pgm::phys::SharedPhysMap;
 
 /// The guest's paging-relevant CPUID bits, from the CPUID the vCPUs get.
-pub(crate) fn guest_features(cpuid: &kvm_bindings::CpuId) -> Result<CpuFeatures, InfoError> {
+pub(crate) fn guest_features(cpuid: &hm_vmx::Cpuid) -> Result<CpuFeatures, InfoError> {
     let leaf = |function: u32| {
         cpuid
             .as_slice()
