@@ -1,8 +1,9 @@
 //! The crates alone: each leaf crate builds, passes clippy and its tests
 //! with its optional features off (and each of pgm's on its own), pgm
 //! without its defaults pulls in neither the debugger, the assembler nor
-//! the saved-state compression, and vmm-core's exit handling is tested
-//! on a machine without KVM.
+//! the saved-state compression, vmm-core names no KVM crate (only hm-vmx
+//! talks to KVM), and vmm-core's exit handling is tested on a machine
+//! without KVM.
 
 use std::process::Command;
 
@@ -19,6 +20,9 @@ const COMBINATIONS: &[(&str, &str)] = &[
 /// Crates `pgm` alone must not depend on.
 const NOT_IN_BARE_PGM: &[&str] = &["gdbstub", "iced-x86", "lz4_flex"];
 
+/// Crates only `hm-vmx` may use: everything above it goes through it.
+const KVM_CRATES: &[&str] = &["kvm-ioctls", "kvm-bindings"];
+
 /// Runs the checks; `cargo` runs one cargo command and fails on failure.
 pub fn check(cargo: impl Fn(&[&str]) -> anyhow::Result<()>) -> anyhow::Result<()> {
     for &(krate, features) in COMBINATIONS {
@@ -32,15 +36,17 @@ pub fn check(cargo: impl Fn(&[&str]) -> anyhow::Result<()>) -> anyhow::Result<()
             cargo(&["test", "-p", krate, "--no-default-features"])?;
         }
     }
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["tree", "-p", "pgm", "--no-default-features", "-e", "normal"])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "cargo tree -p pgm failed");
-    let tree = String::from_utf8_lossy(&out.stdout);
+    let tree = cargo_tree(&["-p", "pgm", "--no-default-features", "-e", "normal"])?;
     let pulled = pulled_in(&tree, NOT_IN_BARE_PGM);
     anyhow::ensure!(
         pulled.is_empty(),
         "pgm without default features depends on {pulled:?}:\n{tree}"
+    );
+    let tree = cargo_tree(&["-p", "vmm-core", "-e", "normal", "--depth", "1"])?;
+    let pulled = pulled_in(&tree, KVM_CRATES);
+    anyhow::ensure!(
+        pulled.is_empty(),
+        "vmm-core depends on {pulled:?} itself (only hm-vmx talks to KVM):\n{tree}"
     );
     exit_tests_without_kvm()
 }
@@ -81,6 +87,16 @@ fn ran_tests(output: &str) -> bool {
             .and_then(|n| n.parse::<u32>().ok())
             .is_some_and(|n| n > 0)
     })
+}
+
+/// `cargo tree ARGS`.
+fn cargo_tree(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("tree")
+        .args(args)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "cargo tree {} failed", args.join(" "));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Which of `crates` appear in a `cargo tree` listing.
