@@ -154,3 +154,6 @@ fn mmio(access: MmioAccess<'_>, ctx: &ExitContext<'_>) -> Result<ExitAction> {
         ExitAction::Continue
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,25 +5,28 @@
 //! actions (rendezvous, requests, termination), waits while the VM may not
 //! run, enters the guest, and after each exit does what the exit handler
 //! ([`exit::handle_exit`], which sees only the buses, guest memory and the
-//! debugger's hooks) asked. The vCPU is anything that implements
-//! [`VirtualCpu`]: hm-vmx's KVM vCPU, or a scripted one in tests.
+//! debugger's hooks) asked. It needs two things: a vCPU, anything that
+//! implements [`VirtualCpu`] (hm-vmx's KVM vCPU, or a scripted one), and a
+//! machine, anything that implements [`EmtHost`] (the VM's, or a fake):
+//! the loop and the exit handler are tested without `/dev/kvm`.
 
 mod exit;
+mod host;
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;
 
-use dbgf::debugger::StopCause;
 use hm_vmx::VirtualCpu;
 
 use std::sync::Arc;
 
-use crate::config::OnReboot;
-use crate::devices::DeviceAction;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
-use crate::sync::ffs::{CpuFf, VmFf};
+use crate::sync::ffs::VmFf;
 
-use exit::{DebugHooks, ExitAction, ExitContext, Unhandled, WatchHit, handle_exit};
+use exit::{ExitAction, Unhandled, WatchHit, handle_exit};
+use host::EmtHost;
 
 /// How a run ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +35,7 @@ pub enum RunOutcome {
     GuestExit(u8),
     /// The guest reset the machine (for example through the keyboard
     /// controller, as Linux's `reboot=k` does) and the VM is configured to
-    /// end the run then ([`OnReboot::Exit`]).
+    /// end the run then ([`OnReboot::Exit`](crate::OnReboot::Exit)).
     Reboot,
     /// The VM was powered off from outside (the control API).
     PoweredOff,
@@ -41,7 +44,7 @@ pub enum RunOutcome {
     GuestPoweredOff,
     /// The guest reset the machine with the BIOS warm-reset flag set (0x1234
     /// at 0x472), as Linux does on a panic with `reboot=panic_warm`:
-    /// the run ends whatever [`OnReboot`] says.
+    /// the run ends whatever [`OnReboot`](crate::OnReboot) says.
     WarmReset,
 }
 
@@ -103,80 +106,60 @@ enum EmtState {
 }
 
 /// Runs the guest on this EMT until the VM terminates.
-fn run_guest(vcpu: &mut impl VirtualCpu, machine: &Arc<Machine>) -> Result<()> {
+fn run_guest(vcpu: &mut impl VirtualCpu, host: &impl EmtHost) -> Result<()> {
     let cpu = vcpu.id();
     let mut state = EmtState::Ready;
     loop {
         state = match state {
-            EmtState::Ready if !service_forced_actions(machine, cpu)? => EmtState::Terminated,
-            EmtState::Ready if machine.may_run(cpu) => EmtState::InGuest,
+            EmtState::Ready if !host.serve_forced_actions(cpu)? => EmtState::Terminated,
+            EmtState::Ready if host.may_run(cpu) => EmtState::InGuest,
             EmtState::Ready => EmtState::Waiting,
             EmtState::Waiting => {
-                machine.ffs.halt_wait(cpu, None)?;
+                host.wait(cpu)?;
                 EmtState::Ready
             }
             EmtState::InGuest => {
-                let Some(guest) = machine.ffs.enter_guest(cpu)? else {
+                let Some(guest) = host.forced_actions().enter_guest(cpu)? else {
                     state = EmtState::Ready;
                     continue;
                 };
                 let exit = vcpu.run();
                 drop(guest);
-                let action = handle_exit(exit?, &exit_context(machine, cpu))?;
-                after_exit(vcpu, machine, action)?
+                let action = handle_exit(exit?, &host.exit_context(cpu))?;
+                after_exit(vcpu, host, action)?
             }
-            EmtState::CompletingWatched(hit) => complete_watched(vcpu, machine, hit)?,
+            EmtState::CompletingWatched(hit) => complete_watched(vcpu, host, hit)?,
             EmtState::Terminated => return Ok(()),
         };
     }
 }
 
-/// What an exit of `cpu` may touch of the machine.
-fn exit_context(machine: &Machine, cpu: u32) -> ExitContext<'_> {
-    ExitContext {
-        cpu,
-        io: &machine.io,
-        memory: &machine.memory,
-        debug: machine,
-    }
-}
-
 /// Carries out what the exit handler asked.
-fn after_exit(
-    vcpu: &impl VirtualCpu,
-    machine: &Arc<Machine>,
-    action: ExitAction,
-) -> Result<EmtState> {
+fn after_exit(vcpu: &impl VirtualCpu, host: &impl EmtHost, action: ExitAction) -> Result<EmtState> {
     let cpu = vcpu.id();
-    let end = match action {
-        ExitAction::Continue => return Ok(EmtState::Ready),
+    Ok(match action {
+        ExitAction::Continue => EmtState::Ready,
         ExitAction::Halt => {
-            machine.halts[cpu as usize].inc();
-            return Ok(EmtState::Waiting);
+            host.halted(cpu);
+            EmtState::Waiting
         }
         ExitAction::DebugStop(cause) => {
             // Not reported when another stop halted the VM first: a
             // breakpoint fires again when the vCPU resumes.
-            machine.debug_stop(cpu, cause)?;
-            return Ok(EmtState::Ready);
+            host.debug_stop(cpu, cause)?;
+            EmtState::Ready
         }
-        ExitAction::Watched(hit) => return Ok(EmtState::CompletingWatched(hit)),
-        ExitAction::Terminate => return Ok(EmtState::Terminated),
+        ExitAction::Watched(hit) => EmtState::CompletingWatched(hit),
+        ExitAction::Terminate => EmtState::Terminated,
         ExitAction::Unhandled(u) => return Err(unhandled(vcpu, u)),
-        ExitAction::Device(DeviceAction::Continue) => return Ok(EmtState::Ready),
-        ExitAction::Device(DeviceAction::GuestExit(status)) => RunOutcome::GuestExit(status),
-        ExitAction::Device(DeviceAction::PowerOff) => RunOutcome::GuestPoweredOff,
-        ExitAction::Device(DeviceAction::Reset) if crate::reset::warm_reset(machine) => {
-            RunOutcome::WarmReset
-        }
-        ExitAction::Device(DeviceAction::Reset) if restarts(machine) => {
-            crate::reset::reset(machine)?;
-            return Ok(EmtState::Ready);
-        }
-        ExitAction::Device(DeviceAction::Reset) => RunOutcome::Reboot,
-    };
-    machine.finish(Ok(end));
-    Ok(EmtState::Terminated)
+        ExitAction::Device(action) => match host.device_action(action)? {
+            Some(end) => {
+                host.end_run(end);
+                EmtState::Terminated
+            }
+            None => EmtState::Ready,
+        },
+    })
 }
 
 /// The error that ends the run on an exit the VMM does not handle: entry
@@ -198,18 +181,18 @@ fn unhandled(vcpu: &impl VirtualCpu, u: Unhandled) -> Error {
 /// before another guest instruction runs.
 fn complete_watched(
     vcpu: &mut impl VirtualCpu,
-    machine: &Arc<Machine>,
+    host: &impl EmtHost,
     hit: WatchHit,
 ) -> Result<EmtState> {
     let cpu = vcpu.id();
-    if !service_forced_actions(machine, cpu)? {
+    if !host.serve_forced_actions(cpu)? {
         return Ok(EmtState::Terminated);
     }
-    if !machine.may_run(cpu) {
-        machine.ffs.halt_wait(cpu, None)?;
+    if !host.may_run(cpu) {
+        host.wait(cpu)?;
         return Ok(EmtState::CompletingWatched(hit));
     }
-    let Some(guest) = machine.ffs.enter_guest(cpu)? else {
+    let Some(guest) = host.forced_actions().enter_guest(cpu)? else {
         return Ok(EmtState::CompletingWatched(hit));
     };
     vcpu.set_immediate_exit(true);
@@ -219,7 +202,7 @@ fn complete_watched(
         // The instruction is complete (a single step it ended is reported
         // as the watchpoint hit, as with DR6.Bn and DR6.BS).
         hm_vmx::Exit::Interrupted | hm_vmx::Exit::Debug(_) => {
-            Ok(if report_watch_hit(machine, cpu, hit)? {
+            Ok(if host.report_watch_hit(cpu, hit)? {
                 EmtState::CompletingWatched(hit)
             } else {
                 EmtState::Ready
@@ -227,89 +210,11 @@ fn complete_watched(
         }
         // Anything else is handled as usual, and the hit waits on.
         other => {
-            let action = handle_exit(other, &exit_context(machine, cpu))?;
-            Ok(match after_exit(vcpu, machine, action)? {
+            let action = handle_exit(other, &host.exit_context(cpu))?;
+            Ok(match after_exit(vcpu, host, action)? {
                 EmtState::Ready => EmtState::CompletingWatched(hit),
                 next => next,
             })
         }
-    }
-}
-
-/// Whether a reset from inside the guest restarts the VM (as configured,
-/// and when the VM can: see [`PowerOn::restarts`](crate::reset::PowerOn::restarts)).
-fn restarts(machine: &Machine) -> bool {
-    let restarts = machine.power_on.restarts(&machine.saved.config.firmware);
-    if machine.on_reboot == OnReboot::Restart && !restarts {
-        tracing::warn!(
-            "the guest reset the machine; a restored direct-boot VM cannot restart \
-             (its kernel is not in the saved state): the run ends"
-        );
-    }
-    machine.on_reboot == OnReboot::Restart && restarts
-}
-
-/// Handles the pending forced actions (rendezvous, requests); false when the
-/// EMT must terminate.
-fn service_forced_actions(machine: &Machine, cpu: u32) -> Result<bool> {
-    let vm_ff = machine.ffs.vm();
-    if vm_ff.contains(VmFf::TERMINATE) {
-        return Ok(false);
-    }
-    if vm_ff.contains(VmFf::EMT_RENDEZVOUS) {
-        machine.rendezvous.on_ff(cpu)?;
-    }
-    let cpu_ff = machine.ffs.cpu(cpu)?;
-    if vm_ff.contains(VmFf::REQUEST) || cpu_ff.contains(CpuFf::REQUEST) {
-        machine.requests.process_requests(cpu)?;
-    }
-    machine.ffs.test_and_clear_cpu(cpu, CpuFf::UNHALT)?;
-    Ok(true)
-}
-
-/// Reports a page-trap watchpoint hit whose instruction has completed (a
-/// watchpoint removed meanwhile is forgotten). True when the hit must wait:
-/// another stop halted the VM first, so it is reported when the VM resumes.
-fn report_watch_hit(machine: &Machine, cpu: u32, hit: WatchHit) -> Result<bool> {
-    let WatchHit { addr, size, write } = hit;
-    if !machine.debug.mem_matches(addr, size, write) {
-        return Ok(false);
-    }
-    let cause = StopCause::Mem { addr, size, write };
-    Ok(!machine.debug_stop(cpu, cause)? && machine.debug.is_attached())
-}
-
-/// After a stop in the middle of an exit: serves forced actions until the
-/// debugger lets this vCPU run again; false when the EMT must terminate.
-fn wait_for_debugger(machine: &Machine, cpu: u32) -> Result<bool> {
-    loop {
-        if !service_forced_actions(machine, cpu)? {
-            return Ok(false);
-        }
-        if machine.may_run(cpu) {
-            return Ok(true);
-        }
-        machine.ffs.halt_wait(cpu, None)?;
-    }
-}
-
-/// The machine's debugger, as the exit path sees it.
-impl DebugHooks for Machine {
-    fn is_attached(&self) -> bool {
-        self.debug.is_attached()
-    }
-
-    fn io_matches(&self, port: u16, size: u8, write: bool) -> bool {
-        self.debug.io_matches(port, size, write)
-    }
-
-    fn mem_matches(&self, addr: u64, size: u32, write: bool) -> bool {
-        self.debug.mem_matches(addr, size, write)
-    }
-
-    fn stop_before_io(&self, cpu: u32, cause: StopCause) -> Result<bool> {
-        // Halted before the access; once resumed it completes without
-        // being checked again.
-        Ok(!self.debug_stop(cpu, cause)? || wait_for_debugger(self, cpu)?)
     }
 }

@@ -1,443 +1,288 @@
-//! Exit handling without `/dev/kvm`: a scripted vCPU's exits go through
-//! [`handle_exit`] to a real port bus, a real `pgm` map and a fake
-//! debugger.
+//! The EMT's loop without `/dev/kvm`: a scripted vCPU in a fake machine
+//! with real forced actions, a real port bus and real guest memory.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use dbgf::debugger::StopCause;
 use hm_vmx::testing::{ScriptedExit, ScriptedVcpu};
 use hm_vmx::vmx::ExitReason;
-use hm_vmx::{DebugExit, VirtualCpu};
 use parking_lot::Mutex;
-use pgm::phys::{HandlerAction, HandlerKind};
-use proptest::prelude::*;
 
-use super::exit::{DebugHooks, ExitAction, ExitContext, Unhandled, WatchHit, handle_exit};
-use crate::bus::IoBus;
+use super::exit::{ExitContext, WatchHit};
+use super::host::EmtHost;
+use super::testing::{FakeDebugger, MMIO, Machine, RECORDER_PORT, out};
+use super::{RunOutcome, run_guest};
 use crate::devices::{DEBUG_EXIT_PORT, DeviceAction, PioDevice};
-use crate::error::Result;
-use crate::memory::GuestMemoryMap;
+use crate::error::{Error, Result};
+use crate::sync::ffs::{CpuFf, ForcedActions, Kick, VmFf};
 
-/// A port device that logs every access and answers reads with its last
-/// written byte plus one.
-#[derive(Default)]
-struct Recorder {
-    log: Vec<(u16, Vec<u8>, bool)>,
-    last: u8,
-}
+/// A port that posts forced actions when written: 1 a request for vCPU 0,
+/// 2 termination, 3 a reset.
+const POSTER_PORT: u16 = 0x70;
 
-impl PioDevice for Recorder {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
-        self.log.push((offset, data.to_vec(), false));
-        data.fill(self.last.wrapping_add(1));
+struct Poster(Arc<ForcedActions>);
+
+impl PioDevice for Poster {
+    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
-        self.log.push((offset, data.to_vec(), true));
-        self.last = data[0];
+    fn write(&mut self, _offset: u16, data: &[u8]) -> DeviceAction {
+        match data[0] {
+            1 => self.0.set_cpu(0, CpuFf::REQUEST).unwrap(),
+            2 => self.0.set_vm(VmFf::TERMINATE),
+            3 => return DeviceAction::Reset,
+            _ => {}
+        }
         DeviceAction::Continue
     }
 }
 
-const RECORDER_PORT: u16 = 0x3f0;
-/// A `pgm` MMIO range whose handler logs writes and answers reads.
-const MMIO: u64 = 0xfed0_0000;
-const MMIO_ANSWER: u8 = 0x5a;
-/// The last page of the 4 KiB firmware ROM at the top of 4 GiB.
-const ROM: u64 = 0xffff_f000;
+/// No EMT is ever in a real guest here: kicks have nothing to do.
+struct NoKick;
 
-/// A fake debugger: which accesses it watches, and what it saw.
-#[derive(Default)]
-struct FakeDebugger {
-    attached: bool,
-    io_break: Option<u16>,
-    mem_watch: Option<u64>,
-    /// What `stop_before_io` answers (false: terminate).
-    resume: bool,
-    /// Stops reported before port accesses, with how many accesses the
-    /// recorder had seen by then.
-    stops: RefCell<Vec<(StopCause, usize)>>,
-    recorder: Option<Arc<Mutex<Recorder>>>,
+impl Kick for NoKick {
+    fn kick(&self, _cpu: u32) {}
 }
 
-impl DebugHooks for FakeDebugger {
-    fn is_attached(&self) -> bool {
-        self.attached
-    }
-
-    fn io_matches(&self, port: u16, _size: u8, _write: bool) -> bool {
-        self.io_break == Some(port)
-    }
-
-    fn mem_matches(&self, addr: u64, _size: u32, _write: bool) -> bool {
-        self.mem_watch == Some(addr)
-    }
-
-    fn stop_before_io(&self, _cpu: u32, cause: StopCause) -> Result<bool> {
-        let seen = self.recorder.as_ref().map_or(0, |r| r.lock().log.len());
-        self.stops.borrow_mut().push((cause, seen));
-        Ok(self.resume)
-    }
+/// A machine that logs what the loop asks of it.
+struct FakeHost {
+    ffs: Arc<ForcedActions>,
+    machine: Machine,
+    debugger: FakeDebugger,
+    /// Whether the VM may run; a wait lets it.
+    may_run: Cell<bool>,
+    log: RefCell<Vec<&'static str>>,
+    outcome: Cell<Option<RunOutcome>>,
+    /// Entries attempted: a loop that spins without serving what blocks
+    /// them fails instead of hanging the test.
+    entries: Cell<u32>,
 }
 
-/// What the MMIO handler saw: offsets, and the bytes of writes.
-type MmioLog = Arc<Mutex<Vec<(u64, Option<Vec<u8>>)>>>;
+/// More entry attempts than any script here needs.
+const MAX_ENTRIES: u32 = 10_000;
 
-/// A bus with the recorder and the debug-exit device, guest memory with a
-/// `pgm` MMIO handler, and the log of what the handler saw.
-struct Machine {
-    io: IoBus,
-    memory: GuestMemoryMap,
-    recorder: Arc<Mutex<Recorder>>,
-    mmio_log: MmioLog,
-}
-
-impl Machine {
-    fn new() -> Machine {
-        let stats = stam::Registry::new();
-        let mut io = IoBus::new(&stats).unwrap();
-        let recorder = Arc::new(Mutex::new(Recorder::default()));
-        io.register(RECORDER_PORT, 8, "recorder", recorder.clone())
+impl FakeHost {
+    fn new(debugger: FakeDebugger) -> FakeHost {
+        let ffs = Arc::new(ForcedActions::new(1, Arc::new(NoKick)).unwrap());
+        let mut machine = Machine::new();
+        machine
+            .io
+            .register(
+                POSTER_PORT,
+                1,
+                "poster",
+                Arc::new(Mutex::new(Poster(ffs.clone()))),
+            )
             .unwrap();
-        io.register(
-            DEBUG_EXIT_PORT,
-            1,
-            "debug-exit",
-            Arc::new(Mutex::new(crate::devices::DebugExit)),
-        )
-        .unwrap();
-        let firmware = vec![0xf4; 4096];
-        let memory =
-            GuestMemoryMap::new(16 << 20, &firmware, &stats, &dbgf::InfoRegistry::new()).unwrap();
-        let mmio_log = MmioLog::default();
-        let log = mmio_log.clone();
-        {
-            let mut map = memory.phys().write();
-            let t = map.register_handler_type(HandlerKind::Mmio, "test device", move |a| {
-                let written = match &a.data {
-                    iom::Data::Write(bytes) => Some(bytes.to_vec()),
-                    iom::Data::Read(_) => None,
-                };
-                log.lock().push((a.offset, written));
-                a.data.fill_read(MMIO_ANSWER);
-                Ok(HandlerAction::Handled)
-            });
-            map.map_mmio(MMIO, 0x1000, t, 0, "test device").unwrap();
-        }
-        Machine {
-            io,
-            memory,
-            recorder,
-            mmio_log,
+        FakeHost {
+            ffs,
+            machine,
+            debugger,
+            may_run: Cell::new(true),
+            log: RefCell::default(),
+            outcome: Cell::new(None),
+            entries: Cell::new(0),
         }
     }
 
-    /// Runs `vcpu` to the end of its script, handling every exit; returns
-    /// the actions.
-    fn run(&self, vcpu: &mut ScriptedVcpu, debug: &FakeDebugger) -> Vec<ExitAction> {
-        let ctx = ExitContext {
-            cpu: vcpu.id(),
-            io: &self.io,
-            memory: &self.memory,
-            debug,
-        };
-        let mut actions = Vec::new();
-        while vcpu.remaining() > 0 {
-            let exit = vcpu.run().unwrap();
-            actions.push(handle_exit(exit, &ctx).unwrap());
+    fn note(&self, what: &'static str) {
+        self.log.borrow_mut().push(what);
+    }
+
+    fn log(&self) -> Vec<&'static str> {
+        self.log.borrow().clone()
+    }
+}
+
+impl EmtHost for FakeHost {
+    fn forced_actions(&self) -> &ForcedActions {
+        self.entries.set(self.entries.get() + 1);
+        assert!(
+            self.entries.get() < MAX_ENTRIES,
+            "the loop keeps trying to enter: {:?}",
+            self.log()
+        );
+        &self.ffs
+    }
+
+    fn serve_forced_actions(&self, cpu: u32) -> Result<bool> {
+        if self.ffs.vm().contains(VmFf::TERMINATE) {
+            self.note("terminate");
+            return Ok(false);
         }
-        // Completes the last read, as the next entry would.
-        assert!(vcpu.run().is_err());
-        actions
+        if self.ffs.test_and_clear_cpu(cpu, CpuFf::REQUEST)? {
+            self.note("request");
+        }
+        Ok(true)
     }
 
-    fn port_log(&self) -> Vec<(u16, Vec<u8>, bool)> {
-        self.recorder.lock().log.clone()
+    fn may_run(&self, _cpu: u32) -> bool {
+        self.may_run.get()
+    }
+
+    fn wait(&self, _cpu: u32) -> Result<()> {
+        self.note("wait");
+        self.may_run.set(true);
+        Ok(())
+    }
+
+    fn exit_context(&self, cpu: u32) -> ExitContext<'_> {
+        ExitContext {
+            cpu,
+            io: &self.machine.io,
+            memory: &self.machine.memory,
+            debug: &self.debugger,
+        }
+    }
+
+    fn halted(&self, _cpu: u32) {
+        self.note("halt");
+    }
+
+    fn debug_stop(&self, _cpu: u32, _cause: StopCause) -> Result<bool> {
+        self.note("debug stop");
+        Ok(true)
+    }
+
+    fn report_watch_hit(&self, _cpu: u32, _hit: WatchHit) -> Result<bool> {
+        self.note("watch hit");
+        Ok(false)
+    }
+
+    fn device_action(&self, action: DeviceAction) -> Result<Option<RunOutcome>> {
+        Ok(match action {
+            DeviceAction::Continue => None,
+            DeviceAction::GuestExit(status) => Some(RunOutcome::GuestExit(status)),
+            DeviceAction::PowerOff => Some(RunOutcome::GuestPoweredOff),
+            DeviceAction::Reset => {
+                self.note("reset");
+                None
+            }
+        })
+    }
+
+    fn end_run(&self, outcome: RunOutcome) {
+        self.outcome.set(Some(outcome));
     }
 }
 
-fn out(port: u16, size: u8, data: &[u8]) -> ScriptedExit {
-    ScriptedExit::Out {
-        port,
-        size,
-        data: data.to_vec(),
-    }
-}
-
-fn input(port: u16, size: u8, count: usize) -> ScriptedExit {
-    ScriptedExit::In { port, size, count }
+fn exit_with(status: u8) -> ScriptedExit {
+    out(DEBUG_EXIT_PORT, 1, &[status])
 }
 
 #[test]
-fn port_writes_reach_the_device_and_reads_get_its_answer() {
-    let m = Machine::new();
+fn the_loop_runs_exits_until_a_device_ends_the_run() {
+    let host = FakeHost::new(FakeDebugger::default());
     let mut vcpu = ScriptedVcpu::new(
         0,
-        [
-            out(RECORDER_PORT + 2, 1, &[0x41]),
-            input(RECORDER_PORT + 2, 2, 1),
-        ],
+        [out(RECORDER_PORT, 1, &[5]), exit_with(3), ScriptedExit::Hlt],
     );
-    let actions = m.run(&mut vcpu, &FakeDebugger::default());
-    assert_eq!(actions, [ExitAction::Continue, ExitAction::Continue]);
-    assert_eq!(
-        m.port_log(),
-        [(2, vec![0x41], true), (2, vec![0, 0], false)]
-    );
-    assert_eq!(vcpu.answers(), [vec![0x42, 0x42]]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(3)));
+    assert_eq!(vcpu.remaining(), 1, "the exit after the end ran");
+    assert_eq!(host.machine.port_log(), [(0, vec![5], true)]);
 }
 
 #[test]
-fn string_io_is_split_into_accesses_of_its_size() {
-    let m = Machine::new();
+fn a_forced_action_posted_by_an_exit_is_served_before_the_next_entry() {
+    let host = FakeHost::new(FakeDebugger::default());
     let mut vcpu = ScriptedVcpu::new(
         0,
-        [
-            out(RECORDER_PORT, 2, &[1, 2, 3, 4, 5, 6]),
-            input(RECORDER_PORT, 1, 3),
-        ],
+        [out(POSTER_PORT, 1, &[1]), ScriptedExit::Hlt, exit_with(0)],
     );
-    m.run(&mut vcpu, &FakeDebugger::default());
-    let writes: Vec<_> = m
-        .port_log()
-        .into_iter()
-        .filter(|l| l.2)
-        .map(|l| l.1)
-        .collect();
-    assert_eq!(writes, [vec![1, 2], vec![3, 4], vec![5, 6]]);
-    assert_eq!(vcpu.answers(), [vec![6, 6, 6]]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["request", "halt", "wait"]);
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
 }
 
 #[test]
-fn unassigned_ports_read_all_ones_and_drop_writes() {
-    let m = Machine::new();
-    let mut vcpu = ScriptedVcpu::new(0, [out(0x80, 1, &[9]), input(0x1234, 4, 1)]);
-    let actions = m.run(&mut vcpu, &FakeDebugger::default());
-    assert_eq!(actions, [ExitAction::Continue, ExitAction::Continue]);
-    assert_eq!(vcpu.answers(), [vec![0xff; 4]]);
-    let unassigned = m.io.unassigned();
-    assert_eq!((unassigned.reads, unassigned.writes), (1, 1));
+fn termination_stops_the_loop_before_the_next_entry() {
+    let host = FakeHost::new(FakeDebugger::default());
+    let mut vcpu = ScriptedVcpu::new(0, [out(POSTER_PORT, 1, &[2]), exit_with(9)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["terminate"]);
+    assert_eq!(host.outcome.get(), None);
+    assert_eq!(vcpu.remaining(), 1);
 }
 
 #[test]
-fn a_device_that_ends_the_run_stops_a_string_write() {
-    let m = Machine::new();
-    let mut vcpu = ScriptedVcpu::new(0, [out(DEBUG_EXIT_PORT, 1, &[7, 8, 9])]);
-    let actions = m.run(&mut vcpu, &FakeDebugger::default());
-    assert_eq!(actions, [ExitAction::Device(DeviceAction::GuestExit(7))]);
+fn a_vm_that_may_not_run_waits_before_entering() {
+    let host = FakeHost::new(FakeDebugger::default());
+    host.may_run.set(false);
+    let mut vcpu = ScriptedVcpu::new(0, [exit_with(1)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["wait"]);
+    assert_eq!(vcpu.runs(), 1);
 }
 
 #[test]
-fn mmio_goes_through_the_pgm_handler_unchanged() {
-    let m = Machine::new();
-    let mut vcpu = ScriptedVcpu::new(
-        0,
-        [
-            ScriptedExit::MmioWrite {
-                addr: MMIO + 0x10,
-                data: vec![1, 2, 3, 4],
-            },
-            ScriptedExit::MmioRead {
-                addr: MMIO + 0x20,
-                len: 8,
-            },
-        ],
-    );
-    let actions = m.run(&mut vcpu, &FakeDebugger::default());
-    assert_eq!(actions, [ExitAction::Continue, ExitAction::Continue]);
-    assert_eq!(
-        *m.mmio_log.lock(),
-        [(0x10, Some(vec![1, 2, 3, 4])), (0x20, None)]
-    );
-    assert_eq!(vcpu.answers(), [vec![MMIO_ANSWER; 8]]);
+fn a_reset_that_restarts_the_machine_runs_on() {
+    let host = FakeHost::new(FakeDebugger::default());
+    let mut vcpu = ScriptedVcpu::new(0, [out(POSTER_PORT, 1, &[3]), exit_with(4)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["reset"]);
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(4)));
 }
 
 #[test]
-fn rom_writes_are_dropped_and_unassigned_space_reads_all_ones() {
-    let m = Machine::new();
-    let mut vcpu = ScriptedVcpu::new(
-        0,
-        [
-            ScriptedExit::MmioWrite {
-                addr: ROM,
-                data: vec![0, 0],
-            },
-            ScriptedExit::MmioRead { addr: ROM, len: 2 },
-            ScriptedExit::MmioRead {
-                addr: 0xc000_0000,
-                len: 4,
-            },
-        ],
-    );
-    m.run(&mut vcpu, &FakeDebugger::default());
-    assert_eq!(vcpu.answers(), [vec![0xf4, 0xf4], vec![0xff; 4]]);
-}
-
-#[test]
-fn halts_interrupts_and_debug_exits_map_to_their_actions() {
-    let m = Machine::new();
-    let debug_exit = DebugExit {
-        exception: 1,
-        rip: 0x1000,
-        dr6: 0x4000,
-        dr7: 0,
-    };
-    let script = [
-        ScriptedExit::Hlt,
-        ScriptedExit::Interrupted,
-        ScriptedExit::Debug(debug_exit),
-    ];
-    let attached = FakeDebugger {
+fn a_debug_exit_is_reported_and_the_guest_goes_on() {
+    let host = FakeHost::new(FakeDebugger {
         attached: true,
         ..FakeDebugger::default()
-    };
-    let actions = m.run(&mut ScriptedVcpu::new(0, script.clone()), &attached);
-    let stop = StopCause::Debug {
+    });
+    let debug = hm_vmx::DebugExit {
         exception: 1,
-        dr6: 0x4000,
-        pc: 0x1000,
+        rip: 0,
+        dr6: 0,
+        dr7: 0,
     };
-    assert_eq!(
-        actions,
-        [
-            ExitAction::Halt,
-            ExitAction::Continue,
-            ExitAction::DebugStop(stop)
-        ]
-    );
-    // Without a debugger, a debug exit is not the VMM's to handle.
-    let actions = m.run(&mut ScriptedVcpu::new(0, script), &FakeDebugger::default());
-    assert!(matches!(&actions[2], ExitAction::Unhandled(u) if !u.diagnose));
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Debug(debug), exit_with(0)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["debug stop"]);
 }
 
 #[test]
-fn failures_end_the_run_and_entry_failures_are_explained() {
-    let m = Machine::new();
+fn a_watched_access_completes_its_instruction_before_the_hit_is_reported() {
+    let host = FakeHost::new(FakeDebugger {
+        mem_watch: Some(MMIO),
+        ..FakeDebugger::default()
+    });
     let mut vcpu = ScriptedVcpu::new(
         0,
         [
-            ScriptedExit::Shutdown,
-            ScriptedExit::InternalError { suberror: 1 },
-            ScriptedExit::FailEntry {
-                hardware_reason: 33,
+            ScriptedExit::MmioWrite {
+                addr: MMIO,
+                data: vec![1],
             },
+            exit_with(0),
         ],
     );
-    let actions = m.run(&mut vcpu, &FakeDebugger::default());
-    assert_eq!(
-        actions[0],
-        ExitAction::Unhandled(Unhandled {
-            exit: "Triple fault".into(),
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["watch hit"]);
+    // The extra entry that completed the instruction returned at once.
+    assert_eq!(vcpu.runs(), 3);
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
+}
+
+#[test]
+fn an_unhandled_exit_ends_the_run_with_an_error_naming_it() {
+    let host = FakeHost::new(FakeDebugger::default());
+    let regs = hm_vmx::Regs {
+        rip: 0xfff0,
+        ..Default::default()
+    };
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Shutdown]);
+    vcpu.set_regs(regs);
+    match run_guest(&mut vcpu, &host) {
+        Err(Error::UnhandledExit {
+            cpu: 0,
             reason: Some(ExitReason::TripleFault),
-            diagnose: false,
-        })
-    );
-    assert!(
-        matches!(&actions[1], ExitAction::Unhandled(u) if u.diagnose && u.exit.contains("emulation failed"))
-    );
-    assert!(matches!(
-        &actions[2],
-        ExitAction::Unhandled(u) if u.diagnose && u.reason == Some(ExitReason::EntryFailureGuestState)
-    ));
-}
-
-#[test]
-fn an_io_breakpoint_stops_before_the_access() {
-    let m = Machine::new();
-    let debugger = FakeDebugger {
-        io_break: Some(RECORDER_PORT),
-        resume: true,
-        recorder: Some(m.recorder.clone()),
-        ..FakeDebugger::default()
-    };
-    let mut vcpu = ScriptedVcpu::new(0, [out(RECORDER_PORT, 1, &[3])]);
-    assert_eq!(m.run(&mut vcpu, &debugger), [ExitAction::Continue]);
-    let cause = StopCause::Io {
-        port: RECORDER_PORT,
-        size: 1,
-        write: true,
-    };
-    assert_eq!(*debugger.stops.borrow(), [(cause, 0)]);
-    assert_eq!(m.port_log(), [(0, vec![3], true)]);
-
-    // Told to terminate while stopped: the access never happens.
-    let m = Machine::new();
-    let debugger = FakeDebugger {
-        io_break: Some(RECORDER_PORT),
-        resume: false,
-        ..FakeDebugger::default()
-    };
-    let mut vcpu = ScriptedVcpu::new(0, [input(RECORDER_PORT, 1, 1)]);
-    assert_eq!(m.run(&mut vcpu, &debugger), [ExitAction::Terminate]);
-    assert!(m.port_log().is_empty());
-}
-
-#[test]
-fn a_watched_mmio_access_is_done_then_reported() {
-    let m = Machine::new();
-    let debugger = FakeDebugger {
-        mem_watch: Some(MMIO + 8),
-        ..FakeDebugger::default()
-    };
-    let mut vcpu = ScriptedVcpu::new(
-        0,
-        [ScriptedExit::MmioWrite {
-            addr: MMIO + 8,
-            data: vec![0xaa, 0xbb],
-        }],
-    );
-    let hit = WatchHit {
-        addr: MMIO + 8,
-        size: 2,
-        write: true,
-    };
-    assert_eq!(m.run(&mut vcpu, &debugger), [ExitAction::Watched(hit)]);
-    assert_eq!(*m.mmio_log.lock(), [(8, Some(vec![0xaa, 0xbb]))]);
-}
-
-/// One port access of a random script.
-fn port_exit() -> impl Strategy<Value = ScriptedExit> {
-    let port = RECORDER_PORT..RECORDER_PORT + 8;
-    let size = prop::sample::select(vec![1u8, 2, 4]);
-    prop_oneof![
-        (port.clone(), size.clone(), 1usize..4).prop_flat_map(|(p, s, n)| {
-            prop::collection::vec(any::<u8>(), usize::from(s) * n).prop_map(move |d| out(p, s, &d))
-        }),
-        (port, size, 1usize..4).prop_map(|(p, s, n)| input(p, s, n)),
-    ]
-}
-
-proptest! {
-    /// Every access of any script of port exits reaches the device once,
-    /// in order, with its offset and bytes, and every read gets the
-    /// device's answer.
-    #[test]
-    fn every_port_access_reaches_the_device_in_order(
-        script in prop::collection::vec(port_exit(), 1..20)
-    ) {
-        let m = Machine::new();
-        let mut vcpu = ScriptedVcpu::new(0, script.clone());
-        let actions = m.run(&mut vcpu, &FakeDebugger::default());
-        prop_assert!(actions.iter().all(|a| *a == ExitAction::Continue));
-        let mut expected = Vec::new();
-        for exit in &script {
-            match exit {
-                ScriptedExit::Out { port, size, data } => {
-                    for piece in data.chunks(usize::from(*size)) {
-                        expected.push((port - RECORDER_PORT, piece.to_vec(), true));
-                    }
-                }
-                ScriptedExit::In { port, size, count } => {
-                    for _ in 0..*count {
-                        expected.push((port - RECORDER_PORT, vec![0; usize::from(*size)], false));
-                    }
-                }
-                _ => unreachable!(),
-            }
-        }
-        prop_assert_eq!(m.port_log(), expected);
-        let reads = script.iter().filter(|e| matches!(e, ScriptedExit::In { .. })).count();
-        prop_assert_eq!(vcpu.answers().len(), reads);
+            rip: 0xfff0,
+            diagnosis: None,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
     }
 }

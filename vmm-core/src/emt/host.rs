@@ -1,0 +1,177 @@
+//! What an EMT needs of the machine it runs in, as a trait: the machine
+//! implements it, and the EMT's loop tests use a fake.
+
+use dbgf::debugger::StopCause;
+
+use std::sync::Arc;
+
+use super::RunOutcome;
+use super::exit::{DebugHooks, ExitContext, WatchHit};
+use crate::config::OnReboot;
+use crate::devices::DeviceAction;
+use crate::error::Result;
+use crate::machine::Machine;
+use crate::sync::ffs::{CpuFf, ForcedActions, VmFf};
+
+/// The machine as an EMT's loop sees it.
+pub(crate) trait EmtHost {
+    /// The VM's forced actions (the loop enters the guest through them).
+    fn forced_actions(&self) -> &ForcedActions;
+    /// Serves `cpu`'s pending forced actions (rendezvous, requests); false
+    /// when the EMT must terminate.
+    fn serve_forced_actions(&self, cpu: u32) -> Result<bool>;
+    /// Whether `cpu` may run guest code now (the VM runs, or the debugger
+    /// lets this vCPU go).
+    fn may_run(&self, cpu: u32) -> bool;
+    /// Sleeps until the next forced action for `cpu`.
+    fn wait(&self, cpu: u32) -> Result<()>;
+    /// What an exit of `cpu` may touch.
+    fn exit_context(&self, cpu: u32) -> ExitContext<'_>;
+    /// Counts a halt of `cpu` (the guest's `hlt`).
+    fn halted(&self, cpu: u32);
+    /// Reports a debugger stop; false when it was not reported (no
+    /// debugger, or another stop halted the VM first).
+    fn debug_stop(&self, cpu: u32, cause: StopCause) -> Result<bool>;
+    /// Reports a watchpoint hit whose instruction completed; true when the
+    /// hit must wait (another stop halted the VM first).
+    fn report_watch_hit(&self, cpu: u32, hit: WatchHit) -> Result<bool>;
+    /// Carries out a device's request to end or reset the machine: the
+    /// run's outcome if it ends, nothing if the machine was reset and runs
+    /// on.
+    fn device_action(&self, action: DeviceAction) -> Result<Option<RunOutcome>>;
+    /// Ends the run with `outcome` and stops every EMT.
+    fn end_run(&self, outcome: RunOutcome);
+}
+
+/// The machine (shared: a reset runs a rendezvous that holds it).
+impl EmtHost for Arc<Machine> {
+    fn forced_actions(&self) -> &ForcedActions {
+        &self.ffs
+    }
+
+    fn serve_forced_actions(&self, cpu: u32) -> Result<bool> {
+        serve_forced_actions(self, cpu)
+    }
+
+    fn may_run(&self, cpu: u32) -> bool {
+        Machine::may_run(self, cpu)
+    }
+
+    fn wait(&self, cpu: u32) -> Result<()> {
+        self.ffs.halt_wait(cpu, None)?;
+        Ok(())
+    }
+
+    fn exit_context(&self, cpu: u32) -> ExitContext<'_> {
+        ExitContext {
+            cpu,
+            io: &self.io,
+            memory: &self.memory,
+            debug: self.as_ref(),
+        }
+    }
+
+    fn halted(&self, cpu: u32) {
+        if let Some(halts) = self.halts.get(cpu as usize) {
+            halts.inc();
+        }
+    }
+
+    fn debug_stop(&self, cpu: u32, cause: StopCause) -> Result<bool> {
+        Machine::debug_stop(self, cpu, cause)
+    }
+
+    /// A watchpoint removed meanwhile is forgotten.
+    fn report_watch_hit(&self, cpu: u32, hit: WatchHit) -> Result<bool> {
+        let WatchHit { addr, size, write } = hit;
+        if !self.debug.mem_matches(addr, size, write) {
+            return Ok(false);
+        }
+        let cause = StopCause::Mem { addr, size, write };
+        Ok(!Machine::debug_stop(self, cpu, cause)? && self.debug.is_attached())
+    }
+
+    fn device_action(&self, action: DeviceAction) -> Result<Option<RunOutcome>> {
+        Ok(Some(match action {
+            DeviceAction::Continue => return Ok(None),
+            DeviceAction::GuestExit(status) => RunOutcome::GuestExit(status),
+            DeviceAction::PowerOff => RunOutcome::GuestPoweredOff,
+            DeviceAction::Reset if crate::reset::warm_reset(self) => RunOutcome::WarmReset,
+            DeviceAction::Reset if restarts(self) => {
+                crate::reset::reset(self)?;
+                return Ok(None);
+            }
+            DeviceAction::Reset => RunOutcome::Reboot,
+        }))
+    }
+
+    fn end_run(&self, outcome: RunOutcome) {
+        Machine::finish(self, Ok(outcome));
+    }
+}
+
+/// Handles the pending forced actions (rendezvous, requests); false when the
+/// EMT must terminate.
+fn serve_forced_actions(machine: &Machine, cpu: u32) -> Result<bool> {
+    let vm_ff = machine.ffs.vm();
+    if vm_ff.contains(VmFf::TERMINATE) {
+        return Ok(false);
+    }
+    if vm_ff.contains(VmFf::EMT_RENDEZVOUS) {
+        machine.rendezvous.on_ff(cpu)?;
+    }
+    let cpu_ff = machine.ffs.cpu(cpu)?;
+    if vm_ff.contains(VmFf::REQUEST) || cpu_ff.contains(CpuFf::REQUEST) {
+        machine.requests.process_requests(cpu)?;
+    }
+    machine.ffs.test_and_clear_cpu(cpu, CpuFf::UNHALT)?;
+    Ok(true)
+}
+
+/// Whether a reset from inside the guest restarts the VM (as configured,
+/// and when the VM can: see [`PowerOn::restarts`](crate::reset::PowerOn::restarts)).
+fn restarts(machine: &Machine) -> bool {
+    let restarts = machine.power_on.restarts(&machine.saved.config.firmware);
+    if machine.on_reboot == OnReboot::Restart && !restarts {
+        tracing::warn!(
+            "the guest reset the machine; a restored direct-boot VM cannot restart \
+             (its kernel is not in the saved state): the run ends"
+        );
+    }
+    machine.on_reboot == OnReboot::Restart && restarts
+}
+
+/// After a stop in the middle of an exit: serves forced actions until the
+/// debugger lets this vCPU run again; false when the EMT must terminate.
+fn wait_for_debugger(machine: &Machine, cpu: u32) -> Result<bool> {
+    loop {
+        if !serve_forced_actions(machine, cpu)? {
+            return Ok(false);
+        }
+        if machine.may_run(cpu) {
+            return Ok(true);
+        }
+        machine.ffs.halt_wait(cpu, None)?;
+    }
+}
+
+/// The machine's debugger, as the exit path sees it.
+impl DebugHooks for Machine {
+    fn is_attached(&self) -> bool {
+        self.debug.is_attached()
+    }
+
+    fn io_matches(&self, port: u16, size: u8, write: bool) -> bool {
+        self.debug.io_matches(port, size, write)
+    }
+
+    fn mem_matches(&self, addr: u64, size: u32, write: bool) -> bool {
+        self.debug.mem_matches(addr, size, write)
+    }
+
+    fn stop_before_io(&self, cpu: u32, cause: StopCause) -> Result<bool> {
+        // Halted before the access; once resumed it completes without
+        // being checked again.
+        Ok(!self.debug_stop(cpu, cause)? || wait_for_debugger(self, cpu)?)
+    }
+}
