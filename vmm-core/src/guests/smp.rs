@@ -3,7 +3,7 @@
 //! counter with a locked instruction; the BSP exits with status 0 once all
 //! APs have checked in (status 1 if some never do).
 //!
-//! The number of vCPUs comes from CPUID leaf 1 (EBX[23:16]). Output lines
+//! The number of vCPUs comes from CPUID leaf 1 (`EBX[23:16]`). Output lines
 //! are serialised with a spinlock in RAM.
 
 use iced_x86::code_asm::*;

@@ -42,7 +42,7 @@ fn write_leaf(out: &mut dyn Write, l: &Leaf) -> std::fmt::Result {
     )
 }
 
-/// The initial APIC id a vCPU's leaves report (leaf 1 EBX[31:24]).
+/// The initial APIC id a vCPU's leaves report (leaf 1 `EBX[31:24]`).
 fn apic_id(own: &[Leaf]) -> Option<u32> {
     own.iter()
         .find(|l| l.function == 1 && l.index == 0)
