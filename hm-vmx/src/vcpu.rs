@@ -141,6 +141,13 @@ impl VcpuState {
         self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
     }
 
+    /// Queues a non-maskable interrupt for the vCPU (`KVM_NMI`; needs the
+    /// in-kernel irqchip): the guest takes it before its next instruction
+    /// unless NMIs are blocked.
+    pub fn inject_nmi(&self) -> Result<()> {
+        self.fd.nmi().map_err(ioctl("KVM_NMI"))
+    }
+
     /// Writes the general-purpose registers, RIP and RFLAGS. When KVM
     /// refuses them and they break a VM-entry rule, the error names it.
     pub fn set_regs(&self, regs: &Regs) -> Result<()> {

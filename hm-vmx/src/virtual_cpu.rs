@@ -8,7 +8,7 @@ use crate::kick::{KickBinding, Kicker};
 use crate::vcpu::{Regs, Vcpu};
 
 /// What an EMT needs of its vCPU: run it to the next exit, stop it from
-/// other threads, and read its registers for reports.
+/// other threads, its registers, and events to inject.
 ///
 /// ```
 /// use hm_vmx::testing::{ScriptedExit, ScriptedVcpu};
@@ -47,6 +47,13 @@ pub trait VirtualCpu {
     /// The general-purpose registers and RIP.
     fn regs(&self) -> Result<Regs>;
 
+    /// Writes the general-purpose registers and RIP.
+    fn set_regs(&mut self, regs: &Regs) -> Result<()>;
+
+    /// Queues a non-maskable interrupt, taken before the next guest
+    /// instruction unless NMIs are blocked.
+    fn inject_nmi(&mut self) -> Result<()>;
+
     /// Why the last entry failed, explained against the VT-x entry rules.
     fn diagnose_entry_failure(&self) -> String;
 }
@@ -70,6 +77,14 @@ impl VirtualCpu for Vcpu {
 
     fn regs(&self) -> Result<Regs> {
         self.state().regs()
+    }
+
+    fn set_regs(&mut self, regs: &Regs) -> Result<()> {
+        self.state().set_regs(regs)
+    }
+
+    fn inject_nmi(&mut self) -> Result<()> {
+        self.state().inject_nmi()
     }
 
     fn diagnose_entry_failure(&self) -> String {

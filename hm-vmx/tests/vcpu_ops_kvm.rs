@@ -218,3 +218,19 @@ fn an_irqfd_needs_the_irqchip_and_a_routed_gsi() {
     let err = vm.irqfd(24).unwrap_err();
     assert!(matches!(err, Error::UnroutedGsi(24)), "{err:?}");
 }
+
+/// An NMI injected through the vCPU trait is pending in the vCPU's events.
+#[test]
+fn an_injected_nmi_is_pending() {
+    if !hm_vmx::testing::kvm_available("an_injected_nmi_is_pending") {
+        return;
+    }
+    use hm_vmx::VirtualCpu;
+    let vm = vm(true);
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let before = hm_vmx::CpuState::read(vcpu.state(), &[], false).unwrap();
+    assert_eq!(before.events.nmi.pending, 0);
+    vcpu.inject_nmi().unwrap();
+    let after = hm_vmx::CpuState::read(vcpu.state(), &[], false).unwrap();
+    assert_eq!(after.events.nmi.pending, 1);
+}

@@ -99,6 +99,7 @@ pub struct ScriptedVcpu {
     /// EMT) can set it at a fixed address.
     immediate_exit: Box<AtomicU8>,
     runs: usize,
+    nmis: usize,
 }
 
 impl ScriptedVcpu {
@@ -112,12 +113,8 @@ impl ScriptedVcpu {
             regs: Regs::default(),
             immediate_exit: Box::new(AtomicU8::new(0)),
             runs: 0,
+            nmis: 0,
         }
-    }
-
-    /// Sets the registers [`regs`](VirtualCpu::regs) reports.
-    pub fn set_regs(&mut self, regs: Regs) {
-        self.regs = regs;
     }
 
     /// What the caller put into each `in` and MMIO read, in order.
@@ -133,6 +130,11 @@ impl ScriptedVcpu {
     /// How many times [`run`](VirtualCpu::run) was called.
     pub fn runs(&self) -> usize {
         self.runs
+    }
+
+    /// How many NMIs were injected.
+    pub fn nmis(&self) -> usize {
+        self.nmis
     }
 
     /// Records the answer to the read returned last, if it was one.
@@ -216,6 +218,16 @@ impl VirtualCpu for ScriptedVcpu {
         Ok(self.regs)
     }
 
+    fn set_regs(&mut self, regs: &Regs) -> Result<()> {
+        self.regs = *regs;
+        Ok(())
+    }
+
+    fn inject_nmi(&mut self) -> Result<()> {
+        self.nmis += 1;
+        Ok(())
+    }
+
     fn diagnose_entry_failure(&self) -> String {
         format!("scripted vCPU {}: no VT-x state to explain", self.id)
     }
@@ -261,6 +273,19 @@ mod tests {
         assert_eq!(vcpu.answers(), [vec![1, 2, 3, 4]]);
         assert!(vcpu.run().is_err());
         assert_eq!(vcpu.runs(), 4);
+    }
+
+    #[test]
+    fn registers_and_nmis_are_kept() {
+        let mut vcpu = ScriptedVcpu::new(0, []);
+        let regs = Regs {
+            rip: 0x1234,
+            ..Regs::default()
+        };
+        vcpu.set_regs(&regs).unwrap();
+        vcpu.inject_nmi().unwrap();
+        assert_eq!(vcpu.regs().unwrap().rip, 0x1234);
+        assert_eq!(vcpu.nmis(), 1);
     }
 
     #[test]

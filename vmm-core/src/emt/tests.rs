@@ -5,6 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use dbgf::debugger::StopCause;
+use hm_vmx::VirtualCpu;
 use hm_vmx::testing::{ScriptedExit, ScriptedVcpu};
 use hm_vmx::vmx::ExitReason;
 use parking_lot::Mutex;
@@ -274,7 +275,7 @@ fn an_unhandled_exit_ends_the_run_with_an_error_naming_it() {
         ..Default::default()
     };
     let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Shutdown]);
-    vcpu.set_regs(regs);
+    vcpu.set_regs(&regs).unwrap();
     match run_guest(&mut vcpu, &host) {
         Err(Error::UnhandledExit {
             cpu: 0,
