@@ -1,7 +1,15 @@
 //! Hardware-assisted execution backend with VT-x semantics over KVM.
 //!
 //! `hm-vmx` runs guests through Linux KVM and reports what happens the way a
-//! VT-x VMM sees it: every exit carries its VMX basic exit reason.
+//! VT-x VMM sees it: every exit carries its VMX basic exit reason. It is the
+//! only crate of the workspace that talks to KVM; nothing it exports is a
+//! raw KVM descriptor.
+//!
+//! An exit's data is an [`iom::Data`] borrowing the vCPU's run page: the
+//! bytes of a guest write, or the buffer of a read the VMM fills. A VMM
+//! drives a vCPU through the [`VirtualCpu`] trait, which
+//! [`testing::ScriptedVcpu`] also implements by replaying a list of exits,
+//! so exit handling can be tested without `/dev/kvm`.
 //!
 //! Guest states are checked against the VT-x VM-entry rules of the
 //! [`vmx`] model: before entering (see [`Vcpu::set_entry_checks`], on by

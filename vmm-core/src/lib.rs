@@ -43,13 +43,14 @@ pub mod guests;
 mod info;
 mod machine;
 pub mod memory;
+mod outcome;
 mod reset;
 pub mod saved_state;
 pub mod sync;
 mod vm;
 
 pub use config::{OnReboot, VmConfig};
-pub use emt::RunOutcome;
 pub use error::{Error, Result};
 pub use machine::VmHandle;
+pub use outcome::RunOutcome;
 pub use vm::Vm;

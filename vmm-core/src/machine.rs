@@ -14,9 +14,9 @@ use stam::Counter;
 
 use crate::bus::IoBus;
 use crate::debug::DebugCtl;
-use crate::emt::RunOutcome;
 use crate::error::Result;
 use crate::memory::GuestMemoryMap;
+use crate::outcome::RunOutcome;
 use crate::sync::ffs::{ForcedActions, Kick, VmFf};
 use crate::sync::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
 use crate::sync::request::{RequestQueue, Target};

@@ -18,13 +18,14 @@ use crate::devices::{
     CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
     I8042_PORTS, IrqLine, Uart, spawn_interrupts, system_clock,
 };
-use crate::emt::{RunOutcome, emt_main};
+use crate::emt::emt_main;
 use crate::error::{Error, Result};
 use crate::info::{
     guest_features, register_cpuid_handler, register_paging_handlers, write_cpumguest,
 };
 use crate::machine::{EmtKicks, Machine, VmHandle};
 use crate::memory::{GuestMemoryMap, pc_layout};
+use crate::outcome::RunOutcome;
 use crate::reset::{KernelReload, PowerOn};
 use crate::saved_state::{
     self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig,

@@ -5,12 +5,12 @@ use dbgf::debugger::StopCause;
 
 use std::sync::Arc;
 
-use super::RunOutcome;
 use super::exit::{DebugHooks, ExitContext, WatchHit};
 use crate::config::OnReboot;
 use crate::devices::DeviceAction;
 use crate::error::Result;
 use crate::machine::Machine;
+use crate::outcome::RunOutcome;
 use crate::sync::ffs::{CpuFf, ForcedActions, VmFf};
 
 /// The machine as an EMT's loop sees it.

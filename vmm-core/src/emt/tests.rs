@@ -12,10 +12,11 @@ use parking_lot::Mutex;
 
 use super::exit::{ExitContext, WatchHit};
 use super::host::EmtHost;
+use super::run_guest;
 use super::testing::{FakeDebugger, MMIO, Machine, RECORDER_PORT, out};
-use super::{RunOutcome, run_guest};
 use crate::devices::{DEBUG_EXIT_PORT, DeviceAction, PioDevice};
 use crate::error::{Error, Result};
+use crate::outcome::RunOutcome;
 use crate::sync::ffs::{CpuFf, ForcedActions, Kick, VmFf};
 
 /// A port that posts forced actions when written: 1 a request for vCPU 0,
