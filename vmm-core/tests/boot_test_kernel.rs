@@ -151,18 +151,25 @@ fn test_kernel_reports_a_wrong_ram_size() {
     assert!(serial.contains("testkernel: e820 FAILED"), "{serial}");
 }
 
-#[test]
-fn test_kernel_reboots_through_the_keyboard_controller() {
-    if !hm_vmx::testing::kvm_available(module_path!()) {
-        return;
-    }
-    // Two vCPUs: the reset ends the run with the AP still waiting for SIPI.
+/// Two vCPUs in 32 MiB, an initrd and the command line of a test kernel
+/// that resets the machine once its checks passed.
+fn rebooting_kernel() -> (u64, u32, Vec<u8>, String) {
     let (ram, cpus) = (32 << 20, 2);
     let rd = initrd(64);
     let cmdline = format!(
         "{} testkernel.reboot=1",
         test_kernel::expectations(e820_ram(ram), &rd, cpus)
     );
+    (ram, cpus, rd, cmdline)
+}
+
+#[test]
+fn test_kernel_reboots_through_the_keyboard_controller() {
+    if !hm_vmx::testing::kvm_available(module_path!()) {
+        return;
+    }
+    // Two vCPUs: the reset ends the run with the AP still waiting for SIPI.
+    let (ram, cpus, rd, cmdline) = rebooting_kernel();
     let (outcome, serial) = boot(ram, cpus, rd, cmdline);
     assert_eq!(outcome, RunOutcome::Reboot, "{serial}");
     assert!(serial.contains("all checks passed"), "{serial}");
@@ -176,12 +183,7 @@ fn test_kernel_boots_again_after_a_reboot_when_the_vm_restarts() {
     // Two vCPUs: after each reset the AP must be back waiting for SIPI and
     // the BSP at the kernel's entry with the kernel, initrd, command line
     // and tables loaded again (the checks would fail otherwise).
-    let (ram, cpus) = (32 << 20, 2);
-    let rd = initrd(64);
-    let cmdline = format!(
-        "{} testkernel.reboot=1",
-        test_kernel::expectations(e820_ram(ram), &rd, cpus)
-    );
+    let (ram, cpus, rd, cmdline) = rebooting_kernel();
     let capture = Capture::default();
     let mut config = VmConfig::with_kernel(
         ram,
