@@ -84,26 +84,6 @@ impl<'a> Data<'a> {
             b.fill(byte);
         }
     }
-
-    /// The access split into pieces of `size` bytes (the last may be
-    /// shorter), as the repeated accesses of string I/O.
-    ///
-    /// ```
-    /// let bytes = [1, 2, 3, 4];
-    /// let pieces: Vec<_> = iom::Data::Write(&bytes).chunks(2).collect();
-    /// assert_eq!(pieces, [iom::Data::Write(&[1, 2]), iom::Data::Write(&[3, 4])]);
-    /// ```
-    pub fn chunks(self, size: usize) -> impl Iterator<Item = Data<'a>> {
-        let (reads, writes) = match self {
-            Data::Read(b) => (Some(b.chunks_mut(size.max(1))), None),
-            Data::Write(b) => (None, Some(b.chunks(size.max(1)))),
-        };
-        reads
-            .into_iter()
-            .flatten()
-            .map(Data::Read)
-            .chain(writes.into_iter().flatten().map(Data::Write))
-    }
 }
 
 #[cfg(test)]
@@ -121,14 +101,5 @@ mod tests {
         write.fill_read(0);
         assert_eq!(write, Data::Write(&[1, 2, 3]));
         assert_eq!(write.len(), 3);
-    }
-
-    #[test]
-    fn chunks_of_a_read_fill_the_whole_buffer() {
-        let mut buf = [0u8; 5];
-        for (i, mut piece) in Data::Read(&mut buf).chunks(2).enumerate() {
-            piece.fill_read(i as u8 + 1);
-        }
-        assert_eq!(buf, [1, 1, 2, 2, 3]);
     }
 }

@@ -33,8 +33,9 @@ pub(crate) trait DebugHooks {
     fn stop_before_io(&self, cpu: u32, cause: StopCause) -> Result<bool>;
 }
 
-/// What one exit may touch.
-pub(crate) struct ExitContext<'a> {
+/// What one exit may touch. Generic over the debugger's hooks, so that
+/// their checks on every exit are direct calls.
+pub(crate) struct ExitContext<'a, D: DebugHooks> {
     /// The vCPU the exit came from.
     pub(crate) cpu: u32,
     /// The port I/O bus.
@@ -42,7 +43,7 @@ pub(crate) struct ExitContext<'a> {
     /// Guest memory: MMIO exits go to `pgm`.
     pub(crate) memory: &'a GuestMemoryMap,
     /// The debugger's hooks.
-    pub(crate) debug: &'a dyn DebugHooks,
+    pub(crate) debug: &'a D,
 }
 
 /// A watched guest-physical access: reported once its instruction has
@@ -89,7 +90,10 @@ pub(crate) enum ExitAction {
 }
 
 /// Handles `exit` of vCPU `ctx.cpu`.
-pub(crate) fn handle_exit(exit: Exit<'_>, ctx: &ExitContext<'_>) -> Result<ExitAction> {
+pub(crate) fn handle_exit<D: DebugHooks>(
+    exit: Exit<'_>,
+    ctx: &ExitContext<'_, D>,
+) -> Result<ExitAction> {
     Ok(match exit {
         Exit::Io(access) => return port_io(access, ctx),
         Exit::Mmio(access) => return mmio(access, ctx),
@@ -116,7 +120,7 @@ pub(crate) fn handle_exit(exit: Exit<'_>, ctx: &ExitContext<'_>) -> Result<ExitA
 
 /// A port access: checked against I/O breakpoints first, then dispatched
 /// to the bus in accesses of its size (string I/O repeats).
-fn port_io(access: IoAccess<'_>, ctx: &ExitContext<'_>) -> Result<ExitAction> {
+fn port_io<D: DebugHooks>(access: IoAccess<'_>, ctx: &ExitContext<'_, D>) -> Result<ExitAction> {
     let write = access.data.is_write();
     if ctx.debug.io_matches(access.port, access.size, write) {
         let cause = StopCause::Io {
@@ -128,15 +132,21 @@ fn port_io(access: IoAccess<'_>, ctx: &ExitContext<'_>) -> Result<ExitAction> {
             return Ok(ExitAction::Terminate);
         }
     }
-    for piece in access.data.chunks(usize::from(access.size)) {
-        match piece {
-            Data::Write(bytes) => {
-                let action = ctx.io.write(access.port, bytes);
+    // String I/O: one access of `size` bytes after the other.
+    let size = usize::from(access.size.max(1));
+    match access.data {
+        Data::Write(bytes) => {
+            for piece in bytes.chunks(size) {
+                let action = ctx.io.write(access.port, piece);
                 if action != DeviceAction::Continue {
                     return Ok(ExitAction::Device(action));
                 }
             }
-            Data::Read(buf) => ctx.io.read(access.port, buf),
+        }
+        Data::Read(buf) => {
+            for piece in buf.chunks_mut(size) {
+                ctx.io.read(access.port, piece);
+            }
         }
     }
     Ok(ExitAction::Continue)
@@ -144,7 +154,7 @@ fn port_io(access: IoAccess<'_>, ctx: &ExitContext<'_>) -> Result<ExitAction> {
 
 /// A guest-physical access outside the memory slots, handed to `pgm`, then
 /// checked against page-trap watchpoints.
-fn mmio(access: MmioAccess<'_>, ctx: &ExitContext<'_>) -> Result<ExitAction> {
+fn mmio<D: DebugHooks>(access: MmioAccess<'_>, ctx: &ExitContext<'_, D>) -> Result<ExitAction> {
     let (addr, write) = (access.addr, access.data.is_write());
     let size = u32::try_from(access.data.len()).unwrap_or(u32::MAX);
     ctx.memory.mmio_exit(addr, access.data)?;

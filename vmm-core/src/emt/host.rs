@@ -15,6 +15,8 @@ use crate::sync::ffs::{CpuFf, ForcedActions, VmFf};
 
 /// The machine as an EMT's loop sees it.
 pub(crate) trait EmtHost {
+    /// The debugger's hooks the exit handler calls.
+    type Debug: DebugHooks;
     /// The VM's forced actions (the loop enters the guest through them).
     fn forced_actions(&self) -> &ForcedActions;
     /// Serves `cpu`'s pending forced actions (rendezvous, requests); false
@@ -26,7 +28,7 @@ pub(crate) trait EmtHost {
     /// Sleeps until the next forced action for `cpu`.
     fn wait(&self, cpu: u32) -> Result<()>;
     /// What an exit of `cpu` may touch.
-    fn exit_context(&self, cpu: u32) -> ExitContext<'_>;
+    fn exit_context(&self, cpu: u32) -> ExitContext<'_, Self::Debug>;
     /// Counts a halt of `cpu` (the guest's `hlt`).
     fn halted(&self, cpu: u32);
     /// Reports a debugger stop; false when it was not reported (no
@@ -45,6 +47,8 @@ pub(crate) trait EmtHost {
 
 /// The machine (shared: a reset runs a rendezvous that holds it).
 impl EmtHost for Arc<Machine> {
+    type Debug = Machine;
+
     fn forced_actions(&self) -> &ForcedActions {
         &self.ffs
     }
@@ -62,7 +66,7 @@ impl EmtHost for Arc<Machine> {
         Ok(())
     }
 
-    fn exit_context(&self, cpu: u32) -> ExitContext<'_> {
+    fn exit_context(&self, cpu: u32) -> ExitContext<'_, Machine> {
         ExitContext {
             cpu,
             io: &self.io,

@@ -99,6 +99,8 @@ impl FakeHost {
 }
 
 impl EmtHost for FakeHost {
+    type Debug = FakeDebugger;
+
     fn forced_actions(&self) -> &ForcedActions {
         self.entries.set(self.entries.get() + 1);
         assert!(
@@ -130,7 +132,7 @@ impl EmtHost for FakeHost {
         Ok(())
     }
 
-    fn exit_context(&self, cpu: u32) -> ExitContext<'_> {
+    fn exit_context(&self, cpu: u32) -> ExitContext<'_, FakeDebugger> {
         ExitContext {
             cpu,
             io: &self.machine.io,

@@ -134,57 +134,34 @@ pub(crate) trait KernelDevice: Sized + Send {
     fn decode(blob: &[u8]) -> hm_vmx::Result<Self>;
 }
 
-/// `irqchip`: the in-kernel PIC pair and IOAPIC.
-impl KernelDevice for IrqchipState {
-    const UNIT: &'static str = "irqchip";
-    fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self> {
-        IrqchipState::read(vm)
-    }
-    fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()> {
-        IrqchipState::write(self, vm)
-    }
-    fn encode(&self) -> Vec<u8> {
-        IrqchipState::encode(self)
-    }
-    fn decode(blob: &[u8]) -> hm_vmx::Result<Self> {
-        IrqchipState::decode(blob)
-    }
+/// Implements [`KernelDevice`] for an hm-vmx state type with inherent
+/// `read`, `write`, `encode` and `decode`, saved as unit `$unit`.
+macro_rules! kernel_device {
+    ($state:ty, $unit:literal) => {
+        impl KernelDevice for $state {
+            const UNIT: &'static str = $unit;
+            fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self> {
+                <$state>::read(vm)
+            }
+            fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()> {
+                <$state>::write(self, vm)
+            }
+            fn encode(&self) -> Vec<u8> {
+                <$state>::encode(self)
+            }
+            fn decode(blob: &[u8]) -> hm_vmx::Result<Self> {
+                <$state>::decode(blob)
+            }
+        }
+    };
 }
 
-/// `pit`: the in-kernel 8254 PIT.
-impl KernelDevice for PitState {
-    const UNIT: &'static str = "pit";
-    fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self> {
-        PitState::read(vm)
-    }
-    fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()> {
-        PitState::write(self, vm)
-    }
-    fn encode(&self) -> Vec<u8> {
-        PitState::encode(self)
-    }
-    fn decode(blob: &[u8]) -> hm_vmx::Result<Self> {
-        PitState::decode(blob)
-    }
-}
-
-/// `kvmclock`: the guest's paravirtual clock, so that its time goes on
-/// where it stopped.
-impl KernelDevice for ClockState {
-    const UNIT: &'static str = "kvmclock";
-    fn read(vm: &hm_vmx::Vm) -> hm_vmx::Result<Self> {
-        ClockState::read(vm)
-    }
-    fn write(&self, vm: &hm_vmx::Vm) -> hm_vmx::Result<()> {
-        ClockState::write(self, vm)
-    }
-    fn encode(&self) -> Vec<u8> {
-        ClockState::encode(self)
-    }
-    fn decode(blob: &[u8]) -> hm_vmx::Result<Self> {
-        ClockState::decode(blob)
-    }
-}
+// The in-kernel PIC pair and IOAPIC.
+kernel_device!(IrqchipState, "irqchip");
+// The in-kernel 8254 PIT.
+kernel_device!(PitState, "pit");
+// The guest's paravirtual clock, so that its time goes on where it stopped.
+kernel_device!(ClockState, "kvmclock");
 
 /// The unit of an in-kernel device (`irqchip`, `pit`, `kvmclock`).
 pub(crate) struct KernelDeviceUnit<S> {
