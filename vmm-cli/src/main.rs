@@ -5,6 +5,8 @@ mod client;
 mod doctor;
 mod gdb;
 mod run;
+mod serial_out;
+mod shutdown;
 mod state;
 
 use std::process::ExitCode;

@@ -20,6 +20,8 @@ use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
 use crate::gdb::GdbServer;
+use crate::serial_out::SerialOutput;
+use crate::shutdown::ShutdownSignals;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -185,27 +187,28 @@ fn parse_mem(text: &str) -> Result<u64, String> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.list_guests {
-        for g in guests::GUESTS {
-            println!("{:<10} {}", g.name, g.description);
-        }
+        let list: String = guests::GUESTS
+            .iter()
+            .map(|g| format!("{:<10} {}\n", g.name, g.description))
+            .collect();
+        print_stdout(&list, "the guest list");
         return Ok(ExitCode::SUCCESS);
     }
     if args.cpus == 0 {
         bail!("--cpus 0: a VM needs at least one vCPU");
     }
+    // Before any other thread starts: they all inherit the blocked signals.
+    let signals = ShutdownSignals::watch()?;
     // Bind first: a socket in use is reported before the VM is built.
     let api_socket = args
         .api_socket
         .as_deref()
         .map(ApiSocket::bind)
         .transpose()?;
-    let serial: vmm_core::config::SerialSink = match &args.serial {
-        Some(path) => Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create serial output file {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
-    };
+    let serial: vmm_core::config::SerialSink = Box::new(match &args.serial {
+        Some(path) => SerialOutput::create(path)?,
+        None => SerialOutput::stdout(),
+    });
     if let Some(path) = &args.restore {
         let options = RestoreOptions {
             ram: if args.restore_copy {
@@ -228,7 +231,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let config = vm_core_config(&vm, path);
-        return run_vm(vm, None, config, api_socket, &args);
+        return run_vm(vm, None, config, api_socket, &signals, &args);
     }
     let mut config = match &args.kernel {
         Some(kernel) => VmConfig::with_kernel(
@@ -260,7 +263,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let vm = Vm::incoming(config, &listener)
             .with_context(|| format!("teleport to {bound} failed"))?;
         eprintln!("vmm: teleport received; resuming the VM");
-        return run_vm(vm, None, api_config, api_socket, &args);
+        return run_vm(vm, None, api_config, api_socket, &signals, &args);
     }
     let api_config = api_config(&config, &args);
     let (vm, attach) = match &args.gdb {
@@ -271,7 +274,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => (Vm::new(config)?, None),
     };
-    run_vm(vm, attach, api_config, api_socket, &args)
+    run_vm(vm, attach, api_config, api_socket, &signals, &args)
 }
 
 /// The kernel command line: --cmdline, or the default (said on stderr).
@@ -306,12 +309,13 @@ fn vm_core_config(vm: &Vm, path: &std::path::Path) -> VmConfigInfo {
 }
 
 /// Runs a built VM (with the control API and the gdb stub if asked) and
-/// reports the end.
+/// reports the end; while it runs, a shutdown signal powers it off.
 fn run_vm(
     mut vm: Vm,
     attach: Option<DebugAttachment>,
     api_config: VmConfigInfo,
     api_socket: Option<ApiSocket>,
+    signals: &ShutdownSignals,
     args: &RunArgs,
 ) -> anyhow::Result<ExitCode> {
     let api = match api_socket {
@@ -329,7 +333,9 @@ fn run_vm(
     let sharing = args
         .page_sharing
         .map(|secs| PageSharing::start(vm.handle(), Duration::from_secs(secs)));
+    signals.arm(vm.handle());
     let outcome = vm.run();
+    let signalled = signals.disarm();
     drop(sharing);
     drop(api);
     std::io::stdout().flush().ok();
@@ -345,7 +351,13 @@ fn run_vm(
             eprintln!("vmm: the guest reset the machine (reboot); run ended");
             Ok(ExitCode::SUCCESS)
         }
-        RunOutcome::PoweredOff => Ok(ExitCode::SUCCESS),
+        RunOutcome::PoweredOff => match signalled {
+            Some(signal) => {
+                eprintln!("vmm: powered off on {}", signal.name());
+                Ok(ExitCode::from(signal.exit_status()))
+            }
+            None => Ok(ExitCode::SUCCESS),
+        },
         RunOutcome::WarmReset => {
             eprintln!(
                 "vmm: the guest reset the machine warm (with the default command line: a kernel panic); run ended"
@@ -382,10 +394,22 @@ fn report(vm: &Vm, args: &RunArgs) -> anyhow::Result<()> {
         let snapshot = vm.stats().snapshot(pattern);
         out.push_str(&args.stats_format.render(&snapshot)?);
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.as_bytes())?;
-    stdout.flush()?;
+    if !out.is_empty() {
+        print_stdout(&out, "the exit-time report");
+    }
     Ok(())
+}
+
+/// Writes `text` (`what`, for the message) to stdout; a stdout that fails
+/// (a closed pipe, a full disk) is reported on stderr and the run goes on.
+fn print_stdout(text: &str, what: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        eprintln!("vmm: cannot write {what} to stdout: {e}");
+    }
 }
 
 /// `--page-sharing`: a thread that runs GMM's sharing scan periodically

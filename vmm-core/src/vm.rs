@@ -109,7 +109,15 @@ impl Vm {
         let backend = Arc::new(backend);
         let uart_irq = boot::machine::uart_irq(&backend)?;
         let mut io = IoBus::new(&stats)?;
-        let uart = Arc::new(Mutex::new(Uart::with_irq(config.serial, uart_irq)));
+        let uart_dropped = stats
+            .counter(
+                "/Devices/Serial0/cbDropped",
+                Unit::Bytes,
+                "Guest serial output lost because its sink failed (full disk, closed pipe)",
+            )
+            .map_err(|e| Error::Config(format!("statistics: {e}")))?;
+        let uart = Uart::with_irq(config.serial, uart_irq).count_dropped(uart_dropped);
+        let uart = Arc::new(Mutex::new(uart));
         io.register(COM1_PORT, 8, "uart", uart.clone())?;
         io.register(
             DEBUG_EXIT_PORT,

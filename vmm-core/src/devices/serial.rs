@@ -44,8 +44,13 @@ impl Trigger for IrqLine {
 }
 
 /// A 16550A UART whose transmitted bytes go to a sink the caller chooses.
+///
+/// A byte the sink refuses (a full disk, a closed pipe) is lost, not
+/// retried: the guest is never stalled by its console. The loss is counted
+/// (see [`Uart::count_dropped`]); telling the user is the sink's business.
 pub struct Uart {
     serial: Serial<IrqLine, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    dropped: Option<stam::Counter>,
 }
 
 impl Uart {
@@ -59,7 +64,14 @@ impl Uart {
     pub fn with_irq(out: Box<dyn Write + Send>, irq: IrqLine) -> Self {
         Uart {
             serial: Serial::new(irq, out),
+            dropped: None,
         }
+    }
+
+    /// Counts in `dropped` every transmitted byte the sink refused.
+    pub fn count_dropped(mut self, dropped: stam::Counter) -> Self {
+        self.dropped = Some(dropped);
+        self
     }
 }
 
@@ -112,8 +124,14 @@ impl PioDevice for Uart {
         if let (Ok(reg), Some(&value)) = (u8::try_from(offset), data.first()) {
             // A failing sink (closed pipe, full disk) loses output but must
             // not stop the guest.
-            if let Err(e) = self.serial.write(reg, value) {
-                tracing::warn!("serial output lost: {e:?}");
+            match self.serial.write(reg, value) {
+                Ok(()) => {}
+                Err(vm_superio::serial::Error::IOError(_)) => {
+                    if let Some(dropped) = &self.dropped {
+                        dropped.inc();
+                    }
+                }
+                Err(e) => tracing::warn!("serial: cannot raise the interrupt: {e:?}"),
             }
         }
         DeviceAction::Continue
@@ -128,5 +146,41 @@ impl PioDevice for Uart {
             Serial::new(IrqLine::None, Box::new(std::io::sink())),
         );
         self.serial = Serial::new(irq, old.into_writer());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that refuses every write, as a full disk does.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bytes_the_sink_refuses_are_counted_and_the_uart_goes_on() {
+        let stats = stam::Registry::new();
+        let dropped = stats
+            .counter("/Devices/Serial0/cbDropped", stam::Unit::Bytes, "lost")
+            .unwrap();
+        let mut uart = Uart::new(Box::new(Full)).count_dropped(dropped.clone());
+        for &byte in b"lost" {
+            assert_eq!(uart.write(0, &[byte]), DeviceAction::Continue);
+        }
+        assert_eq!(dropped.get(), 4);
+        // The line status still says the transmitter is empty: the guest
+        // keeps sending instead of waiting for a byte that never leaves.
+        let mut lsr = [0];
+        uart.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 0x20, 0x20, "THR empty");
     }
 }
