@@ -10,7 +10,8 @@ pub const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
 /// A `vmm` child; killed on drop if still running.
 pub struct Vmm {
-    child: Child,
+    /// The process (to send it signals).
+    pub child: Child,
     what: String,
     deadline: Duration,
 }
@@ -29,14 +30,15 @@ impl Vmm {
     /// every wait on it gives up after `deadline`.
     pub fn spawn(what: &str, args: &[&str], output: &Path, deadline: Duration) -> Vmm {
         let file = std::fs::File::create(output).unwrap();
-        let child = Command::new(VMM)
-            .args(args)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("vmm starts");
+        let mut command = Command::new(VMM);
+        command.args(args).stdout(file.try_clone().unwrap());
+        Vmm::start(what, command.stderr(file), deadline)
+    }
+
+    /// Starts `command` (`vmm` with its arguments and output set up).
+    pub fn start(what: &str, command: &mut Command, deadline: Duration) -> Vmm {
         Vmm {
-            child,
+            child: command.spawn().expect("vmm starts"),
             what: what.to_owned(),
             deadline,
         }
