@@ -24,6 +24,7 @@ use crate::serial_out::SerialOutput;
 use crate::shutdown::ShutdownSignals;
 
 #[derive(Args)]
+#[command(after_help = SIGNALS_HELP)]
 pub struct RunArgs {
     /// Guest RAM: MiB, or a size with a unit (512M, 2G).
     #[arg(long, default_value = "64M", value_parser = parse_mem)]
@@ -31,7 +32,9 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
-    /// Write the guest's serial output to FILE instead of stdout.
+    /// Write the guest's serial output to FILE instead of stdout. If writing
+    /// fails (full disk, closed pipe) it is said once on stderr, the rest is
+    /// dropped and the guest runs on.
     #[arg(long, value_name = "FILE")]
     serial: Option<PathBuf>,
     /// The embedded guest to run (see --list-guests).
@@ -127,6 +130,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     page_sharing: Option<u64>,
 }
+
+/// What `vmm run --help` says about signals (see [`crate::shutdown`]).
+const SIGNALS_HELP: &str = "\
+Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP power the VM off in order: the
+exit-time reports (--stats, --info, --dump-phys) are written, the API socket
+is removed, and vmm exits with 128 + the signal's number (130, 143, 129).
+A second signal ends vmm at once.";
 
 /// `--reboot`: what a reboot from inside the guest does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -3,6 +3,10 @@
 //! written, API socket removed), a second signal ends `vmm` at once, and a
 //! serial output or stdout that fails loses output, never the VM.
 
+#[allow(
+    dead_code,
+    reason = "shared with the other end-to-end tests; the client calls are not used here"
+)]
 mod support;
 
 use std::ffi::CString;
@@ -67,7 +71,10 @@ fn signal_powers_off_in_order(test: &str, signal: libc::c_int, name: &str, statu
         "{said}"
     );
     assert!(said.contains("/VMM/State"), "--stats printed:\n{said}");
-    assert!(said.contains("Global FFs"), "--info fflags printed:\n{said}");
+    assert!(
+        said.contains("Global FFs"),
+        "--info fflags printed:\n{said}"
+    );
     assert!(
         said.contains("guest-physical memory written to"),
         "--dump-phys written:\n{said}"
