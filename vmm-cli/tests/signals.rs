@@ -227,3 +227,33 @@ fn a_closed_stdout_loses_output_not_the_vm() {
     assert_eq!(said.matches(warning).count(), 1, "warned once:\n{said}");
     assert!(!said.contains("panicked"), "{said}");
 }
+
+#[test]
+fn a_signal_before_the_vm_runs_ends_vmm_at_once() {
+    if !kvm_available("a_signal_before_the_vm_runs_ends_vmm_at_once") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("output");
+    // Waiting for a teleport: there is no running VM to power off.
+    let mut vm = Vmm::spawn(
+        "vmm run --incoming",
+        &["run", "--guest", "idle", "--incoming", "127.0.0.1:0"],
+        &output,
+        DEADLINE,
+    );
+    vm.wait_for_text(&output, "waiting for a teleport on");
+    send(&vm, libc::SIGTERM);
+    let exit = vm.wait(|| read(&output));
+    assert_eq!(
+        exit.signal(),
+        Some(libc::SIGTERM),
+        "{exit}:\n{}",
+        read(&output)
+    );
+    assert!(
+        read(&output).contains("vmm: SIGTERM: the VM is not running; ending at once"),
+        "{}",
+        read(&output)
+    );
+}
