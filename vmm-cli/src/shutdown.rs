@@ -81,7 +81,7 @@ impl ShutdownSignals {
     /// Blocks the shutdown signals on the calling thread and starts the
     /// watcher. Call it on the main thread before any other thread starts.
     pub fn watch() -> anyhow::Result<Self> {
-        let set = signal_set()?;
+        let set = signal_set(&SIGNALS)?;
         // SAFETY: `set` is an initialised signal set; the old mask is not
         // asked for (null).
         let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -131,14 +131,14 @@ impl Drop for ShutdownSignals {
     }
 }
 
-/// The set of [`SIGNALS`].
-fn signal_set() -> anyhow::Result<libc::sigset_t> {
+/// The set of `signals`.
+fn signal_set(signals: &[libc::c_int]) -> anyhow::Result<libc::sigset_t> {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set it is given.
     if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
         bail!("sigemptyset: {}", std::io::Error::last_os_error());
     }
-    for signal in SIGNALS {
+    for &signal in signals {
         // SAFETY: the set was initialised above; `signal` is a valid number.
         if unsafe { libc::sigaddset(set.as_mut_ptr(), signal) } != 0 {
             bail!("sigaddset: {}", std::io::Error::last_os_error());
@@ -216,16 +216,15 @@ fn next_signal(set: &libc::sigset_t) -> Option<Signal> {
 
 /// Ends the process as `signal` does by default.
 fn end_now(signal: Signal) -> ! {
-    // SAFETY: restores the default action of a valid signal number, then
-    // unblocks it on this thread alone and raises it there: the default
-    // action (terminate) ends the process. Nothing here touches memory.
-    unsafe {
-        libc::signal(signal.0, libc::SIG_DFL);
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), signal.0);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
-        libc::raise(signal.0);
+    if let Ok(set) = signal_set(&[signal.0]) {
+        // SAFETY: restores the default action of a valid signal number,
+        // then unblocks it on this thread alone (`set` is initialised) and
+        // raises it there: the default action (terminate) ends the process.
+        unsafe {
+            libc::signal(signal.0, libc::SIG_DFL);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(signal.0);
+        }
     }
     // Not reached: the signal ended the process.
     std::process::exit(i32::from(signal.exit_status()))
