@@ -275,3 +275,6 @@ impl Read for LinkIo {
         self.stream.read(buf).map_err(|e| self.link.failed(e))
     }
 }
+
+#[cfg(test)]
+mod tests;
