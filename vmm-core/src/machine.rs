@@ -17,7 +17,7 @@ use crate::debug::DebugCtl;
 use crate::error::Result;
 use crate::memory::GuestMemoryMap;
 use crate::outcome::RunOutcome;
-use crate::saved_state::{Ended, TeleportError, TeleportOptions};
+use crate::saved_state::{Ended, TeleportOptions};
 use crate::sync::ffs::{ForcedActions, Kick, VmFf};
 use crate::sync::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
 use crate::sync::request::{RequestQueue, Target};
@@ -287,11 +287,11 @@ impl VmHandle {
     /// Refused while a teleport is in progress (cancel it first).
     pub fn pause(&self) -> Result<()> {
         let m = &self.machine;
-        if m.teleport.in_progress() {
-            return Err(TeleportError::InProgress.into());
-        }
-        m.state
-            .try_transition(&[(VmState::Running, VmState::Suspending)])?;
+        m.teleport.unless_in_progress(|| {
+            m.state
+                .try_transition(&[(VmState::Running, VmState::Suspending)])?;
+            Ok(())
+        })?;
         let machine = Arc::clone(m);
         m.rendezvous.call(
             RendezvousType::Descending,
@@ -370,8 +370,9 @@ impl VmHandle {
     /// Cancels the teleport in progress and returns once it has unwound:
     /// the VM runs on as before the teleport, and its
     /// [`teleport`](VmHandle::teleport) call fails with
-    /// [`TeleportError::Cancelled`]. Refused when no teleport is in
-    /// progress, or when it has handed the VM over to the target already.
+    /// [`TeleportError::Cancelled`](crate::saved_state::TeleportError::Cancelled).
+    /// Refused when no teleport is in progress, or when it has handed the
+    /// VM over to the target already.
     pub fn cancel_teleport(&self) -> Result<()> {
         Ok(self.machine.teleport.cancel()?)
     }

@@ -142,15 +142,6 @@ pub(crate) fn teleport(
     address: &str,
     options: &TeleportOptions,
 ) -> Result<SaveReport> {
-    let current = machine.state.state();
-    if current != VmState::Running {
-        return Err(VmStateError::WrongState {
-            who: "teleport",
-            current,
-            expected: vec![VmState::Running],
-        }
-        .into());
-    }
     let target = address
         .to_socket_addrs()
         .map_err(|e| e.to_string())
@@ -159,7 +150,19 @@ pub(crate) fn teleport(
             address: address.to_owned(),
             reason,
         })?;
-    let guard = machine.teleport.begin(options.connect_timeout)?;
+    // Checked under the slot's lock: a pause cannot come in between.
+    let guard = machine.teleport.begin(options.connect_timeout, || {
+        let current = machine.state.state();
+        if current != VmState::Running {
+            return Err(VmStateError::WrongState {
+                who: "teleport",
+                current,
+                expected: vec![VmState::Running],
+            }
+            .into());
+        }
+        Ok(())
+    })?;
     let stream =
         TcpStream::connect_timeout(&target, options.connect_timeout).map_err(|source| {
             TeleportError::Connect {

@@ -42,13 +42,20 @@ pub(crate) enum Ended {
 }
 
 impl TeleportSlot {
-    /// Registers a teleport; refused while another one is in progress. The
-    /// slot is free again when the returned guard is dropped.
-    pub(crate) fn begin(&self, connect_timeout: Duration) -> Result<LinkGuard<'_>, TeleportError> {
+    /// Registers a teleport if `ready` agrees; refused while another one is
+    /// in progress. `ready` runs under the slot's lock, so that it and
+    /// [`unless_in_progress`](Self::unless_in_progress) exclude each other.
+    /// The slot is free again when the returned guard is dropped.
+    pub(crate) fn begin(
+        &self,
+        connect_timeout: Duration,
+        ready: impl FnOnce() -> crate::Result<()>,
+    ) -> crate::Result<LinkGuard<'_>> {
         let mut current = self.current.lock();
         if current.is_some() {
-            return Err(TeleportError::InProgress);
+            return Err(TeleportError::InProgress.into());
         }
+        ready()?;
         let link = Arc::new(Link {
             state: Mutex::new(LinkState::default()),
             connect_timeout,
@@ -57,9 +64,17 @@ impl TeleportSlot {
         Ok(LinkGuard { slot: self, link })
     }
 
-    /// Whether a teleport is in progress.
-    pub(crate) fn in_progress(&self) -> bool {
-        self.current.lock().is_some()
+    /// Runs `f` unless a teleport is in progress (then refused); no
+    /// teleport begins while `f` runs.
+    pub(crate) fn unless_in_progress<T>(
+        &self,
+        f: impl FnOnce() -> crate::Result<T>,
+    ) -> crate::Result<T> {
+        let current = self.current.lock();
+        if current.is_some() {
+            return Err(TeleportError::InProgress.into());
+        }
+        f()
     }
 
     /// Cancels the teleport in progress and waits until it has unwound.

@@ -34,7 +34,7 @@ fn a_stalled_peer_is_reported_and_the_next_write_fails_at_once() {
         .set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let slot = TeleportSlot::default();
-    let guard = slot.begin(Duration::from_secs(1)).unwrap();
+    let guard = slot.begin(Duration::from_secs(1), || Ok(())).unwrap();
     guard.attach(&stream).unwrap();
     let mut io = guard.link_io(stream);
     write_until_error(&mut io);
@@ -54,7 +54,7 @@ fn a_cancel_wakes_a_blocked_write_and_waits_for_the_teleport_to_end() {
         .set_write_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let slot = TeleportSlot::default();
-    let guard = slot.begin(Duration::from_secs(1)).unwrap();
+    let guard = slot.begin(Duration::from_secs(1), || Ok(())).unwrap();
     guard.attach(&stream).unwrap();
     let mut io = guard.link_io(stream);
     let start = Instant::now();
@@ -69,7 +69,7 @@ fn a_cancel_wakes_a_blocked_write_and_waits_for_the_teleport_to_end() {
         assert_eq!(slot.end().unwrap(), Ended::Cancelled);
         // The teleport has ended (its guard is gone) by the time the
         // cancel returns.
-        assert!(!slot.in_progress());
+        assert!(slot.unless_in_progress(|| Ok(())).is_ok());
         let (e, cancelled) = writer.join().unwrap();
         assert!(cancelled, "{e}");
     });
@@ -81,7 +81,7 @@ fn a_cancel_wakes_a_blocked_write_and_waits_for_the_teleport_to_end() {
 fn a_cancel_while_connecting_fails_the_attach() {
     let (stream, _release) = silent_peer();
     let slot = TeleportSlot::default();
-    let guard = slot.begin(Duration::from_secs(1)).unwrap();
+    let guard = slot.begin(Duration::from_secs(1), || Ok(())).unwrap();
     std::thread::scope(|scope| {
         let canceller = scope.spawn(|| slot.cancel());
         // The cancel has marked the link; the connect "completes" now.
@@ -101,7 +101,7 @@ fn a_cancel_while_connecting_fails_the_attach() {
 fn once_handed_over_a_cancel_is_refused_and_waits_for_the_end() {
     let (stream, _release) = silent_peer();
     let slot = TeleportSlot::default();
-    let guard = slot.begin(Duration::from_secs(1)).unwrap();
+    let guard = slot.begin(Duration::from_secs(1), || Ok(())).unwrap();
     guard.attach(&stream).unwrap();
     let mut io = guard.link_io(stream);
     io.hand_over(0x07).unwrap();
@@ -111,7 +111,7 @@ fn once_handed_over_a_cancel_is_refused_and_waits_for_the_end() {
             drop(guard);
         });
         assert!(matches!(slot.cancel(), Err(TeleportError::HandedOver)));
-        assert!(!slot.in_progress());
+        assert!(slot.unless_in_progress(|| Ok(())).is_ok());
     });
 }
 
@@ -119,11 +119,18 @@ fn once_handed_over_a_cancel_is_refused_and_waits_for_the_end() {
 fn one_teleport_at_a_time() {
     let slot = TeleportSlot::default();
     assert_eq!(slot.end().unwrap(), Ended::NoneInProgress);
-    let guard = slot.begin(Duration::from_secs(1)).unwrap();
-    assert!(matches!(
-        slot.begin(Duration::from_secs(1)),
-        Err(TeleportError::InProgress)
+    let guard = slot.begin(Duration::from_secs(1), || Ok(())).unwrap();
+    let refused =
+        |r: crate::Result<()>| matches!(r, Err(crate::Error::Teleport(TeleportError::InProgress)));
+    assert!(refused(
+        slot.begin(Duration::from_secs(1), || Ok(())).map(drop)
     ));
+    assert!(refused(slot.unless_in_progress(|| Ok(()))));
     drop(guard);
-    assert!(slot.begin(Duration::from_secs(1)).is_ok());
+    // A teleport that is not ready does not take the slot.
+    let not_ready = slot.begin(Duration::from_secs(1), || {
+        Err(TeleportError::NotInProgress.into())
+    });
+    assert!(not_ready.is_err());
+    assert!(slot.begin(Duration::from_secs(1), || Ok(())).is_ok());
 }
