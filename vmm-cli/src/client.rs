@@ -72,11 +72,15 @@ pub struct SaveArgs {
     connection: Connection,
 }
 
-/// `vmm teleport ADDR`.
+/// `vmm teleport ADDR` or `vmm teleport --cancel`.
 #[derive(Args)]
 pub struct TeleportArgs {
     /// The target's address (host:port), where `vmm run --incoming` listens.
-    address: String,
+    #[arg(required_unless_present = "cancel")]
+    address: Option<String>,
+    /// Cancel the teleport in progress instead: the VM runs on.
+    #[arg(long, conflicts_with = "address")]
+    cancel: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -336,18 +340,28 @@ pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     )
 }
 
-/// `vmm teleport ADDR`: asks the VMM to teleport the VM to ADDR.
+/// `vmm teleport ADDR`: asks the VMM to teleport the VM to ADDR;
+/// `vmm teleport --cancel` cancels the teleport in progress.
 pub fn teleport(args: TeleportArgs) -> anyhow::Result<ExitCode> {
+    let target = format!("{PREFIX}/vm/teleport");
+    let Some(address) = args.address.filter(|_| !args.cancel) else {
+        return exchange(&args.connection, Method::DELETE, &target, None, |reply| {
+            let v = reply.json()?;
+            Ok(format!(
+                "teleport cancelled; state {}",
+                v["state"].as_str().unwrap_or("?")
+            ))
+        });
+    };
     exchange(
         &args.connection,
         Method::PUT,
-        &format!("{PREFIX}/vm/teleport"),
-        Some(json!({ "address": args.address })),
+        &target,
+        Some(json!({ "address": address })),
         |reply| {
             let v = reply.json()?;
             Ok(format!(
-                "VM teleported to {}: {} bytes, {} live passes, downtime {:.1} ms; state {}",
-                args.address,
+                "VM teleported to {address}: {} bytes, {} live passes, downtime {:.1} ms; state {}",
                 v["bytes"].as_u64().unwrap_or(0),
                 v["live_passes"].as_u64().unwrap_or(0),
                 v["downtime_ms"].as_f64().unwrap_or(0.0),

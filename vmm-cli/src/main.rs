@@ -43,7 +43,7 @@ enum Command {
     Poweroff(client::PlainArgs),
     /// Save a running VM's state to FILE (`--live`: while it runs).
     Save(client::SaveArgs),
-    /// Teleport the running VM to `vmm run --incoming ADDR` (live, over TCP).
+    /// Teleport the running VM to `vmm run --incoming ADDR` (live, over TCP), or `--cancel` the teleport in progress.
     Teleport(client::TeleportArgs),
     /// Inspect or verify a saved-state file.
     State(state::StateArgs),

@@ -52,6 +52,9 @@ pub enum Error {
     /// Saving or restoring the VM's state failed.
     #[error("saved state: {0}")]
     SavedState(#[from] ssm::Error),
+    /// A teleport failed, or could not be cancelled.
+    #[error(transparent)]
+    Teleport(#[from] crate::saved_state::TeleportError),
     /// The EMT thread died unexpectedly.
     #[error("EMT {0} terminated abnormally")]
     EmtPanicked(u32),

@@ -17,6 +17,7 @@ use crate::debug::DebugCtl;
 use crate::error::Result;
 use crate::memory::GuestMemoryMap;
 use crate::outcome::RunOutcome;
+use crate::saved_state::{Ended, TeleportOptions};
 use crate::sync::ffs::{ForcedActions, Kick, VmFf};
 use crate::sync::rendezvous::{Rendezvous, RendezvousFlags, RendezvousType};
 use crate::sync::request::{RequestQueue, Target};
@@ -83,6 +84,8 @@ pub(crate) struct Machine {
     /// The memory balloon's target and size.
     pub(crate) balloon: Arc<crate::devices::BalloonState>,
     pub(crate) debug: DebugCtl,
+    /// The teleport in progress, to refuse a second one and to cancel it.
+    pub(crate) teleport: crate::saved_state::TeleportSlot,
     /// Holds the backend VM: dropped before the memory it maps.
     pub(crate) saved: crate::saved_state::SaveContext,
     pub(crate) memory: GuestMemoryMap,
@@ -127,6 +130,25 @@ impl Machine {
         for cpu in 0..self.cpus() {
             self.ffs.unhalt(cpu)?;
         }
+        Ok(())
+    }
+
+    /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`].
+    /// (A teleport in progress must have ended: see [`VmHandle::power_off`].)
+    pub(crate) fn power_off(&self) -> Result<()> {
+        let from = [
+            (VmState::Running, VmState::PoweringOff),
+            (VmState::Suspended, VmState::PoweringOff),
+            (VmState::Debugging, VmState::PoweringOff),
+        ];
+        self.state.try_transition(&from)?;
+        self.state.set(VmState::Off)?;
+        let mut outcome = self.outcome.lock();
+        if outcome.is_none() {
+            *outcome = Some(Ok(RunOutcome::PoweredOff));
+        }
+        drop(outcome);
+        self.ffs.set_vm(VmFf::TERMINATE);
         Ok(())
     }
 
@@ -262,10 +284,14 @@ impl VmHandle {
     }
 
     /// Suspends the VM: every EMT leaves the guest (a rendezvous) and waits.
+    /// Refused while a teleport is in progress (cancel it first).
     pub fn pause(&self) -> Result<()> {
         let m = &self.machine;
-        m.state
-            .try_transition(&[(VmState::Running, VmState::Suspending)])?;
+        m.teleport.unless_in_progress(|| {
+            m.state
+                .try_transition(&[(VmState::Running, VmState::Suspending)])?;
+            Ok(())
+        })?;
         let machine = Arc::clone(m);
         m.rendezvous.call(
             RendezvousType::Descending,
@@ -313,10 +339,42 @@ impl VmHandle {
 
     /// Teleports the running VM to a target waiting with
     /// [`Vm::incoming`](crate::Vm::incoming) at `address` (host:port): a
-    /// live save over TCP, then this VM powers off (or resumes if the
-    /// teleport fails).
+    /// live save over TCP, then this VM powers off (or runs on if the
+    /// teleport fails, stalls or is cancelled). Waits with the default
+    /// [`TeleportOptions`].
     pub fn teleport(&self, address: &str) -> Result<crate::saved_state::SaveReport> {
-        crate::saved_state::teleport(&self.machine, address)
+        self.teleport_with(address, &TeleportOptions::default())
+    }
+
+    /// [`teleport`](VmHandle::teleport) with its timeouts given.
+    ///
+    /// ```no_run
+    /// # fn f(handle: vmm_core::VmHandle) -> vmm_core::Result<()> {
+    /// use std::time::Duration;
+    /// use vmm_core::saved_state::TeleportOptions;
+    /// let options = TeleportOptions {
+    ///     stall_timeout: Duration::from_secs(5),
+    ///     ..TeleportOptions::default()
+    /// };
+    /// handle.teleport_with("10.0.0.2:7000", &options)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn teleport_with(
+        &self,
+        address: &str,
+        options: &TeleportOptions,
+    ) -> Result<crate::saved_state::SaveReport> {
+        crate::saved_state::teleport(&self.machine, address, options)
+    }
+
+    /// Cancels the teleport in progress and returns once it has unwound:
+    /// the VM runs on as before the teleport, and its
+    /// [`teleport`](VmHandle::teleport) call fails with
+    /// [`TeleportError::Cancelled`](crate::saved_state::TeleportError::Cancelled).
+    /// Refused when no teleport is in progress, or when it has handed the
+    /// VM over to the target already.
+    pub fn cancel_teleport(&self) -> Result<()> {
+        Ok(self.machine.teleport.cancel()?)
     }
 
     /// Asks the guest for a memory balloon of `bytes` (rounded down to
@@ -355,22 +413,14 @@ impl VmHandle {
         done.ok_or_else(|| crate::error::Error::Memory("the page-sharing scan did not run".into()))
     }
 
-    /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`].
+    /// Powers the VM off: the run ends with [`RunOutcome::PoweredOff`]. A
+    /// teleport in progress is cancelled first; one that has handed the VM
+    /// over already powers this VM off itself, which is then all there is
+    /// to do.
     pub fn power_off(&self) -> Result<()> {
-        let m = &self.machine;
-        let from = [
-            (VmState::Running, VmState::PoweringOff),
-            (VmState::Suspended, VmState::PoweringOff),
-            (VmState::Debugging, VmState::PoweringOff),
-        ];
-        m.state.try_transition(&from)?;
-        m.state.set(VmState::Off)?;
-        let mut outcome = m.outcome.lock();
-        if outcome.is_none() {
-            *outcome = Some(Ok(RunOutcome::PoweredOff));
+        if self.machine.teleport.end()? == Ended::HandedOver {
+            return Ok(());
         }
-        drop(outcome);
-        m.ffs.set_vm(VmFf::TERMINATE);
-        Ok(())
+        self.machine.power_off()
     }
 }

@@ -28,7 +28,8 @@ use crate::memory::{GuestMemoryMap, pc_layout};
 use crate::outcome::RunOutcome;
 use crate::reset::{KernelReload, PowerOn};
 use crate::saved_state::{
-    self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig,
+    self, RestoreOptions, RestoreReport, SaveContext, SaveProgress, SavedConfig, TeleportOptions,
+    TeleportSlot,
 };
 use crate::sync::ffs::ForcedActions;
 use crate::sync::rendezvous::Rendezvous;
@@ -191,6 +192,7 @@ impl Vm {
             running_emts: std::sync::atomic::AtomicU32::new(config.cpus),
             balloon,
             debug: DebugCtl::new(),
+            teleport: TeleportSlot::default(),
             saved: SaveContext {
                 config: Arc::new(SavedConfig {
                     ram_bytes: config.ram_bytes,
@@ -337,7 +339,9 @@ impl Vm {
 
     /// Builds a VM from `config` and waits on `listener` for a teleport
     /// (`VmHandle::teleport` on the source, which must be configured the
-    /// same way); [`run`](Vm::run) continues the guest.
+    /// same way); [`run`](Vm::run) continues the guest. The wait for the
+    /// source to connect has no limit; once connected, a source that stalls
+    /// for the default [`TeleportOptions`]' stall timeout fails it.
     ///
     /// ```no_run
     /// use vmm_core::{Vm, VmConfig, guests};
@@ -348,8 +352,17 @@ impl Vm {
     /// # Ok::<(), vmm_core::Error>(())
     /// ```
     pub fn incoming(config: VmConfig, listener: &std::net::TcpListener) -> Result<Vm> {
+        Self::incoming_with(config, listener, &TeleportOptions::default())
+    }
+
+    /// [`incoming`](Vm::incoming) with the stall timeout of `options`.
+    pub fn incoming_with(
+        config: VmConfig,
+        listener: &std::net::TcpListener,
+        options: &TeleportOptions,
+    ) -> Result<Vm> {
         let vm = Vm::new(config)?;
-        saved_state::incoming(&vm.machine, listener)?;
+        saved_state::incoming(&vm.machine, listener, options)?;
         Ok(vm)
     }
 

@@ -121,6 +121,9 @@ pub trait Control: Send + Sync + 'static {
     fn save(&self, spec: &SaveSpec) -> Result<SaveResult, ApiError>;
     /// Teleports the VM to the target at `address` (host:port).
     fn teleport(&self, address: &str) -> Result<SaveResult, ApiError>;
+    /// Cancels the teleport in progress; returns the state afterwards (the
+    /// VM runs on).
+    fn cancel_teleport(&self) -> Result<String, ApiError>;
     /// The statistics matching `pattern`, rendered in `format`.
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError>;
     /// Runs info handler `name` (or `help`) with `args`.
@@ -253,6 +256,15 @@ impl Control for VmControl {
             downtime_ms: report.downtime.as_secs_f64() * 1000.0,
             state: self.handle.state().name().to_owned(),
         })
+    }
+
+    fn cancel_teleport(&self) -> Result<String, ApiError> {
+        self.handle.cancel_teleport().map_err(|e| {
+            let mut refused = ApiError::from(e);
+            refused.message = format!("cannot cancel the teleport: {}", refused.message);
+            refused
+        })?;
+        Ok(self.handle.state().name().to_owned())
     }
 
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {

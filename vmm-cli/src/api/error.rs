@@ -4,6 +4,7 @@
 use dbgf::InfoError;
 use serde::Serialize;
 use vmm_core::Error as VmError;
+use vmm_core::saved_state::TeleportError;
 
 /// A request the API refused or could not carry out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,9 +99,15 @@ impl ApiError {
 impl From<VmError> for ApiError {
     fn from(e: VmError) -> Self {
         match e {
-            VmError::State(_) | VmError::Rendezvous(_) | VmError::Request(_) => {
-                ApiError::conflict(e.to_string())
-            }
+            VmError::State(_)
+            | VmError::Rendezvous(_)
+            | VmError::Request(_)
+            | VmError::Teleport(
+                TeleportError::InProgress
+                | TeleportError::NotInProgress
+                | TeleportError::HandedOver
+                | TeleportError::Cancelled,
+            ) => ApiError::conflict(e.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -141,5 +148,20 @@ mod tests {
         assert_eq!(ApiError::from(unknown).status, 404);
         assert_eq!(ApiError::from(InfoError::BadArgs("x".into())).status, 400);
         assert_eq!(ApiError::from(InfoError::Failed("x".into())).status, 500);
+    }
+
+    #[test]
+    fn teleport_errors_map_to_statuses() {
+        let status = |e: TeleportError| ApiError::from(VmError::Teleport(e)).status;
+        // Asking for what the teleport's state does not allow: a conflict.
+        assert_eq!(status(TeleportError::NotInProgress), 409);
+        assert_eq!(status(TeleportError::InProgress), 409);
+        assert_eq!(status(TeleportError::HandedOver), 409);
+        assert_eq!(status(TeleportError::Cancelled), 409);
+        // The link failing: the VMM could not carry the request out.
+        let stalled = TeleportError::TargetStalled {
+            timeout: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(status(stalled), 500);
     }
 }

@@ -88,7 +88,8 @@ impl Route<'_> {
     fn methods(&self) -> &'static [&'static str] {
         match self {
             Route::Vm | Route::Stats | Route::InfoList | Route::Info(_) => &["GET"],
-            Route::State | Route::Save | Route::Teleport => &["PUT"],
+            Route::State | Route::Save => &["PUT"],
+            Route::Teleport => &["PUT", "DELETE"],
             Route::Balloon => &["GET", "PUT"],
         }
     }
@@ -168,6 +169,15 @@ fn dispatch(
             let result = serde_json::to_value(control.save(&spec)?)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             Ok(Response::json(200, &result))
+        }
+        Route::Teleport if method == "DELETE" => {
+            query_params(query, &[])?;
+            no_body(body)?;
+            let state = control.cancel_teleport()?;
+            Ok(Response::json(
+                200,
+                &json!({ "cancelled": true, "state": state }),
+            ))
         }
         Route::Teleport => {
             query_params(query, &[])?;
@@ -258,6 +268,17 @@ fn query_params(query: Option<&str>, allowed: &[&str]) -> Result<Params, ApiErro
         params.push((key.into_owned(), value.into_owned()));
     }
     Ok(Params(params))
+}
+
+/// Refuses a body where the endpoint takes none.
+fn no_body(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "this request takes no body; see vmm-cli/openapi.yaml",
+        ))
+    }
 }
 
 /// Parses a JSON request body.

@@ -42,18 +42,22 @@
 //! the VM runs it needs the file: do not truncate or rewrite it in place
 //! (saving again to the same path is safe: a save writes a new file and
 //! renames it over the old one). [`RamLoad::Copy`] copies everything
-//! instead, for a VM independent of the file. A teleport always copies.
+//! instead, for a VM independent of the file. A teleport always copies
+//! (see [`TeleportOptions`] for how it bounds its waits and how it hands
+//! the VM over).
 
 mod dirty;
 mod kbc_unit;
 mod live;
 mod progress;
+mod teleport;
 mod units;
 
 pub(crate) use progress::SaveProgress;
+pub(crate) use teleport::{Ended, TeleportSlot, incoming, teleport};
+pub use teleport::{TeleportError, TeleportOptions};
 
-use std::io::{BufRead, BufWriter, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -341,9 +345,7 @@ pub(crate) fn save(
     };
     // Back to where the caller wants the VM, also after a failed save.
     match (request.then, was_running) {
-        (AfterSave::PowerOff, _) if outcome.is_ok() => {
-            crate::VmHandle::new(Arc::clone(machine)).power_off()?
-        }
+        (AfterSave::PowerOff, _) if outcome.is_ok() => machine.power_off()?,
         (_, true) => crate::VmHandle::new(Arc::clone(machine)).resume()?,
         _ => {}
     }
@@ -451,104 +453,6 @@ fn live_to<W: Write>(
         live_passes: stats.units.saturating_sub(registered),
         downtime: stopped.map_or(Duration::ZERO, |t| t.elapsed()),
     })
-}
-
-/// The byte a teleport target sends back once it loaded the state.
-const TELEPORT_ACK: u8 = 0x06;
-/// How long a teleport source waits to connect to the target.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long either side of a teleport waits for the other's next bytes
-/// before giving up (a peer that hangs must not hang this VMM).
-const TELEPORT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Teleports a running VM to the target listening at `address`
-/// ([`Vm::incoming`](crate::Vm::incoming)): a live save over TCP; when the
-/// target confirms it loaded the state, this VM powers off; on any failure
-/// it resumes.
-pub(crate) fn teleport(machine: &Arc<Machine>, address: &str) -> Result<SaveReport> {
-    let current = machine.state.state();
-    if current != VmState::Running {
-        return Err(VmStateError::WrongState {
-            who: "teleport",
-            current,
-            expected: vec![VmState::Running],
-        }
-        .into());
-    }
-    let target = address
-        .to_socket_addrs()
-        .map_err(|e| Error::Config(format!("teleport target {address:?}: {e}")))?
-        .next()
-        .ok_or_else(|| Error::Config(format!("teleport target {address:?} resolves to nothing")))?;
-    let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| {
-        Error::Config(format!(
-            "cannot connect to the teleport target {address}: {e}"
-        ))
-    })?;
-    stream.set_nodelay(true).map_err(ssm::Error::from)?;
-    stream
-        .set_read_timeout(Some(TELEPORT_IDLE_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(TELEPORT_IDLE_TIMEOUT)))
-        .map_err(ssm::Error::from)?;
-    let mut answers = stream.try_clone().map_err(ssm::Error::from)?;
-    let outcome = live_to(machine, BufWriter::new(stream), |sink| {
-        let stream = sink
-            .into_inner()
-            .map_err(|e| ssm::Error::from(e.into_error()))?;
-        stream.shutdown(Shutdown::Write).map_err(ssm::Error::from)?;
-        let mut ack = [0u8; 1];
-        match answers.read_exact(&mut ack) {
-            Ok(()) if ack[0] == TELEPORT_ACK => Ok(()),
-            Ok(()) => Err(Error::Config(format!(
-                "the teleport target answered {:#04x} instead of its acknowledgement",
-                ack[0]
-            ))),
-            Err(e) => Err(Error::Config(format!(
-                "the teleport target did not confirm the state (it failed to load it?): {e}"
-            ))),
-        }
-    });
-    let handle = crate::VmHandle::new(Arc::clone(machine));
-    match outcome {
-        Ok(report) => {
-            handle.power_off()?;
-            Ok(report)
-        }
-        Err(e) => {
-            handle.resume()?;
-            Err(e)
-        }
-    }
-}
-
-/// Waits for one teleport on `listener` and loads the state into a freshly
-/// created VM; the source is told once the state is in.
-pub(crate) fn incoming(machine: &Machine, listener: &TcpListener) -> Result<ssm::LoadStats> {
-    let (stream, _) = listener.accept().map_err(ssm::Error::from)?;
-    stream
-        .set_read_timeout(Some(TELEPORT_IDLE_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(TELEPORT_IDLE_TIMEOUT)))
-        .map_err(ssm::Error::from)?;
-    let mut answer = stream.try_clone().map_err(ssm::Error::from)?;
-    machine
-        .state
-        .try_transition(&[(VmState::Created, VmState::Loading)])?;
-    let loaded = StreamReader::buffered(stream, true)
-        .map_err(Error::from)
-        .and_then(|reader| manager(machine, None).and_then(|mut m| Ok(m.load(reader)?)));
-    match loaded {
-        Ok(stats) => {
-            machine.state.set(VmState::Suspended)?;
-            answer
-                .write_all(&[TELEPORT_ACK])
-                .map_err(ssm::Error::from)?;
-            Ok(stats)
-        }
-        Err(e) => {
-            machine.state.set(VmState::LoadFailure)?;
-            Err(e)
-        }
-    }
 }
 
 /// Loads the saved state at `path` into a freshly created VM

@@ -85,6 +85,15 @@ impl Control for FakeVm {
         })
     }
 
+    fn cancel_teleport(&self) -> Result<String, ApiError> {
+        let mut state = self.state.lock().unwrap();
+        if !matches!(*state, "RUNNING_LS" | "SUSPENDED_LS") {
+            return Err(ApiError::conflict("no teleport is in progress"));
+        }
+        *state = "RUNNING";
+        Ok((*state).to_owned())
+    }
+
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {
         Ok(format!("{}:{pattern}", format.name()))
     }
@@ -274,6 +283,33 @@ fn save_answers_the_report_and_balloon_sets_its_target_after_validating_the_body
             .status,
         400
     );
+}
+
+#[test]
+fn delete_on_the_teleport_cancels_the_teleport_in_progress() {
+    let vm = FakeVm::new();
+    *vm.state.lock().unwrap() = "SUSPENDED_LS";
+    assert_eq!(
+        call(&vm, "DELETE", "/v1/vm/teleport", r#"{"address":"x"}"#)
+            .0
+            .status,
+        400
+    );
+    assert_eq!(
+        call(&vm, "DELETE", "/v1/vm/teleport?now=1", "").0.status,
+        400
+    );
+    let (r, v) = call(&vm, "DELETE", "/v1/vm/teleport", "");
+    assert_eq!(r.status, 200, "{v}");
+    assert_eq!(v["cancelled"], true);
+    assert_eq!(v["state"], "RUNNING");
+    let (r, v) = call(&vm, "DELETE", "/v1/vm/teleport", "");
+    assert_eq!(
+        (r.status, v["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    let r = call(&vm, "GET", "/v1/vm/teleport", "").0;
+    assert_eq!((r.status, r.allow.as_deref()), (405, Some("PUT, DELETE")));
 }
 
 /// The OpenAPI document lists every endpoint with its methods and every
