@@ -23,7 +23,8 @@ use crate::gdb::GdbServer;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Guest RAM: MiB, or a size with a unit (512M, 2G).
+    /// Guest RAM: MiB, or a size with a unit (512M, 2G); at most the host's
+    /// RAM plus swap (see the README).
     #[arg(long, default_value = "64M", value_parser = parse_mem)]
     mem: u64,
     /// Number of vCPUs.
