@@ -95,6 +95,11 @@ impl Chunk {
         false
     }
 
+    /// The ids of the VMs owning pages here.
+    pub(crate) fn users(&self) -> impl Iterator<Item = u32> + '_ {
+        self.users.iter().map(|u| u.0)
+    }
+
     pub(crate) fn owner(&self, idx: usize) -> u32 {
         self.owner[idx]
     }

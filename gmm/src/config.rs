@@ -1,7 +1,11 @@
 //! GMM configuration.
 
 use crate::error::{Error, Result};
-use crate::ids::CHUNK_PAGES;
+use crate::ids::{CHUNK_PAGES, PAGE_SIZE};
+
+/// The largest [`GmmConfig::max_pages`]: 4 TiB of host pages (page ids are
+/// 32 bits and the id space holds the maximum three times over).
+pub const MAX_PAGES: u64 = 1 << 30;
 
 /// How a [`Gmm`](crate::Gmm) is set up.
 ///
@@ -39,7 +43,7 @@ impl GmmConfig {
             return Err(Error::InvalidConfig("max_pages must be non-zero"));
         }
         // Page ids are 32 bits: chunk ids must stay below 2^23.
-        if self.max_pages > (1 << 30) {
+        if self.max_pages > MAX_PAGES {
             return Err(Error::InvalidConfig("max_pages above 4 TiB"));
         }
         Ok(())
@@ -55,5 +59,17 @@ impl GmmConfig {
         let chunks = self.max_pages.div_ceil(CHUNK_PAGES as u64);
         let limit = chunks * 3 + u64::from(self.empty_chunk_cache) + 2;
         limit.min(1 << 23) as u32
+    }
+
+    /// Host address space (not memory) the GMM maps for its chunks: about
+    /// three times `max_pages` (see the chunk limit above). A VMM checks
+    /// that it fits an address-space limit before creating the GMM.
+    ///
+    /// ```
+    /// let cfg = gmm::GmmConfig::new(1 << 18); // 1 GiB
+    /// assert!(cfg.backing_bytes() >= 3 << 30);
+    /// ```
+    pub fn backing_bytes(&self) -> u64 {
+        u64::from(self.chunk_limit()) * (CHUNK_PAGES * PAGE_SIZE) as u64
     }
 }

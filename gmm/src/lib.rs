@@ -107,7 +107,7 @@ mod sharing;
 mod state;
 mod stats;
 
-pub use config::GmmConfig;
+pub use config::{GmmConfig, MAX_PAGES};
 pub use error::{Error, Result};
 pub use gmm::{Gmm, HostPage, PageState, RamRegion, Reservation, Vm};
 pub use ids::{Account, CHUNK_PAGES, CHUNK_SHIFT, CHUNK_SIZE, ChunkId, PAGE_SIZE, PageId, VmId};

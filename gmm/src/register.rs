@@ -109,6 +109,12 @@ const GLOBAL: &[GlobalStat] = &[
         "Times the host refused ballooned memory back (retried).",
         |s| s.reclaim_errors,
     ),
+    (
+        "cChunkProbes",
+        Unit::Count,
+        "Chunks examined while picking where to allocate pages.",
+        |s| s.chunk_probes,
+    ),
     ("cVMs", Unit::Count, "Registered VMs.", |s| s.vms),
 ];
 

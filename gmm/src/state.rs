@@ -102,6 +102,10 @@ pub(crate) struct VmState {
     pub(crate) parked: u64,
     /// Chunk pages this VM owns, per chunk.
     chunks: BTreeSet<ChunkId>,
+    /// Of those, the chunks with free pages: where the VM's next page goes
+    /// when its cache has no room (found in O(log n), without looking at
+    /// its full chunks).
+    with_free: BTreeSet<ChunkId>,
     /// Small MRU cache of chunks to allocate from.
     cache: [u32; CACHE_WAYS],
     cache_next: usize,
@@ -141,6 +145,8 @@ pub(crate) struct Events {
     pub(crate) pages_deduplicated: u64,
     pub(crate) cow_unshares: u64,
     pub(crate) reclaim_errors: u64,
+    /// Chunks examined while picking the chunk to allocate a page from.
+    pub(crate) chunk_probes: u64,
 }
 
 pub(crate) struct State {
@@ -236,6 +242,7 @@ impl State {
             ballooned: 0,
             parked: 0,
             chunks: BTreeSet::new(),
+            with_free: BTreeSet::new(),
             cache: [0; CACHE_WAYS],
             cache_next: 0,
         });

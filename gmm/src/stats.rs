@@ -109,6 +109,9 @@ pub struct GmmStats {
     pub cow_unshares: u64,
     /// Times the host refused to take ballooned memory back (retried later).
     pub reclaim_errors: u64,
+    /// Chunks examined while picking where to allocate pages, so far
+    /// (a few per allocation, however many chunks exist).
+    pub chunk_probes: u64,
     /// Registered VMs.
     pub vms: u64,
     /// Guest pages mapped copy-on-write from files and not written since
@@ -142,6 +145,7 @@ impl GmmStats {
             pages_deduplicated: st.events.pages_deduplicated,
             cow_unshares: st.events.cow_unshares,
             reclaim_errors: st.events.reclaim_errors,
+            chunk_probes: st.events.chunk_probes,
             vms: st.vms().count() as u64,
             file_mapped_pages: st.file_pages,
         }

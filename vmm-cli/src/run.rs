@@ -26,7 +26,8 @@ use crate::shutdown::ShutdownSignals;
 #[derive(Args)]
 #[command(after_help = SIGNALS_HELP)]
 pub struct RunArgs {
-    /// Guest RAM: MiB, or a size with a unit (512M, 2G).
+    /// Guest RAM: MiB, or a size with a unit (512M, 2G); at most the host's
+    /// RAM plus swap (see the README).
     #[arg(long, default_value = "64M", value_parser = parse_mem)]
     mem: u64,
     /// Number of vCPUs.

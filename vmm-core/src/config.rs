@@ -102,7 +102,8 @@ impl VmConfig {
         }
     }
 
-    /// Checks the configuration for things no VM can do.
+    /// Checks the configuration for things no VM can do, or this host
+    /// cannot (more RAM than it could ever give the guest).
     pub fn validate(&self) -> Result<()> {
         if self.cpus == 0 || self.cpus > MAX_CPUS {
             return Err(Error::Config(format!(
@@ -117,6 +118,7 @@ impl VmConfig {
                 MIN_RAM >> 20
             )));
         }
+        crate::memory::check_host_ram(self.ram_bytes)?;
         if let Some(kernel) = &self.kernel {
             crate::boot::direct::check(kernel, self.cpus)?;
         }

@@ -4,7 +4,8 @@
 //! `pgm` owns and maps every byte of guest memory; this module lays out a PC
 //! (RAM around the legacy hole and the 32-bit MMIO hole, the firmware ROM at
 //! the top of 4 GiB and mirrored below 1 MiB), hands the slots `pgm` reports
-//! to the backend and routes MMIO exits back to `pgm`.
+//! to the backend and routes MMIO exits back to `pgm`. How much RAM a host
+//! allows a VM is [`host_limit`]'s rule.
 
 use std::io::{Seek, Write};
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use vm_memory::GuestMemoryMmap;
 use crate::error::{Error, Result};
 use crate::gmm_host::GmmHostMemory;
 
+pub mod host_limit;
+
 /// The most firmware a PC mirrors just below 1 MiB.
 const LOW_MIRROR_MAX: u64 = crate::config::BIOS_AREA_SIZE;
 
@@ -32,6 +35,12 @@ const EMPTY_ROM_BYTE: u8 = 0xff;
 
 /// The smallest guest RAM the VMM accepts.
 pub const MIN_RAM: u64 = 1 << 20;
+
+/// Refuses `ram_size` bytes of guest RAM if this host cannot give a guest
+/// that much (see [`host_limit`] for the rule), before anything is built.
+pub fn check_host_ram(ram_size: u64) -> Result<()> {
+    host_limit::HostMemory::probe()?.check(ram_size)
+}
 
 /// The PC layout of `ram_size` bytes of RAM: where RAM goes around the
 /// legacy hole and the 32-bit MMIO hole.
@@ -101,6 +110,7 @@ impl GuestMemoryMap {
                 "memory size {ram_size:#x} must be a multiple of 4 KiB and at least 1 MiB"
             )));
         }
+        check_host_ram(ram_size)?;
         let layout = pc_layout(ram_size);
         let rom_size = firmware.len() as u64;
         if rom_size == 0 || rom_size % 4096 != 0 || rom_size > layout.mmio_hole_size {

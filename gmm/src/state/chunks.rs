@@ -20,13 +20,27 @@ impl State {
         self.partial.len()
     }
 
-    /// Keeps the partly-used set and its free-page total in step after a
-    /// chunk's counts changed (`free_before` = its free count before).
+    /// Keeps the partly-used set, its free-page total and the users' sets
+    /// of chunks with free pages in step after a chunk's counts changed
+    /// (`free_before` = its free count before).
     fn reclassify(&mut self, cid: ChunkId, free_before: u16) {
         let Some(ch) = self.chunks.get_mut(cid.0 as usize).and_then(Option::as_mut) else {
             return;
         };
-        let now = ch.n_used() > 0 && ch.n_free() > 0;
+        let has_free = ch.n_free() > 0;
+        if has_free != (free_before > 0) {
+            for user in ch.users() {
+                let Some(v) = self.vms.get_mut(user as usize - 1).and_then(Option::as_mut) else {
+                    continue;
+                };
+                if has_free {
+                    v.with_free.insert(cid);
+                } else {
+                    v.with_free.remove(&cid);
+                }
+            }
+        }
+        let now = ch.n_used() > 0 && has_free;
         match (ch.in_partial, now) {
             (true, true) => {
                 self.free_in_partial =
@@ -79,20 +93,20 @@ impl State {
         let Some(v) = self.vms.get(idx).and_then(Option::as_ref) else {
             return Err(Error::InvalidConfig("unknown VM"));
         };
+        let mut probes = 0;
         for &c in &v.cache {
+            probes += 1;
             if c != 0
                 && self.chunks[c as usize]
                     .as_ref()
                     .is_some_and(|ch| ch.n_free() > 0)
             {
+                self.events.chunk_probes += probes;
                 return Ok(ChunkId(c));
             }
         }
-        let own = v
-            .chunks
-            .iter()
-            .copied()
-            .find(|c| self.chunk(*c).is_some_and(|ch| ch.n_free() > 0));
+        let own = v.with_free.first().copied();
+        self.events.chunk_probes += probes + u64::from(own.is_some());
         let cid = match own {
             Some(c) => c,
             None => match self.pop_empty() {
@@ -134,11 +148,16 @@ impl State {
             .take(owner_word(vm, account))
             .ok_or(Error::InvalidConfig("chunk table corrupt"))?;
         let first_here = ch.add_user(vm.0);
-        self.reclassify(cid, free_before);
+        let has_free = ch.n_free() > 0;
         let v = self.vm_mut(vm)?;
         if first_here {
             v.chunks.insert(cid);
+            if has_free {
+                v.with_free.insert(cid);
+            }
         }
+        self.reclassify(cid, free_before);
+        let v = self.vm_mut(vm)?;
         v.allocated[account.idx()] += 1;
         v.private += 1;
         self.host_pages += 1;
@@ -175,6 +194,7 @@ impl State {
         if last {
             if let Ok(v) = self.vm_mut(vm) {
                 v.chunks.remove(&cid);
+                v.with_free.remove(&cid);
             }
         }
     }
@@ -304,5 +324,28 @@ impl State {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl State {
+    /// Checks that every VM's set of chunks with free pages is exactly its
+    /// chunks that have free pages; returns what differs.
+    pub(crate) fn check_free_index(&self) -> std::result::Result<(), String> {
+        for (id, v) in self.vms() {
+            let want: BTreeSet<ChunkId> = v
+                .chunks
+                .iter()
+                .copied()
+                .filter(|c| self.chunk(*c).is_some_and(|ch| ch.n_free() > 0))
+                .collect();
+            if want != v.with_free {
+                return Err(format!(
+                    "VM {}: chunks with free pages {want:?}, indexed {:?}",
+                    id.0, v.with_free
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -100,12 +100,15 @@ impl State {
             }
             i += run;
         }
-        for (k, p) in pages.iter().enumerate() {
+        for p in &pages {
             if let Some(ch) = self.chunk_mut(p.chunk()) {
                 ch.set_in_region(p.index(), true);
             }
-            if let Some(r) = self.regions.get_mut(&id) {
-                r.slots[first as usize + k] = Slot::Private(*p);
+        }
+        if let Some(r) = self.regions.get_mut(&id) {
+            let slots = &mut r.slots[first as usize..(first + count) as usize];
+            for (slot, p) in slots.iter_mut().zip(&pages) {
+                *slot = Slot::Private(*p);
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 
 mod model;
 mod reclaim;
+mod selection;
 
 use crate::{
     Account, BalloonAction, CHUNK_PAGES, Error, Gmm, GmmConfig, PAGE_SIZE, PageState, RamRegion,

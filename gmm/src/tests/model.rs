@@ -181,6 +181,7 @@ proptest! {
                 }
                 Op::Scan => { g.share_scan().unwrap(); scanned = true; }
             }
+            prop_assert_eq!(g.state.lock().check_free_index(), Ok(()));
             let s = vm.stats();
             let gs = g.stats();
             prop_assert_eq!(s.allocated.base, m.allocated());
