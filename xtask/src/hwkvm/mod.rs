@@ -135,7 +135,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             initrd: &initrd,
             append: "console=ttyS0 rdinit=/init panic=-1 loglevel=4",
             cpus: L1_CPUS,
-            mem: "3G",
+            // The L2 guests' RAM (up to 5 GiB) must fit in L1's RAM:
+            // `vmm` refuses more guest RAM than the host could ever give.
+            mem: "7G",
             limit,
         },
         &log,
