@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dbgf::debugger::{DebugTarget, Debugger, MemTarget, StopCause, StopListener, stop_channel};
-use dbgf::gdb::{GdbAddr, GdbListener, GdbSession, SessionEnd};
+use dbgf::gdb::{GdbAddr, GdbCancel, GdbListener, GdbSession, SessionEnd};
 use dbgf::{InfoCall, InfoError, InfoFlags, InfoRegistry, SameThreadExecutor};
 
 const CODE: u64 = 0x1000;
@@ -74,7 +74,7 @@ fn serve(
     let listener = GdbListener::bind(addr).unwrap();
     let local = listener.local_addr();
     let handle = thread::spawn(move || {
-        let conn = listener.accept().unwrap();
+        let mut conn = listener.accept(&GdbCancel::new()).unwrap();
         let info = InfoRegistry::new();
         info.register(
             "mode",
@@ -94,7 +94,8 @@ fn serve(
         vm.set_mem_watch(dbg.mem_watch());
         let mut session =
             GdbSession::new(vm, dbg, rx).with_info(info, Box::new(SameThreadExecutor::new(2)));
-        let end = session.run(conn).unwrap();
+        let end = session.run(&mut conn).unwrap();
+        conn.close();
         let (vm, dbg, rx) = session.into_parts();
         (end, vm, dbg, rx)
     });
