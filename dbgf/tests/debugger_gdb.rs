@@ -332,3 +332,42 @@ fn gdb_kill_leaves_the_vm_halted_without_breakpoints() {
     assert_eq!(vm.read_regs(0).unwrap().rip, CODE, "the guest never ran");
     assert_eq!(rx.try_recv().unwrap(), None, "and was not resumed");
 }
+
+#[test]
+fn gdb_attaches_again_after_a_detach() {
+    let Some(gdb) = gdb_or_skip() else { return };
+    let (tx, rx) = stop_channel();
+    let mut vm = MemTarget::new(1, 0x10000, tx);
+    // The fake CPU only moves RIP on: the VM runs through zeroed memory until halted.
+    vm.write_phys(CODE, &[0xeb, 0xfe]).unwrap();
+    let mut regs = vm.read_regs(0).unwrap();
+    regs.rip = CODE;
+    vm.write_regs(0, &regs).unwrap();
+    let listener = GdbListener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+    let remote = listener.local_addr().unwrap().to_string();
+    let handle = thread::spawn(move || {
+        let cancel = GdbCancel::new();
+        let first = listener.accept(&cancel).unwrap();
+        let mut session = GdbSession::new(vm, Debugger::new(), rx);
+        let mut ends = Vec::new();
+        let end = session.serve(&listener, first, &cancel, |e| ends.push(format!("{e:?}")));
+        (end.unwrap(), ends)
+    });
+    let cmds = ["info registers rip", "x/2xb 0x1000", "hbreak *0x1000"];
+    let first = run_gdb(&gdb, &remote, &[&cmds[..], &["detach"]].concat());
+    let second = run_gdb(&gdb, &remote, &[&cmds[..], &["kill"]].concat());
+    for out in [&first, &second] {
+        assert_in_order(
+            out,
+            &[
+                "rip            0x",
+                "0x1000:\t0xeb\t0xfe",
+                "Hardware assisted breakpoint 1 at 0x1000",
+            ],
+        );
+    }
+    assert_in_order(&first, &["rip            0x1000", "detached]"]);
+    let (end, ends) = handle.join().unwrap();
+    assert_eq!(end, SessionEnd::Killed);
+    assert_eq!(ends, ["Ok(Detached)", "Ok(Killed)"]);
+}

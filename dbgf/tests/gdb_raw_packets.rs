@@ -1,13 +1,13 @@
 //! The gdb stub against a hand-written client over TCP and the in-memory target:
 //! oversized memory reads, bad checksums, one session after another, cancellation.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use dbgf::debugger::{DebugTarget, Debugger, MemTarget, stop_channel};
+use dbgf::gdb::testing::GdbClient;
 use dbgf::gdb::{GdbCancel, GdbListener, GdbServerError, GdbSession, MAX_MEM_READ, SessionEnd};
 
 /// `jmp $`: the VM runs until halted.
@@ -16,8 +16,6 @@ const SPIN: &[u8] = &[0xeb, 0xfe];
 const HLT: &[u8] = &[0xf4];
 const CODE: u64 = 0x1000;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Far more than any reply of a working stub.
-const REPLY_LIMIT: usize = 64 << 10;
 
 /// A stub serving one gdb after another, on its own thread.
 struct Stub {
@@ -77,84 +75,39 @@ impl Stub {
     }
 }
 
-fn framed(body: &str) -> Vec<u8> {
-    let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
-    format!("${body}#{sum:02x}").into_bytes()
+fn client(addr: SocketAddr) -> Client {
+    Client(GdbClient::connect(addr, REPLY_TIMEOUT).unwrap())
 }
 
-/// Expands gdb's run-length encoding (`X*N`: N - 29 more copies of X).
-fn unrle(body: &[u8]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < body.len() {
-        if body[i] == b'*' && i + 1 < body.len() {
-            let last = *out.last().unwrap();
-            out.extend(std::iter::repeat_n(last, usize::from(body[i + 1]) - 29));
-            i += 2;
-        } else {
-            out.push(body[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-/// gdb's side of the connection, in ack mode.
-struct Client(TcpStream);
+/// [`GdbClient`] with every failure a test failure.
+struct Client(GdbClient);
 
 impl Client {
-    fn connect(addr: SocketAddr) -> Self {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        Client(s)
-    }
-
     fn send_raw(&mut self, bytes: &[u8]) {
-        self.0.write_all(bytes).unwrap();
-    }
-
-    fn byte(&mut self) -> u8 {
-        let mut b = [0u8];
-        self.0
-            .read_exact(&mut b)
-            .expect("the stub answers within the timeout");
-        b[0]
+        self.0.send_raw(bytes).unwrap();
     }
 
     fn expect(&mut self, want: u8) {
-        assert_eq!(char::from(self.byte()), char::from(want));
+        self.0.expect(want).unwrap();
     }
 
-    /// Reads one reply packet (bounded), acks it and returns its body, RLE expanded.
     fn reply(&mut self) -> String {
-        self.expect(b'$');
-        let mut body = Vec::new();
-        loop {
-            match self.byte() {
-                b'#' => break,
-                b => body.push(b),
-            }
-            assert!(body.len() < REPLY_LIMIT, "a reply longer than {REPLY_LIMIT}");
-        }
-        let sum = [self.byte(), self.byte()];
-        let want = body.iter().fold(0u8, |a, b| a.wrapping_add(*b));
-        assert_eq!(std::str::from_utf8(&sum).unwrap(), format!("{want:02x}"));
-        self.send_raw(b"+");
-        unrle(&body)
+        self.0.reply().unwrap()
     }
 
-    /// Sends `body`, expects its ack and returns the reply.
     fn ask(&mut self, body: &str) -> String {
-        self.send_raw(&framed(body));
-        self.expect(b'+');
-        self.reply()
+        self.0.ask(body).unwrap()
+    }
+
+    fn tell(&mut self, body: &str) {
+        self.0.tell(body).unwrap();
     }
 }
 
 #[test]
 fn a_huge_memory_read_gets_one_bounded_reply() {
     let stub = Stub::start(SPIN);
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     let reply = gdb.ask("m0,ffffffffffffffff");
     assert_eq!(reply.len() as u64, 2 * MAX_MEM_READ, "a short read, in hex");
     assert!(reply.chars().all(|c| c.is_ascii_hexdigit()), "{reply}");
@@ -165,23 +118,21 @@ fn a_huge_memory_read_gets_one_bounded_reply() {
     assert!(gdb.ask("mffffffffffffff00,200").starts_with('E'));
     assert_eq!(gdb.ask("mnonsense"), "E16");
     assert_eq!(gdb.ask(&format!("m{CODE:x},2")), "ebfe");
-    gdb.send_raw(&framed("k"));
-    gdb.expect(b'+');
+    gdb.tell("k");
     assert_eq!(stub.join().0.unwrap(), SessionEnd::Killed);
 }
 
 #[test]
 fn a_bad_checksum_is_nakked_and_the_session_goes_on() {
     let stub = Stub::start(SPIN);
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     gdb.send_raw(b"$m1000,2#00");
     gdb.expect(b'-');
     gdb.send_raw(b"noise$m10");
     gdb.send_raw(b"00,2#zz");
     gdb.expect(b'-');
     assert_eq!(gdb.ask("m1000,2"), "ebfe");
-    gdb.send_raw(&framed("k"));
-    gdb.expect(b'+');
+    gdb.tell("k");
     let (end, ends) = stub.join();
     assert_eq!(end.unwrap(), SessionEnd::Killed);
     assert_eq!(ends, ["Ok(Killed)"]);
@@ -191,24 +142,22 @@ fn a_bad_checksum_is_nakked_and_the_session_goes_on() {
 fn gdb_sessions_follow_one_another() {
     let stub = Stub::start(SPIN);
     // The first gdb lets the VM run and detaches.
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     assert_eq!(gdb.ask("m1000,2"), "ebfe");
-    gdb.send_raw(&framed("vCont;c"));
-    gdb.expect(b'+');
+    gdb.tell("vCont;c");
     gdb.send_raw(b"\x03");
     assert!(gdb.reply().starts_with('T'), "a stop reply");
     assert_eq!(gdb.ask("D"), "OK");
     drop(gdb);
     // The next one finds the VM halted, reads memory and hangs up without a word.
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     assert!(gdb.ask("?").starts_with('T'));
     assert_eq!(gdb.ask("m1000,2"), "ebfe");
     drop(gdb);
     // And the third kills the VM.
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     assert_eq!(gdb.ask("m1000,2"), "ebfe");
-    gdb.send_raw(&framed("k"));
-    gdb.expect(b'+');
+    gdb.tell("k");
     let (end, ends) = stub.join();
     assert_eq!(end.unwrap(), SessionEnd::Killed);
     assert_eq!(ends.len(), 3, "{ends:?}");
@@ -220,7 +169,7 @@ fn gdb_sessions_follow_one_another() {
 #[test]
 fn the_vm_powering_off_between_sessions_ends_the_stub() {
     let stub = Stub::start(HLT);
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     assert_eq!(gdb.ask("D"), "OK");
     let (end, ends) = stub.join();
     assert_eq!(end.unwrap(), SessionEnd::PoweredOff);
@@ -231,7 +180,7 @@ fn the_vm_powering_off_between_sessions_ends_the_stub() {
 fn cancelling_ends_the_stub_under_an_idle_gdb_and_between_sessions() {
     // gdb connected, the VM halted, nobody says a word.
     let stub = Stub::start(SPIN);
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     assert!(gdb.ask("?").starts_with('T'));
     stub.cancel.cancel();
     let (end, ends) = stub.join();
@@ -240,7 +189,7 @@ fn cancelling_ends_the_stub_under_an_idle_gdb_and_between_sessions() {
 
     // Waiting for the next gdb while the VM runs.
     let stub = Stub::start(SPIN);
-    let mut gdb = Client::connect(stub.addr);
+    let mut gdb = client(stub.addr);
     assert_eq!(gdb.ask("D"), "OK");
     let start = Instant::now();
     while stub.ends().is_empty() {
