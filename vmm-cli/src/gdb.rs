@@ -70,9 +70,9 @@ fn report(end: &Result<SessionEnd, GdbServerError>, cancel: &GdbCancel) {
         Ok(SessionEnd::PoweredOff) => {}
         // The VM's run ended under a gdb that had it halted: nothing went wrong.
         Err(_) if cancel.is_cancelled() => {}
-        Err(e) => eprintln!(
-            "vmm: gdb session ended: {e}; the guest runs on, waiting for the next gdb"
-        ),
+        Err(e) => {
+            eprintln!("vmm: gdb session ended: {e}; the guest runs on, waiting for the next gdb")
+        }
     }
 }
 

@@ -27,7 +27,10 @@ fn start(test: &str, log: &Path) -> (Vmm, SocketAddr) {
         DEADLINE,
     );
     let line = vmm.wait_for_line(log, "(target remote ");
-    let addr = line.trim_end_matches(')').parse().expect("a socket address");
+    let addr = line
+        .trim_end_matches(')')
+        .parse()
+        .expect("a socket address");
     (vmm, addr)
 }
 
@@ -48,7 +51,11 @@ fn the_gdb_stub_survives_hostile_packets_and_serves_one_gdb_after_another() {
 
     let mut gdb = client(addr);
     let all = gdb.ask("m0,ffffffffffffffff").unwrap();
-    assert_eq!(all.len() as u64, 2 * MAX_MEM_READ, "one packet, a short read");
+    assert_eq!(
+        all.len() as u64,
+        2 * MAX_MEM_READ,
+        "one packet, a short read"
+    );
     gdb.send_raw(b"$m0,2#00").unwrap();
     gdb.expect(b'-').unwrap();
     assert_eq!(gdb.ask("m0,2").unwrap().len(), 4);

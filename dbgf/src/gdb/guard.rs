@@ -260,7 +260,14 @@ mod tests {
 
     #[test]
     fn malformed_memory_reads_are_answered_here() {
-        for body in [&b"m"[..], b"m12", b"m,4", b"m1,", b"m1,+4", b"m10000000000000000,1"] {
+        for body in [
+            &b"m"[..],
+            b"m12",
+            b"m,4",
+            b"m1,",
+            b"m1,+4",
+            b"m10000000000000000,1",
+        ] {
             let (passed, out) = guard(&framed(body));
             assert!(passed.is_empty(), "{body:?}");
             assert_eq!(out, [&b"+"[..], &framed(b"E16")].concat(), "{body:?}");

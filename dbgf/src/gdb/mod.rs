@@ -47,8 +47,8 @@ use crate::debugger::{
     StopReason,
 };
 use crate::{InfoExecutor, InfoRegistry};
-use guard::{PACKET_BUFFER, PacketGuard};
 pub use guard::MAX_MEM_READ;
+use guard::{PACKET_BUFFER, PacketGuard};
 pub use net::{GdbAddr, GdbCancel, GdbConnection, GdbListener};
 pub use regs::{from_gdb, to_gdb};
 pub use target::GdbTarget;

@@ -141,7 +141,12 @@ impl GdbListener {
         };
         match accepted {
             Ok(stream) => Ok(Some(GdbConnection::new(stream, cancel.clone())?)),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e.into()),
@@ -282,7 +287,9 @@ impl GdbConnection {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 Ok(false)

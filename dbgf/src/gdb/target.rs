@@ -263,7 +263,10 @@ impl<T: DebugTarget> MultiThreadBase for GdbTarget<T> {
 
     /// Refuses a write that would wrap past the end of the address space.
     fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
-        if start.checked_add(data.len().saturating_sub(1) as u64).is_none() {
+        if start
+            .checked_add(data.len().saturating_sub(1) as u64)
+            .is_none()
+        {
             return Err(GdbError::NonFatal);
         }
         self.dbg
@@ -487,7 +490,10 @@ mod tests {
         let (tx, rx) = stop_channel();
         let mut t = GdbTarget::new(Ring(MemTarget::new(1, 0x2000, tx)), Debugger::new(), rx);
         let mut buf = [0u8; 0x20];
-        assert_eq!(t.read_addrs(u64::MAX - 0xf, &mut buf, TID1).ok(), Some(0x10));
+        assert_eq!(
+            t.read_addrs(u64::MAX - 0xf, &mut buf, TID1).ok(),
+            Some(0x10)
+        );
         assert_eq!(t.read_addrs(u64::MAX, &mut buf, TID1).ok(), Some(1));
         assert!(matches!(
             t.write_addrs(u64::MAX - 1, &[1, 2, 3], TID1),
