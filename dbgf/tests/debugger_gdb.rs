@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dbgf::debugger::{DebugTarget, Debugger, MemTarget, StopCause, StopListener, stop_channel};
-use dbgf::gdb::{GdbAddr, GdbListener, GdbSession, SessionEnd};
+use dbgf::gdb::{GdbAddr, GdbCancel, GdbListener, GdbSession, SessionEnd};
 use dbgf::{InfoCall, InfoError, InfoFlags, InfoRegistry, SameThreadExecutor};
 
 const CODE: u64 = 0x1000;
@@ -74,7 +74,7 @@ fn serve(
     let listener = GdbListener::bind(addr).unwrap();
     let local = listener.local_addr();
     let handle = thread::spawn(move || {
-        let conn = listener.accept().unwrap();
+        let mut conn = listener.accept(&GdbCancel::new()).unwrap();
         let info = InfoRegistry::new();
         info.register(
             "mode",
@@ -94,7 +94,8 @@ fn serve(
         vm.set_mem_watch(dbg.mem_watch());
         let mut session =
             GdbSession::new(vm, dbg, rx).with_info(info, Box::new(SameThreadExecutor::new(2)));
-        let end = session.run(conn).unwrap();
+        let end = session.run(&mut conn).unwrap();
+        conn.close();
         let (vm, dbg, rx) = session.into_parts();
         (end, vm, dbg, rx)
     });
@@ -330,4 +331,43 @@ fn gdb_kill_leaves_the_vm_halted_without_breakpoints() {
     assert!(dbg.breakpoints().is_empty());
     assert_eq!(vm.read_regs(0).unwrap().rip, CODE, "the guest never ran");
     assert_eq!(rx.try_recv().unwrap(), None, "and was not resumed");
+}
+
+#[test]
+fn gdb_attaches_again_after_a_detach() {
+    let Some(gdb) = gdb_or_skip() else { return };
+    let (tx, rx) = stop_channel();
+    let mut vm = MemTarget::new(1, 0x10000, tx);
+    // The fake CPU only moves RIP on: the VM runs through zeroed memory until halted.
+    vm.write_phys(CODE, &[0xeb, 0xfe]).unwrap();
+    let mut regs = vm.read_regs(0).unwrap();
+    regs.rip = CODE;
+    vm.write_regs(0, &regs).unwrap();
+    let listener = GdbListener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+    let remote = listener.local_addr().unwrap().to_string();
+    let handle = thread::spawn(move || {
+        let cancel = GdbCancel::new();
+        let first = listener.accept(&cancel).unwrap();
+        let mut session = GdbSession::new(vm, Debugger::new(), rx);
+        let mut ends = Vec::new();
+        let end = session.serve(&listener, first, &cancel, |e| ends.push(format!("{e:?}")));
+        (end.unwrap(), ends)
+    });
+    let cmds = ["info registers rip", "x/2xb 0x1000", "hbreak *0x1000"];
+    let first = run_gdb(&gdb, &remote, &[&cmds[..], &["detach"]].concat());
+    let second = run_gdb(&gdb, &remote, &[&cmds[..], &["kill"]].concat());
+    for out in [&first, &second] {
+        assert_in_order(
+            out,
+            &[
+                "rip            0x",
+                "0x1000:\t0xeb\t0xfe",
+                "Hardware assisted breakpoint 1 at 0x1000",
+            ],
+        );
+    }
+    assert_in_order(&first, &["rip            0x1000", "detached]"]);
+    let (end, ends) = handle.join().unwrap();
+    assert_eq!(end, SessionEnd::Killed);
+    assert_eq!(ends, ["Ok(Detached)", "Ok(Killed)"]);
 }

@@ -63,6 +63,9 @@ pub struct MemTarget {
     traps: Vec<PageTrap>,
     /// Whether DR7 data breakpoints fire (see [`MemTarget::set_data_breakpoints`]).
     data_breakpoints: bool,
+    /// The last resume reported its stop: a halt request races with it and gets no
+    /// report of its own, as with the VMM.
+    resume_reported: bool,
 }
 
 impl MemTarget {
@@ -87,6 +90,7 @@ impl MemTarget {
             mem_watch: MemWatch::default(),
             traps: Vec::new(),
             data_breakpoints: true,
+            resume_reported: false,
         }
     }
 
@@ -394,13 +398,18 @@ impl DebugTarget for MemTarget {
                 }
             }
         }
+        self.resume_reported = true;
         self.stops
             .notify(stop)
             .map_err(|e| TargetError::Other(Box::new(e)))
     }
 
-    /// The fake machine is never running between calls: report the halt at once.
+    /// The fake machine is never running between calls: the stop of the last resume
+    /// answers the request (it raced with it); without one the halt is reported at once.
     fn halt(&mut self) -> Result<(), TargetError> {
+        if std::mem::replace(&mut self.resume_reported, true) {
+            return Ok(());
+        }
         self.stops
             .notify(VcpuStop {
                 cpu: 0,

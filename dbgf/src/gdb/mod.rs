@@ -4,54 +4,54 @@
 //! The VMM creates the VM with its vCPUs halted, [`GdbListener::bind`]s the address,
 //! [`GdbListener::accept`]s gdb (the guest has not run a single instruction yet) and
 //! hands the connection, its [`DebugTarget`], a [`Debugger`] and the [`StopListener`]
-//! to [`GdbSession::run`] on a thread of its own. The guest starts when gdb says
+//! to [`GdbSession::serve`] on a thread of its own. The guest starts when gdb says
 //! `continue`/`stepi`; the VMM reports every stop through the matching
-//! [`StopNotifier`](crate::debugger::StopNotifier). [`GdbSession::with_info`] makes the
-//! DBGF info handlers available as `monitor info NAME ARGS`; `monitor help` lists the
-//! other monitor commands (breakpoint list with hit counts, port I/O breakpoints,
+//! [`StopNotifier`](crate::debugger::StopNotifier). When gdb detaches or goes away the
+//! VM runs on and the next gdb may connect (it finds the VM halted). Every wait can be
+//! ended through a [`GdbCancel`]. [`GdbSession::with_info`] makes the DBGF info
+//! handlers available as `monitor info NAME ARGS`; `monitor help` lists the other
+//! monitor commands (breakpoint list with hit counts, port I/O breakpoints,
 //! watchpoints on guest-physical addresses).
 //!
 //! ```no_run
 //! use dbgf::debugger::{stop_channel, Debugger, MemTarget};
-//! use dbgf::gdb::{GdbAddr, GdbListener, GdbSession};
+//! use dbgf::gdb::{GdbAddr, GdbCancel, GdbListener, GdbSession};
 //! let (tx, rx) = stop_channel();
 //! let vm = MemTarget::new(1, 0x10000, tx); // vmm-core passes its VM here
 //! let listener = GdbListener::bind(&"127.0.0.1:1234".parse::<GdbAddr>()?)?;
-//! let conn = listener.accept()?;             // waits for `target remote :1234`
+//! let cancel = GdbCancel::new();             // raised when the VM's run ends
+//! let conn = listener.accept(&cancel)?;      // waits for `target remote :1234`
 //! let mut session = GdbSession::new(vm, Debugger::new(), rx);
-//! let end = session.run(conn)?;
-//! println!("gdb session ended: {end:?}");
+//! let end = session.serve(&listener, conn, &cancel, |one| println!("gdb session: {one:?}"))?;
+//! println!("gdb stub ended: {end:?}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod event_loop;
+mod guard;
 mod monitor;
+mod net;
 mod regs;
 mod target;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use gdbstub::conn::{Connection, ConnectionExt};
+use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::{DisconnectReason, GdbStub};
 
-use crate::debugger::{DebugTarget, Debugger, DebuggerError, StopChannelError, StopListener};
+use crate::debugger::{
+    DebugTarget, Debugger, DebuggerError, Resume, StopCause, StopChannelError, StopListener,
+    StopReason,
+};
 use crate::{InfoExecutor, InfoRegistry};
+pub use guard::MAX_MEM_READ;
+use guard::{PACKET_BUFFER, PacketGuard};
+pub use net::{GdbAddr, GdbCancel, GdbConnection, GdbListener};
 pub use regs::{from_gdb, to_gdb};
 pub use target::GdbTarget;
-
-/// Where the stub listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GdbAddr {
-    /// A TCP port on a loopback address (`127.0.0.1:1234`, `[::1]:1234`).
-    Tcp(SocketAddr),
-    /// A Unix socket path (`unix:/tmp/vm.gdb`).
-    Unix(PathBuf),
-}
 
 /// Errors of the gdb stub.
 #[derive(Debug, thiserror::Error)]
@@ -75,144 +75,13 @@ pub enum GdbServerError {
     /// The VM's stop channel closed while waiting for it to halt.
     #[error(transparent)]
     StopChannel(#[from] StopChannelError),
+    /// The wait was cancelled through a [`GdbCancel`].
+    #[error("the gdb stub was stopped")]
+    Cancelled,
 }
 
-/// How long detaching waits for a running VM to halt.
+/// How long halting a running VM (to detach, or for a new gdb) waits for its stop.
 const HALT_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl FromStr for GdbAddr {
-    type Err = GdbServerError;
-
-    /// `unix:PATH`, `HOST:PORT` with a loopback host, or a bare `PORT` (127.0.0.1).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(GdbServerError::BadAddr(s.into()));
-            }
-            return Ok(Self::Unix(path.into()));
-        }
-        let addr: SocketAddr = match s.parse::<u16>() {
-            Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-            Err(_) => s.parse().map_err(|_| GdbServerError::BadAddr(s.into()))?,
-        };
-        if !addr.ip().is_loopback() {
-            return Err(GdbServerError::BadAddr(s.into()));
-        }
-        Ok(Self::Tcp(addr))
-    }
-}
-
-/// A bound listener waiting for gdb.
-#[derive(Debug)]
-pub enum GdbListener {
-    /// TCP.
-    Tcp(TcpListener),
-    /// Unix socket (the path is removed when the listener is dropped).
-    Unix(UnixListener, PathBuf),
-}
-
-/// An accepted gdb connection (`Send`, so the session can run on its own thread).
-#[derive(Debug)]
-pub enum GdbConnection {
-    /// TCP.
-    Tcp(TcpStream),
-    /// Unix socket.
-    Unix(UnixStream),
-}
-
-impl Connection for GdbConnection {
-    type Error = io::Error;
-
-    fn write(&mut self, byte: u8) -> io::Result<()> {
-        match self {
-            Self::Tcp(s) => Connection::write(s, byte),
-            Self::Unix(s) => Connection::write(s, byte),
-        }
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Self::Tcp(s) => Connection::write_all(s, buf),
-            Self::Unix(s) => Connection::write_all(s, buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Self::Tcp(s) => Connection::flush(s),
-            Self::Unix(s) => Connection::flush(s),
-        }
-    }
-
-    fn on_session_start(&mut self) -> io::Result<()> {
-        match self {
-            Self::Tcp(s) => s.on_session_start(),
-            Self::Unix(s) => s.on_session_start(),
-        }
-    }
-}
-
-impl ConnectionExt for GdbConnection {
-    fn read(&mut self) -> io::Result<u8> {
-        match self {
-            Self::Tcp(s) => ConnectionExt::read(s),
-            Self::Unix(s) => ConnectionExt::read(s),
-        }
-    }
-
-    fn peek(&mut self) -> io::Result<Option<u8>> {
-        match self {
-            Self::Tcp(s) => ConnectionExt::peek(s),
-            Self::Unix(s) => ConnectionExt::peek(s),
-        }
-    }
-}
-
-impl GdbListener {
-    /// Binds `addr` (a stale Unix socket file at the path is replaced).
-    pub fn bind(addr: &GdbAddr) -> Result<Self, GdbServerError> {
-        match addr {
-            GdbAddr::Tcp(a) => Ok(Self::Tcp(TcpListener::bind(a)?)),
-            GdbAddr::Unix(p) => {
-                match std::fs::remove_file(p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-                Ok(Self::Unix(UnixListener::bind(p)?, p.clone()))
-            }
-        }
-    }
-
-    /// The bound TCP address (useful with port 0).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Self::Tcp(l) => l.local_addr().ok(),
-            Self::Unix(..) => None,
-        }
-    }
-
-    /// Waits for gdb to connect.
-    pub fn accept(&self) -> Result<GdbConnection, GdbServerError> {
-        Ok(match self {
-            Self::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                s.set_nodelay(true)?;
-                GdbConnection::Tcp(s)
-            }
-            Self::Unix(l, _) => GdbConnection::Unix(l.accept()?.0),
-        })
-    }
-}
-
-impl Drop for GdbListener {
-    fn drop(&mut self) {
-        if let Self::Unix(_, path) = self {
-            // Best effort: the socket file is ours and useless once we stop listening.
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
 
 /// How a gdb session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,14 +118,23 @@ impl<T: DebugTarget> GdbSession<T> {
 
     /// Serves gdb on `conn` until it detaches, kills the VM or the VM powers off.
     ///
-    /// If gdb vanishes or the protocol fails, the debugger detaches (no `int3` stays in
-    /// the guest, the VM runs on) and the error is returned.
-    pub fn run<C>(&mut self, conn: C) -> Result<SessionEnd, GdbServerError>
+    /// A running VM (left running by an earlier session) is halted first: gdb finds it
+    /// stopped, as after `vmm run --gdb`. Packets are checked before the protocol sees
+    /// them (see [`MAX_MEM_READ`]; a bad checksum is answered `-` and gdb sends the
+    /// packet again). If gdb vanishes or the protocol fails, the debugger detaches (no
+    /// `int3` stays in the guest, the VM runs on) and the error is returned.
+    pub fn run<C>(&mut self, conn: &mut C) -> Result<SessionEnd, GdbServerError>
     where
         C: ConnectionExt<Error = io::Error>,
     {
-        let result =
-            GdbStub::new(conn).run_blocking::<event_loop::StopOrData<T, C>>(&mut self.inner);
+        if !self.halt()? {
+            return Ok(SessionEnd::PoweredOff);
+        }
+        let stub = GdbStub::builder(PacketGuard::new(conn))
+            .packet_buffer_size(PACKET_BUFFER)
+            .build()
+            .map_err(|e| GdbServerError::Protocol(e.to_string()))?;
+        let result = stub.run_blocking::<event_loop::StopOrData<T, _>>(&mut self.inner);
         let end = match result {
             Ok(DisconnectReason::Disconnect) => SessionEnd::Detached,
             Ok(DisconnectReason::Kill) => {
@@ -289,21 +167,94 @@ impl<T: DebugTarget> GdbSession<T> {
         Ok(end)
     }
 
-    /// Halts a running VM (breakpoints are only touched while it is halted), then
-    /// removes every breakpoint and lets it run.
-    fn detach(&mut self) -> Result<(), GdbServerError> {
-        let t = &mut self.inner;
-        if t.dbg.is_running() {
-            t.dbg.halt(&mut t.target)?;
-            let deadline = Instant::now() + HALT_TIMEOUT;
-            while t.dbg.is_running() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let Some(raw) = t.stops.recv_timeout(left)? else {
-                    return Err(GdbServerError::HaltTimeout(HALT_TIMEOUT));
-                };
-                t.dbg.handle_stop(&mut t.target, raw)?;
+    /// Serves one gdb after another on `listener`, starting with `conn`, until gdb
+    /// kills the VM ([`SessionEnd::Killed`]: the caller powers it off), the VM powers
+    /// off or `cancel` is raised ([`SessionEnd::PoweredOff`]).
+    ///
+    /// After a detach, a disconnect or a failed session the VM runs on without
+    /// breakpoints (like QEMU's stub) and the next gdb may connect; `on_end` hears how
+    /// each session ended.
+    pub fn serve(
+        &mut self,
+        listener: &GdbListener,
+        mut conn: GdbConnection,
+        cancel: &GdbCancel,
+        mut on_end: impl FnMut(&Result<SessionEnd, GdbServerError>),
+    ) -> Result<SessionEnd, GdbServerError> {
+        loop {
+            let end = self.run(&mut conn);
+            conn.close();
+            on_end(&end);
+            match end {
+                Ok(end @ (SessionEnd::Killed | SessionEnd::PoweredOff)) => return Ok(end),
+                Err(GdbServerError::StopChannel(_)) => return Ok(SessionEnd::PoweredOff),
+                Ok(SessionEnd::Detached) | Err(_) => {}
+            }
+            conn = match self.await_gdb(listener, cancel)? {
+                Some(next) => next,
+                None => return Ok(SessionEnd::PoweredOff),
+            };
+        }
+    }
+
+    /// Waits for the next gdb while the VM runs; `None` once the VM powered off or
+    /// `cancel` was raised.
+    fn await_gdb(
+        &mut self,
+        listener: &GdbListener,
+        cancel: &GdbCancel,
+    ) -> Result<Option<GdbConnection>, GdbServerError> {
+        loop {
+            match listener.try_accept(cancel) {
+                Ok(Some(conn)) => return Ok(Some(conn)),
+                Ok(None) => {}
+                Err(GdbServerError::Cancelled) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let t = &mut self.inner;
+            let raw = match t.stops.recv_timeout(net::CANCEL_POLL) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => continue,
+                Err(StopChannelError::Disconnected) => return Ok(None),
+            };
+            if raw.cause == StopCause::PoweredOff {
+                return Ok(None);
+            }
+            // Nothing of gdb's is armed any more: whatever halted the VM, it runs on.
+            if t.dbg.handle_stop(&mut t.target, raw)?.is_some() {
+                t.dbg.resume(&mut t.target, Resume::Continue)?;
             }
         }
+    }
+
+    /// Halts a running VM and waits for its stop (breakpoints are only touched while it
+    /// is halted). False when the VM powered off instead.
+    fn halt(&mut self) -> Result<bool, GdbServerError> {
+        let t = &mut self.inner;
+        if !t.dbg.is_running() {
+            return Ok(true);
+        }
+        t.dbg.halt(&mut t.target)?;
+        let deadline = Instant::now() + HALT_TIMEOUT;
+        while t.dbg.is_running() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(raw) = t.stops.recv_timeout(left)? else {
+                return Err(GdbServerError::HaltTimeout(HALT_TIMEOUT));
+            };
+            let stop = t.dbg.handle_stop(&mut t.target, raw)?;
+            if stop.is_some_and(|s| s.reason == StopReason::PoweredOff) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Halts a running VM, then removes every breakpoint and lets it run.
+    fn detach(&mut self) -> Result<(), GdbServerError> {
+        if !self.halt()? {
+            return Ok(());
+        }
+        let t = &mut self.inner;
         t.dbg.detach(&mut t.target)?;
         t.forget_breakpoints();
         Ok(())
@@ -322,6 +273,8 @@ impl<T: DebugTarget> GdbSession<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     #[test]

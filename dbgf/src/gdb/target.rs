@@ -189,6 +189,12 @@ impl<T: DebugTarget> Target for GdbTarget<T> {
     fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
         Some(self)
     }
+
+    /// Acks stay on: a packet with a bad checksum is answered `-` and gdb sends it
+    /// again, which it does not do in no-ack mode.
+    fn use_no_ack_mode(&self) -> bool {
+        false
+    }
 }
 
 impl<T: DebugTarget> MonitorCmd for GdbTarget<T> {
@@ -230,8 +236,13 @@ impl<T: DebugTarget> MultiThreadBase for GdbTarget<T> {
             .map_err(|_| GdbError::NonFatal)
     }
 
+    /// Reads up to the first unreadable page, and never past the end of the address
+    /// space (the read comes back short).
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
         let cpu = tid_to_cpu(tid);
+        let to_end = usize::try_from(u64::MAX - start).map_or(usize::MAX, |n| n.saturating_add(1));
+        let len = to_end.min(data.len());
+        let data = &mut data[..len];
         let mut done = 0;
         for (off, len) in crate::debugger::page_chunks(start, data.len()) {
             let addr = start.wrapping_add(off as u64);
@@ -250,7 +261,14 @@ impl<T: DebugTarget> MultiThreadBase for GdbTarget<T> {
         Ok(done)
     }
 
+    /// Refuses a write that would wrap past the end of the address space.
     fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        if start
+            .checked_add(data.len().saturating_sub(1) as u64)
+            .is_none()
+        {
+            return Err(GdbError::NonFatal);
+        }
         self.dbg
             .write_virt(&mut self.target, tid_to_cpu(tid), start, data)
             .map_err(|_| GdbError::NonFatal)
@@ -422,6 +440,68 @@ mod tests {
         ));
         ok(t.write_addrs(0x10, &[1, 2], TID1));
         assert_eq!(t.read_addrs(0x10, &mut buf[..2], TID1).ok(), Some(2));
+        assert_eq!(buf[..2], [1, 2]);
+    }
+
+    /// A memory target whose 8 KiB of memory repeat over the whole address space, so
+    /// that the last page is mapped like a higher-half kernel's.
+    struct Ring(MemTarget);
+
+    impl DebugTarget for Ring {
+        fn cpu_count(&self) -> u32 {
+            self.0.cpu_count()
+        }
+        fn read_regs(&mut self, cpu: u32) -> Result<crate::debugger::Registers, TargetError> {
+            self.0.read_regs(cpu)
+        }
+        fn write_regs(
+            &mut self,
+            cpu: u32,
+            regs: &crate::debugger::Registers,
+        ) -> Result<(), TargetError> {
+            self.0.write_regs(cpu, regs)
+        }
+        fn read_phys(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+            self.0.read_phys(addr, buf)
+        }
+        fn write_phys(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+            self.0.write_phys(addr, data)
+        }
+        fn translate(&mut self, cpu: u32, vaddr: u64) -> Result<u64, TargetError> {
+            self.0.translate(cpu, vaddr & 0x1fff)
+        }
+        fn set_guest_debug(
+            &mut self,
+            cpu: u32,
+            dbg: &crate::debugger::GuestDebug,
+        ) -> Result<(), TargetError> {
+            self.0.set_guest_debug(cpu, dbg)
+        }
+        fn resume(&mut self, scope: crate::debugger::ResumeScope) -> Result<(), TargetError> {
+            self.0.resume(scope)
+        }
+        fn halt(&mut self) -> Result<(), TargetError> {
+            self.0.halt()
+        }
+    }
+
+    #[test]
+    fn memory_access_stops_at_the_end_of_the_address_space() {
+        let (tx, rx) = stop_channel();
+        let mut t = GdbTarget::new(Ring(MemTarget::new(1, 0x2000, tx)), Debugger::new(), rx);
+        let mut buf = [0u8; 0x20];
+        assert_eq!(
+            t.read_addrs(u64::MAX - 0xf, &mut buf, TID1).ok(),
+            Some(0x10)
+        );
+        assert_eq!(t.read_addrs(u64::MAX, &mut buf, TID1).ok(), Some(1));
+        assert!(matches!(
+            t.write_addrs(u64::MAX - 1, &[1, 2, 3], TID1),
+            Err(GdbError::NonFatal)
+        ));
+        assert!(t.write_addrs(u64::MAX - 1, &[1, 2], TID1).is_ok());
+        assert!(t.write_addrs(u64::MAX, &[], TID1).is_ok());
+        assert_eq!(t.target.0.read_phys(0x1ffe, &mut buf[..2]).ok(), Some(()));
         assert_eq!(buf[..2], [1, 2]);
     }
 
