@@ -168,6 +168,16 @@ pub enum Error {
         /// The pass after which it voted.
         pass: u32,
     },
+    /// A save cannot write to its target path: it is not a regular file (a
+    /// directory, device node, FIFO or socket), a symbolic link to nothing,
+    /// or its temporary file cannot be created beside it.
+    #[error("cannot save to {}: {reason}", path.display())]
+    Target {
+        /// The path the save was asked to write.
+        path: std::path::PathBuf,
+        /// Why it cannot be written.
+        reason: String,
+    },
     /// The API was used out of order (a unit left open, a second unit opened
     /// inside one, a read before a unit was opened).
     #[error("invalid use: {0}")]

@@ -253,7 +253,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => VmConfig::new(
             args.mem,
             match &args.bios {
-                Some(path) => std::fs::read(path)
+                Some(path) => vmm_core::firmware::read(path)
                     .with_context(|| format!("cannot read firmware {}", path.display()))?,
                 None => guests::find(&args.guest)?.firmware()?,
             },

@@ -43,8 +43,8 @@ pub fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
             }
         }
         StateCommand::Verify { file } => {
-            let summary =
-                ssm::verify(&file).with_context(|| format!("{} is damaged", file.display()))?;
+            let summary = vmm_core::saved_state::verify(&file)
+                .with_context(|| format!("{} is damaged", file.display()))?;
             println!(
                 "{}: ok ({} units, {} bytes checked)",
                 file.display(),

@@ -105,25 +105,33 @@ impl VmConfig {
     /// Checks the configuration for things no VM can do, or this host
     /// cannot (more RAM than it could ever give the guest).
     pub fn validate(&self) -> Result<()> {
-        if self.cpus == 0 || self.cpus > MAX_CPUS {
-            return Err(Error::Config(format!(
-                "{} vCPUs requested: a VM has 1 to {MAX_CPUS} vCPUs",
-                self.cpus
-            )));
-        }
-        if self.ram_bytes < MIN_RAM {
-            return Err(Error::Config(format!(
-                "{} bytes of RAM requested: at least {} MiB is needed",
-                self.ram_bytes,
-                MIN_RAM >> 20
-            )));
-        }
+        check_machine(self.ram_bytes, self.cpus, &self.firmware)?;
         crate::memory::check_host_ram(self.ram_bytes)?;
         if let Some(kernel) = &self.kernel {
             crate::boot::direct::check(kernel, self.cpus)?;
         }
         Ok(())
     }
+}
+
+/// Checks the machine a VM is built as: its vCPU count, RAM size and
+/// firmware image. Building a VM checks it, and so do saving and loading
+/// the `vmm` saved-state unit that records the machine: what cannot be
+/// built from a saved state is never saved.
+pub(crate) fn check_machine(ram_bytes: u64, cpus: u32, firmware: &[u8]) -> Result<()> {
+    if cpus == 0 || cpus > MAX_CPUS {
+        return Err(Error::Config(format!(
+            "{cpus} vCPUs requested: a VM has 1 to {MAX_CPUS} vCPUs"
+        )));
+    }
+    if ram_bytes < MIN_RAM {
+        return Err(Error::Config(format!(
+            "{ram_bytes} bytes of RAM requested: at least {} MiB is needed",
+            MIN_RAM >> 20
+        )));
+    }
+    crate::firmware::check_size(firmware.len() as u64)?;
+    Ok(())
 }
 
 /// Parses a memory size: a number of MiB (`64`) or a number with a unit

@@ -11,6 +11,9 @@ pub enum Error {
     /// The execution backend failed.
     #[error(transparent)]
     Backend(#[from] hm_vmx::Error),
+    /// The firmware image cannot be used.
+    #[error(transparent)]
+    Firmware(#[from] crate::firmware::FirmwareError),
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(String),

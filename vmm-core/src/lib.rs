@@ -38,6 +38,7 @@ pub mod debug;
 pub mod devices;
 mod emt;
 mod error;
+pub mod firmware;
 mod gmm_host;
 pub mod guests;
 mod info;

@@ -113,12 +113,8 @@ impl GuestMemoryMap {
         check_host_ram(ram_size)?;
         let layout = pc_layout(ram_size);
         let rom_size = firmware.len() as u64;
-        if rom_size == 0 || rom_size % 4096 != 0 || rom_size > layout.mmio_hole_size {
-            return Err(Error::Config(format!(
-                "firmware of {rom_size} bytes: must be a non-empty multiple of 4 KiB, at most {} MiB",
-                layout.mmio_hole_size >> 20
-            )));
-        }
+        // The MMIO hole below 4 GiB (1 GiB) has room for the largest image.
+        crate::firmware::check_size(rom_size)?;
         let mirror = rom_size.min(LOW_MIRROR_MAX);
         let expansion = EXPANSION_ROM_AREA.end - EXPANSION_ROM_AREA.start;
         let (gmm, host) = gmm_backing(ram_size, rom_size + mirror + expansion, stats, info)?;

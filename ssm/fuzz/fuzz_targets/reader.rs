@@ -3,6 +3,9 @@
 
 #![no_main]
 
+#[path = "common/walks.rs"]
+mod walks;
+
 use libfuzzer_sys::fuzz_target;
 use ssm::{Manager, StreamReader, Unit, UnitReader, UnitWriter};
 
@@ -52,9 +55,7 @@ impl Unit for Greedy {
 
 fuzz_target!(|data: &[u8]| {
     // Full verification walk.
-    if let Ok(r) = StreamReader::from_slice(data) {
-        let _ = ssm::inspect_stream(r);
-    }
+    walks::inspect(data);
     // Load through the manager into units that read greedily.
     let mut m = Manager::new();
     for name in ["cpum", "pgm", "serial"] {
@@ -64,14 +65,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = m.load(r);
     }
     // Random access through the directory.
-    if let Ok(mut r) = StreamReader::new(std::io::Cursor::new(data), true) {
-        if let Ok(dir) = r.directory() {
-            for e in dir.iter().take(64) {
-                if r.seek_unit(e).is_ok() {
-                    let _ = r.unit_reader().skip_to_end_of_unit();
-                    let _ = r.finish_unit();
-                }
-            }
-        }
-    }
+    walks::random_access(data);
 });

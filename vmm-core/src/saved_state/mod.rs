@@ -177,6 +177,25 @@ pub fn read_config(path: &Path) -> Result<SavedConfig> {
     read_config_from(StreamReader::buffered(file, true)?)
 }
 
+/// Checks the saved state at `path` as a restore would before building
+/// anything: every CRC and structure, and that the machine its `vmm` unit
+/// records (vCPUs, RAM, firmware) is one a VM can be built as. A stream
+/// without a `vmm` unit (written by another user of `ssm`) gets the stream
+/// checks only.
+///
+/// ```no_run
+/// let summary = vmm_core::saved_state::verify(std::path::Path::new("vm.sav"))?;
+/// println!("{} units, {} bytes", summary.units, summary.bytes);
+/// # Ok::<(), vmm_core::Error>(())
+/// ```
+pub fn verify(path: &Path) -> Result<ssm::VerifySummary> {
+    let summary = ssm::verify(path)?;
+    match read_config(path) {
+        Ok(_) | Err(Error::SavedState(ssm::Error::MissingUnit(_))) => Ok(summary),
+        Err(e) => Err(e),
+    }
+}
+
 fn read_config_from<R: BufRead>(mut reader: StreamReader<R>) -> Result<SavedConfig> {
     while let Some(info) = reader.next_unit()? {
         if info.id.name == VMM_UNIT && info.id.instance == 0 {
@@ -330,8 +349,12 @@ pub(crate) fn save(
             .into());
         }
     };
+    // Refused before the VM stops: a configuration that could not be
+    // restored, or a target that is not a regular file.
+    machine.saved.config.check()?;
+    let file = ssm::AtomicFile::create(path)?;
     let outcome = if request.live && was_running {
-        save_live(machine, path)
+        save_live(machine, file)
     } else {
         if was_running {
             stop_emts(
@@ -341,7 +364,7 @@ pub(crate) fn save(
                 VmState::Suspended,
             )?;
         }
-        save_stopped(machine, path)
+        save_stopped(machine, file)
     };
     // Back to where the caller wants the VM, also after a failed save.
     match (request.then, was_running) {
@@ -359,8 +382,8 @@ fn expected_bytes(machine: &Machine) -> u64 {
     (pages.private + pages.rom) * pgm::phys::PAGE_SIZE
 }
 
-/// A save of a suspended VM.
-fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
+/// A save of a suspended VM into `file`.
+fn save_stopped(machine: &Arc<Machine>, mut file: ssm::AtomicFile) -> Result<SaveReport> {
     let start = Instant::now();
     machine
         .state
@@ -370,7 +393,6 @@ fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
     let written = scan_zero_pages(machine)
         .and_then(|()| manager(machine, None))
         .and_then(|mut m| {
-            let mut file = ssm::AtomicFile::create(path)?;
             let sink = machine
                 .saved
                 .progress
@@ -389,11 +411,9 @@ fn save_stopped(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
     })
 }
 
-/// A live save of a running VM to a file.
-fn save_live(machine: &Arc<Machine>, path: &Path) -> Result<SaveReport> {
-    live_to(machine, ssm::AtomicFile::create(path)?, |file| {
-        Ok(file.commit()?)
-    })
+/// A live save of a running VM into `file`.
+fn save_live(machine: &Arc<Machine>, file: ssm::AtomicFile) -> Result<SaveReport> {
+    live_to(machine, file, |file| Ok(file.commit()?))
 }
 
 /// A live save of a running VM into `sink`; `finish` completes the sink

@@ -10,8 +10,11 @@ use ssm::{Unit, UnitReader, UnitWriter};
 
 use crate::devices::{AcpiPm, BalloonState, Cmos, CmosState, Uart};
 
-/// The most bytes a unit's blob may claim (vCPU state with every MSR is a
-/// few KiB; firmware at most 16 MiB).
+/// The firmware bytes the `vmm` unit may claim.
+const MAX_FIRMWARE: usize = crate::firmware::MAX_FIRMWARE as usize;
+
+/// The most bytes a vCPU's state blob may claim (with every MSR it is a
+/// few KiB).
 const MAX_BLOB: usize = 16 << 20;
 
 pub(super) fn failed(e: impl std::fmt::Display) -> ssm::Error {
@@ -31,20 +34,31 @@ pub struct SavedConfig {
 }
 
 impl SavedConfig {
-    /// Writes the configuration into a unit.
+    /// Checks what building a VM from this configuration checks (vCPU
+    /// count, RAM size, firmware size); saving and loading both do, so
+    /// nothing is saved that could not be restored.
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        crate::config::check_machine(self.ram_bytes, self.cpus, &self.firmware)
+    }
+
+    /// Writes the configuration into a unit (after [`check`](Self::check)).
     pub(crate) fn put(&self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        self.check().map_err(failed)?;
         w.put_u64(self.ram_bytes)?;
         w.put_u32(self.cpus)?;
         w.put_buf(&self.firmware)
     }
 
-    /// Reads what [`SavedConfig::put`] wrote.
+    /// Reads what [`SavedConfig::put`] wrote, with the same
+    /// [`check`](Self::check).
     pub(crate) fn get(r: &mut UnitReader<'_>) -> ssm::Result<SavedConfig> {
-        Ok(SavedConfig {
+        let config = SavedConfig {
             ram_bytes: r.get_u64()?,
             cpus: r.get_u32()?,
-            firmware: r.get_buf(MAX_BLOB)?,
-        })
+            firmware: r.get_buf(MAX_FIRMWARE)?,
+        };
+        config.check().map_err(failed)?;
+        Ok(config)
     }
 }
 
@@ -360,5 +374,92 @@ impl Unit for BalloonUnit {
         let pages = r.get_u64()?;
         self.state.restore(target, pages);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAX_CPUS;
+    use crate::firmware::MAX_FIRMWARE;
+    use ssm::{Manager, SaveOptions, StreamReader};
+
+    /// A `vmm` unit that writes its fields as given, without the check a
+    /// save makes: what a hostile or older writer could put in a file.
+    struct Unchecked(SavedConfig);
+
+    impl Unit for Unchecked {
+        fn name(&self) -> &str {
+            VMM_UNIT
+        }
+        fn version(&self) -> u32 {
+            VMM_VERSION
+        }
+        fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+            w.put_u64(self.0.ram_bytes)?;
+            w.put_u32(self.0.cpus)?;
+            w.put_buf(&self.0.firmware)
+        }
+        fn load_exec(&mut self, _: &mut UnitReader<'_>, _: u32, _: u32) -> ssm::Result<()> {
+            Err(failed("a unit that only writes"))
+        }
+    }
+
+    fn save(unit: impl Unit + 'static) -> ssm::Result<Vec<u8>> {
+        let mut m = Manager::new();
+        m.register(Box::new(unit))?;
+        let mut bytes = Vec::new();
+        m.save(&mut bytes, &SaveOptions::default())?;
+        Ok(bytes)
+    }
+
+    #[test]
+    fn a_save_refuses_exactly_what_a_load_refuses() {
+        let good = SavedConfig {
+            ram_bytes: 16 << 20,
+            cpus: 1,
+            firmware: vec![0xf4; 4096],
+        };
+        let with = |f: &dyn Fn(&mut SavedConfig)| {
+            let mut c = good.clone();
+            f(&mut c);
+            c
+        };
+        let page = 4096;
+        let cases = [
+            (good.clone(), true),
+            (with(&|c| c.firmware = vec![1; MAX_FIRMWARE as usize]), true),
+            (with(&|c| c.cpus = MAX_CPUS), true),
+            // The case: 17 MiB of firmware saved, never restored.
+            (with(&|c| c.firmware = vec![1; 17 << 20]), false),
+            (
+                with(&|c| c.firmware = vec![1; MAX_FIRMWARE as usize + page]),
+                false,
+            ),
+            (with(&|c| c.firmware = vec![1; page + 1]), false),
+            (with(&|c| c.firmware.clear()), false),
+            (with(&|c| c.cpus = 0), false),
+            (with(&|c| c.cpus = MAX_CPUS + 1), false),
+            (with(&|c| c.ram_bytes = 0), false),
+        ];
+        for (config, valid) in cases {
+            let what = format!(
+                "{} bytes of firmware, {} vCPUs, {} bytes of RAM",
+                config.firmware.len(),
+                config.cpus,
+                config.ram_bytes
+            );
+            let saved = save(VmmUnit {
+                config: Arc::new(config.clone()),
+            });
+            let unchecked = save(Unchecked(config.clone())).unwrap();
+            let loaded =
+                super::super::read_config_from(StreamReader::from_slice(&unchecked).unwrap());
+            assert_eq!(saved.is_ok(), valid, "save of {what}: {:?}", saved.err());
+            assert_eq!(loaded.is_ok(), valid, "load of {what}: {:?}", loaded.err());
+            if let Ok(loaded) = loaded {
+                assert_eq!(loaded, config);
+            }
+        }
     }
 }

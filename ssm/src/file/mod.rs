@@ -1,17 +1,30 @@
 //! Crash-safe file output: write to a temporary name, sync, rename into place.
 
-use std::fs::{File, OpenOptions};
+mod target;
+mod temp;
+
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use target::Target;
 
 /// A file that only appears under its final name once complete.
 ///
-/// Data goes to `.<name>.tmp-<pid>` beside the target. [`AtomicFile::commit`]
+/// Data goes to `.<name>.tmp-<pid>-<n>` beside the target, created with
+/// mode 0600 (a saved state holds all of guest RAM). [`AtomicFile::commit`]
 /// flushes, fsyncs, renames over the target and fsyncs the directory, so a
 /// save that fails or is killed half way never destroys the previous file.
-/// Dropping an uncommitted `AtomicFile` removes the temporary file.
+/// Dropping an uncommitted `AtomicFile`, or a failed commit, removes the
+/// temporary file; temporaries that killed processes left beside the same
+/// target are removed by the next [`AtomicFile::create`].
+///
+/// Only regular files are written: a target that is a directory, device
+/// node, FIFO or socket is refused with [`Error::Target`]. A symbolic link
+/// is followed and the regular file it leads to is replaced (the link
+/// stays); a link that leads nowhere is refused. Replacing an existing file
+/// keeps its mode, and its owner and group when run as root.
 ///
 /// ```
 /// use std::io::Write;
@@ -28,31 +41,36 @@ use crate::error::{Error, Result};
 /// # Ok(()) }
 /// ```
 pub struct AtomicFile {
-    target: PathBuf,
+    target: Target,
     temp: PathBuf,
     file: Option<BufWriter<File>>,
+    stale_removed: Vec<PathBuf>,
 }
 
 impl AtomicFile {
-    /// Creates the temporary file for `target`.
+    /// Creates the temporary file for `target`, after checking that
+    /// `target` is a regular file, a symbolic link to one, or absent, and
+    /// removing temporaries of `target` left by processes that are gone.
     pub fn create(target: &Path) -> Result<Self> {
-        let name = target
-            .file_name()
-            .ok_or_else(|| Error::InvalidState(format!("{} names no file", target.display())))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".tmp-{}", std::process::id()));
-        let temp = target.with_file_name(temp_name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)?;
+        let target = Target::resolve(target)?;
+        let stale_removed = temp::remove_stale(&target.path);
+        let (temp, file) = temp::create(&target.path)?;
+        if let Err(e) = target.hand_over(&file) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
         Ok(Self {
-            target: target.to_path_buf(),
+            target,
             temp,
             file: Some(BufWriter::with_capacity(1 << 20, file)),
+            stale_removed,
         })
+    }
+
+    /// The temporaries of killed saves to the same target that
+    /// [`create`](Self::create) removed.
+    pub fn stale_removed(&self) -> &[PathBuf] {
+        &self.stale_removed
     }
 
     /// The temporary path being written.
@@ -60,24 +78,24 @@ impl AtomicFile {
         &self.temp
     }
 
-    /// Flushes and syncs the data, renames it over the target, syncs the directory.
+    /// Flushes and syncs the data, renames it over the target (checked
+    /// again to be a regular file or absent), syncs the directory.
     pub fn commit(mut self) -> Result<()> {
         let Some(buffered) = self.file.take() else {
             return Err(Error::InvalidState("file already committed".into()));
         };
-        let synced = buffered
+        let renamed = buffered
             .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|file| file.sync_all());
-        if let Err(e) = synced.and_then(|()| std::fs::rename(&self.temp, &self.target)) {
+            .map_err(|e| Error::from(e.into_error()))
+            .and_then(|file| Ok(file.sync_all()?))
+            .and_then(|()| self.target.recheck())
+            .and_then(|()| Ok(std::fs::rename(&self.temp, &self.target.path)?));
+        if let Err(e) = renamed {
             // Best effort: the previous file is untouched; drop the partial one.
             let _ = std::fs::remove_file(&self.temp);
-            return Err(e.into());
+            return Err(e);
         }
-        let dir = match self.target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let dir = temp::parent(&self.target.path).unwrap_or(Path::new("."));
         File::open(dir)?.sync_all()?;
         Ok(())
     }
