@@ -399,6 +399,7 @@ impl Vm {
     /// Powers the VM on and runs it, one EMT per vCPU, until the guest ends
     /// the run, the VM is powered off, or something fails.
     pub fn run(&mut self) -> Result<RunOutcome> {
+        let _input_closes = self.serial_input().closed_on_drop();
         let machine = &self.machine;
         // A restored VM resumes; a new one powers on.
         let starting = if machine.state.state() == VmState::Suspended {
@@ -432,7 +433,6 @@ impl Vm {
         });
         machine.requests.shut_down();
         machine.debug.powered_off();
-        self.serial_input().close();
         machine.outcome.lock().take().unwrap_or(Err(Error::Config(
             "the run ended without an outcome".into(),
         )))

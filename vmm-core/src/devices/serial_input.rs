@@ -140,6 +140,21 @@ impl SerialInput {
     pub(crate) fn close(&self) {
         self.space.close();
     }
+
+    /// A guard that closes the input when dropped (a run ends, whichever
+    /// way it ends).
+    pub(crate) fn closed_on_drop(self) -> ClosedOnDrop {
+        ClosedOnDrop(self)
+    }
+}
+
+/// Closes a [`SerialInput`] when dropped.
+pub(crate) struct ClosedOnDrop(SerialInput);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 #[cfg(test)]
