@@ -25,7 +25,7 @@ use crate::serial_out::SerialOutput;
 use crate::shutdown::ShutdownSignals;
 
 #[derive(Args)]
-#[command(after_help = AFTER_HELP)]
+#[command(after_help = after_help())]
 pub struct RunArgs {
     /// Guest RAM: MiB, or a size with a unit (512M, 2G).
     #[arg(long, default_value = "64M", value_parser = parse_mem)]
@@ -140,18 +140,21 @@ pub struct RunArgs {
 
 /// What `vmm run --help` says about the console and signals (see
 /// [`crate::console`] and [`crate::shutdown`]).
-const AFTER_HELP: &str = "\
+fn after_help() -> String {
+    format!(
+        "\
 Console: with --console stdio (the default) and stdin a terminal, the
-terminal is in raw mode while the VM runs: keys go to the guest's COM1,
-Ctrl-C included. Ctrl-A x powers the VM off in order and quits (status 0;
-a second Ctrl-A x ends vmm at once), Ctrl-A h prints the keys, Ctrl-A
-Ctrl-A sends a Ctrl-A. The terminal's settings are put back however vmm
-ends (but SIGKILL: then run `reset`).
+terminal is in raw mode while the VM runs, its settings put back however
+vmm ends (but by SIGKILL: then run `reset`).
+{}
 
 Signals: SIGINT (Ctrl-C without a console), SIGTERM and SIGHUP power the VM
 off in order: the exit-time reports (--stats, --info, --dump-phys) are
 written, the API socket is removed, and vmm exits with 128 + the signal's
-number (130, 143, 129). A second signal ends vmm at once.";
+number (130, 143, 129). A second signal ends vmm at once.",
+        crate::console::escape::HELP
+    )
+}
 
 /// `--reboot`: what a reboot from inside the guest does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -13,7 +13,7 @@ pub const ESCAPE: u8 = 0x01;
 /// What the console says about its keys (`Ctrl-A h`, `vmm run --help`).
 pub const HELP: &str = "\
 Console keys (stdin on a terminal):
-  Ctrl-A x       power the VM off and quit (twice: quit at once)
+  Ctrl-A x       power the VM off in order and quit, status 0 (twice: at once)
   Ctrl-A h       this help
   Ctrl-A Ctrl-A  send Ctrl-A to the guest
 Every other key, Ctrl-C included, goes to the guest.";

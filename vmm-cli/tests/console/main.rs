@@ -179,3 +179,19 @@ fn on_a_terminal_keys_go_to_the_guest_raw_and_ctrl_a_x_quits() {
         "the terminal's settings are back"
     );
 }
+
+#[test]
+fn run_help_documents_the_console_and_its_keys() {
+    let out = Command::new(VMM).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for needle in [
+        "--console",
+        "raw mode",
+        "Ctrl-A x",
+        "Ctrl-A h",
+        "Ctrl-A Ctrl-A",
+    ] {
+        assert!(help.contains(needle), "no {needle:?} in:\n{help}");
+    }
+}

@@ -82,7 +82,9 @@ impl Vmm {
         rest_of_line(&read(path)).expect("the line stays in the file")
     }
 
-    fn wait_until(&mut self, path: &Path, what: &str, done: impl Fn(&str) -> bool) {
+    /// Polls until `done` holds for the text of `path` (`what`, for the
+    /// message); panics if the child exits first or after the deadline.
+    pub fn wait_until(&mut self, path: &Path, what: &str, done: impl Fn(&str) -> bool) {
         let start = Instant::now();
         while !done(&read(path)) {
             if let Some(status) = self.child.try_wait().unwrap() {
