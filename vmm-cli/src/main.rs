@@ -2,6 +2,7 @@
 
 mod api;
 mod client;
+mod console;
 mod doctor;
 mod gdb;
 mod run;

@@ -19,12 +19,13 @@ use vmm_core::sync::vmstate::VmState;
 use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
+use crate::console::{Console, ConsoleArg};
 use crate::gdb::GdbServer;
 use crate::serial_out::SerialOutput;
 use crate::shutdown::ShutdownSignals;
 
 #[derive(Args)]
-#[command(after_help = SIGNALS_HELP)]
+#[command(after_help = after_help())]
 pub struct RunArgs {
     /// Guest RAM: MiB, or a size with a unit (512M, 2G); at most the host's
     /// RAM plus swap (see the README).
@@ -38,6 +39,12 @@ pub struct RunArgs {
     /// dropped and the guest runs on.
     #[arg(long, value_name = "FILE")]
     serial: Option<PathBuf>,
+    /// Where the guest's serial input (COM1's receiver) comes from:
+    /// `stdio` reads stdin (a terminal in raw mode, see below; a pipe or
+    /// file as it is, the VM running on at its end), also with --serial
+    /// FILE; `none` leaves stdin alone.
+    #[arg(long, value_enum, default_value_t = ConsoleArg::Stdio)]
+    console: ConsoleArg,
     /// The embedded guest to run (see --list-guests).
     #[arg(long, default_value = "demo", conflicts_with = "bios")]
     guest: String,
@@ -132,12 +139,23 @@ pub struct RunArgs {
     page_sharing: Option<u64>,
 }
 
-/// What `vmm run --help` says about signals (see [`crate::shutdown`]).
-const SIGNALS_HELP: &str = "\
-Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP power the VM off in order: the
-exit-time reports (--stats, --info, --dump-phys) are written, the API socket
-is removed, and vmm exits with 128 + the signal's number (130, 143, 129).
-A second signal ends vmm at once.";
+/// What `vmm run --help` says about the console and signals (see
+/// [`crate::console`] and [`crate::shutdown`]).
+fn after_help() -> String {
+    format!(
+        "\
+Console: with --console stdio (the default) and stdin a terminal, the
+terminal is in raw mode while the VM runs, its settings put back however
+vmm ends (but by SIGKILL: then run `reset`).
+{}
+
+Signals: SIGINT (Ctrl-C without a console), SIGTERM and SIGHUP power the VM
+off in order: the exit-time reports (--stats, --info, --dump-phys) are
+written, the API socket is removed, and vmm exits with 128 + the signal's
+number (130, 143, 129). A second signal ends vmm at once.",
+        crate::console::escape::HELP
+    )
+}
 
 /// `--reboot`: what a reboot from inside the guest does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -344,9 +362,12 @@ fn run_vm(
     let sharing = args
         .page_sharing
         .map(|secs| PageSharing::start(vm.handle(), Duration::from_secs(secs)));
+    let console = Console::start(args.console, vm.handle(), vm.serial_input())?;
     signals.arm(vm.handle());
     let outcome = vm.run();
     let signalled = signals.disarm();
+    // Stopped before anything else is said: the terminal is itself again.
+    drop(console);
     drop(sharing);
     drop(api);
     std::io::stdout().flush().ok();

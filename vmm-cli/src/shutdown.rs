@@ -214,8 +214,10 @@ fn next_signal(set: &libc::sigset_t) -> Option<Signal> {
     (signal > 0).then_some(Signal(signal))
 }
 
-/// Ends the process as `signal` does by default.
+/// Ends the process as `signal` does by default (the terminal put back
+/// first, if the console had it in raw mode).
 fn end_now(signal: Signal) -> ! {
+    crate::console::restore_terminal();
     if let Ok(set) = signal_set(&[signal.0]) {
         // SAFETY: restores the default action of a valid signal number,
         // then unblocks it on this thread alone (`set` is initialised) and

@@ -75,6 +75,7 @@ impl VmProcess {
             .arg("--serial")
             .arg(dir.path().join("serial"))
             .args(options)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -385,6 +385,7 @@ fn reboot_exit_ends_the_run_and_restart_boots_again() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args(boot)
         .args(["--serial", serial.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("vmm starts");

@@ -47,6 +47,7 @@ fn start_vmm(gdb_addr: &str, serial: &std::path::Path) -> (Child, String) {
         .args(["run", "--guest", "demo", "--gdb", gdb_addr, "--serial"])
         .arg(serial)
         .args(["--gdb-watch", watch])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -207,6 +207,52 @@ fn linux_brings_up_four_cpus_in_512_mib_and_powers_off() {
     assert!(!text.contains(STATUS_PREFIX), "poweroff returned:\n{text}");
 }
 
+/// The prompt of the shell [`a_shell_on_the_serial_console_answers_what_stdin_types`]
+/// drives; the kernel hands `PS1=...` from its command line to init in the
+/// environment, and the shell takes it from there.
+const PROMPT: &str = "vmm-shell# ";
+
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn a_shell_on_the_serial_console_answers_what_stdin_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serial, stderr) = (dir.path().join("serial"), dir.path().join("stderr"));
+    let mut args = Guest::from_lane().run_args("256M", 1, "sh");
+    args.last_mut()
+        .expect("the command line is the last argument")
+        .push_str(&format!(" PS1=\"{PROMPT}\""));
+    // With --serial FILE the console still reads stdin: a pipe here, fed
+    // as an expect script would.
+    args.extend(["--serial".to_owned(), serial.display().to_string()]);
+    let mut command = std::process::Command::new(support::VMM);
+    command
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&stderr).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut vm = Vmm::start("vmm run (a shell on ttyS0)", &mut command, DEADLINE);
+    let mut stdin = vm.child.stdin.take().expect("piped stdin");
+    let mut type_line = |line: &str| {
+        use std::io::Write;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("vmm reads its stdin");
+    };
+    vm.wait_for_text(&serial, PROMPT);
+    type_line("echo hello");
+    // The terminal echoes the command itself (`echo hello`): wait for a
+    // line that is the output alone.
+    vm.wait_until(&serial, "a line `hello`", |text| {
+        text.lines().any(|l| l.trim_end_matches('\r') == "hello")
+    });
+    type_line("poweroff -f");
+    let status = vm.wait(|| read(&serial) + &read(&stderr));
+    let text = read(&serial) + &read(&stderr);
+    assert!(status.success(), "{status}\n{text}");
+    assert!(text.contains("vmm: the guest powered off"), "{text}");
+    assert!(!text.contains(STATUS_PREFIX), "the shell returned:\n{text}");
+}
+
 /// One line of the counter: its value and the guest's uptime then.
 #[derive(Clone, Copy, Debug)]
 struct Tick {

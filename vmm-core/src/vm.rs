@@ -16,7 +16,7 @@ use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::{
     ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
     CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
-    I8042_PORTS, IrqLine, Uart, spawn_interrupts, system_clock,
+    I8042_PORTS, IrqLine, SerialInput, Uart, spawn_interrupts, system_clock,
 };
 use crate::emt::emt_main;
 use crate::error::{Error, Result};
@@ -337,6 +337,13 @@ impl Vm {
         VmHandle::new(Arc::clone(&self.machine))
     }
 
+    /// Input for COM1's receiver: bytes sent through it reach the guest as
+    /// if typed on the serial line (see [`SerialInput`]). It closes when
+    /// [`run`](Vm::run) returns.
+    pub fn serial_input(&self) -> SerialInput {
+        SerialInput::new(Arc::clone(&self.machine.saved.uart))
+    }
+
     /// Builds a VM from `config` and waits on `listener` for a teleport
     /// (`VmHandle::teleport` on the source, which must be configured the
     /// same way); [`run`](Vm::run) continues the guest. The wait for the
@@ -405,6 +412,7 @@ impl Vm {
     /// Powers the VM on and runs it, one EMT per vCPU, until the guest ends
     /// the run, the VM is powered off, or something fails.
     pub fn run(&mut self) -> Result<RunOutcome> {
+        let _input_closes = self.serial_input().closed_on_drop();
         let machine = &self.machine;
         // A restored VM resumes; a new one powers on.
         let starting = if machine.state.state() == VmState::Suspended {

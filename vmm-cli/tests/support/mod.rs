@@ -2,7 +2,7 @@
 //! child that is killed on drop, waits with deadlines, and the client calls.
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `vmm` binary under test.
@@ -26,12 +26,16 @@ impl Drop for Vmm {
 }
 
 impl Vmm {
-    /// Starts `vmm ARGS` with its stdout and stderr both in `output`;
+    /// Starts `vmm ARGS` with its stdout and stderr both in `output` and
+    /// no stdin (the console would take the terminal the tests run in);
     /// every wait on it gives up after `deadline`.
     pub fn spawn(what: &str, args: &[&str], output: &Path, deadline: Duration) -> Vmm {
         let file = std::fs::File::create(output).unwrap();
         let mut command = Command::new(VMM);
-        command.args(args).stdout(file.try_clone().unwrap());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap());
         Vmm::start(what, command.stderr(file), deadline)
     }
 
@@ -78,7 +82,9 @@ impl Vmm {
         rest_of_line(&read(path)).expect("the line stays in the file")
     }
 
-    fn wait_until(&mut self, path: &Path, what: &str, done: impl Fn(&str) -> bool) {
+    /// Polls until `done` holds for the text of `path` (`what`, for the
+    /// message); panics if the child exits first or after the deadline.
+    pub fn wait_until(&mut self, path: &Path, what: &str, done: impl Fn(&str) -> bool) {
         let start = Instant::now();
         while !done(&read(path)) {
             if let Some(status) = self.child.try_wait().unwrap() {

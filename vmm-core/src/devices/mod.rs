@@ -6,6 +6,7 @@ mod cmos;
 mod debug_exit;
 mod i8042;
 mod serial;
+mod serial_input;
 
 pub use acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP};
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
@@ -19,6 +20,7 @@ pub use i8042::{
 };
 pub(crate) use serial::UART_FIFO_SIZE;
 pub use serial::{COM1_PORT, IrqLine, Uart};
+pub use serial_input::{SerialInput, SerialInputClosed};
 
 /// Answers an `in` from a byte-wide register: `value` in the first byte,
 /// zeros in any wider part of the access.

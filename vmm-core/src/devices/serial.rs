@@ -1,9 +1,11 @@
 //! A 16550A UART (COM1) built on `vm-superio`.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use vm_superio::{Serial, Trigger};
 
+use super::serial_input::RxSpace;
 use super::{DeviceAction, PioDevice};
 
 /// The I/O base of COM1.
@@ -43,13 +45,18 @@ impl Trigger for IrqLine {
     }
 }
 
+/// The `vm-superio` device inside a [`Uart`].
+type Serial16550 = Serial<IrqLine, Arc<RxSpace>, Box<dyn Write + Send>>;
+
 /// A 16550A UART whose transmitted bytes go to a sink the caller chooses.
 ///
 /// A byte the sink refuses (a full disk, a closed pipe) is lost, not
 /// retried: the guest is never stalled by its console. The loss is counted
 /// (see [`Uart::count_dropped`]); telling the user is the sink's business.
+/// Bytes for its receiver come through a
+/// [`SerialInput`](super::SerialInput).
 pub struct Uart {
-    serial: Serial<IrqLine, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    serial: Serial16550,
     dropped: Option<stam::Counter>,
 }
 
@@ -63,7 +70,7 @@ impl Uart {
     /// A UART writing to `out` that signals its interrupt on `irq`.
     pub fn with_irq(out: Box<dyn Write + Send>, irq: IrqLine) -> Self {
         Uart {
-            serial: Serial::new(irq, out),
+            serial: Serial::with_events(irq, Arc::default(), out),
             dropped: None,
         }
     }
@@ -76,6 +83,57 @@ impl Uart {
 }
 
 impl Uart {
+    /// What senders of input wait on.
+    pub(crate) fn rx_space(&self) -> Arc<RxSpace> {
+        Arc::clone(self.serial.events())
+    }
+
+    /// Queues as much of `bytes` in the receive FIFO as fits (raising the
+    /// received-data interrupt); returns how many. None fit while the FIFO
+    /// is full or the guest has the UART in loopback mode.
+    pub(crate) fn receive(&mut self, bytes: &[u8]) -> usize {
+        let room = self.serial.fifo_capacity().min(bytes.len());
+        match self.serial.enqueue_raw_bytes(bytes) {
+            Ok(queued) => queued,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(e) => {
+                // The bytes are in the FIFO; only the interrupt failed.
+                tracing::warn!("serial: cannot raise the interrupt: {e:?}");
+                room
+            }
+        }
+    }
+
+    /// Replaces the device by `build(interrupt line, events, sink)`, taken
+    /// from the old one; on failure, by a power-on device on a sink that
+    /// drops output (the sink went into the failed attempt). Wakes the
+    /// senders of input: the FIFO changed under them.
+    fn rebuild<E>(
+        &mut self,
+        build: impl FnOnce(IrqLine, Arc<RxSpace>, Box<dyn Write + Send>) -> Result<Serial16550, E>,
+    ) -> Result<(), E> {
+        let irq = self.serial.interrupt_evt().clone();
+        let space = self.rx_space();
+        let old = std::mem::replace(
+            &mut self.serial,
+            Serial::with_events(IrqLine::None, Arc::clone(&space), Box::new(std::io::sink())),
+        );
+        let built = build(irq.clone(), Arc::clone(&space), old.into_writer());
+        let result = match built {
+            Ok(serial) => {
+                self.serial = serial;
+                Ok(())
+            }
+            Err(e) => {
+                self.serial =
+                    Serial::with_events(irq, Arc::clone(&space), Box::new(std::io::sink()));
+                Err(e)
+            }
+        };
+        space.notify();
+        result
+    }
+
     /// The UART's registers and receive FIFO, for a saved state.
     pub(crate) fn state(&self) -> vm_superio::serial::SerialState {
         self.serial.state()
@@ -93,24 +151,8 @@ impl Uart {
                 state.in_buffer.len()
             ));
         }
-        let irq = self.serial.interrupt_evt().clone();
-        let old = std::mem::replace(
-            &mut self.serial,
-            Serial::new(IrqLine::None, Box::new(std::io::sink())),
-        );
-        let out = old.into_writer();
-        match Serial::from_state(state, irq.clone(), vm_superio::serial::NoEvents, out) {
-            Ok(serial) => {
-                self.serial = serial;
-                Ok(())
-            }
-            Err(e) => {
-                // `from_state` consumed the sink only on success; rebuild a
-                // power-on UART on a sink that drops output.
-                self.serial = Serial::new(irq, Box::new(std::io::sink()));
-                Err(format!("{e:?}"))
-            }
-        }
+        self.rebuild(|irq, space, out| Serial::from_state(state, irq, space, out))
+            .map_err(|e| format!("{e:?}"))
     }
 }
 
@@ -140,12 +182,9 @@ impl PioDevice for Uart {
     fn reset(&mut self) {
         // A new 16550 in its power-on state, writing to the same sink and
         // signalling the same interrupt line.
-        let irq = self.serial.interrupt_evt().clone();
-        let old = std::mem::replace(
-            &mut self.serial,
-            Serial::new(IrqLine::None, Box::new(std::io::sink())),
-        );
-        self.serial = Serial::new(irq, old.into_writer());
+        let rebuilt: Result<(), std::convert::Infallible> =
+            self.rebuild(|irq, space, out| Ok(Serial::with_events(irq, space, out)));
+        let Ok(()) = rebuilt;
     }
 }
 

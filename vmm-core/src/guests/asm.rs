@@ -21,26 +21,42 @@ pub(crate) fn pic_eoi(a: &mut CodeAssembler) -> Result<()> {
     outb(a, 0x20, 0x20)
 }
 
-/// Programs a 100 Hz timer interrupt: the master PIC (edge triggered, slave
-/// on IRQ 2, 8086 mode) at vectors `master_vector..` with only IRQ 0
-/// unmasked, the slave at `slave_vector..` all masked, and PIT channel 0 as
-/// a rate generator (lobyte/hibyte, mode 2) at 100 Hz. Clobbers AL.
-pub(crate) fn timer_100hz(
+/// Programs the PICs: the master (edge triggered, slave on IRQ 2, 8086
+/// mode) at vectors `master_vector..` with the IRQs set in `master_mask`
+/// masked, the slave at `slave_vector..` all masked. Clobbers AL.
+pub(crate) fn pic_init(
     a: &mut CodeAssembler,
     master_vector: u32,
     slave_vector: u32,
+    master_mask: u32,
 ) -> Result<()> {
     for (port, value) in [
         (0x20, 0x11),
         (0x21, master_vector),
         (0x21, 0x04),
         (0x21, 0x01),
-        (0x21, 0xfe),
+        (0x21, master_mask),
         (0xa0, 0x11),
         (0xa1, slave_vector),
         (0xa1, 0x02),
         (0xa1, 0x01),
         (0xa1, 0xff),
+    ] {
+        outb(a, port, value)?;
+    }
+    Ok(())
+}
+
+/// Programs a 100 Hz timer interrupt: the PICs as [`pic_init`] does with
+/// only IRQ 0 unmasked, and PIT channel 0 as a rate generator
+/// (lobyte/hibyte, mode 2) at 100 Hz. Clobbers AL.
+pub(crate) fn timer_100hz(
+    a: &mut CodeAssembler,
+    master_vector: u32,
+    slave_vector: u32,
+) -> Result<()> {
+    pic_init(a, master_vector, slave_vector, 0xfe)?;
+    for (port, value) in [
         (0x43, 0x34),
         (0x40, PIT_DIVISOR_100HZ & 0xff),
         (0x40, PIT_DIVISOR_100HZ >> 8),

@@ -6,6 +6,7 @@
 pub(crate) mod asm;
 pub mod counter;
 mod demo;
+mod echo;
 mod idle;
 pub mod rom;
 mod smp;
@@ -46,6 +47,11 @@ pub const GUESTS: &[EmbeddedGuest] = &[
         name: "counter",
         description: "save/restore workload: ticks at 100 Hz, checks a counter (register and memory) and a 1 MiB buffer, APs count along; exits 0 after 400 ticks",
         build: counter::firmware,
+    },
+    EmbeddedGuest {
+        name: "echo",
+        description: "reads COM1 by interrupt and echoes each byte, letters uppercased; a `q` ends the run with status 0",
+        build: echo::firmware,
     },
     EmbeddedGuest {
         name: "smp",
