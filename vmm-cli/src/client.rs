@@ -1,7 +1,6 @@
 //! The client subcommands (`vmm status`, `vmm pause`, `vmm stats`, ...):
 //! they talk to the control API of a `vmm run --api-socket PATH`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::net::UnixStream;
 
 use crate::api::{Action, PREFIX, StatsFormat};
+use crate::output;
 
 /// How long a client waits for the VMM's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -198,12 +198,8 @@ fn exchange(
     } else {
         readable(&reply)?
     };
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    if !text.ends_with('\n') {
-        stdout.write_all(b"\n")?;
-    }
-    stdout.flush()?;
+    let newline = if text.ends_with('\n') { "" } else { "\n" };
+    output::print(&format!("{text}{newline}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

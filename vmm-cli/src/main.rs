@@ -4,9 +4,11 @@ mod api;
 mod client;
 mod doctor;
 mod gdb;
+mod output;
 mod run;
 mod state;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -66,7 +68,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vmm: error: {e:#}");
+            // Not `eprintln!`: it panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "vmm: error: {e:#}");
             ExitCode::from(1)
         }
     }
