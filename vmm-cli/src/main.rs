@@ -1,6 +1,5 @@
 //! `vmm`: run and inspect virtual machines.
 
-mod api;
 mod client;
 mod doctor;
 mod gdb;
@@ -12,6 +11,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vmm_cli::api;
 
 /// A VirtualBox-style virtual machine monitor on Linux KVM.
 #[derive(Parser)]
