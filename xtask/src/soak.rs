@@ -213,9 +213,12 @@ fn report(samples: &[Sample], elapsed: Duration, baseline: Usage, end: Usage) {
         );
     };
     line("all", &mut samples.iter().map(|s| s.took).collect());
-    let mut kinds: Vec<Op> = CYCLE.to_vec();
-    kinds.push(Op::Save);
-    kinds.dedup();
+    let mut kinds: Vec<Op> = Vec::new();
+    for op in CYCLE.into_iter().chain([Op::Save]) {
+        if !kinds.contains(&op) {
+            kinds.push(op);
+        }
+    }
     for kind in kinds {
         let mut took: Vec<Duration> = samples
             .iter()
