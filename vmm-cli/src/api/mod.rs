@@ -20,6 +20,8 @@
 mod connections;
 mod control;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake;
 mod format;
 mod routes;
 mod service;
