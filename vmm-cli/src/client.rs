@@ -1,7 +1,6 @@
 //! The client subcommands (`vmm status`, `vmm pause`, `vmm stats`, ...):
 //! they talk to the control API of a `vmm run --api-socket PATH`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,9 +16,16 @@ use serde_json::{Value, json};
 use tokio::net::UnixStream;
 
 use crate::api::{Action, PREFIX, StatsFormat};
+use crate::output;
 
-/// How long a client waits for the VMM's answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for the VMM's answer unless `--timeout` says.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same for a save or a teleport, which move all of guest RAM.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long connecting to the API socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one look at a save's progress may take.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the VMM listens and how to print its answers.
 #[derive(Args)]
@@ -30,6 +36,37 @@ pub struct Connection {
     /// Print the API's JSON answer (for scripts) instead of readable text.
     #[arg(long)]
     json: bool,
+    /// How long to wait for the VMM's answer before giving up with an
+    /// error [default: 30; `save` and `teleport`: 3600].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+    /// The wait when `--timeout` is not given.
+    #[arg(skip = ANSWER_TIMEOUT)]
+    default_timeout: Duration,
+}
+
+impl Connection {
+    /// For requests that move all of guest RAM: a longer default wait.
+    fn transferring(mut self) -> Self {
+        self.default_timeout = TRANSFER_TIMEOUT;
+        self
+    }
+
+    /// How long to wait for the answer.
+    fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(self.default_timeout)
+    }
+}
+
+/// Parses `--timeout`: seconds, more than zero (fractions allowed).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if seconds <= 0.0 {
+        return Err("the timeout must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// `vmm info NAME [ARGS]`.
@@ -109,59 +146,81 @@ impl Reply {
     }
 }
 
-/// Sends one request to the API at `socket`.
+/// Sends one request to the API at `socket` and waits at most `timeout`
+/// for the whole answer (connecting at most [`CONNECT_TIMEOUT`] of it).
 fn request(
     socket: &Path,
     method: Method,
     target: &str,
     body: Option<Value>,
+    timeout: Duration,
 ) -> anyhow::Result<Reply> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the client runtime")?;
-    let exchange = async {
-        let stream = UnixStream::connect(socket).await.with_context(|| {
-            format!(
-                "cannot connect to the API socket {} (is `vmm run --api-socket` running?)",
-                socket.display()
-            )
-        })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake with the VMM failed")?;
-        tokio::spawn(async move {
-            // Errors surface through `send_request` below.
-            let _ = connection.await;
-        });
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = Request::builder()
-            .method(method)
-            .uri(target)
-            .header(HOST, "localhost")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .context("cannot build the request")?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("the VMM did not answer")?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .context("cannot read the VMM's answer")?
-            .to_bytes();
-        Ok::<_, anyhow::Error>(Reply {
-            status,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        })
-    };
+    let connect_timeout = CONNECT_TIMEOUT.min(timeout);
     runtime.block_on(async {
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let stream = tokio::time::timeout(connect_timeout, UnixStream::connect(socket))
             .await
-            .map_err(|_| anyhow!("the VMM did not answer within {REQUEST_TIMEOUT:?}"))?
+            .map_err(|_| {
+                anyhow!(
+                    "cannot connect to the API socket {} within {connect_timeout:?}",
+                    socket.display()
+                )
+            })?
+            .with_context(|| {
+                format!(
+                    "cannot connect to the API socket {} (is `vmm run --api-socket` running?)",
+                    socket.display()
+                )
+            })?;
+        tokio::time::timeout(timeout, send(stream, method, target, body))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the VMM did not answer within {timeout:?} (--timeout SECONDS waits longer)"
+                )
+            })?
+    })
+}
+
+/// One request and its answer on a connected `stream`.
+async fn send(
+    stream: UnixStream,
+    method: Method,
+    target: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Reply> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake with the VMM failed")?;
+    tokio::spawn(async move {
+        // Errors surface through `send_request` below.
+        let _ = connection.await;
+    });
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = Request::builder()
+        .method(method)
+        .uri(target)
+        .header(HOST, "localhost")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .context("cannot build the request")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("the VMM did not answer")?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .context("cannot read the VMM's answer")?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
     })
 }
 
@@ -193,7 +252,13 @@ fn exchange(
     body: Option<Value>,
     readable: impl FnOnce(&Reply) -> anyhow::Result<String>,
 ) -> anyhow::Result<ExitCode> {
-    let reply = request(&connection.api_socket, method, target, body)?;
+    let reply = request(
+        &connection.api_socket,
+        method,
+        target,
+        body,
+        connection.timeout(),
+    )?;
     let Some(reply) = check(reply, connection.json)? else {
         return Ok(ExitCode::FAILURE);
     };
@@ -202,12 +267,8 @@ fn exchange(
     } else {
         readable(&reply)?
     };
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    if !text.ends_with('\n') {
-        stdout.write_all(b"\n")?;
-    }
-    stdout.flush()?;
+    let newline = if text.ends_with('\n') { "" } else { "\n" };
+    output::print(&format!("{text}{newline}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -312,10 +373,10 @@ pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     // The VMM may run in another directory: send an absolute path.
     let file = std::path::absolute(&args.file)
         .with_context(|| format!("cannot resolve {}", args.file.display()))?;
-    let _progress =
-        (!args.connection.json).then(|| SaveProgress::show(args.connection.api_socket.clone()));
+    let connection = args.connection.transferring();
+    let _progress = (!connection.json).then(|| SaveProgress::show(connection.api_socket.clone()));
     exchange(
-        &args.connection,
+        &connection,
         Method::PUT,
         &format!("{PREFIX}/vm/save"),
         Some(json!({
@@ -354,7 +415,7 @@ pub fn teleport(args: TeleportArgs) -> anyhow::Result<ExitCode> {
         });
     };
     exchange(
-        &args.connection,
+        &args.connection.transferring(),
         Method::PUT,
         &target,
         Some(json!({ "address": address })),
@@ -438,7 +499,7 @@ fn save_progress(socket: &Path) -> Option<(u64, u64)> {
         "{PREFIX}/stats?{}",
         query(&[("pattern", "/SSM/Save/*"), ("format", "json")])
     );
-    let reply = request(socket, Method::GET, &target, None).ok()?;
+    let reply = request(socket, Method::GET, &target, None, PROGRESS_TIMEOUT).ok()?;
     let v = reply.json().ok()?;
     let value = |name: &str| {
         v["samples"]
@@ -482,6 +543,15 @@ mod tests {
         assert!(check(reply(501, "{}"), true).unwrap().is_none());
         let ok = check(reply(200, "{}"), false).unwrap().unwrap();
         assert_eq!(ok.json().unwrap(), json!({}));
+    }
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("7200"), Ok(Duration::from_secs(7200)));
+        for bad in ["0", "-3", "soon", "1e30", "NaN"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

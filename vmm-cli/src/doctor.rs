@@ -4,18 +4,21 @@ use std::process::ExitCode;
 
 use hm_vmx::{CAPABILITIES, Hypervisor};
 
+use crate::output;
+
 pub fn doctor() -> anyhow::Result<ExitCode> {
     let hv = match Hypervisor::open() {
         Ok(hv) => hv,
         Err(e) => {
-            println!("/dev/kvm: NOT usable: {e}");
+            output::print(&format!("/dev/kvm: NOT usable: {e}\n"))?;
             return Ok(ExitCode::from(1));
         }
     };
-    println!("/dev/kvm: usable (KVM API 12)");
-    println!("max vCPUs per VM: {}", hv.max_vcpus());
-    println!("memory slots per VM: {}", hv.max_memslots());
-    println!("capabilities:");
+    let mut text = format!(
+        "/dev/kvm: usable (KVM API 12)\nmax vCPUs per VM: {}\nmemory slots per VM: {}\ncapabilities:\n",
+        hv.max_vcpus(),
+        hv.max_memslots()
+    );
     for cap in CAPABILITIES {
         let state = if hv.has(cap) {
             "yes"
@@ -25,10 +28,11 @@ pub fn doctor() -> anyhow::Result<ExitCode> {
             "no"
         };
         let need = if cap.required { "required" } else { "optional" };
-        println!(
-            "  {:<24} {:<8} {:<9} {}",
+        text.push_str(&format!(
+            "  {:<24} {:<8} {:<9} {}\n",
             cap.name, state, need, cap.purpose
-        );
+        ));
     }
+    output::print(&text)?;
     Ok(ExitCode::SUCCESS)
 }

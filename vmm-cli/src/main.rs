@@ -1,18 +1,20 @@
 //! `vmm`: run and inspect virtual machines.
 
-mod api;
 mod client;
 mod console;
 mod doctor;
 mod gdb;
+mod output;
 mod run;
 mod serial_out;
 mod shutdown;
 mod state;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vmm_cli::api;
 
 /// A VirtualBox-style virtual machine monitor on Linux KVM.
 #[derive(Parser)]
@@ -69,7 +71,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vmm: error: {e:#}");
+            // Not `eprintln!`: it panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "vmm: error: {e:#}");
             ExitCode::from(1)
         }
     }

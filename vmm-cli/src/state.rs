@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::output;
+
 /// `vmm state inspect|verify FILE`.
 #[derive(Args)]
 pub struct StateArgs {
@@ -36,21 +38,22 @@ pub fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
         StateCommand::Inspect { file, json } => {
             let report = ssm::inspect(&file)
                 .with_context(|| format!("{} is not a valid saved state", file.display()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&report)?)
             } else {
-                print!("{report}");
-            }
+                report.to_string()
+            };
+            output::print(&text)?;
         }
         StateCommand::Verify { file } => {
             let summary = vmm_core::saved_state::verify(&file)
                 .with_context(|| format!("{} is damaged", file.display()))?;
-            println!(
-                "{}: ok ({} units, {} bytes checked)",
+            output::print(&format!(
+                "{}: ok ({} units, {} bytes checked)\n",
                 file.display(),
                 summary.units,
                 summary.bytes
-            );
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)

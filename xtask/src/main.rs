@@ -1,7 +1,8 @@
 //! Developer tasks: `cargo xtask ci` (the whole test suite, the
 //! hardware-KVM lane included), `cargo xtask hwkvm` (that lane alone),
-//! `cargo xtask bench` (the benchmarks, kept out of the test run) and
-//! `cargo xtask guest-linux` (Linux guest images).
+//! `cargo xtask bench` (the benchmarks, kept out of the test run),
+//! `cargo xtask soak` (the control API under a long mixed load, also kept
+//! out of it) and `cargo xtask guest-linux` (Linux guest images).
 
 use std::process::Command;
 
@@ -11,16 +12,19 @@ mod guest_exit;
 mod guest_linux;
 mod hwkvm;
 mod light;
+mod soak;
 mod tool;
 
 use anyhow::{Context, bail};
 
 const USAGE: &str =
-    "usage: cargo xtask <ci | hwkvm [...] | bench [CRATE...] | guest-linux [--test-kernel]>
+    "usage: cargo xtask <ci | hwkvm [...] | bench [CRATE...] | soak [--ops N] | guest-linux [--test-kernel]>
 
   ci      format check, clippy with -D warnings, every test, and the hardware-KVM lane
   hwkvm   the hardware-KVM lane alone (cargo xtask hwkvm --help)
   bench   run the criterion benchmarks (all crates, or the ones named)
+  soak    the release vmm under a mixed control-API load (default 100000 operations):
+          no errors, bounded latency, no growth of descriptors or memory
   guest-linux  Debian kernel + busybox initramfs (or --test-kernel) for vmm run --kernel";
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench(&args[1..]),
         Some("guest-linux") => guest_linux::run(&args[1..]),
         Some("hwkvm") => hwkvm::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..], cargo),
         _ => bail!("{USAGE}"),
     }
 }

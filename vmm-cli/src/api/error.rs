@@ -73,6 +73,20 @@ impl ApiError {
         )
     }
 
+    /// 408: the client took longer than `limit` to send its request.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            408,
+            "request_timeout",
+            format!("the request did not arrive within {limit:?}"),
+        )
+    }
+
+    /// 503: the API cannot take the request now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "service_unavailable", message)
+    }
+
     /// 500: the VM failed to carry out a valid request.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal_error", message)

@@ -17,41 +17,36 @@
 //! $ vmm stats '/IOM/Port/uart/*' --format prometheus --api-socket /tmp/vm.sock
 //! ```
 
+mod connections;
 mod control;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake;
 mod format;
 mod routes;
+mod service;
 mod socket;
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use connections::Registry;
+pub use connections::{MAX_CONNECTIONS, Slot};
 pub use control::{Action, Control, VmConfigInfo, VmControl};
 pub use error::ApiError;
 pub use format::StatsFormat;
 pub use routes::PREFIX;
+pub use service::{BODY_TIMEOUT, HEADER_TIMEOUT, MAX_BODY, serve_connection};
 use socket::SocketFile;
 
-/// Largest request body the API reads.
-const MAX_BODY: usize = 64 * 1024;
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutting down waits for requests in flight (a power-off
 /// request's answer, for one).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -134,24 +129,11 @@ fn serve_until(
 ) {
     runtime.block_on(async move {
         let graceful = GracefulShutdown::new();
-        let mut http = http1::Builder::new();
-        // A client that connects and never finishes its request headers is
-        // dropped instead of holding a connection forever.
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT);
+        let registry = Registry::new(MAX_CONNECTIONS);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let control = Arc::clone(&control);
-                        let service = service_fn(move |req| handle(req, Arc::clone(&control)));
-                        let connection = http.serve_connection(TokioIo::new(stream), service);
-                        let connection = graceful.watch(connection);
-                        tokio::spawn(async move {
-                            // A client hanging up mid-request is its business.
-                            let _ = connection.await;
-                        });
-                    }
+                    Ok((stream, _)) => admit(stream, &registry, &control, &graceful),
                     Err(e) => {
                         // Out of file descriptors and the like: say so, back
                         // off a little, keep serving.
@@ -173,46 +155,25 @@ fn serve_until(
     runtime.shutdown_timeout(DRAIN_TIMEOUT);
 }
 
-async fn handle(
-    request: Request<Incoming>,
-    control: Arc<dyn Control>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let answer = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => {
-            let body = collected.to_bytes();
-            let method = parts.method.as_str().to_owned();
-            let path = parts.uri.path().to_owned();
-            let query = parts.uri.query().map(str::to_owned);
-            tokio::task::spawn_blocking(move || {
-                routes::respond(&*control, &method, &path, query.as_deref(), &body)
-            })
-            .await
-            .unwrap_or_else(|e| ApiError::internal(format!("the request failed: {e}")).into())
-        }
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            ApiError::too_large(MAX_BODY).into()
-        }
-        Err(e) => ApiError::bad_request(format!("cannot read the request body: {e}")).into(),
+/// Serves a new connection if the registry has (or makes) room for it;
+/// turns it away with a `503` otherwise.
+fn admit(
+    stream: UnixStream,
+    registry: &Arc<Registry>,
+    control: &Arc<dyn Control>,
+    graceful: &GracefulShutdown,
+) {
+    let Some(admission) = registry.admit() else {
+        // A fresh socket's send buffer takes the short answer at once; if
+        // it does not, the client is not reading and gets nothing.
+        let _ = stream.try_write(&service::busy_answer());
+        return;
     };
-    Ok(to_http(answer))
-}
-
-fn to_http(answer: routes::Response) -> hyper::Response<Full<Bytes>> {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut builder = hyper::Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, answer.content_type);
-    if let Some(allow) = &answer.allow {
-        builder = builder.header(ALLOW, allow.as_str());
-    }
-    builder
-        .body(Full::new(Bytes::from(answer.body)))
-        .unwrap_or_else(|_| {
-            let mut fallback = hyper::Response::new(Full::new(Bytes::from(
-                ApiError::internal("cannot build the response").to_json(),
-            )));
-            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            fallback
-        })
+    let control = Arc::clone(control);
+    let slot = Arc::clone(admission.slot());
+    let connection = serve_connection(stream, control, slot, graceful);
+    tokio::spawn(async move {
+        connection.await;
+        drop(admission);
+    });
 }
