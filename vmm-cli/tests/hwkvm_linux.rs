@@ -410,3 +410,27 @@ fn linux_on_two_cpus_counts_on_through_live_save_teleport_and_save() {
         );
     }
 }
+
+/// Firmware with its GDT in ROM and the descriptors' accessed bits clear:
+/// with hardware semantics the CPU's accessed-bit writes to ROM are
+/// dropped and the guest runs on (tests/rom_gdt.rs in vmm-core checks the
+/// development host's KVM).
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn rom_gdt_guests_run_on_past_their_accessed_bit_writes() {
+    for guest in ["rom-gdt", "rom-gdt-data"] {
+        let out = vmm_run(["run", "--guest", guest].map(str::to_owned).to_vec());
+        assert!(
+            out.status.success(),
+            "{guest}: {}\n{}",
+            out.status,
+            out.serial
+        );
+        assert!(
+            out.serial
+                .contains("vmm rom-gdt: the GDT in ROM is unchanged; all checks passed"),
+            "{guest}:\n{}",
+            out.serial
+        );
+    }
+}

@@ -37,6 +37,16 @@ pub enum Error {
         /// against the SDM's guest-state rules.
         diagnosis: Option<String>,
     },
+    /// A vCPU stays inside one guest entry and the VMM cannot free it.
+    #[error("vCPU {cpu} is stuck at RIP {rip:#x}: {why}")]
+    GuestStuck {
+        /// The vCPU.
+        cpu: u32,
+        /// The guest's instruction pointer.
+        rip: u64,
+        /// Why, in words.
+        why: String,
+    },
     /// A direct kernel boot could not be prepared.
     #[error(transparent)]
     Boot(#[from] crate::boot::Error),

@@ -74,6 +74,8 @@ pub(crate) struct Machine {
     pub(crate) rendezvous: Rendezvous,
     pub(crate) state: VmStateMachine,
     pub(crate) kicks: Arc<EmtKicks>,
+    /// Finds vCPUs stuck in one guest entry.
+    pub(crate) stall: crate::emt::StallWatch,
     pub(crate) io: IoBus,
     pub(crate) halts: Vec<Counter>,
     pub(crate) stats: stam::Registry,

@@ -184,6 +184,7 @@ impl Vm {
             rendezvous,
             state: VmStateMachine::new(),
             kicks,
+            stall: crate::emt::StallWatch::new(config.cpus),
             io,
             halts,
             stats,
@@ -423,6 +424,15 @@ impl Vm {
         machine.state.set(starting)?;
         machine.debug.power_on(&machine.state)?;
         std::thread::scope(|scope| {
+            let (stop_watch, stopped) = std::sync::mpsc::channel::<()>();
+            let watch = std::thread::Builder::new()
+                .name("stall-watch".into())
+                .spawn_scoped(scope, move || machine.stall.watch(&machine.ffs, &stopped));
+            if let Err(e) = watch {
+                machine.finish(Err(Error::Config(format!(
+                    "cannot start the stall watch: {e}"
+                ))));
+            }
             let emts: Vec<_> = self
                 .vcpus
                 .iter_mut()
@@ -443,6 +453,7 @@ impl Vm {
                     machine.finish(Err(e));
                 }
             }
+            drop(stop_watch);
         });
         machine.requests.shut_down();
         machine.debug.powered_off();

@@ -39,6 +39,7 @@ mod page;
 mod range;
 mod report;
 mod rom_patch;
+mod rom_window;
 #[cfg(feature = "saved-state")]
 mod saved;
 mod sharing;
@@ -71,6 +72,7 @@ pub use page::{
 };
 pub use range::{Mmio2Id, RangeId, RangeInfo, RangeKind, RomProtection};
 pub use report::PageStats;
+pub use rom_window::RomWindow;
 #[cfg(feature = "saved-state")]
 pub use saved::{
     MIN_RUN_PAGES, PgmUnit, REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_RUN,

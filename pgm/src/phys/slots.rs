@@ -1,6 +1,8 @@
 //! The KVM memory slots the map needs: which guest-physical ranges KVM maps
 //! directly, read-write or read-only, and which must exit to `pgm`.
 
+use std::collections::BTreeSet;
+
 use super::handler::HandlerTable;
 use super::map::PhysMap;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
@@ -89,12 +91,20 @@ impl SlotSet {
 #[derive(Debug, Default)]
 pub(crate) struct SlotTracker {
     pub(crate) current: SlotSet,
+    /// ROM pages mapped writable for a window (see `rom_window`).
+    pub(crate) open_rom: BTreeSet<u64>,
 }
 
 /// Pieces of one range KVM should map: (guest, size, host, read-only).
 /// Only pages touched by a handler are looked at one by one, so the cost
 /// follows the handlers, not the size of RAM.
-fn range_pieces(r: &PhysRange, handlers: &HandlerTable, out: &mut Vec<(u64, u64, u64, bool)>) {
+/// ROM pages in `open` are mapped writable.
+fn range_pieces(
+    r: &PhysRange,
+    handlers: &HandlerTable,
+    open: &BTreeSet<u64>,
+    out: &mut Vec<(u64, u64, u64, bool)>,
+) {
     let mut push = |guest: u64, size: u64, host: u64, ro: bool| match out.last_mut() {
         _ if size == 0 => {}
         Some(l) if l.0 + l.1 == guest && l.2 + l.1 == host && l.3 == ro => l.1 += size,
@@ -105,7 +115,14 @@ fn range_pieces(r: &PhysRange, handlers: &HandlerTable, out: &mut Vec<(u64, u64,
         Backing::Rom { prot, .. } => {
             if let Some(m) = r.readable_memory() {
                 let ro = *prot != RomProtection::ReadRamWriteRam;
-                push(r.start, r.size, m.host_addr(), ro);
+                let host = |gpa: u64| m.host_addr() + (gpa - r.start);
+                let mut cursor = r.start;
+                for &page in open.range(r.start..r.start + r.size) {
+                    push(cursor, page - cursor, host(cursor), ro);
+                    push(page, PAGE_SIZE, host(page), false);
+                    cursor = page + PAGE_SIZE;
+                }
+                push(cursor, r.start + r.size - cursor, host(cursor), ro);
             }
         }
         Backing::Ram(_) | Backing::Mmio2 { .. } => {
@@ -151,7 +168,7 @@ impl PhysMap {
     pub(crate) fn refresh_slots(&mut self) {
         let mut pieces = Vec::new();
         for r in &self.ranges {
-            range_pieces(r, &self.handlers, &mut pieces);
+            range_pieces(r, &self.handlers, &self.slots.open_rom, &mut pieces);
         }
         let old = &self.slots.current;
         let max_old = old

@@ -5,10 +5,14 @@ use dbgf::debugger::StopCause;
 
 use std::sync::Arc;
 
+use dbgf::debugger::{KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP};
+use pgm::phys::{PAGE_SIZE, RomWindow};
+
 use super::exit::{DebugHooks, ExitContext, WatchHit};
+use super::stall::{self, StallWatch};
 use crate::config::OnReboot;
 use crate::devices::DeviceAction;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::outcome::RunOutcome;
 use crate::sync::ffs::{CpuFf, ForcedActions, VmFf};
@@ -43,6 +47,16 @@ pub(crate) trait EmtHost {
     fn device_action(&self, action: DeviceAction) -> Result<Option<RunOutcome>>;
     /// Ends the run with `outcome` and stops every EMT.
     fn end_run(&self, outcome: RunOutcome);
+    /// The watch over vCPUs stuck in one guest entry.
+    fn stall_watch(&self) -> &StallWatch;
+    /// If `cpu`'s descriptor tables lie in read-only ROM and a load would
+    /// write them (see [`super::stall`]): maps those ROM pages writable
+    /// and arms a single step, so that the next entry runs one
+    /// instruction. Nothing while a debugger is attached (the step is its).
+    fn open_descriptor_window(&self, cpu: u32) -> Result<Option<RomWindow>>;
+    /// Undoes [`open_descriptor_window`](EmtHost::open_descriptor_window):
+    /// the ROM bytes put back, the pages read-only, no single step.
+    fn close_descriptor_window(&self, cpu: u32, window: RomWindow) -> Result<()>;
 }
 
 /// The machine (shared: a reset runs a rendezvous that holds it).
@@ -111,6 +125,62 @@ impl EmtHost for Arc<Machine> {
 
     fn end_run(&self, outcome: RunOutcome) {
         Machine::finish(self, Ok(outcome));
+    }
+
+    fn stall_watch(&self) -> &StallWatch {
+        &self.stall
+    }
+
+    fn open_descriptor_window(&self, cpu: u32) -> Result<Option<RomWindow>> {
+        let Some(state) = self.vcpu_states.get(cpu as usize) else {
+            return Ok(None);
+        };
+        if self.debug.is_attached() {
+            return Ok(None);
+        }
+        let tables = stall::descriptor_tables(&state.sregs()?);
+        let mut map = self.memory.phys().write();
+        let mut pages = Vec::new();
+        let mut writes = false;
+        for &(base, len) in &tables {
+            let mut table = vec![0u8; len as usize];
+            if map.read(base, &mut table).is_ok() {
+                writes |= stall::writes_on_load(&table);
+            }
+            pages.extend((base..base.saturating_add(len)).step_by(PAGE_SIZE as usize));
+            pages.push(base.saturating_add(len - 1));
+        }
+        if !writes {
+            return Ok(None);
+        }
+        let window = map
+            .open_rom_window(&pages)
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        drop(map);
+        if window.is_empty() {
+            return Ok(None);
+        }
+        tracing::debug!(
+            "vCPU {cpu} stuck on a descriptor in ROM: one instruction with pages {:x?} writable",
+            window.pages().collect::<Vec<_>>()
+        );
+        self.memory.sync_slots(&self.saved.backend)?;
+        state.set_guest_debug(KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, [0; 8])?;
+        Ok(Some(window))
+    }
+
+    fn close_descriptor_window(&self, cpu: u32, window: RomWindow) -> Result<()> {
+        if let Some(state) = self.vcpu_states.get(cpu as usize) {
+            state.set_guest_debug(0, [0; 8])?;
+        }
+        let dropped = self
+            .memory
+            .phys()
+            .write()
+            .close_rom_window(window)
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        tracing::debug!("vCPU {cpu}: {dropped} bytes written to ROM dropped");
+        self.memory.sync_slots(&self.saved.backend)
     }
 }
 

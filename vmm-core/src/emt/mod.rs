@@ -12,6 +12,7 @@
 
 mod exit;
 mod host;
+mod stall;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use crate::sync::ffs::VmFf;
 
 use exit::{ExitAction, Unhandled, WatchHit, handle_exit};
 use host::EmtHost;
+pub(crate) use stall::StallWatch;
 
 /// The EMT of vCPU `cpu`: runs until the VM terminates. Whatever ends the
 /// run (the guest's exit status, an error) is reported to the machine,
@@ -103,10 +105,17 @@ fn run_guest(vcpu: &mut impl VirtualCpu, host: &impl EmtHost) -> Result<()> {
                     state = EmtState::Ready;
                     continue;
                 };
+                host.stall_watch().entering(cpu);
                 let exit = vcpu.run();
                 drop(guest);
-                let action = handle_exit(exit?, &host.exit_context(cpu))?;
-                after_exit(vcpu, host, action)?
+                let exit = exit?;
+                if matches!(exit, hm_vmx::Exit::Interrupted) && host.stall_watch().take_suspect(cpu)
+                {
+                    stall::recover(vcpu, host)?
+                } else {
+                    let action = handle_exit(exit, &host.exit_context(cpu))?;
+                    after_exit(vcpu, host, action)?
+                }
             }
             EmtState::CompletingWatched(hit) => complete_watched(vcpu, host, hit)?,
             EmtState::Terminated => return Ok(()),

@@ -10,10 +10,13 @@ use hm_vmx::testing::{ScriptedExit, ScriptedVcpu};
 use hm_vmx::vmx::ExitReason;
 use parking_lot::Mutex;
 
+use pgm::phys::RomWindow;
+
 use super::exit::{ExitContext, WatchHit};
 use super::host::EmtHost;
 use super::run_guest;
-use super::testing::{FakeDebugger, MMIO, Machine, RECORDER_PORT, out};
+use super::stall::StallWatch;
+use super::testing::{FakeDebugger, MMIO, Machine, RECORDER_PORT, ROM, out};
 use crate::devices::{DEBUG_EXIT_PORT, DeviceAction, PioDevice};
 use crate::error::{Error, Result};
 use crate::outcome::RunOutcome;
@@ -60,6 +63,12 @@ struct FakeHost {
     /// Entries attempted: a loop that spins without serving what blocks
     /// them fails instead of hanging the test.
     entries: Cell<u32>,
+    stall: StallWatch,
+    /// Whether the vCPU's descriptor tables are in ROM (a window opens).
+    tables_in_rom: Cell<bool>,
+    /// Whether the watchdog kicks the single step too (the instruction
+    /// does not complete even with the window open).
+    step_stalls: Cell<bool>,
 }
 
 /// More entry attempts than any script here needs.
@@ -86,6 +95,9 @@ impl FakeHost {
             log: RefCell::default(),
             outcome: Cell::new(None),
             entries: Cell::new(0),
+            stall: StallWatch::new(1),
+            tables_in_rom: Cell::new(false),
+            step_stalls: Cell::new(false),
         }
     }
 
@@ -169,6 +181,29 @@ impl EmtHost for FakeHost {
 
     fn end_run(&self, outcome: RunOutcome) {
         self.outcome.set(Some(outcome));
+    }
+
+    fn stall_watch(&self) -> &StallWatch {
+        &self.stall
+    }
+
+    fn open_descriptor_window(&self, cpu: u32) -> Result<Option<RomWindow>> {
+        if !self.tables_in_rom.get() {
+            return Ok(None);
+        }
+        self.note("window opened");
+        if self.step_stalls.get() {
+            self.stall.mark(cpu);
+        }
+        let mut map = self.machine.memory.phys().write();
+        Ok(Some(map.open_rom_window(&[ROM]).unwrap()))
+    }
+
+    fn close_descriptor_window(&self, _cpu: u32, window: RomWindow) -> Result<()> {
+        self.note("window closed");
+        let mut map = self.machine.memory.phys().write();
+        map.close_rom_window(window).unwrap();
+        Ok(())
     }
 }
 
@@ -289,4 +324,66 @@ fn an_unhandled_exit_ends_the_run_with_an_error_naming_it() {
         }) => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// A single step's exit, as KVM reports it.
+fn single_step() -> ScriptedExit {
+    ScriptedExit::Debug(hm_vmx::DebugExit {
+        exception: 1,
+        rip: 0,
+        dr6: 0x4000,
+        dr7: 0,
+    })
+}
+
+#[test]
+fn a_vcpu_stuck_on_a_rom_descriptor_steps_through_a_window_and_runs_on() {
+    let host = FakeHost::new(FakeDebugger::default());
+    host.tables_in_rom.set(true);
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, single_step(), exit_with(0)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["window opened", "window closed"]);
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
+    let slots = host.machine.memory.phys().read().kvm_slots().clone();
+    assert!(
+        slots
+            .slots
+            .iter()
+            .filter(|s| s.guest_addr >= ROM)
+            .all(|s| s.read_only)
+    );
+}
+
+#[test]
+fn an_exit_during_the_step_is_handled_after_the_window_closed() {
+    let host = FakeHost::new(FakeDebugger::default());
+    host.tables_in_rom.set(true);
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, exit_with(6)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["window opened", "window closed"]);
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(6)));
+}
+
+#[test]
+fn a_step_that_does_not_complete_ends_the_run_with_a_clear_error() {
+    let host = FakeHost::new(FakeDebugger::default());
+    host.tables_in_rom.set(true);
+    host.step_stalls.set(true);
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, ScriptedExit::Interrupted]);
+    let e = run_guest(&mut vcpu, &host).unwrap_err();
+    assert!(matches!(e, Error::GuestStuck { cpu: 0, .. }), "{e}");
+    assert!(e.to_string().contains("descriptor is in ROM"), "{e}");
+    assert_eq!(host.log(), ["window opened", "window closed"]);
+}
+
+#[test]
+fn a_kick_that_is_not_the_watchdog_s_opens_no_window() {
+    let host = FakeHost::new(FakeDebugger::default());
+    host.tables_in_rom.set(true);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, exit_with(0)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert!(host.log().is_empty(), "{:?}", host.log());
 }

@@ -9,6 +9,7 @@ mod demo;
 mod echo;
 mod idle;
 pub mod rom;
+mod rom_gdt;
 mod smp;
 pub mod test_kernel;
 
@@ -57,6 +58,16 @@ pub const GUESTS: &[EmbeddedGuest] = &[
         name: "smp",
         description: "the BSP wakes every AP with INIT-SIPI-SIPI; each AP reports its APIC id and checks in",
         build: smp::firmware,
+    },
+    EmbeddedGuest {
+        name: "rom-gdt",
+        description: "a GDT in ROM with accessed bits clear: the far jump and `mov ds` make the CPU write ROM; exits 0 if the ROM reads unchanged",
+        build: rom_gdt::firmware,
+    },
+    EmbeddedGuest {
+        name: "rom-gdt-data",
+        description: "as rom-gdt, but only the data descriptor's accessed bit is clear (`mov ds` writes ROM first)",
+        build: rom_gdt::firmware_data_only,
     },
 ];
 
