@@ -1,6 +1,7 @@
 //! Assembly helpers shared by the embedded guests.
 
 use iced_x86::code_asm::*;
+use iced_x86::{Code, Instruction};
 
 use crate::devices::{COM1_PORT, DEBUG_EXIT_PORT};
 use crate::error::{Error, Result};
@@ -197,4 +198,22 @@ impl StringTable {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// The address of ROM offset `offset` in the ROM's low mirror.
+pub(crate) fn low(offset: usize) -> u32 {
+    LOW_MIRROR + offset as u32
+}
+
+/// Loads the GDT that [`place_gdt`] put in the ROM, sets CR0.PE and
+/// far-jumps to ROM offset `target` (through the low mirror) in the flat
+/// 32-bit code segment. Real-mode code; DS must address the low mirror.
+pub(crate) fn enter_protected_mode(a: &mut CodeAssembler, target: usize) -> Result<()> {
+    a.lgdt(ptr(GDT_DESCRIPTOR as u32)).map_err(asm_err)?;
+    a.mov(eax, cr0).map_err(asm_err)?;
+    a.or(eax, 1).map_err(asm_err)?;
+    a.mov(cr0, eax).map_err(asm_err)?;
+    let far = Instruction::with_far_branch(Code::Jmp_ptr1632, SEL_CODE32, low(target))
+        .map_err(asm_err)?;
+    a.add_instruction(far).map_err(asm_err)
 }

@@ -18,12 +18,11 @@
 //! about four seconds; a restored run continues from the saved tick.
 
 use iced_x86::code_asm::*;
-use iced_x86::{Code, Instruction};
 
 use super::asm::{
-    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, GDT_DESCRIPTOR, ICR_INIT_ALL_BUT_SELF,
-    ICR_SIPI_ALL_BUT_SELF, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
-    exit_with, pic_eoi, place_gdt, print_hex_routine, print_routine, pseudo_descriptor,
+    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, ICR_INIT_ALL_BUT_SELF, ICR_SIPI_ALL_BUT_SELF,
+    LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err, enter_protected_mode,
+    exit_with, low, pic_eoi, place_gdt, print_hex_routine, print_routine, pseudo_descriptor,
     timer_100hz,
 };
 use super::rom::RomImage;
@@ -116,10 +115,6 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     Ok(rom.into_bytes())
 }
 
-fn low(offset: usize) -> u32 {
-    LOW_MIRROR + offset as u32
-}
-
 /// Real mode at `ip` (CS base is the ROM's 64 KiB window) to 32-bit code at
 /// ROM offset `target`, through the flat GDT.
 fn real_to_protected(ip: usize, target: usize) -> Result<Vec<u8>> {
@@ -127,13 +122,7 @@ fn real_to_protected(ip: usize, target: usize) -> Result<Vec<u8>> {
     a.cli().map_err(asm_err)?;
     a.mov(ax, LOW_MIRROR >> 4).map_err(asm_err)?;
     a.mov(ds, ax).map_err(asm_err)?;
-    a.lgdt(ptr(GDT_DESCRIPTOR as u32)).map_err(asm_err)?;
-    a.mov(eax, cr0).map_err(asm_err)?;
-    a.or(eax, 1).map_err(asm_err)?;
-    a.mov(cr0, eax).map_err(asm_err)?;
-    let far = Instruction::with_far_branch(Code::Jmp_ptr1632, SEL_CODE32, low(target))
-        .map_err(asm_err)?;
-    a.add_instruction(far).map_err(asm_err)?;
+    enter_protected_mode(&mut a, target)?;
     a.assemble(ip as u64).map_err(asm_err)
 }
 

@@ -23,8 +23,8 @@ use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction};
 
 use super::asm::{
-    FLAT_GDT, GDT_DESCRIPTOR, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
-    exit_with, place_gdt, print_routine, pseudo_descriptor,
+    FLAT_GDT, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
+    enter_protected_mode, exit_with, low, place_gdt, print_routine, pseudo_descriptor,
 };
 use super::rom::RomImage;
 use crate::error::Result;
@@ -133,10 +133,6 @@ fn idt(gp_handler: u32) -> Vec<u8> {
     table
 }
 
-fn low(offset: usize) -> u32 {
-    LOW_MIRROR + offset as u32
-}
-
 fn real_mode(banner: usize) -> Result<Vec<u8>> {
     let mut a = CodeAssembler::new(16).map_err(asm_err)?;
     let mut print = a.create_label();
@@ -149,13 +145,7 @@ fn real_mode(banner: usize) -> Result<Vec<u8>> {
     a.mov(ds, ax).map_err(asm_err)?;
     a.mov(si, banner as u32).map_err(asm_err)?;
     a.call(print).map_err(asm_err)?;
-    a.lgdt(ptr(GDT_DESCRIPTOR as u32)).map_err(asm_err)?;
-    a.mov(eax, cr0).map_err(asm_err)?;
-    a.or(eax, 1).map_err(asm_err)?;
-    a.mov(cr0, eax).map_err(asm_err)?;
-    let far = Instruction::with_far_branch(Code::Jmp_ptr1632, SEL_CODE32, low(CODE32))
-        .map_err(asm_err)?;
-    a.add_instruction(far).map_err(asm_err)?;
+    enter_protected_mode(&mut a, CODE32)?;
     print_routine(&mut a, &mut print)?;
     a.assemble(CODE16 as u64).map_err(asm_err)
 }

@@ -7,12 +7,11 @@
 //! are serialised with a spinlock in RAM.
 
 use iced_x86::code_asm::*;
-use iced_x86::{Code, Instruction};
 
 use super::asm::{
-    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, GDT_DESCRIPTOR, ICR_INIT_ALL_BUT_SELF,
-    ICR_SIPI_ALL_BUT_SELF, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
-    exit_with, place_gdt, print_hex_routine, print_routine,
+    AP_WAIT_ITERATIONS, APIC_ICR_LOW, FLAT_GDT, ICR_INIT_ALL_BUT_SELF, ICR_SIPI_ALL_BUT_SELF,
+    LOW_MIRROR, SEL_DATA, STRINGS, StringTable, asm_err, enter_protected_mode, exit_with, low,
+    place_gdt, print_hex_routine, print_routine,
 };
 use super::rom::RomImage;
 use crate::error::Result;
@@ -60,10 +59,6 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     Ok(rom.into_bytes())
 }
 
-fn low(offset: usize) -> u32 {
-    LOW_MIRROR + offset as u32
-}
-
 fn bsp_real_mode(m: &Messages) -> Result<Vec<u8>> {
     let mut a = CodeAssembler::new(16).map_err(asm_err)?;
     let mut print = a.create_label();
@@ -75,13 +70,7 @@ fn bsp_real_mode(m: &Messages) -> Result<Vec<u8>> {
     a.mov(ds, ax).map_err(asm_err)?;
     a.mov(si, m.starting as u32).map_err(asm_err)?;
     a.call(print).map_err(asm_err)?;
-    a.lgdt(ptr(GDT_DESCRIPTOR as u32)).map_err(asm_err)?;
-    a.mov(eax, cr0).map_err(asm_err)?;
-    a.or(eax, 1).map_err(asm_err)?;
-    a.mov(cr0, eax).map_err(asm_err)?;
-    let far =
-        Instruction::with_far_branch(Code::Jmp_ptr1632, SEL_CODE32, low(BSP32)).map_err(asm_err)?;
-    a.add_instruction(far).map_err(asm_err)?;
+    enter_protected_mode(&mut a, BSP32)?;
     print_routine(&mut a, &mut print)?;
     a.assemble(BSP16 as u64).map_err(asm_err)
 }
