@@ -242,6 +242,12 @@ mod tests {
     }
 
     #[test]
+    fn every_vcpu_count_a_vm_may_have_gets_both_tables() {
+        assert_eq!(MAX_CPUS, crate::config::MAX_CPUS);
+        assert_eq!(MAX_CPUS, crate::boot::acpi::MAX_CPUS);
+    }
+
+    #[test]
     fn the_pointer_lies_where_guests_scan_and_the_table_in_reserved_memory() {
         // Linux scans the last KiB of base memory (639 KiB on).
         assert_eq!(MPTABLE_ADDR, 639 << 10);
