@@ -433,4 +433,56 @@ fn rom_gdt_guests_run_on_past_their_accessed_bit_writes() {
             out.serial
         );
     }
+
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn linux_finds_three_cpus_in_the_madt_at_an_odd_ram_size_and_powers_off() {
+    let out = linux_sees_every_cpu_and_its_ram("333M", 3, 256 << 10, "date; poweroff -f");
+    let text = out.serial;
+    assert!(
+        text.contains("ACPI: Using ACPI (MADT) for SMP configuration information"),
+        "{text}"
+    );
+    assert!(out.status.success(), "{}\n{text}", out.status);
+    assert!(text.contains("vmm: the guest powered off"), "{text}");
+}
+
+/// Without ACPI, Linux can neither power off (it halts, and `vmm` waits)
+/// nor, built as Debian's cloud kernel is (without `CONFIG_X86_MPPARSE`),
+/// read the MP table: it finds no SMP configuration and runs on one CPU in
+/// virtual wire mode, its ticks from the PIT through the 8259 and LINT0.
+/// With the local APIC in use that stalls under KVM: a PIT interrupt
+/// raised while Linux has the local APIC software-disabled (and so LINT0
+/// masked) during its setup is never injected (KVM does not look at the
+/// 8259 again when LINT0 is unmasked, and its PIT waits for that tick's
+/// acknowledgement before raising another). `nolapic` keeps Linux on the
+/// 8259 alone, which this test checks: the legacy interrupt path, the RTC,
+/// and a reboot through the keyboard controller ending the run with
+/// `--reboot exit`.
+#[test]
+#[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
+fn without_acpi_debians_kernel_runs_on_the_8259_and_its_reboot_ends_the_run() {
+    let mut args = Guest::from_lane().run_args(
+        "256M",
+        1,
+        &format!("{KERNEL_LOG}; date +year=%Y; reboot -f"),
+    );
+    args.last_mut()
+        .expect("the command line is the last argument")
+        .push_str(" nolapic");
+    args.extend(["--no-acpi", "--reboot", "exit"].map(str::to_owned));
+    let out = vmm_run(args);
+    let text = out.serial;
+    assert!(out.status.success(), "{}\n{text}", out.status);
+    assert!(
+        text.contains("vmm: the guest reset the machine (reboot); run ended"),
+        "{text}"
+    );
+    assert!(text.contains("reboot: Restarting system"), "{text}");
+    assert!(!text.contains("Kernel panic"), "{text}");
+    assert!(text.contains("A valid RSDP was not found"), "{text}");
+    assert!(text.contains("smp: Brought up 1 node, 1 CPU"), "{text}");
+    assert!(text.contains("registered as rtc0"), "{text}");
+    assert!(text.contains("serio: i8042 KBD port"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("year=20")), "{text}");
 }

@@ -4,7 +4,7 @@
 
 use hm_vmx::{LapicRegisters, MpState};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_core::boot::layout::{MPTABLE_ADDR, ZERO_PAGE_ADDR};
+use vmm_core::boot::layout::{MP_CONFIG_ADDR, ZERO_PAGE_ADDR};
 use vmm_core::boot::{Entry, KernelBoot, direct};
 use vmm_core::guests::test_kernel;
 use vmm_core::memory::{GuestMemoryMap, pc_layout};
@@ -73,10 +73,10 @@ fn two_vcpus_get_the_boot_machine() {
 
     let count: u16 = memory
         .ram()
-        .read_obj(GuestAddress(MPTABLE_ADDR + 16 + 34))
+        .read_obj(GuestAddress(MP_CONFIG_ADDR + 34))
         .unwrap();
     let mut processors = 0;
-    let mut at = MPTABLE_ADDR + 16 + 44;
+    let mut at = MP_CONFIG_ADDR + 44;
     for _ in 0..count {
         let kind: u8 = memory.ram().read_obj(GuestAddress(at)).unwrap();
         at += if kind == 0 { 20 } else { 8 };

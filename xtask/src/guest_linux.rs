@@ -48,12 +48,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// Writes the test kernel, a small initrd and the command that boots them.
 fn write_test_kernel(out: &Path, mem: &str) -> anyhow::Result<()> {
-    use vmm_core::boot::layout::{LEGACY_HOLE, MPTABLE_SIZE};
+    use vmm_core::boot::layout::{ACPI_SIZE, LEGACY_HOLE, MPTABLE_SIZE};
     use vmm_core::guests::test_kernel;
 
     let ram = vmm_core::config::parse_size(mem)?;
     let e820_ram = ram
-        .checked_sub(LEGACY_HOLE.1 + MPTABLE_SIZE)
+        .checked_sub(LEGACY_HOLE.1 + MPTABLE_SIZE + ACPI_SIZE)
         .context("--mem is too small")?;
     let kernel = test_kernel::build()?;
     let initrd: Vec<u8> = (0..4096u32).map(|i| (i * 7 + i / 255) as u8).collect();

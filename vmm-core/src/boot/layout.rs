@@ -18,13 +18,18 @@ pub const CMDLINE_MAX: u64 = 0x1_0000 - 1;
 /// The boot stack top for the PVH entry (unused by the 64-bit entry).
 pub const BOOT_STACK_TOP: u64 = 0x8ff0;
 /// The ACPI tables (RSDP first), just below the MP table.
-pub const ACPI_ADDR: u64 = 0x9_c000;
-/// Bytes set aside for the ACPI tables.
-pub const ACPI_SIZE: u64 = MPTABLE_ADDR - ACPI_ADDR;
-/// The MP floating pointer and configuration table (last KiB of base memory).
+pub const ACPI_ADDR: u64 = 0x9_a000;
+/// Bytes set aside for the ACPI tables (those for 254 vCPUs take 11 KiB).
+pub const ACPI_SIZE: u64 = MP_CONFIG_ADDR - ACPI_ADDR;
+/// The MP configuration table, below the floating pointer that points at
+/// it (one for 254 vCPUs takes 5.2 KiB).
+pub const MP_CONFIG_ADDR: u64 = 0x9_e000;
+/// The MP floating pointer, at the start of the last KiB of base memory,
+/// one of the places a guest scans for it.
 pub const MPTABLE_ADDR: u64 = 0x9_fc00;
-/// Bytes set aside for the MP table.
-pub const MPTABLE_SIZE: u64 = 0x400;
+/// Bytes set aside for the MP table: the configuration table and, in the
+/// last KiB of base memory, the floating pointer.
+pub const MPTABLE_SIZE: u64 = LEGACY_HOLE.0 - MP_CONFIG_ADDR;
 /// The legacy VGA / option ROM / BIOS hole.
 pub const LEGACY_HOLE: (u64, u64) = (0xa_0000, 0x6_0000);
 /// Where RAM for kernels starts (1 MiB).
@@ -49,7 +54,7 @@ pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 pub fn pc_reserved(mmio_hole_start: u64) -> Vec<(u64, u64)> {
     vec![
         (ACPI_ADDR, ACPI_SIZE),
-        (MPTABLE_ADDR, MPTABLE_SIZE),
+        (MP_CONFIG_ADDR, MPTABLE_SIZE),
         LEGACY_HOLE,
         (mmio_hole_start, FOUR_GIB.saturating_sub(mmio_hole_start)),
     ]

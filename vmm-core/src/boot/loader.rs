@@ -18,7 +18,7 @@ use super::error::{Error, Result, mem_err};
 use super::header::{self, BzImageInfo, ENTRY_64_OFFSET, KernelFormat};
 use super::layout::{
     ACPI_ADDR, CMDLINE_ADDR, CMDLINE_MAX, DEFAULT_INITRD_ADDR_MAX, FOUR_GIB, HIGH_MEMORY,
-    MPTABLE_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
+    MP_CONFIG_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
 };
 use super::mptable;
 use super::zero_page::{ZeroPageInput, fill};
@@ -166,7 +166,7 @@ impl KernelBoot {
         cmdline.push(0);
         mem.write_slice(&cmdline, GuestAddress(CMDLINE_ADDR))
             .map_err(mem_err("the command line"))?;
-        mem.write_slice(&mptable::build(cpus)?, GuestAddress(MPTABLE_ADDR))
+        mem.write_slice(&mptable::build(cpus)?, GuestAddress(MP_CONFIG_ADDR))
             .map_err(mem_err("the MP table"))?;
         if plan.rsdp.is_some() {
             mem.write_slice(&acpi::build(cpus)?, GuestAddress(ACPI_ADDR))
@@ -357,7 +357,7 @@ fn write_pvh_info(
 mod tests {
     use linux_loader::loader::bootparam::boot_params;
 
-    use super::super::layout::pc_reserved;
+    use super::super::layout::{MPTABLE_ADDR, pc_reserved};
     use super::*;
     use crate::guests::test_kernel;
 
@@ -471,7 +471,7 @@ mod tests {
         mem.read_slice(&mut mp, GuestAddress(MPTABLE_ADDR)).unwrap();
         assert_eq!(&mp, b"_MP_");
         let procs: u8 = mem
-            .read_obj(GuestAddress(MPTABLE_ADDR + 16 + 44 + 20 + 1))
+            .read_obj(GuestAddress(MP_CONFIG_ADDR + 44 + 20 + 1))
             .unwrap();
         assert_eq!(procs, 1, "second processor has APIC id 1");
         // The zero page points at the ACPI tables for both processors.

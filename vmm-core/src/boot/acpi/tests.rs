@@ -62,11 +62,12 @@ fn table(image: &[u8], addr: u64) -> &[u8] {
     &image[at..at + len]
 }
 
-const COUNTS: [u32; 5] = [1, 2, 4, 32, MAX_CPUS];
+/// Every vCPU count the tables describe.
+const COUNTS: std::ops::RangeInclusive<u32> = 1..=MAX_CPUS;
 
 #[test]
 fn every_table_is_reachable_from_the_rsdp_with_good_checksums() {
-    for cpus in COUNTS {
+    for cpus in COUNTS.clone() {
         let image = build(cpus).unwrap();
         assert!(image.len() as u64 <= ACPI_SIZE);
         assert_eq!(&image[..8], b"RSD PTR ");
@@ -97,9 +98,17 @@ fn every_table_is_reachable_from_the_rsdp_with_good_checksums() {
 
 #[test]
 fn madt_lists_every_vcpu_the_ioapic_the_sci_override_and_the_nmi() {
-    for cpus in COUNTS {
-        let tables = parse(&build(cpus).unwrap());
+    for cpus in COUNTS.clone() {
+        let image = build(cpus).unwrap();
+        let tables = parse(&image);
         let madt = tables.find_table::<Madt>().unwrap();
+        // Header and LAPIC address and flags, a local APIC entry per vCPU,
+        // the I/O APIC, the SCI override, the NMI.
+        let expected_len = 44 + 8 * cpus + 12 + 10 + 6;
+        assert_eq!(
+            table(&image, madt.physical_start() as u64).len() as u32,
+            expected_len
+        );
         assert_eq!({ madt.get().local_apic_address }, LAPIC_ADDR);
         assert!(madt.get().supports_8259());
         let (mut lapics, mut ioapics, mut overrides, mut nmis) = (vec![], vec![], vec![], vec![]);
@@ -318,7 +327,7 @@ fn dsdt(image: &[u8]) -> Dsdt {
 #[test]
 fn dsdt_has_the_legacy_devices_and_one_processor_per_vcpu() {
     const EDGE_HIGH_CONSUMER: u8 = 0b0011;
-    for cpus in COUNTS {
+    for cpus in COUNTS.clone() {
         let devices = dsdt(&build(cpus).unwrap()).devices;
         let isa = |name: &str, hid: &str, ports: &[(u16, u8)], irq: u32| Dev {
             name: name.into(),
@@ -351,7 +360,7 @@ fn dsdt_has_the_legacy_devices_and_one_processor_per_vcpu() {
 #[test]
 fn dsdt_offers_soft_off_with_the_type_the_pm1_control_register_powers_off_with() {
     use crate::devices::{AcpiPm, DeviceAction, PioDevice, S5_SLP_TYP};
-    for cpus in COUNTS {
+    for cpus in COUNTS.clone() {
         let packages = dsdt(&build(cpus).unwrap()).packages;
         let typ = u64::from(S5_SLP_TYP);
         assert_eq!(packages, [("_S5_".to_string(), vec![typ, typ, 0, 0])]);
@@ -362,26 +371,43 @@ fn dsdt_offers_soft_off_with_the_type_the_pm1_control_register_powers_off_with()
     assert_eq!(pm.write(4, &value.to_le_bytes()), DeviceAction::PowerOff);
 }
 
-#[test]
-fn the_tables_lie_in_reserved_memory_below_and_above_4g() {
-    use crate::boot::e820::{self, E820Kind};
-    use crate::boot::layout::{FOUR_GIB, HIGH_MEMORY, pc_reserved};
+/// The RAM ranges `vmm` gives a VM with `ram_size` bytes of RAM (the PC
+/// layout, as `pgm` lays it out), as `(start, length)` pairs.
+fn pc_ram(ram_size: u64) -> Vec<(u64, u64)> {
+    let mut map = pgm::phys::PhysMap::with_defaults();
+    pgm::phys::PcLayout::new(ram_size).apply(&mut map).unwrap();
+    map.ranges().iter().map(|r| (r.start, r.size)).collect()
+}
 
-    let hole = 0xc000_0000;
-    for high in [0, 1 << 30] {
-        let low_top = if high == 0 { 512 << 20 } else { hole };
-        let mut ram = vec![(0, 0xa_0000), (HIGH_MEMORY, low_top - HIGH_MEMORY)];
-        if high > 0 {
-            ram.push((FOUR_GIB, high));
-        }
-        let map = e820::build(&ram, &pc_reserved(hole)).unwrap();
-        let size = build(MAX_CPUS).unwrap().len() as u64;
+#[test]
+fn the_tables_lie_in_reserved_memory_for_odd_ram_sizes_below_and_above_4g() {
+    use crate::boot::e820::{self, E820Kind};
+    use crate::boot::layout::{LEGACY_HOLE, MPTABLE_SIZE, pc_reserved};
+
+    const MIB: u64 = 1 << 20;
+    let image = build(MAX_CPUS).unwrap().len() as u64;
+    for ram_size in [
+        2 * MIB,
+        333 * MIB,
+        (3 << 30) - 4096,
+        (3 << 30) + 4096,
+        (4 << 30) + MIB,
+        (5 << 30) + 333 * MIB,
+    ] {
+        let layout = pgm::phys::PcLayout::new(ram_size);
+        let map = e820::build(&pc_ram(ram_size), &pc_reserved(layout.mmio_hole_start())).unwrap();
         assert!(map.iter().any(|e| e.kind == E820Kind::Reserved
             && e.addr <= ACPI_ADDR
-            && ACPI_ADDR + size <= e.end()));
+            && ACPI_ADDR + image <= e.end()));
         assert!(!map.iter().any(|e| e.kind == E820Kind::Ram
-            && e.addr < ACPI_ADDR + ACPI_SIZE
+            && e.addr < ACPI_ADDR + ACPI_SIZE + MPTABLE_SIZE
             && ACPI_ADDR < e.end()));
+        // All RAM but the legacy hole's and the tables' is the guest's.
+        assert_eq!(
+            e820::ram_total(&map),
+            ram_size - LEGACY_HOLE.1 - ACPI_SIZE - MPTABLE_SIZE,
+            "{ram_size:#x} bytes of RAM"
+        );
     }
 }
 

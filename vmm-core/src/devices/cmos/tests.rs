@@ -247,3 +247,45 @@ fn the_interrupt_thread_raises_update_interrupts() {
     }
     assert_eq!(get(&mut cmos.lock(), 0x0c) & (C_IRQF | C_UF), C_IRQF | C_UF);
 }
+
+proptest::proptest! {
+    /// A guest writing anything to either port (the index port included:
+    /// every index, NMI bit set or not) and reading back, while its clock
+    /// runs on by any amount, crashes nothing: the index port keeps
+    /// reading 0xff, the NMI mask follows the last index written, every
+    /// register still reads and the state still round-trips.
+    #[test]
+    fn garbage_on_both_ports_crashes_nothing(
+        accesses in proptest::collection::vec(
+            (0u16..4, proptest::bits::u8::ANY, 0usize..=4, proptest::bool::ANY, 0i64..3 * NS_PER_SEC),
+            1..200,
+        ),
+    ) {
+        let (mut c, now) = cmos();
+        let mut nmi_masked = c.nmi_masked();
+        for (offset, value, len, write, ns) in accesses {
+            advance(&now, ns);
+            if write {
+                let data = [value; 4];
+                proptest::prop_assert_eq!(c.write(offset, &data[..len]), DeviceAction::Continue);
+                if offset == INDEX && len > 0 {
+                    nmi_masked = value & NMI_MASK != 0;
+                }
+            } else {
+                let mut data = [0xa5; 4];
+                c.read(offset, &mut data[..len]);
+                if offset == INDEX && len > 0 {
+                    proptest::prop_assert_eq!(data[0], 0xff);
+                }
+                proptest::prop_assert!(data[1.min(len)..len].iter().all(|&b| b == 0));
+            }
+            proptest::prop_assert_eq!(c.nmi_masked(), nmi_masked);
+        }
+        for index in 0..0x80 {
+            get(&mut c, index);
+        }
+        let (mut d, _) = cmos();
+        d.set_state(&c.state());
+        proptest::prop_assert_eq!(d.state(), c.state());
+    }
+}
