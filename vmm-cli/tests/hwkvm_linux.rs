@@ -433,6 +433,7 @@ fn rom_gdt_guests_run_on_past_their_accessed_bit_writes() {
             out.serial
         );
     }
+}
 
 #[test]
 #[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
