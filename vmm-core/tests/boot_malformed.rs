@@ -114,7 +114,7 @@ fn an_overlong_command_line_is_refused() {
 }
 
 #[test]
-fn more_vcpus_than_the_mp_table_describes_are_refused() {
+fn more_vcpus_than_the_boot_tables_describe_are_refused() {
     let mut config = VmConfig::with_kernel(
         64 << 20,
         KernelBoot {
@@ -125,5 +125,10 @@ fn more_vcpus_than_the_mp_table_describes_are_refused() {
     );
     config.cpus = vmm_core::boot::mptable::MAX_CPUS + 1;
     let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("MP table describes 1 to 32"), "{err}");
+    // The MP table and the MADT describe as many vCPUs as a VM may have.
+    assert_eq!(
+        vmm_core::boot::mptable::MAX_CPUS,
+        vmm_core::config::MAX_CPUS
+    );
+    assert!(err.contains("a VM has 1 to 254 vCPUs"), "{err}");
 }
