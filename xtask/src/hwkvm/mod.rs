@@ -194,7 +194,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .context("L1 never reported the command's status (see the console above)")?;
             std::process::exit(status);
         }
-        Task::Bench(runs) => bench::report(&console, runs),
+        Task::Bench(runs) => bench::report(&console, runs, &work),
         Task::Suite => summarize(&report),
     }
 }

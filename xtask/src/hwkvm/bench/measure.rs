@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 
 use super::phases::{self, Line};
-use super::{FAIL, GAP, RECORD};
+use super::{FAIL, GAP, LOG, RECORD};
 use crate::guest_linux::MARKER;
 
 /// Where L1's image holds QEMU and its firmware.
@@ -156,6 +156,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                         c.name, p.setup, p.kernel, p.init, p.total
                     );
                     if round == 0 {
+                        for l in &lines {
+                            println!("{LOG}{} {:.6} {}", c.name, l.at.as_secs_f64(), l.text);
+                        }
                         for g in phases::slowest(&lines, SLOWEST_STEPS) {
                             println!("{GAP}{} {:.3} {}", c.name, g.seconds, g.line);
                         }
