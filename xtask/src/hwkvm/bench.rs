@@ -4,10 +4,10 @@
 //! L1's image then also holds QEMU (the lane's own build, with its shared
 //! libraries and the firmware its `microvm` and `pc` machines load) and
 //! this xtask binary, which L1's init runs as `xtask hwkvm --measure N`
-//! (see [`measure`]): N rounds, each booting the L2 guest (Debian's
-//! kernel and the busybox initramfs, the same command line, RAM and vCPU
-//! count) with `vmm`, `qemu -M microvm` and `qemu -M pc`, in reverse
-//! order on odd rounds. The host reads the record lines from L1's console
+//! (see [`measure`]): after one unmeasured boot each, N rounds, each
+//! booting the L2 guest (Debian's kernel and the busybox initramfs, the
+//! same command line, RAM and vCPU count) with `vmm`, `qemu -M microvm`
+//! and `qemu -M pc`, in reverse order on odd rounds. The host reads the record lines from L1's console
 //! and prints the median of each phase (see [`phases`]) per VMM, the
 //! median of the per-round ratios of the totals, and whether `vmm` met
 //! the goal of at most 1.0x QEMU's time.
