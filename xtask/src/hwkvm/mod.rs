@@ -14,12 +14,15 @@
 //! * `cargo xtask hwkvm -- 'SHELL COMMAND'` runs one command in L1 with
 //!   `vmm` and `gdb` on PATH and `$L2_KERNEL`, `$L2_INITRD`, `$L2_CMDLINE`
 //!   naming the Debian guest, and exits with its status.
+//! * `cargo xtask hwkvm --bench [--runs N]` measures boot time to
+//!   userspace with `vmm` against QEMU in L1 (see [`bench`]).
 //!
 //! Downloads are cached outside the checkout (see
 //! [`crate::guest_linux::cache_dir`]); what cannot be fetched is an error
 //! naming it.
 
 mod assets;
+mod bench;
 mod image;
 mod qemu;
 mod report;
@@ -35,10 +38,12 @@ use image::Image;
 use report::Report;
 
 const USAGE: &str =
-    "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [-- 'SHELL COMMAND']
+    "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [--bench [--runs N] | -- 'SHELL COMMAND']
 
   (default)         run the hardware-KVM test binaries in L1; print N passed, N failed
   -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_INITRD $L2_CMDLINE)
+  --bench           boot time to userspace in L1: vmm vs qemu -M microvm and -M pc
+  --runs N          boots of each VMM for --bench (default 5)
   --l1-kernel PKG   Debian kernel package for L1, the KVM host (default: newest 6.12 cloud)
   --timeout SECS    how long L1 may run (default 2400)";
 
@@ -81,9 +86,25 @@ const L1_CPUS: u32 = 1;
 const NOT_CHECKED: &str = "not checked in this lane: software (int3) breakpoints \
     (QEMU's emulation hands an int3 in L2 to L2, not to L1's KVM)";
 
+/// What L1 runs.
+enum Task {
+    /// The test binaries of [`SUITE`].
+    Suite,
+    /// A shell command.
+    Command(String),
+    /// The boot-time benchmark, with this many rounds.
+    Bench(u32),
+}
+
 /// Runs the task with its arguments (those after `hwkvm`).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    // Inside L1: the benchmark's measuring side.
+    if let Some(rest) = args.strip_prefix(&["--measure".to_owned()]) {
+        return bench::measure::run(rest);
+    }
     let mut l1_package = None;
+    let mut bench = false;
+    let mut runs = None;
     let mut limit = Duration::from_secs(2400);
     let mut command = None;
     let mut it = args.iter();
@@ -93,6 +114,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--timeout" => {
                 let secs = it.next().context("--timeout needs seconds")?;
                 limit = Duration::from_secs(secs.parse().context("--timeout takes seconds")?);
+            }
+            "--bench" => bench = true,
+            "--runs" => {
+                let n = it.next().context("--runs needs a number")?;
+                runs = Some(n.parse::<u32>().ok().filter(|&n| n > 0).with_context(|| {
+                    format!("--runs takes a positive number of boots, not {n:?}")
+                })?);
             }
             "--" => {
                 let rest: Vec<&str> = it.by_ref().map(String::as_str).collect();
@@ -104,21 +132,34 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             _ => bail!("unknown argument {arg:?}\n{USAGE}"),
         }
     }
+    let task = match (command, bench, runs) {
+        (Some(_), true, _) => bail!("--bench and -- COMMAND exclude each other\n{USAGE}"),
+        (_, false, Some(_)) => bail!("--runs goes with --bench\n{USAGE}"),
+        (Some(c), false, None) => Task::Command(c),
+        (None, true, runs) => Task::Bench(runs.unwrap_or(5)),
+        (None, false, None) => Task::Suite,
+    };
     let started = Instant::now();
     let cache = crate::guest_linux::cache_dir();
     let assets = Assets::fetch(&cache, l1_package.map(String::as_str))?;
     let (vmm, mut tests) = build_suite()?;
-    if command.is_some() {
+    if !matches!(task, Task::Suite) {
         tests.clear();
     }
-    let run_script = match &command {
-        Some(c) => format!("{c}\n"),
-        None => suite_script(&tests),
+    let run_script = match &task {
+        Task::Command(c) => format!("{c}\n"),
+        Task::Bench(runs) => bench::script(*runs),
+        Task::Suite => suite_script(&tests),
     };
     let work = crate::workspace_root().join("target/hwkvm");
     std::fs::create_dir_all(&work)?;
     let initrd = work.join("l1-initrd.cpio");
-    let image = l1_image(&assets, &vmm, &tests, &run_script, &work)?;
+    let mut image = l1_image(&assets, &vmm, &tests, &work)?;
+    if matches!(task, Task::Bench(_)) {
+        bench::add_to_image(&mut image, &assets.qemu)?;
+    }
+    image.file("hwkvm/run.sh", 0o755, run_script.as_bytes());
+    let image = image.finish();
     std::fs::write(&initrd, image).with_context(|| format!("cannot write {}", initrd.display()))?;
     eprintln!(
         "xtask: hwkvm: {}; L1 kernel {}; L2 kernel {}; prepared in {:.0} s",
@@ -148,14 +189,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         lane.elapsed().as_secs_f64(),
         log.display()
     );
-    match command {
-        Some(_) => {
+    match task {
+        Task::Command(_) => {
             let status = report
                 .status
                 .context("L1 never reported the command's status (see the console above)")?;
             std::process::exit(status);
         }
-        None => summarize(&report),
+        Task::Bench(runs) => bench::report(&console, runs, &work),
+        Task::Suite => summarize(&report),
     }
 }
 
@@ -209,14 +251,13 @@ fn suite_script(tests: &[(&TestBinary, PathBuf)]) -> String {
     s
 }
 
-/// L1's initramfs.
+/// L1's initramfs, without its `hwkvm/run.sh`.
 fn l1_image(
     assets: &Assets,
     vmm: &Path,
     tests: &[(&TestBinary, PathBuf)],
-    run_script: &str,
     work: &Path,
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<Image> {
     let mut image = Image::new(
         &assets.busybox,
         include_str!("init.sh"),
@@ -245,8 +286,7 @@ fn l1_image(
         )
         .as_bytes(),
     );
-    image.file("hwkvm/run.sh", 0o755, run_script.as_bytes());
-    Ok(image.finish())
+    Ok(image)
 }
 
 /// Builds the release `vmm` and the suite's test binaries in one cargo
@@ -325,6 +365,12 @@ mod tests {
             &["--"],
             &["--timeout", "soon"],
             &["--l1-kernel"],
+            &["--bench", "--", "true"],
+            &["--runs", "3"],
+            &["--bench", "--runs", "0"],
+            &["--bench", "--runs"],
+            &["--measure"],
+            &["--measure", "many"],
         ] {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             assert!(run(&args).is_err(), "{args:?}");

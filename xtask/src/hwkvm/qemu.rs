@@ -20,6 +20,8 @@ const CPU: &str = "qemu64,+svm,+npt,+nrip-save,+pdpe1gb";
 const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/qemu";
 /// Firmware the backport's data package links to (Debian's `seabios`).
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+/// Where Debian's QEMU looks for firmware after its `-L` directory.
+const FIRMWARE_PATH: [&str; 2] = ["/usr/share/seabios", "/usr/lib/ipxe/qemu"];
 
 /// A QEMU binary with its data directory.
 pub struct Qemu {
@@ -91,6 +93,27 @@ impl Qemu {
             .filter(|l| l.contains("not found"))
             .map(|l| l.trim().to_owned())
             .collect())
+    }
+
+    /// The emulator's executable.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// The firmware file `name` as this QEMU finds it with `-L` at its
+    /// data directory: there, else in Debian's firmware path.
+    pub fn firmware(&self, name: &str) -> anyhow::Result<PathBuf> {
+        std::iter::once(self.datadir.as_path())
+            .chain(FIRMWARE_PATH.iter().map(Path::new))
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "QEMU's firmware {name} is in none of {}, {}",
+                    self.datadir.display(),
+                    FIRMWARE_PATH.join(", ")
+                )
+            })
     }
 
     /// The QEMU version line.
