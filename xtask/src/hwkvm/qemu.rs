@@ -173,7 +173,10 @@ impl Qemu {
             let mut line = Vec::new();
             while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
                 let s = String::from_utf8_lossy(&line).replace('\r', "");
-                print!("{s}");
+                // Echoing and logging are best effort: the console must be
+                // drained whatever happens to our stdout or the disk, or
+                // QEMU blocks and the lane hangs until its timeout.
+                let _ = std::io::stdout().write_all(s.as_bytes());
                 let _ = file.write_all(s.as_bytes());
                 text.push_str(&s);
                 line.clear();
@@ -183,7 +186,7 @@ impl Qemu {
         let errors = std::thread::spawn(move || {
             let mut text = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("qemu: {line}");
+                let _ = writeln!(std::io::stderr(), "qemu: {line}");
                 text.push_str(&line);
                 text.push('\n');
             }
