@@ -5,16 +5,14 @@
 //! `L2_KERNEL`, `L2_INITRD` and `L2_CMDLINE` (a missing one is a failure,
 //! never a skip).
 
+#[path = "support/lane.rs"]
+mod lane;
 mod support;
 
 use std::path::Path;
-use std::process::ExitStatus;
-use std::time::Duration;
 
+use lane::{Booted, DEADLINE, Guest, vmm_run};
 use support::{Vmm, client_ok, incoming_address, read};
-
-/// A Linux boot under nested KVM in QEMU's emulation takes tens of seconds.
-const DEADLINE: Duration = Duration::from_secs(180);
 /// What the L2 init prints before handing a command's status to the host.
 const STATUS_PREFIX: &str = "VMM-GUEST-LINUX: command exited with ";
 /// The L2 init's command for the save/restore test: a counter every 100 ms,
@@ -35,69 +33,6 @@ const UNASSIGNED: &str = "/PGM/UnassignedAccesses";
 /// judge. The boot itself is `quiet`: every console byte is an exit, and
 /// under nested emulation the kernel's chatter costs seconds per boot.
 const KERNEL_LOG: &str = "dmesg | grep -E 'smp: |SMP|MADT|MP-table|i8042|rtc|Keylock|broken'";
-
-/// The lane's L2 guest.
-struct Guest {
-    kernel: String,
-    initrd: String,
-    cmdline: String,
-}
-
-fn lane_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run these tests in the hardware-KVM lane (cargo xtask hwkvm)")
-    })
-}
-
-impl Guest {
-    fn from_lane() -> Guest {
-        Guest {
-            kernel: lane_var("L2_KERNEL"),
-            initrd: lane_var("L2_INITRD"),
-            cmdline: lane_var("L2_CMDLINE"),
-        }
-    }
-
-    /// `vmm run` arguments that boot the guest (quietly) with `mem` and
-    /// `cpus` and have its init run `command`.
-    fn run_args(&self, mem: &str, cpus: u32, command: &str) -> Vec<String> {
-        [
-            "run",
-            "--mem",
-            mem,
-            "--cpus",
-            &cpus.to_string(),
-            "--kernel",
-            &self.kernel,
-            "--initrd",
-            &self.initrd,
-            "--cmdline",
-            &format!("{} quiet vmm_run=\"{command}\"", self.cmdline),
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    }
-}
-
-/// How `vmm run` ended and what the guest wrote on its serial port.
-struct Booted {
-    status: ExitStatus,
-    serial: String,
-}
-
-/// Runs `vmm ARGS --serial FILE` and waits (with a deadline) until it ends.
-fn vmm_run(mut args: Vec<String>) -> Booted {
-    let dir = tempfile::tempdir().unwrap();
-    let (serial, stderr) = (dir.path().join("serial"), dir.path().join("stderr"));
-    args.extend(["--serial".to_owned(), serial.display().to_string()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut vm = Vmm::spawn(&args.join(" "), &args, &stderr, DEADLINE);
-    let status = vm.wait(|| read(&serial) + &read(&stderr));
-    Booted {
-        status,
-        serial: read(&serial) + &read(&stderr),
-    }
-}
 
 #[test]
 #[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
@@ -127,7 +62,7 @@ fn report_then(command: &str) -> String {
 /// exit to the VMM: 80,000 per boot before the BIOS and expansion ROM
 /// areas were mapped).
 fn linux_sees_every_cpu_and_its_ram(mem: &str, cpus: u32, min_kib: u64, then: &str) -> Booted {
-    let mut args = Guest::from_lane().run_args(mem, cpus, &report_then(then));
+    let mut args = Guest::from_lane("L2_KERNEL").run_args(mem, cpus, &report_then(then));
     args.push(format!("--stats={UNASSIGNED}"));
     let out = vmm_run(args);
     let text = &out.serial;
@@ -217,7 +152,7 @@ const PROMPT: &str = "vmm-shell# ";
 fn a_shell_on_the_serial_console_answers_what_stdin_types() {
     let dir = tempfile::tempdir().unwrap();
     let (serial, stderr) = (dir.path().join("serial"), dir.path().join("stderr"));
-    let mut args = Guest::from_lane().run_args("256M", 1, "sh");
+    let mut args = Guest::from_lane("L2_KERNEL").run_args("256M", 1, "sh");
     args.last_mut()
         .expect("the command line is the last argument")
         .push_str(&format!(" PS1=\"{PROMPT}\""));
@@ -344,7 +279,7 @@ impl Stage {
 fn linux_on_two_cpus_counts_on_through_live_save_teleport_and_save() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let guest = Guest::from_lane();
+    let guest = Guest::from_lane("L2_KERNEL");
     let booted = guest.run_args("512M", 2, &report_then(COUNTER));
     let restore = |file: &Path| {
         ["run", "--restore", file.to_str().unwrap()]
@@ -463,7 +398,7 @@ fn linux_finds_three_cpus_in_the_madt_at_an_odd_ram_size_and_powers_off() {
 #[test]
 #[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
 fn without_acpi_debians_kernel_runs_on_the_8259_and_its_reboot_ends_the_run() {
-    let mut args = Guest::from_lane().run_args(
+    let mut args = Guest::from_lane("L2_KERNEL").run_args(
         "256M",
         1,
         &format!("{KERNEL_LOG}; date +year=%Y; reboot -f"),

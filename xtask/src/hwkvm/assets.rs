@@ -1,6 +1,7 @@
 //! What the lane downloads (once, into the cache): QEMU, Debian's 6.12
-//! cloud kernel for L1 with its KVM modules, busybox, gdb, and the L2
-//! guest of `cargo xtask guest-linux`.
+//! cloud kernel for L1 with its KVM modules, busybox, gdb, the L2 guest of
+//! `cargo xtask guest-linux`, and Debian's generic kernel of the same
+//! release as a second L2 kernel.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +37,10 @@ pub struct Assets {
     pub gdb: PathBuf,
     /// The L2 guest.
     pub guest: DebianGuest,
+    /// Debian's generic kernel of the L2 guest's release: unlike the cloud
+    /// kernel it is built with `CONFIG_X86_MPPARSE`, so without ACPI it
+    /// reads the MP table.
+    pub mp_vmlinuz: PathBuf,
 }
 
 impl Assets {
@@ -68,6 +73,8 @@ impl Assets {
             .map(|m| module(&module_tree, m, &busybox))
             .collect::<anyhow::Result<_>>()?;
         let gdb = apt.unpack("gdb-minimal", cache)?.join("usr/bin/gdb");
+        let guest = guest_linux::debian_guest(&apt, cache)?;
+        let mp_vmlinuz = generic_kernel(&apt, cache, &guest.package)?;
         Ok(Assets {
             qemu,
             l1_package,
@@ -75,9 +82,20 @@ impl Assets {
             modules,
             busybox: std::fs::read(&busybox)?,
             gdb,
-            guest: guest_linux::debian_guest(&apt, cache)?,
+            guest,
+            mp_vmlinuz,
         })
     }
+}
+
+/// The vmlinuz of the generic kernel package (`linux-image-R-amd64`) of the
+/// cloud kernel package `cloud` (`linux-image-R-cloud-amd64`).
+fn generic_kernel(apt: &Apt, cache: &Path, cloud: &str) -> anyhow::Result<PathBuf> {
+    let release = cloud
+        .strip_suffix("-cloud-amd64")
+        .with_context(|| format!("{cloud} is not named linux-image-*-cloud-amd64"))?;
+    let package = format!("{release}-amd64");
+    file_starting_with(&apt.unpack(&package, cache)?.join("boot"), "vmlinuz-")
 }
 
 fn file_starting_with(dir: &Path, prefix: &str) -> anyhow::Result<PathBuf> {

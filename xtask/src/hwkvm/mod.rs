@@ -13,7 +13,8 @@
 //!   unless every test passed.
 //! * `cargo xtask hwkvm -- 'SHELL COMMAND'` runs one command in L1 with
 //!   `vmm` and `gdb` on PATH and `$L2_KERNEL`, `$L2_INITRD`, `$L2_CMDLINE`
-//!   naming the Debian guest, and exits with its status.
+//!   naming the Debian guest (`$L2_KERNEL_MP`: Debian's generic kernel of
+//!   the same release, which reads the MP table), and exits with its status.
 //! * `cargo xtask hwkvm --bench [--runs N]` measures boot time to
 //!   userspace with `vmm` against QEMU in L1 (see [`bench`]).
 //!
@@ -41,7 +42,7 @@ const USAGE: &str =
     "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [--bench [--runs N] | -- 'SHELL COMMAND']
 
   (default)         run the hardware-KVM test binaries in L1; print N passed, N failed
-  -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_INITRD $L2_CMDLINE)
+  -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_KERNEL_MP $L2_INITRD $L2_CMDLINE)
   --bench           boot time to userspace in L1: vmm vs qemu -M microvm and -M pc
   --runs N          boots of each VMM for --bench (default 5)
   --l1-kernel PKG   Debian kernel package for L1, the KVM host (default: newest 6.12 cloud)
@@ -56,9 +57,10 @@ struct TestBinary {
 
 /// The lane's tests: pgm's paging checked against the CPU (legacy, PAE,
 /// PSE-36, NX, 1 GiB pages), gdb with debug-register breakpoints and
-/// watchpoints, and Debian's kernel under `vmm` (SMP, large RAM, a command's
-/// status, save/restore, live save, teleport).
-const SUITE: [TestBinary; 3] = [
+/// watchpoints, Debian's kernel under `vmm` (SMP, large RAM, a command's
+/// status, save/restore, live save, teleport), and without ACPI Debian's
+/// generic kernel on the MP table.
+const SUITE: [TestBinary; 4] = [
     TestBinary {
         package: "pgm",
         test: "paging_kvm",
@@ -72,6 +74,11 @@ const SUITE: [TestBinary; 3] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_linux",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_mptable",
         args: &["--include-ignored", "--test-threads=1"],
     },
 ];
@@ -268,6 +275,11 @@ fn l1_image(
     }
     let guest = &assets.guest;
     image.file("guest/vmlinuz", 0o644, &std::fs::read(&guest.vmlinuz)?);
+    image.file(
+        "guest/vmlinuz-mp",
+        0o644,
+        &std::fs::read(&assets.mp_vmlinuz)?,
+    );
     image.file("guest/initramfs.cpio", 0o644, &guest.initramfs);
     image.executable(vmm, "bin/vmm")?;
     // Test binaries start `vmm` by the path it was built at.
@@ -281,6 +293,7 @@ fn l1_image(
         0o644,
         format!(
             "export CI=true VMM_HWKVM=1 L2_KERNEL=/guest/vmlinuz L2_INITRD=/guest/initramfs.cpio\n\
+             export L2_KERNEL_MP=/guest/vmlinuz-mp\n\
              export L2_CMDLINE='{}'\n",
             crate::guest_linux::CMDLINE
         )
