@@ -52,8 +52,8 @@ struct TestBinary {
 /// The lane's tests: pgm's paging checked against the CPU (legacy, PAE,
 /// PSE-36, NX, 1 GiB pages), gdb with debug-register breakpoints and
 /// watchpoints, and Debian's kernel under `vmm` (SMP, large RAM, a command's
-/// status, save/restore, live save, teleport).
-const SUITE: [TestBinary; 3] = [
+/// status, save/restore, live save, teleport, the PCI host bridge).
+const SUITE: [TestBinary; 4] = [
     TestBinary {
         package: "pgm",
         test: "paging_kvm",
@@ -67,6 +67,11 @@ const SUITE: [TestBinary; 3] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_linux",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_pci",
         args: &["--include-ignored", "--test-threads=1"],
     },
 ];
