@@ -5,6 +5,7 @@
 //! `L2_KERNEL`, `L2_INITRD` and `L2_CMDLINE` (a missing one is a failure,
 //! never a skip).
 
+#[allow(dead_code)] // shared by the end-to-end tests; this one needs a child with a deadline
 mod support;
 
 use std::time::Duration;
