@@ -1,6 +1,6 @@
-//! The PCI bus on a real VM: the host bridge answers on the VM's ports
-//! 0xCF8/0xCFC, and the address latch and what the guest wrote into the
-//! bridge's configuration space survive a save and a restore.
+//! The PCI bus on a real VM: a guest finds the host bridge through
+//! configuration mechanism #1, and the address latch and what was written
+//! into the bridge's configuration space survive a save and a restore.
 
 mod common;
 
@@ -23,6 +23,36 @@ fn inl(io: &IoBus, port: u16) -> u32 {
     let mut b = [0; 4];
     io.read(port, &mut b);
     u32::from_le_bytes(b)
+}
+
+/// Far more than the pci-scan guest needs (milliseconds); a hang ends in a
+/// power-off at this bound, which fails the test.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_guest_finds_the_host_bridge_alone_on_bus_0() {
+    if !kvm_available("a_guest_finds_the_host_bridge_alone_on_bus_0") {
+        return;
+    }
+    let serial = Capture::default();
+    let mut config = VmConfig::new(
+        16 << 20,
+        guests::find("pci-scan").unwrap().firmware().unwrap(),
+    );
+    config.serial = Box::new(serial.clone());
+    let mut vm = Vm::new(config).expect("VM builds");
+    let handle = vm.handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(BOUND);
+        let _ = handle.power_off();
+    });
+    let outcome = vm.run().expect("the guest runs");
+    let text = serial.text();
+    assert_eq!(outcome, RunOutcome::GuestExit(0), "{text}");
+    assert!(
+        text.contains("vmm pci-scan: 00:00.0 1b36:0008, alone on bus 0"),
+        "{text}"
+    );
 }
 
 #[test]
