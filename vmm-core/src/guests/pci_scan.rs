@@ -147,7 +147,7 @@ fn main_code(m: &Messages) -> Result<Vec<u8>> {
     a.inc(bp).map_err(asm_err)?;
     a.set_label(&mut absent).map_err(asm_err)?;
     a.add(ecx, NEXT_DEVICE).map_err(asm_err)?;
-    a.cmp(ecx, ENABLE | 32 * NEXT_DEVICE).map_err(asm_err)?;
+    a.cmp(ecx, ENABLE | (32 * NEXT_DEVICE)).map_err(asm_err)?;
     a.jne(scan).map_err(asm_err)?;
     a.cmp(bp, 1).map_err(asm_err)?;
     expect_equal(&mut a, Check::Scan, fail)?;
