@@ -190,7 +190,8 @@ impl ConfigSpace {
     }
 
     /// Gives the function BAR `index` of `kind` decoding `size` bytes (a
-    /// power of two within the kind's limits).
+    /// power of two within the kind's limits). A step of building the
+    /// function: what the space holds then becomes its power-on state.
     pub fn add_bar(&mut self, index: usize, kind: BarKind, size: u64) -> Result<(), PciError> {
         let slots = if matches!(kind, BarKind::Memory64 { .. }) {
             2
@@ -253,7 +254,8 @@ impl ConfigSpace {
 
     /// Adds a capability with `id` and `body` (the bytes after its ID and
     /// next pointer), of which the guest may write the bits in `writable`
-    /// (as long as `body`); returns its offset.
+    /// (as long as `body`); returns its offset. A step of building the
+    /// function, as [`add_bar`](Self::add_bar) is.
     pub fn add_capability(&mut self, id: u8, body: &[u8], writable: &[u8]) -> Result<u8, PciError> {
         let at = self.next_capability;
         let end = (at + 2 + body.len()).next_multiple_of(4);
