@@ -5,6 +5,7 @@
 //! `L2_KERNEL`, `L2_INITRD` and `L2_CMDLINE` (a missing one is a failure,
 //! never a skip).
 
+#[allow(dead_code)] // shared by the lane's test binaries
 #[path = "support/lane.rs"]
 mod lane;
 mod support;

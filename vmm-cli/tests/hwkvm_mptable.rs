@@ -6,6 +6,7 @@
 //! `cargo xtask hwkvm`, which sets `L2_KERNEL_MP`, `L2_INITRD` and
 //! `L2_CMDLINE` (a missing one is a failure, never a skip).
 
+#[allow(dead_code)] // shared by the lane's test binaries
 #[path = "support/lane.rs"]
 mod lane;
 #[allow(dead_code)] // shared by the end-to-end tests; the lane's part needs only the child

@@ -13,6 +13,7 @@ use crate::boot;
 use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
+use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus};
 use crate::devices::{
     ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
     CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
@@ -142,6 +143,8 @@ impl Vm {
         spawn_interrupts(&cmos)
             .map_err(|e| Error::Config(format!("cannot start the RTC's interrupt thread: {e}")))?;
         io.register(CMOS_PORT, CMOS_PORTS, "cmos", cmos.clone())?;
+        let pci = Arc::new(Mutex::new(PciBus::with_host_bridge()));
+        io.register(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, "pci", pci.clone())?;
         let balloon = Arc::new(BalloonState::default());
         balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);
         let refused = stats
@@ -207,6 +210,7 @@ impl Vm {
                 i8042,
                 acpi_pm,
                 cmos,
+                pci,
                 progress,
             },
             memory,

@@ -38,6 +38,12 @@ impl Guest {
         }
     }
 
+    /// The guest with `extra` added to its kernel command line.
+    pub fn with_cmdline(mut self, extra: &str) -> Guest {
+        self.cmdline = format!("{} {extra}", self.cmdline);
+        self
+    }
+
     /// `vmm run` arguments that boot the guest (quietly) with `mem` and
     /// `cpus` and have its init run `command` (which must not contain a
     /// double quote: the kernel command line quotes it with those).

@@ -5,6 +5,7 @@ mod balloon;
 mod cmos;
 mod debug_exit;
 mod i8042;
+pub mod pci;
 mod serial;
 mod serial_input;
 

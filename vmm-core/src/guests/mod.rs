@@ -8,6 +8,7 @@ pub mod counter;
 mod demo;
 mod echo;
 mod idle;
+mod pci_scan;
 pub mod rom;
 mod rom_gdt;
 mod smp;
@@ -68,6 +69,11 @@ pub const GUESTS: &[EmbeddedGuest] = &[
         name: "rom-gdt-data",
         description: "as rom-gdt, but only the data descriptor's accessed bit is clear (`mov ds` writes ROM first)",
         build: rom_gdt::firmware_data_only,
+    },
+    EmbeddedGuest {
+        name: "pci-scan",
+        description: "finds the host bridge through PCI configuration mechanism #1 (dword, word and byte reads) and scans bus 0; exits 0 if all is as expected",
+        build: pci_scan::firmware,
     },
 ];
 

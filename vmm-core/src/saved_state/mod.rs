@@ -17,6 +17,7 @@
 //! | `acpi-pm` | the ACPI PM1a enable and control registers |
 //! | `cmos` | the RTC's registers, CMOS RAM and the guest clock's offset |
 //! | `balloon` | the balloon's target and the pages the guest has given |
+//! | `pci` | the PCI configuration address latch and each function's configuration space |
 //! | `kvmclock` | the guest's paravirtual clock (set last, just before the VM runs) |
 //!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
@@ -49,6 +50,7 @@
 mod dirty;
 mod kbc_unit;
 mod live;
+mod pci_unit;
 mod progress;
 mod teleport;
 mod units;
@@ -65,6 +67,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ssm::{Manager, SaveOptions, StreamReader};
 
+use crate::devices::pci::PciBus;
 use crate::devices::{AcpiPm, Cmos, I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
@@ -73,6 +76,7 @@ use crate::sync::vmstate::{VmState, VmStateError};
 
 use hm_vmx::{ClockState, IrqchipState, PitState};
 use kbc_unit::I8042Unit;
+use pci_unit::PciUnit;
 pub use units::SavedConfig;
 use units::{
     AcpiPmUnit, BalloonUnit, CmosUnit, CpuUnit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit,
@@ -88,6 +92,7 @@ pub(crate) struct SaveContext {
     pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm>>,
     pub(crate) cmos: Arc<Mutex<Cmos>>,
+    pub(crate) pci: Arc<Mutex<PciBus>>,
     pub(crate) progress: SaveProgress,
 }
 
@@ -262,6 +267,9 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     }))?;
     m.register(Box::new(BalloonUnit {
         state: Arc::clone(&machine.balloon),
+    }))?;
+    m.register(Box::new(PciUnit {
+        bus: Arc::clone(&ctx.pci),
     }))?;
     // Last: a restore sets the clock just before the VM runs, so loading
     // the other units takes none of the guest's time.

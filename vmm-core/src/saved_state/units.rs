@@ -1,6 +1,6 @@
 //! The VM's saved-state units: `vmm` (the configuration), `irqchip`, one
 //! `cpu` per vCPU, `pgm` (from `pgm`), `uart`, `i8042`, `acpi-pm`, `cmos` and
-//! `balloon`.
+//! `balloon` (`i8042` and `pci` have files of their own).
 
 use std::sync::Arc;
 

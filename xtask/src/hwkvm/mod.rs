@@ -58,9 +58,9 @@ struct TestBinary {
 /// The lane's tests: pgm's paging checked against the CPU (legacy, PAE,
 /// PSE-36, NX, 1 GiB pages), gdb with debug-register breakpoints and
 /// watchpoints, Debian's kernel under `vmm` (SMP, large RAM, a command's
-/// status, save/restore, live save, teleport), and without ACPI Debian's
-/// generic kernel on the MP table.
-const SUITE: [TestBinary; 4] = [
+/// status, save/restore, live save, teleport, the PCI host bridge), and
+/// without ACPI Debian's generic kernel on the MP table.
+const SUITE: [TestBinary; 5] = [
     TestBinary {
         package: "pgm",
         test: "paging_kvm",
@@ -79,6 +79,11 @@ const SUITE: [TestBinary; 4] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_mptable",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_pci",
         args: &["--include-ignored", "--test-threads=1"],
     },
 ];
