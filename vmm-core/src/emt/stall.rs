@@ -66,11 +66,11 @@ impl StallWatch {
     }
 
     /// Records that `cpu` was seen halted with interrupts off; true when
-    /// the whole guest is halted for good: every vCPU was seen so after the
-    /// last of them halted. (A vCPU woken by another's NMI or INIT inside
-    /// one guest entry is not marked running; but the one that woke it ran
-    /// after that vCPU's halt, and its own halt since makes every vCPU
-    /// look again.)
+    /// the whole guest is halted for good: every vCPU was seen so since the
+    /// last of them began its halt. (A vCPU woken inside one guest entry by
+    /// another's NMI or INIT is not noticed at once; but the one that woke
+    /// it was running then, and its halt afterwards makes every vCPU be
+    /// seen halted again before the run ends.)
     pub(crate) fn halted_for_good(&self, cpu: u32) -> bool {
         let Some(slot) = self.halted.get(cpu as usize) else {
             return false;
