@@ -93,7 +93,24 @@ impl VcpuState {
             .map_err(ioctl("KVM_GET_MP_STATE"))?;
         Ok(MpState::from_kvm(mp.mp_state))
     }
+
+    /// Whether the vCPU is halted (`hlt`) with interrupts disabled
+    /// (RFLAGS.IF clear) and no NMI or SMI pending: no interrupt can wake
+    /// it, only an NMI, SMI or INIT sent by another processor.
+    pub fn halted_with_interrupts_off(&self) -> Result<bool> {
+        if self.mp_state()? != MpState::Halted || self.regs()?.rflags & RFLAGS_IF != 0 {
+            return Ok(false);
+        }
+        let events = self
+            .kvm_fd()
+            .get_vcpu_events()
+            .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        Ok(events.nmi.pending == 0 && events.nmi.injected == 0 && events.smi.pending == 0)
+    }
 }
+
+/// RFLAGS.IF: maskable interrupts enabled.
+const RFLAGS_IF: u64 = 1 << 9;
 
 #[cfg(test)]
 mod tests {

@@ -54,6 +54,10 @@ pub trait VirtualCpu {
     /// instruction unless NMIs are blocked.
     fn inject_nmi(&mut self) -> Result<()>;
 
+    /// Whether the vCPU is halted with interrupts disabled and no NMI
+    /// pending (see [`VcpuState::halted_with_interrupts_off`](crate::VcpuState::halted_with_interrupts_off)).
+    fn halted_with_interrupts_off(&self) -> Result<bool>;
+
     /// Why the last entry failed, explained against the VT-x entry rules.
     fn diagnose_entry_failure(&self) -> String;
 }
@@ -85,6 +89,10 @@ impl VirtualCpu for Vcpu {
 
     fn inject_nmi(&mut self) -> Result<()> {
         self.state().inject_nmi()
+    }
+
+    fn halted_with_interrupts_off(&self) -> Result<bool> {
+        self.state().halted_with_interrupts_off()
     }
 
     fn diagnose_entry_failure(&self) -> String {

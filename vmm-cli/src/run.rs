@@ -152,7 +152,12 @@ vmm ends (but by SIGKILL: then run `reset`).
 Signals: SIGINT (Ctrl-C without a console), SIGTERM and SIGHUP power the VM
 off in order: the exit-time reports (--stats, --info, --dump-phys) are
 written, the API socket is removed, and vmm exits with 128 + the signal's
-number (130, 143, 129). A second signal ends vmm at once.",
+number (130, 143, 129). A second signal ends vmm at once.
+
+The guest ends the run itself: with status 0 when it powers off (ACPI
+soft-off) or halts every CPU with interrupts off (`cli; hlt`, Linux's
+poweroff without ACPI; not while gdb is attached); with the status it
+writes to the debug-exit port; on a reboot as --reboot says.",
         crate::console::escape::HELP
     )
 }
@@ -398,6 +403,12 @@ fn run_vm(
         }
         RunOutcome::GuestPoweredOff => {
             eprintln!("vmm: the guest powered off");
+            Ok(ExitCode::SUCCESS)
+        }
+        RunOutcome::GuestHalted => {
+            eprintln!(
+                "vmm: the guest halted every CPU with interrupts off (nothing can wake it): the run ends"
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

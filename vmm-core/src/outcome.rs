@@ -18,4 +18,7 @@ pub enum RunOutcome {
     /// at 0x472), as Linux does on a panic with `reboot=panic_warm`:
     /// the run ends whatever [`OnReboot`](crate::OnReboot) says.
     WarmReset,
+    /// The guest halted every vCPU with interrupts disabled (`cli; hlt`, as
+    /// Linux's `poweroff` does without ACPI): nothing can wake it.
+    GuestHalted,
 }

@@ -100,6 +100,7 @@ pub struct ScriptedVcpu {
     immediate_exit: Box<AtomicU8>,
     runs: usize,
     nmis: usize,
+    halted_with_interrupts_off: bool,
 }
 
 impl ScriptedVcpu {
@@ -114,6 +115,7 @@ impl ScriptedVcpu {
             immediate_exit: Box::new(AtomicU8::new(0)),
             runs: 0,
             nmis: 0,
+            halted_with_interrupts_off: false,
         }
     }
 
@@ -135,6 +137,12 @@ impl ScriptedVcpu {
     /// How many NMIs were injected.
     pub fn nmis(&self) -> usize {
         self.nmis
+    }
+
+    /// Makes [`halted_with_interrupts_off`](VirtualCpu::halted_with_interrupts_off)
+    /// answer `halted` (false at first).
+    pub fn set_halted_with_interrupts_off(&mut self, halted: bool) {
+        self.halted_with_interrupts_off = halted;
     }
 
     /// Records the answer to the read returned last, if it was one.
@@ -226,6 +234,10 @@ impl VirtualCpu for ScriptedVcpu {
     fn inject_nmi(&mut self) -> Result<()> {
         self.nmis += 1;
         Ok(())
+    }
+
+    fn halted_with_interrupts_off(&self) -> Result<bool> {
+        Ok(self.halted_with_interrupts_off)
     }
 
     fn diagnose_entry_failure(&self) -> String {

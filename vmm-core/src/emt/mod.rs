@@ -113,6 +113,7 @@ fn run_guest(vcpu: &mut impl VirtualCpu, host: &impl EmtHost) -> Result<()> {
                 {
                     stall::recover(vcpu, host)?
                 } else {
+                    host.stall_watch().running(cpu);
                     let action = handle_exit(exit, &host.exit_context(cpu))?;
                     after_exit(vcpu, host, action)?
                 }

@@ -14,6 +14,12 @@
 //! their bytes back: the write is dropped, as on a PC, and the guest runs
 //! on. If even that instruction does not complete, the run ends with a
 //! clear error instead of spinning silently.
+//!
+//! A kicked vCPU may also be halted with interrupts off (`cli; hlt`, as
+//! Linux halts every CPU when it cannot power the machine off): no
+//! interrupt can wake it. Once every vCPU is seen so (see
+//! [`StallWatch::halted_for_good`]) nothing is left to send one an NMI or
+//! INIT, and the run ends ([`RunOutcome::GuestHalted`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -22,21 +28,31 @@ use std::time::Duration;
 use hm_vmx::{Exit, Sregs, VirtualCpu};
 
 use super::EmtState;
-use super::exit::handle_exit;
+use super::exit::{DebugHooks, handle_exit};
 use super::host::EmtHost;
 use crate::error::{Error, Result};
+use crate::outcome::RunOutcome;
 use crate::sync::ffs::{ExecState, ForcedActions};
 
 /// How long a vCPU may stay in one guest entry before its EMT looks at it
 /// (it is looked at after one to two periods).
 pub(crate) const WATCH_PERIOD: Duration = Duration::from_millis(50);
 
-/// Per vCPU: guest entries so far, and whether the watchdog kicked it.
+/// Per vCPU: guest entries so far, whether the watchdog kicked it, and
+/// when it was last seen halted with interrupts off.
 #[derive(Debug)]
 pub(crate) struct StallWatch {
     entries: Box<[AtomicU64]>,
     suspect: Box<[AtomicBool]>,
+    /// The [`halt_epoch`](Self::halt_epoch) at which each vCPU was last
+    /// seen halted with interrupts off; [`NOT_HALTED`] since it ran.
+    halted: Box<[AtomicU64]>,
+    /// Counts the vCPUs that started a halt with interrupts off.
+    halt_epoch: AtomicU64,
 }
+
+/// A vCPU not seen halted with interrupts off since it last ran.
+const NOT_HALTED: u64 = 0;
 
 impl StallWatch {
     /// A watch over `cpus` vCPUs.
@@ -44,6 +60,37 @@ impl StallWatch {
         StallWatch {
             entries: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
             suspect: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
+            halted: (0..cpus).map(|_| AtomicU64::new(NOT_HALTED)).collect(),
+            halt_epoch: AtomicU64::new(NOT_HALTED + 1),
+        }
+    }
+
+    /// Records that `cpu` was seen halted with interrupts off; true when
+    /// the whole guest is halted for good: every vCPU was seen so since the
+    /// last of them began its halt. (A vCPU woken inside one guest entry by
+    /// another's NMI or INIT is not noticed at once; but the one that woke
+    /// it was running then, and its halt afterwards makes every vCPU be
+    /// seen halted again before the run ends.)
+    pub(crate) fn halted_for_good(&self, cpu: u32) -> bool {
+        let Some(slot) = self.halted.get(cpu as usize) else {
+            return false;
+        };
+        let epoch = if slot.load(Ordering::SeqCst) == NOT_HALTED {
+            self.halt_epoch.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.halt_epoch.load(Ordering::SeqCst)
+        };
+        slot.store(epoch, Ordering::SeqCst);
+        self.halted
+            .iter()
+            .all(|s| s.load(Ordering::SeqCst) == epoch)
+    }
+
+    /// Records that `cpu` left the guest other than halted with interrupts
+    /// off (it ran, or may have).
+    pub(crate) fn running(&self, cpu: u32) {
+        if let Some(slot) = self.halted.get(cpu as usize) {
+            slot.store(NOT_HALTED, Ordering::SeqCst);
         }
     }
 
@@ -123,11 +170,22 @@ pub(crate) fn descriptor_tables(sregs: &Sregs) -> Vec<(u64, u64)> {
     tables
 }
 
-/// After the watchdog kicked `vcpu` out of a long guest entry: frees it
-/// if it is stuck on a descriptor write to ROM (see the module), and says
-/// what the EMT does next.
+/// After the watchdog kicked `vcpu` out of a long guest entry: ends the
+/// run if it and every other vCPU are halted for good (not while a
+/// debugger is attached: its user may want to look at the halted guest),
+/// frees it if it is stuck on a descriptor write to ROM (see the module),
+/// and says what the EMT does next.
 pub(crate) fn recover(vcpu: &mut impl VirtualCpu, host: &impl EmtHost) -> Result<EmtState> {
     let cpu = vcpu.id();
+    if vcpu.halted_with_interrupts_off()? {
+        let watch = host.stall_watch();
+        if watch.halted_for_good(cpu) && !host.exit_context(cpu).debug.is_attached() {
+            host.end_run(RunOutcome::GuestHalted);
+            return Ok(EmtState::Terminated);
+        }
+        return Ok(EmtState::Ready);
+    }
+    host.stall_watch().running(cpu);
     let Some(window) = host.open_descriptor_window(cpu)? else {
         return Ok(EmtState::Ready);
     };
@@ -198,6 +256,35 @@ mod tests {
         assert_eq!(descriptor_tables(&s), vec![(0xf0000, 0x18), (0x1000, 8)]);
         s.cr0 |= 1 << 31;
         assert!(descriptor_tables(&s).is_empty());
+    }
+
+    #[test]
+    fn the_guest_is_halted_for_good_once_every_vcpu_is_seen_halted_after_the_last_halt() {
+        let watch = StallWatch::new(3);
+        assert!(!watch.halted_for_good(0));
+        assert!(!watch.halted_for_good(1));
+        // vCPU 2 halts last: 0 and 1 were seen before, they must be again
+        assert!(!watch.halted_for_good(2));
+        assert!(!watch.halted_for_good(0));
+        assert!(watch.halted_for_good(1));
+        // vCPU 1 ran: it must halt again, and the others be seen after
+        watch.running(1);
+        assert!(!watch.halted_for_good(0));
+        assert!(!watch.halted_for_good(2));
+        assert!(!watch.halted_for_good(1));
+        assert!(!watch.halted_for_good(0));
+        assert!(!watch.halted_for_good(1));
+        assert!(watch.halted_for_good(2));
+        // a vCPU the watch does not know is never halted for good
+        assert!(!watch.halted_for_good(3));
+    }
+
+    #[test]
+    fn a_single_vcpu_is_halted_for_good_when_first_seen_halted() {
+        let watch = StallWatch::new(1);
+        assert!(watch.halted_for_good(0));
+        watch.running(0);
+        assert!(watch.halted_for_good(0));
     }
 
     struct CountKicks(AtomicU32);

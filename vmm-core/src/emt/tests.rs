@@ -387,3 +387,79 @@ fn a_kick_that_is_not_the_watchdog_s_opens_no_window() {
     run_guest(&mut vcpu, &host).unwrap();
     assert!(host.log().is_empty(), "{:?}", host.log());
 }
+
+#[test]
+fn a_lone_vcpu_kicked_while_halted_with_interrupts_off_ends_the_run() {
+    let host = FakeHost::new(FakeDebugger::default());
+    host.tables_in_rom.set(true);
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, exit_with(0)]);
+    vcpu.set_halted_with_interrupts_off(true);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestHalted));
+    assert_eq!(vcpu.remaining(), 1, "the exit after the end ran");
+    assert!(host.log().is_empty(), "{:?}", host.log());
+}
+
+#[test]
+fn a_vcpu_halted_with_interrupts_on_runs_on() {
+    let host = FakeHost::new(FakeDebugger::default());
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, exit_with(0)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
+}
+
+#[test]
+fn a_halted_guest_runs_on_under_a_debugger() {
+    let host = FakeHost::new(FakeDebugger {
+        attached: true,
+        ..FakeDebugger::default()
+    });
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, exit_with(0)]);
+    vcpu.set_halted_with_interrupts_off(true);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
+}
+
+/// A host of two vCPUs where vCPU 0 was seen halted with interrupts off,
+/// then vCPU 1 (so vCPU 0's next sighting decides).
+fn two_vcpus_seen_halted() -> FakeHost {
+    let mut host = FakeHost::new(FakeDebugger::default());
+    host.stall = StallWatch::new(2);
+    assert!(!host.stall.halted_for_good(0));
+    assert!(!host.stall.halted_for_good(1));
+    host
+}
+
+#[test]
+fn the_run_ends_when_the_last_vcpu_is_seen_halted_again() {
+    let host = two_vcpus_seen_halted();
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, exit_with(0)]);
+    vcpu.set_halted_with_interrupts_off(true);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestHalted));
+}
+
+#[test]
+fn the_run_goes_on_while_another_vcpu_runs() {
+    let host = two_vcpus_seen_halted();
+    host.stall.running(1);
+    host.stall.mark(0);
+    let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::Interrupted, exit_with(0)]);
+    vcpu.set_halted_with_interrupts_off(true);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
+}
+
+#[test]
+fn a_vcpu_that_exits_is_no_longer_seen_halted() {
+    let host = two_vcpus_seen_halted();
+    let mut vcpu = ScriptedVcpu::new(0, [out(RECORDER_PORT, 1, &[1]), exit_with(0)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
+    // vCPU 0 halts anew, after vCPU 1: vCPU 1 must be seen again
+    assert!(!host.stall.halted_for_good(0));
+}

@@ -7,6 +7,7 @@ pub(crate) mod asm;
 pub mod counter;
 mod demo;
 mod echo;
+mod halt;
 mod idle;
 mod pci_scan;
 pub mod rom;
@@ -44,6 +45,11 @@ pub const GUESTS: &[EmbeddedGuest] = &[
         name: "idle",
         description: "runs until powered off: halts between 100 Hz timer ticks, prints a heartbeat twice a second, has a balloon driver",
         build: idle::firmware,
+    },
+    EmbeddedGuest {
+        name: "halt",
+        description: "starts a 100 Hz timer, then halts with interrupts off (`cli; hlt`): the run ends with status 0, as when Linux halts without ACPI",
+        build: halt::firmware,
     },
     EmbeddedGuest {
         name: "counter",
