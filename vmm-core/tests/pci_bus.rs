@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Capture;
+use common::{guest_vm, run_save_restore};
 use hm_vmx::testing::kvm_available;
+use vmm_core::RunOutcome;
 use vmm_core::bus::IoBus;
-use vmm_core::saved_state::{AfterSave, SaveRequest};
-use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
 const ADDRESS: u16 = 0xcf8;
 const DATA: u16 = 0xcfc;
@@ -34,13 +33,7 @@ fn a_guest_finds_the_host_bridge_alone_on_bus_0() {
     if !kvm_available("a_guest_finds_the_host_bridge_alone_on_bus_0") {
         return;
     }
-    let serial = Capture::default();
-    let mut config = VmConfig::new(
-        16 << 20,
-        guests::find("pci-scan").unwrap().firmware().unwrap(),
-    );
-    config.serial = Box::new(serial.clone());
-    let mut vm = Vm::new(config).expect("VM builds");
+    let (mut vm, serial) = guest_vm("pci-scan");
     let handle = vm.handle();
     std::thread::spawn(move || {
         std::thread::sleep(BOUND);
@@ -60,13 +53,7 @@ fn the_host_bridge_and_its_settings_survive_save_and_restore() {
     if !kvm_available("the_host_bridge_and_its_settings_survive_save_and_restore") {
         return;
     }
-    let serial = Capture::default();
-    let mut config = VmConfig::new(
-        16 << 20,
-        guests::find("counter").unwrap().firmware().unwrap(),
-    );
-    config.serial = Box::new(serial.clone());
-    let mut vm = Vm::new(config).expect("VM builds");
+    let (vm, serial) = guest_vm("counter");
     let io = vm.io_bus();
     outl(io, ADDRESS, 0x8000_0000);
     assert_eq!(
@@ -83,23 +70,7 @@ fn the_host_bridge_and_its_settings_survive_save_and_restore() {
     outl(io, ADDRESS, 0x8000_003c);
     io.write(DATA, &[0x0b]);
 
-    let handle = vm.handle();
-    let run = std::thread::spawn(move || vm.run());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !serial.text().contains("vmm counter: tick 0x") {
-        assert!(Instant::now() < deadline, "{}", serial.text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pci.sav");
-    let request = SaveRequest {
-        live: false,
-        then: AfterSave::PowerOff,
-    };
-    handle.save(&path, request).expect("save");
-    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
-
-    let restored = Vm::restore(&path, Box::new(std::io::sink()), false).expect("restore");
+    let restored = run_save_restore(vm, &serial, "vmm counter: tick 0x");
     let io = restored.io_bus();
     assert_eq!(inl(io, ADDRESS), 0x8000_003c, "the latch");
     assert_eq!(inl(io, DATA) & 0xff, 0x0b, "the interrupt line");

@@ -4,13 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::Capture;
+use common::{guest_vm, run_save_restore};
 use hm_vmx::testing::kvm_available;
 use vmm_core::bus::IoBus;
-use vmm_core::saved_state::{AfterSave, SaveRequest};
-use vmm_core::{RunOutcome, Vm, VmConfig, guests};
 
 fn out(io: &IoBus, port: u16, value: u8) {
     io.write(port, &[value]);
@@ -32,13 +28,7 @@ fn cmos_and_i8042_state_survive_save_and_restore() {
     if !kvm_available("cmos_and_i8042_state_survive_save_and_restore") {
         return;
     }
-    let serial = Capture::default();
-    let mut config = VmConfig::new(
-        16 << 20,
-        guests::find("counter").unwrap().firmware().unwrap(),
-    );
-    config.serial = Box::new(serial.clone());
-    let mut vm = Vm::new(config).expect("VM builds");
+    let (vm, serial) = guest_vm("counter");
     let io = vm.io_bus();
     // A CMOS RAM byte, and the clock set to 2099-12-31 23:00:00.
     out(io, 0x70, 0x40);
@@ -57,23 +47,7 @@ fn cmos_and_i8042_state_survive_save_and_restore() {
     out(io, 0x60, 0xf2);
     assert_eq!(inb(io, 0x60), 0xfa);
 
-    let handle = vm.handle();
-    let run = std::thread::spawn(move || vm.run());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !serial.text().contains("tick 0x0020") {
-        assert!(Instant::now() < deadline, "{}", serial.text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("devices.sav");
-    let request = SaveRequest {
-        live: false,
-        then: AfterSave::PowerOff,
-    };
-    handle.save(&path, request).expect("save");
-    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
-
-    let restored = Vm::restore(&path, Box::new(std::io::sink()), false).expect("restore");
+    let restored = run_save_restore(vm, &serial, "tick 0x0020");
     let io = restored.io_bus();
     assert_eq!(cmos(io, 0x40), 0x5a);
     assert_eq!([4, 9, 0x32].map(|i| cmos(io, i)), [0x23, 0x99, 0x20]);

@@ -39,3 +39,45 @@ pub fn stat(vm: &vmm_core::VmHandle, name: &str) -> u64 {
         other => panic!("{name}: {other:?}"),
     }
 }
+
+/// A VM of 16 MiB running the embedded guest `name`, and its serial
+/// output.
+#[allow(dead_code)] // not every test binary builds its VM this way
+pub fn guest_vm(name: &str) -> (vmm_core::Vm, Capture) {
+    let serial = Capture::default();
+    let mut config = vmm_core::VmConfig::new(
+        16 << 20,
+        vmm_core::guests::find(name).unwrap().firmware().unwrap(),
+    );
+    config.serial = Box::new(serial.clone());
+    (vmm_core::Vm::new(config).expect("VM builds"), serial)
+}
+
+/// Runs `vm` until its serial output shows `marker`, saves it with a power
+/// off and returns the VM restored from that state (serial output
+/// discarded).
+#[allow(dead_code)] // not every test binary saves
+pub fn run_save_restore(mut vm: vmm_core::Vm, serial: &Capture, marker: &str) -> vmm_core::Vm {
+    use std::time::{Duration, Instant};
+    use vmm_core::saved_state::{AfterSave, SaveRequest};
+
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serial.text().contains(marker) {
+        assert!(Instant::now() < deadline, "{}", serial.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.sav");
+    let request = SaveRequest {
+        live: false,
+        then: AfterSave::PowerOff,
+    };
+    handle.save(&path, request).expect("save");
+    assert_eq!(
+        run.join().unwrap().unwrap(),
+        vmm_core::RunOutcome::PoweredOff
+    );
+    vmm_core::Vm::restore(&path, Box::new(std::io::sink()), false).expect("restore")
+}
