@@ -8,6 +8,7 @@ mod i8042;
 pub mod pci;
 mod serial;
 mod serial_input;
+pub mod virtio;
 
 pub use acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP};
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};

@@ -1,0 +1,32 @@
+//! Virtio 1.x devices and the contract between a device and its transport.
+//!
+//! A device ([`VirtioDevice`]) knows its type, features, configuration
+//! space and how to serve its queues; it knows nothing of PCI. The
+//! transport (virtio over PCI) owns the registers the driver programs
+//! (status, feature negotiation, queue addresses, MSI-X vectors), builds
+//! `virtio-queue` [`Queue`]s from them, and hands them to the device when
+//! the driver sets `DRIVER_OK` ([`VirtioDevice::activate`]). Interrupts go
+//! back through the transport's [`Interrupt`].
+//!
+//! Queue notifications arrive as eventfds (KVM's ioeventfds, so a notify
+//! does not return to user space on the EMT); each device serves them on
+//! its own thread with a [`QueueWorker`]. Before a save, or at a reset,
+//! the transport calls [`VirtioDevice::deactivate`]: the device finishes
+//! every request it took from a ring, stops its thread and hands the
+//! queues back with their positions, so that nothing is half-written and
+//! nothing replayed twice.
+//!
+//! Data flows one way: transport → device (activation, queues, config
+//! writes) and device → transport (interrupts) only through [`Interrupt`].
+
+mod device;
+mod worker;
+
+pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
+pub use worker::{QueueWorker, WorkerControl, WorkerEvent};
+
+/// The guest memory devices reach by DMA: guest RAM as `pgm` lays it out.
+pub type GuestRam = vm_memory::GuestMemoryMmap;
+
+/// The queue type every device serves.
+pub type Queue = virtio_queue::Queue;
