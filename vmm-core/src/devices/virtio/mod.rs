@@ -19,8 +19,11 @@
 //! Data flows one way: transport → device (activation, queues, config
 //! writes) and device → transport (interrupts) only through [`Interrupt`].
 
+pub mod block;
 mod device;
 mod worker;
+
+pub use block::{Block, BlockSpec, BlockSpecError};
 
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
 pub use worker::{QueueWorker, WorkerControl, WorkerEvent};
