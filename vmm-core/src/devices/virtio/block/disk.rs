@@ -117,17 +117,23 @@ impl DiskImage {
         )
     }
 
-    /// Zeroes `len` bytes at `offset`: `fallocate` zero range, or the
-    /// unmapping punch hole when `unmap`, or written zeros when the file
-    /// system offers neither.
+    /// Zeroes `len` bytes at `offset`: a punched hole when `unmap` (the
+    /// guest allows the blocks to go), else `fallocate`'s zero range (the
+    /// blocks stay allocated), else, where the file system offers
+    /// neither, written zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         if unmap && self.punch_hole(offset, len)? {
             return Ok(());
         }
         let zero_range = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-        if self.fallocate(zero_range, offset, len)? || self.punch_hole(offset, len)? {
+        if self.fallocate(zero_range, offset, len)? {
             return Ok(());
         }
+        self.fill_zeros(offset, len)
+    }
+
+    /// Writes `len` zero bytes at `offset`.
+    fn fill_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
         const CHUNK: u64 = 64 * 1024;
         let zeros = vec![0u8; CHUNK.min(len) as usize];
         let mut done = 0;
@@ -156,5 +162,41 @@ impl DiskImage {
             Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(false),
             _ => Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(bytes: usize) -> (tempfile::NamedTempFile, DiskImage) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), vec![0xa5u8; bytes]).unwrap();
+        let disk = DiskImage::open(file.path(), false, "blk0").unwrap();
+        (file, disk)
+    }
+
+    #[test]
+    fn offsets_are_checked_against_the_end_and_overflow() {
+        let (_file, disk) = image(4096);
+        assert_eq!(disk.sectors(), 8);
+        assert_eq!(disk.offset_of(0, 4096), Some(0));
+        assert_eq!(disk.offset_of(7, 512), Some(3584));
+        assert_eq!(disk.offset_of(8, 0), Some(4096));
+        assert_eq!(disk.offset_of(7, 513), None);
+        assert_eq!(disk.offset_of(9, 0), None);
+        assert_eq!(disk.offset_of(u64::MAX / 512, 512), None);
+        assert_eq!(disk.offset_of(u64::MAX, 0), None);
+    }
+
+    #[test]
+    fn the_written_zeros_fallback_covers_exactly_its_range() {
+        let (file, disk) = image(256 * 1024);
+        disk.fill_zeros(512, 130 * 1024).unwrap();
+        let bytes = std::fs::read(file.path()).unwrap();
+        assert!(bytes[..512].iter().all(|b| *b == 0xa5));
+        assert!(bytes[512..512 + 130 * 1024].iter().all(|b| *b == 0));
+        assert!(bytes[512 + 130 * 1024..].iter().all(|b| *b == 0xa5));
+        assert_eq!(bytes.len(), 256 * 1024);
     }
 }

@@ -2,7 +2,7 @@
 //! names it ([`BlockSpec`]), served to the guest as a [`Block`]
 //! [`VirtioDevice`](super::VirtioDevice).
 //!
-//! - [`spec`]: the `--disk` argument;
+//! - `spec`: the `--disk` argument;
 //! - `disk`: the image file (size checks, `pread` / `pwrite`, `fallocate`);
 //! - `config`: feature bits and `struct virtio_blk_config`;
 //! - `request`: one descriptor chain checked and executed;
@@ -22,7 +22,7 @@ mod device;
 mod disk;
 mod queue;
 mod request;
-pub mod spec;
+mod spec;
 mod stats;
 
 #[cfg(test)]
