@@ -26,7 +26,7 @@ mod worker;
 pub use block::{Block, BlockSpec, BlockSpecError};
 
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
-pub use worker::{QueueWorker, WorkerControl, WorkerEvent};
+pub use worker::{QueueWorker, STOP_TIMEOUT, WorkerControl, WorkerEvent};
 
 /// The guest memory devices reach by DMA: guest RAM as `pgm` lays it out.
 pub type GuestRam = vm_memory::GuestMemoryMmap;
