@@ -20,6 +20,8 @@
 //! writes) and device → transport (interrupts) only through [`Interrupt`].
 
 mod device;
+pub mod net;
+pub mod vsock;
 mod worker;
 
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
