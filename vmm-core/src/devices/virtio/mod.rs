@@ -25,6 +25,8 @@ pub mod vsock;
 mod worker;
 
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
+pub use net::{Net, NetSpec};
+pub use vsock::{Vsock, VsockSpec};
 pub use worker::{QueueWorker, WorkerControl, WorkerEvent};
 
 /// The guest memory devices reach by DMA: guest RAM as `pgm` lays it out.

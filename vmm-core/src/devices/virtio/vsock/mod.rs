@@ -9,7 +9,7 @@
 //! - A guest connecting to host (CID 2) port `P` reaches the Unix socket
 //!   `PATH_P`; if nothing listens there the guest gets `OP_RST`.
 //!
-//! Data flows under the guest's and the device's credit (see [`conn`]); a
+//! Data flows under the guest's and the device's credit (virtio 1.2 5.10.6.3); a
 //! guest that overruns its credit, sends a packet the connection's state
 //! does not allow or a malformed packet gets its connection reset. At most
 //! [`MAX_CONNECTIONS`] connections, each holding at most 128 KiB of the
@@ -32,7 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod conn;
+mod conn;
 mod host;
 mod muxer;
 pub mod packet;
