@@ -21,11 +21,14 @@
 
 pub mod block;
 mod device;
+pub mod net;
+pub mod vsock;
 mod worker;
 
 pub use block::{Block, BlockSpec, BlockSpecError};
-
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
+pub use net::{Net, NetSpec};
+pub use vsock::{Vsock, VsockSpec};
 pub use worker::{QueueWorker, STOP_TIMEOUT, WorkerControl, WorkerEvent};
 
 /// The guest memory devices reach by DMA: guest RAM as `pgm` lays it out.
