@@ -66,9 +66,10 @@ struct TestBinary {
 /// The lane's tests: pgm's paging checked against the CPU (legacy, PAE,
 /// PSE-36, NX, 1 GiB pages), gdb with debug-register breakpoints and
 /// watchpoints, Debian's kernel under `vmm` (SMP, large RAM, a command's
-/// status, save/restore, live save, teleport, the PCI host bridge), and
-/// without ACPI Debian's generic kernel on the MP table.
-const SUITE: [TestBinary; 5] = [
+/// status, save/restore, live save, teleport, the PCI host bridge),
+/// without ACPI Debian's generic kernel on the MP table, and what the lane
+/// gives the virtio tests (the guest's virtio modules, ext4 images, taps).
+const SUITE: [TestBinary; 6] = [
     TestBinary {
         package: "pgm",
         test: "paging_kvm",
@@ -92,6 +93,11 @@ const SUITE: [TestBinary; 5] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_pci",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_guest_assets",
         args: &["--include-ignored", "--test-threads=1"],
     },
 ];
