@@ -8,9 +8,11 @@ use std::process::Command;
 
 mod apt;
 mod cpio;
+mod ext4;
 mod guest_exit;
 mod guest_linux;
 mod hwkvm;
+mod kmod;
 mod light;
 mod soak;
 mod tool;

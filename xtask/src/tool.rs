@@ -68,6 +68,21 @@ pub fn wait(child: &mut Child, limit: Duration, what: &str) -> anyhow::Result<Ex
     }
 }
 
+/// Where programs are looked for besides `PATH` (system tools live in
+/// `sbin`, which an ordinary user's `PATH` may lack).
+const SBIN: [&str; 2] = ["/usr/sbin", "/sbin"];
+
+/// The path of the program `name` (on `PATH` or in `sbin`); if there is
+/// none, the error says to install the Debian package `package`.
+pub fn find_program(name: &str, package: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN.iter().map(Into::into))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("no {name} on this machine: install {package}"))
+}
+
 /// The program and its arguments, for messages.
 pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
@@ -94,6 +109,13 @@ mod tests {
             Duration::from_secs(10),
         );
         assert!(err.unwrap_err().to_string().contains("exit status: 3"));
+    }
+
+    #[test]
+    fn programs_are_found_in_sbin_too() {
+        assert!(find_program("sh", "dash").unwrap().is_file());
+        let err = find_program("no-such-program-xtask", "pkg").unwrap_err();
+        assert!(err.to_string().contains("install pkg"), "{err}");
     }
 
     #[test]

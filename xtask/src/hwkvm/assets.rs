@@ -1,25 +1,20 @@
 //! What the lane downloads (once, into the cache): QEMU, Debian's 6.12
-//! cloud kernel for L1 with its KVM modules, busybox, gdb, the L2 guest of
-//! `cargo xtask guest-linux`, and Debian's generic kernel of the same
-//! release as a second L2 kernel.
+//! cloud kernel for L1 with its KVM and `tun` modules, busybox, gdb, the
+//! L2 guest of `cargo xtask guest-linux`, and Debian's generic kernel of
+//! the same release as a second L2 kernel.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use anyhow::Context;
 
 use super::qemu::Qemu;
 use crate::apt::Apt;
 use crate::guest_linux::{self, DebianGuest};
-use crate::tool;
+use crate::kmod::{self, Module};
 
-/// The modules L1 loads, in order, relative to its module tree.
-const KVM_MODULES: [&str; 3] = [
-    "virt/lib/irqbypass.ko",
-    "arch/x86/kvm/kvm.ko",
-    "arch/x86/kvm/kvm-amd.ko",
-];
+/// The modules L1 loads (with the ones they need): KVM for AMD-V, and
+/// `tun` for the taps of the network tests.
+const L1_MODULES: [&str; 2] = ["kvm_amd", "tun"];
 
 /// Everything the lane runs, on the host.
 pub struct Assets {
@@ -29,8 +24,8 @@ pub struct Assets {
     pub l1_package: String,
     /// L1's kernel.
     pub l1_kernel: PathBuf,
-    /// The KVM modules, decompressed: file name and contents.
-    pub modules: Vec<(String, Vec<u8>)>,
+    /// L1's modules, in load order.
+    pub modules: Vec<Module>,
     /// Static busybox.
     pub busybox: Vec<u8>,
     /// Debian's `gdb-minimal`.
@@ -68,10 +63,8 @@ impl Assets {
         let busybox_dir = apt.unpack("busybox-static", cache)?;
         let busybox = busybox_dir.join("bin/busybox");
         let module_tree = l1.join("lib/modules").join(&release).join("kernel");
-        let modules = KVM_MODULES
-            .iter()
-            .map(|m| module(&module_tree, m, &busybox))
-            .collect::<anyhow::Result<_>>()?;
+        let modules = kmod::with_dependencies(&module_tree, &L1_MODULES, &busybox)
+            .with_context(|| format!("the modules of {l1_package}"))?;
         let gdb = apt.unpack("gdb-minimal", cache)?.join("usr/bin/gdb");
         let guest = guest_linux::debian_guest(&apt, cache)?;
         let mp_vmlinuz = generic_kernel(&apt, cache, &guest.package)?;
@@ -107,27 +100,4 @@ fn file_starting_with(dir: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
         })
         .with_context(|| format!("no {prefix}* in {}", dir.display()))
-}
-
-/// A module's file name and contents, decompressed with busybox if the
-/// package ships it as `.ko.xz`.
-fn module(tree: &Path, rel: &str, busybox: &Path) -> anyhow::Result<(String, Vec<u8>)> {
-    let plain = tree.join(rel);
-    let name = plain
-        .file_name()
-        .context("module file name")?
-        .to_string_lossy()
-        .into_owned();
-    if plain.is_file() {
-        return Ok((name, std::fs::read(&plain)?));
-    }
-    let xz = tree.join(format!("{rel}.xz"));
-    if xz.is_file() {
-        let data = tool::output_bytes(
-            Command::new(busybox).arg("unxz").arg("-c").arg(&xz),
-            Duration::from_secs(120),
-        )?;
-        return Ok((name, data));
-    }
-    anyhow::bail!("the L1 kernel has no {rel} (looked in {})", tree.display())
 }

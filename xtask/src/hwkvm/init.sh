@@ -1,5 +1,5 @@
 #!/bin/sh
-# init of the hardware-KVM lane's L1 Linux: load KVM (AMD-V), run /hwkvm/run.sh
+# init of the hardware-KVM lane's L1 Linux: load KVM (AMD-V) and tun, run /hwkvm/run.sh
 # with vmm on PATH and the L2 guest in the environment, report its status on
 # the console as HWKVM-RC=<n>, power off.
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
@@ -14,7 +14,7 @@ mkdir -p /tmp
 mkdir -p /root
 ip link set lo up
 echo "HWKVM: L1 up after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)"
-for m in irqbypass kvm kvm-amd; do
+for m in $(cat /modules/order); do
     insmod /modules/$m.ko || echo "HWKVM: insmod $m failed"
 done
 dmesg | grep -E 'kvm_amd: (Nested|SVM)' | sed 's/^/HWKVM: /'

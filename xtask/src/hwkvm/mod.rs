@@ -14,7 +14,15 @@
 //! * `cargo xtask hwkvm -- 'SHELL COMMAND'` runs one command in L1 with
 //!   `vmm` and `gdb` on PATH and `$L2_KERNEL`, `$L2_INITRD`, `$L2_CMDLINE`
 //!   naming the Debian guest (`$L2_KERNEL_MP`: Debian's generic kernel of
-//!   the same release, which reads the MP table), and exits with its status.
+//!   the same release, which reads the MP table; `$L2_ROOTFS`: an ext4
+//!   root file system for the guest's `vmm_root=/dev/vda`), and exits with
+//!   its status.
+//!
+//! L1 has `/dev/net/tun` (the `tun` module), iproute2's `ip` in /sbin
+//! (`ip tuntap add`), busybox's `unshare -n` for a network namespace, and
+//! e2fsprogs' `mke2fs`, `e2fsck` and `debugfs` in /sbin. Busybox's shell
+//! runs its own applet of a name before a program on PATH: in a shell
+//! command, call these as `/sbin/ip`, `/sbin/mke2fs`.
 //! * `cargo xtask hwkvm --bench [--runs N]` measures boot time to
 //!   userspace with `vmm` against QEMU in L1 (see [`bench`]).
 //!
@@ -42,7 +50,7 @@ const USAGE: &str =
     "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [--bench [--runs N] | -- 'SHELL COMMAND']
 
   (default)         run the hardware-KVM test binaries in L1; print N passed, N failed
-  -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_KERNEL_MP $L2_INITRD $L2_CMDLINE)
+  -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_KERNEL_MP $L2_INITRD $L2_CMDLINE $L2_ROOTFS)
   --bench           boot time to userspace in L1: vmm vs qemu -M microvm and -M pc
   --runs N          boots of each VMM for --bench (default 5)
   --l1-kernel PKG   Debian kernel package for L1, the KVM host (default: newest 6.12 cloud)
@@ -58,9 +66,10 @@ struct TestBinary {
 /// The lane's tests: pgm's paging checked against the CPU (legacy, PAE,
 /// PSE-36, NX, 1 GiB pages), gdb with debug-register breakpoints and
 /// watchpoints, Debian's kernel under `vmm` (SMP, large RAM, a command's
-/// status, save/restore, live save, teleport, the PCI host bridge), and
-/// without ACPI Debian's generic kernel on the MP table.
-const SUITE: [TestBinary; 5] = [
+/// status, save/restore, live save, teleport, the PCI host bridge),
+/// without ACPI Debian's generic kernel on the MP table, and what the lane
+/// gives the virtio tests (the guest's virtio modules, ext4 images, taps).
+const SUITE: [TestBinary; 6] = [
     TestBinary {
         package: "pgm",
         test: "paging_kvm",
@@ -86,6 +95,21 @@ const SUITE: [TestBinary; 5] = [
         test: "hwkvm_pci",
         args: &["--include-ignored", "--test-threads=1"],
     },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_guest_assets",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+];
+
+/// Host programs L1 gets in /sbin, with the Debian package that has them:
+/// iproute2's `ip` (busybox's cannot make taps: `ip tuntap add`), and
+/// e2fsprogs to make and check ext4 images.
+const HOST_TOOLS: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("mke2fs", "e2fsprogs"),
+    ("e2fsck", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
 ];
 
 /// L1's vCPUs. One: with two, QEMU 10.0's multi-threaded TCG let L2 Linux
@@ -275,10 +299,30 @@ fn l1_image(
         include_str!("init.sh"),
         &work.join("strip"),
     )?;
-    for (name, data) in &assets.modules {
-        image.file(&format!("modules/{name}"), 0o644, data);
+    for m in &assets.modules {
+        image.file(&format!("modules/{}.ko", m.name), 0o644, &m.data);
+    }
+    let order: Vec<&str> = assets.modules.iter().map(|m| m.name.as_str()).collect();
+    image.file(
+        "modules/order",
+        0o644,
+        format!("{}\n", order.join(" ")).as_bytes(),
+    );
+    for (program, package) in HOST_TOOLS {
+        // In sbin, ahead of busybox's applets of the same name (its
+        // `--install` keeps what is there).
+        image.executable(
+            &crate::tool::find_program(program, package)?,
+            &format!("sbin/{program}"),
+        )?;
+    }
+    if let Ok(conf) = std::fs::read("/etc/mke2fs.conf") {
+        image.file("etc/mke2fs.conf", 0o644, &conf);
     }
     let guest = &assets.guest;
+    let rootfs = work.join("rootfs.ext4");
+    guest.write_rootfs(&rootfs)?;
+    image.file("guest/rootfs.ext4", 0o644, &std::fs::read(&rootfs)?);
     image.file("guest/vmlinuz", 0o644, &std::fs::read(&guest.vmlinuz)?);
     image.file(
         "guest/vmlinuz-mp",
@@ -298,7 +342,7 @@ fn l1_image(
         0o644,
         format!(
             "export CI=true VMM_HWKVM=1 L2_KERNEL=/guest/vmlinuz L2_INITRD=/guest/initramfs.cpio\n\
-             export L2_KERNEL_MP=/guest/vmlinuz-mp\n\
+             export L2_KERNEL_MP=/guest/vmlinuz-mp L2_ROOTFS=/guest/rootfs.ext4\n\
              export L2_CMDLINE='{}'\n",
             crate::guest_linux::CMDLINE
         )
