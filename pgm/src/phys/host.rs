@@ -23,6 +23,7 @@ pub const HOST_PAGE_SIZE: usize = 4096;
 
 /// Errors of a host memory provider.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HostMemoryError {
     /// The provider could not allocate backing.
     #[error("allocating {size} bytes: {message}")]
