@@ -82,7 +82,7 @@ fn ci() -> anyhow::Result<()> {
     light::check(cargo)?;
     cargo_with_env(
         &[("RUSTDOCFLAGS", "-D warnings")],
-        &["doc", "--workspace", "--no-deps"],
+        &["doc", "--workspace", "--exclude", "xtask", "--no-deps"],
     )?;
     package()?;
     hwkvm::run(&[])?;

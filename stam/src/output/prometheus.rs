@@ -1,33 +1,6 @@
 //! Prometheus text exposition format (version 0.0.4).
 //!
-//! # Metric names
-//!
-//! A sample name maps to a metric name by a reversible escaping, so two
-//! samples can never share a metric name and a name never depends on which
-//! other samples exist (adding a statistic renames nothing):
-//!
-//! - the name starts with `stam_`; path components are joined with `__`
-//!   (`/GMM/Chunks` becomes `stam_GMM__Chunks`);
-//! - ASCII letters and digits are kept, case included; where a lower-case
-//!   letter is followed by an upper-case one, `_` goes between them
-//!   (`cChunks` becomes `c_Chunks`, which Prometheus' camel-case lint
-//!   accepts);
-//! - every other character is written as `_`, its Unicode code point in
-//!   lower-case hex, and `_` (`virtio-net` becomes `virtio_2d_net`, `_`
-//!   itself `_5f_`);
-//! - a word that Prometheus' naming lints reject (an abbreviated or
-//!   non-base unit such as `ms` or `kilobytes`, a type name such as
-//!   `gauge`, a reserved suffix such as `total`; compared ignoring case) is
-//!   escaped letter by letter (`/Io/ms` becomes `stam_Io___6d__73_`).
-//!
-//! Decoding is unambiguous: after `stam_`, `__` separates components, `_`
-//! before an upper-case letter is a camel-case break, `_` before a hex digit
-//! opens an escape that the next `_` closes. A name never contains `_`
-//! followed by a lower-case letter outside `a`-`f`, nor `_b`/`_c` followed by
-//! a non-hex letter, so the type suffixes below (`_total`, `_seconds`,
-//! `_bytes`, `_sum`, `_count`) cannot make two names meet either.
-//!
-//! # Values
+//! Metric names: see [`Snapshot::write_prometheus`]. Values:
 //!
 //! Byte units become a `_bytes` suffix (kilobytes and megabytes scaled),
 //! nanoseconds become `_seconds`; every other unit goes into HELP, which also
@@ -46,6 +19,34 @@ const PREFIX: &str = "stam";
 
 impl Snapshot {
     /// Writes the snapshot in the Prometheus text exposition format.
+    ///
+    /// # Metric names
+    ///
+    /// A sample name maps to a metric name by a reversible escaping, so two
+    /// samples can never share a metric name and a name never depends on which
+    /// other samples exist (adding a statistic renames nothing):
+    ///
+    /// - the name starts with `stam_`; path components are joined with `__`
+    ///   (`/GMM/Chunks` becomes `stam_GMM__Chunks`);
+    /// - ASCII letters and digits are kept, case included; where a lower-case
+    ///   letter is followed by an upper-case one, `_` goes between them
+    ///   (`cChunks` becomes `c_Chunks`, which Prometheus' camel-case lint
+    ///   accepts);
+    /// - every other character is written as `_`, its Unicode code point in
+    ///   lower-case hex, and `_` (`virtio-net` becomes `virtio_2d_net`, `_`
+    ///   itself `_5f_`);
+    /// - a word that Prometheus' naming lints reject (an abbreviated or
+    ///   non-base unit such as `ms` or `kilobytes`, a type name such as
+    ///   `gauge`, a reserved suffix such as `total`; compared ignoring case) is
+    ///   escaped letter by letter (`/Io/ms` becomes `stam_Io___6d__73_`).
+    ///
+    /// Decoding is unambiguous: after `stam_`, `__` separates components, `_`
+    /// before an upper-case letter is a camel-case break, `_` before a hex digit
+    /// opens an escape that the next `_` closes. A name never contains `_`
+    /// followed by a lower-case letter outside `a`-`f`, nor `_b`/`_c` followed by
+    /// a non-hex letter, so the suffixes added for types and units
+    /// (`_total` on counters, `_bytes`, `_seconds`, and `_sum`/`_count` of a
+    /// profile's summary) cannot make two names meet either.
     ///
     /// ```
     /// let reg = stam::Registry::new();
