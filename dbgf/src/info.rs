@@ -65,6 +65,7 @@ pub struct InfoCall<'a> {
 
 /// Errors from registering or running info handlers.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum InfoError {
     /// No handler is registered under this name.
     #[error("unknown info handler {name:?}{}", suggestion_text(.similar))]

@@ -80,3 +80,8 @@ pub use info::{
     InfoCall, InfoError, InfoExecutor, InfoFlags, InfoHandler, InfoRegistry, MAX_INFO_NAME_LEN,
     SameThreadExecutor,
 };
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

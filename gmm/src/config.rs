@@ -14,6 +14,7 @@ pub const MAX_PAGES: u64 = 1 << 30;
 /// assert!(!cfg.overcommit);
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GmmConfig {
     /// Global maximum of host pages in use by all VMs together.
     pub max_pages: u64,

@@ -6,6 +6,7 @@ use crate::ids::{Account, PageId, VmId};
 
 /// Everything GMM can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The VM would exceed its reservation for an account (VirtualBox `VERR_GMM_HIT_VM_ACCOUNT_LIMIT`).
     #[error(

@@ -117,3 +117,8 @@ pub use stats::{AccountPages, GmmStats, VmStats};
 
 #[cfg(test)]
 mod tests;
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -46,7 +46,9 @@ fn now_ms() -> u64 {
 /// [`RESERVE`] mappings spare.
 pub(crate) fn check() -> Result<()> {
     let limit = limit();
-    let due = SINCE_CHECK.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == 0;
+    let due = SINCE_CHECK
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(CHECK_EVERY);
     if EXHAUSTED.load(Ordering::Relaxed) {
         let since = now_ms().saturating_sub(LAST_CHECK_MS.load(Ordering::Relaxed));
         if u128::from(since) < RECHECK_AFTER.as_millis() {

@@ -69,3 +69,8 @@ pub use types::{Cpuid, CpuidEntry, DescriptorTable, MAX_CPUID_ENTRIES, Segment};
 pub use vcpu::{CpuSnapshot, DebugRegs, Fpu, LapicState, Regs, Sregs, Vcpu, VcpuState};
 pub use virtual_cpu::VirtualCpu;
 pub use vm::{MemorySlot, Vm};
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

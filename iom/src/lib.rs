@@ -103,3 +103,8 @@ mod tests {
         assert_eq!(write.len(), 3);
     }
 }
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -93,3 +93,8 @@ pub mod phys;
 mod walker_memory;
 
 pub use phys::{PhysConfig, PhysError, PhysMap, SharedPhysMap};
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

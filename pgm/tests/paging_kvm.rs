@@ -149,9 +149,8 @@ fn run_scenario(g: &mut Guest, sc: &Scenario) {
     let mut buf = vec![0u8; TABLES.1 as usize];
     g.mem.read(0, &mut buf).unwrap();
     shadow.write(0, &buf).unwrap();
-    let ad = WalkOptions {
-        update_accessed_dirty: true,
-    };
+    let mut ad = WalkOptions::default();
+    ad.update_accessed_dirty = true;
     translate(&state, &shadow, CODE, Access::supervisor_exec(), ad).unwrap();
     for &(va, _) in &sc.markers {
         translate(&state, &shadow, va, Access::supervisor_write(), ad).unwrap();

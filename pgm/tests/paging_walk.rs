@@ -320,9 +320,8 @@ fn accessed_and_dirty_updates() {
     let pte = b.map(0x4000_1000, 0x20_0000, 1, P | RW, P | RW).unwrap();
     b.map(0x4000_2000, 0x21_0000, 1, P, P | RW).unwrap();
     let st = state(Format::Pae, 36).with_cr3(b.root);
-    let ad = WalkOptions {
-        update_accessed_dirty: true,
-    };
+    let mut ad = WalkOptions::default();
+    ad.update_accessed_dirty = true;
     let pdpte = b.read(b.root + 8);
     translate(&st, &mem, 0x4000_1000, SR, ad).unwrap();
     assert_eq!(b.read(pte), 0x20_0000 | P | RW | A);
@@ -356,9 +355,9 @@ fn tlb_caches_until_invalidated_or_flushed() {
     let pte = b.map(0x1000, 0x20_0000, 1, P | RW, P | RW).unwrap();
     let st = state(Format::Long4, 48).with_cr3(b.root);
     let mut g = GuestPaging::new(st);
-    g.set_options(WalkOptions {
-        update_accessed_dirty: true,
-    });
+    let mut ad = WalkOptions::default();
+    ad.update_accessed_dirty = true;
+    g.set_options(ad);
     assert_eq!(g.translate(&mem, 0x1004, SR).unwrap(), 0x20_0004);
     assert_eq!(g.translate(&mem, 0x1008, SR).unwrap(), 0x20_0008);
     assert_eq!((g.tlb_stats().hits, g.tlb_stats().misses), (1, 1));

@@ -164,10 +164,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn benches(c: &mut Criterion) {
     let mut w = Work::new();
-    let lz4 = SaveOptions {
-        compress: true,
-        ..Default::default()
-    };
+    let mut lz4 = SaveOptions::default();
+    lz4.compress = true;
     let plain = SaveOptions::default();
 
     let mut g = c.benchmark_group("ssm_256mib");

@@ -105,3 +105,8 @@ pub use reader::{FilePages, Page, RecordStats, StreamReader, UnitInfo, UnitReade
 pub use unit::{Unit, Vote};
 pub use writer::{StreamWriter, UnitWriter, WriteStats};
 pub use zero::is_zero;
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

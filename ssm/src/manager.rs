@@ -13,6 +13,7 @@ use crate::writer::{StreamWriter, UnitWriter, WriteStats};
 
 /// Options of one save.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaveOptions {
     /// Try LZ4 on pages (kept only when it shrinks them). Default off.
     pub compress: bool,

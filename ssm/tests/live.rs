@@ -177,10 +177,8 @@ fn a_ready_unit_keeps_getting_passes_while_others_need_them() {
 fn a_unit_that_never_converges_hits_the_pass_limit() {
     let log = Log::default();
     let mut m = voters(&log, vec![], vec![Vote::Done]);
-    let opts = SaveOptions {
-        max_passes: 5,
-        ..Default::default()
-    };
+    let mut opts = SaveOptions::default();
+    opts.max_passes = 5;
     let mut stopped = false;
     let e = m.save_live(Vec::new(), &opts, || {
         stopped = true;
@@ -202,10 +200,8 @@ fn a_unit_that_never_converges_hits_the_pass_limit() {
 fn the_growth_limit_stops_a_live_save() {
     let log = Log::default();
     let mut m = voters(&log, vec![], vec![]);
-    let opts = SaveOptions {
-        max_live_bytes: Some(1000),
-        ..Default::default()
-    };
+    let mut opts = SaveOptions::default();
+    opts.max_live_bytes = Some(1000);
     match m.save_live(Vec::new(), &opts, || Ok(())) {
         Err(Error::LiveSaveTooLarge {
             written,

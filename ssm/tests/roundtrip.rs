@@ -53,7 +53,8 @@ proptest! {
     #[test]
     fn save_then_load_gives_back_every_value(units in units_strategy(), compress: bool, live: bool) {
         let mut m = manager(&units);
-        let opts = SaveOptions { compress, ..Default::default() };
+        let mut opts = SaveOptions::default();
+        opts.compress = compress;
         let mut bytes = Vec::new();
         if live {
             m.save_live(&mut bytes, &opts, || Ok(())).unwrap();
@@ -134,10 +135,8 @@ fn compressible_pages_shrink_and_random_pages_stay_raw() {
         0,
         (0..32).map(|i| Op::Page(page(2, i))).collect(),
     )];
-    let opts = SaveOptions {
-        compress: true,
-        ..Default::default()
-    };
+    let mut opts = SaveOptions::default();
+    opts.compress = true;
     let mut bytes = Vec::new();
     let stats = manager(&units).save(&mut bytes, &opts).unwrap();
     assert_eq!(stats.compressed_pages, 32);

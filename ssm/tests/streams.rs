@@ -60,10 +60,8 @@ fn file_round_trip_inspect_and_verify() {
     let dir = TempDir::new("file");
     let path = dir.0.join("vm.sav");
     let units = sample_units();
-    let opts = SaveOptions {
-        compress: true,
-        ..Default::default()
-    };
+    let mut opts = SaveOptions::default();
+    opts.compress = true;
     manager(&units)
         .save_live(
             AtomicFile::create(&path).map(Box::new).unwrap(),
@@ -162,10 +160,8 @@ fn teleport_over_tcp() {
     let sender_units = units.clone();
     let sender = std::thread::spawn(move || {
         let stream = std::net::TcpStream::connect(addr).unwrap();
-        let opts = SaveOptions {
-            compress: true,
-            ..Default::default()
-        };
+        let mut opts = SaveOptions::default();
+        opts.compress = true;
         manager(&sender_units)
             .save_live(std::io::BufWriter::new(stream), &opts, || Ok(()))
             .unwrap()

@@ -4,6 +4,7 @@ use thiserror::Error;
 
 /// Why a sample name was rejected (see [`validate_name`](crate::validate_name)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum NameError {
     /// The name does not start with `/`.
     #[error("must start with '/'")]
@@ -27,6 +28,7 @@ pub enum NameError {
 
 /// Errors from registering samples.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The sample name breaks a naming rule.
     #[error("invalid statistics name {name:?}: {reason}")]

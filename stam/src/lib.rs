@@ -81,3 +81,8 @@ pub use registry::{Registry, SampleBuilder};
 pub use shard::{SHARDS, set_thread_shard};
 pub use snapshot::{SampleSnapshot, Snapshot, Value};
 pub use unit::{Unit, Visibility};
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -32,8 +32,10 @@ pub enum Unit {
     /// Errors.
     #[serde(rename = "errors")]
     Errors,
-    /// Occurrences.
-    #[serde(rename = "occures")]
+    /// Occurrences: how many times something happened (VirtualBox prints
+    /// its `STAMUNIT_OCCURENCES` as `times`).
+    // `occures`: the name snapshots written before 0.1.0 used.
+    #[serde(rename = "times", alias = "occures")]
     Occurrences,
     /// Clock ticks.
     #[serde(rename = "ticks")]
@@ -116,7 +118,7 @@ impl Unit {
             Unit::Megabytes => "megabytes",
             Unit::Pages => "pages",
             Unit::Errors => "errors",
-            Unit::Occurrences => "occures",
+            Unit::Occurrences => "times",
             Unit::Ticks => "ticks",
             Unit::TicksPerCall => "ticks/call",
             Unit::TicksPerOccurrence => "ticks/occ",
@@ -160,5 +162,32 @@ impl Visibility {
             Visibility::Used => "used",
             Visibility::NotGui => "not-gui",
         }
+    }
+}
+
+#[cfg(all(test, feature = "json"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_names_are_the_printed_names() {
+        for unit in Unit::ALL {
+            let json = serde_json::to_string(&unit).unwrap();
+            // `None` prints as nothing but needs a name in JSON.
+            let printed = if unit == Unit::None {
+                "none"
+            } else {
+                unit.as_str()
+            };
+            assert_eq!(json, format!("\"{printed}\""), "{unit:?}");
+            assert_eq!(serde_json::from_str::<Unit>(&json).unwrap(), unit);
+        }
+    }
+
+    #[test]
+    fn occurrences_print_as_times_and_old_snapshots_still_read() {
+        assert_eq!(Unit::Occurrences.to_string(), "times");
+        let old: Unit = serde_json::from_str("\"occures\"").unwrap();
+        assert_eq!(old, Unit::Occurrences);
     }
 }

@@ -168,7 +168,7 @@ fn prometheus_output_passes_promtool() {
         );
         return;
     }
-    // A fixed case with every type and colliding names ...
+    // A fixed case with every type and names that map alike in snake case ...
     let fixed = Registry::new();
     fixed
         .counter("/GMM/cChunks", Unit::Count, "Chunks")

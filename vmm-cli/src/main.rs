@@ -4,6 +4,7 @@ mod client;
 mod console;
 mod doctor;
 mod gdb;
+mod logging;
 mod output;
 mod run;
 mod serial_out;
@@ -20,6 +21,8 @@ use vmm_cli::api;
 #[derive(Parser)]
 #[command(name = "vmm", version, about)]
 struct Cli {
+    #[command(flatten)]
+    log: logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +57,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        return fail(&e);
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Doctor => doctor::doctor(),
@@ -68,12 +74,12 @@ fn main() -> ExitCode {
         Command::Teleport(args) => client::teleport(args),
         Command::State(args) => state::state(args),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            // Not `eprintln!`: it panics when stderr is a closed pipe.
-            let _ = writeln!(std::io::stderr(), "vmm: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    result.unwrap_or_else(|e| fail(&e))
+}
+
+/// Reports `e` on stderr; the exit code of a failed command.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    // Not `eprintln!`: it panics when stderr is a closed pipe.
+    let _ = writeln!(std::io::stderr(), "vmm: error: {e:#}");
+    ExitCode::from(1)
 }

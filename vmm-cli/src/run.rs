@@ -376,10 +376,10 @@ fn run_vm(
     drop(sharing);
     drop(api);
     std::io::stdout().flush().ok();
-    if let Some(server) = gdb {
-        if let Err(e) = server.finish() {
-            eprintln!("vmm: {e:#}");
-        }
+    if let Some(server) = gdb
+        && let Err(e) = server.finish()
+    {
+        eprintln!("vmm: {e:#}");
     }
     report(&vm, args)?;
     match outcome? {

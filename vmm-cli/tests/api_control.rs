@@ -252,7 +252,7 @@ fn control_a_running_vm_with_the_vmm_client_and_curl() {
     // Every statistics format, through curl and through the client.
     for (format, needle) in [
         ("text", "/IOM/Port/uart/Writes"),
-        ("prometheus", "stam_iom_port_uart_writes_total"),
+        ("prometheus", "stam_IOM__Port__uart__Writes_total"),
         ("xml", "name=\"/IOM/Port/uart/Writes\""),
         ("json", "\"/IOM/Port/uart/Writes\""),
     ] {

@@ -43,7 +43,7 @@ pub enum FirmwareError {
 /// assert!(check_size(0).is_err());
 /// ```
 pub fn check_size(size: u64) -> Result<(), FirmwareError> {
-    if size == 0 || size % FIRMWARE_ALIGN != 0 || size > MAX_FIRMWARE {
+    if size == 0 || !size.is_multiple_of(FIRMWARE_ALIGN) || size > MAX_FIRMWARE {
         return Err(FirmwareError::Size { size });
     }
     Ok(())

@@ -52,7 +52,7 @@ fn gmm_error(size: u64, e: gmm::Error) -> HostMemoryError {
 
 /// First page and page count of a page-aligned span.
 fn pages(region: &MmapRegion, offset: usize, len: usize) -> Result<(u64, u64), HostMemoryError> {
-    let aligned = offset % HOST_PAGE_SIZE == 0 && len % HOST_PAGE_SIZE == 0;
+    let aligned = offset.is_multiple_of(HOST_PAGE_SIZE) && len.is_multiple_of(HOST_PAGE_SIZE);
     if !aligned
         || offset
             .checked_add(len)

@@ -55,3 +55,8 @@ pub use error::{Error, Result};
 pub use machine::VmHandle;
 pub use outcome::RunOutcome;
 pub use vm::Vm;
+
+// The README's example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

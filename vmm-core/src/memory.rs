@@ -105,7 +105,7 @@ impl GuestMemoryMap {
         stats: &stam::Registry,
         info: &dbgf::InfoRegistry,
     ) -> Result<Self> {
-        if ram_size < MIN_RAM || ram_size % 4096 != 0 {
+        if ram_size < MIN_RAM || !ram_size.is_multiple_of(4096) {
             return Err(Error::Config(format!(
                 "memory size {ram_size:#x} must be a multiple of 4 KiB and at least 1 MiB"
             )));

@@ -90,17 +90,17 @@ impl Vm {
                         if vm.contains(VmFf::TERMINATE) {
                             break;
                         }
-                        if vm.contains(VmFf::EMT_RENDEZVOUS) {
-                            if let Some(s) = rv.on_ff(cpu).unwrap() {
-                                statuses.lock().push(s);
-                            }
+                        if vm.contains(VmFf::EMT_RENDEZVOUS)
+                            && let Some(s) = rv.on_ff(cpu).unwrap()
+                        {
+                            statuses.lock().push(s);
                         }
                         if vm.contains(VmFf::REQUEST)
                             || ffs.cpu(cpu).unwrap().contains(CpuFf::REQUEST)
                         {
                             rq.process_requests(cpu).unwrap();
                         }
-                        if (round + cpu as u64) % 2 == 0 {
+                        if (round + cpu as u64).is_multiple_of(2) {
                             if let Some(in_guest) = ffs.enter_guest(cpu).unwrap() {
                                 if !guest.run(cpu, &ffs) {
                                     lost.fetch_add(1, Ordering::SeqCst);
@@ -449,7 +449,8 @@ fn stress_thousands_of_mixed_rendezvous() {
                 let mut seed = d + 1;
                 for _ in 0..per_driver {
                     let kind = ALL_TYPES[next(&mut seed) as usize % ALL_TYPES.len()];
-                    let nested = next(&mut seed) % 8 == 0 && kind != RendezvousType::AllAtOnce;
+                    let nested =
+                        next(&mut seed).is_multiple_of(8) && kind != RendezvousType::AllAtOnce;
                     let runs = if kind == RendezvousType::Once {
                         1
                     } else {
@@ -473,7 +474,7 @@ fn stress_thousands_of_mixed_rendezvous() {
                         }
                         Ok(Some(EmStatus::Reschedule))
                     };
-                    let r = if next(&mut seed) % 2 == 0 {
+                    let r = if next(&mut seed).is_multiple_of(2) {
                         rv.call(kind, RendezvousFlags::default(), callback)
                     } else {
                         let target = Target::Cpu((next(&mut seed) % n as u64) as CpuId);

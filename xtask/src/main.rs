@@ -22,7 +22,8 @@ use anyhow::{Context, bail};
 const USAGE: &str =
     "usage: cargo xtask <ci | hwkvm [...] | bench [CRATE...] | soak [--ops N] | guest-linux [--test-kernel]>
 
-  ci      format check, clippy with -D warnings, every test, and the hardware-KVM lane
+  ci      format check, clippy with -D warnings, every test, rustdoc with -D warnings,
+          cargo package (verified) of every published crate, and the hardware-KVM lane
   hwkvm   the hardware-KVM lane alone (cargo xtask hwkvm --help)
   bench   run the criterion benchmarks (all crates, or the ones named)
   soak    the release vmm under a mixed control-API load (default 100000 operations):
@@ -43,10 +44,16 @@ fn main() -> anyhow::Result<()> {
 
 /// Runs `cargo` with `args` from the workspace root, failing on a non-zero exit.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(&[], args)
+}
+
+/// [`cargo`] with environment variables `env` set for it.
+fn cargo_with_env(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("cannot run {cargo}"))?;
@@ -75,9 +82,31 @@ fn ci() -> anyhow::Result<()> {
     ])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
     light::check(cargo)?;
+    cargo_with_env(
+        &[("RUSTDOCFLAGS", "-D warnings")],
+        &["doc", "--workspace", "--exclude", "xtask", "--no-deps"],
+    )?;
+    package()?;
     hwkvm::run(&[])?;
     eprintln!("xtask: ci passed");
     Ok(())
+}
+
+/// Every publishable crate packaged as `cargo publish` would, and verified:
+/// each `.crate` is unpacked and built on its own. Cargo packages the crates
+/// in dependency order and resolves the workspace crates a crate depends on
+/// from a temporary local registry of the ones packaged before it (not from
+/// crates.io, where these versions are not published), so the check needs
+/// no upload and proves that the packages build from their published files
+/// alone (a missing `include`, a path outside the crate) before a release.
+fn package() -> anyhow::Result<()> {
+    cargo(&[
+        "package",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--allow-dirty",
+    ])
 }
 
 fn bench(crates: &[String]) -> anyhow::Result<()> {

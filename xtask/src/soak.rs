@@ -59,7 +59,7 @@ const CYCLE: [Op; 8] = [
     Op::BalloonSet,
     Op::Info,
 ];
-const _: () = assert!(SAVE_EVERY % CYCLE.len() == 0);
+const _: () = assert!(SAVE_EVERY.is_multiple_of(CYCLE.len()));
 
 impl Op {
     /// The `i`-th operation of the run.

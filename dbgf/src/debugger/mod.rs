@@ -91,6 +91,7 @@ const MAX_INSN_LEN: usize = 15;
 
 /// Errors of the debugger core.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DebuggerError {
     /// The target failed.
     #[error(transparent)]

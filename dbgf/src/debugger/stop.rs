@@ -69,6 +69,7 @@ pub struct StopListener(mpsc::Receiver<VcpuStop>);
 
 /// Errors of the stop channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StopChannelError {
     /// The other side is gone (the VM or the debugger was dropped).
     #[error("stop channel disconnected")]

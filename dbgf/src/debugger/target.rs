@@ -8,6 +8,7 @@ pub const PAGE_SIZE: u64 = 4096;
 
 /// Errors reported by a [`DebugTarget`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TargetError {
     /// The vCPU index does not exist.
     #[error("no vCPU {0}")]

@@ -20,7 +20,8 @@ use gdbstub::conn::{Connection, ConnectionExt};
 pub(super) const PACKET_BUFFER: usize = 4096;
 
 /// Most bytes one `m` packet reads: the reply, two hex digits a byte, fits
-/// [`PACKET_BUFFER`] (gdb expects reads to come back short at times).
+/// the stub's packet buffer (the `PacketSize` it advertises; gdb expects
+/// reads to come back short at times).
 pub const MAX_MEM_READ: u64 = (PACKET_BUFFER as u64 - 32) / 2;
 
 /// Where the guard is in gdb's byte stream.

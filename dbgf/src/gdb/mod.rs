@@ -55,6 +55,7 @@ pub use target::GdbTarget;
 
 /// Errors of the gdb stub.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GdbServerError {
     /// The address does not parse or is not a loopback address.
     #[error("invalid gdb address {0:?}: expected HOST:PORT on loopback or unix:PATH")]

@@ -65,7 +65,7 @@ impl GdbCancel {
         Self::default()
     }
 
-    /// Makes every wait watching this flag end within [`CANCEL_POLL`] or so.
+    /// Makes every wait watching this flag end within one poll interval (`CANCEL_POLL`) or so.
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
@@ -316,7 +316,7 @@ impl Connection for GdbConnection {
 }
 
 impl ConnectionExt for GdbConnection {
-    /// Waits for gdb's next byte (each read times out after [`CANCEL_POLL`] to look
+    /// Waits for gdb's next byte (each read times out after `CANCEL_POLL` to look
     /// at the cancel flag).
     fn read(&mut self) -> io::Result<u8> {
         loop {

@@ -74,12 +74,12 @@ impl State {
 
     fn pop_empty(&mut self) -> Option<ChunkId> {
         while let Some(cid) = self.empty.pop() {
-            if let Some(ch) = self.chunk_mut(cid) {
-                if ch.in_empty_list {
-                    ch.in_empty_list = false;
-                    self.n_empty -= 1;
-                    return Some(cid);
-                }
+            if let Some(ch) = self.chunk_mut(cid)
+                && ch.in_empty_list
+            {
+                ch.in_empty_list = false;
+                self.n_empty -= 1;
+                return Some(cid);
             }
         }
         None
@@ -191,11 +191,9 @@ impl State {
     /// One page of `vm` in chunk `cid` is gone (freed or turned shared).
     pub(super) fn drop_chunk_user(&mut self, vm: VmId, cid: ChunkId) {
         let last = self.chunk_mut(cid).is_some_and(|ch| ch.drop_user(vm.0));
-        if last {
-            if let Ok(v) = self.vm_mut(vm) {
-                v.chunks.remove(&cid);
-                v.with_free.remove(&cid);
-            }
+        if last && let Ok(v) = self.vm_mut(vm) {
+            v.chunks.remove(&cid);
+            v.with_free.remove(&cid);
         }
     }
 

@@ -265,10 +265,10 @@ impl State {
                 // A parked page costs no host page once punched; callers
                 // account the ones still waiting for their punch.
                 Slot::Parked(p) => {
-                    if let Some(v) = self.owner_of(p).and_then(owner_vm) {
-                        if let Ok(v) = self.vm_mut(v) {
-                            v.parked -= 1;
-                        }
+                    if let Some(v) = self.owner_of(p).and_then(owner_vm)
+                        && let Ok(v) = self.vm_mut(v)
+                    {
+                        v.parked -= 1;
                     }
                     self.parked_total -= 1;
                     self.release_id(p);

@@ -174,6 +174,7 @@ impl fmt::Display for PageFault {
 
 /// Why a translation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalkError {
     /// The CPU would raise #PF.
     #[error("{0}")]

@@ -9,6 +9,7 @@ use super::state::{PagingState, cr4};
 
 /// Why an info producer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InfoError {
     /// The arguments were not understood.
     #[error("bad arguments {args:?}: expected {expected}")]

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a guest-physical access failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PhysAccessError {
     /// No memory backs (part of) the range.
     #[error("no guest memory at {gpa:#x} (+{len:#x})")]

@@ -38,6 +38,7 @@ pub mod efer {
 
 /// Why a [`CpuFeatures`] value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FeatureError {
     /// MAXPHYADDR outside what x86 allows for paging (32..=52).
     #[error("MAXPHYADDR {0} is outside 32..=52")]

@@ -44,6 +44,7 @@ pub struct WalkEntry {
 
 /// Options for [`translate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct WalkOptions {
     /// Set the accessed flag in every entry used and the dirty flag in the
     /// leaf on writes, as the CPU does, once the access is allowed.
@@ -242,7 +243,8 @@ pub fn walk<M: PhysAccess + ?Sized>(
 /// let st = PagingState::new(CpuFeatures::new(36).unwrap())
 ///     .with_cr0(cr0::PE | cr0::PG | cr0::WP)
 ///     .with_cr3(0x1000);
-/// let opts = WalkOptions { update_accessed_dirty: true };
+/// let mut opts = WalkOptions::default();
+/// opts.update_accessed_dirty = true;
 /// assert_eq!(translate(&st, &mem, 0x10, Access::user_read(), opts).unwrap().gpa, 0x5010);
 /// assert_eq!(mem.read_u32(0x2000).unwrap(), 0x5000 | 0x25); // accessed set
 /// let e = translate(&st, &mem, 0x10, Access::supervisor_write(), opts).unwrap_err();

@@ -5,6 +5,7 @@ use super::host::HostMemoryError;
 
 /// Errors returned by [`PhysMap`](super::PhysMap) operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PhysError {
     /// An address or size is not a multiple of the 4 KiB page size.
     #[error("{what} {value:#x} is not page aligned")]

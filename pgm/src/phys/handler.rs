@@ -123,6 +123,7 @@ pub struct HandlerRange {
 
 /// A failed handler-table integrity check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IntegrityError {
     /// An entry with `first > last`.
     #[error("handler {index} is inverted: {first:#x} > {last:#x}")]

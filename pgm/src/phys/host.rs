@@ -23,6 +23,7 @@ pub const HOST_PAGE_SIZE: usize = 4096;
 
 /// Errors of a host memory provider.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HostMemoryError {
     /// The provider could not allocate backing.
     #[error("allocating {size} bytes: {message}")]
@@ -112,7 +113,7 @@ pub trait HostMemory: Send + Sync {
         file_offset: u64,
     ) -> Result<(), HostMemoryError> {
         check_span(region, offset, len)?;
-        if file_offset % HOST_PAGE_SIZE as u64 != 0 {
+        if !file_offset.is_multiple_of(HOST_PAGE_SIZE as u64) {
             return Err(HostMemoryError::FileOffset(file_offset));
         }
         let mut buf = vec![0u8; len.min(1 << 20)];
@@ -188,8 +189,8 @@ impl MmapHostMemory {
 }
 
 fn check_span(region: &MmapRegion, offset: usize, len: usize) -> Result<(), HostMemoryError> {
-    let ok = offset % HOST_PAGE_SIZE == 0
-        && len % HOST_PAGE_SIZE == 0
+    let ok = offset.is_multiple_of(HOST_PAGE_SIZE)
+        && len.is_multiple_of(HOST_PAGE_SIZE)
         && offset
             .checked_add(len)
             .is_some_and(|end| end <= region.size());

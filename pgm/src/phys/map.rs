@@ -23,6 +23,7 @@ mod handlers;
 
 /// Configuration of a [`PhysMap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PhysConfig {
     /// Maximum number of physical handler ranges (32..=65536).
     pub max_handlers: usize,

@@ -220,10 +220,8 @@ fuzz_target!(|data: &[u8]| {
             (0..n).map(|_| input.op()).collect()
         })
         .collect();
-    let opts = SaveOptions {
-        compress,
-        ..SaveOptions::default()
-    };
+    let mut opts = SaveOptions::default();
+    opts.compress = compress;
     let mut bytes = Vec::new();
     manager(&units).save(&mut bytes, &opts).unwrap();
     let layout = Layout::of(&bytes).expect("ssm wrote a stream the layout walker cannot follow");

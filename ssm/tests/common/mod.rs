@@ -250,10 +250,8 @@ pub fn sample_stream() -> Vec<u8> {
     let units = sample_units();
     let mut m = manager(&units);
     let mut out = Vec::new();
-    let opts = ssm::SaveOptions {
-        compress: true,
-        ..Default::default()
-    };
+    let mut opts = ssm::SaveOptions::default();
+    opts.compress = true;
     m.save_live(&mut out, &opts, || Ok(())).unwrap();
     out
 }

@@ -297,10 +297,10 @@ pub fn place_initrd(e820: &[E820Entry], above: u64, max: u64, size: u64) -> Resu
     let mut largest = 0;
     for (start, end) in windows {
         largest = largest.max(end - start);
-        if let Some(at) = end.checked_sub(size).map(|a| a / PAGE * PAGE) {
-            if at >= start {
-                return Ok(at);
-            }
+        if let Some(at) = end.checked_sub(size).map(|a| a / PAGE * PAGE)
+            && at >= start
+        {
+            return Ok(at);
         }
     }
     Err(Error::NoRoom(format!(

@@ -179,10 +179,10 @@ impl DebugCtl {
 
     fn notify(&self, stop: VcpuStop) {
         let attached = self.attached.lock();
-        if let Some(n) = attached.as_ref().and_then(|a| a.notifier.as_ref()) {
-            if n.notify(stop).is_err() {
-                tracing::debug!("debugger gone; stop {stop:?} dropped");
-            }
+        if let Some(n) = attached.as_ref().and_then(|a| a.notifier.as_ref())
+            && n.notify(stop).is_err()
+        {
+            tracing::debug!("debugger gone; stop {stop:?} dropped");
         }
     }
 

@@ -60,10 +60,10 @@ fn emt_loop(vcpu: &mut impl VirtualCpu, machine: &Arc<Machine>) -> Result<()> {
 fn drain(machine: &Machine, cpu: u32) {
     machine.emt_draining();
     while machine.emts_in_guest_loop() > 0 {
-        if machine.ffs.vm().contains(VmFf::EMT_RENDEZVOUS) {
-            if let Err(e) = machine.rendezvous.on_ff(cpu) {
-                tracing::debug!("EMT {cpu}: rendezvous while stopping: {e}");
-            }
+        if machine.ffs.vm().contains(VmFf::EMT_RENDEZVOUS)
+            && let Err(e) = machine.rendezvous.on_ff(cpu)
+        {
+            tracing::debug!("EMT {cpu}: rendezvous while stopping: {e}");
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }

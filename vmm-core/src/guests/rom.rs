@@ -30,7 +30,7 @@ impl RomImage {
     /// An image of `size` bytes (a multiple of 4 KiB, at most 16 MiB),
     /// filled with `hlt` so that a stray jump stops rather than runs garbage.
     pub fn new(size: usize) -> Result<Self> {
-        if size == 0 || size % 4096 != 0 || size > 16 << 20 {
+        if size == 0 || !size.is_multiple_of(4096) || size > 16 << 20 {
             return Err(Error::Config(format!(
                 "ROM size {size:#x} is not a multiple of 4 KiB up to 16 MiB"
             )));

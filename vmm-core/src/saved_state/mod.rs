@@ -306,18 +306,17 @@ const MAX_LIVE_PASSES: u32 = 256;
 const _: () = assert!(MAX_LIVE_PASSES as usize > 2 * pgm::phys::DIRTY_HISTORY);
 
 fn save_options(machine: &Machine) -> SaveOptions {
-    SaveOptions {
-        creator: concat!("vmm ", env!("CARGO_PKG_VERSION")).to_string(),
-        max_passes: MAX_LIVE_PASSES,
-        max_live_bytes: Some(
-            machine
-                .saved
-                .config
-                .ram_bytes
-                .saturating_mul(MAX_LIVE_RAM_MULTIPLE),
-        ),
-        ..SaveOptions::default()
-    }
+    let mut options = SaveOptions::default();
+    options.creator = concat!("vmm ", env!("CARGO_PKG_VERSION")).to_string();
+    options.max_passes = MAX_LIVE_PASSES;
+    options.max_live_bytes = Some(
+        machine
+            .saved
+            .config
+            .ram_bytes
+            .saturating_mul(MAX_LIVE_RAM_MULTIPLE),
+    );
+    options
 }
 
 /// Takes every EMT out of the guest: `from -> via`, a rendezvous, and

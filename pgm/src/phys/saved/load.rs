@@ -92,7 +92,10 @@ impl PhysMap {
             ))
         };
         let range = self.range_at(gpa).ok_or_else(bad)?;
-        if count == 0 || gpa % PAGE_SIZE != 0 || matches!(range.backing, Backing::Rom { .. }) {
+        if count == 0
+            || !gpa.is_multiple_of(PAGE_SIZE)
+            || matches!(range.backing, Backing::Rom { .. })
+        {
             return Err(bad());
         }
         let mem = range.writable_memory().ok_or_else(bad)?;
@@ -266,11 +269,12 @@ impl DiscardRun {
         off: u64,
         len: u64,
     ) -> ssm::Result<()> {
-        if let Some((r, first, run_len)) = &mut self.run {
-            if Arc::ptr_eq(r, region) && *first + *run_len == off {
-                *run_len += len;
-                return Ok(());
-            }
+        if let Some((r, first, run_len)) = &mut self.run
+            && Arc::ptr_eq(r, region)
+            && *first + *run_len == off
+        {
+            *run_len += len;
+            return Ok(());
         }
         self.flush(map)?;
         self.run = Some((Arc::clone(region), off, len));

@@ -74,11 +74,12 @@ impl RecordWriter<'_, '_> {
     /// Adds a zero-state page to the pending zero run (writing that first
     /// if the page does not continue it).
     fn zero_page(&mut self, gpa: u64) -> ssm::Result<()> {
-        if let Some((first, count)) = &mut self.zeros {
-            if *first + *count * PAGE_SIZE == gpa && *count < u64::from(u32::MAX) {
-                *count += 1;
-                return Ok(());
-            }
+        if let Some((first, count)) = &mut self.zeros
+            && *first + *count * PAGE_SIZE == gpa
+            && *count < u64::from(u32::MAX)
+        {
+            *count += 1;
+            return Ok(());
         }
         self.flush_zeros()?;
         self.zeros = Some((gpa, 1));

@@ -235,10 +235,8 @@ fn a_compressed_save_keeps_runs_loadable_page_by_page() {
     let mut m = Manager::new();
     m.register(Box::new(PgmUnit::new(src, None))).unwrap();
     let mut bytes = Vec::new();
-    let opts = SaveOptions {
-        compress: true,
-        ..SaveOptions::default()
-    };
+    let mut opts = SaveOptions::default();
+    opts.compress = true;
     m.save(&mut bytes, &opts).unwrap();
     check_runs_loaded(&load_into(&bytes));
 }

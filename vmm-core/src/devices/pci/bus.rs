@@ -137,10 +137,11 @@ impl PioDevice for PciBus {
         // nothing here decodes; so is a data access with the latch off,
         // beyond bus 0 or at an absent function.
         data.fill(0xff);
-        if offset >= DATA && within_dword(offset, data.len()) {
-            if let Some((f, at)) = self.selected(offset - DATA) {
-                f.read_config(at, data);
-            }
+        if offset >= DATA
+            && within_dword(offset, data.len())
+            && let Some((f, at)) = self.selected(offset - DATA)
+        {
+            f.read_config(at, data);
         }
     }
 
@@ -149,10 +150,11 @@ impl PioDevice for PciBus {
             let mut v = [0; 4];
             v.copy_from_slice(data);
             self.address = u32::from_le_bytes(v) & ADDRESS_BITS;
-        } else if offset >= DATA && within_dword(offset, data.len()) {
-            if let Some((f, at)) = self.selected(offset - DATA) {
-                f.write_config(at, data);
-            }
+        } else if offset >= DATA
+            && within_dword(offset, data.len())
+            && let Some((f, at)) = self.selected(offset - DATA)
+        {
+            f.write_config(at, data);
         }
         DeviceAction::Continue
     }
