@@ -13,7 +13,7 @@ use crate::boot;
 use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
-use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus};
+use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus, PciConf1, PciPlatform};
 use crate::devices::{
     ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
     CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
@@ -99,8 +99,7 @@ impl Vm {
         let kernel = match config.kernel.take() {
             Some(boot) => {
                 let ram = boot::direct::ram_ranges(memory.ram());
-                let hole = pc_layout(config.ram_bytes).mmio_hole_start();
-                let plan = boot::direct::plan(&boot, &ram, hole, config.acpi)?;
+                let plan = boot::direct::plan(&boot, &ram, config.acpi)?;
                 boot::direct::after_vcpus(&boot, &plan, memory.ram(), &vcpus)?;
                 Some(KernelReload { boot, plan })
             }
@@ -143,8 +142,9 @@ impl Vm {
         spawn_interrupts(&cmos)
             .map_err(|e| Error::Config(format!("cannot start the RTC's interrupt thread: {e}")))?;
         io.register(CMOS_PORT, CMOS_PORTS, "cmos", cmos.clone())?;
-        let pci = Arc::new(Mutex::new(PciBus::with_host_bridge()));
-        io.register(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, "pci", pci.clone())?;
+        let pci = pci_platform(&memory)?;
+        let conf1 = Arc::new(Mutex::new(PciConf1::new(Arc::clone(&pci))));
+        io.register(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, "pci", conf1)?;
         let balloon = Arc::new(BalloonState::default());
         balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);
         let refused = stats
@@ -465,6 +465,22 @@ impl Vm {
             "the run ended without an outcome".into(),
         )))
     }
+}
+
+/// The PCI platform over `memory`: bus 0 with its host bridge, the ECAM,
+/// and the MMIO-exit hook that moves BARs reprogrammed through the ECAM.
+fn pci_platform(memory: &GuestMemoryMap) -> Result<Arc<PciPlatform>> {
+    use vm_memory::GuestMemoryBackend;
+    let ram_end = memory.ram().last_addr().0 + 1;
+    let pci = PciPlatform::new(PciBus::with_host_bridge(), memory.phys(), ram_end)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let weak = Arc::downgrade(&pci);
+    memory.add_mmio_exit_hook(Box::new(move || {
+        if let Some(p) = weak.upgrade().filter(|p| p.ecam_written()) {
+            p.sync_if_changed();
+        }
+    }));
+    Ok(pci)
 }
 
 fn info_error(e: InfoError) -> Error {

@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ssm::{Manager, SaveOptions, StreamReader};
 
-use crate::devices::pci::PciBus;
+use crate::devices::pci::PciPlatform;
 use crate::devices::{AcpiPm, Cmos, I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
@@ -92,7 +92,7 @@ pub(crate) struct SaveContext {
     pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm>>,
     pub(crate) cmos: Arc<Mutex<Cmos>>,
-    pub(crate) pci: Arc<Mutex<PciBus>>,
+    pub(crate) pci: Arc<PciPlatform>,
     pub(crate) progress: SaveProgress,
 }
 
@@ -269,7 +269,7 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
         state: Arc::clone(&machine.balloon),
     }))?;
     m.register(Box::new(PciUnit {
-        bus: Arc::clone(&ctx.pci),
+        platform: Arc::clone(&ctx.pci),
     }))?;
     // Last: a restore sets the clock just before the VM runs, so loading
     // the other units takes none of the guest's time.
