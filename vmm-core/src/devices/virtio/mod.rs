@@ -20,9 +20,13 @@
 //! writes) and device → transport (interrupts) only through [`Interrupt`].
 
 mod device;
+pub mod pci;
+mod rng;
 mod worker;
 
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
+pub use pci::VirtioPci;
+pub use rng::Rng;
 pub use worker::{QueueWorker, WorkerControl, WorkerEvent};
 
 /// The guest memory devices reach by DMA: guest RAM as `pgm` lays it out.
