@@ -13,7 +13,10 @@ use crate::boot;
 use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
-use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus, PciConf1, PciPlatform};
+use crate::devices::pci::{
+    DevFn, IrqRouting, PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus, PciConf1, PciPlatform,
+};
+use crate::devices::virtio::{VirtioDevice, VirtioPci, VirtioSlot};
 use crate::devices::{
     ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
     CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
@@ -143,6 +146,13 @@ impl Vm {
             .map_err(|e| Error::Config(format!("cannot start the RTC's interrupt thread: {e}")))?;
         io.register(CMOS_PORT, CMOS_PORTS, "cmos", cmos.clone())?;
         let pci = pci_platform(&memory)?;
+        let virtio = attach_virtio(
+            &pci,
+            std::mem::take(&mut config.virtio),
+            &memory,
+            &backend,
+            &stats,
+        )?;
         let conf1 = Arc::new(Mutex::new(PciConf1::new(Arc::clone(&pci))));
         io.register(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, "pci", conf1)?;
         let balloon = Arc::new(BalloonState::default());
@@ -211,6 +221,7 @@ impl Vm {
                 acpi_pm,
                 cmos,
                 pci,
+                virtio,
                 progress,
             },
             memory,
@@ -276,6 +287,20 @@ impl Vm {
     /// # Ok::<(), vmm_core::Error>(())
     /// ```
     pub fn restore_with(path: &Path, serial: SerialSink, options: RestoreOptions) -> Result<Vm> {
+        Self::restore_with_devices(path, serial, options, Vec::new())
+    }
+
+    /// [`restore_with`](Vm::restore_with) for a VM that had virtio devices:
+    /// `virtio` must be the same devices in the same order as
+    /// [`VmConfig::virtio`] of the saved VM (same types, names and
+    /// features; each `virtio-pci` unit refuses another device), freshly
+    /// made; they get the saved state.
+    pub fn restore_with_devices(
+        path: &Path,
+        serial: SerialSink,
+        options: RestoreOptions,
+        virtio: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Vm> {
         let start = std::time::Instant::now();
         // The CRC pass reads the whole file; it runs beside building the
         // VM, which does not depend on it.
@@ -293,6 +318,7 @@ impl Vm {
             config.serial = serial;
             config.check_entry = options.check_entry;
             config.on_reboot = options.on_reboot;
+            config.virtio = virtio;
             Vm::new(config)
         });
         let build = start.elapsed();
@@ -483,6 +509,31 @@ fn pci_platform(memory: &GuestMemoryMap) -> Result<Arc<PciPlatform>> {
     Ok(pci)
 }
 
+/// Attaches `devices` over PCI at 00:01.0, 00:02.0, ...; returns each
+/// one's slot and transport.
+fn attach_virtio(
+    pci: &PciPlatform,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    memory: &GuestMemoryMap,
+    backend: &Arc<hm_vmx::Vm>,
+    stats: &stam::Registry,
+) -> Result<Vec<VirtioSlot>> {
+    let mut attached = Vec::new();
+    for (slot, device) in (1u8..).zip(devices) {
+        let at = DevFn::new(slot, 0).map_err(|e| Error::Config(e.to_string()))?;
+        let routing: Arc<dyn IrqRouting> = Arc::clone(backend) as _;
+        let function = VirtioPci::new(device, at, memory.ram().clone(), routing, stats)
+            .map_err(|e| Error::Config(format!("virtio device at {at}: {e}")))?;
+        attached.push(VirtioSlot {
+            at,
+            transport: function.transport(),
+        });
+        pci.add(at, Box::new(function))
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
+    Ok(attached)
+}
+
 fn info_error(e: InfoError) -> Error {
     Error::Config(format!("info handler registration: {e}"))
 }
@@ -524,6 +575,24 @@ fn register_info_handlers(machine: &Arc<Machine>, backend: &hm_vmx::Vm) -> Resul
     )
     .map_err(info_error)?;
     register_cpuid_handler(info, &machine.vcpu_states, backend.cpuid()).map_err(info_error)?;
+    let virtio = machine.saved.virtio.clone();
+    info.register(
+        "virtio",
+        "Virtio devices on the PCI bus: transport state (status, features, queues, interrupts) and the device's own description.",
+        InfoFlags::empty(),
+        move |_: &InfoCall<'_>, out: &mut dyn Write| {
+            if virtio.is_empty() {
+                writeln!(out, "no virtio devices")?;
+            }
+            for v in &virtio {
+                let t = v.transport.lock();
+                write!(out, "{} {}: ", v.at, t.device.name())?;
+                t.describe(out)?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(info_error)?;
     let features = guest_features(backend.cpuid()).map_err(info_error)?;
     register_paging_handlers(info, &machine.vcpu_states, machine.memory.phys(), features)
         .map_err(info_error)

@@ -15,7 +15,7 @@ mod platform;
 
 pub use bus::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus, PciBusState};
 pub use irq::IrqRouting;
-pub use msix::{MSIX_CAP_ID, Msix, MsixPlacement, MsixState};
+pub use msix::{ENTRY_SIZE as MSIX_ENTRY_SIZE, MSIX_CAP_ID, Msix, MsixPlacement, MsixState};
 pub use platform::{PciConf1, PciPlatform};
 
 pub use config_space::{BAR_COUNT, Bar, BarKind, CONFIG_SPACE_SIZE, ConfigSpace, Identity};

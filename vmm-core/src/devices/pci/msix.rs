@@ -127,6 +127,12 @@ impl Msix {
         self.deliver_pending();
     }
 
+    /// The enable and function-mask bits of the message control in force.
+    pub fn control(&self) -> u16 {
+        let bit = |on: bool, b: u16| if on { b } else { 0 };
+        bit(self.enabled, CONTROL_ENABLE) | bit(self.function_masked, CONTROL_FUNCTION_MASK)
+    }
+
     /// Whether the guest enabled MSI-X.
     pub fn enabled(&self) -> bool {
         self.enabled

@@ -72,6 +72,7 @@ fn the_function_mask_holds_every_vector() {
     program(&mut m, 0, 0x30);
     set_mask(&mut m, 0, false);
     m.set_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK);
+    assert_eq!(m.control(), 0xc000);
     assert!(m.signal(0));
     assert_eq!(routing.fired(24), 0);
     assert!(m.is_pending(0));

@@ -26,6 +26,15 @@ mod worker;
 
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
 pub use pci::VirtioPci;
+
+/// A virtio device attached to the VM: its PCI address and transport.
+#[derive(Clone)]
+pub(crate) struct VirtioSlot {
+    /// Where it is on bus 0.
+    pub(crate) at: crate::devices::pci::DevFn,
+    /// Its transport (registers, queues, the device).
+    pub(crate) transport: std::sync::Arc<parking_lot::Mutex<pci::transport::Transport>>,
+}
 pub use rng::Rng;
 pub use worker::{QueueWorker, WorkerControl, WorkerEvent};
 

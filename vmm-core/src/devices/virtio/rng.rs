@@ -3,8 +3,8 @@
 //! from the host's `getrandom`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use stam::{Counter, Unit};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::QueueT;
@@ -28,37 +28,31 @@ struct Work {
     memory: GuestRam,
     queue: QueueHandle,
     interrupt: Arc<dyn Interrupt>,
-    bytes: Counter,
+    bytes: Arc<AtomicU64>,
 }
 
 /// The entropy device.
 ///
 /// ```
 /// use vmm_core::devices::virtio::{Rng, VirtioDevice};
-/// let rng = Rng::new("rng0", &stam::Registry::new())?;
+/// let rng = Rng::new("rng0");
 /// assert_eq!(rng.device_type(), 4);
-/// # Ok::<(), stam::Error>(())
 /// ```
 pub struct Rng {
     name: String,
     worker: Option<WorkerControl<Work>>,
-    bytes: Counter,
+    /// Random bytes handed out (for `info virtio`).
+    bytes: Arc<AtomicU64>,
 }
 
 impl Rng {
-    /// An entropy device called `name`; it counts the bytes it hands out
-    /// under `/Devices/<name>/BytesServed`.
-    pub fn new(name: &str, stats: &stam::Registry) -> Result<Self, stam::Error> {
-        let bytes = stats.counter(
-            format!("/Devices/{name}/BytesServed"),
-            Unit::Bytes,
-            "Random bytes written into the driver's buffers",
-        )?;
-        Ok(Rng {
+    /// An entropy device called `name`.
+    pub fn new(name: &str) -> Self {
+        Rng {
             name: name.to_owned(),
             worker: None,
-            bytes,
-        })
+            bytes: Arc::default(),
+        }
     }
 }
 
@@ -108,7 +102,7 @@ impl Work {
                 }
                 q.add_used(mem, head, written)
                     .map_err(|e| format!("{e:?}"))?;
-                self.bytes.add(u64::from(written));
+                self.bytes.fetch_add(u64::from(written), Ordering::Relaxed);
             }
             if !q.enable_notification(mem).map_err(|e| format!("{e:?}"))? {
                 break;
@@ -161,7 +155,7 @@ impl VirtioDevice for Rng {
             memory: activation.memory,
             queue,
             interrupt: activation.interrupt,
-            bytes: self.bytes.clone(),
+            bytes: Arc::clone(&self.bytes),
         };
         let control = worker
             .spawn(&self.name, work, |work, event| match event {
@@ -208,7 +202,7 @@ impl VirtioDevice for Rng {
         writeln!(
             out,
             "  entropy from the host's getrandom, {} bytes served, {}",
-            self.bytes.get(),
+            self.bytes.load(Ordering::Relaxed),
             if self.worker.is_some() {
                 "serving"
             } else {

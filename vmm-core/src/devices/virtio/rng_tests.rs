@@ -48,8 +48,7 @@ fn writable_buffers_are_filled_used_and_signalled() {
     let queue = mock.create_queue::<super::super::Queue>().unwrap();
     let notify = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
     let interrupt = Arc::new(Counting::default());
-    let stats = stam::Registry::new();
-    let mut rng = Rng::new("rng0", &stats).unwrap();
+    let mut rng = Rng::new("rng0");
     rng.activate(Activation {
         memory: mem.clone(),
         features: 1 << VIRTIO_F_VERSION_1,
@@ -94,7 +93,7 @@ fn writable_buffers_are_filled_used_and_signalled() {
 
 #[test]
 fn a_state_with_bytes_is_refused_and_a_missing_queue_too() {
-    let mut rng = Rng::new("rng1", &stam::Registry::new()).unwrap();
+    let mut rng = Rng::new("rng1");
     assert!(rng.restore(&[]).is_ok());
     assert!(matches!(
         rng.restore(&[1]),
