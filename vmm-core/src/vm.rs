@@ -13,15 +13,14 @@ use crate::boot;
 use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
-use crate::devices::pci::{
-    DevFn, IrqRouting, PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus, PciConf1, PciPlatform,
-};
-use crate::devices::virtio::{VirtioDevice, VirtioPci, VirtioSlot};
+use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciConf1};
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::{
     ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
     CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
     I8042_PORTS, IrqLine, SerialInput, Uart, spawn_interrupts, system_clock,
 };
+use crate::devices::{pci_platform, virtio::attach_virtio};
 use crate::emt::emt_main;
 use crate::error::{Error, Result};
 use crate::info::{
@@ -491,47 +490,6 @@ impl Vm {
             "the run ended without an outcome".into(),
         )))
     }
-}
-
-/// The PCI platform over `memory`: bus 0 with its host bridge, the ECAM,
-/// and the MMIO-exit hook that moves BARs reprogrammed through the ECAM.
-fn pci_platform(memory: &GuestMemoryMap) -> Result<Arc<PciPlatform>> {
-    use vm_memory::GuestMemoryBackend;
-    let ram_end = memory.ram().last_addr().0 + 1;
-    let pci = PciPlatform::new(PciBus::with_host_bridge(), memory.phys(), ram_end)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let weak = Arc::downgrade(&pci);
-    memory.add_mmio_exit_hook(Box::new(move || {
-        if let Some(p) = weak.upgrade().filter(|p| p.ecam_written()) {
-            p.sync_if_changed();
-        }
-    }));
-    Ok(pci)
-}
-
-/// Attaches `devices` over PCI at 00:01.0, 00:02.0, ...; returns each
-/// one's slot and transport.
-fn attach_virtio(
-    pci: &PciPlatform,
-    devices: Vec<Box<dyn VirtioDevice>>,
-    memory: &GuestMemoryMap,
-    backend: &Arc<hm_vmx::Vm>,
-    stats: &stam::Registry,
-) -> Result<Vec<VirtioSlot>> {
-    let mut attached = Vec::new();
-    for (slot, device) in (1u8..).zip(devices) {
-        let at = DevFn::new(slot, 0).map_err(|e| Error::Config(e.to_string()))?;
-        let routing: Arc<dyn IrqRouting> = Arc::clone(backend) as _;
-        let function = VirtioPci::new(device, at, memory.ram().clone(), routing, stats)
-            .map_err(|e| Error::Config(format!("virtio device at {at}: {e}")))?;
-        attached.push(VirtioSlot {
-            at,
-            transport: function.transport(),
-        });
-        pci.add(at, Box::new(function))
-            .map_err(|e| Error::Config(e.to_string()))?;
-    }
-    Ok(attached)
 }
 
 fn info_error(e: InfoError) -> Error {

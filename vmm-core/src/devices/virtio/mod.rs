@@ -19,11 +19,13 @@
 //! Data flows one way: transport → device (activation, queues, config
 //! writes) and device → transport (interrupts) only through [`Interrupt`].
 
+mod attach;
 mod device;
 pub mod pci;
 mod rng;
 mod worker;
 
+pub(crate) use attach::attach_virtio;
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
 pub use pci::VirtioPci;
 
