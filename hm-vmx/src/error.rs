@@ -64,9 +64,12 @@ pub enum Error {
         /// The value that was refused.
         value: u64,
     },
-    /// An interrupt line was asked for a GSI the in-kernel irqchip does not
-    /// route (the IOAPIC has pins 0–23).
-    #[error("GSI {0} is not routed: the in-kernel IOAPIC has GSIs 0-23")]
+    /// An interrupt line or route was asked for a GSI the in-kernel
+    /// irqchip does not route (the IOAPIC has pins 0–23; MSI GSIs come
+    /// from `Vm::allocate_msi_gsi`), or no MSI GSI is left.
+    #[error(
+        "GSI {0} is not routed: the in-kernel IOAPIC has GSIs 0-23, MSI GSIs are allocated from 24 to 4095"
+    )]
     UnroutedGsi(u32),
     /// An eventfd for an interrupt line could not be created.
     #[error("cannot create an eventfd: {0}")]

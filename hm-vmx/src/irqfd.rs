@@ -11,7 +11,6 @@
 //! # Ok::<(), hm_vmx::Error>(())
 //! ```
 
-use kvm_bindings::KVM_IOAPIC_NUM_PINS;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result, ioctl};
@@ -20,15 +19,18 @@ use crate::vm::Vm;
 impl Vm {
     /// A new non-blocking eventfd registered as an irqfd for `gsi`: each
     /// write to it raises that line of the in-kernel PIC and IOAPIC (GSIs
-    /// 0–15 are the ISA IRQs, up to 23 the IOAPIC's other pins). Needs the
-    /// in-kernel irqchip ([`Vm::create_irqchip`]); KVM refuses it without.
-    /// The line stays registered until the VM is dropped.
+    /// 0–15 are the ISA IRQs, up to 23 the IOAPIC's other pins), or sends
+    /// the MSI an MSI GSI ([`Vm::allocate_msi_gsi`]) is routed to. Needs
+    /// the in-kernel irqchip ([`Vm::create_irqchip`]); KVM refuses it
+    /// without. The line stays registered until [`Vm::remove_irqfd`] or
+    /// until the VM is dropped.
     ///
-    /// KVM accepts any GSI but routes only the IOAPIC's pins, so a GSI
-    /// past them is refused here with [`Error::UnroutedGsi`] rather than
-    /// becoming a line that never interrupts.
+    /// KVM accepts any GSI but routes only the IOAPIC's pins and the
+    /// routes it was given, so another GSI is refused here with
+    /// [`Error::UnroutedGsi`] rather than becoming a line that never
+    /// interrupts.
     pub fn irqfd(&self, gsi: u32) -> Result<EventFd> {
-        if gsi >= KVM_IOAPIC_NUM_PINS {
+        if !self.gsi_routable(gsi) {
             return Err(Error::UnroutedGsi(gsi));
         }
         let event = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
@@ -36,5 +38,25 @@ impl Vm {
             .register_irqfd(&event, gsi)
             .map_err(ioctl("KVM_IRQFD"))?;
         Ok(event)
+    }
+
+    /// Drives IOAPIC pin (or ISA IRQ) `gsi` to `level` (`KVM_IRQ_LINE`):
+    /// what a level-triggered line such as a PCI INTx needs, which stays
+    /// asserted until the device lowers it. `true` is the asserted state
+    /// whatever polarity the guest programmed.
+    pub fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
+        if gsi >= kvm_bindings::KVM_IOAPIC_NUM_PINS {
+            return Err(Error::UnroutedGsi(gsi));
+        }
+        self.fd()
+            .set_irq_line(gsi, level)
+            .map_err(ioctl("KVM_IRQ_LINE"))
+    }
+
+    /// Unregisters `event`, an irqfd [`Vm::irqfd`] made for `gsi`.
+    pub fn remove_irqfd(&self, gsi: u32, event: &EventFd) -> Result<()> {
+        self.fd()
+            .unregister_irqfd(event, gsi)
+            .map_err(ioctl("KVM_IRQFD (deassign)"))
     }
 }

@@ -1,13 +1,14 @@
 //! A VM: memory slots, interrupt controllers and vCPU creation.
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 
 use crate::entry_check::{EntryChecker, EntryGate};
 use crate::error::{Error, Result, ioctl};
+use crate::routing::MsiRoutes;
 use crate::stats::ExitStats;
 use crate::types::Cpuid;
 use crate::vcpu::{Vcpu, VcpuState};
@@ -42,6 +43,7 @@ pub struct Vm {
     exits: Arc<ExitStats>,
     irqchip: bool,
     checker: Arc<EntryChecker>,
+    msi_routes: Mutex<MsiRoutes>,
 }
 
 impl Vm {
@@ -62,6 +64,7 @@ impl Vm {
             exits,
             irqchip: false,
             checker,
+            msi_routes: Mutex::default(),
         })
     }
 
@@ -207,6 +210,14 @@ impl Vm {
     /// The CPUID leaves every vCPU of this VM is given (before per-vCPU APIC ids).
     pub fn cpuid(&self) -> &Cpuid {
         &self.cpuid
+    }
+
+    /// The MSI GSIs and their routes (a poisoned lock only means another
+    /// thread panicked while holding it; the table is still whole).
+    pub(crate) fn msi_routes(&self) -> MutexGuard<'_, MsiRoutes> {
+        self.msi_routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The underlying KVM VM file descriptor, for this crate's modules.

@@ -137,6 +137,10 @@ pub struct RunArgs {
     /// one host copy, copy on write; all-zero pages cost nothing).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     page_sharing: Option<u64>,
+    /// Attach a virtio entropy device (`rng0`, on PCI at 00:01.0) that
+    /// fills the guest's requests from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
 }
 
 /// What `vmm run --help` says about the console and signals (see
@@ -287,6 +291,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     config.on_reboot = args.reboot.into();
     config.check_entry = args.check_entry;
     config.balloon_bytes = args.balloon.unwrap_or(0);
+    if args.rng {
+        config
+            .virtio
+            .push(Box::new(vmm_core::devices::virtio::Rng::new("rng0")));
+    }
     config.serial = serial;
     if let Some(address) = &args.incoming {
         let listener = std::net::TcpListener::bind(address)

@@ -61,7 +61,13 @@ pub struct VmConfig {
     pub acpi: bool,
     /// What a reboot from inside the guest does.
     pub on_reboot: OnReboot,
+    /// Virtio devices, attached over PCI in this order at 00:01.0,
+    /// 00:02.0, ... (names unique, at most [`MAX_VIRTIO`]).
+    pub virtio: Vec<Box<dyn crate::devices::virtio::VirtioDevice>>,
 }
+
+/// The most virtio devices a VM has (one per slot after the host bridge).
+pub const MAX_VIRTIO: usize = 31;
 
 /// The PC BIOS area below 1 MiB (0xE0000-0xFFFFF) that firmware mirrors.
 pub const BIOS_AREA_SIZE: u64 = 128 * 1024;
@@ -80,6 +86,7 @@ impl VmConfig {
             balloon_bytes: 0,
             acpi: true,
             on_reboot: OnReboot::Exit,
+            virtio: Vec::new(),
         }
     }
 
@@ -109,6 +116,20 @@ impl VmConfig {
         crate::memory::check_host_ram(self.ram_bytes)?;
         if let Some(kernel) = &self.kernel {
             crate::boot::direct::check(kernel, self.cpus)?;
+        }
+        if self.virtio.len() > MAX_VIRTIO {
+            return Err(Error::Config(format!(
+                "{} virtio devices: a VM has at most {MAX_VIRTIO}",
+                self.virtio.len()
+            )));
+        }
+        let mut names: Vec<&str> = self.virtio.iter().map(|d| d.name()).collect();
+        names.sort_unstable();
+        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Config(format!(
+                "two virtio devices are called '{}'",
+                twice[0]
+            )));
         }
         Ok(())
     }

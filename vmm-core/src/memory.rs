@@ -91,7 +91,14 @@ pub struct GuestMemoryMap {
     gmm: gmm::Gmm,
     /// The slot set the backend VM has now.
     applied: Arc<Mutex<SlotSet>>,
+    /// Run after every MMIO exit, with the map unlocked.
+    exit_hooks: RwLock<Vec<MmioExitHook>>,
 }
+
+/// Work a device does after an MMIO exit, once `pgm`'s map is unlocked: a
+/// handler runs under the map's read lock and cannot change the map (the
+/// PCI platform moves BARs the guest reprogrammed through ECAM here).
+pub type MmioExitHook = Box<dyn Fn() + Send + Sync>;
 
 impl GuestMemoryMap {
     /// Lays out `ram_size` bytes of RAM and a ROM holding `firmware`, which
@@ -158,6 +165,7 @@ impl GuestMemoryMap {
             ram,
             gmm,
             applied: Arc::default(),
+            exit_hooks: RwLock::default(),
         })
     }
 
@@ -214,7 +222,16 @@ impl GuestMemoryMap {
     /// Handles an access KVM could not satisfy from a slot: MMIO handlers,
     /// ROM writes, unassigned space (reads 0xff, writes dropped).
     pub fn mmio_exit(&self, gpa: u64, data: iom::Data<'_>) -> Result<()> {
-        self.map.read().mmio_exit(gpa, data).map_err(pgm_error)
+        let done = self.map.read().mmio_exit(gpa, data).map_err(pgm_error);
+        for hook in self.exit_hooks.read().iter() {
+            hook();
+        }
+        done
+    }
+
+    /// Adds `hook` to what runs after every MMIO exit (see [`MmioExitHook`]).
+    pub fn add_mmio_exit_hook(&self, hook: MmioExitHook) {
+        self.exit_hooks.write().push(hook);
     }
 
     /// Runs GMM's page-sharing scan: identical guest pages end up backed by

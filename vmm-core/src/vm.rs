@@ -13,12 +13,14 @@ use crate::boot;
 use crate::bus::IoBus;
 use crate::config::{SerialSink, VmConfig};
 use crate::debug::{DebugAttachment, DebugCtl};
-use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus};
+use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciConf1};
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::{
     ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
     CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
     I8042_PORTS, IrqLine, SerialInput, Uart, spawn_interrupts, system_clock,
 };
+use crate::devices::{pci_platform, virtio::attach_virtio};
 use crate::emt::emt_main;
 use crate::error::{Error, Result};
 use crate::info::{
@@ -99,8 +101,7 @@ impl Vm {
         let kernel = match config.kernel.take() {
             Some(boot) => {
                 let ram = boot::direct::ram_ranges(memory.ram());
-                let hole = pc_layout(config.ram_bytes).mmio_hole_start();
-                let plan = boot::direct::plan(&boot, &ram, hole, config.acpi)?;
+                let plan = boot::direct::plan(&boot, &ram, config.acpi)?;
                 boot::direct::after_vcpus(&boot, &plan, memory.ram(), &vcpus)?;
                 Some(KernelReload { boot, plan })
             }
@@ -143,8 +144,16 @@ impl Vm {
         spawn_interrupts(&cmos)
             .map_err(|e| Error::Config(format!("cannot start the RTC's interrupt thread: {e}")))?;
         io.register(CMOS_PORT, CMOS_PORTS, "cmos", cmos.clone())?;
-        let pci = Arc::new(Mutex::new(PciBus::with_host_bridge()));
-        io.register(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, "pci", pci.clone())?;
+        let pci = pci_platform(&memory)?;
+        let virtio = attach_virtio(
+            &pci,
+            std::mem::take(&mut config.virtio),
+            &memory,
+            &backend,
+            &stats,
+        )?;
+        let conf1 = Arc::new(Mutex::new(PciConf1::new(Arc::clone(&pci))));
+        io.register(PCI_CONFIG_PORT, PCI_CONFIG_PORTS, "pci", conf1)?;
         let balloon = Arc::new(BalloonState::default());
         balloon.set_target(config.balloon_bytes / pgm::phys::PAGE_SIZE);
         let refused = stats
@@ -211,6 +220,7 @@ impl Vm {
                 acpi_pm,
                 cmos,
                 pci,
+                virtio,
                 progress,
             },
             memory,
@@ -276,6 +286,20 @@ impl Vm {
     /// # Ok::<(), vmm_core::Error>(())
     /// ```
     pub fn restore_with(path: &Path, serial: SerialSink, options: RestoreOptions) -> Result<Vm> {
+        Self::restore_with_devices(path, serial, options, Vec::new())
+    }
+
+    /// [`restore_with`](Vm::restore_with) for a VM that had virtio devices:
+    /// `virtio` must be the same devices in the same order as
+    /// [`VmConfig::virtio`] of the saved VM (same types, names and
+    /// features; each `virtio-pci` unit refuses another device), freshly
+    /// made; they get the saved state.
+    pub fn restore_with_devices(
+        path: &Path,
+        serial: SerialSink,
+        options: RestoreOptions,
+        virtio: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Vm> {
         let start = std::time::Instant::now();
         // The CRC pass reads the whole file; it runs beside building the
         // VM, which does not depend on it.
@@ -293,6 +317,7 @@ impl Vm {
             config.serial = serial;
             config.check_entry = options.check_entry;
             config.on_reboot = options.on_reboot;
+            config.virtio = virtio;
             Vm::new(config)
         });
         let build = start.elapsed();
@@ -508,6 +533,24 @@ fn register_info_handlers(machine: &Arc<Machine>, backend: &hm_vmx::Vm) -> Resul
     )
     .map_err(info_error)?;
     register_cpuid_handler(info, &machine.vcpu_states, backend.cpuid()).map_err(info_error)?;
+    let virtio = machine.saved.virtio.clone();
+    info.register(
+        "virtio",
+        "Virtio devices on the PCI bus: transport state (status, features, queues, interrupts) and the device's own description.",
+        InfoFlags::empty(),
+        move |_: &InfoCall<'_>, out: &mut dyn Write| {
+            if virtio.is_empty() {
+                writeln!(out, "no virtio devices")?;
+            }
+            for v in &virtio {
+                let t = v.transport.lock();
+                write!(out, "{} {}: ", v.at, t.device.name())?;
+                t.describe(out)?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(info_error)?;
     let features = guest_features(backend.cpuid()).map_err(info_error)?;
     register_paging_handlers(info, &machine.vcpu_states, machine.memory.phys(), features)
         .map_err(info_error)

@@ -7,7 +7,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_core::boot::layout::{MP_CONFIG_ADDR, ZERO_PAGE_ADDR};
 use vmm_core::boot::{Entry, KernelBoot, direct};
 use vmm_core::guests::test_kernel;
-use vmm_core::memory::{GuestMemoryMap, pc_layout};
+use vmm_core::memory::GuestMemoryMap;
 
 #[test]
 fn two_vcpus_get_the_boot_machine() {
@@ -32,8 +32,7 @@ fn two_vcpus_get_the_boot_machine() {
         initrd: Some(vec![9; 300]),
         cmdline: "console=ttyS0".into(),
     };
-    let hole = pc_layout(ram).mmio_hole_start();
-    let plan = direct::plan(&boot, &direct::ram_ranges(memory.ram()), hole, true).unwrap();
+    let plan = direct::plan(&boot, &direct::ram_ranges(memory.ram()), true).unwrap();
     let loaded = direct::after_vcpus(&boot, &plan, memory.ram(), &vcpus).unwrap();
 
     let Entry::Long64 { rip, boot_params } = loaded.entry else {

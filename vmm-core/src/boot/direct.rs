@@ -8,12 +8,13 @@ use super::error::Result;
 use super::layout::pc_reserved;
 use super::loader::{BootPlan, KernelBoot, Loaded};
 use super::{acpi, machine, mptable};
+use crate::devices::pci::layout::mmio64_window;
 
 /// What can be checked before the VM exists: the image, the command line
 /// and whether the boot tables can describe `cpus` processors.
 pub fn check(boot: &KernelBoot, cpus: u32) -> Result<()> {
     boot.check()?;
-    acpi::build(cpus)?;
+    acpi::build(cpus, mmio64_window(0))?;
     mptable::build(cpus).map(drop)
 }
 
@@ -22,15 +23,10 @@ pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
     mem.iter().map(|r| (r.start_addr().0, r.len())).collect()
 }
 
-/// Plans the boot for a PC with `ram` ranges and its 32-bit MMIO hole
-/// from `mmio_hole_start`, with ACPI tables or (`acpi` false) without.
-pub fn plan(
-    boot: &KernelBoot,
-    ram: &[(u64, u64)],
-    mmio_hole_start: u64,
-    acpi: bool,
-) -> Result<BootPlan> {
-    let mut plan = boot.plan(ram, &pc_reserved(mmio_hole_start))?;
+/// Plans the boot for a PC with `ram` ranges, with ACPI tables or
+/// (`acpi` false) without.
+pub fn plan(boot: &KernelBoot, ram: &[(u64, u64)], acpi: bool) -> Result<BootPlan> {
+    let mut plan = boot.plan(ram, &pc_reserved())?;
     if !acpi {
         plan.rsdp = None;
     }
@@ -80,7 +76,7 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".into(),
         };
-        let plan = plan(&boot, &ram, 0xc000_0000, acpi).unwrap();
+        let plan = plan(&boot, &ram, acpi).unwrap();
         boot.load(&plan, &mem, 2).unwrap();
         let zp: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
         let (mut rsdp, mut mp) = ([0u8; 8], [0u8; 4]);

@@ -43,19 +43,24 @@ pub const FOUR_GIB: u64 = 1 << 32;
 /// Highest initrd address for kernels that do not say (ELF `vmlinux`).
 pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 
-/// The ranges a PC with a 32-bit MMIO hole from `mmio_hole_start` to 4 GiB
-/// reserves: the ACPI tables, the MP table, the legacy hole and the MMIO hole (firmware ROM,
-/// APICs, PCI), as `(start, length)` pairs.
+/// The ranges a PC reserves, as `(start, length)` pairs: the ACPI tables,
+/// the MP table, the legacy hole, the PCI ECAM and the APICs and firmware
+/// ROM below 4 GiB (see [`crate::devices::pci::layout`]; the PCI memory
+/// window is left out, as Linux clips host bridge windows by e820
+/// reservations).
 ///
 /// ```
-/// let r = vmm_core::boot::layout::pc_reserved(0xe000_0000);
-/// assert!(r.contains(&(0xe000_0000, 0x2000_0000)));
+/// use vmm_core::devices::pci::layout::ECAM_BASE;
+/// let r = vmm_core::boot::layout::pc_reserved();
+/// assert!(r.iter().any(|&(start, _)| start == ECAM_BASE));
+/// assert!(r.contains(&(0xfec0_0000, 0x140_0000)));
 /// ```
-pub fn pc_reserved(mmio_hole_start: u64) -> Vec<(u64, u64)> {
-    vec![
+pub fn pc_reserved() -> Vec<(u64, u64)> {
+    let mut reserved = vec![
         (ACPI_ADDR, ACPI_SIZE),
         (MP_CONFIG_ADDR, MPTABLE_SIZE),
         LEGACY_HOLE,
-        (mmio_hole_start, FOUR_GIB.saturating_sub(mmio_hole_start)),
-    ]
+    ];
+    reserved.extend(crate::devices::pci::layout::e820_reserved());
+    reserved
 }

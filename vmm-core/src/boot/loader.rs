@@ -9,7 +9,7 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::acpi;
 use super::cpu::{Entry, write_tables};
@@ -22,6 +22,7 @@ use super::layout::{
 };
 use super::mptable;
 use super::zero_page::{ZeroPageInput, fill};
+use crate::devices::pci::layout::mmio64_window;
 
 const PAGE: u64 = 4096;
 /// `hvm_start_info.magic`: "xEn3" with the high bit of 'n' set.
@@ -33,7 +34,7 @@ const PVH_MAGIC: u32 = 0x336e_c578;
 /// use vmm_core::boot::KernelBoot;
 /// let boot = KernelBoot::from_files("bzImage".as_ref(), Some("initrd".as_ref()), "console=ttyS0")?;
 /// let ram = [(0, 0xa_0000), (0x10_0000, 255 << 20)];
-/// boot.plan(&ram, &vmm_core::boot::layout::pc_reserved(0xc000_0000))?;
+/// boot.plan(&ram, &vmm_core::boot::layout::pc_reserved())?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -169,7 +170,9 @@ impl KernelBoot {
         mem.write_slice(&mptable::build(cpus)?, GuestAddress(MP_CONFIG_ADDR))
             .map_err(mem_err("the MP table"))?;
         if plan.rsdp.is_some() {
-            mem.write_slice(&acpi::build(cpus)?, GuestAddress(ACPI_ADDR))
+            let ram_end = mem.last_addr().0 + 1;
+            let tables = acpi::build(cpus, mmio64_window(ram_end))?;
+            mem.write_slice(&tables, GuestAddress(ACPI_ADDR))
                 .map_err(mem_err("the ACPI tables"))?;
         }
         let loaded = match &plan.format {
@@ -381,7 +384,7 @@ mod tests {
             initrd: Some(initrd.to_vec()),
             cmdline: "console=ttyS0 quiet".into(),
         };
-        let plan = boot.plan(&ram_ranges(), &pc_reserved(0xe000_0000)).unwrap();
+        let plan = boot.plan(&ram_ranges(), &pc_reserved()).unwrap();
         (boot, plan)
     }
 
@@ -476,7 +479,7 @@ mod tests {
         assert_eq!(procs, 1, "second processor has APIC id 1");
         // The zero page points at the ACPI tables for both processors.
         assert_eq!({ zp.acpi_rsdp_addr }, acpi::RSDP_ADDR);
-        let tables = acpi::build(2).unwrap();
+        let tables = acpi::build(2, mmio64_window(64 << 20)).unwrap();
         let mut written = vec![0u8; tables.len()];
         mem.read_slice(&mut written, GuestAddress(zp.acpi_rsdp_addr))
             .unwrap();
@@ -548,7 +551,7 @@ mod tests {
 
     #[test]
     fn initrd_placement_respects_the_limit_and_the_kernel() {
-        let map = e820::build(&ram_ranges(), &pc_reserved(0xe000_0000)).unwrap();
+        let map = e820::build(&ram_ranges(), &pc_reserved()).unwrap();
         assert_eq!(
             place_initrd(&map, 0x20_0000, 0xff_ffff, 0x1000).unwrap(),
             0xff_f000
@@ -568,7 +571,7 @@ mod tests {
             size in 1u64..0x800_0000,
         ) {
             let ram = [(0, 0xa_0000), (0x10_0000, (ram_mib << 20).min(0xbff0_0000))];
-            let map = e820::build(&ram, &pc_reserved(0xc000_0000)).unwrap();
+            let map = e820::build(&ram, &pc_reserved()).unwrap();
             if let Ok(at) = place_initrd(&map, above, max, size) {
                 proptest::prop_assert_eq!(at % PAGE, 0);
                 proptest::prop_assert!(at >= above);
@@ -588,7 +591,7 @@ mod tests {
             }
             image.truncate(cut.max(1));
             let boot = KernelBoot { kernel: image, initrd: Some(vec![1; 10]), cmdline: String::new() };
-            if let Ok(plan) = boot.plan(&ram_ranges(), &pc_reserved(0xe000_0000)) {
+            if let Ok(plan) = boot.plan(&ram_ranges(), &pc_reserved()) {
                 let _ = boot.load(&plan, &memory(), 1);
             }
         }

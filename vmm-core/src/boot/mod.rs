@@ -23,7 +23,7 @@
 //!     cmdline: "console=ttyS0".into(),
 //! };
 //! let ram = [(0, 0xa_0000), (0x10_0000, 63 << 20)];
-//! let plan = boot.plan(&ram, &layout::pc_reserved(0xc000_0000))?;
+//! let plan = boot.plan(&ram, &layout::pc_reserved())?;
 //! assert!(plan.initrd_addr.is_some());
 //! # Ok::<(), vmm_core::Error>(())
 //! ```

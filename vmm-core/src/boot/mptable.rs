@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(MPTABLE_ADDR, 639 << 10);
         for ram_top in [333 << 20, 0xa_0000 + (1 << 20)] {
             let ram = [(0, 0xa_0000), (0x10_0000, ram_top - 0x10_0000)];
-            let map = e820::build(&ram, &pc_reserved(0xc000_0000)).unwrap();
+            let map = e820::build(&ram, &pc_reserved()).unwrap();
             assert!(map.iter().any(|e| e.kind == E820Kind::Reserved
                 && e.addr <= MP_CONFIG_ADDR
                 && MPTABLE_ADDR + 16 <= e.end()));

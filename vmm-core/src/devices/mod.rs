@@ -6,6 +6,7 @@ mod cmos;
 mod debug_exit;
 mod i8042;
 pub mod pci;
+mod pci_setup;
 mod serial;
 mod serial_input;
 pub mod virtio;
@@ -20,6 +21,7 @@ pub use i8042::{
     DataTarget, I8042, I8042_PORT, I8042_PORTS, I8042State, Keyboard, Mouse, PENDING_LIMIT, Queue,
     Source,
 };
+pub(crate) use pci_setup::pci_platform;
 pub(crate) use serial::UART_FIFO_SIZE;
 pub use serial::{COM1_PORT, IrqLine, Uart};
 pub use serial_input::{SerialInput, SerialInputClosed};

@@ -18,6 +18,7 @@
 //! | `cmos` | the RTC's registers, CMOS RAM and the guest clock's offset |
 //! | `balloon` | the balloon's target and the pages the guest has given |
 //! | `pci` | the PCI configuration address latch and each function's configuration space |
+//! | `virtio-pci` (instance = slot) | a virtio device's transport registers, queue positions, MSI-X table and device state (the device is quiesced for the save) |
 //! | `kvmclock` | the guest's paravirtual clock (set last, just before the VM runs) |
 //!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
@@ -54,6 +55,7 @@ mod pci_unit;
 mod progress;
 mod teleport;
 mod units;
+mod virtio_unit;
 
 pub(crate) use progress::SaveProgress;
 pub(crate) use teleport::{Ended, TeleportSlot, incoming, teleport};
@@ -67,7 +69,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ssm::{Manager, SaveOptions, StreamReader};
 
-use crate::devices::pci::PciBus;
+use crate::devices::pci::PciPlatform;
 use crate::devices::{AcpiPm, Cmos, I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
@@ -81,6 +83,7 @@ pub use units::SavedConfig;
 use units::{
     AcpiPmUnit, BalloonUnit, CmosUnit, CpuUnit, KernelDeviceUnit, UartUnit, VMM_UNIT, VmmUnit,
 };
+use virtio_unit::VirtioUnit;
 
 /// What the machine keeps for saving and restoring.
 pub(crate) struct SaveContext {
@@ -92,7 +95,8 @@ pub(crate) struct SaveContext {
     pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm>>,
     pub(crate) cmos: Arc<Mutex<Cmos>>,
-    pub(crate) pci: Arc<Mutex<PciBus>>,
+    pub(crate) pci: Arc<PciPlatform>,
+    pub(crate) virtio: Vec<crate::devices::virtio::VirtioSlot>,
     pub(crate) progress: SaveProgress,
 }
 
@@ -269,8 +273,14 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
         state: Arc::clone(&machine.balloon),
     }))?;
     m.register(Box::new(PciUnit {
-        bus: Arc::clone(&ctx.pci),
+        platform: Arc::clone(&ctx.pci),
     }))?;
+    for v in &ctx.virtio {
+        m.register(Box::new(VirtioUnit {
+            slot: u32::from(v.at.bits() >> 3),
+            transport: Arc::clone(&v.transport),
+        }))?;
+    }
     // Last: a restore sets the clock just before the VM runs, so loading
     // the other units takes none of the guest's time.
     m.register(Box::new(KernelDeviceUnit::<ClockState>::new(Arc::clone(

@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use ssm::{Unit, UnitReader, UnitWriter};
 
 use super::units::failed;
-use crate::devices::pci::{CONFIG_SPACE_SIZE, DevFn, PciBus, PciBusState};
+use crate::devices::pci::{CONFIG_SPACE_SIZE, DevFn, PciBusState, PciPlatform};
 
 /// Functions bus 0 can hold (32 devices of 8 functions).
 const MAX_FUNCTIONS: u16 = 256;
@@ -15,9 +14,10 @@ const MAX_FUNCTIONS: u16 = 256;
 /// `pci`, version 1: the address latch (u32), the number of functions
 /// (u16), then for each its address (device << 3 | function, u8) and its
 /// 256 configuration-space bytes. A load restores the bits the guest can
-/// change and refuses a bus with other functions.
+/// change, refuses a bus with other functions, and lets the BARs decode
+/// where the restored registers say.
 pub(crate) struct PciUnit {
-    pub(crate) bus: Arc<Mutex<PciBus>>,
+    pub(crate) platform: Arc<PciPlatform>,
 }
 
 impl Unit for PciUnit {
@@ -30,7 +30,7 @@ impl Unit for PciUnit {
     }
 
     fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
-        let state = self.bus.lock().state();
+        let state = self.platform.bus().lock().state();
         let count = u16::try_from(state.functions.len()).map_err(failed)?;
         w.put_u32(state.address)?;
         w.put_u16(count)?;
@@ -57,7 +57,13 @@ impl Unit for PciUnit {
             functions.push((at, bytes));
         }
         let state = PciBusState { address, functions };
-        self.bus.lock().set_state(&state).map_err(failed)
+        self.platform
+            .bus()
+            .lock()
+            .set_state(&state)
+            .map_err(failed)?;
+        self.platform.sync();
+        Ok(())
     }
 }
 
@@ -65,14 +71,15 @@ impl Unit for PciUnit {
 mod tests {
     use super::*;
     use crate::devices::PioDevice;
+    use crate::devices::pci::PciBus;
+    use parking_lot::{Mutex, RwLock};
     use ssm::{Manager, SaveOptions, StreamReader};
 
     fn unit(bus: PciBus) -> (Arc<Mutex<PciBus>>, Box<PciUnit>) {
-        let bus = Arc::new(Mutex::new(bus));
-        let unit = Box::new(PciUnit {
-            bus: Arc::clone(&bus),
-        });
-        (bus, unit)
+        let map = Arc::new(RwLock::new(pgm::phys::PhysMap::with_defaults()));
+        let platform = PciPlatform::new(bus, &map, 1 << 30).unwrap();
+        let bus = Arc::clone(platform.bus());
+        (bus, Box::new(PciUnit { platform }))
     }
 
     fn save(bus: PciBus) -> Vec<u8> {

@@ -55,10 +55,10 @@ const ISA_DEVICES: [IsaDevice; 4] = [
 /// Builds the DSDT for `cpus` vCPUs: under `\_SB`, the ISA devices (COM1,
 /// PS/2 keyboard and mouse, CMOS RTC) with their ports and edge-triggered,
 /// active-high IRQs, and processor devices `C000`.. with `_UID` equal to
-/// the MADT's processor UID; then `\_S5` with the `SLP_TYP` the PM1
+/// the MADT's processor UID, the PCI root bridge `PCI0`; then `\_S5` with the `SLP_TYP` the PM1
 /// control register powers off with. `cpus` is at most 4096 (device names
 /// are three hex digits).
-pub(super) fn build(cpus: u32) -> Vec<u8> {
+pub(super) fn build(cpus: u32, mmio64: (u64, u64)) -> Vec<u8> {
     let mut body = Vec::new();
     for device in &ISA_DEVICES {
         isa_device(device, &mut body);
@@ -66,6 +66,7 @@ pub(super) fn build(cpus: u32) -> Vec<u8> {
     for uid in 0..cpus {
         processor(uid, &mut body);
     }
+    super::pci::root_bridge(mmio64, &mut body);
     let mut dsdt = Sdt::new(
         *b"DSDT",
         HEADER_LEN,

@@ -5,13 +5,14 @@
 //! [`build`] lays out, from [`ACPI_ADDR`] on (a range the e820 map reports
 //! as reserved): the RSDP, the DSDT (legacy devices and processors), the
 //! FACS, the FADT (a PC with legacy devices, not hardware-reduced), the
-//! MADT (local APICs, I/O APIC, overrides, NMI) and the XSDT listing the
-//! FADT and the MADT. The loader hands the RSDP's address to the kernel in the zero
+//! MADT (local APICs, I/O APIC, overrides, NMI), the MCFG (the PCI ECAM)
+//! and the XSDT listing the FADT, the MADT and the MCFG. The loader hands the RSDP's address to the kernel in the zero
 //! page (`acpi_rsdp_addr`) or the PVH start info (`rsdp_paddr`).
 
 mod dsdt;
 mod fadt;
 mod madt;
+mod pci;
 
 #[cfg(test)]
 mod tests;
@@ -41,18 +42,21 @@ const FACS_ALIGN: usize = 64;
 /// Where the RSDP is: the first thing at [`ACPI_ADDR`].
 pub const RSDP_ADDR: u64 = ACPI_ADDR;
 
-/// Builds the ACPI tables for `cpus` vCPUs as one image to be written at
-/// [`ACPI_ADDR`], the RSDP first.
+/// Builds the ACPI tables for `cpus` vCPUs and the PCI root bridge with
+/// the 64-bit window `mmio64` (`(start, size)`, see
+/// [`mmio64_window`](crate::devices::pci::layout::mmio64_window)) as one
+/// image to be written at [`ACPI_ADDR`], the RSDP first.
 ///
 /// ```
 /// use vmm_core::boot::acpi;
+/// use vmm_core::devices::pci::layout::mmio64_window;
 ///
-/// let image = acpi::build(2)?;
+/// let image = acpi::build(2, mmio64_window(256 << 20))?;
 /// assert_eq!(&image[..8], b"RSD PTR ");
 /// assert_eq!(image[..20].iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
 /// # Ok::<(), vmm_core::boot::Error>(())
 /// ```
-pub fn build(cpus: u32) -> Result<Vec<u8>> {
+pub fn build(cpus: u32, mmio64: (u64, u64)) -> Result<Vec<u8>> {
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(Error::Machine(format!(
             "{cpus} vCPUs: the ACPI tables describe 1 to {MAX_CPUS}"
@@ -60,13 +64,15 @@ pub fn build(cpus: u32) -> Result<Vec<u8>> {
     }
     let mut image = Image::default();
     image.place(&vec![0; Rsdp::len()], TABLE_ALIGN);
-    let dsdt = image.place(&dsdt::build(cpus), TABLE_ALIGN);
+    let dsdt = image.place(&dsdt::build(cpus, mmio64), TABLE_ALIGN);
     let facs = image.place(&fadt::facs(), FACS_ALIGN);
     let fadt = image.place(&fadt::build(dsdt, facs), TABLE_ALIGN);
     let madt = image.place(&madt::build(cpus), TABLE_ALIGN);
+    let mcfg = image.place(&pci::mcfg(), TABLE_ALIGN);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
+    xsdt.add_entry(mcfg);
     let mut bytes = Vec::new();
     xsdt.to_aml_bytes(&mut bytes);
     let xsdt = image.place(&bytes, TABLE_ALIGN);

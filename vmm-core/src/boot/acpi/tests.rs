@@ -62,13 +62,16 @@ fn table(image: &[u8], addr: u64) -> &[u8] {
     &image[at..at + len]
 }
 
+/// The 64-bit PCI window of the tables under test.
+const WINDOW: (u64, u64) = (5 << 30, 32 << 30);
+
 /// Every vCPU count the tables describe.
 const COUNTS: std::ops::RangeInclusive<u32> = 1..=MAX_CPUS;
 
 #[test]
 fn every_table_is_reachable_from_the_rsdp_with_good_checksums() {
     for cpus in COUNTS.clone() {
-        let image = build(cpus).unwrap();
+        let image = build(cpus, WINDOW).unwrap();
         assert!(image.len() as u64 <= ACPI_SIZE);
         assert_eq!(&image[..8], b"RSD PTR ");
         assert_eq!(sum(&image[..20]), 0, "ACPI 1.0 checksum");
@@ -81,25 +84,25 @@ fn every_table_is_reachable_from_the_rsdp_with_good_checksums() {
             .map(|e| table(&image, u64::from_le_bytes(e.try_into().unwrap())))
             .collect();
         let signatures: Vec<&[u8]> = listed.iter().map(|t| &t[..4]).collect();
-        assert_eq!(signatures, [b"FACP", b"APIC"]);
+        assert_eq!(signatures, [b"FACP", b"APIC", b"MCFG"]);
         let fadt = listed[0];
         let dsdt = table(&image, u64_at(fadt, 140));
         assert_eq!(&dsdt[..4], b"DSDT");
-        for t in [xsdt, fadt, listed[1], dsdt] {
+        for t in [xsdt, fadt, listed[1], listed[2], dsdt] {
             assert_eq!(sum(t), 0, "{} checksum", String::from_utf8_lossy(&t[..4]));
         }
         let facs = u64_at(fadt, 132);
         assert_eq!(facs % 64, 0, "the FACS is 64-byte aligned");
         assert_eq!(&table(&image, facs)[..4], b"FACS");
         assert_eq!(table(&image, facs).len(), 64);
-        assert_eq!(parse(&image).headers().count(), 2);
+        assert_eq!(parse(&image).headers().count(), 3);
     }
 }
 
 #[test]
 fn madt_lists_every_vcpu_the_ioapic_the_sci_override_and_the_nmi() {
     for cpus in COUNTS.clone() {
-        let image = build(cpus).unwrap();
+        let image = build(cpus, WINDOW).unwrap();
         let tables = parse(&image);
         let madt = tables.find_table::<Madt>().unwrap();
         // Header and LAPIC address and flags, a local APIC entry per vCPU,
@@ -135,7 +138,7 @@ fn madt_lists_every_vcpu_the_ioapic_the_sci_override_and_the_nmi() {
 
 #[test]
 fn fadt_describes_a_pc_with_legacy_devices_and_the_pm1_block() {
-    let image = build(2).unwrap();
+    let image = build(2, WINDOW).unwrap();
     let tables = parse(&image);
     let fadt = tables.find_table::<Fadt>().unwrap();
     let raw = table(&image, fadt.physical_start() as u64);
@@ -175,6 +178,14 @@ struct Dev {
     name: String,
     hid: String,
     uid: Option<u64>,
+    /// `_CID`, `_SEG` and `_BBN` (the root bridge's).
+    cid: Option<String>,
+    seg_bbn: Vec<u64>,
+    /// Address space descriptors of `_CRS`: `(type, min, max)` (type 0
+    /// memory, 1 I/O, 2 bus number).
+    windows: Vec<(u8, u64, u64)>,
+    /// `_PRT` entries: address, pin, source, GSI.
+    prt: Vec<Vec<u64>>,
     /// I/O ranges `(base, length)` and IRQs of `_CRS`.
     ports: Vec<(u16, u8)>,
     irqs: Vec<(u32, u8)>,
@@ -236,6 +247,22 @@ fn resources(dev: &mut Dev, mut b: &[u8]) {
                 dev.irqs.push((u32_at(b, 5), b[3]));
                 b = &b[3 + usize::from(u16::from_le_bytes([b[1], b[2]]))..];
             }
+            // Word, DWord and QWord address space descriptors.
+            tag @ (0x88 | 0x87 | 0x8a) => {
+                let width = match tag {
+                    0x88 => 2,
+                    0x87 => 4,
+                    _ => 8,
+                };
+                let field = |i: usize| {
+                    let at = 6 + i * width;
+                    let mut v = [0u8; 8];
+                    v[..width].copy_from_slice(&b[at..at + width]);
+                    u64::from_le_bytes(v)
+                };
+                dev.windows.push((b[3], field(1), field(2)));
+                b = &b[3 + usize::from(u16::from_le_bytes([b[1], b[2]]))..];
+            }
             0x79 => return assert_eq!(b.len(), 2, "the end tag ends the buffer"),
             tag => panic!("unexpected resource descriptor {tag:#x}"),
         }
@@ -263,9 +290,34 @@ fn device(b: &[u8]) -> Dev {
             at += 1 + len;
             continue;
         }
+        if name == b"_PRT" {
+            assert_eq!(b[at], 0x12, "a package");
+            let (len, used) = pkg_length(&b[at + 1..]);
+            let body = &b[at + 1 + used..at + 1 + len];
+            let mut e = 1;
+            while e < body.len() {
+                assert_eq!(body[e], 0x12, "a package per entry");
+                let (elen, eused) = pkg_length(&body[e + 1..]);
+                let entry = &body[e + 1 + eused..e + 1 + elen];
+                let mut values = Vec::new();
+                let mut v = 1;
+                while v < entry.len() {
+                    let (value, used) = data(&entry[v..]);
+                    values.push(value.unwrap());
+                    v += used;
+                }
+                dev.prt.push(values);
+                e += 1 + elen;
+            }
+            assert_eq!(dev.prt.len(), usize::from(body[0]), "NumElements");
+            at += 1 + len;
+            continue;
+        }
         let (value, used) = data(&b[at..]);
         at += used;
         match (name, value) {
+            (b"_CID", Ok(id)) => dev.cid = Some(eisa_id(id)),
+            (b"_SEG" | b"_BBN", Ok(v)) => dev.seg_bbn.push(v),
             (b"_HID", Ok(id)) => dev.hid = eisa_id(id),
             (b"_HID", Err(s)) => dev.hid = s,
             (b"_UID", Ok(uid)) => dev.uid = Some(uid),
@@ -328,13 +380,14 @@ fn dsdt(image: &[u8]) -> Dsdt {
 fn dsdt_has_the_legacy_devices_and_one_processor_per_vcpu() {
     const EDGE_HIGH_CONSUMER: u8 = 0b0011;
     for cpus in COUNTS.clone() {
-        let devices = dsdt(&build(cpus).unwrap()).devices;
+        let devices = dsdt(&build(cpus, WINDOW).unwrap()).devices;
         let isa = |name: &str, hid: &str, ports: &[(u16, u8)], irq: u32| Dev {
             name: name.into(),
             hid: hid.into(),
             uid: None,
             ports: ports.to_vec(),
             irqs: vec![(irq, EDGE_HIGH_CONSUMER)],
+            ..Dev::default()
         };
         assert_eq!(
             devices[..4],
@@ -353,15 +406,59 @@ fn dsdt_has_the_legacy_devices_and_one_processor_per_vcpu() {
                 ..Dev::default()
             })
             .collect();
-        assert_eq!(devices[4..], processors);
+        assert_eq!(devices[4..4 + cpus as usize], processors);
+        assert_eq!(devices[4 + cpus as usize].name, "PCI0");
+        assert_eq!(devices.len(), 5 + cpus as usize);
     }
+}
+
+#[test]
+fn dsdt_has_a_pci_root_bridge_with_windows_and_intx_routing() {
+    use crate::devices::pci::layout::{ECAM_BASE, MMIO32_WINDOW, intx_gsi};
+    let image = build(1, WINDOW).unwrap();
+    let devices = dsdt(&image).devices;
+    let pci0 = devices.iter().find(|d| d.name == "PCI0").unwrap();
+    assert_eq!(pci0.hid, "PNP0A08");
+    assert_eq!(pci0.cid.as_deref(), Some("PNP0A03"));
+    assert_eq!(
+        (pci0.seg_bbn.as_slice(), pci0.uid),
+        ([0, 0].as_slice(), Some(0))
+    );
+    assert_eq!(pci0.ports, [(0xcf8, 8)]);
+    let (start, size) = MMIO32_WINDOW;
+    assert_eq!(
+        pci0.windows,
+        [
+            (2, 0, 0),
+            (1, 0, 0xcf7),
+            (1, 0xd00, 0xffff),
+            (0, start, start + size - 1),
+            (0, WINDOW.0, WINDOW.0 + WINDOW.1 - 1),
+        ]
+    );
+    assert!(!(start..start + size).contains(&ECAM_BASE));
+    assert_eq!(pci0.prt.len(), 32 * 4);
+    for entry in &pci0.prt {
+        let (slot, pin) = ((entry[0] >> 16) as u8, entry[1] as u8);
+        assert_eq!(entry[0] & 0xffff, 0xffff, "any function");
+        assert_eq!(entry[2], 0, "a GSI, no link device");
+        assert_eq!(entry[3], u64::from(intx_gsi(slot, pin)));
+        assert!((16..24).contains(&entry[3]));
+    }
+    // The MCFG: one ECAM for segment 0, bus 0.
+    let xsdt = table(&image, u64_at(&image, 24));
+    let mcfg = table(&image, u64_at(xsdt, 36 + 16));
+    assert_eq!(&mcfg[..4], b"MCFG");
+    assert_eq!(mcfg.len(), 44 + 16);
+    assert_eq!(u64_at(mcfg, 44), ECAM_BASE);
+    assert_eq!(&mcfg[52..56], &[0, 0, 0, 0], "segment 0, buses 0-0");
 }
 
 #[test]
 fn dsdt_offers_soft_off_with_the_type_the_pm1_control_register_powers_off_with() {
     use crate::devices::{AcpiPm, DeviceAction, PioDevice, S5_SLP_TYP};
     for cpus in COUNTS.clone() {
-        let packages = dsdt(&build(cpus).unwrap()).packages;
+        let packages = dsdt(&build(cpus, WINDOW).unwrap()).packages;
         let typ = u64::from(S5_SLP_TYP);
         assert_eq!(packages, [("_S5_".to_string(), vec![typ, typ, 0, 0])]);
     }
@@ -385,7 +482,7 @@ fn the_tables_lie_in_reserved_memory_for_odd_ram_sizes_below_and_above_4g() {
     use crate::boot::layout::{LEGACY_HOLE, MPTABLE_SIZE, pc_reserved};
 
     const MIB: u64 = 1 << 20;
-    let image = build(MAX_CPUS).unwrap().len() as u64;
+    let image = build(MAX_CPUS, WINDOW).unwrap().len() as u64;
     for ram_size in [
         2 * MIB,
         333 * MIB,
@@ -394,8 +491,7 @@ fn the_tables_lie_in_reserved_memory_for_odd_ram_sizes_below_and_above_4g() {
         (4 << 30) + MIB,
         (5 << 30) + 333 * MIB,
     ] {
-        let layout = pgm::phys::PcLayout::new(ram_size);
-        let map = e820::build(&pc_ram(ram_size), &pc_reserved(layout.mmio_hole_start())).unwrap();
+        let map = e820::build(&pc_ram(ram_size), &pc_reserved()).unwrap();
         assert!(map.iter().any(|e| e.kind == E820Kind::Reserved
             && e.addr <= ACPI_ADDR
             && ACPI_ADDR + image <= e.end()));
@@ -413,6 +509,6 @@ fn the_tables_lie_in_reserved_memory_for_odd_ram_sizes_below_and_above_4g() {
 
 #[test]
 fn cpu_counts_out_of_range_are_refused() {
-    assert!(build(0).is_err());
-    assert!(build(MAX_CPUS + 1).is_err());
+    assert!(build(0, WINDOW).is_err());
+    assert!(build(MAX_CPUS + 1, WINDOW).is_err());
 }

@@ -19,6 +19,10 @@ const ENABLE: u32 = 1 << 31;
 /// Address bits that hold: enable, bus (23:16), device (15:11), function
 /// (10:8) and dword register (7:2); the others read as zero.
 const ADDRESS_BITS: u32 = ENABLE | 0x00ff_fffc;
+/// The command register.
+const COMMAND: u16 = 0x04;
+/// The BAR registers of a type-0 header.
+const BARS: (u16, u16) = (0x10, 0x28);
 
 /// What the bus saves: the address latch and every function's
 /// configuration space.
@@ -47,6 +51,17 @@ pub struct PciBusState {
 pub struct PciBus {
     address: u32,
     functions: BTreeMap<DevFn, Box<dyn PciFunction>>,
+    /// A write reached a command or BAR register since
+    /// [`take_decode_changed`](Self::take_decode_changed) last looked.
+    decode_changed: bool,
+}
+
+/// Whether a configuration write of `len` bytes at `offset` touches the
+/// command register or a BAR (what decides where BARs decode).
+fn touches_decode(offset: u16, len: usize) -> bool {
+    let end = offset + len as u16;
+    let overlaps = |start: u16, stop: u16| offset < stop && start < end;
+    overlaps(COMMAND, COMMAND + 2) || overlaps(BARS.0, BARS.1)
 }
 
 impl PciBus {
@@ -87,6 +102,46 @@ impl PciBus {
         self.functions.get_mut(&devfn).map(|f| (f, offset))
     }
 
+    /// Reads configuration register bytes of function `at` from `offset`
+    /// (0-4095, as ECAM reaches them): absent functions read all ones,
+    /// the extended space past 256 bytes reads zero (no extended
+    /// capabilities).
+    pub fn config_read(&mut self, at: DevFn, offset: u16, data: &mut [u8]) {
+        match self.functions.get_mut(&at) {
+            None => data.fill(0xff),
+            Some(_) if offset >= CONFIG_SPACE_SIZE as u16 => data.fill(0),
+            Some(f) => f.read_config(offset as u8, data),
+        }
+    }
+
+    /// Writes configuration register bytes of function `at` at `offset`;
+    /// writes to absent functions or the extended space are dropped.
+    pub fn config_write(&mut self, at: DevFn, offset: u16, data: &[u8]) {
+        if offset >= CONFIG_SPACE_SIZE as u16 {
+            return;
+        }
+        if let Some(f) = self.functions.get_mut(&at) {
+            f.write_config(offset as u8, data);
+            self.decode_changed |= touches_decode(offset, data.len());
+        }
+    }
+
+    /// Whether a command or BAR register was written since the last call
+    /// (BARs may decode elsewhere now); clears the flag.
+    pub fn take_decode_changed(&mut self) -> bool {
+        std::mem::take(&mut self.decode_changed)
+    }
+
+    /// The function at `at`.
+    pub fn function_mut(&mut self, at: DevFn) -> Option<&mut (dyn PciFunction + 'static)> {
+        self.functions.get_mut(&at).map(|f| &mut **f)
+    }
+
+    /// The functions in address order.
+    pub fn functions(&self) -> impl Iterator<Item = (DevFn, &dyn PciFunction)> {
+        self.functions.iter().map(|(&at, f)| (at, &**f))
+    }
+
     /// What the bus saves.
     pub fn state(&self) -> PciBusState {
         PciBusState {
@@ -117,6 +172,7 @@ impl PciBus {
             }
         }
         self.address = state.address & ADDRESS_BITS;
+        self.decode_changed = true;
         Ok(())
     }
 }
@@ -155,6 +211,7 @@ impl PioDevice for PciBus {
             && let Some((f, at)) = self.selected(offset - DATA)
         {
             f.write_config(at, data);
+            self.decode_changed |= touches_decode(u16::from(at), data.len());
         }
         DeviceAction::Continue
     }
@@ -164,6 +221,7 @@ impl PioDevice for PciBus {
         for f in self.functions.values_mut() {
             f.reset();
         }
+        self.decode_changed = true;
     }
 }
 

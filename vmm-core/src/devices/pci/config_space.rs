@@ -23,6 +23,7 @@ const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
 const SUBSYSTEM_ID: usize = 0x2e;
 const CAPABILITIES_POINTER: usize = 0x34;
 const INTERRUPT_LINE: usize = 0x3c;
+const INTERRUPT_PIN: usize = 0x3d;
 /// Capabilities go after the standard header.
 const CAPABILITIES_START: usize = 0x40;
 
@@ -276,6 +277,13 @@ impl ConfigSpace {
         self.set_u16(STATUS, status);
         self.power_on = self.regs;
         Ok(at as u8)
+    }
+
+    /// Sets the (read-only) interrupt pin register: 1 for INTA# to 4 for
+    /// INTD#, 0 for none. A step of building the function.
+    pub fn set_interrupt_pin(&mut self, pin: u8) {
+        self.regs[INTERRUPT_PIN] = pin;
+        self.power_on = self.regs;
     }
 
     /// Reads `data.len()` bytes at `offset`; bytes past the end read as

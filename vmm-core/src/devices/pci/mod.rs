@@ -1,12 +1,23 @@
-//! The PCI bus: configuration mechanism #1 on ports 0xCF8-0xCFF, a host
-//! bridge at 00:00.0, and type-0 configuration spaces for the functions on
-//! bus 0. (BAR placement, MMIO, MSI-X and ECAM come later.)
+//! The PCI bus: configuration mechanism #1 on ports 0xCF8-0xCFF and ECAM
+//! ([`layout`] says where everything is), a host bridge at 00:00.0, and
+//! type-0 configuration spaces for the functions on bus 0; BARs placed by
+//! [`PciPlatform`] and decoded as `pgm` MMIO ranges; MSI-X through KVM's
+//! MSI routes ([`Msix`]).
 
 mod bus;
 mod config_space;
+mod ecam;
 mod host_bridge;
+pub(crate) mod irq;
+pub mod layout;
+mod msix;
+mod platform;
 
 pub use bus::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciBus, PciBusState};
+pub use irq::IrqRouting;
+pub use msix::{ENTRY_SIZE as MSIX_ENTRY_SIZE, MSIX_CAP_ID, Msix, MsixPlacement, MsixState};
+pub use platform::{PciConf1, PciPlatform};
+
 pub use config_space::{BAR_COUNT, Bar, BarKind, CONFIG_SPACE_SIZE, ConfigSpace, Identity};
 pub use host_bridge::{HOST_BRIDGE_DEVICE, HOST_BRIDGE_VENDOR, HostBridge};
 
@@ -38,6 +49,19 @@ pub trait PciFunction: Send {
     /// Back to the power-on state (machine reset).
     fn reset(&mut self) {
         self.config_mut().reset();
+    }
+
+    /// A guest access at `offset` into memory BAR `bar`. Functions without
+    /// memory BARs read all ones.
+    fn bar_access(&mut self, bar: usize, offset: u64, mut data: iom::Data<'_>) {
+        let _ = (bar, offset);
+        data.fill_read(0xff);
+    }
+
+    /// BAR `bar` now decodes at `address` (`None`: it decodes nowhere, the
+    /// guest turned memory decoding off or moved it out of reach).
+    fn bar_mapped(&mut self, bar: usize, address: Option<u64>) {
+        let _ = (bar, address);
     }
 }
 
@@ -108,6 +132,21 @@ pub enum PciError {
         /// The size asked for.
         size: u64,
     },
+    /// The platform has no room or no support for a BAR.
+    #[error("{function}: BAR {index} of {size:#x} bytes cannot be placed: {reason}")]
+    BarPlacement {
+        /// The function.
+        function: DevFn,
+        /// The BAR.
+        index: usize,
+        /// Its size.
+        size: u64,
+        /// Why.
+        reason: String,
+    },
+    /// `pgm` refused a range of the platform (the ECAM).
+    #[error("PCI: {0}")]
+    Map(String),
     /// A BAR register in use already.
     #[error("BAR {index} overlaps a BAR given already")]
     BarTaken {

@@ -19,17 +19,32 @@
 //! Data flows one way: transport → device (activation, queues, config
 //! writes) and device → transport (interrupts) only through [`Interrupt`].
 
+mod attach;
 pub mod block;
 mod device;
 pub mod net;
+pub mod pci;
+mod rng;
 pub mod vsock;
 mod worker;
 
+pub(crate) use attach::attach_virtio;
 pub use block::{Block, BlockSpec, BlockSpecError};
 pub use device::{Activation, DeviceError, Interrupt, QueueHandle, VirtioDevice};
 pub use net::{Net, NetSpec};
+pub use pci::VirtioPci;
+pub use rng::Rng;
 pub use vsock::{Vsock, VsockSpec};
 pub use worker::{QueueWorker, STOP_TIMEOUT, WorkerControl, WorkerEvent};
+
+/// A virtio device attached to the VM: its PCI address and transport.
+#[derive(Clone)]
+pub(crate) struct VirtioSlot {
+    /// Where it is on bus 0.
+    pub(crate) at: crate::devices::pci::DevFn,
+    /// Its transport (registers, queues, the device).
+    pub(crate) transport: std::sync::Arc<parking_lot::Mutex<pci::transport::Transport>>,
+}
 
 /// The guest memory devices reach by DMA: guest RAM as `pgm` lays it out.
 pub type GuestRam = vm_memory::GuestMemoryMmap;

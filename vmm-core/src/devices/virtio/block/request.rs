@@ -233,7 +233,7 @@ impl Buffers<'_> {
 /// The image offset for `len` data bytes at `sector`, checked.
 fn data_offset(disk: &DiskImage, sector: u64, len: usize) -> Result<u64, Failure> {
     let len = len as u64;
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(io("the data length is not a multiple of 512"));
     }
     disk.offset_of(sector, len)
@@ -305,7 +305,7 @@ fn ranges(backend: &BlockBackend, buffers: &mut Buffers<'_>, discard: bool) -> R
         return Err(io("discard or write-zeroes on a read-only disk"));
     }
     let bytes = buffers.reader.available_bytes();
-    if bytes == 0 || bytes % SEGMENT_LEN != 0 {
+    if bytes == 0 || !bytes.is_multiple_of(SEGMENT_LEN) {
         return Err(io("the range list is not a whole number of 16-byte ranges"));
     }
     if bytes / SEGMENT_LEN > MAX_RANGE_SEGMENTS as usize {
