@@ -2,6 +2,7 @@
 
 mod client;
 mod console;
+mod devices;
 mod doctor;
 mod gdb;
 mod logging;

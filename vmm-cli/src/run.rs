@@ -18,7 +18,8 @@ use vmm_core::saved_state::{RamLoad, RestoreOptions};
 use vmm_core::sync::vmstate::VmState;
 use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig, VmHandle, guests};
 
-use crate::api::{ApiSocket, StatsFormat, VmConfigInfo, VmControl};
+use crate::api::{ApiSocket, DeviceInfo, StatsFormat, VmConfigInfo, VmControl};
+use crate::devices::DeviceArgs;
 use crate::console::{Console, ConsoleArg};
 use crate::gdb::GdbServer;
 use crate::serial_out::SerialOutput;
@@ -137,10 +138,8 @@ pub struct RunArgs {
     /// one host copy, copy on write; all-zero pages cost nothing).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     page_sharing: Option<u64>,
-    /// Attach a virtio entropy device (`rng0`, on PCI at 00:01.0) that
-    /// fills the guest's requests from the host's getrandom.
-    #[arg(long)]
-    rng: bool,
+    #[command(flatten)]
+    devices: DeviceArgs,
 }
 
 /// What `vmm run --help` says about the console and signals (see
@@ -257,7 +256,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             check_entry: args.check_entry,
             on_reboot: args.reboot.into(),
         };
-        let vm = Vm::restore_with(path, serial, options)
+        let stats = stam::Registry::new();
+        let opened = args.devices.open(&stats)?;
+        let vm = Vm::restore_with_devices(path, serial, options, opened.devices, stats)
             .with_context(|| format!("cannot restore {}", path.display()))?;
         if let Some(r) = vm.restore_report() {
             eprintln!(
@@ -268,7 +269,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 r.load.as_secs_f64() * 1e3,
             );
         }
-        let config = vm_core_config(&vm, path);
+        let config = vm_core_config(&vm, path, opened.info);
         return run_vm(vm, None, config, api_socket, &signals, &args);
     }
     let mut config = match &args.kernel {
@@ -291,24 +292,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     config.on_reboot = args.reboot.into();
     config.check_entry = args.check_entry;
     config.balloon_bytes = args.balloon.unwrap_or(0);
-    if args.rng {
-        config
-            .virtio
-            .push(Box::new(vmm_core::devices::virtio::Rng::new("rng0")));
-    }
+    let opened = args.devices.open(&config.stats)?;
+    config.virtio = opened.devices;
     config.serial = serial;
     if let Some(address) = &args.incoming {
         let listener = std::net::TcpListener::bind(address)
             .with_context(|| format!("cannot listen on {address}"))?;
         let bound = listener.local_addr()?;
         eprintln!("vmm: waiting for a teleport on {bound}");
-        let api_config = api_config(&config, &args);
+        let api_config = api_config(&config, &args, opened.info);
         let vm = Vm::incoming(config, &listener)
             .with_context(|| format!("teleport to {bound} failed"))?;
         eprintln!("vmm: teleport received; resuming the VM");
         return run_vm(vm, None, api_config, api_socket, &signals, &args);
     }
-    let api_config = api_config(&config, &args);
+    let api_config = api_config(&config, &args, opened.info);
     let (vm, attach) = match &args.gdb {
         Some(_) => {
             let (vm, mut attach) = Vm::new_debuggable(config)?;
@@ -329,7 +327,7 @@ fn kernel_cmdline(args: &RunArgs) -> String {
 }
 
 /// What `GET /v1/vm` reports for a VM built from the command line.
-fn api_config(config: &VmConfig, args: &RunArgs) -> VmConfigInfo {
+fn api_config(config: &VmConfig, args: &RunArgs, devices: Vec<DeviceInfo>) -> VmConfigInfo {
     VmConfigInfo {
         ram_bytes: config.ram_bytes,
         cpus: config.cpus,
@@ -338,16 +336,18 @@ fn api_config(config: &VmConfig, args: &RunArgs) -> VmConfigInfo {
             (None, Some(path)) => format!("firmware {}", path.display()),
             (None, None) => format!("guest {}", args.guest),
         },
+        devices,
     }
 }
 
 /// What `GET /v1/vm` reports for a restored VM.
-fn vm_core_config(vm: &Vm, path: &std::path::Path) -> VmConfigInfo {
+fn vm_core_config(vm: &Vm, path: &std::path::Path, devices: Vec<DeviceInfo>) -> VmConfigInfo {
     let saved = vm.saved_config();
     VmConfigInfo {
         ram_bytes: saved.ram_bytes,
         cpus: saved.cpus,
         boot: format!("restored {}", path.display()),
+        devices,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct VmConfig {
     /// Virtio devices, attached over PCI in this order at 00:01.0,
     /// 00:02.0, ... (names unique, at most [`MAX_VIRTIO`]).
     pub virtio: Vec<Box<dyn crate::devices::virtio::VirtioDevice>>,
+    /// The registry the VM's statistics go into. Devices opened for
+    /// [`virtio`](Self::virtio) register theirs (`/Devices/<name>/...`)
+    /// here before the VM exists, so they must be given this one.
+    pub stats: stam::Registry,
 }
 
 /// The most virtio devices a VM has (one per slot after the host bridge).
@@ -87,6 +91,7 @@ impl VmConfig {
             acpi: true,
             on_reboot: OnReboot::Exit,
             virtio: Vec::new(),
+            stats: stam::Registry::new(),
         }
     }
 

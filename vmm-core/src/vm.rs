@@ -69,7 +69,7 @@ impl Vm {
     /// in-kernel interrupt controllers and the vCPUs, attaches the devices.
     pub fn new(mut config: VmConfig) -> Result<Self> {
         config.validate()?;
-        let stats = stam::Registry::new();
+        let stats = config.stats.clone();
         let info = InfoRegistry::new();
         let hypervisor = hm_vmx::Hypervisor::open()?;
         let max = u32::try_from(hypervisor.max_vcpus()).unwrap_or(u32::MAX);
@@ -286,19 +286,21 @@ impl Vm {
     /// # Ok::<(), vmm_core::Error>(())
     /// ```
     pub fn restore_with(path: &Path, serial: SerialSink, options: RestoreOptions) -> Result<Vm> {
-        Self::restore_with_devices(path, serial, options, Vec::new())
+        Self::restore_with_devices(path, serial, options, Vec::new(), stam::Registry::new())
     }
 
     /// [`restore_with`](Vm::restore_with) for a VM that had virtio devices:
     /// `virtio` must be the same devices in the same order as
     /// [`VmConfig::virtio`] of the saved VM (same types, names and
     /// features; each `virtio-pci` unit refuses another device), freshly
-    /// made; they get the saved state.
+    /// made (with `stats`, the registry their statistics went into); they
+    /// get the saved state.
     pub fn restore_with_devices(
         path: &Path,
         serial: SerialSink,
         options: RestoreOptions,
         virtio: Vec<Box<dyn VirtioDevice>>,
+        stats: stam::Registry,
     ) -> Result<Vm> {
         let start = std::time::Instant::now();
         // The CRC pass reads the whole file; it runs beside building the
@@ -318,6 +320,7 @@ impl Vm {
             config.check_entry = options.check_entry;
             config.on_reboot = options.on_reboot;
             config.virtio = virtio;
+            config.stats = stats;
             Vm::new(config)
         });
         let build = start.elapsed();

@@ -147,6 +147,7 @@ fn an_entropy_device_is_found_served_and_saved() {
         Box::new(std::io::sink()),
         RestoreOptions::default(),
         vec![Box::new(Rng::new("rng9"))],
+        stam::Registry::new(),
     );
     let err = other.err().unwrap().to_string();
     assert!(err.contains("rng0") && err.contains("rng9"), "{err}");
@@ -156,6 +157,7 @@ fn an_entropy_device_is_found_served_and_saved() {
         Box::new(std::io::sink()),
         RestoreOptions::default(),
         vec![Box::new(Rng::new("rng0"))],
+        stam::Registry::new(),
     )
     .expect("restore");
     let text = info(&restored);

@@ -47,6 +47,24 @@ pub struct VmConfigInfo {
     /// What the VM boots: `guest NAME` (embedded), `firmware FILE` or
     /// `kernel FILE`.
     pub boot: String,
+    /// The virtio devices, in PCI slot order.
+    #[serde(default)]
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// A virtio device as `GET /v1/vm` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Its name (`blk0`, `net0`, `vsock0`, `rng0`): statistics are under
+    /// `/Devices/<name>/`.
+    pub name: String,
+    /// `block`, `net`, `vsock` or `rng`.
+    pub kind: String,
+    /// Its PCI address (`0000:00:01.0`).
+    pub pci: String,
+    /// What backs it on the host, as `vmm run` was given it (`disk.img,ro`,
+    /// `tap=tap0,mac=...`, `cid=3,socket=...`, `getrandom`).
+    pub backend: String,
 }
 
 /// One vCPU as `GET /v1/vm` reports it.

@@ -54,6 +54,7 @@ impl Control for FakeVm {
                 ram_bytes: 1 << 20,
                 cpus: 1,
                 boot: "guest fake".into(),
+                devices: Vec::new(),
             },
             vcpus: vec![VcpuInfo { id: 0, halts: 3 }],
             uptime_secs: 1.5,

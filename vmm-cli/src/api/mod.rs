@@ -40,7 +40,7 @@ use tokio::sync::oneshot;
 
 use connections::Registry;
 pub use connections::{MAX_CONNECTIONS, Slot};
-pub use control::{Action, Control, VmConfigInfo, VmControl};
+pub use control::{Action, Control, DeviceInfo, VmConfigInfo, VmControl};
 pub use error::ApiError;
 pub use format::StatsFormat;
 pub use routes::PREFIX;

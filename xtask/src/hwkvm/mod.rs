@@ -68,8 +68,9 @@ struct TestBinary {
 /// watchpoints, Debian's kernel under `vmm` (SMP, large RAM, a command's
 /// status, save/restore, live save, teleport, the PCI host bridge),
 /// without ACPI Debian's generic kernel on the MP table, and what the lane
-/// gives the virtio tests (the guest's virtio modules, ext4 images, taps).
-const SUITE: [TestBinary; 6] = [
+/// gives the virtio tests (the guest's virtio modules, ext4 images, taps)
+/// and the virtio devices as Linux drives them (rng, disk root, net).
+const SUITE: [TestBinary; 7] = [
     TestBinary {
         package: "pgm",
         test: "paging_kvm",
@@ -98,6 +99,11 @@ const SUITE: [TestBinary; 6] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_guest_assets",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_virtio",
         args: &["--include-ignored", "--test-threads=1"],
     },
 ];

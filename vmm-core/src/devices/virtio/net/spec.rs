@@ -159,9 +159,22 @@ impl FromStr for NetSpec {
     }
 }
 
+impl fmt::Display for NetSpec {
+    /// The `--net` text that parses back to this spec.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tap={},mac={}", self.tap, self.mac)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_reads_back_as_it_prints() {
+        let spec: NetSpec = "tap=vmtap0".parse().unwrap();
+        assert_eq!(spec.to_string().parse::<NetSpec>().unwrap(), spec);
+    }
 
     #[test]
     fn tap_and_mac_parse_in_either_order() {

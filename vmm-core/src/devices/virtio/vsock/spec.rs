@@ -89,9 +89,23 @@ impl FromStr for VsockSpec {
     }
 }
 
+impl std::fmt::Display for VsockSpec {
+    /// The `--vsock` text that parses back to this spec.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cid={},socket={}", self.cid, self.socket.display())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_reads_back_as_it_prints() {
+        let spec: VsockSpec = "socket=/run/v.sock,cid=7".parse().unwrap();
+        assert_eq!(spec.to_string(), "cid=7,socket=/run/v.sock");
+        assert_eq!(spec.to_string().parse::<VsockSpec>().unwrap(), spec);
+    }
 
     #[test]
     fn bad_texts_say_what_is_wrong() {
