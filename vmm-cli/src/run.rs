@@ -19,8 +19,8 @@ use vmm_core::sync::vmstate::VmState;
 use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig, VmHandle, guests};
 
 use crate::api::{ApiSocket, DeviceInfo, StatsFormat, VmConfigInfo, VmControl};
-use crate::devices::DeviceArgs;
 use crate::console::{Console, ConsoleArg};
+use crate::devices::DeviceArgs;
 use crate::gdb::GdbServer;
 use crate::serial_out::SerialOutput;
 use crate::shutdown::ShutdownSignals;

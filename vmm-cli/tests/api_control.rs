@@ -486,3 +486,47 @@ fn the_balloon_follows_its_target_through_the_api() {
     vm.vmm_ok(&["poweroff"]);
     assert!(vm.wait_exit().success(), "{}", vm.stderr());
 }
+
+#[test]
+fn the_vm_lists_its_virtio_devices_and_info_virtio_shows_them() {
+    const TEST: &str = "the_vm_lists_its_virtio_devices_and_info_virtio_shows_them";
+    if !kvm_available(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let vsock = dir.path().join("v.sock");
+    let disk_arg = format!("{},ro", disk.display());
+    let vsock_arg = format!("cid=5,socket={}", vsock.display());
+    let vm = VmProcess::start_with(dir, &["--disk", &disk_arg, "--vsock", &vsock_arg, "--rng"]);
+    let status = json(&vm.vmm_ok(&["status", "--json"]));
+    let devices = status["config"]["devices"].as_array().unwrap();
+    let listed: Vec<(&str, &str, &str)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap(),
+                d["kind"].as_str().unwrap(),
+                d["pci"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("blk0", "block", "0000:00:01.0"),
+            ("vsock0", "vsock", "0000:00:02.0"),
+            ("rng0", "rng", "0000:00:03.0"),
+        ]
+    );
+    assert_eq!(devices[0]["backend"], disk_arg.as_str());
+    assert_eq!(devices[1]["backend"], vsock_arg.as_str());
+    // The devices are on the bus, with their statistics.
+    let info = vm.vmm_ok(&["info", "virtio"]);
+    for name in ["blk0", "vsock0", "rng0"] {
+        assert!(info.contains(name), "info virtio lacks {name}:\n{info}");
+    }
+    let stats = vm.vmm_ok(&["stats", "/Devices/blk0/*"]);
+    assert!(stats.contains("/Devices/blk0/cReads"), "{stats}");
+}
