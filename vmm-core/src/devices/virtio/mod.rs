@@ -22,6 +22,9 @@
 pub mod block;
 mod device;
 pub mod net;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod vsock;
 mod worker;
 
