@@ -29,6 +29,8 @@ mod spec;
 mod tap;
 
 #[cfg(test)]
+mod random_chains;
+#[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
-use super::rxtx::{NetStats, RX_QUEUE, RxTx, TX_QUEUE};
+use super::rxtx::{RX_QUEUE, RxTx, TX_QUEUE};
+use crate::devices::virtio::testing::net::device;
 use crate::devices::virtio::testing::{Recorder, Ring, guest_ram};
 use crate::devices::virtio::{GuestRam, WorkerEvent};
 
@@ -24,19 +25,9 @@ struct Fixture<'m> {
 fn fixture(mem: &GuestRam) -> Fixture<'_> {
     let rx = Ring::new(mem, RX_BASE, 16);
     let tx = Ring::new(mem, TX_BASE, 16);
-    let (dev_side, host) = UnixDatagram::pair().unwrap();
-    dev_side.set_nonblocking(true).unwrap();
-    host.set_nonblocking(true).unwrap();
     let irq = Recorder::new();
     let stats = stam::Registry::new();
-    let dev = RxTx::new(
-        dev_side,
-        mem.clone(),
-        rx.handle(RX_QUEUE),
-        tx.handle(TX_QUEUE),
-        irq.clone(),
-        NetStats::register(&stats, "net0").unwrap(),
-    );
+    let (dev, host) = device(mem, &rx, &tx, &irq, &stats);
     Fixture {
         rx,
         tx,

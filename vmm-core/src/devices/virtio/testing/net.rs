@@ -2,13 +2,14 @@
 //! [`RingSpec`]s say, a datagram socket pair standing in for the tap.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
 
 use vmm_sys_util::epoll::EventSet;
 
 use super::{AREA, AREA_LEN, Progress, RAM, RING_STRIDE, Recorder, Ring, RingSpec};
 use super::{SPARE_BUFS, SPARE_RINGS, TIME_LIMIT, guest_ram, within};
-use crate::devices::virtio::WorkerEvent;
 use crate::devices::virtio::net::{Backend, NetStats, RX_QUEUE, RxTx, TX_QUEUE};
+use crate::devices::virtio::{GuestRam, WorkerEvent};
 
 /// The virtio-net header's length.
 const HDR: usize = 12;
@@ -50,24 +51,25 @@ pub struct NetOutcome {
     pub broken: bool,
 }
 
-/// A device state on `rx` and `tx` with its host end.
-fn device(
-    mem: &crate::devices::virtio::GuestRam,
+/// A device state on `rx` and `tx` (its counters in `stats`) and the
+/// host end of its socket pair.
+pub fn device(
+    mem: &GuestRam,
     rx: &Ring<'_>,
     tx: &Ring<'_>,
-    irq: &std::sync::Arc<Recorder>,
+    irq: &Arc<Recorder>,
+    stats: &stam::Registry,
 ) -> (RxTx<UnixDatagram>, UnixDatagram) {
     let (dev_side, host) = UnixDatagram::pair().unwrap();
     dev_side.set_nonblocking(true).unwrap();
     host.set_nonblocking(true).unwrap();
-    let stats = stam::Registry::new();
     let dev = RxTx::new(
         dev_side,
         mem.clone(),
         rx.handle(RX_QUEUE),
         tx.handle(TX_QUEUE),
         irq.clone(),
-        NetStats::register(&stats, "net0").unwrap(),
+        NetStats::register(stats, "net0").unwrap(),
     );
     (dev, host)
 }
@@ -85,7 +87,7 @@ fn run_here(case: &NetCase) -> NetOutcome {
     let tx = Ring::from_spec(&mem, RING_STRIDE, &case.tx);
     rx.write(AREA, &case.area[..case.area.len().min(AREA_LEN as usize)]);
     let irq = Recorder::new();
-    let (mut dev, host) = device(&mem, &rx, &tx, &irq);
+    let (mut dev, host) = device(&mem, &rx, &tx, &irq, &stam::Registry::new());
     let mut frames = 0u16;
     for frame in &case.frames {
         let frame = &frame[..frame.len().min(MAX_CASE_FRAME)];
@@ -135,7 +137,7 @@ fn second_device_works() {
     let mut rx = Ring::new(&mem, SPARE_RINGS, 16);
     let mut tx = Ring::new(&mem, SPARE_RINGS + RING_STRIDE, 16);
     let irq = Recorder::new();
-    let (mut dev, host) = device(&mem, &rx, &tx, &irq);
+    let (mut dev, host) = device(&mem, &rx, &tx, &irq, &stam::Registry::new());
     let frame: Vec<u8> = (0..64).collect();
     tx.write(SPARE_BUFS, &frame);
     tx.add(&[(SPARE_BUFS, 64, false)]);

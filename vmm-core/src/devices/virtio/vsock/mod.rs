@@ -40,6 +40,8 @@ mod rings;
 mod spec;
 
 #[cfg(test)]
+mod random_chains;
+#[cfg(test)]
 mod tests;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
