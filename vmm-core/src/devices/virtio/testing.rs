@@ -60,7 +60,12 @@ pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send +
         let _ = tx.send(f());
     });
     match rx.recv_timeout(limit) {
-        Ok(value) => value,
+        Ok(value) => {
+            // It has sent its result: the join is immediate (and frees the
+            // thread, which a leak checker would otherwise report).
+            let _ = thread.join();
+            value
+        }
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             panic!("the device did not return within {limit:?}")
         }
