@@ -25,6 +25,9 @@ mod device;
 pub mod net;
 pub mod pci;
 mod rng;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod vsock;
 mod worker;
 

@@ -98,10 +98,10 @@ impl Block {
         self.broken.load(Ordering::Acquire)
     }
 
-    /// The worker state serving `handle`, for tests that drive the queue
-    /// without a thread.
-    #[cfg(test)]
-    pub(super) fn queue_state(
+    /// The worker state serving `handle`, for tests and fuzz targets that
+    /// drive the queue without a thread.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn queue_state(
         &self,
         handle: QueueHandle,
         memory: super::super::GuestRam,

@@ -29,9 +29,9 @@ mod spec;
 mod tap;
 
 #[cfg(test)]
-mod tap_tests;
+mod random_chains;
 #[cfg(test)]
-pub(crate) mod testing;
+mod tap_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,8 +43,11 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_
 use vmm_sys_util::epoll::EventSet;
 
 use super::{Activation, DeviceError, QueueHandle, QueueWorker, VirtioDevice, WorkerControl};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use rxtx::Backend;
+use rxtx::HOST_TOKEN;
 pub use rxtx::NetStats;
-use rxtx::{HOST_TOKEN, RX_QUEUE, RxTx, TX_QUEUE};
+pub(crate) use rxtx::{RX_QUEUE, RxTx, TX_QUEUE};
 pub use spec::{MacAddress, NetSpec, NetSpecError};
 pub use tap::Tap;
 

@@ -99,8 +99,8 @@ impl NetStats {
 pub struct RxTx<B> {
     pub(super) backend: B,
     pub(super) memory: GuestRam,
-    pub(super) rx: QueueHandle,
-    pub(super) tx: QueueHandle,
+    pub(crate) rx: QueueHandle,
+    pub(crate) tx: QueueHandle,
     interrupt: Arc<dyn Interrupt>,
     stats: NetStats,
     rx_frame: Vec<u8>,

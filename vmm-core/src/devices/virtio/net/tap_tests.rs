@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{Net, NetSpec, RX_QUEUE, TX_QUEUE};
-use crate::devices::virtio::net::testing::{Recorder, Ring, guest_ram};
+use crate::devices::virtio::testing::{Recorder, Ring, guest_ram};
 use crate::devices::virtio::{Activation, VirtioDevice};
 
 /// A tap made with `ip tuntap add`, deleted when dropped.
@@ -116,9 +116,9 @@ fn udp_flows_both_ways_between_the_host_and_the_rings() {
         &name,
     ]);
 
-    let mem = guest_ram();
-    let mut rx = Ring::new(&mem, 0);
-    let mut tx = Ring::new(&mem, 0x1_0000);
+    let mem = guest_ram(16 << 20);
+    let mut rx = Ring::new(&mem, 0, 16);
+    let mut tx = Ring::new(&mem, 0x1_0000, 16);
     for i in 0..8 {
         rx.add(&[(0x10_0000 + i * 0x1000, 1526, true)]);
     }

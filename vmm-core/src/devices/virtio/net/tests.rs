@@ -4,21 +4,10 @@
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
-use virtio_queue::desc::split::Descriptor;
-
-use super::rxtx::{Backend, NetStats, RX_QUEUE, RxTx, TX_QUEUE};
-use super::testing::{Recorder, Ring, guest_ram};
+use super::rxtx::{RX_QUEUE, RxTx, TX_QUEUE};
+use crate::devices::virtio::testing::net::device;
+use crate::devices::virtio::testing::{Recorder, Ring, guest_ram};
 use crate::devices::virtio::{GuestRam, WorkerEvent};
-
-impl Backend for UnixDatagram {
-    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        UnixDatagram::recv(self, buf)
-    }
-
-    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
-        UnixDatagram::send(self, frame)
-    }
-}
 
 const RX_BASE: u64 = 0;
 const TX_BASE: u64 = 0x1_0000;
@@ -34,21 +23,11 @@ struct Fixture<'m> {
 }
 
 fn fixture(mem: &GuestRam) -> Fixture<'_> {
-    let rx = Ring::new(mem, RX_BASE);
-    let tx = Ring::new(mem, TX_BASE);
-    let (dev_side, host) = UnixDatagram::pair().unwrap();
-    dev_side.set_nonblocking(true).unwrap();
-    host.set_nonblocking(true).unwrap();
+    let rx = Ring::new(mem, RX_BASE, 16);
+    let tx = Ring::new(mem, TX_BASE, 16);
     let irq = Recorder::new();
     let stats = stam::Registry::new();
-    let dev = RxTx::new(
-        dev_side,
-        mem.clone(),
-        rx.handle(RX_QUEUE),
-        tx.handle(TX_QUEUE),
-        irq.clone(),
-        NetStats::register(&stats, "net0").unwrap(),
-    );
+    let (dev, host) = device(mem, &rx, &tx, &irq, &stats);
     Fixture {
         rx,
         tx,
@@ -76,7 +55,7 @@ fn frame(body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_transmitted_chain_reaches_the_host_as_one_frame() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     let sent = frame(b"\xff\xff\xff\xff\xff\xff\x52\x54\x00\x00\x00\x01\x88\xb5hello");
     // Header and body in separate buffers, as Linux queues them.
@@ -100,7 +79,7 @@ fn a_transmitted_chain_reaches_the_host_as_one_frame() {
 
 #[test]
 fn a_transmit_chain_without_a_header_is_counted_and_returned() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.tx.add(&[(BUFS, 8, false)]);
     // A receive-only buffer on the transmit queue: nothing to send.
@@ -115,7 +94,7 @@ fn a_transmit_chain_without_a_header_is_counted_and_returned() {
 
 #[test]
 fn a_host_frame_lands_in_a_receive_buffer_with_one_buffer_in_its_header() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     let mut sent = frame(b"\x52\x54\x00\x00\x00\x01from the host");
     sent[10] = 0xaa; // the host's num_buffers bytes are not passed on
@@ -139,7 +118,7 @@ fn a_host_frame_lands_in_a_receive_buffer_with_one_buffer_in_its_header() {
 
 #[test]
 fn frames_wait_for_buffers_and_go_out_in_order_once_the_driver_refills() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     for body in [b"first", b"other"] {
         f.host.send(&frame(body)).unwrap();
@@ -163,7 +142,7 @@ fn frames_wait_for_buffers_and_go_out_in_order_once_the_driver_refills() {
 
 #[test]
 fn a_frame_larger_than_its_buffer_is_dropped_and_the_next_one_delivered() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.host.send(&frame(&[7; 200])).unwrap();
     f.host.send(&frame(b"small")).unwrap();
@@ -183,12 +162,12 @@ fn a_frame_larger_than_its_buffer_is_dropped_and_the_next_one_delivered() {
 
 #[test]
 fn a_descriptor_loop_ends_and_the_device_goes_on() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     // Descriptor 0 names itself as next: virtio-queue stops after the
     // queue size, and the device returns the chain.
     let flags = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-    f.tx.add_raw(&[Descriptor::new(BUFS, 4, flags, 0).into()]);
+    f.tx.add_raw(&[(BUFS, 4, flags, Some(0))]);
     f.dev.handle(WorkerEvent::Queue(TX_QUEUE)).unwrap();
     assert_eq!(f.tx.used_count(), 1);
     let mut got = [0; 128];
@@ -199,7 +178,7 @@ fn a_descriptor_loop_ends_and_the_device_goes_on() {
 
 #[test]
 fn a_buffer_outside_guest_ram_breaks_the_device_without_a_panic() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.tx.add(&[(1 << 40, 64, false)]);
     let err = f.dev.handle(WorkerEvent::Queue(TX_QUEUE)).unwrap_err();
@@ -214,7 +193,7 @@ fn a_buffer_outside_guest_ram_breaks_the_device_without_a_panic() {
 
 #[test]
 fn an_available_index_past_the_ring_breaks_the_device() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     // The driver claims 100 new chains in a ring of 16.
     f.tx.write(TX_BASE + 16 * 16 + 2, &100u16.to_le_bytes());

@@ -40,6 +40,8 @@ mod rings;
 mod spec;
 
 #[cfg(test)]
+mod random_chains;
+#[cfg(test)]
 mod tests;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -51,6 +53,8 @@ use host::Listener;
 pub use muxer::MAX_CONNECTIONS;
 use muxer::Muxer;
 use rings::Rings;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use rings::{EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
 pub use spec::{VsockSpec, VsockSpecError};
 
 /// Each queue's size.
@@ -156,6 +160,27 @@ impl Vsock {
     /// The device's configuration.
     pub fn spec(&self) -> &VsockSpec {
         &self.spec
+    }
+
+    /// The worker state over `queues`, for tests and fuzz targets that
+    /// serve the rings without a thread; `None` while the device is active.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn worker_state(
+        &mut self,
+        memory: super::GuestRam,
+        queues: [QueueHandle; 3],
+        interrupt: std::sync::Arc<dyn super::Interrupt>,
+    ) -> Option<Rings> {
+        let muxer = self.muxer.take()?;
+        let stats = self.stats.clone();
+        Some(Rings::new(
+            muxer,
+            memory,
+            queues,
+            interrupt,
+            stats,
+            self.reset_pending,
+        ))
     }
 
     fn setup_error(&self, reason: &str) -> DeviceError {

@@ -42,7 +42,7 @@ pub struct Rings {
     pub(super) muxer: Muxer,
     memory: GuestRam,
     /// Receive, transmit and event queues.
-    pub(super) queues: [QueueHandle; 3],
+    pub(crate) queues: [QueueHandle; 3],
     interrupt: Arc<dyn Interrupt>,
     stats: VsockStats,
     /// A transport reset event is owed to the guest (after a restore).

@@ -13,7 +13,7 @@ use super::muxer::Muxer;
 use super::packet::{HDR_LEN, HOST_CID, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 use super::rings::{EVENT_QUEUE, RX_QUEUE, Rings, TX_QUEUE};
 use super::{Vsock, VsockSpec, VsockStats};
-use crate::devices::virtio::net::testing::{Recorder, Ring, guest_ram};
+use crate::devices::virtio::testing::{Recorder, Ring, guest_ram};
 use crate::devices::virtio::{Activation, GuestRam, VirtioDevice, WorkerEvent};
 
 const GUEST: u64 = 3;
@@ -34,9 +34,9 @@ struct Fx<'m> {
 fn fixture(mem: &GuestRam) -> Fx<'_> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.sock");
-    let rx = Ring::new(mem, 0);
-    let tx = Ring::new(mem, 0x1_0000);
-    let ev = Ring::new(mem, 0x2_0000);
+    let rx = Ring::new(mem, 0, 16);
+    let tx = Ring::new(mem, 0x1_0000, 16);
+    let ev = Ring::new(mem, 0x2_0000, 16);
     let stats = stam::Registry::new();
     let vstats = VsockStats::register(&stats, "vsock0").unwrap();
     let listener = Listener::bind(&path).unwrap();
@@ -178,7 +178,7 @@ fn host_connect(f: &mut Fx<'_>, guest_port: u32, extra: &[u8]) -> (UnixStream, u
 
 #[test]
 fn a_host_program_connects_and_bytes_flow_both_ways_under_credit() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.give_rx(8);
     // Bytes after the CONNECT line are the connection's first data.
@@ -238,7 +238,7 @@ fn a_host_program_connects_and_bytes_flow_both_ways_under_credit() {
 
 #[test]
 fn a_guest_connects_to_path_port_and_is_refused_where_nobody_listens() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.give_rx(8);
     let listener = UnixListener::bind(format!("{}_1234", f.path.display())).unwrap();
@@ -281,7 +281,7 @@ fn a_guest_connects_to_path_port_and_is_refused_where_nobody_listens() {
 
 #[test]
 fn bad_packets_are_reset_or_dropped_never_fatal() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.give_rx(8);
     // Data for no connection: reset.
@@ -317,7 +317,7 @@ fn bad_packets_are_reset_or_dropped_never_fatal() {
 
 #[test]
 fn a_guest_overrunning_its_credit_is_reset_and_memory_stays_bounded() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.give_rx(8);
     let listener = UnixListener::bind(format!("{}_77", f.path.display())).unwrap();
@@ -338,7 +338,7 @@ fn a_guest_overrunning_its_credit_is_reset_and_memory_stays_bounded() {
 
 #[test]
 fn a_bad_connect_line_closes_the_host_stream() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     f.give_rx(2);
     let mut host = UnixStream::connect(&f.path).unwrap();
@@ -353,11 +353,10 @@ fn a_bad_connect_line_closes_the_host_stream() {
 
 #[test]
 fn broken_rings_ask_for_a_reset_and_descriptor_loops_end() {
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let mut f = fixture(&mem);
     let flags = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-    let looped = virtio_queue::desc::split::Descriptor::new(0x50_0000, 8, flags, 0);
-    f.tx.add_raw(&[looped.into()]);
+    f.tx.add_raw(&[(0x50_0000, 8, flags, Some(0))]);
     f.rings.serve(WorkerEvent::Queue(TX_QUEUE)).unwrap();
     assert_eq!(f.tx.used_count(), 1);
     // An RST answer needs a receive buffer outside guest RAM.
@@ -421,11 +420,11 @@ fn a_restored_device_resets_the_guests_connections_with_an_event() {
     );
     assert!(other.restore(&saved[..6]).is_err());
 
-    let mem = guest_ram();
+    let mem = guest_ram(16 << 20);
     let (rx, tx, mut ev) = (
-        Ring::new(&mem, 0),
-        Ring::new(&mem, 0x1_0000),
-        Ring::new(&mem, 0x2_0000),
+        Ring::new(&mem, 0, 16),
+        Ring::new(&mem, 0x1_0000, 16),
+        Ring::new(&mem, 0x2_0000, 16),
     );
     ev.write(0x40_0000, &[0xff; 4]);
     ev.add(&[(0x40_0000, 4, true)]);

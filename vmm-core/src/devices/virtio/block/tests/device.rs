@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::QueueT;
-use virtio_queue::mock::MockSplitQueue;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::super::super::{Activation, DeviceError, VirtioDevice};
 use super::*;
@@ -122,11 +122,10 @@ fn wait_for(mut done: impl FnMut() -> bool) {
 #[test]
 fn the_worker_serves_notifications_and_deactivate_returns_the_positions() {
     let mut rig = Rig::new(64, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut d = Driver::new(&vq, &rig.mem);
+    let mut d = Driver::new(&rig.mem);
     // A request made available before activation (as after a restore).
     let early = d.write(5, &pattern(3, 512));
-    let queue = queue_of(&vq);
+    let queue = d.ring.queue();
     let notify = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
     let activation = Activation {
         memory: rig.mem.clone(),
@@ -139,12 +138,12 @@ fn the_worker_serves_notifications_and_deactivate_returns_the_positions() {
         interrupt: rig.irq.clone(),
     };
     rig.block.activate(activation).unwrap();
-    wait_for(|| used_idx(&rig.mem) == 1);
+    wait_for(|| d.ring.used_count() == 1);
     assert_eq!(d.status(early), OK);
 
     let r = d.read(5, 512);
     notify.write(1).unwrap();
-    wait_for(|| used_idx(&rig.mem) == 2);
+    wait_for(|| d.ring.used_count() == 2);
     assert_eq!(d.status(r), OK);
     assert_eq!(d.data(r, 512), pattern(3, 512));
     assert_eq!(d.completed().len(), 2);
@@ -158,7 +157,7 @@ fn the_worker_serves_notifications_and_deactivate_returns_the_positions() {
     d.read(0, 512);
     notify.write(1).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(used_idx(&rig.mem), 2);
+    assert_eq!(d.ring.used_count(), 2);
 
     let mut text = String::new();
     rig.block.describe(&mut text).unwrap();
@@ -176,10 +175,10 @@ fn the_worker_serves_notifications_and_deactivate_returns_the_positions() {
 #[test]
 fn activation_needs_exactly_queue_zero() {
     let mut rig = Rig::new(8, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
+    let ring = Ring::new(&rig.mem, 0, QSIZE);
     let handle = |index| QueueHandle {
         index,
-        queue: queue_of(&vq),
+        queue: ring.queue(),
         notify: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
     };
     for queues in [vec![], vec![handle(1)], vec![handle(0), handle(1)]] {

@@ -1,5 +1,5 @@
-//! Tests of the block device: a driver over `MockSplitQueue` in
-//! `GuestMemoryMmap`, and a temporary image file.
+//! Tests of the block device: a driver over the shared test [`Ring`] in
+//! guest RAM, and a temporary image file.
 
 mod device;
 mod queue;
@@ -8,60 +8,22 @@ mod requests;
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use virtio_bindings::virtio_blk::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::desc::split::{Descriptor, VirtqUsedElem};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::super::{GuestRam, Interrupt, Queue, QueueHandle};
+use super::super::testing::{RAM, Recorder, Ring, guest_ram};
+use super::super::{GuestRam, QueueHandle};
 use super::queue::BlockQueue;
 use super::{Block, BlockSpec};
 
 /// The queue size the tests drive (the device's maximum).
 pub const QSIZE: u16 = super::config::QUEUE_SIZE;
-/// Guest RAM in the tests: 4 MiB from 0.
-pub const RAM: u64 = 4 << 20;
 /// Request buffers start here (the rings lie below).
 const SLOTS: u64 = 0x10_0000;
-/// The used ring. `MockSplitQueue` puts it right after the available
-/// ring's first `size` bytes (not `2 * size`), over the ring's second half,
-/// so the tests move it out of the way.
-pub const USED: u64 = 0x8_0000;
 /// Each request slot: header at +0, status at +0x10, range list at
 /// +0x100, data from +0x1000.
 const SLOT_LEN: u64 = 0x2_0000;
-
-/// An `Interrupt` that counts what the device asked for.
-#[derive(Default)]
-pub struct Recorder {
-    pub signals: AtomicUsize,
-    pub resets: AtomicUsize,
-}
-
-impl Interrupt for Recorder {
-    fn signal_queue(&self, queue: u16) {
-        assert_eq!(queue, 0);
-        self.signals.fetch_add(1, Ordering::SeqCst);
-    }
-    fn signal_config(&self) {}
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl Recorder {
-    pub fn resets(&self) -> usize {
-        self.resets.load(Ordering::SeqCst)
-    }
-    pub fn signals(&self) -> usize {
-        self.signals.load(Ordering::SeqCst)
-    }
-}
 
 /// A guest RAM, an image and a device.
 pub struct Rig {
@@ -91,12 +53,12 @@ impl Rig {
         };
         let stats = stam::Registry::new();
         let block = Block::open(&spec, "blk0", &stats).unwrap();
-        let mem = GuestRam::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let mem = guest_ram(RAM);
         Rig {
             mem,
             image,
             block,
-            irq: Arc::new(Recorder::default()),
+            irq: Recorder::new(),
             stats,
         }
     }
@@ -106,14 +68,9 @@ impl Rig {
         std::fs::read(self.image.path()).unwrap()
     }
 
-    /// The device's worker state over the queue `vq` describes.
-    pub fn serve(&self, vq: &MockSplitQueue<'_, GuestRam>) -> BlockQueue {
-        let queue = queue_of(vq);
-        let handle = QueueHandle {
-            index: 0,
-            queue,
-            notify: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-        };
+    /// The device's worker state over the driver's queue.
+    pub fn serve(&self, d: &Driver<'_>) -> BlockQueue {
+        let handle = d.ring.handle(0);
         self.block
             .queue_state(handle, self.mem.clone(), self.irq.clone())
     }
@@ -130,25 +87,6 @@ impl Rig {
             other => panic!("{name}: {other:?}"),
         }
     }
-}
-
-/// The queue `vq` describes, with its used ring at [`USED`].
-pub fn queue_of(vq: &MockSplitQueue<'_, GuestRam>) -> Queue {
-    use virtio_queue::QueueT;
-    let mut queue: Queue = vq.create_queue().unwrap();
-    queue.set_used_ring_address(Some(USED as u32), Some(0));
-    queue
-}
-
-/// The used ring's index.
-pub fn used_idx(mem: &GuestRam) -> u16 {
-    mem.read_obj(GuestAddress(USED + 2)).unwrap()
-}
-
-/// The used ring's entry at `slot` (index modulo the queue size).
-pub fn used_elem(mem: &GuestRam, slot: u16) -> VirtqUsedElem {
-    mem.read_obj(GuestAddress(USED + 4 + 8 * u64::from(slot)))
-        .unwrap()
 }
 
 /// One descriptor as a driver writes it (`next` is filled in).
@@ -176,14 +114,11 @@ impl Desc {
     }
 }
 
-/// The driver side of the queue: fills descriptors and the available
-/// ring (wrapping), reads the used ring.
+/// The driver side of the queue: request slots and their buffers over
+/// a [`Ring`] of [`QSIZE`] entries at 0.
 pub struct Driver<'a> {
-    pub vq: &'a MockSplitQueue<'a, GuestRam>,
+    pub ring: Ring<'a>,
     pub mem: &'a GuestRam,
-    next_desc: u16,
-    pub avail: u16,
-    pub used_seen: u16,
     slot: u64,
 }
 
@@ -195,79 +130,24 @@ pub struct Done {
 }
 
 impl<'a> Driver<'a> {
-    pub fn new(vq: &'a MockSplitQueue<'a, GuestRam>, mem: &'a GuestRam) -> Driver<'a> {
+    pub fn new(mem: &'a GuestRam) -> Driver<'a> {
         Driver {
-            vq,
+            ring: Ring::new(mem, 0, QSIZE),
             mem,
-            next_desc: 0,
-            avail: 0,
-            used_seen: 0,
             slot: 0,
         }
     }
 
-    /// Starts both rings at index `idx` (for wrapping tests); `queue`
-    /// follows.
-    pub fn start_at(&mut self, idx: u16, queue: &mut BlockQueue) {
-        use virtio_queue::QueueT;
-        self.avail = idx;
-        self.used_seen = idx;
-        self.vq.avail().idx().store(idx);
-        self.mem.write_obj(idx, GuestAddress(USED + 2)).unwrap();
-        queue.handle.queue.set_next_avail(idx);
-        queue.handle.queue.set_next_used(idx);
-    }
-
-    /// Writes `descs` as one chain (raw flags `extra` or'ed into each)
-    /// and makes it available; returns its head.
+    /// Writes `descs` as one chain (see [`Ring::add_raw`]) and makes it
+    /// available; returns its head.
     pub fn push_raw(&mut self, descs: &[(u64, u32, u16, Option<u16>)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let index = (self.next_desc + i as u16) % QSIZE;
-            let last = i + 1 == descs.len();
-            let next = next.unwrap_or((index + 1) % QSIZE);
-            let flags = if last && !descs.is_empty() {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT as u16
-            };
-            let d = Descriptor::new(addr, len, flags, next);
-            self.vq
-                .desc_table()
-                .store(index, RawDescriptor::from(d))
-                .unwrap();
-        }
-        self.next_desc = (self.next_desc + descs.len() as u16) % QSIZE;
-        self.offer(head);
-        head
-    }
-
-    /// Puts `head` into the available ring.
-    pub fn offer(&mut self, head: u16) {
-        self.vq
-            .avail()
-            .ring()
-            .ref_at(usize::from(self.avail % QSIZE))
-            .unwrap()
-            .store(head.to_le());
-        self.avail = self.avail.wrapping_add(1);
-        self.vq.avail().idx().store(self.avail);
+        self.ring.add_raw(descs)
     }
 
     /// Writes `descs` as one chain and makes it available.
     pub fn push(&mut self, descs: &[Desc]) -> u16 {
-        let raw: Vec<_> = descs
-            .iter()
-            .map(|d| {
-                let flags = if d.write {
-                    VRING_DESC_F_WRITE as u16
-                } else {
-                    0
-                };
-                (d.addr, d.len, flags, None)
-            })
-            .collect();
-        self.push_raw(&raw)
+        let bufs: Vec<_> = descs.iter().map(|d| (d.addr, d.len, d.write)).collect();
+        self.ring.add(&bufs)
     }
 
     /// The next request slot's base address (slots are reused round robin).
@@ -362,17 +242,10 @@ impl<'a> Driver<'a> {
 
     /// The used entries the device added since the last call.
     pub fn completed(&mut self) -> Vec<Done> {
-        let used = used_idx(self.mem);
-        let mut done = Vec::new();
-        while self.used_seen != used {
-            let e = used_elem(self.mem, self.used_seen % QSIZE);
-            done.push(Done {
-                head: e.id() as u16,
-                len: e.len(),
-            });
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        done
+        let done = self.ring.completed();
+        done.into_iter()
+            .map(|(head, len)| Done { head, len })
+            .collect()
     }
 
     /// The one request completed since the last call.

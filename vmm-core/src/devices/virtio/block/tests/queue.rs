@@ -2,9 +2,8 @@
 //! and rings the device cannot parse.
 
 use virtio_bindings::virtio_blk::*;
-use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::QueueT;
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -12,12 +11,11 @@ use super::*;
 #[test]
 fn many_requests_wrap_the_ring_and_its_indices() {
     let rig = Rig::new(64, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut q = rig.serve(&vq);
-    let mut d = Driver::new(&vq, &rig.mem);
+    let mut d = Driver::new(&rig.mem);
     // Start near the end of the u16 index space: 700 requests cross both
     // the ring's end (every 256) and the index's wrap at 65536.
-    d.start_at(u16::MAX - 40, &mut q);
+    d.ring.start_at(u16::MAX - 40);
+    let mut q = rig.serve(&d);
     let mut expected = rig.image_bytes();
     let mut served = 0;
     for batch in 0..100u64 {
@@ -49,12 +47,11 @@ fn many_requests_wrap_the_ring_and_its_indices() {
 #[test]
 fn the_event_index_decides_when_the_driver_is_signalled() {
     let rig = Rig::new(8, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut q = rig.serve(&vq);
+    let mut d = Driver::new(&rig.mem);
+    let mut q = rig.serve(&d);
     q.handle.queue.set_event_idx(true);
-    let mut d = Driver::new(&vq, &rig.mem);
     // used_event lives after the available ring's entries.
-    let used_event = GuestAddress(vq.avail_addr().0 + 4 + 2 * u64::from(QSIZE));
+    let used_event = GuestAddress(d.ring.avail_addr() + 4 + 2 * u64::from(QSIZE));
     rig.mem.write_obj(5u16, used_event).unwrap();
     for _ in 0..3 {
         d.command(VIRTIO_BLK_T_FLUSH);
@@ -67,7 +64,7 @@ fn the_event_index_decides_when_the_driver_is_signalled() {
     q.process().unwrap();
     assert_eq!(rig.irq.signals(), 1, "used index 6 passed 5");
     // The device published where it wants the next notification.
-    let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QSIZE));
+    let avail_event = GuestAddress(d.ring.used_addr() + 4 + 8 * u64::from(QSIZE));
     assert_eq!(rig.mem.read_obj::<u16>(avail_event).unwrap(), 6);
     // Nothing new: no interrupt.
     q.process().unwrap();
@@ -78,23 +75,13 @@ fn the_event_index_decides_when_the_driver_is_signalled() {
 #[test]
 fn a_descriptor_loop_breaks_the_device_without_hanging() {
     let rig = Rig::new(8, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut q = rig.serve(&vq);
-    let mut d = Driver::new(&vq, &rig.mem);
+    let mut d = Driver::new(&rig.mem);
+    let mut q = rig.serve(&d);
     let s = d.slot();
     d.header(s, VIRTIO_BLK_T_IN, 0);
-    // 0 -> 1 -> 0 -> ...
-    d.push_raw(&[
-        (s, 16, 0, Some(1)),
-        (s + 0x1000, 512, VRING_DESC_F_WRITE as u16, Some(0)),
-    ]);
-    // Turn the last descriptor's end into a link back to the head.
-    let raw = vq.desc_table().load(1).unwrap();
-    let mut last = virtio_queue::desc::split::Descriptor::from(raw);
-    last.set_flags(last.flags() | virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16);
-    vq.desc_table()
-        .store(1, virtio_queue::desc::RawDescriptor::from(last))
-        .unwrap();
+    // 0 -> 1 -> 0 -> ...: the last descriptor links back to the head.
+    let back = (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16;
+    d.push_raw(&[(s, 16, 0, Some(1)), (s + 0x1000, 512, back, Some(0))]);
     let fine = d.read(0, 512);
     assert!(matches!(
         q.process(),
@@ -113,9 +100,8 @@ fn a_descriptor_loop_breaks_the_device_without_hanging() {
 fn a_chain_leaving_the_table_or_ram_breaks_the_device() {
     for next in [QSIZE, u16::MAX] {
         let rig = Rig::new(8, false);
-        let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-        let mut q = rig.serve(&vq);
-        let mut d = Driver::new(&vq, &rig.mem);
+        let mut d = Driver::new(&rig.mem);
+        let mut q = rig.serve(&d);
         let s = d.slot();
         d.header(s, VIRTIO_BLK_T_FLUSH, 0);
         d.push_raw(&[(s, 16, 0, Some(next)), (s + 0x10, 1, 2, None)]);
@@ -125,10 +111,9 @@ fn a_chain_leaving_the_table_or_ram_breaks_the_device() {
     }
     // A head index outside the table.
     let rig = Rig::new(8, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut q = rig.serve(&vq);
-    let mut d = Driver::new(&vq, &rig.mem);
-    d.offer(QSIZE + 3);
+    let mut d = Driver::new(&rig.mem);
+    let mut q = rig.serve(&d);
+    d.ring.offer(QSIZE + 3);
     assert!(q.process().is_err());
     assert_eq!(rig.irq.resets(), 1);
 }
@@ -136,9 +121,9 @@ fn a_chain_leaving_the_table_or_ram_breaks_the_device() {
 #[test]
 fn an_available_index_too_far_ahead_breaks_the_device() {
     let rig = Rig::new(8, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut q = rig.serve(&vq);
-    vq.avail().idx().store(QSIZE + 1);
+    let d = Driver::new(&rig.mem);
+    let mut q = rig.serve(&d);
+    d.ring.set_avail_idx(QSIZE + 1);
     assert!(q.process().is_err());
     assert_eq!(rig.irq.resets(), 1);
     assert!(rig.block.is_broken());
@@ -147,8 +132,8 @@ fn an_available_index_too_far_ahead_breaks_the_device() {
 #[test]
 fn rings_outside_guest_ram_break_the_device() {
     let rig = Rig::new(8, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut q = rig.serve(&vq);
+    let d = Driver::new(&rig.mem);
+    let mut q = rig.serve(&d);
     q.handle
         .queue
         .set_used_ring_address(Some((RAM - 8) as u32), Some(0));

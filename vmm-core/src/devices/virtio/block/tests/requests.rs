@@ -1,7 +1,6 @@
 //! Requests one at a time: what each type does and how malformed ones end.
 
 use virtio_bindings::virtio_blk::*;
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -10,9 +9,8 @@ use super::*;
 macro_rules! with_disk {
     ($read_only:expr, |$rig:ident, $q:ident, $d:ident| $body:block) => {{
         let $rig = Rig::new(64, $read_only);
-        let vq = MockSplitQueue::new(&$rig.mem, QSIZE);
-        let mut $q = $rig.serve(&vq);
-        let mut $d = Driver::new(&vq, &$rig.mem);
+        let mut $d = Driver::new(&$rig.mem);
+        let mut $q = $rig.serve(&$d);
         $body
     }};
 }
@@ -49,9 +47,8 @@ fn written_sectors_read_back_and_reach_the_image() {
 #[test]
 fn data_split_over_many_descriptors_and_larger_than_the_bounce_buffer() {
     let rig = Rig::new(1024, false);
-    let vq = MockSplitQueue::new(&rig.mem, QSIZE);
-    let mut q = rig.serve(&vq);
-    let mut d = Driver::new(&vq, &rig.mem);
+    let mut d = Driver::new(&rig.mem);
+    let mut q = rig.serve(&d);
     // 3 segments, 130.5 KiB: the copy crosses the 128 KiB bounce chunks.
     let s = d.slot();
     d.header(s, VIRTIO_BLK_T_IN, 1);
