@@ -17,8 +17,8 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::devices::pci::layout::{ECAM_BASE, MMIO_HOLE_START};
 use vmm_core::devices::virtio::Rng;
-use vmm_core::saved_state::{AfterSave, RestoreOptions, SaveRequest};
-use vmm_core::{RunOutcome, Vm, VmConfig, guests};
+use vmm_core::saved_state::RestoreOptions;
+use vmm_core::{Vm, VmConfig, guests};
 
 /// BAR 0 of 00:01.0: the first address of the 32-bit window.
 const BAR0: u64 = MMIO_HOLE_START;
@@ -119,22 +119,8 @@ fn an_entropy_device_is_found_served_and_saved() {
     assert!(text.contains("64 bytes served"), "{text}");
 
     // Save (the device quiesced and resumed), power off, restore.
-    let handle = vm.handle();
-    let mut vm = vm;
-    let run = std::thread::spawn(move || vm.run());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !serial.text().contains("vmm counter: tick 0x") {
-        assert!(Instant::now() < deadline, "{}", serial.text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vm.sav");
-    let request = SaveRequest {
-        live: false,
-        then: AfterSave::PowerOff,
-    };
-    handle.save(&path, request).expect("save");
-    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+    let path = common::run_and_save(vm, &serial, "vmm counter: tick 0x", dir.path());
 
     // Without the device, the restore says what is missing.
     let err = Vm::restore(&path, Box::new(std::io::sink()), false)

@@ -57,7 +57,21 @@ pub fn guest_vm(name: &str) -> (vmm_core::Vm, Capture) {
 /// off and returns the VM restored from that state (serial output
 /// discarded).
 #[allow(dead_code)] // not every test binary saves
-pub fn run_save_restore(mut vm: vmm_core::Vm, serial: &Capture, marker: &str) -> vmm_core::Vm {
+pub fn run_save_restore(vm: vmm_core::Vm, serial: &Capture, marker: &str) -> vmm_core::Vm {
+    let dir = tempfile::tempdir().unwrap();
+    let path = run_and_save(vm, serial, marker, dir.path());
+    vmm_core::Vm::restore(&path, Box::new(std::io::sink()), false).expect("restore")
+}
+
+/// Runs `vm` until its serial output shows `marker`, saves it into `dir`
+/// with a power off, and returns the saved state's path.
+#[allow(dead_code)] // not every test binary saves
+pub fn run_and_save(
+    mut vm: vmm_core::Vm,
+    serial: &Capture,
+    marker: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
     use std::time::{Duration, Instant};
     use vmm_core::saved_state::{AfterSave, SaveRequest};
 
@@ -68,8 +82,7 @@ pub fn run_save_restore(mut vm: vmm_core::Vm, serial: &Capture, marker: &str) ->
         assert!(Instant::now() < deadline, "{}", serial.text());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vm.sav");
+    let path = dir.join("vm.sav");
     let request = SaveRequest {
         live: false,
         then: AfterSave::PowerOff,
@@ -79,5 +92,5 @@ pub fn run_save_restore(mut vm: vmm_core::Vm, serial: &Capture, marker: &str) ->
         run.join().unwrap().unwrap(),
         vmm_core::RunOutcome::PoweredOff
     );
-    vmm_core::Vm::restore(&path, Box::new(std::io::sink()), false).expect("restore")
+    path
 }

@@ -24,6 +24,7 @@ pub mod block;
 mod device;
 pub mod net;
 pub mod pci;
+mod ring;
 mod rng;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

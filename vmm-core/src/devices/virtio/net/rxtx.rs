@@ -4,10 +4,10 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 
 use super::tap::VNET_HDR_LEN;
-use crate::devices::virtio::{GuestRam, Interrupt, Queue, QueueHandle, WorkerEvent};
+use crate::devices::virtio::{GuestRam, Interrupt, QueueHandle, WorkerEvent};
 
 /// The receive queue's index.
 pub const RX_QUEUE: u16 = 0;
@@ -109,20 +109,8 @@ pub struct RxTx<B> {
     tx_frame: Vec<u8>,
 }
 
-/// The driver broke the ring (an index past the queue, a buffer outside
-/// guest RAM): the device stops until reset.
-#[derive(Debug)]
-pub struct Broken(pub String);
-
-fn pop<'m>(
-    queue: &mut Queue,
-    memory: &'m GuestRam,
-) -> Result<Option<DescriptorChain<&'m GuestRam>>, Broken> {
-    let mut iter = queue
-        .iter(memory)
-        .map_err(|e| Broken(format!("available ring: {e}")))?;
-    Ok(iter.next())
-}
+pub use crate::devices::virtio::ring::Broken;
+use crate::devices::virtio::ring::pop;
 
 impl<B: Backend> RxTx<B> {
     /// The state of a freshly activated device.

@@ -3,12 +3,12 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::VsockStats;
 use super::muxer::{MAX_PKT, Muxer};
 use super::packet::{HDR_LEN, Header};
-use crate::devices::virtio::{GuestRam, Interrupt, Queue, QueueHandle, WorkerEvent};
+use crate::devices::virtio::{GuestRam, Interrupt, QueueHandle, WorkerEvent};
 
 /// The receive queue (device to guest).
 pub const RX_QUEUE: u16 = 0;
@@ -19,19 +19,8 @@ pub const EVENT_QUEUE: u16 = 2;
 /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
 const EVENT_TRANSPORT_RESET: u32 = 0;
 
-/// The driver broke a ring: the device stops until reset.
-#[derive(Debug)]
-pub struct Broken(pub String);
-
-fn pop<'m>(
-    queue: &mut Queue,
-    memory: &'m GuestRam,
-) -> Result<Option<DescriptorChain<&'m GuestRam>>, Broken> {
-    let mut iter = queue
-        .iter(memory)
-        .map_err(|e| Broken(format!("available ring: {e}")))?;
-    Ok(iter.next())
-}
+pub use crate::devices::virtio::ring::Broken;
+use crate::devices::virtio::ring::pop;
 
 fn broken(what: &str, e: impl std::fmt::Display) -> Broken {
     Broken(format!("{what}: {e}"))
