@@ -124,7 +124,10 @@ fn the_root_disk_is_consistent_after_kill_9_in_the_middle_of_writes() {
     run.extend(["--serial".to_owned(), serial.display().to_string()]);
     let run: Vec<&str> = run.iter().map(String::as_str).collect();
     let mut vm = Vmm::spawn("vmm run (writes)", &run, &stderr, DEADLINE);
-    vm.wait_for_text(&serial, "wrote=3\n");
+    // The serial console ends its lines with CR LF.
+    vm.wait_until(&serial, "wrote=3", |text| {
+        text.lines().any(|l| l.trim_end() == "wrote=3")
+    });
     std::thread::sleep(Duration::from_millis(300));
     vm.child.kill().unwrap();
     vm.child.wait().unwrap();

@@ -4,14 +4,15 @@
 //! attaches to an interface the host administrator created (`ip tuntap add
 //! NAME mode tap`) and does not create one: `TUNSETIFF` on a name that does
 //! not exist would make a new, unconfigured tap that vanishes with the VM,
-//! which is never what `--net tap=NAME` means. So [`Tap::open`] first checks
-//! `/sys/class/net/NAME` and fails with a message naming the tap.
+//! which is never what `--net tap=NAME` means. So [`Tap::open`] first looks
+//! the interface up in the process's network namespace (`if_nametoindex`;
+//! not `/sys/class/net`, which shows the namespace sysfs was mounted in)
+//! and fails with a message naming the tap.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use super::rxtx::Backend;
 use super::spec::MAX_TAP_NAME;
@@ -92,13 +93,22 @@ pub(crate) fn attach(name: &str, extra: libc::c_int) -> io::Result<File> {
     Ok(file)
 }
 
+/// Whether the network namespace of this thread has an interface `name`.
+fn interface_exists(name: &str) -> bool {
+    let Ok(c_name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the
+    // call; if_nametoindex only reads it.
+    unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
+}
+
 impl Tap {
     /// Attaches to the existing tap `name`, non-blocking, with a 12-byte
     /// virtio-net header on every frame and no offloads (the kernel
     /// segments and checksums everything the guest receives).
     pub fn open(name: &str) -> io::Result<Tap> {
-        let sys = Path::new("/sys/class/net").join(name);
-        if name.contains('/') || !sys.exists() {
+        if name.contains('/') || !interface_exists(name) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
