@@ -12,8 +12,8 @@ mod support;
 
 use std::path::Path;
 
-use lane::{Booted, DEADLINE, Guest, vmm_run};
-use support::{Vmm, client_ok, incoming_address, read};
+use lane::{Booted, DEADLINE, Guest, Stage, vmm_run};
+use support::{Vmm, incoming_address, read};
 /// What the L2 init prints before handing a command's status to the host.
 const STATUS_PREFIX: &str = "VMM-GUEST-LINUX: command exited with ";
 /// The L2 init's command for the save/restore test: a counter every 100 ms,
@@ -214,65 +214,16 @@ fn last_count(log: &str) -> u32 {
     ticks(log).last().expect("the counter counts").count
 }
 
-/// One `vmm` process of the counter's journey: its serial log, stderr
-/// and control socket in the test's directory.
-struct Stage {
-    name: &'static str,
-    vm: Vmm,
-    serial: std::path::PathBuf,
-    socket: std::path::PathBuf,
+/// Waits until the counter has reached `tick` in `stage`.
+fn wait_for_tick(stage: &mut Stage, tick: u32) {
+    stage
+        .vm
+        .wait_for_text(&stage.serial, &format!("tick {tick} "));
 }
 
-impl Stage {
-    /// Starts `vmm ARGS` as stage `name`, with a control socket and a
-    /// serial log of its own.
-    fn start(dir: &Path, name: &'static str, mut args: Vec<String>) -> Stage {
-        let (serial, socket) = (
-            dir.join(format!("{name}.serial")),
-            dir.join(format!("{name}.sock")),
-        );
-        args.extend(
-            [
-                "--api-socket",
-                socket.to_str().unwrap(),
-                "--serial",
-                serial.to_str().unwrap(),
-            ]
-            .map(str::to_owned),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let stderr = dir.join(format!("{name}.stderr"));
-        let vm = Vmm::spawn(name, &args, &stderr, DEADLINE);
-        Stage {
-            name,
-            vm,
-            serial,
-            socket,
-        }
-    }
-
-    /// Waits until the counter has reached `tick` here.
-    fn wait_for_tick(&mut self, tick: u32) {
-        self.vm
-            .wait_for_text(&self.serial, &format!("tick {tick} "));
-    }
-
-    /// Runs a control command (`save`, `teleport`, `poweroff`) against
-    /// this stage, which must then end with success.
-    fn leave(&mut self, command: &[&str], says: &str) -> String {
-        let mut args = command.to_vec();
-        args.extend(["--api-socket", self.socket.to_str().unwrap()]);
-        let said = client_ok(&args);
-        assert!(said.contains(says), "{}: {said}", self.name);
-        let status = self.vm.wait(|| read(&self.serial));
-        assert!(status.success(), "{}: {status}", self.name);
-        read(&self.serial)
-    }
-
-    /// The last tick this stage printed.
-    fn last_tick(&self) -> u32 {
-        last_count(&read(&self.serial))
-    }
+/// The last tick `stage` printed.
+fn last_tick(stage: &Stage) -> u32 {
+    last_count(&read(&stage.serial))
 }
 
 #[test]
@@ -292,7 +243,7 @@ fn linux_on_two_cpus_counts_on_through_live_save_teleport_and_save() {
 
     // Booted, then saved live into a file...
     let mut first = Stage::start(dir, "boot", booted.clone());
-    first.wait_for_tick(20);
+    wait_for_tick(&mut first, 20);
     logs.push(first.leave(
         &["save", live.to_str().unwrap(), "--live", "--poweroff"],
         "live passes",
@@ -300,7 +251,7 @@ fn linux_on_two_cpus_counts_on_through_live_save_teleport_and_save() {
     assert_linux_saw(&logs[0], 2, 400 << 10);
     // ...restored in a second process, teleported to a third...
     let mut second = Stage::start(dir, "restored", restore(&live));
-    second.wait_for_tick(last_count(&logs[0]) + TICKS_PER_STAGE);
+    wait_for_tick(&mut second, last_count(&logs[0]) + TICKS_PER_STAGE);
     let mut target_args = booted;
     target_args.extend(["--incoming", "127.0.0.1:0"].map(str::to_owned));
     let mut third = Stage::start(dir, "teleported", target_args);
@@ -308,13 +259,13 @@ fn linux_on_two_cpus_counts_on_through_live_save_teleport_and_save() {
     logs.push(second.leave(&["teleport", &address], "VM teleported"));
     // ...saved plainly there, and restored in a fourth, where it is
     // powered off.
-    third.wait_for_tick(last_count(&logs[1]) + TICKS_PER_STAGE);
+    wait_for_tick(&mut third, last_count(&logs[1]) + TICKS_PER_STAGE);
     logs.push(third.leave(
         &["save", saved.to_str().unwrap(), "--poweroff"],
         "VM state saved",
     ));
     let mut fourth = Stage::start(dir, "restored-again", restore(&saved));
-    fourth.wait_for_tick(third.last_tick() + TICKS_PER_STAGE);
+    wait_for_tick(&mut fourth, last_tick(&third) + TICKS_PER_STAGE);
     logs.push(fourth.leave(&["poweroff"], ""));
 
     // A line may be cut by a move: read the logs as one stream.

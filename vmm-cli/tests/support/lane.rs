@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use crate::support::{Vmm, read};
+use crate::support::{Vmm, client_ok, read};
 
 /// A Linux boot under nested KVM in QEMU's emulation takes tens of seconds.
 pub const DEADLINE: Duration = Duration::from_secs(180);
@@ -231,5 +231,69 @@ pub fn vmm_run(mut args: Vec<String>) -> Booted {
     Booted {
         status,
         serial: read(&serial) + &read(&stderr),
+    }
+}
+
+/// One `vmm run` process of a VM's journey through saves, restores and
+/// teleports: its serial log, stderr and control socket in a directory.
+pub struct Stage {
+    /// The stage's name (its files are `NAME.serial`, `NAME.sock`,
+    /// `NAME.stderr`).
+    pub name: &'static str,
+    /// The process.
+    pub vm: Vmm,
+    /// Its serial log.
+    pub serial: PathBuf,
+    /// Its control socket.
+    pub socket: PathBuf,
+}
+
+impl Stage {
+    /// Starts `vmm ARGS` as stage `name`, with a control socket and a
+    /// serial log of its own in `dir`.
+    pub fn start(dir: &Path, name: &'static str, mut args: Vec<String>) -> Stage {
+        let (serial, socket) = (
+            dir.join(format!("{name}.serial")),
+            dir.join(format!("{name}.sock")),
+        );
+        args.extend(
+            [
+                "--api-socket",
+                socket.to_str().unwrap(),
+                "--serial",
+                serial.to_str().unwrap(),
+            ]
+            .map(str::to_owned),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let stderr = dir.join(format!("{name}.stderr"));
+        let vm = Vmm::spawn(name, &args, &stderr, DEADLINE);
+        Stage {
+            name,
+            vm,
+            serial,
+            socket,
+        }
+    }
+
+    /// Runs a control command (`save`, `teleport`, `poweroff`) against
+    /// this stage, which must say `says` and then end with success;
+    /// returns the stage's serial log.
+    pub fn leave(&mut self, command: &[&str], says: &str) -> String {
+        let mut args = command.to_vec();
+        args.extend(["--api-socket", self.socket.to_str().unwrap()]);
+        let said = client_ok(&args);
+        assert!(said.contains(says), "{}: {said}", self.name);
+        let status = self.vm.wait(|| read(&self.serial));
+        assert!(status.success(), "{}: {status}", self.name);
+        read(&self.serial)
+    }
+
+    /// Waits until the guest printed the line `line` (the serial console
+    /// ends lines with CR LF).
+    pub fn wait_for_line(&mut self, line: &str) {
+        self.vm.wait_until(&self.serial, line, |text| {
+            text.lines().any(|l| l.trim_end() == line)
+        });
     }
 }

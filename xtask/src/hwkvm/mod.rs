@@ -69,8 +69,9 @@ struct TestBinary {
 /// status, save/restore, live save, teleport, the PCI host bridge),
 /// without ACPI Debian's generic kernel on the MP table, and what the lane
 /// gives the virtio tests (the guest's virtio modules, ext4 images, taps)
-/// and the virtio devices as Linux drives them (rng, disk root, net).
-const SUITE: [TestBinary; 7] = [
+/// and the virtio devices as Linux drives them (rng, disk root, net), also
+/// while the VM is saved live, restored and teleported.
+const SUITE: [TestBinary; 8] = [
     TestBinary {
         package: "pgm",
         test: "paging_kvm",
@@ -104,6 +105,11 @@ const SUITE: [TestBinary; 7] = [
     TestBinary {
         package: "vmm-cli",
         test: "hwkvm_virtio",
+        args: &["--include-ignored", "--test-threads=1"],
+    },
+    TestBinary {
+        package: "vmm-cli",
+        test: "hwkvm_virtio_save",
         args: &["--include-ignored", "--test-threads=1"],
     },
 ];
