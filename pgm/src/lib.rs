@@ -42,7 +42,9 @@
 //!    mask and 0xFF reads from unassigned space.
 //! 4. Devices and the VMM use [`phys::PhysMap::read`] /
 //!    [`phys::PhysMap::write`] (the same path the guest's exits take) or the
-//!    `vm-memory` view of [`phys::PhysMap::guest_memory`] for plain RAM.
+//!    `vm-memory` view of [`phys::PhysMap::guest_memory`] for plain RAM
+//!    (its writes are tracked in a [`phys::WriteBitmap`] per region and
+//!    reach live saves with KVM's dirty log).
 //! 5. Share the map between threads as a [`phys::SharedPhysMap`].
 //!
 //! # Using it alone

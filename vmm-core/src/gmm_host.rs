@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use gmm::RamRegion;
 use parking_lot::Mutex;
+use pgm::phys::TrackedRegion;
 use pgm::phys::{HOST_PAGE_SIZE, HostMemory, HostMemoryError};
-use vm_memory::MmapRegion;
 
 /// [`HostMemory`] handing out GMM RAM regions of one VM.
 pub(crate) struct GmmHostMemory {
     vm: gmm::Vm,
     /// The regions handed out, kept alive as long as the provider (the
-    /// `MmapRegion`s given to `pgm` only borrow their mappings).
+    /// `TrackedRegion`s given to `pgm` only borrow their mappings).
     regions: Mutex<Vec<RamRegion>>,
 }
 
@@ -27,7 +27,7 @@ impl GmmHostMemory {
     /// Runs `f` on the GMM region behind `region`.
     fn with_region<T>(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         f: impl FnOnce(&RamRegion) -> gmm::Result<T>,
     ) -> Result<T, HostMemoryError> {
         let addr = region.as_ptr() as u64;
@@ -51,7 +51,7 @@ fn gmm_error(size: u64, e: gmm::Error) -> HostMemoryError {
 }
 
 /// First page and page count of a page-aligned span.
-fn pages(region: &MmapRegion, offset: usize, len: usize) -> Result<(u64, u64), HostMemoryError> {
+fn pages(region: &TrackedRegion, offset: usize, len: usize) -> Result<(u64, u64), HostMemoryError> {
     let aligned = offset.is_multiple_of(HOST_PAGE_SIZE) && len.is_multiple_of(HOST_PAGE_SIZE);
     if !aligned
         || offset
@@ -71,7 +71,7 @@ fn pages(region: &MmapRegion, offset: usize, len: usize) -> Result<(u64, u64), H
 }
 
 impl HostMemory for GmmHostMemory {
-    fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
+    fn allocate(&self, size: u64) -> Result<Arc<TrackedRegion>, HostMemoryError> {
         let count = size / HOST_PAGE_SIZE as u64;
         let ram = self
             .vm
@@ -87,7 +87,7 @@ impl HostMemory for GmmHostMemory {
         // the provider alive while it uses the region; the region does not
         // unmap on drop (raw pointer).
         let region = unsafe {
-            MmapRegion::build_raw(
+            TrackedRegion::build_raw(
                 ram.host_addr() as *mut u8,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -104,7 +104,7 @@ impl HostMemory for GmmHostMemory {
 
     fn discard(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
     ) -> Result<(), HostMemoryError> {
@@ -114,7 +114,7 @@ impl HostMemory for GmmHostMemory {
 
     fn balloon(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         inflate: bool,
@@ -148,7 +148,7 @@ impl HostMemory for GmmHostMemory {
 
     fn map_file(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         file: &std::fs::File,
@@ -160,7 +160,7 @@ impl HostMemory for GmmHostMemory {
 
     fn sharing(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         out: &mut Vec<bool>,
@@ -174,7 +174,7 @@ impl HostMemory for GmmHostMemory {
 
     fn residency(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         out: &mut Vec<bool>,

@@ -258,6 +258,13 @@ impl VmHandle {
         &self.machine.info
     }
 
+    /// Guest memory, also while another thread runs the VM (a host-side
+    /// driver's register accesses through
+    /// [`GuestMemoryMap::mmio_exit`], a look at guest RAM).
+    pub fn memory(&self) -> &GuestMemoryMap {
+        &self.machine.memory
+    }
+
     /// Runs info handler `name` (or `help`) with `args`; per-vCPU handlers
     /// run on their EMTs while the VM runs.
     pub fn run_info(

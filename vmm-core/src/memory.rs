@@ -6,6 +6,13 @@
 //! the top of 4 GiB and mirrored below 1 MiB), hands the slots `pgm` reports
 //! to the backend and routes MMIO exits back to `pgm`. How much RAM a host
 //! allows a VM is [`host_limit`]'s rule.
+//!
+//! Devices write guest RAM through [`GuestMemoryMap::ram`], not through
+//! KVM, so KVM's dirty log misses those writes; every region of that view
+//! carries `pgm`'s [`WriteBitmap`](pgm::phys::WriteBitmap), which
+//! `vm-memory` marks on every write, and `pgm` drains those bitmaps
+//! wherever a live save or teleport reads KVM's dirty log. No device has
+//! to report its writes.
 
 use std::io::{Seek, Write};
 use std::sync::Arc;
@@ -15,14 +22,15 @@ use parking_lot::Mutex;
 use parking_lot::RwLock;
 use pgm::phys::{
     DumpReport, FOUR_GIB, HIGH_RAM_START, KvmSlot, PAGE_SIZE, PcLayout, PhysConfig, PhysMap,
-    RomProtection, SharedPhysMap, SlotSet,
+    RomProtection, SharedPhysMap, SlotSet, TrackedMemory,
 };
-use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
 use crate::gmm_host::GmmHostMemory;
 
 pub mod host_limit;
+#[cfg(test)]
+mod tests;
 
 /// The most firmware a PC mirrors just below 1 MiB.
 const LOW_MIRROR_MAX: u64 = crate::config::BIOS_AREA_SIZE;
@@ -87,7 +95,7 @@ fn gmm_backing(
 /// A VM's memory: RAM and the firmware ROM in `pgm`'s map.
 pub struct GuestMemoryMap {
     map: SharedPhysMap,
-    ram: GuestMemoryMmap,
+    ram: TrackedMemory,
     gmm: gmm::Gmm,
     /// The slot set the backend VM has now.
     applied: Arc<Mutex<SlotSet>>,
@@ -170,7 +178,9 @@ impl GuestMemoryMap {
     }
 
     /// Guest RAM as `vm-memory` guest memory, for loaders and devices.
-    pub fn ram(&self) -> &GuestMemoryMmap {
+    /// Writes through it are tracked for live saves (see the module
+    /// documentation).
+    pub fn ram(&self) -> &TrackedMemory {
         &self.ram
     }
 

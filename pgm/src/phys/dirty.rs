@@ -3,6 +3,16 @@
 //! `pgm` does not own the KVM VM: the VMM implements [`DirtyLog`] (with
 //! `VmFd::get_dirty_log`) or pushes bitmaps in with
 //! [`PhysMap::apply_dirty_bitmap`].
+//!
+//! KVM only logs the guest's own writes. Writes the VMM makes through the
+//! `vm-memory` view ([`PhysMap::guest_memory`]: virtio devices, loaders)
+//! land in the regions' [`WriteBitmap`](super::WriteBitmap)s instead;
+//! [`PhysMap::sync_dirty_log`] drains those together with KVM's log, and
+//! [`PhysMap::set_write_monitoring`] drains them into the page states
+//! before it clears the dirty bits (as switching KVM's logging on starts
+//! its log afresh), so a page a device writes after a pass sent it is
+//! sent again, and a page in the zero state a device wrote is not sent as
+//! zero.
 
 use super::error::PhysError;
 use super::map::PhysMap;
@@ -28,7 +38,13 @@ impl PhysMap {
     /// Starts or stops write monitoring. Starting arms every allocated
     /// page (state write-monitored), clears the dirty bits and asks KVM to
     /// log dirty pages on every writable slot (the slot set changes).
+    ///
+    /// Writes made through the `vm-memory` view so far are drained first
+    /// ([`PhysMap::sync_vm_memory_writes`]): the pages they touched become
+    /// allocated (a zero-state page a device wrote is no longer sent as
+    /// zero); their dirty bits are then cleared with the others.
     pub fn set_write_monitoring(&mut self, enabled: bool) {
+        self.sync_vm_memory_writes();
         self.monitoring = enabled;
         for mem in self.ranges.iter().filter_map(|r| r.writable_memory()) {
             for p in mem.pages.iter() {
@@ -52,7 +68,10 @@ impl PhysMap {
     }
 
     /// Pulls the dirty bitmap of every logging slot from `log` and marks the
-    /// pages written. Returns the number of dirty pages reported.
+    /// pages written, then does the same for the writes made through the
+    /// `vm-memory` view ([`PhysMap::sync_vm_memory_writes`]). Returns the
+    /// number of dirty pages reported (a page both logs report counts
+    /// twice).
     pub fn sync_dirty_log(&self, log: &mut dyn DirtyLog) -> Result<u64, PhysError> {
         let mut total = 0;
         for slot in self.slots.current.slots.iter().filter(|s| s.log_dirty) {
@@ -64,7 +83,37 @@ impl PhysMap {
                 })?;
             total += self.apply_dirty_bitmap(slot.slot, &bitmap)?;
         }
-        Ok(total)
+        Ok(total + self.sync_vm_memory_writes())
+    }
+
+    /// Marks written (allocated and dirty) every page written through the
+    /// `vm-memory` view of [`PhysMap::guest_memory`] since the last call,
+    /// and clears those bits. Returns the number of pages. Only the parts
+    /// of the bitmaps that saw writes are read (see
+    /// [`WriteBitmap`](super::WriteBitmap)).
+    ///
+    /// ```
+    /// use pgm::phys::PhysMap;
+    /// use vm_memory::{Bytes, GuestAddress};
+    /// let mut map = PhysMap::with_defaults();
+    /// map.add_ram(0, 0x10_0000, "ram").unwrap();
+    /// map.set_write_monitoring(true);
+    /// map.guest_memory().unwrap().write_obj(1u8, GuestAddress(0x5000)).unwrap();
+    /// assert_eq!(map.sync_vm_memory_writes(), 1);
+    /// let mut dirty = Vec::new();
+    /// map.take_dirty_pages(&mut dirty);
+    /// assert_eq!(dirty, vec![0x5000]);
+    /// ```
+    pub fn sync_vm_memory_writes(&self) -> u64 {
+        self.vm_memory_ranges()
+            .map(|(_, mem)| {
+                mem.region.bitmap().take(|page| {
+                    if let Some(p) = mem.pages.get(page) {
+                        p.note_write();
+                    }
+                })
+            })
+            .sum()
     }
 
     /// Marks the pages set in `bitmap` (for KVM slot `slot`) written.
@@ -191,5 +240,32 @@ mod tests {
         map.set_write_monitoring(false);
         assert!(map.kvm_slots().slots.iter().all(|s| !s.log_dirty));
         assert_eq!(map.page_info(0x2000).state, PageState::Allocated);
+    }
+
+    #[test]
+    fn vm_memory_writes_join_the_dirty_log() {
+        use vm_memory::{Bytes, GuestAddress};
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x10_0000, "ram").unwrap();
+        let mem = map.guest_memory().unwrap();
+        // before monitoring: the zero-state page becomes allocated, and
+        // the write does not count as dirty once monitoring starts
+        mem.write_obj(1u8, GuestAddress(0x7000)).unwrap();
+        assert_eq!(map.page_info(0x7000).state, PageState::Zero);
+        map.set_write_monitoring(true);
+        assert_eq!(map.page_info(0x7000).state, PageState::WriteMonitored);
+        assert_eq!(map.dirty_page_count(), 0);
+        // a device write after the page was sent: KVM's log is empty,
+        // the sync reports it anyway
+        mem.write_slice(&[2; 8], GuestAddress(0x8ffc)).unwrap();
+        assert_eq!(map.sync_dirty_log(&mut Fixed(vec![0; 4])).unwrap(), 2);
+        let mut dirty = Vec::new();
+        map.take_dirty_pages(&mut dirty);
+        assert_eq!(dirty, vec![0x8000, 0x9000]);
+        // drained: the next sync reports nothing, until the next write
+        assert_eq!(map.sync_dirty_log(&mut Fixed(vec![0; 4])).unwrap(), 0);
+        mem.write_obj(3u32, GuestAddress(0x8000)).unwrap();
+        assert_eq!(map.sync_dirty_log(&mut Fixed(vec![0; 4])).unwrap(), 1);
+        assert_eq!(map.dirty_page_count(), 1);
     }
 }

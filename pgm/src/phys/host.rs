@@ -1,9 +1,12 @@
 //! Host memory backing for guest RAM.
 //!
 //! `pgm` asks a [`HostMemory`] provider for backing of each memory-backed
-//! range. The provider hands out [`vm_memory::MmapRegion`]s, which keep their
-//! mapping alive for as long as anyone holds a reference, so the guest memory
-//! view and the KVM slots can share them safely. [`MmapHostMemory`] is the
+//! range. The provider hands out [`TrackedRegion`]s (`vm-memory` regions
+//! carrying a [`WriteBitmap`](super::WriteBitmap), so that writes through
+//! the `vm-memory` view are tracked; `MmapRegion::new` and
+//! `MmapRegion::build_raw` create the bitmap), which keep their mapping
+//! alive for as long as anyone holds a reference, so the guest memory view
+//! and the KVM slots can share them safely. [`MmapHostMemory`] is the
 //! plain provider: anonymous private mappings from the kernel.
 //!
 //! A load from a saved-state file can ask the provider to map pages of the
@@ -16,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use vm_memory::MmapRegion;
+use super::write_bitmap::TrackedRegion;
 
 /// Host page size assumed by `pgm` (and by KVM on x86).
 pub const HOST_PAGE_SIZE: usize = 4096;
@@ -64,13 +67,13 @@ pub enum HostMemoryError {
 pub trait HostMemory: Send + Sync {
     /// Allocates `size` bytes (a multiple of [`HOST_PAGE_SIZE`]) of zeroed
     /// backing that costs no host memory until written.
-    fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError>;
+    fn allocate(&self, size: u64) -> Result<Arc<TrackedRegion>, HostMemoryError>;
 
     /// Gives `len` bytes at `offset` back to the host; they read as zero
     /// afterwards.
     fn discard(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
     ) -> Result<(), HostMemoryError>;
@@ -81,7 +84,7 @@ pub trait HostMemory: Send + Sync {
     /// default gives inflated pages back with [`discard`](Self::discard).
     fn balloon(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         inflate: bool,
@@ -106,7 +109,7 @@ pub trait HostMemory: Send + Sync {
     /// provider works.
     fn map_file(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         file: &File,
@@ -142,7 +145,7 @@ pub trait HostMemory: Send + Sync {
     /// default provider shares nothing.
     fn sharing(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         out: &mut Vec<bool>,
@@ -157,7 +160,7 @@ pub trait HostMemory: Send + Sync {
     /// the page currently occupies host memory.
     fn residency(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         out: &mut Vec<bool>,
@@ -188,7 +191,7 @@ impl MmapHostMemory {
     }
 }
 
-fn check_span(region: &MmapRegion, offset: usize, len: usize) -> Result<(), HostMemoryError> {
+fn check_span(region: &TrackedRegion, offset: usize, len: usize) -> Result<(), HostMemoryError> {
     let ok = offset.is_multiple_of(HOST_PAGE_SIZE)
         && len.is_multiple_of(HOST_PAGE_SIZE)
         && offset
@@ -208,7 +211,7 @@ fn check_span(region: &MmapRegion, offset: usize, len: usize) -> Result<(), Host
 /// Replaces the pages of a checked span of `region` (one of
 /// [`MmapHostMemory`]'s anonymous regions) with a new read-write mapping.
 fn map_fixed(
-    region: &MmapRegion,
+    region: &TrackedRegion,
     offset: usize,
     len: usize,
     flags: libc::c_int,
@@ -240,20 +243,20 @@ fn map_fixed(
 }
 
 impl HostMemory for MmapHostMemory {
-    fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
+    fn allocate(&self, size: u64) -> Result<Arc<TrackedRegion>, HostMemoryError> {
         let bad = |message: String| HostMemoryError::Allocate { size, message };
         let len = usize::try_from(size).map_err(|_| bad("size too large".into()))?;
         if len == 0 || len % HOST_PAGE_SIZE != 0 {
             return Err(bad("size must be a non-zero multiple of 4 KiB".into()));
         }
-        MmapRegion::new(len)
+        TrackedRegion::new(len)
             .map(Arc::new)
             .map_err(|e| bad(e.to_string()))
     }
 
     fn discard(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
     ) -> Result<(), HostMemoryError> {
@@ -273,7 +276,7 @@ impl HostMemory for MmapHostMemory {
 
     fn map_file(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         file: &File,
@@ -299,7 +302,7 @@ impl HostMemory for MmapHostMemory {
 
     fn residency(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         out: &mut Vec<bool>,
@@ -355,7 +358,7 @@ mod tests {
         f
     }
 
-    fn byte(region: &MmapRegion, at: usize) -> u8 {
+    fn byte(region: &TrackedRegion, at: usize) -> u8 {
         assert!(at < region.size());
         // SAFETY: `at` is inside the live mapping.
         unsafe { region.as_ptr().add(at).read() }
@@ -393,15 +396,15 @@ mod tests {
     struct Copying(MmapHostMemory);
 
     impl HostMemory for Copying {
-        fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
+        fn allocate(&self, size: u64) -> Result<Arc<TrackedRegion>, HostMemoryError> {
             self.0.allocate(size)
         }
-        fn discard(&self, r: &MmapRegion, o: usize, l: usize) -> Result<(), HostMemoryError> {
+        fn discard(&self, r: &TrackedRegion, o: usize, l: usize) -> Result<(), HostMemoryError> {
             self.0.discard(r, o, l)
         }
         fn residency(
             &self,
-            r: &MmapRegion,
+            r: &TrackedRegion,
             o: usize,
             l: usize,
             out: &mut Vec<bool>,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vm_memory::MmapRegion;
+use super::write_bitmap::TrackedRegion;
 
 use super::error::PhysError;
 use super::handler::{
@@ -379,7 +379,7 @@ impl PhysMap {
     }
 
     /// The host memory of an MMIO2 region, for the owning device.
-    pub fn mmio2_memory(&self, id: Mmio2Id) -> Result<Arc<MmapRegion>, PhysError> {
+    pub fn mmio2_memory(&self, id: Mmio2Id) -> Result<Arc<TrackedRegion>, PhysError> {
         Ok(self.mmio2_entry(id)?.mem.region.clone())
     }
 

@@ -47,6 +47,7 @@ mod slots;
 #[cfg(test)]
 mod testing;
 mod view;
+mod write_bitmap;
 mod zero;
 
 pub use dirty::DirtyLog;
@@ -80,4 +81,5 @@ pub use saved::{
 };
 pub use sharing::SharingSync;
 pub use slots::{KvmSlot, SlotChanges, SlotSet};
+pub use write_bitmap::{TrackedGuestRegion, TrackedMemory, TrackedRegion, WriteBitmap};
 pub use zero::ZeroScanReport;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use vm_memory::MmapRegion;
+use super::write_bitmap::TrackedRegion;
 
 use super::error::PhysError;
 use super::host::HostMemory;
@@ -82,7 +82,7 @@ impl fmt::Display for RangeId {
 /// Host memory plus one tracked page per 4 KiB.
 #[derive(Debug)]
 pub(crate) struct Memory {
-    pub(crate) region: Arc<MmapRegion>,
+    pub(crate) region: Arc<TrackedRegion>,
     pub(crate) pages: Box<[PageSlot]>,
 }
 

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use super::write_bitmap::TrackedRegion;
 use parking_lot::Mutex;
-use vm_memory::MmapRegion;
 
 use super::host::{HOST_PAGE_SIZE, HostMemory, HostMemoryError, MmapHostMemory};
 
@@ -41,13 +41,13 @@ impl ScriptedHost {
 }
 
 impl HostMemory for ScriptedHost {
-    fn allocate(&self, size: u64) -> Result<Arc<MmapRegion>, HostMemoryError> {
+    fn allocate(&self, size: u64) -> Result<Arc<TrackedRegion>, HostMemoryError> {
         self.inner.allocate(size)
     }
 
     fn discard(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
     ) -> Result<(), HostMemoryError> {
@@ -56,7 +56,7 @@ impl HostMemory for ScriptedHost {
 
     fn balloon(
         &self,
-        _region: &MmapRegion,
+        _region: &TrackedRegion,
         offset: usize,
         len: usize,
         inflate: bool,
@@ -81,7 +81,7 @@ impl HostMemory for ScriptedHost {
 
     fn map_file(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         file: &std::fs::File,
@@ -93,7 +93,7 @@ impl HostMemory for ScriptedHost {
 
     fn sharing(
         &self,
-        _region: &MmapRegion,
+        _region: &TrackedRegion,
         offset: usize,
         len: usize,
         out: &mut Vec<bool>,
@@ -107,7 +107,7 @@ impl HostMemory for ScriptedHost {
 
     fn residency(
         &self,
-        region: &MmapRegion,
+        region: &TrackedRegion,
         offset: usize,
         len: usize,
         out: &mut Vec<bool>,

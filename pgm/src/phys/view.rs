@@ -1,17 +1,20 @@
 //! A `vm-memory` view of guest RAM for loaders and devices.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::GuestAddress;
 
 use super::error::PhysError;
 use super::map::PhysMap;
-use super::range::Backing;
+use super::range::{Backing, Memory};
+use super::write_bitmap::{TrackedGuestRegion, TrackedMemory};
 
 impl PhysMap {
-    /// Builds a [`GuestMemoryMmap`] over the RAM and mapped MMIO2 ranges,
+    /// Builds a [`TrackedMemory`] over the RAM and mapped MMIO2 ranges,
     /// sharing the host mappings (nothing is copied; clones keep the
-    /// mappings alive). Accesses through it bypass handlers and page
-    /// tracking, like the guest's own accesses through KVM; rebuild it
-    /// after the map changes.
+    /// mappings alive). Accesses through it bypass handlers, like the
+    /// guest's own accesses through KVM; its writes mark the regions'
+    /// [`WriteBitmap`](super::WriteBitmap)s, which
+    /// [`PhysMap::sync_vm_memory_writes`] (and the dirty-log sync of a live
+    /// save) turn into written pages. Rebuild it after the map changes.
     ///
     /// ```
     /// use pgm::phys::PhysMap;
@@ -23,21 +26,26 @@ impl PhysMap {
     /// let mut b = [0u8; 4];
     /// map.read(0x100, &mut b).unwrap();
     /// assert_eq!(u32::from_le_bytes(b), 0x1234);
+    /// assert_eq!(map.sync_vm_memory_writes(), 1);
     /// ```
-    pub fn guest_memory(&self) -> Result<GuestMemoryMmap, PhysError> {
+    pub fn guest_memory(&self) -> Result<TrackedMemory, PhysError> {
         let regions = self
-            .ranges
-            .iter()
-            .filter_map(|r| match &r.backing {
-                Backing::Ram(m) => Some((r.start, m.region.clone())),
-                Backing::Mmio2 { mem, .. } => Some((r.start, mem.region.clone())),
-                _ => None,
-            })
-            .map(|(start, region)| {
-                GuestRegionMmap::with_arc(region, GuestAddress(start))
+            .vm_memory_ranges()
+            .map(|(start, mem)| {
+                TrackedGuestRegion::with_arc(mem.region.clone(), GuestAddress(start))
                     .ok_or_else(|| PhysError::GuestMemory(format!("region at {start:#x} wraps")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        GuestMemoryMmap::from_regions(regions).map_err(|e| PhysError::GuestMemory(e.to_string()))
+        TrackedMemory::from_regions(regions).map_err(|e| PhysError::GuestMemory(e.to_string()))
+    }
+
+    /// The ranges [`PhysMap::guest_memory`] exposes: start and memory of
+    /// every RAM and mapped MMIO2 range.
+    pub(super) fn vm_memory_ranges(&self) -> impl Iterator<Item = (u64, &Memory)> {
+        self.ranges.iter().filter_map(|r| match &r.backing {
+            Backing::Ram(m) => Some((r.start, m)),
+            Backing::Mmio2 { mem, .. } => Some((r.start, mem)),
+            _ => None,
+        })
     }
 }

@@ -2,7 +2,8 @@
 //! tables and the registers the 64-bit and PVH boot protocols ask for.
 
 use hm_vmx::{Fpu, Segment};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use pgm::phys::TrackedMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::error::{Result, mem_err};
 use super::layout::{BOOT_STACK_TOP, GDT_ADDR, PAGE_TABLES_ADDR};
@@ -76,7 +77,7 @@ fn segment(selector: u16, descriptor: u64) -> Segment {
 
 /// Writes the GDT and, for a 64-bit entry, page tables identity-mapping the
 /// low 4 GiB with 2 MiB pages.
-pub fn write_tables(mem: &GuestMemoryMmap, entry: &Entry) -> Result<()> {
+pub fn write_tables(mem: &TrackedMemory, entry: &Entry) -> Result<()> {
     let long = matches!(entry, Entry::Long64 { .. });
     let gdt: Vec<u8> = gdt(long).iter().flat_map(|d| d.to_le_bytes()).collect();
     mem.write_slice(&gdt, GuestAddress(GDT_ADDR))

@@ -1,7 +1,8 @@
 //! The steps `Vm::new` takes for a direct kernel boot, once the VM has its
 //! memory, its in-kernel irqchip and PIT, and its vCPUs.
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use pgm::phys::TrackedMemory;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::cpu::set_entry_state;
 use super::error::Result;
@@ -19,7 +20,7 @@ pub fn check(boot: &KernelBoot, cpus: u32) -> Result<()> {
 }
 
 /// The RAM ranges of `mem` as `(start, length)` pairs.
-pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
+pub fn ram_ranges(mem: &TrackedMemory) -> Vec<(u64, u64)> {
     mem.iter().map(|r| (r.start_addr().0, r.len())).collect()
 }
 
@@ -39,7 +40,7 @@ pub fn plan(boot: &KernelBoot, ram: &[(u64, u64)], acpi: bool) -> Result<BootPla
 pub fn after_vcpus(
     boot: &KernelBoot,
     plan: &BootPlan,
-    mem: &GuestMemoryMmap,
+    mem: &TrackedMemory,
     vcpus: &[hm_vmx::Vcpu],
 ) -> Result<Loaded> {
     let loaded = boot.load(plan, mem, vcpus.len() as u32)?;
@@ -67,7 +68,7 @@ mod tests {
     /// table addresses.
     fn load(acpi: bool) -> (u64, [u8; 8], [u8; 4]) {
         let ram = [(0, 0xa_0000), (0x10_0000, 63 << 20)];
-        let mem = GuestMemoryMmap::<()>::from_ranges(
+        let mem = TrackedMemory::from_ranges(
             &ram.map(|(start, len)| (GuestAddress(start), len as usize)),
         )
         .unwrap();

@@ -9,7 +9,8 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use pgm::phys::TrackedMemory;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::acpi;
 use super::cpu::{Entry, write_tables};
@@ -161,7 +162,7 @@ impl KernelBoot {
     /// Loads everything `plan` placed into `mem` for `cpus` vCPUs: kernel,
     /// command line, initrd, zero page (or PVH start info), ACPI tables, MP
     /// table, GDT and page tables. Returns the entry the bootstrap processor takes.
-    pub fn load(&self, plan: &BootPlan, mem: &GuestMemoryMmap, cpus: u32) -> Result<Loaded> {
+    pub fn load(&self, plan: &BootPlan, mem: &TrackedMemory, cpus: u32) -> Result<Loaded> {
         let cmdline_len = self.cmdline.len() as u64;
         let mut cmdline = self.cmdline.clone().into_bytes();
         cmdline.push(0);
@@ -183,7 +184,7 @@ impl KernelBoot {
         Ok(loaded)
     }
 
-    fn write_initrd(&self, mem: &GuestMemoryMmap, addr: Option<u64>) -> Result<Option<(u64, u64)>> {
+    fn write_initrd(&self, mem: &TrackedMemory, addr: Option<u64>) -> Result<Option<(u64, u64)>> {
         match (&self.initrd, addr) {
             (Some(initrd), Some(addr)) => {
                 mem.write_slice(initrd, GuestAddress(addr))
@@ -198,7 +199,7 @@ impl KernelBoot {
         &self,
         plan: &BootPlan,
         info: &BzImageInfo,
-        mem: &GuestMemoryMmap,
+        mem: &TrackedMemory,
         cmdline_len: u64,
     ) -> Result<Loaded> {
         let result = BzImage::load(
@@ -230,7 +231,7 @@ impl KernelBoot {
         })
     }
 
-    fn load_elf(&self, plan: &BootPlan, mem: &GuestMemoryMmap, cmdline_len: u64) -> Result<Loaded> {
+    fn load_elf(&self, plan: &BootPlan, mem: &TrackedMemory, cmdline_len: u64) -> Result<Loaded> {
         let result = Elf::load(
             mem,
             None,
@@ -313,11 +314,7 @@ pub fn place_initrd(e820: &[E820Entry], above: u64, max: u64, size: u64) -> Resu
 }
 
 /// Writes the PVH start info, its memory map and the initrd module entry.
-fn write_pvh_info(
-    mem: &GuestMemoryMmap,
-    plan: &BootPlan,
-    initrd: Option<(u64, u64)>,
-) -> Result<()> {
+fn write_pvh_info(mem: &TrackedMemory, plan: &BootPlan, initrd: Option<(u64, u64)>) -> Result<()> {
     let e820 = &plan.e820;
     let modlist_addr = PVH_INFO_ADDR + 0x40;
     let memmap_addr = modlist_addr + 0x40;
@@ -370,12 +367,12 @@ mod tests {
         vec![(0, 0xa_0000), (0x10_0000, RAM - 0x10_0000)]
     }
 
-    fn memory() -> GuestMemoryMmap {
+    fn memory() -> TrackedMemory {
         let ranges: Vec<_> = ram_ranges()
             .into_iter()
             .map(|(s, l)| (GuestAddress(s), l as usize))
             .collect();
-        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+        TrackedMemory::from_ranges(&ranges).unwrap()
     }
 
     fn boot(kernel: Vec<u8>, initrd: &[u8]) -> (KernelBoot, BootPlan) {

@@ -18,7 +18,7 @@
 //! | `cmos` | the RTC's registers, CMOS RAM and the guest clock's offset |
 //! | `balloon` | the balloon's target and the pages the guest has given |
 //! | `pci` | the PCI configuration address latch and each function's configuration space |
-//! | `virtio-pci` (instance = slot) | a virtio device's transport registers, queue positions, MSI-X table and device state (the device is quiesced for the save) |
+//! | `virtio-pci` (instance = slot) | a virtio device's transport registers, queue positions, MSI-X table and device state (the device is quiesced before any unit saves, so `pgm` sees all its writes) |
 //! | `kvmclock` | the guest's paravirtual clock (set last, just before the VM runs) |
 //!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
@@ -27,7 +27,9 @@
 //!
 //! A live save ([`SaveRequest::live`]) keeps the guest running
 //! (`Running -> RunningLs`) while `pgm` sends memory in passes, using KVM's
-//! dirty log; `pgm`'s vote decides when the VM stops for the final pass.
+//! dirty log for the guest's writes and `pgm`'s write bitmaps for the
+//! writes devices make through [`GuestMemoryMap::ram`](crate::memory::GuestMemoryMap::ram);
+//! `pgm`'s vote decides when the VM stops for the final pass.
 //!
 //! A restore ([`Vm::restore`](crate::Vm::restore)) verifies the whole file
 //! (every CRC, while the VM is being built from the `vmm` unit) and loads
@@ -279,6 +281,7 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
         m.register(Box::new(VirtioUnit {
             slot: u32::from(v.at.bits() >> 3),
             transport: Arc::clone(&v.transport),
+            reactivate: false,
         }))?;
     }
     // Last: a restore sets the clock just before the VM runs, so loading

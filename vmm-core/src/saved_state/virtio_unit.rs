@@ -5,8 +5,12 @@
 //! Saving quiesces the device first ([`VirtioDevice::deactivate`]: every
 //! request it took is finished, its worker stopped, the queues handed
 //! back with their positions) and activates it again afterwards; the
-//! vCPUs are stopped throughout. A load refuses a device of another
-//! type, name or offered features.
+//! vCPUs are stopped throughout. The device is quiesced in `save_prep`,
+//! which runs for every unit before any unit's `save_exec`: the writes
+//! to guest RAM that finishing its requests makes land before `pgm`'s
+//! final pass reads the dirty pages (device writes are tracked in `pgm`'s
+//! write bitmaps), so none is lost; `save_done` activates it again. A
+//! load refuses a device of another type, name or offered features.
 //!
 //! [`VirtioDevice::deactivate`]: crate::devices::virtio::VirtioDevice::deactivate
 
@@ -41,6 +45,8 @@ const NEEDS_RESET: u8 = 0x40;
 pub(crate) struct VirtioUnit {
     pub(crate) slot: u32,
     pub(crate) transport: Arc<Mutex<Transport>>,
+    /// The device was active when `save_prep` quiesced it.
+    pub(crate) reactivate: bool,
 }
 
 fn put_queue(w: &mut UnitWriter<'_>, s: &QueueState) -> ssm::Result<()> {
@@ -115,15 +121,28 @@ impl Unit for VirtioUnit {
         1
     }
 
-    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+    fn save_prep(&mut self) -> ssm::Result<()> {
         let mut t = self.transport.lock();
-        let was_active = t.active;
-        t.deactivate().map_err(failed)?;
-        let saved = Self::save_quiesced(&t, w);
-        if was_active {
-            t.activate().map_err(failed)?;
+        self.reactivate |= t.active;
+        t.deactivate().map_err(failed)
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        let t = self.transport.lock();
+        if t.active {
+            return Err(failed(format!(
+                "{}: saved without being quiesced first",
+                t.device.name()
+            )));
         }
-        saved
+        Self::save_quiesced(&t, w)
+    }
+
+    fn save_done(&mut self) -> ssm::Result<()> {
+        if std::mem::take(&mut self.reactivate) {
+            self.transport.lock().activate().map_err(failed)?;
+        }
+        Ok(())
     }
 
     fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+#[allow(dead_code)] // not every test binary drives a virtio device
+pub mod virtio;
+
 /// A serial sink the test can read back.
 #[derive(Clone, Default)]
 pub struct Capture(Arc<Mutex<Vec<u8>>>);

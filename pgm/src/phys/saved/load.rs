@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::phys::write_bitmap::TrackedRegion;
 use ssm::{Page, UnitReader};
-use vm_memory::MmapRegion;
 
 use super::{
     REC_BALLOONED, REC_END, REC_NEXT, REC_RAW, REC_ROM_PROT, REC_RUN, REC_SHADOW, REC_ZERO,
@@ -258,14 +258,14 @@ impl PhysMap {
 #[derive(Default)]
 struct DiscardRun {
     /// Region, first offset and length of the run being gathered.
-    run: Option<(Arc<MmapRegion>, u64, u64)>,
+    run: Option<(Arc<TrackedRegion>, u64, u64)>,
 }
 
 impl DiscardRun {
     fn add(
         &mut self,
         map: &PhysMap,
-        region: &Arc<MmapRegion>,
+        region: &Arc<TrackedRegion>,
         off: u64,
         len: u64,
     ) -> ssm::Result<()> {

@@ -155,9 +155,17 @@ impl PgmUnit {
         self
     }
 
+    /// Brings the page states up to date with the writes KVM logged and
+    /// the writes made through the `vm-memory` view.
     fn sync(&mut self) -> ssm::Result<()> {
-        if let Some(log) = self.dirty_log.as_deref_mut() {
-            self.map.read().sync_dirty_log(log).map_err(err)?;
+        let map = self.map.read();
+        match self.dirty_log.as_deref_mut() {
+            Some(log) => {
+                map.sync_dirty_log(log).map_err(err)?;
+            }
+            None => {
+                map.sync_vm_memory_writes();
+            }
         }
         Ok(())
     }
@@ -226,8 +234,10 @@ impl Unit for PgmUnit {
     }
 
     fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        // Also for a plain save: a zero-state page written through the
+        // `vm-memory` view must not be saved as zero.
+        self.sync()?;
         let sel = if self.live_since.is_some() {
-            self.sync()?;
             Selection::Dirty
         } else {
             Selection::All

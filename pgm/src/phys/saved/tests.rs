@@ -332,3 +332,58 @@ fn live_save_resends_dirty_pages_and_finishes() {
     assert_eq!(byte(&dst, 0x2000), byte(&src, 0x2000));
     assert_ne!(byte(&dst, 0x2000), 0);
 }
+
+/// A dirty log in which the guest never writes.
+struct IdleGuest;
+
+impl DirtyLog for IdleGuest {
+    fn dirty_bitmap(&mut self, slot: &KvmSlot) -> Result<Vec<u64>, String> {
+        Ok(vec![0; (slot.size / PAGE_SIZE).div_ceil(64) as usize])
+    }
+}
+
+#[test]
+fn device_writes_after_a_live_pass_are_sent_again() {
+    use vm_memory::{Bytes, GuestAddress};
+    let src = shared();
+    src.read().write(0x4000, &[1]).unwrap();
+    let device = src.read().guest_memory().unwrap();
+    let mut m = Manager::new();
+    m.register(Box::new(PgmUnit::new(
+        src.clone(),
+        Some(Box::new(IdleGuest)),
+    )))
+    .unwrap();
+    let mut bytes = Vec::new();
+    m.save_live(&mut bytes, &SaveOptions::default(), || {
+        // a device writes pages after the live passes sent them: one it
+        // had written before, one in the zero state, and MMIO2
+        device.write_obj(2u8, GuestAddress(0x4000)).unwrap();
+        device.write_obj(3u8, GuestAddress(0x6000)).unwrap();
+        device.write_obj(4u8, GuestAddress(0x1000_1000)).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let dst = load_into(&bytes);
+    assert_eq!(byte(&dst, 0x4000), 2);
+    assert_eq!(byte(&dst, 0x6000), 3);
+    assert_eq!(byte(&dst, 0x1000_1000), 4);
+}
+
+#[test]
+fn a_plain_save_keeps_device_writes_to_zero_pages() {
+    use vm_memory::{Bytes, GuestAddress};
+    let src = shared();
+    src.read()
+        .guest_memory()
+        .unwrap()
+        .write_obj(5u8, GuestAddress(0x7000))
+        .unwrap();
+    assert_eq!(src.read().page_info(0x7000).state, PageState::Zero);
+    let mut m = Manager::new();
+    m.register(Box::new(PgmUnit::new(src.clone(), None)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    m.save(&mut bytes, &SaveOptions::default()).unwrap();
+    assert_eq!(byte(&load_into(&bytes), 0x7000), 5);
+}

@@ -51,7 +51,11 @@ pub(crate) struct VirtioSlot {
 }
 
 /// The guest memory devices reach by DMA: guest RAM as `pgm` lays it out.
-pub type GuestRam = vm_memory::GuestMemoryMmap;
+/// Every write through it (`vm-memory` and `virtio-queue` calls alike)
+/// marks the written pages in `pgm`'s [`WriteBitmap`](pgm::phys::WriteBitmap),
+/// so a live save sends them again: a device need not report its writes,
+/// but must not write guest RAM through raw host pointers.
+pub type GuestRam = pgm::phys::TrackedMemory;
 
 /// The queue type every device serves.
 pub type Queue = virtio_queue::Queue;

@@ -10,9 +10,11 @@
 use std::borrow::Cow;
 use std::io::{Read, Write};
 
+use pgm::phys::WriteBitmap;
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Reader, Writer};
+use vm_memory::bitmap::RefSlice;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::super::GuestRam;
@@ -74,8 +76,8 @@ fn io(reason: &'static str) -> Failure {
 /// A request's two byte streams: what the device reads after the header,
 /// and where it writes before the status byte.
 struct Buffers<'m> {
-    reader: Reader<'m>,
-    writer: Writer<'m>,
+    reader: Reader<'m, RefSlice<'m, WriteBitmap>>,
+    writer: Writer<'m, RefSlice<'m, WriteBitmap>>,
 }
 
 /// Serves the request in `chain` and returns the length for its used

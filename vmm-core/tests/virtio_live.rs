@@ -1,0 +1,171 @@
+//! Device writes to guest RAM during a live save reach the target: a
+//! teleport goes through a proxy that holds the stream once the first
+//! live pass has sent the device's buffer page; the virtio entropy device
+//! then fills that buffer (and its used ring) on its worker thread, bypassing
+//! KVM and its dirty log; the target must see those bytes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::Capture;
+use common::virtio::RngQueue;
+use hm_vmx::testing::kvm_available;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::devices::virtio::Rng;
+use vmm_core::{RunOutcome, Vm, VmConfig, guests};
+
+const RAM: u64 = 64 << 20;
+/// The rings, and the buffer the device fills: low in RAM, so the first
+/// live pass sends them early.
+const RINGS: u64 = 0x80_0000;
+const BUFFER: u64 = 0x90_0000;
+const LEN: u32 = 256;
+/// Incompressible guest RAM above the buffer: the first pass has far more
+/// to send after the buffer than socket buffers hold.
+const NOISE_AT: u64 = 16 << 20;
+const NOISE: usize = 40 << 20;
+/// The proxy holds the stream after this many bytes: past the (mostly
+/// zero) pages below [`NOISE_AT`], well inside the noise.
+const HOLD_AFTER: u64 = 8 << 20;
+
+/// Pseudo-random bytes (xorshift): nothing a save could compress.
+fn noise_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn config(serial: &Capture) -> VmConfig {
+    let mut config = VmConfig::new(RAM, guests::find("idle").unwrap().firmware().unwrap());
+    config.serial = Box::new(serial.clone());
+    config.virtio.push(Box::new(Rng::new("rng0")));
+    config
+}
+
+/// Copies `from` to `to` until `from` ends.
+fn pipe(mut from: TcpStream, mut to: TcpStream) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    })
+}
+
+/// A proxy between the teleport source and `target`: it forwards the
+/// source's first [`HOLD_AFTER`] bytes, reports on `held`, waits for
+/// `release` and forwards the rest; the target's answers pass through.
+fn holding_proxy(
+    target: String,
+    held: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+) -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let proxy = std::thread::spawn(move || {
+        let (mut source, _) = listener.accept().unwrap();
+        let mut target = TcpStream::connect(target).unwrap();
+        let answers = pipe(target.try_clone().unwrap(), source.try_clone().unwrap());
+        let mut buf = vec![0u8; 64 << 10];
+        let mut sent = 0u64;
+        let mut holding = true;
+        loop {
+            let n = source.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            target.write_all(&buf[..n]).unwrap();
+            sent += n as u64;
+            if holding && sent >= HOLD_AFTER {
+                holding = false;
+                held.send(()).unwrap();
+                release.recv_timeout(Duration::from_secs(30)).unwrap();
+            }
+        }
+        let _ = target.shutdown(Shutdown::Write);
+        answers.join().unwrap();
+    });
+    (address, proxy)
+}
+
+#[test]
+fn device_writes_during_a_live_teleport_reach_the_target() {
+    if !kvm_available("device_writes_during_a_live_teleport_reach_the_target") {
+        return;
+    }
+    // The target, as it loaded the state.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_address = listener.local_addr().unwrap().to_string();
+    let target_serial = Capture::default();
+    let target_config = config(&target_serial);
+    let target = std::thread::spawn(move || Vm::incoming(target_config, &listener));
+
+    // The source: device set up, noise in RAM, the guest running.
+    let serial = Capture::default();
+    let mut vm = Vm::new(config(&serial)).unwrap();
+    vm.memory()
+        .ram()
+        .write_slice(&noise_bytes(NOISE), GuestAddress(NOISE_AT))
+        .unwrap();
+    let queue = RngQueue::start(vm.memory(), RINGS);
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serial.text().contains("heartbeat") {
+        assert!(Instant::now() < deadline, "{}", serial.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The idle guest: the counter guest's descriptor tables lie in ROM,
+    // and the stall recovery that maps them writable takes `pgm`'s map
+    // for writing, which waits for the held pass (and the MMIO exits of
+    // the notify below behind it) until the stream moves again.
+    let (held_tx, held) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let (proxy_address, proxy) = holding_proxy(target_address, held_tx, release_rx);
+    let teleport = {
+        let handle = handle.clone();
+        std::thread::spawn(move || handle.teleport(&proxy_address))
+    };
+    // The first live pass has sent the buffer's page (zero) and the rings;
+    // the source waits on the socket, its guest and device running.
+    held.recv_timeout(Duration::from_secs(60))
+        .expect("the teleport streams");
+    let mem = handle.memory();
+    queue.offer(mem, 0, BUFFER, LEN);
+    queue.wait_used(mem, 1, || format!("state {:?}", handle.state()));
+    let mut written = vec![0u8; LEN as usize];
+    mem.ram()
+        .read_slice(&mut written, GuestAddress(BUFFER))
+        .unwrap();
+    assert!(written.iter().any(|&b| b != 0));
+    release.send(()).unwrap();
+
+    let report = teleport.join().unwrap().expect("teleport");
+    assert!(report.live_passes >= 1, "{report:?}");
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
+    proxy.join().unwrap();
+    let moved = target.join().unwrap().expect("incoming");
+    let mut arrived = vec![0u8; LEN as usize];
+    moved
+        .memory()
+        .ram()
+        .read_slice(&mut arrived, GuestAddress(BUFFER))
+        .unwrap();
+    assert_eq!(arrived, written, "the device's bytes did not arrive");
+    // The used ring the device wrote arrived too: the target's device
+    // goes on with the next buffer.
+    assert_eq!(queue.used_idx(moved.memory()), 1);
+    queue.offer(moved.memory(), 1, BUFFER + 0x1000, 16);
+    queue.wait_used(moved.memory(), 2, || target_serial.text());
+}
