@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::Capture;
 use common::virtio::{BAR0, RngQueue, mmio_read};
 use hm_vmx::testing::kvm_available;

@@ -72,7 +72,7 @@ fn masked_entry() -> [u8; ENTRY_SIZE] {
 }
 
 impl Msix {
-    /// `count` vectors (1 to [`MAX_VECTORS`]), all masked, MSI-X disabled.
+    /// `count` vectors (1 to `MAX_VECTORS`), all masked, MSI-X disabled.
     pub fn new(count: u16, routing: Arc<dyn IrqRouting>) -> Result<Self, String> {
         if count == 0 || count > MAX_VECTORS {
             return Err(format!("{count} MSI-X vectors (1 to {MAX_VECTORS})"));
