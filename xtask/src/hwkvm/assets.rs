@@ -12,10 +12,9 @@ use crate::apt::Apt;
 use crate::guest_linux::{self, DebianGuest};
 use crate::kmod::{self, Module};
 
-/// The modules L1 loads (with the ones they need): KVM for AMD-V, `tun`
-/// for the taps of the network tests, and `bridge` to join the taps of a
-/// teleport's source and target into one network.
-const L1_MODULES: [&str; 3] = ["kvm_amd", "tun", "bridge"];
+/// The modules L1 loads (with the ones they need): KVM for AMD-V, and
+/// `tun` for the taps of the network tests.
+const L1_MODULES: [&str; 2] = ["kvm_amd", "tun"];
 
 /// Everything the lane runs, on the host.
 pub struct Assets {

@@ -70,7 +70,7 @@ struct TestBinary {
 /// without ACPI Debian's generic kernel on the MP table, and what the lane
 /// gives the virtio tests (the guest's virtio modules, ext4 images, taps)
 /// and the virtio devices as Linux drives them (rng, disk root, net), also
-/// while the VM is saved live, restored and teleported.
+/// while the VM is saved (live and plainly) and restored.
 const SUITE: [TestBinary; 8] = [
     TestBinary {
         package: "pgm",
