@@ -139,20 +139,27 @@ impl EmtHost for Arc<Machine> {
             return Ok(None);
         }
         let tables = stall::descriptor_tables(&state.sregs()?);
-        let mut map = self.memory.phys().write();
         let mut pages = Vec::new();
         let mut writes = false;
-        for &(base, len) in &tables {
-            let mut table = vec![0u8; len as usize];
-            if map.read(base, &mut table).is_ok() {
-                writes |= stall::writes_on_load(&table);
+        {
+            // Looked at under the read lock: a stalled vCPU is mostly one
+            // that sleeps in the guest, and taking the write lock for it
+            // would queue every MMIO exit behind whoever holds a read lock
+            // for long (a live pass writing to a slow teleport peer).
+            let map = self.memory.phys().read();
+            for &(base, len) in &tables {
+                let mut table = vec![0u8; len as usize];
+                if map.read(base, &mut table).is_ok() {
+                    writes |= stall::writes_on_load(&table);
+                }
+                pages.extend((base..base.saturating_add(len)).step_by(PAGE_SIZE as usize));
+                pages.push(base.saturating_add(len - 1));
             }
-            pages.extend((base..base.saturating_add(len)).step_by(PAGE_SIZE as usize));
-            pages.push(base.saturating_add(len - 1));
         }
         if !writes {
             return Ok(None);
         }
+        let mut map = self.memory.phys().write();
         let window = map
             .open_rom_window(&pages)
             .map_err(|e| Error::Memory(e.to_string()))?;

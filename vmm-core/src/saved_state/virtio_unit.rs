@@ -45,7 +45,9 @@ const NEEDS_RESET: u8 = 0x40;
 pub(crate) struct VirtioUnit {
     pub(crate) slot: u32,
     pub(crate) transport: Arc<Mutex<Transport>>,
-    /// The device was active when `save_prep` quiesced it.
+    /// The device is to be activated when the save or load is done: it
+    /// was active when `save_prep` quiesced it, or the loaded state has it
+    /// running.
     pub(crate) reactivate: bool,
 }
 
@@ -211,8 +213,16 @@ impl Unit for VirtioUnit {
                 s.set_intx(true);
             }
         }
-        if status & DRIVER_OK != 0 && status & NEEDS_RESET == 0 {
-            t.activate().map_err(failed)?;
+        // Started once every unit is loaded (`load_done`): a device that
+        // completed a request now would interrupt a vCPU whose local APIC
+        // a later unit still overwrites.
+        self.reactivate = status & DRIVER_OK != 0 && status & NEEDS_RESET == 0;
+        Ok(())
+    }
+
+    fn load_done(&mut self) -> ssm::Result<()> {
+        if std::mem::take(&mut self.reactivate) {
+            self.transport.lock().activate().map_err(failed)?;
         }
         Ok(())
     }
