@@ -93,6 +93,18 @@ pub(crate) struct Machine {
     pub(crate) memory: GuestMemoryMap,
 }
 
+impl Drop for Machine {
+    /// Stops the virtio devices' workers before anything else goes: they
+    /// write guest RAM, which goes with the memory below.
+    fn drop(&mut self) {
+        for slot in &self.saved.virtio {
+            if let Err(e) = slot.transport.lock().deactivate() {
+                tracing::warn!("virtio device at {}: {e}", slot.at);
+            }
+        }
+    }
+}
+
 impl Machine {
     pub(crate) fn cpus(&self) -> u32 {
         self.ffs.cpu_count()

@@ -20,12 +20,17 @@ const RINGS: u64 = 0x80_0000;
 const BUFFER: u64 = 0x90_0000;
 
 fn vm(serial: &Capture) -> Vm {
+    vm_with(serial, "rng0")
+}
+
+/// The counter guest with an entropy device called `name`.
+fn vm_with(serial: &Capture, name: &str) -> Vm {
     let mut config = VmConfig::new(
         16 << 20,
         guests::find("counter").unwrap().firmware().unwrap(),
     );
     config.serial = Box::new(serial.clone());
-    config.virtio.push(Box::new(Rng::new("rng0")));
+    config.virtio.push(Box::new(Rng::new(name)));
     Vm::new(config).unwrap()
 }
 
@@ -100,4 +105,34 @@ fn an_entropy_device_is_found_served_and_saved() {
     assert_eq!(queue.used_idx(restored.memory()), 1);
     queue.offer(restored.memory(), 1, BUFFER + 0x1000, 32);
     queue.wait_used(restored.memory(), 2, || info(&restored));
+}
+
+/// The threads of this process named `name` (as `/proc` shows them).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// A dropped VM has stopped its devices' workers before its memory goes:
+/// a worker still running would write unmapped guest RAM.
+#[test]
+fn a_dropped_vm_has_stopped_its_device_workers() {
+    if !kvm_available("a_dropped_vm_has_stopped_its_device_workers") {
+        return;
+    }
+    let serial = Capture::default();
+    let vm = vm_with(&serial, "rngdrop");
+    let queue = RngQueue::start(vm.memory(), RINGS);
+    queue.offer(vm.memory(), 0, BUFFER, 64);
+    queue.wait_used(vm.memory(), 1, || info(&vm));
+    assert_eq!(threads_named("virtio-rngdrop"), 1);
+    drop(vm);
+    assert_eq!(
+        threads_named("virtio-rngdrop"),
+        0,
+        "the worker outlived its VM"
+    );
 }
