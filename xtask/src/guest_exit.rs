@@ -8,15 +8,11 @@
 //! `ioperm(0x501, 1, 1)`, then `out 0x501, N`.
 //! Where the port cannot be had (no rights, or not under `vmm`) it exits
 //! with status N instead. Assembled with `iced-x86` and wrapped in a
-//! one-segment ELF file.
+//! one-segment ELF file (see `elf`).
 
 use anyhow::Context;
 use iced_x86::code_asm::*;
 
-/// Where the program is loaded (the ELF header and the code share one page).
-const BASE: u64 = 0x40_0000;
-const ELF_HEADER: usize = 64;
-const PROGRAM_HEADER: usize = 56;
 const DEBUG_EXIT_PORT: u32 = 0x501;
 const SYS_IOPERM: u32 = 173;
 const SYS_EXIT: u32 = 60;
@@ -73,35 +69,7 @@ fn code(entry: u64) -> anyhow::Result<Vec<u8>> {
 
 /// The whole ELF executable.
 pub fn program() -> anyhow::Result<Vec<u8>> {
-    let entry = BASE + (ELF_HEADER + PROGRAM_HEADER) as u64;
-    let code = code(entry)?;
-    let size = (ELF_HEADER + PROGRAM_HEADER + code.len()) as u64;
-    let mut elf = Vec::with_capacity(size as usize);
-    // ELF header: 64-bit, little endian, version 1, System V ABI.
-    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
-    elf.extend_from_slice(&[0; 8]);
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    elf.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
-    elf.extend_from_slice(&entry.to_le_bytes());
-    elf.extend_from_slice(&(ELF_HEADER as u64).to_le_bytes()); // e_phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    elf.extend_from_slice(&(ELF_HEADER as u16).to_le_bytes());
-    elf.extend_from_slice(&(PROGRAM_HEADER as u16).to_le_bytes());
-    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    elf.extend_from_slice(&[0; 6]); // no section headers
-    // One PT_LOAD segment, readable and executable, covering the file.
-    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    elf.extend_from_slice(&5u32.to_le_bytes()); // PF_R | PF_X
-    elf.extend_from_slice(&0u64.to_le_bytes()); // p_offset
-    elf.extend_from_slice(&BASE.to_le_bytes()); // p_vaddr
-    elf.extend_from_slice(&BASE.to_le_bytes()); // p_paddr
-    elf.extend_from_slice(&size.to_le_bytes()); // p_filesz
-    elf.extend_from_slice(&size.to_le_bytes()); // p_memsz
-    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    elf.extend_from_slice(&code);
-    Ok(elf)
+    crate::elf::executable(code, 0)
 }
 
 #[cfg(test)]
@@ -147,7 +115,7 @@ mod tests {
     #[test]
     fn the_code_writes_the_status_to_the_debug_exit_port() {
         let elf = program().unwrap();
-        let code = &elf[ELF_HEADER + PROGRAM_HEADER..];
+        let code = crate::elf::code(&elf);
         let mut decoder = iced_x86::Decoder::with_ip(64, code, 0, 0);
         let outs: Vec<_> = decoder
             .iter()

@@ -103,14 +103,39 @@ pub struct DebianGuest {
     /// [`initramfs`]).
     pub initramfs: Vec<u8>,
     busybox: Vec<u8>,
+    programs: Programs,
+}
+
+/// The project's own programs both images carry in `/bin`: `vmm-exit`
+/// (see `guest_exit`) and `vmm-vsock` (see `guest_vsock`).
+pub struct Programs {
     vmm_exit: Vec<u8>,
+    vmm_vsock: Vec<u8>,
+}
+
+impl Programs {
+    /// Assembles them.
+    pub fn build() -> anyhow::Result<Programs> {
+        Ok(Programs {
+            vmm_exit: crate::guest_exit::program()?,
+            vmm_vsock: crate::guest_vsock::program()?,
+        })
+    }
+
+    /// Each one's path in the image and contents.
+    fn files(&self) -> [(&'static str, &[u8]); 2] {
+        [
+            ("bin/vmm-exit", &self.vmm_exit),
+            ("bin/vmm-vsock", &self.vmm_vsock),
+        ]
+    }
 }
 
 impl DebianGuest {
     /// Writes an ext4 root file system for `vmm_root=/dev/vda` to `image`
     /// (see [`rootfs_image`]).
     pub fn write_rootfs(&self, image: &Path) -> anyhow::Result<()> {
-        rootfs_image(&self.busybox, &self.vmm_exit, image, ROOTFS_SIZE)
+        rootfs_image(&self.busybox, &self.programs, image, ROOTFS_SIZE)
     }
 }
 
@@ -163,13 +188,13 @@ pub fn debian_guest(apt: &Apt, cache: &Path) -> anyhow::Result<DebianGuest> {
         .with_context(|| format!("the modules of {package}"))?;
     let busybox = std::fs::read(&busybox_path)
         .with_context(|| format!("cannot read {}", busybox_path.display()))?;
-    let vmm_exit = crate::guest_exit::program()?;
+    let programs = Programs::build()?;
     Ok(DebianGuest {
         package,
         vmlinuz,
-        initramfs: initramfs(&busybox, &vmm_exit, &modules),
+        initramfs: initramfs(&busybox, &programs, &modules),
         busybox,
-        vmm_exit,
+        programs,
     })
 }
 
@@ -300,10 +325,10 @@ const ROOT_FAILED_TEXT: &str = "VMM-GUEST-LINUX: cannot switch to the root file 
 /// The VM's exit status when `vmm_root` cannot be mounted or switched to.
 pub const ROOT_FAILED: u8 = 125;
 
-/// The initramfs: /bin/busybox with a `sh` link, `/bin/vmm-exit`, the
+/// The initramfs: /bin/busybox with a `sh` link, the [`Programs`], the
 /// modules in `/lib/modules/NAME.ko`, /init (see [`init_script`]), and the
 /// directories and console device a kernel expects.
-pub fn initramfs(busybox: &[u8], vmm_exit: &[u8], modules: &[Module]) -> Vec<u8> {
+pub fn initramfs(busybox: &[u8], programs: &Programs, modules: &[Module]) -> Vec<u8> {
     let mut cpio = Cpio::default();
     for dir in ["bin", "dev", "proc", "sys", "tmp", "newroot"] {
         cpio.dir(dir);
@@ -311,7 +336,9 @@ pub fn initramfs(busybox: &[u8], vmm_exit: &[u8], modules: &[Module]) -> Vec<u8>
     cpio.char_dev("dev/console", 5, 1);
     cpio.file("bin/busybox", 0o755, busybox);
     cpio.symlink("bin/sh", "busybox");
-    cpio.file("bin/vmm-exit", 0o755, vmm_exit);
+    for (path, data) in programs.files() {
+        cpio.file(path, 0o755, data);
+    }
     for m in modules {
         cpio.file(&format!("lib/modules/{}.ko", m.name), 0o644, &m.data);
     }
@@ -321,13 +348,13 @@ pub fn initramfs(busybox: &[u8], vmm_exit: &[u8], modules: &[Module]) -> Vec<u8>
 }
 
 /// Writes an ext4 root file system for `vmm_root` to `image` (of `size`,
-/// as `mke2fs` takes it): busybox with a `sh` link, `/bin/vmm-exit`, its
+/// as `mke2fs` takes it): busybox with a `sh` link, the [`Programs`], its
 /// /init (see [`root_init_script`]) and the directories it mounts on. The
 /// tree it is made from is written next to it (`image` with the extension
 /// `tree`) and removed again.
 pub fn rootfs_image(
     busybox: &[u8],
-    vmm_exit: &[u8],
+    programs: &Programs,
     image: &Path,
     size: &str,
 ) -> anyhow::Result<()> {
@@ -337,7 +364,9 @@ pub fn rootfs_image(
     }
     tree.file("bin/busybox", 0o755, busybox)?;
     tree.symlink("bin/sh", "busybox")?;
-    tree.file("bin/vmm-exit", 0o755, vmm_exit)?;
+    for (path, data) in programs.files() {
+        tree.file(path, 0o755, data)?;
+    }
     tree.file("init", 0o755, root_init_script().as_bytes())?;
     tree.build(image, size)?;
     tree.remove()
@@ -348,17 +377,34 @@ mod tests {
     use super::*;
     use crate::cpio::parse;
 
+    /// Stand-ins for the programs, to find in the images.
+    fn programs() -> Programs {
+        Programs {
+            vmm_exit: b"\x7fELF-exit".to_vec(),
+            vmm_vsock: b"\x7fELF-vsock".to_vec(),
+        }
+    }
+
     #[test]
-    fn initramfs_holds_busybox_init_modules_and_vmm_exit() {
+    fn the_programs_are_the_assembled_ones() {
+        let built = Programs::build().unwrap();
+        assert_eq!(built.vmm_exit, crate::guest_exit::program().unwrap());
+        assert_eq!(built.vmm_vsock, crate::guest_vsock::program().unwrap());
+    }
+
+    #[test]
+    fn initramfs_holds_busybox_init_modules_and_programs() {
         let modules =
             [("virtio_ring", b"ko-ring"), ("virtio", b"ko-virt")].map(|(name, data)| Module {
                 name: name.into(),
                 data: data.to_vec(),
             });
-        let entries = parse(&initramfs(b"\x7fELF-busybox", b"\x7fELF-exit", &modules));
+        let entries = parse(&initramfs(b"\x7fELF-busybox", &programs(), &modules));
         let find = |n: &str| entries.iter().find(|e| e.0 == n).unwrap().clone();
         assert_eq!(find("bin/busybox").2, b"\x7fELF-busybox");
         assert_eq!(find("bin/vmm-exit").2, b"\x7fELF-exit");
+        assert_eq!(find("bin/vmm-vsock").2, b"\x7fELF-vsock");
+        assert_eq!(find("bin/vmm-vsock").1, 0o100_755);
         assert_eq!(find("lib/modules/virtio.ko").2, b"ko-virt");
         assert_eq!(
             find("bin/sh"),
@@ -454,7 +500,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("guest-linux-rootfs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let image = dir.join("rootfs.ext4");
-        rootfs_image(b"\x7fELF-busybox", b"\x7fELF-exit", &image, ROOTFS_SIZE).unwrap();
+        rootfs_image(b"\x7fELF-busybox", &programs(), &image, ROOTFS_SIZE).unwrap();
         let fsck = std::process::Command::new(ext4::e2fsprogs("e2fsck").unwrap())
             .arg("-fn")
             .arg(&image)
@@ -471,6 +517,7 @@ mod tests {
         };
         assert_eq!(cat("/init"), root_init_script().as_bytes());
         assert_eq!(cat("/bin/vmm-exit"), b"\x7fELF-exit");
+        assert_eq!(cat("/bin/vmm-vsock"), b"\x7fELF-vsock");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,9 +8,11 @@ use std::process::Command;
 
 mod apt;
 mod cpio;
+mod elf;
 mod ext4;
 mod guest_exit;
 mod guest_linux;
+mod guest_vsock;
 mod hwkvm;
 mod kmod;
 mod light;

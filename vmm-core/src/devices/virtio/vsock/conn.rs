@@ -55,6 +55,9 @@ pub struct Conn {
     pub(super) guest_done_sending: bool,
     /// The guest will receive no more.
     pub(super) guest_done_receiving: bool,
+    /// The host stream ended (its program shut down writing) and the
+    /// guest was told: nothing more is read from it.
+    pub(super) host_done_sending: bool,
     /// In the device's list of connections with data for the guest.
     pub(super) queued: bool,
     /// The events the device waits for on the stream.
@@ -88,6 +91,7 @@ impl Conn {
             pending: Vec::new(),
             guest_done_sending: false,
             guest_done_receiving: false,
+            host_done_sending: false,
             queued: false,
             interest: EventSet::empty(),
         }
@@ -175,13 +179,28 @@ impl Conn {
         self.stream.read(buf)
     }
 
-    /// The events to wait for: readable while the guest has credit and
-    /// the connection is not already queued; writable while guest bytes
-    /// wait.
+    /// Whether the host program closed its end altogether (not only
+    /// shut down writing): nothing it could read is left to send it.
+    pub fn host_hung_up(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: `poll` is one valid pollfd that lives across the call;
+        // a zero timeout does not block.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// The events to wait for: readable while the guest has credit, the
+    /// host stream has not ended and the connection is not already
+    /// queued; writable while guest bytes wait.
     pub fn wanted(&self) -> EventSet {
         let mut events = EventSet::empty();
         let reading = self.state == State::Established
             && !self.guest_done_receiving
+            && !self.host_done_sending
             && !self.queued
             && self.peer_credit() > 0;
         if reading {

@@ -8,6 +8,10 @@
 //!   the stream then carries the connection's bytes both ways.
 //! - A guest connecting to host (CID 2) port `P` reaches the Unix socket
 //!   `PATH_P`; if nothing listens there the guest gets `OP_RST`.
+//! - Either side may stop sending and go on receiving: a host program's
+//!   `shutdown(SHUT_WR)` reaches the guest as `OP_SHUTDOWN` with the
+//!   send flag only, and the guest's as the end of the host stream; a
+//!   host program that closes its stream ends both directions.
 //!
 //! Data flows under the guest's and the device's credit (virtio 1.2 5.10.6.3); a
 //! guest that overruns its credit, sends a packet the connection's state

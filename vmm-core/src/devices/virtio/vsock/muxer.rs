@@ -302,14 +302,15 @@ impl Muxer {
     }
 
     /// Once the guest's bytes are all with the host: pass on its shutdown
-    /// of sending, finish a close, tell it of freed space.
+    /// of sending, finish a close (the guest's of both directions, or of
+    /// its sending after the host's), tell it of freed space.
     fn after_flush(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         if !conn.has_pending() && conn.guest_done_sending {
             let _ = conn.stream.shutdown(Shutdown::Write);
-            if conn.state == State::Closing {
+            if conn.state == State::Closing || conn.host_done_sending {
                 self.reset(key);
                 return;
             }
@@ -449,6 +450,15 @@ impl Muxer {
                 continue;
             }
             match conn.read_host(&mut self.buf[..max]) {
+                // The host program stopped sending. If it still reads
+                // and the guest may still send, only that direction
+                // ends; otherwise the connection is over.
+                Ok(0) if !conn.host_hung_up() && !conn.guest_done_sending => {
+                    conn.host_done_sending = true;
+                    let hdr = conn.header(self.guest_cid, op::SHUTDOWN, SHUTDOWN_SEND, 0);
+                    self.sync(key);
+                    return Some((hdr, &[]));
+                }
                 Ok(0) => {
                     let mut conn = self.remove(key)?;
                     let flags = SHUTDOWN_RCV | SHUTDOWN_SEND;

@@ -2,6 +2,7 @@
 //! against real Unix sockets.
 
 use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -234,6 +235,47 @@ fn a_host_program_connects_and_bytes_flow_both_ways_under_credit() {
     assert_eq!(got.iter().map(|(h, _)| h.op).collect::<Vec<_>>(), [op::RST]);
     assert_eq!(f.stat("Connections"), 0);
     assert!(f.irq.take_signals().contains(&RX_QUEUE));
+}
+
+#[test]
+fn a_host_program_that_stops_sending_still_gets_the_guests_bytes() {
+    let mem = guest_ram(16 << 20);
+    let mut f = fixture(&mem);
+    f.give_rx(8);
+    let (mut host, local) = host_connect(&mut f, 52, b"");
+    host.write_all(b"request").unwrap();
+    host.shutdown(Shutdown::Write).unwrap();
+    f.pump();
+    f.pump();
+    // The guest gets the bytes, then: the host sends no more (and still
+    // receives).
+    let got = f.recv();
+    let ops: Vec<_> = got
+        .iter()
+        .map(|(h, d)| (h.op, h.flags, d.clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (op::RW, 0, b"request".to_vec()),
+            (op::SHUTDOWN, SHUTDOWN_SEND, vec![])
+        ]
+    );
+    assert_eq!(f.stat("Connections"), 1);
+    // The guest answers, then stops sending too: the host reads the
+    // answer and the end, the guest gets its reset.
+    f.send(guest_hdr(52, local, op::RW), b"answer");
+    let mut shutdown = guest_hdr(52, local, op::SHUTDOWN);
+    shutdown.flags = SHUTDOWN_SEND;
+    f.send(shutdown, &[]);
+    let mut rest = Vec::new();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    host.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"answer");
+    let got = f.recv();
+    assert_eq!(got.iter().map(|(h, _)| h.op).collect::<Vec<_>>(), [op::RST]);
+    assert_eq!(f.stat("Connections"), 0);
+    assert_eq!(f.stat("Resets"), 1);
 }
 
 #[test]
