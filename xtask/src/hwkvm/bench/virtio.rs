@@ -129,7 +129,8 @@ fn summarize(records: &[paired::Record], counts: &[(String, usize)]) -> String {
                 ratio.low,
                 ratio.high
             ));
-            if !(ratio.median >= GOAL) {
+            // A NaN (never paired) counts as behind.
+            if ratio.median.is_nan() || ratio.median < GOAL {
                 behind.push(format!("{} vs {other} {:.2}x", metric.key(), ratio.median));
             }
         }

@@ -8,7 +8,8 @@
 //! Both VMMs get the same devices as virtio over PCI, modern only (no
 //! legacy interface), with MSI-X: `vmm run --disk IMG --net tap=TAP`, and
 //! QEMU's `pc` machine with `virtio-blk-pci` and `virtio-net-pci`
-//! (`disable-legacy=on`). QEMU serves the disk through L1's page cache
+//! (`disable-legacy=on`; the network card without its boot ROM, which
+//! a direct kernel boot does not use). QEMU serves the disk through L1's page cache
 //! (`cache=writeback`, the default, with its thread pool: `aio=threads`),
 //! as `vmm` does with `pread`/`pwrite`, and the network without vhost
 //! (L1 has no `vhost_net`), in its own process as `vmm` does. `pc` rather
@@ -111,7 +112,7 @@ fn contenders(guest: &Guest) -> anyhow::Result<Vec<Contender>> {
                 "-netdev".into(),
                 format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
                 "-device".into(),
-                "virtio-net-pci,netdev=n0,disable-legacy=on".into(),
+                "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=".into(),
             ],
         }
     };
@@ -179,7 +180,7 @@ fn stream(bytes: u64, stop: &AtomicBool) -> anyhow::Result<f64> {
     };
     tcp.set_write_timeout(Some(STALL_LIMIT))?;
     tcp.set_read_timeout(Some(STALL_LIMIT))?;
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 131 >> 7) as u8).collect();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| ((i * 131) >> 7) as u8).collect();
     let started = Instant::now();
     let mut left = bytes;
     while left > 0 {
