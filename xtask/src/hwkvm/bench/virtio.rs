@@ -82,12 +82,12 @@ pub const METRICS: [Metric; 5] = [
     Metric::Disk {
         write: true,
         block: 1 << 20,
-        count: 64,
+        count: 128,
     },
     Metric::Disk {
         write: false,
         block: 1 << 20,
-        count: 64,
+        count: 128,
     },
 ];
 
@@ -190,7 +190,7 @@ HWKVM-RC=0\r
         let keys: Vec<String> = METRICS.iter().map(|m| m.key()).collect();
         assert_eq!(keys, ["tcp", "write4k", "read4k", "write1M", "read1M"]);
         assert_eq!(METRICS[1].bytes(), 16 << 20);
-        assert_eq!(METRICS[4].bytes(), 64 << 20);
+        assert_eq!(METRICS[4].bytes(), 128 << 20);
     }
 
     #[test]

@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(mb[0], None);
         assert!((mb[1].unwrap() - 16.0 * mib / 2.0).abs() < 1e-9, "{mb:?}");
         assert!((mb[2].unwrap() - 16.0 * mib / 0.5).abs() < 1e-9, "{mb:?}");
-        assert!((mb[4].unwrap() - 64.0 * mib / 0.64).abs() < 1e-6, "{mb:?}");
+        assert!((mb[4].unwrap() - 128.0 * mib / 0.64).abs() < 1e-6, "{mb:?}");
         let mut failed = out.clone();
         failed.insert(
             2,
