@@ -13,7 +13,9 @@
 //! the goal of at most 1.0x QEMU's time.
 
 pub mod measure;
+mod paired;
 mod phases;
+pub mod virtio;
 
 use std::path::Path;
 
@@ -39,9 +41,21 @@ const OURS: &str = measure::CONTENDERS[0];
 /// The goal: `vmm` takes at most this times QEMU's time (either machine).
 const GOAL: f64 = 1.0;
 
-/// The L1 script: the measurement, with `runs` rounds.
-pub fn script(runs: u32) -> String {
-    format!("/bin/xtask hwkvm --measure {runs}\n")
+/// Which benchmark runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// Boot time to userspace (this module).
+    Boot,
+    /// Virtio disk and network throughput (see [`virtio`]).
+    Virtio,
+}
+
+/// The L1 script: the measurement of `kind`, with `runs` rounds.
+pub fn script(kind: Kind, runs: u32) -> String {
+    match kind {
+        Kind::Boot => format!("/bin/xtask hwkvm --measure {runs}\n"),
+        Kind::Virtio => virtio::script(runs),
+    }
 }
 
 /// Adds what the measurement needs to L1's image: QEMU with its firmware
@@ -59,45 +73,11 @@ pub fn add_to_image(image: &mut Image, qemu: &Qemu) -> anyhow::Result<()> {
     image.executable(&xtask, "bin/xtask")
 }
 
-/// One boot as L1 reported it.
-#[derive(Debug, Clone, PartialEq)]
-struct Record {
-    vmm: String,
-    round: u32,
-    /// Setup, kernel, init, total (see [`phases::Phases`]), in seconds.
-    seconds: [f64; 4],
-}
-
-impl Record {
-    fn parse(line: &str) -> Option<Record> {
-        let mut words = line.strip_prefix(RECORD)?.split_whitespace();
-        let vmm = words.next()?.to_owned();
-        let round = words.next()?.parse().ok()?;
-        let mut seconds = [0.0; 4];
-        for s in &mut seconds {
-            *s = words.next()?.parse().ok()?;
-        }
-        Some(Record {
-            vmm,
-            round,
-            seconds,
-        })
-    }
-}
-
-/// The median of `values` (NaN if there are none).
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
+/// The columns of a boot's [`RECORD`]: setup, kernel, init, total (see
+/// [`phases::Phases`]), in seconds.
+const COLUMNS: usize = 4;
+/// The column of the total boot time.
+const TOTAL: usize = 3;
 
 /// The summary of L1's console: the table, the ratios and the verdict.
 #[derive(Debug)]
@@ -110,28 +90,14 @@ struct Summary {
 
 /// Reads the records in `console` and writes the summary.
 fn summarize(console: &str) -> Summary {
-    let records: Vec<Record> = console.lines().filter_map(Record::parse).collect();
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for r in &records {
-        match counts.iter_mut().find(|(v, _)| *v == r.vmm) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((r.vmm.clone(), 1)),
-        }
-    }
+    let records = paired::records(console, RECORD, COLUMNS);
+    let counts = paired::counts(&records);
     let mut text = format!(
         "boot to userspace in L1, median of each phase (s){:>8}{:>8}{:>8}{:>8}{:>6}\n",
         "setup", "kernel", "init", "total", "runs"
     );
     for (vmm, n) in &counts {
-        let of = |i: usize| {
-            median(
-                records
-                    .iter()
-                    .filter(|r| r.vmm == *vmm)
-                    .map(|r| r.seconds[i])
-                    .collect(),
-            )
-        };
+        let of = |i: usize| paired::median_of(&records, vmm, i);
         text.push_str(&format!(
             "  {vmm:<47}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{n:>6}\n",
             of(0),
@@ -145,22 +111,14 @@ fn summarize(console: &str) -> Summary {
          kernel: to \"Run /init\" (kernel init, device probing); init: to the userspace marker\n",
     );
     for (other, _) in counts.iter().filter(|(v, _)| v != OURS) {
-        let ratios: Vec<f64> = records
-            .iter()
-            .filter(|r| r.vmm == OURS)
-            .filter_map(|ours| {
-                let theirs = records
-                    .iter()
-                    .find(|r| r.vmm == *other && r.round == ours.round)?;
-                Some(ours.seconds[3] / theirs.seconds[3])
-            })
-            .collect();
-        let rounds = ratios.len();
-        let ratio = median(ratios);
-        let verdict = if ratio <= GOAL { "met" } else { "NOT met" };
+        let ratio = paired::Ratio::of(&records, OURS, other, TOTAL);
+        let verdict = if ratio.median <= GOAL {
+            "met"
+        } else {
+            "NOT met"
+        };
         text.push_str(&format!(
-            "{OURS}/{other}: {ratio:.2}x (median of {rounds} per-round ratios of the totals); \
-             goal <= {GOAL:.1}x: {verdict}\n"
+            "{OURS}/{other} total: {ratio}; goal <= {GOAL:.1}x: {verdict}\n"
         ));
     }
     let slow: Vec<&str> = console
@@ -177,12 +135,40 @@ fn summarize(console: &str) -> Summary {
     }
     Summary {
         text,
-        failures: console
-            .lines()
-            .filter_map(|l| l.strip_prefix(FAIL).map(str::to_owned))
-            .collect(),
+        failures: failures(console),
         counts,
     }
+}
+
+/// The failures L1 reported on `console` ([`FAIL`] lines).
+fn failures(console: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix(FAIL).map(|f| f.trim_end().to_owned()))
+        .collect()
+}
+
+/// Prints `text`, then the `failures`; fails if there were any or if one
+/// of `names` has fewer than `runs` records in `counts`.
+fn conclude(
+    text: &str,
+    failures: &[String],
+    names: &[&str],
+    counts: &[(String, usize)],
+    runs: u32,
+) -> anyhow::Result<()> {
+    println!("{}", text.trim_end());
+    for f in failures {
+        eprintln!("xtask: hwkvm: bench: FAILED {f}");
+    }
+    let short = paired::short(names, counts, runs);
+    if !failures.is_empty() || !short.is_empty() {
+        bail!(
+            "the benchmark is incomplete: {} failed runs; fewer than {runs} runs of {short:?}",
+            failures.len()
+        );
+    }
+    Ok(())
 }
 
 /// The first boot's serial log of each VMM, with arrival times, by VMM.
@@ -203,10 +189,19 @@ fn first_boot_logs(console: &str) -> Vec<(String, String)> {
     logs
 }
 
-/// Prints the summary of L1's console and writes each VMM's first boot
-/// log into `dir`; fails if a boot failed or a VMM was never measured.
-/// The goal's verdict is reported, not enforced.
-pub fn report(console: &str, runs: u32, dir: &Path) -> anyhow::Result<()> {
+/// Prints the summary of the `kind` benchmark from L1's console (the boot
+/// benchmark also writes each VMM's first boot log into `dir`); fails if
+/// a run failed or a VMM was measured fewer than `runs` times. The goal's
+/// verdict is reported, not enforced.
+pub fn report(kind: Kind, console: &str, runs: u32, dir: &Path) -> anyhow::Result<()> {
+    match kind {
+        Kind::Boot => report_boot(console, runs, dir),
+        Kind::Virtio => virtio::report(console, runs),
+    }
+}
+
+/// [`report`] of the boot benchmark.
+fn report_boot(console: &str, runs: u32, dir: &Path) -> anyhow::Result<()> {
     for (vmm, text) in first_boot_logs(console) {
         let path = dir.join(format!("bench-{vmm}.log"));
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -216,28 +211,13 @@ pub fn report(console: &str, runs: u32, dir: &Path) -> anyhow::Result<()> {
         );
     }
     let summary = summarize(console);
-    println!("{}", summary.text.trim_end());
-    for f in &summary.failures {
-        eprintln!("xtask: hwkvm: bench: FAILED {f}");
-    }
-    let short: Vec<&str> = measure::CONTENDERS
-        .iter()
-        .copied()
-        .filter(|name| {
-            summary
-                .counts
-                .iter()
-                .find(|(v, _)| v == name)
-                .is_none_or(|(_, n)| *n < runs as usize)
-        })
-        .collect();
-    if !summary.failures.is_empty() || !short.is_empty() {
-        bail!(
-            "the benchmark is incomplete: {} failed boots; fewer than {runs} runs of {short:?}",
-            summary.failures.len()
-        );
-    }
-    Ok(())
+    conclude(
+        &summary.text,
+        &summary.failures,
+        &measure::CONTENDERS,
+        &summary.counts,
+        runs,
+    )
 }
 
 #[cfg(test)]
@@ -258,25 +238,6 @@ HWKVM-RC=0\r
 ";
 
     #[test]
-    fn records_are_read_and_garbage_is_not() {
-        assert_eq!(
-            Record::parse("HWKVM-BENCH-RUN vmm 3 1 2 3.5 6.5"),
-            Some(Record {
-                vmm: "vmm".into(),
-                round: 3,
-                seconds: [1.0, 2.0, 3.5, 6.5]
-            })
-        );
-        for bad in [
-            "HWKVM-BENCH-RUN vmm 3 1 2 3.5",
-            "HWKVM-BENCH-RUN vmm x 1 2 3 4",
-            "vmm 3 1 2 3 4",
-        ] {
-            assert_eq!(Record::parse(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn medians_ratios_and_the_verdict_are_reported() {
         let s = summarize(CONSOLE);
         // vmm: setup 1.0 1.1 1.0 -> 1.0; kernel 2, 3, 2.5 -> 2.5; total 3.5 4.5 4.0 -> 4.0.
@@ -287,7 +248,9 @@ HWKVM-RC=0\r
         );
         // Ratios 3.5/4, 4.5/4, 4/4 -> median 1.0: the goal is met.
         assert!(
-            s.text.contains("vmm/qemu-microvm: 1.00x (median of 3"),
+            s.text.contains(
+                "vmm/qemu-microvm total: 1.00x (median of 3 per-round ratios, 0.88-1.12)"
+            ),
             "{}",
             s.text
         );
@@ -311,11 +274,11 @@ HWKVM-RC=0\r
     fn failed_or_missing_boots_fail_the_benchmark() {
         let dir = std::env::temp_dir().join(format!("hwkvm-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let e = report(CONSOLE, 3, &dir).unwrap_err().to_string();
+        let e = report_boot(CONSOLE, 3, &dir).unwrap_err().to_string();
         assert!(e.contains("qemu-pc"), "{e}");
         let failed = format!("{CONSOLE}HWKVM-BENCH-FAIL vmm round 3: no userspace\n");
-        let e = report(&failed, 3, &dir).unwrap_err().to_string();
-        assert!(e.contains("1 failed boots"), "{e}");
+        let e = report_boot(&failed, 3, &dir).unwrap_err().to_string();
+        assert!(e.contains("1 failed runs"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -332,12 +295,5 @@ HWKVM-RC=0\r
                 ("qemu-pc".into(), "0.7 hello world\n".into())
             ]
         );
-    }
-
-    #[test]
-    fn the_median_of_an_even_count_is_the_middle_mean() {
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(vec![2.0]), 2.0);
-        assert!(median(Vec::new()).is_nan());
     }
 }

@@ -24,7 +24,9 @@
 //! runs its own applet of a name before a program on PATH: in a shell
 //! command, call these as `/sbin/ip`, `/sbin/mke2fs`.
 //! * `cargo xtask hwkvm --bench [--runs N]` measures boot time to
-//!   userspace with `vmm` against QEMU in L1 (see [`bench`]).
+//!   userspace with `vmm` against QEMU in L1 (see [`bench`]);
+//!   `--bench-virtio` virtio disk and TCP throughput (see
+//!   [`bench::virtio`]).
 //!
 //! Downloads are cached outside the checkout (see
 //! [`crate::guest_linux::cache_dir`]); what cannot be fetched is an error
@@ -47,12 +49,13 @@ use image::Image;
 use report::Report;
 
 const USAGE: &str =
-    "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [--bench [--runs N] | -- 'SHELL COMMAND']
+    "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [--bench | --bench-virtio [--runs N] | -- 'SHELL COMMAND']
 
   (default)         run the hardware-KVM test binaries in L1; print N passed, N failed
   -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_KERNEL_MP $L2_INITRD $L2_CMDLINE $L2_ROOTFS)
   --bench           boot time to userspace in L1: vmm vs qemu -M microvm and -M pc
-  --runs N          boots of each VMM for --bench (default 5)
+  --bench-virtio    virtio disk (dd, direct I/O) and TCP throughput in L1: vmm vs qemu -M pc
+  --runs N          runs of each VMM for --bench or --bench-virtio (default 5)
   --l1-kernel PKG   Debian kernel package for L1, the KVM host (default: newest 6.12 cloud)
   --timeout SECS    how long L1 may run (default 2400)";
 
@@ -140,8 +143,8 @@ enum Task {
     Suite,
     /// A shell command.
     Command(String),
-    /// The boot-time benchmark, with this many rounds.
-    Bench(u32),
+    /// A benchmark, with this many rounds.
+    Bench(bench::Kind, u32),
 }
 
 /// Runs the task with its arguments (those after `hwkvm`).
@@ -150,8 +153,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(rest) = args.strip_prefix(&["--measure".to_owned()]) {
         return bench::measure::run(rest);
     }
+    if let Some(rest) = args.strip_prefix(&["--measure-virtio".to_owned()]) {
+        return bench::virtio::measure::run(rest);
+    }
     let mut l1_package = None;
-    let mut bench = false;
+    let mut bench = None;
     let mut runs = None;
     let mut limit = Duration::from_secs(2400);
     let mut command = None;
@@ -163,7 +169,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 let secs = it.next().context("--timeout needs seconds")?;
                 limit = Duration::from_secs(secs.parse().context("--timeout takes seconds")?);
             }
-            "--bench" => bench = true,
+            "--bench" => bench = Some(bench::Kind::Boot),
+            "--bench-virtio" => bench = Some(bench::Kind::Virtio),
             "--runs" => {
                 let n = it.next().context("--runs needs a number")?;
                 runs = Some(n.parse::<u32>().ok().filter(|&n| n > 0).with_context(|| {
@@ -181,11 +188,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let task = match (command, bench, runs) {
-        (Some(_), true, _) => bail!("--bench and -- COMMAND exclude each other\n{USAGE}"),
-        (_, false, Some(_)) => bail!("--runs goes with --bench\n{USAGE}"),
-        (Some(c), false, None) => Task::Command(c),
-        (None, true, runs) => Task::Bench(runs.unwrap_or(5)),
-        (None, false, None) => Task::Suite,
+        (Some(_), Some(_), _) => bail!("--bench and -- COMMAND exclude each other\n{USAGE}"),
+        (_, None, Some(_)) => bail!("--runs goes with --bench\n{USAGE}"),
+        (Some(c), None, None) => Task::Command(c),
+        (None, Some(kind), runs) => Task::Bench(kind, runs.unwrap_or(5)),
+        (None, None, None) => Task::Suite,
     };
     let started = Instant::now();
     let cache = crate::guest_linux::cache_dir();
@@ -196,14 +203,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let run_script = match &task {
         Task::Command(c) => format!("{c}\n"),
-        Task::Bench(runs) => bench::script(*runs),
+        Task::Bench(kind, runs) => bench::script(*kind, *runs),
         Task::Suite => suite_script(&tests),
     };
     let work = crate::workspace_root().join("target/hwkvm");
     std::fs::create_dir_all(&work)?;
     let initrd = work.join("l1-initrd.cpio");
     let mut image = l1_image(&assets, &vmm, &tests, &work)?;
-    if matches!(task, Task::Bench(_)) {
+    if matches!(task, Task::Bench(..)) {
         bench::add_to_image(&mut image, &assets.qemu)?;
     }
     image.file("hwkvm/run.sh", 0o755, run_script.as_bytes());
@@ -244,7 +251,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .context("L1 never reported the command's status (see the console above)")?;
             std::process::exit(status);
         }
-        Task::Bench(runs) => bench::report(&console, runs, &work),
+        Task::Bench(kind, runs) => bench::report(kind, &console, runs, &work),
         Task::Suite => summarize(&report),
     }
 }
@@ -443,6 +450,8 @@ mod tests {
             &["--runs", "3"],
             &["--bench", "--runs", "0"],
             &["--bench", "--runs"],
+            &["--bench-virtio", "--", "true"],
+            &["--measure-virtio"],
             &["--measure"],
             &["--measure", "many"],
         ] {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 
+use super::paired::Record;
 use super::phases::{self, Line};
 use super::{FAIL, GAP, LOG, RECORD};
 use crate::guest_linux::MARKER;
@@ -44,21 +45,21 @@ const STDERR_WAIT: Duration = Duration::from_secs(5);
 const SLOWEST_STEPS: usize = 8;
 
 /// A VMM under test and how it boots the guest.
-struct Contender {
-    name: &'static str,
-    program: &'static str,
-    args: Vec<String>,
+pub(super) struct Contender {
+    pub(super) name: &'static str,
+    pub(super) program: &'static str,
+    pub(super) args: Vec<String>,
 }
 
 /// The guest the lane boots, named by L1's environment.
-struct Guest {
-    kernel: String,
-    initrd: String,
-    cmdline: String,
+pub(super) struct Guest {
+    pub(super) kernel: String,
+    pub(super) initrd: String,
+    pub(super) cmdline: String,
 }
 
 impl Guest {
-    fn from_env() -> anyhow::Result<Guest> {
+    pub(super) fn from_env() -> anyhow::Result<Guest> {
         let var = |name: &str| std::env::var(name).with_context(|| format!("${name} is not set"));
         Ok(Guest {
             kernel: var("L2_KERNEL")?,
@@ -76,7 +77,7 @@ impl Guest {
 /// `rtc=on` (the default) and with `rtc=off` alike (the slowest steps
 /// show it). `pc` is the like-for-like machine: it has the PC devices
 /// `vmm` has.
-fn contenders(guest: &Guest) -> Vec<Contender> {
+pub(super) fn contenders(guest: &Guest) -> Vec<Contender> {
     let vmm = [
         "run",
         "--mem",
@@ -152,50 +153,70 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .parse()
         .context("--measure takes a number of rounds")?;
     let all = contenders(&Guest::from_env()?);
+    alternate(&all, rounds, |c, round| {
+        let lines = boot(c, MARKER)?;
+        let Some(round) = round else {
+            return Ok(());
+        };
+        let p = phases::phases(&lines, MARKER)?;
+        let values = [p.setup, p.kernel, p.init, p.total];
+        println!("{}", Record::line(RECORD, c.name, round, &values));
+        if round == 0 {
+            for l in &lines {
+                println!("{LOG}{} {:.6} {}", c.name, l.at.as_secs_f64(), l.text);
+            }
+            for g in phases::slowest(&lines, SLOWEST_STEPS) {
+                println!("{GAP}{} {:.3} {}", c.name, g.seconds, g.line);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `each` for every contender of `all`: once unmeasured (`None`),
+/// then `rounds` rounds (`Some(round)`), in the order of `all` on even
+/// rounds and in reverse on odd ones, so that neither VMM always runs
+/// first. A run that fails is reported as a [`FAIL`] line and the others
+/// go on; fails at the end if one did.
+pub(super) fn alternate(
+    all: &[Contender],
+    rounds: u32,
+    mut each: impl FnMut(&Contender, Option<u32>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut failed = 0;
-    for c in &all {
-        if let Err(e) = boot(c) {
+    for c in all {
+        if let Err(e) = each(c, None) {
             failed += 1;
             println!("{FAIL}{} warm-up: {e:#}", c.name);
         }
     }
     for round in 0..rounds {
-        let mut order: Vec<&Contender> = all.iter().collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for c in order {
-            match boot(c).and_then(|lines| Ok((phases::phases(&lines, MARKER)?, lines))) {
-                Ok((p, lines)) => {
-                    println!(
-                        "{RECORD}{} {round} {:.3} {:.3} {:.3} {:.3}",
-                        c.name, p.setup, p.kernel, p.init, p.total
-                    );
-                    if round == 0 {
-                        for l in &lines {
-                            println!("{LOG}{} {:.6} {}", c.name, l.at.as_secs_f64(), l.text);
-                        }
-                        for g in phases::slowest(&lines, SLOWEST_STEPS) {
-                            println!("{GAP}{} {:.3} {}", c.name, g.seconds, g.line);
-                        }
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    println!("{FAIL}{} round {round}: {e:#}", c.name);
-                }
+        for c in order(all, round) {
+            if let Err(e) = each(c, Some(round)) {
+                failed += 1;
+                println!("{FAIL}{} round {round}: {e:#}", c.name);
             }
         }
     }
     if failed > 0 {
-        anyhow::bail!("{failed} boots failed");
+        anyhow::bail!("{failed} runs failed");
     }
     Ok(())
 }
 
-/// Boots the guest with `c` until its userspace marker arrives; returns
+/// The order of `all` in `round`: as given on even rounds, reversed on
+/// odd ones.
+fn order<T>(all: &[T], round: u32) -> Vec<&T> {
+    let mut order: Vec<&T> = all.iter().collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// Boots the guest with `c` until a serial line contains `until`; returns
 /// the serial lines up to it with their arrival times.
-fn boot(c: &Contender) -> anyhow::Result<Vec<Line>> {
+pub(super) fn boot(c: &Contender, until: &str) -> anyhow::Result<Vec<Line>> {
     let start = Instant::now();
     let mut child = Command::new(c.program)
         .args(&c.args)
@@ -233,17 +254,17 @@ fn boot(c: &Contender) -> anyhow::Result<Vec<Line>> {
         let left = BOOT_LIMIT.saturating_sub(start.elapsed());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                let done = line.text.contains(MARKER);
+                let done = line.text.contains(until);
                 lines.push(line);
                 if done {
                     break Ok(());
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                break Err(anyhow!("no userspace within {} s", BOOT_LIMIT.as_secs()));
+                break Err(anyhow!("no {until:?} within {} s", BOOT_LIMIT.as_secs()));
             }
             Err(RecvTimeoutError::Disconnected) => {
-                break Err(anyhow!("it ended before userspace"));
+                break Err(anyhow!("it ended before {until:?}"));
             }
         }
     };
@@ -286,6 +307,36 @@ mod tests {
         assert!(machine(2).contains("-M pc -enable-kvm -cpu host"));
     }
 
+    #[test]
+    fn rounds_alternate_who_goes_first_after_one_warm_up_each() {
+        assert_eq!(order(&[1, 2, 3], 0), [&1, &2, &3]);
+        assert_eq!(order(&[1, 2, 3], 1), [&3, &2, &1]);
+        let all = [shell("a"), shell("b")];
+        let mut seen = Vec::new();
+        let result = alternate(&all, 3, |c, round| {
+            seen.push((c.args[1].clone(), round));
+            match round {
+                Some(1) if c.args[1] == "a" => anyhow::bail!("boom"),
+                _ => Ok(()),
+            }
+        });
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains("1 runs failed"), "{e}");
+        let expected: Vec<(String, Option<u32>)> = [
+            ("a", None),
+            ("b", None),
+            ("a", Some(0)),
+            ("b", Some(0)),
+            ("b", Some(1)),
+            ("a", Some(1)),
+            ("a", Some(2)),
+            ("b", Some(2)),
+        ]
+        .map(|(n, r)| (n.to_owned(), r))
+        .to_vec();
+        assert_eq!(seen, expected);
+    }
+
     fn shell(script: &str) -> Contender {
         Contender {
             name: "sh",
@@ -300,7 +351,7 @@ mod tests {
         let script = format!(
             "echo '[    0.100000] Run /init as init process'; sleep 0.3; echo '{MARKER}'; sleep 60"
         );
-        let lines = boot(&shell(&script)).unwrap();
+        let lines = boot(&shell(&script), MARKER).unwrap();
         assert!(started.elapsed() < Duration::from_secs(30), "not killed");
         assert_eq!(lines.len(), 2);
         assert!(lines[1].at - lines[0].at >= Duration::from_millis(300));
@@ -310,13 +361,10 @@ mod tests {
 
     #[test]
     fn a_vmm_that_ends_before_userspace_is_a_failure() {
-        let e = boot(&shell("echo booting; echo oops >&2; exit 3"))
+        let e = boot(&shell("echo booting; echo oops >&2; exit 3"), MARKER)
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("ended before userspace") && e.contains("booting"),
-            "{e}"
-        );
+        assert!(e.contains("ended before") && e.contains("booting"), "{e}");
         assert!(e.contains("oops") && e.contains("exit status: 3"), "{e}");
     }
 }
