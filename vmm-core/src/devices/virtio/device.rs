@@ -80,6 +80,25 @@ pub enum DeviceError {
     },
 }
 
+impl DeviceError {
+    /// A [`DeviceError::Setup`] of `device`.
+    pub fn setup(device: &str, reason: impl Into<String>) -> DeviceError {
+        DeviceError::Setup {
+            device: device.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`DeviceError::Host`] of `device`, failing at `what`.
+    pub fn host(device: &str, what: &str, source: std::io::Error) -> DeviceError {
+        DeviceError::Host {
+            device: device.to_owned(),
+            what: what.to_owned(),
+            source,
+        }
+    }
+}
+
 /// A virtio device, independent of its transport.
 ///
 /// The transport calls these from the EMT that handles the driver's

@@ -117,10 +117,7 @@ impl Block {
     }
 
     fn setup_error(&self, reason: impl Into<String>) -> DeviceError {
-        DeviceError::Setup {
-            device: self.backend.name.clone(),
-            reason: reason.into(),
-        }
+        DeviceError::setup(&self.backend.name, reason)
     }
 
     fn restore_error(&self, reason: String) -> DeviceError {
@@ -131,11 +128,7 @@ impl Block {
     }
 
     fn host_error(&self, what: &str, source: std::io::Error) -> DeviceError {
-        DeviceError::Host {
-            device: self.backend.name.clone(),
-            what: what.to_owned(),
-            source,
-        }
+        DeviceError::host(&self.backend.name, what, source)
     }
 }
 

@@ -105,18 +105,11 @@ impl Net {
     }
 
     fn setup_error(&self, reason: impl Into<String>) -> DeviceError {
-        DeviceError::Setup {
-            device: self.name.clone(),
-            reason: reason.into(),
-        }
+        DeviceError::setup(&self.name, reason)
     }
 
     fn host_error(&self, what: &str, source: std::io::Error) -> DeviceError {
-        DeviceError::Host {
-            device: self.name.clone(),
-            what: what.to_owned(),
-            source,
-        }
+        DeviceError::host(&self.name, what, source)
     }
 }
 

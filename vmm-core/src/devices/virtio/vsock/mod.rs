@@ -188,10 +188,7 @@ impl Vsock {
     }
 
     fn setup_error(&self, reason: &str) -> DeviceError {
-        DeviceError::Setup {
-            device: self.name.clone(),
-            reason: reason.to_owned(),
-        }
+        DeviceError::setup(&self.name, reason)
     }
 }
 
