@@ -3,16 +3,20 @@
 //! Two queues, receive (0) and transmit (1), each frame with a 12-byte
 //! `virtio_net_hdr_v1` in front, which the tap (opened with
 //! `IFF_VNET_HDR`) reads and writes as it is. The device offers
-//! `VIRTIO_F_VERSION_1`, `VIRTIO_NET_F_MAC` and `VIRTIO_NET_F_STATUS` (the
-//! link is always up) and no offloads, so the kernel segments and
-//! checksums every frame before the guest sees it, and each received
-//! frame goes into one receive buffer (no `VIRTIO_NET_F_MRG_RXBUF`).
+//! `VIRTIO_F_VERSION_1`, `VIRTIO_RING_F_EVENT_IDX`, `VIRTIO_NET_F_MAC`,
+//! `VIRTIO_NET_F_STATUS` (the link is always up), `VIRTIO_NET_F_MRG_RXBUF`
+//! and the offloads a tap has: checksums and TCP segmentation both ways
+//! (`CSUM`, `HOST_TSO4/6`, `HOST_ECN`: the tap takes unfinished frames
+//! from the guest; `GUEST_CSUM`, `GUEST_TSO4/6`, `GUEST_ECN`: the tap is
+//! told with `TUNSETOFFLOAD` to hand the guest the same, as far as its
+//! driver accepted them, see [`offloads_for`]).
 //!
 //! The tap is watched edge-triggered: the worker reads it only while the
 //! receive ring has buffers; a frame that finds the ring empty waits in
 //! the device, and the tap is not read again, until the driver adds
-//! buffers and notifies the receive queue. A frame larger than the buffer
-//! it is offered is dropped and counted.
+//! buffers and notifies the receive queue. Without `MRG_RXBUF` a frame
+//! larger than the buffer it is offered is dropped and counted; with it a
+//! frame spreads over as many buffers as it needs (see `rx.rs`).
 //!
 //! ```no_run
 //! use vmm_core::devices::virtio::net::{Net, NetSpec};
@@ -24,8 +28,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod rx;
 mod rxtx;
 mod spec;
+mod stats;
 mod tap;
 
 #[cfg(test)]
@@ -39,7 +45,8 @@ use std::os::fd::AsRawFd;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vmm_sys_util::epoll::EventSet;
 
 use super::{Activation, DeviceError, QueueHandle, QueueWorker, VirtioDevice, WorkerControl};
@@ -49,10 +56,26 @@ use rxtx::HOST_TOKEN;
 pub use rxtx::NetStats;
 pub(crate) use rxtx::{RX_QUEUE, RxTx, TX_QUEUE};
 pub use spec::{MacAddress, NetSpec, NetSpecError};
-pub use tap::Tap;
+pub use tap::{Tap, offloads_for};
 
 /// Each queue's size.
 pub const QUEUE_SIZE: u16 = 256;
+/// The feature bits the device offers.
+const FEATURES: [u32; 13] = [
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_ECN,
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_ECN,
+];
 /// The saved state's first bytes (then the MAC).
 const STATE_MAGIC: &[u8; 4] = b"NET1";
 /// `mac[6]`, `status: u16`, `max_virtqueue_pairs: u16`.
@@ -127,7 +150,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
+        FEATURES.iter().fold(0, |all, bit| all | 1 << bit)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -155,6 +178,10 @@ impl VirtioDevice for Net {
         let Some(tap) = self.tap.take() else {
             return Err(self.setup_error("the tap is gone (a worker did not stop)"));
         };
+        if let Err(e) = tap.set_offloads(offloads_for(activation.features)) {
+            self.tap = Some(tap);
+            return Err(self.host_error("offloads", e));
+        }
         let handles = [rx, tx];
         let worker = QueueWorker::new(&handles).and_then(|mut w| {
             let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
@@ -175,6 +202,7 @@ impl VirtioDevice for Net {
             tx,
             activation.interrupt,
             self.stats.clone(),
+            activation.features,
         );
         // Frames queued before activation: edge-triggered epoll reports a
         // tap that is already readable when it is added, but the ring may
@@ -193,9 +221,12 @@ impl VirtioDevice for Net {
         let Some(control) = self.worker.take() else {
             return Ok(Vec::new());
         };
-        let state = control
+        let mut state = control
             .stop()
             .map_err(|e| self.host_error("stopping the worker", e))?;
+        if let Err(e) = state.release_partial() {
+            tracing::warn!("{}: {}", self.name, e.0);
+        }
         self.tap = Some(state.backend);
         Ok(vec![state.rx, state.tx])
     }

@@ -20,6 +20,42 @@ use super::spec::MAX_TAP_NAME;
 /// Bytes of the `virtio_net_hdr_v1` in front of every frame.
 pub const VNET_HDR_LEN: usize = 12;
 
+/// The offloads the tap may use towards a driver that accepted
+/// `features`: partial checksums if it accepted `VIRTIO_NET_F_GUEST_CSUM`,
+/// and with those large TCP segments as far as it accepted
+/// `GUEST_TSO4`, `GUEST_TSO6` and `GUEST_ECN` (the kernel refuses
+/// segmentation without checksum offload, as virtio does).
+///
+/// ```
+/// use vmm_core::devices::virtio::net::offloads_for;
+/// use virtio_bindings::virtio_net::*;
+/// let f = |bit: u32| 1u64 << bit;
+/// assert_eq!(offloads_for(f(VIRTIO_NET_F_GUEST_TSO4)), 0);
+/// let csum_tso4 = f(VIRTIO_NET_F_GUEST_CSUM) | f(VIRTIO_NET_F_GUEST_TSO4);
+/// assert_eq!(offloads_for(csum_tso4), libc::TUN_F_CSUM | libc::TUN_F_TSO4);
+/// ```
+pub fn offloads_for(features: u64) -> libc::c_uint {
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+    };
+    let has = |bit: u32| features & (1 << bit) != 0;
+    if !has(VIRTIO_NET_F_GUEST_CSUM) {
+        return 0;
+    }
+    let mut flags = libc::TUN_F_CSUM;
+    if has(VIRTIO_NET_F_GUEST_TSO4) {
+        flags |= libc::TUN_F_TSO4;
+    }
+    if has(VIRTIO_NET_F_GUEST_TSO6) {
+        flags |= libc::TUN_F_TSO6;
+    }
+    if has(VIRTIO_NET_F_GUEST_ECN) && flags & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0 {
+        flags |= libc::TUN_F_TSO_ECN;
+    }
+    flags
+}
+
 /// An open tap: frames with a 12-byte virtio-net header in front.
 #[derive(Debug)]
 pub struct Tap {
@@ -106,7 +142,8 @@ fn interface_exists(name: &str) -> bool {
 impl Tap {
     /// Attaches to the existing tap `name`, non-blocking, with a 12-byte
     /// virtio-net header on every frame and no offloads (the kernel
-    /// segments and checksums everything the guest receives).
+    /// segments and checksums everything the guest receives) until
+    /// [`Tap::set_offloads`].
     pub fn open(name: &str) -> io::Result<Tap> {
         if name.contains('/') || !interface_exists(name) {
             return Err(io::Error::new(
@@ -134,6 +171,17 @@ impl Tap {
             file,
             name: name.to_owned(),
         })
+    }
+
+    /// Lets the tap hand over frames with the offloads in `flags`
+    /// (`TUNSETOFFLOAD` with `libc::TUN_F_*`, see [`offloads_for`]):
+    /// unfinished checksums, unsegmented TCP.
+    pub fn set_offloads(&self, flags: libc::c_uint) -> io::Result<()> {
+        ioctl_with_val(
+            self.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
     }
 
     /// The interface's name.

@@ -27,7 +27,7 @@ fn fixture(mem: &GuestRam) -> Fixture<'_> {
     let tx = Ring::new(mem, TX_BASE, 16);
     let irq = Recorder::new();
     let stats = stam::Registry::new();
-    let (dev, host) = device(mem, &rx, &tx, &irq, &stats);
+    let (dev, host) = device(mem, &rx, &tx, &irq, &stats, 0);
     Fixture {
         rx,
         tx,

@@ -51,14 +51,15 @@ pub struct NetOutcome {
     pub broken: bool,
 }
 
-/// A device state on `rx` and `tx` (its counters in `stats`) and the
-/// host end of its socket pair.
+/// A device state on `rx` and `tx` (its counters in `stats`) whose
+/// driver accepted `features`, and the host end of its socket pair.
 pub fn device(
     mem: &GuestRam,
     rx: &Ring<'_>,
     tx: &Ring<'_>,
     irq: &Arc<Recorder>,
     stats: &stam::Registry,
+    features: u64,
 ) -> (RxTx<UnixDatagram>, UnixDatagram) {
     let (dev_side, host) = UnixDatagram::pair().unwrap();
     dev_side.set_nonblocking(true).unwrap();
@@ -70,6 +71,7 @@ pub fn device(
         tx.handle(TX_QUEUE),
         irq.clone(),
         NetStats::register(stats, "net0").unwrap(),
+        features,
     );
     (dev, host)
 }
@@ -87,7 +89,7 @@ fn run_here(case: &NetCase) -> NetOutcome {
     let tx = Ring::from_spec(&mem, RING_STRIDE, &case.tx);
     rx.write(AREA, &case.area[..case.area.len().min(AREA_LEN as usize)]);
     let irq = Recorder::new();
-    let (mut dev, host) = device(&mem, &rx, &tx, &irq, &stam::Registry::new());
+    let (mut dev, host) = device(&mem, &rx, &tx, &irq, &stam::Registry::new(), 0);
     let mut frames = 0u16;
     for frame in &case.frames {
         let frame = &frame[..frame.len().min(MAX_CASE_FRAME)];
@@ -137,7 +139,7 @@ fn second_device_works() {
     let mut rx = Ring::new(&mem, SPARE_RINGS, 16);
     let mut tx = Ring::new(&mem, SPARE_RINGS + RING_STRIDE, 16);
     let irq = Recorder::new();
-    let (mut dev, host) = device(&mem, &rx, &tx, &irq, &stam::Registry::new());
+    let (mut dev, host) = device(&mem, &rx, &tx, &irq, &stam::Registry::new(), 0);
     let frame: Vec<u8> = (0..64).collect();
     tx.write(SPARE_BUFS, &frame);
     tx.add(&[(SPARE_BUFS, 64, false)]);
