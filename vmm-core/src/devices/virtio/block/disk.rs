@@ -1,5 +1,5 @@
 //! [`DiskImage`]: the raw image file behind a block device, accessed at
-//! offsets (`pread` / `pwrite`) so that no file position is shared.
+//! offsets (`preadv` / `pwritev`) so that no file position is shared.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::super::DeviceError;
+use super::dma::GuestBuffers;
 
 /// The size of a virtio block sector, whatever the image's own block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -92,9 +93,14 @@ impl DiskImage {
         (end <= self.sectors.checked_mul(SECTOR_SIZE)?).then_some(start)
     }
 
-    /// Fills `buf` from byte `offset`.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+    /// Fills the guest's `buffers` from byte `offset`.
+    pub fn read_into(&self, buffers: &GuestBuffers<'_>, offset: u64) -> io::Result<()> {
+        buffers.read_from(self.file.as_raw_fd(), offset)
+    }
+
+    /// Writes the guest's `buffers` at byte `offset`.
+    pub fn write_from(&self, buffers: &GuestBuffers<'_>, offset: u64) -> io::Result<()> {
+        buffers.write_to(self.file.as_raw_fd(), offset)
     }
 
     /// Writes `buf` at byte `offset`.

@@ -6,6 +6,8 @@
 //! - `disk`: the image file (size checks, `pread` / `pwrite`, `fallocate`);
 //! - `config`: feature bits and `struct virtio_blk_config`;
 //! - `request`: one descriptor chain checked and executed;
+//! - `dma`: its data moved straight between the image and guest memory
+//!   (`preadv` / `pwritev` on the guest's buffers);
 //! - `queue`: the request queue as the worker thread serves it;
 //! - `device`: the [`Block`] device itself;
 //! - `stats`: its counters under `/Devices/<name>/`.
@@ -20,6 +22,7 @@
 mod config;
 mod device;
 mod disk;
+mod dma;
 mod queue;
 mod request;
 mod spec;

@@ -37,7 +37,6 @@ pub struct BlockQueue {
     backend: Arc<BlockBackend>,
     interrupt: Arc<dyn Interrupt>,
     broken: Arc<AtomicBool>,
-    bounce: Vec<u8>,
 }
 
 impl BlockQueue {
@@ -56,7 +55,6 @@ impl BlockQueue {
             backend,
             interrupt,
             broken,
-            bounce: Vec::new(),
         }
     }
 
@@ -89,7 +87,7 @@ impl BlockQueue {
             queue.disable_notification(mem)?;
             while let Some(chain) = next_chain(queue, mem)? {
                 let head = chain.head_index();
-                let len = request::serve(&self.backend, mem, chain, &mut self.bounce)?;
+                let len = request::serve(&self.backend, mem, chain)?;
                 queue.add_used(mem, head, len)?;
                 used = used.wrapping_add(1);
             }

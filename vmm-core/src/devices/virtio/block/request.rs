@@ -20,6 +20,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::super::GuestRam;
 use super::config::{MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS};
 use super::disk::{DiskImage, SECTOR_SIZE};
+use super::dma::GuestBuffers;
 use super::stats::BlockStats;
 
 /// The bytes of `struct virtio_blk_outhdr`.
@@ -28,8 +29,6 @@ const HEADER_LEN: usize = 16;
 const SEGMENT_LEN: usize = 16;
 /// The bytes of a `VIRTIO_BLK_T_GET_ID` answer.
 pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
-/// Data moves between the image and guest memory in pieces of this size.
-const BOUNCE_LEN: usize = 128 * 1024;
 
 /// What a request works on: the image, the counters and the serial.
 #[derive(Debug)]
@@ -78,17 +77,18 @@ fn io(reason: &'static str) -> Failure {
 struct Buffers<'m> {
     reader: Reader<'m, RefSlice<'m, WriteBitmap>>,
     writer: Writer<'m, RefSlice<'m, WriteBitmap>>,
+    /// Guest memory and the chain's descriptors, for the data's buffers.
+    mem: &'m GuestRam,
+    descriptors: &'m [Descriptor],
 }
 
 /// Serves the request in `chain` and returns the length for its used
 /// entry: the bytes written into the chain, status included, or 0 when
-/// the status byte cannot be written. `bounce` is scratch space kept
-/// across requests.
+/// the status byte cannot be written.
 pub fn serve(
     backend: &BlockBackend,
     mem: &GuestRam,
     chain: DescriptorChain<&GuestRam>,
-    bounce: &mut Vec<u8>,
 ) -> Result<u32, Unfollowable> {
     let head = chain.head_index();
     let descriptors: Vec<Descriptor> = chain.clone().collect();
@@ -102,7 +102,7 @@ pub fn serve(
         stats.errors.inc();
         return Ok(0);
     };
-    let (status, written) = match execute(backend, mem, &descriptors, chain, bounce) {
+    let (status, written) = match execute(backend, mem, &descriptors, chain) {
         Ok(written) => (VIRTIO_BLK_S_OK, written),
         Err(Failure::Io(reason)) => {
             tracing::debug!("{}: request {head} failed: {reason}", backend.name);
@@ -143,7 +143,6 @@ fn execute(
     mem: &GuestRam,
     descriptors: &[Descriptor],
     chain: DescriptorChain<&GuestRam>,
-    bounce: &mut Vec<u8>,
 ) -> Result<u32, Failure> {
     let first_writable = descriptors
         .iter()
@@ -172,16 +171,21 @@ fn execute(
     reader.read_exact(&mut header)?;
     let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-    let mut buffers = Buffers { reader, writer };
+    let mut buffers = Buffers {
+        reader,
+        writer,
+        mem,
+        descriptors,
+    };
     let stats = &backend.stats;
     match kind {
         VIRTIO_BLK_T_IN => {
             stats.reads.inc();
-            read(backend, &mut buffers, sector, bounce)
+            read(backend, &buffers, sector)
         }
         VIRTIO_BLK_T_OUT => {
             stats.writes.inc();
-            write(backend, &mut buffers, sector, bounce).map(|()| 0)
+            write(backend, &buffers, sector).map(|()| 0)
         }
         VIRTIO_BLK_T_FLUSH => {
             stats.flushes.inc();
@@ -242,53 +246,30 @@ fn data_offset(disk: &DiskImage, sector: u64, len: usize) -> Result<u64, Failure
         .ok_or(io("the sector range lies beyond the end of the disk"))
 }
 
-fn bounce_buffer(bounce: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    if bounce.len() < BOUNCE_LEN {
-        bounce.resize(BOUNCE_LEN, 0);
-    }
-    &mut bounce[..len.min(BOUNCE_LEN)]
-}
-
-fn read(
-    backend: &BlockBackend,
-    buffers: &mut Buffers<'_>,
-    sector: u64,
-    bounce: &mut Vec<u8>,
-) -> Result<u32, Failure> {
+fn read(backend: &BlockBackend, buffers: &Buffers<'_>, sector: u64) -> Result<u32, Failure> {
     buffers.nothing_to_read()?;
     let len = buffers.writer.available_bytes();
     let offset = data_offset(&backend.disk, sector, len)?;
-    let mut done = 0;
-    while done < len {
-        let chunk = bounce_buffer(bounce, len - done);
-        backend.disk.read_at(chunk, offset + done as u64)?;
-        buffers.writer.write_all(chunk)?;
-        done += chunk.len();
-    }
+    // The data: the writable bytes before the status byte.
+    let guest = GuestBuffers::new(buffers.mem, buffers.descriptors, true, 0, len)
+        .ok_or(io("a writable buffer is not in guest RAM"))?;
+    backend.disk.read_into(&guest, offset)?;
     backend.stats.bytes_read.add(len as u64);
     // A chain holds less than 4 GiB (virtio-queue stops at that).
     Ok(u32::try_from(len).unwrap_or(u32::MAX))
 }
 
-fn write(
-    backend: &BlockBackend,
-    buffers: &mut Buffers<'_>,
-    sector: u64,
-    bounce: &mut Vec<u8>,
-) -> Result<(), Failure> {
+fn write(backend: &BlockBackend, buffers: &Buffers<'_>, sector: u64) -> Result<(), Failure> {
     buffers.nothing_to_write()?;
     if backend.disk.read_only() {
         return Err(io("write to a read-only disk"));
     }
     let len = buffers.reader.available_bytes();
     let offset = data_offset(&backend.disk, sector, len)?;
-    let mut done = 0;
-    while done < len {
-        let chunk = bounce_buffer(bounce, len - done);
-        buffers.reader.read_exact(chunk)?;
-        backend.disk.write_at(chunk, offset + done as u64)?;
-        done += chunk.len();
-    }
+    // The data: the readable bytes after the header.
+    let guest = GuestBuffers::new(buffers.mem, buffers.descriptors, false, HEADER_LEN, len)
+        .ok_or(io("a readable buffer is not in guest RAM"))?;
+    backend.disk.write_from(&guest, offset)?;
     backend.stats.bytes_written.add(len as u64);
     Ok(())
 }
