@@ -21,6 +21,8 @@ struct Input {
     frames: Vec<Vec<u8>>,
     /// Transmitted frames' bytes at the area's start.
     area: Vec<u8>,
+    /// Whether the driver accepted `VIRTIO_NET_F_MRG_RXBUF`.
+    mergeable: bool,
 }
 
 fuzz_target!(|input: Input| {
@@ -29,5 +31,6 @@ fuzz_target!(|input: Input| {
         tx: input.tx.spec(),
         area: input.area,
         frames: input.frames,
+        mergeable: input.mergeable,
     });
 });

@@ -132,7 +132,7 @@ mod tests {
         let mut queue = ring.queue();
         queue.set_event_idx(true);
         // The driver wants an interrupt once entry 7 (the second) is used.
-        ring.write(ring.avail_addr() + 4 + 2 * 8, &7u16.to_le_bytes());
+        ring.set_used_event(7);
         add_used_all(&mut queue, &mem, &[(3, 100), (4, 200), (5, 50)]).unwrap();
         assert_eq!(ring.used_count(), 9);
         assert_eq!(ring.completed(), [(3, 100), (4, 200), (5, 50)]);

@@ -205,6 +205,25 @@ impl<'m> Ring<'m> {
         self.size
     }
 
+    /// Whether the queue [`Ring::queue`] makes has
+    /// `VIRTIO_RING_F_EVENT_IDX` on.
+    pub fn set_event_idx(&mut self, on: bool) {
+        self.event_idx = on;
+    }
+
+    /// Writes the driver's `used_event` (interrupt me once the used index
+    /// passes it; with `VIRTIO_RING_F_EVENT_IDX`).
+    pub fn set_used_event(&self, idx: u16) {
+        let at = self.avail_addr() + 4 + 2 * u64::from(self.size);
+        self.write(at, &idx.to_le_bytes());
+    }
+
+    /// The device's `avail_event` (notify me once the available index
+    /// passes it).
+    pub fn avail_event(&self) -> u16 {
+        self.read_u16(self.used_addr + 4 + 8 * u64::from(self.size))
+    }
+
     /// The available ring's guest address.
     pub fn avail_addr(&self) -> u64 {
         self.mock.avail_addr().0

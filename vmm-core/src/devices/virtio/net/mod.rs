@@ -35,6 +35,8 @@ mod stats;
 mod tap;
 
 #[cfg(test)]
+mod feature_tests;
+#[cfg(test)]
 mod random_chains;
 #[cfg(test)]
 mod tap_tests;

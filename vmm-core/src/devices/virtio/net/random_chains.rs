@@ -23,8 +23,9 @@ proptest! {
         tx in ring(8),
         area in area(0x2000),
         frames in frames(),
+        mergeable in any::<bool>(),
     ) {
-        run(&NetCase { rx, tx, area, frames });
+        run(&NetCase { rx, tx, area, frames, mergeable });
     }
 
     #[test]
@@ -33,8 +34,9 @@ proptest! {
         tx in well_formed(3),
         area in area(0x2000),
         frames in frames(),
+        mergeable in any::<bool>(),
     ) {
-        let out = run(&NetCase { rx, tx, area, frames });
+        let out = run(&NetCase { rx, tx, area, frames, mergeable });
         prop_assert!(!out.broken, "{:?}", out);
     }
 }

@@ -94,27 +94,51 @@ fn tap_mac(name: &str) -> [u8; 6] {
     mac.octets()
 }
 
-#[test]
-fn udp_flows_both_ways_between_the_host_and_the_rings() {
-    let name = format!("vmmt{}", std::process::id() % 100_000);
-    let _tap = TestTap::create(&name);
+/// A tap `prefix<pid>` that is up, the host at `10.<net>.<subnet>.1` on
+/// it, and a device on it whose guest is `.2` (with a static neighbour
+/// entry: no ARP).
+struct Link {
+    _tap: TestTap,
+    name: String,
+    host_ip: Ipv4Addr,
+    guest_ip: Ipv4Addr,
+    spec: NetSpec,
+    net: Net,
+}
+
+fn link(prefix: &str, net: u8) -> Link {
+    let name = format!("{prefix}{}", std::process::id() % 100_000);
+    let tap = TestTap::create(&name);
     let subnet = 1 + (std::process::id() % 250) as u8;
-    let host_ip = Ipv4Addr::new(10, 231, subnet, 1);
-    let guest_ip = Ipv4Addr::new(10, 231, subnet, 2);
+    let host_ip = Ipv4Addr::new(10, net, subnet, 1);
+    let guest_ip = Ipv4Addr::new(10, net, subnet, 2);
     let spec: NetSpec = format!("tap={name},mac=52:54:00:12:34:56").parse().unwrap();
-    let stats = stam::Registry::new();
-    let mut net = Net::open(&spec, "net0", &stats).unwrap();
+    let device = Net::open(&spec, "net0", &stam::Registry::new()).unwrap();
     ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &name]);
     ip(&["link", "set", &name, "up"]);
-    ip(&[
-        "neigh",
-        "replace",
-        &guest_ip.to_string(),
-        "lladdr",
-        "52:54:00:12:34:56",
-        "dev",
-        &name,
-    ]);
+    let guest = guest_ip.to_string();
+    let mac = spec.mac.to_string();
+    ip(&["neigh", "replace", &guest, "lladdr", &mac, "dev", &name]);
+    Link {
+        _tap: tap,
+        name,
+        host_ip,
+        guest_ip,
+        spec,
+        net: device,
+    }
+}
+
+#[test]
+fn udp_flows_both_ways_between_the_host_and_the_rings() {
+    let Link {
+        _tap,
+        name,
+        host_ip,
+        guest_ip,
+        spec,
+        mut net,
+    } = link("vmmt", 231);
 
     let mem = guest_ram(16 << 20);
     let mut rx = Ring::new(&mem, 0, 16);
@@ -224,4 +248,54 @@ fn config_space_and_saved_state_carry_the_mac() {
     let mut other = Net::open(&other, "net2", &stats).unwrap();
     let err = other.restore(&saved).unwrap_err().to_string();
     assert!(err.contains("02:11:22:33:44:55"), "{err}");
+}
+
+/// The virtio-net header's flags of the first frame a host UDP datagram
+/// makes in the receive ring of a device whose driver accepted
+/// `features`.
+fn received_header_flags(prefix: &str, subnet_net: u8, features: u64) -> u8 {
+    let mut link = link(prefix, subnet_net);
+    let mem = guest_ram(16 << 20);
+    let mut rx = Ring::new(&mem, 0, 16);
+    let tx = Ring::new(&mem, 0x1_0000, 16);
+    for i in 0..8 {
+        rx.add(&[(0x10_0000 + i * 0x1000, 4096, true)]);
+    }
+    link.net
+        .activate(Activation {
+            memory: mem.clone(),
+            features,
+            queues: vec![rx.handle(RX_QUEUE), tx.handle(TX_QUEUE)],
+            interrupt: Recorder::new(),
+        })
+        .unwrap();
+    let host = UdpSocket::bind((link.host_ip, 5556)).unwrap();
+    host.send_to(&[7; 600], (link.guest_ip, 5556)).unwrap();
+    let mut flags = None;
+    wait_until("the datagram in the receive ring", || {
+        flags = (0..rx.used_count()).find_map(|i| {
+            let (id, len) = rx.used(i);
+            let data = rx.read(0x10_0000 + u64::from(id) * 0x1000, len as usize);
+            data.windows(600).any(|w| w == [7; 600]).then_some(data[0])
+        });
+        flags.is_some()
+    });
+    link.net.deactivate().unwrap();
+    flags.unwrap_or_default()
+}
+
+#[test]
+fn the_tap_leaves_checksums_to_a_guest_that_accepted_guest_csum() {
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    };
+    let version_1 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    let offloads = version_1 | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
+    // TUNSETOFFLOAD with TUN_F_CSUM: the host's UDP checksum is left
+    // for the guest (a partial checksum, NEEDS_CSUM).
+    let flags = received_header_flags("vmmo", 232, offloads);
+    assert_ne!(flags & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8, 0, "{flags:#x}");
+    // Without: the kernel finishes every checksum.
+    let flags = received_header_flags("vmmn", 233, version_1);
+    assert_eq!(flags & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8, 0, "{flags:#x}");
 }
