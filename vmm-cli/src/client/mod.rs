@@ -284,7 +284,7 @@ fn exchange(
         connection.timeout(),
     )?;
     let Some(reply) = check(reply, connection.json)? else {
-        return Ok(ExitCode::FAILURE);
+        return Ok(crate::exit::Status::Error.into());
     };
     let text = if connection.json {
         compact(&reply.body)
