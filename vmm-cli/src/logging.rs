@@ -15,6 +15,8 @@ use anyhow::Context;
 use clap::Args;
 use tracing_subscriber::EnvFilter;
 
+use crate::exit::UsageError;
+
 /// The logging options every command takes.
 #[derive(Args, Debug)]
 pub struct LogArgs {
@@ -45,8 +47,13 @@ impl LogArgs {
 /// Installs the global subscriber.
 pub fn init(args: &LogArgs) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(&directives)
-            .with_context(|| format!("RUST_LOG={directives:?} is not a valid filter"))?,
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(&directives).map_err(|e| {
+                UsageError(format!(
+                    "RUST_LOG={directives:?} is not a valid filter: {e}"
+                ))
+            })?
+        }
         _ => EnvFilter::new(args.level()),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

@@ -18,3 +18,9 @@ pub fn print(text: &str) -> std::io::Result<()> {
         other => other,
     }
 }
+
+/// `value` as the commands' `--json` print it: one compact line (what the
+/// control API answers, and what `jq` and line-oriented tools take).
+pub fn json_line(value: &impl serde::Serialize) -> serde_json::Result<String> {
+    serde_json::to_string(value).map(|line| line + "\n")
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use dbgf::debugger::WatchMode;
 use vmm_core::boot::KernelBoot;
@@ -16,11 +16,12 @@ use vmm_core::config::parse_size;
 use vmm_core::debug::DebugAttachment;
 use vmm_core::saved_state::{RamLoad, RestoreOptions};
 use vmm_core::sync::vmstate::VmState;
-use vmm_core::{OnReboot, RunOutcome, Vm, VmConfig, VmHandle, guests};
+use vmm_core::{OnReboot, Vm, VmConfig, VmHandle, guests};
 
 use crate::api::{ApiSocket, DeviceInfo, StatsFormat, VmConfigInfo, VmControl};
 use crate::console::{Console, ConsoleArg};
 use crate::devices::DeviceArgs;
+use crate::exit::ExitCodeArg;
 use crate::gdb::GdbServer;
 use crate::serial_out::SerialOutput;
 use crate::shutdown::ShutdownSignals;
@@ -32,8 +33,8 @@ pub struct RunArgs {
     /// RAM plus swap (see the README).
     #[arg(long, default_value = "64M", value_parser = parse_mem)]
     mem: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
+    /// Number of vCPUs (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_cpus)]
     cpus: u32,
     /// Write the guest's serial output to FILE instead of stdout. If writing
     /// fails (full disk, closed pipe) it is said once on stderr, the rest is
@@ -47,11 +48,27 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = ConsoleArg::Stdio)]
     console: ConsoleArg,
     /// The embedded guest to run (see --list-guests).
-    #[arg(long, default_value = "demo", conflicts_with = "bios")]
+    #[arg(long, default_value = "demo", conflicts_with = "bios", value_parser = parse_guest)]
     guest: String,
     /// List the embedded guests and exit.
     #[arg(long)]
     list_guests: bool,
+    /// With --list-guests: print JSON (`vmm run` prints nothing else of
+    /// its own on stdout; --stats-format json formats --stats).
+    #[arg(long, requires = "list_guests")]
+    json: bool,
+    /// Read the options from a TOML file: `key = value` for each long
+    /// option (`mem = "512M"`, `cpus = 2`, `rng = true`, `disk = ["a.img",
+    /// "b.img,ro"]`). Options given on the command line override the
+    /// file's (a repeatable one as a whole).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// What the guest's exit status (its byte to the debug-exit port)
+    /// becomes: `vmm`: 0 stays 0, anything else is status 3 (named on
+    /// stderr), so it cannot be mistaken for the VMM's own statuses;
+    /// `guest`: the byte as it is.
+    #[arg(long, value_enum, default_value_t = ExitCodeArg::Vmm)]
+    exit_code: ExitCodeArg,
     /// Run a flat binary as firmware instead: mapped as ROM that ends at 4 GiB
     /// (mirrored below 1 MiB); execution starts at its last 16 bytes.
     #[arg(long, value_name = "FILE")]
@@ -76,7 +93,7 @@ pub struct RunArgs {
     reboot: RebootArg,
     /// When the guest stops, print the statistics matching PATTERN
     /// (`*`, `?`, `|`; everything when omitted).
-    #[arg(long, value_name = "PATTERN", num_args = 0..=1, default_missing_value = "", require_equals = true)]
+    #[arg(long, value_name = "PATTERN", num_args = 0..=1, default_missing_value = "")]
     stats: Option<String>,
     /// Output format of --stats.
     #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
@@ -160,7 +177,12 @@ number (130, 143, 129). A second signal ends vmm at once.
 The guest ends the run itself: with status 0 when it powers off (ACPI
 soft-off) or halts every CPU with interrupts off (`cli; hlt`, Linux's
 poweroff without ACPI; not while gdb is attached); with the status it
-writes to the debug-exit port; on a reboot as --reboot says.",
+writes to the debug-exit port (as --exit-code says); on a reboot as
+--reboot says.
+
+Exit status: 0 success, 1 VMM error, 2 usage error (options, --config
+file), 3 the guest failed (a non-zero status, a kernel panic), 128 + N
+on signal N; the README lists them.",
         crate::console::escape::HELP
     )
 }
@@ -214,6 +236,23 @@ fn parse_balloon(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| e.to_string())
 }
 
+fn parse_cpus(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("a VM needs at least one vCPU".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{text:?} is not a vCPU count: {e}")),
+    }
+}
+
+fn parse_guest(name: &str) -> Result<String, String> {
+    guests::find(name)
+        .map(|g| g.name.to_owned())
+        .map_err(|e| match e {
+            vmm_core::Error::Config(message) => message,
+            other => other.to_string(),
+        })
+}
+
 fn parse_mem(text: &str) -> Result<u64, String> {
     let bytes = parse_size(text).map_err(|e| e.to_string())?;
     if bytes == 0 {
@@ -224,15 +263,20 @@ fn parse_mem(text: &str) -> Result<u64, String> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.list_guests {
-        let list: String = guests::GUESTS
-            .iter()
-            .map(|g| format!("{:<10} {}\n", g.name, g.description))
-            .collect();
+        let list = if args.json {
+            let guests: Vec<_> = guests::GUESTS
+                .iter()
+                .map(|g| serde_json::json!({ "name": g.name, "description": g.description }))
+                .collect();
+            crate::output::json_line(&serde_json::json!({ "guests": guests }))?
+        } else {
+            guests::GUESTS
+                .iter()
+                .map(|g| format!("{:<10} {}\n", g.name, g.description))
+                .collect()
+        };
         print_stdout(&list, "the guest list");
         return Ok(ExitCode::SUCCESS);
-    }
-    if args.cpus == 0 {
-        bail!("--cpus 0: a VM needs at least one vCPU");
     }
     // Before any other thread starts: they all inherit the blocked signals.
     let signals = ShutdownSignals::watch()?;
@@ -391,36 +435,7 @@ fn run_vm(
         eprintln!("vmm: {e:#}");
     }
     report(&vm, args)?;
-    match outcome? {
-        RunOutcome::GuestExit(status) => Ok(ExitCode::from(status)),
-        RunOutcome::Reboot => {
-            eprintln!("vmm: the guest reset the machine (reboot); run ended");
-            Ok(ExitCode::SUCCESS)
-        }
-        RunOutcome::PoweredOff => match signalled {
-            Some(signal) => {
-                eprintln!("vmm: powered off on {}", signal.name());
-                Ok(ExitCode::from(signal.exit_status()))
-            }
-            None => Ok(ExitCode::SUCCESS),
-        },
-        RunOutcome::WarmReset => {
-            eprintln!(
-                "vmm: the guest reset the machine warm (with the default command line: a kernel panic); run ended"
-            );
-            Ok(ExitCode::FAILURE)
-        }
-        RunOutcome::GuestPoweredOff => {
-            eprintln!("vmm: the guest powered off");
-            Ok(ExitCode::SUCCESS)
-        }
-        RunOutcome::GuestHalted => {
-            eprintln!(
-                "vmm: the guest halted every CPU with interrupts off (nothing can wake it): the run ends"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+    Ok(crate::exit::run_status(outcome?, signalled, args.exit_code))
 }
 
 /// Prints what `--info` and `--stats` asked for, after the guest stopped.

@@ -81,7 +81,8 @@ fn bad_rust_log_and_unwritable_log_file_are_errors() {
         .env("RUST_LOG", "vmm_core=nonsense")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A usage error (the README's exit-status table).
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("RUST_LOG"),
         "{}",

@@ -18,7 +18,7 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn zero_cpus_is_rejected_with_a_message() {
     let out = vmm(&["run", "--cpus", "0"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
         stderr(&out).contains("at least one vCPU"),
         "{}",
@@ -39,7 +39,7 @@ fn more_cpus_than_supported_is_rejected_with_a_message() {
 #[test]
 fn zero_memory_is_rejected_with_a_message() {
     let out = vmm(&["run", "--mem", "0"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
         stderr(&out).contains("guest RAM cannot be 0"),
         "{}",
@@ -53,7 +53,7 @@ fn zero_memory_is_rejected_with_a_message() {
 #[test]
 fn unknown_guest_is_rejected_and_guests_are_listed() {
     let out = vmm(&["run", "--guest", "nope"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
         stderr(&out).contains("no embedded guest named \"nope\""),
         "{}",
@@ -106,7 +106,22 @@ fn bios_runs_a_flat_binary_from_the_reset_vector() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bios.bin");
     std::fs::write(&path, &image).unwrap();
+    // The guest's status is not vmm's: a failing guest is status 3 ...
     let out = vmm(&["run", "--bios", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the guest exited with status 42"),
+        "{}",
+        stderr(&out)
+    );
+    // ... unless it is asked for.
+    let out = vmm(&[
+        "run",
+        "--bios",
+        path.to_str().unwrap(),
+        "--exit-code",
+        "guest",
+    ]);
     assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
     let out = vmm(&[
         "run",
@@ -143,7 +158,8 @@ fn stats_count_every_port_write_the_guest_made() {
         "run",
         "--serial",
         serial.to_str().unwrap(),
-        "--stats=/HM/Exit/*|/IOM/*",
+        "--stats",
+        "/HM/Exit/*|/IOM/*",
         "--stats-format",
         "json",
     ]);

@@ -103,7 +103,9 @@ fn state_verify_refuses_a_state_no_restore_accepts() {
         let out = client(&["state", "verify", path.to_str().unwrap()]);
         assert_eq!(out.status.success(), restorable, "{}", stderr(&out));
         if !restorable {
-            assert!(stderr(&out).contains("is damaged"), "{}", stderr(&out));
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(4), "{said}");
+            assert!(said.contains(": DAMAGED: "), "{said}");
             let out = client(&["run", "--restore", path.to_str().unwrap()]);
             assert!(!out.status.success());
             // Refused from the file's `vmm` unit, before a VM is built.

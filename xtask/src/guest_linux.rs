@@ -231,7 +231,7 @@ fn debian_image(out: &Path) -> anyhow::Result<()> {
         out.join("initramfs.cpio").display()
     );
     println!(
-        "run a command in it, its status becomes vmm's: --cmdline '{CMDLINE} vmm_run=\"uname -a; exit 3\"'"
+        "run a command in it, its status becomes vmm's: --exit-code guest --cmdline '{CMDLINE} vmm_run=\"uname -a; exit 3\"'"
     );
     println!("or a shell on the console (stdin): --cmdline '{CMDLINE} vmm_run=sh'");
     println!(

@@ -210,11 +210,7 @@ impl Control for VmControl {
             Action::Reset => self.handle.reset(),
             Action::PowerOff => self.handle.power_off(),
         }
-        .map_err(|e| {
-            let mut refused = ApiError::from(e);
-            refused.message = format!("cannot {}: {}", action.verb(), refused.message);
-            refused
-        })?;
+        .map_err(|e| ApiError::from(e).in_context(&format!("cannot {}", action.verb())))?;
         Ok(self.handle.state().name().to_owned())
     }
 
@@ -234,11 +230,10 @@ impl Control for VmControl {
                 AfterSave::Resume
             },
         };
-        let report = self.handle.save(path, request).map_err(|e| {
-            let mut failed = ApiError::from(e);
-            failed.message = format!("cannot save to {}: {}", spec.path, failed.message);
-            failed
-        })?;
+        let report = self
+            .handle
+            .save(path, request)
+            .map_err(|e| ApiError::from(e).in_context(&format!("cannot save to {}", spec.path)))?;
         Ok(SaveResult {
             path: spec.path.clone(),
             bytes: report.bytes,
@@ -262,11 +257,10 @@ impl Control for VmControl {
     }
 
     fn teleport(&self, address: &str) -> Result<SaveResult, ApiError> {
-        let report = self.handle.teleport(address).map_err(|e| {
-            let mut failed = ApiError::from(e);
-            failed.message = format!("cannot teleport to {address}: {}", failed.message);
-            failed
-        })?;
+        let report = self
+            .handle
+            .teleport(address)
+            .map_err(|e| ApiError::from(e).in_context(&format!("cannot teleport to {address}")))?;
         Ok(SaveResult {
             path: format!("tcp://{address}"),
             bytes: report.bytes,
@@ -277,11 +271,9 @@ impl Control for VmControl {
     }
 
     fn cancel_teleport(&self) -> Result<String, ApiError> {
-        self.handle.cancel_teleport().map_err(|e| {
-            let mut refused = ApiError::from(e);
-            refused.message = format!("cannot cancel the teleport: {}", refused.message);
-            refused
-        })?;
+        self.handle
+            .cancel_teleport()
+            .map_err(|e| ApiError::from(e).in_context("cannot cancel the teleport"))?;
         Ok(self.handle.state().name().to_owned())
     }
 

@@ -5,6 +5,7 @@ use dbgf::InfoError;
 use serde::Serialize;
 use vmm_core::Error as VmError;
 use vmm_core::saved_state::TeleportError;
+use vmm_core::sync::vmstate::VmStateError;
 
 /// A request the API refused or could not carry out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,8 +111,35 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error with `prefix` (`cannot save to FILE`) before its message,
+    /// unless the message says that already.
+    pub fn in_context(mut self, prefix: &str) -> Self {
+        if !self.message.contains(prefix) {
+            self.message = format!("{prefix}: {}", self.message);
+        }
+        self
+    }
+}
+
+/// What a VM error says to an API client: a refused state change names
+/// the state the VM is in and the ones the request needs (not the
+/// vmm-core function that refused it).
+fn vm_message(e: &VmError) -> String {
+    match e {
+        VmError::State(VmStateError::WrongState {
+            current, expected, ..
+        }) => {
+            let needed: Vec<&str> = expected.iter().map(|s| s.name()).collect();
+            format!("the VM is {current}, not {}", needed.join(" or "))
+        }
+        other => other.to_string(),
+    }
+}
+
 impl From<VmError> for ApiError {
     fn from(e: VmError) -> Self {
+        let message = vm_message(&e);
         match e {
             VmError::State(_)
             | VmError::Rendezvous(_)
@@ -121,8 +149,8 @@ impl From<VmError> for ApiError {
                 | TeleportError::NotInProgress
                 | TeleportError::HandedOver
                 | TeleportError::Cancelled,
-            ) => ApiError::conflict(e.to_string()),
-            other => ApiError::internal(other.to_string()),
+            ) => ApiError::conflict(message),
+            _ => ApiError::internal(message),
         }
     }
 }

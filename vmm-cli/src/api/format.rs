@@ -9,7 +9,7 @@ use stam::Snapshot;
 pub enum StatsFormat {
     /// A table like `VBoxManage debugvm statistics`.
     Text,
-    /// JSON.
+    /// JSON (one line).
     Json,
     /// The Prometheus text exposition format.
     Prometheus,
@@ -50,7 +50,8 @@ impl StatsFormat {
         let mut out = String::new();
         match self {
             StatsFormat::Text => snapshot.write_text(&mut out, true)?,
-            StatsFormat::Json => out = snapshot.to_json()?,
+            // One line, as every `--json` of the CLI prints.
+            StatsFormat::Json => out = serde_json::to_string(snapshot)?,
             StatsFormat::Prometheus => snapshot.write_prometheus(&mut out)?,
             StatsFormat::Xml => snapshot.write_xml(&mut out, true)?,
         }

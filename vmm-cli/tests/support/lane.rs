@@ -67,7 +67,8 @@ impl Guest {
 
     /// `vmm run` arguments that boot the guest (quietly) with `mem` and
     /// `cpus` and have its init run `command` (which must not contain a
-    /// double quote: the kernel command line quotes it with those).
+    /// double quote: the kernel command line quotes it with those); the
+    /// command's exit status becomes vmm's (`--exit-code guest`).
     pub fn run_args(&self, mem: &str, cpus: u32, command: &str) -> Vec<String> {
         self.run_args_with(mem, cpus, command, &[])
     }
@@ -93,6 +94,8 @@ impl Guest {
             &self.initrd,
             "--cmdline",
             &format!("{} quiet vmm_run=\"{command}\"", self.cmdline),
+            "--exit-code",
+            "guest",
         ]
         .map(str::to_owned)
         .to_vec();

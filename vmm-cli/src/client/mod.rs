@@ -1,6 +1,8 @@
 //! The client subcommands (`vmm status`, `vmm pause`, `vmm stats`, ...):
 //! they talk to the control API of a `vmm run --api-socket PATH`.
 
+mod progress;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use tokio::net::UnixStream;
 
 use crate::api::{Action, PREFIX, StatsFormat};
 use crate::output;
+use progress::SaveProgress;
 
 /// How long a client waits for the VMM's answer unless `--timeout` says.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,9 +34,10 @@ const PROGRESS_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Args)]
 pub struct Connection {
     /// The API socket of the running VMM (`vmm run --api-socket PATH`).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "VMM_API_SOCKET")]
     api_socket: PathBuf,
-    /// Print the API's JSON answer (for scripts) instead of readable text.
+    /// Print the API's JSON answer (one line, for scripts) instead of
+    /// readable text.
     #[arg(long)]
     json: bool,
     /// How long to wait for the VMM's answer before giving up with an
@@ -120,6 +124,26 @@ pub struct TeleportArgs {
     cancel: bool,
     #[command(flatten)]
     connection: Connection,
+}
+
+/// `vmm balloon [SIZE]`.
+#[derive(Args)]
+pub struct BalloonArgs {
+    /// The balloon to ask the guest for (MiB, or a size with a unit:
+    /// 512M, 1G; 0 deflates it); without SIZE: show the balloon.
+    #[arg(value_parser = parse_balloon)]
+    size: Option<u64>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Parses SIZE: whole MiB (the balloon's granularity).
+fn parse_balloon(text: &str) -> Result<u64, String> {
+    let bytes = vmm_core::config::parse_size(text).map_err(|e| e.to_string())?;
+    if bytes % (1 << 20) != 0 {
+        return Err(format!("{text:?} is not a whole number of MiB"));
+    }
+    Ok(bytes >> 20)
 }
 
 /// `vmm pause`, `vmm resume`, `vmm reset`, `vmm poweroff`, `vmm status`.
@@ -231,7 +255,7 @@ fn check(reply: Reply, json: bool) -> anyhow::Result<Option<Reply>> {
         return Ok(Some(reply));
     }
     if json {
-        println!("{}", reply.body);
+        output::print(&compact(&reply.body))?;
         return Ok(None);
     }
     let detail = reply.json().ok();
@@ -260,16 +284,24 @@ fn exchange(
         connection.timeout(),
     )?;
     let Some(reply) = check(reply, connection.json)? else {
-        return Ok(ExitCode::FAILURE);
+        return Ok(crate::exit::Status::Error.into());
     };
     let text = if connection.json {
-        reply.body.clone()
+        compact(&reply.body)
     } else {
         readable(&reply)?
     };
     let newline = if text.ends_with('\n') { "" } else { "\n" };
     output::print(&format!("{text}{newline}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An answer's JSON body as one line; a body that is not JSON as it came.
+fn compact(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| output::json_line(&v).ok())
+        .unwrap_or_else(|| body.to_owned())
 }
 
 fn query(pairs: &[(&str, &str)]) -> String {
@@ -323,6 +355,29 @@ pub fn change_state(args: PlainArgs, action: Action) -> anyhow::Result<ExitCode>
             Ok(format!(
                 "VM {done}; state {}",
                 v["state"].as_str().unwrap_or("?")
+            ))
+        },
+    )
+}
+
+/// `vmm balloon [SIZE]`: shows the memory balloon or asks the guest for
+/// one of SIZE.
+pub fn balloon(args: BalloonArgs) -> anyhow::Result<ExitCode> {
+    let (method, body) = match args.size {
+        Some(mib) => (Method::PUT, Some(json!({ "size_mib": mib }))),
+        None => (Method::GET, None),
+    };
+    exchange(
+        &args.connection,
+        method,
+        &format!("{PREFIX}/balloon"),
+        body,
+        |reply| {
+            let v = reply.json()?;
+            Ok(format!(
+                "balloon: target {} MiB, size {} MiB (given back by the guest)",
+                v["target_mib"].as_u64().unwrap_or(0),
+                v["size_mib"].as_u64().unwrap_or(0),
             ))
         },
     )
@@ -432,88 +487,6 @@ pub fn teleport(args: TeleportArgs) -> anyhow::Result<ExitCode> {
     )
 }
 
-/// Shows the progress of a save while `vmm save` waits for it, from the
-/// VM's `/SSM/Save/...` statistics: a bar on a terminal, plain lines
-/// otherwise. Stops (and ends the bar's line) when dropped.
-struct SaveProgress {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SaveProgress {
-    fn show(socket: PathBuf) -> Self {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let stopped = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut shown_quarter = 0;
-            let mut drew = false;
-            while !stopped.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                let Some((written, expected)) = save_progress(&socket) else {
-                    continue;
-                };
-                // Saves of less than this are over before a bar helps.
-                if written == 0 || expected < 16 << 20 {
-                    continue;
-                }
-                let (mib, of) = (written >> 20, expected >> 20);
-                let percent = (written.saturating_mul(100) / expected).min(100);
-                if terminal {
-                    let filled = (percent / 5) as usize;
-                    eprint!(
-                        "\rsaving [{}{}] {percent:>3}% {mib}/{of} MiB",
-                        "#".repeat(filled),
-                        ".".repeat(20 - filled)
-                    );
-                    drew = true;
-                } else if percent / 25 > shown_quarter {
-                    shown_quarter = percent / 25;
-                    eprintln!("vmm: saving: {mib} of about {of} MiB written");
-                }
-            }
-            if drew {
-                eprintln!();
-            }
-        });
-        SaveProgress {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for SaveProgress {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// `/SSM/Save/cbWritten` and `/SSM/Save/cbExpected` of the VM at `socket`.
-fn save_progress(socket: &Path) -> Option<(u64, u64)> {
-    let target = format!(
-        "{PREFIX}/stats?{}",
-        query(&[("pattern", "/SSM/Save/*"), ("format", "json")])
-    );
-    let reply = request(socket, Method::GET, &target, None, PROGRESS_TIMEOUT).ok()?;
-    let v = reply.json().ok()?;
-    let value = |name: &str| {
-        v["samples"]
-            .as_array()?
-            .iter()
-            .find(|s| s["name"] == name)?["value"]
-            .as_u64()
-    };
-    Some((
-        value("/SSM/Save/cbWritten")?,
-        value("/SSM/Save/cbExpected")?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,6 +509,21 @@ mod tests {
         // Something that is not the API's error object is shown as it came.
         let err = check(reply(502, "bad gateway"), false).err().unwrap();
         assert_eq!(err.to_string(), "bad gateway (HTTP 502 error)");
+    }
+
+    #[test]
+    fn balloon_sizes_are_whole_mib() {
+        assert_eq!(parse_balloon("64"), Ok(64));
+        assert_eq!(parse_balloon("1G"), Ok(1024));
+        assert_eq!(parse_balloon("0"), Ok(0));
+        assert!(parse_balloon("1536K").is_err());
+        assert!(parse_balloon("lots").is_err());
+    }
+
+    #[test]
+    fn json_answers_are_printed_on_one_line() {
+        assert_eq!(compact("{\n  \"a\": [1,\n 2]\n}"), "{\"a\":[1,2]}\n");
+        assert_eq!(compact("not json"), "not json");
     }
 
     #[test]
