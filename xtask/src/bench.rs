@@ -66,15 +66,16 @@ impl Metric {
         })
     }
 
-    /// The summary line: one JSON object.
+    /// The summary line: one JSON object, its keys in the documented order.
     pub fn to_json_line(&self) -> String {
-        serde_json::json!({
-            "metric": self.name,
-            "value": self.value,
-            "unit": self.unit,
-            "baseline": self.baseline,
-        })
-        .to_string()
+        use serde_json::Value;
+        format!(
+            "{{\"metric\": {}, \"value\": {}, \"unit\": {}, \"baseline\": {}}}",
+            Value::from(self.name.as_str()),
+            Value::from(self.value),
+            Value::from(self.unit.as_str()),
+            self.baseline.map_or(Value::Null, Value::from),
+        )
     }
 }
 
@@ -203,6 +204,7 @@ mod tests {
         ] {
             let json = Metric::parse_bench_line(line).unwrap().to_json_line();
             assert!(!json.contains('\n'));
+            assert!(json.starts_with("{\"metric\": \""), "{json}");
             let v: serde_json::Value = serde_json::from_str(&json).unwrap();
             let obj = v.as_object().unwrap();
             let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
