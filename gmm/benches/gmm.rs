@@ -294,6 +294,11 @@ fn ratios(_: &mut Criterion) {
             gib_s(same) / gib_s(base),
             gib_s(diff) / gib_s(base)
         );
+        println!(
+            "metric gmm_scan_gib_s {:.3} GiB/s {:.3}",
+            gib_s(same),
+            gib_s(base)
+        );
     }
     if let (Some(k), Some(t), Some(r)) = (
         mean("balloon kernel"),

@@ -137,6 +137,40 @@ fn counter_add(c: &mut Criterion) {
         })
     });
     g.finish();
+    // The ratio from paired rounds, the side run first alternating.
+    const ROUNDS: usize = 21;
+    const ADDS: u64 = 1_000_000;
+    let cpu_ns = |add: &dyn Fn()| {
+        let watch = Stopwatch::start();
+        (0..ADDS).for_each(|_| add());
+        watch.stop().0.as_nanos() as f64 / ADDS as f64
+    };
+    let bare = || {
+        black_box(&baseline).fetch_add(1, Ordering::Relaxed);
+    };
+    let ours = || black_box(&counter).add(1);
+    let (mut ratios, mut bases) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (o, b) = if round % 2 == 0 {
+            let o = cpu_ns(&ours);
+            (o, cpu_ns(&bare))
+        } else {
+            let b = cpu_ns(&bare);
+            (cpu_ns(&ours), b)
+        };
+        ratios.push(o / b);
+        bases.push(b);
+    }
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ratio, base) = (mid(ratios), mid(bases));
+    println!(
+        "counter add / bare atomic fetch_add: median ratio of {ROUNDS} paired rounds {ratio:.2} \
+         (thread CPU time, atomic {base:.2} ns; goal <= 1.2)"
+    );
+    println!("metric stam_add_ratio {ratio:.3} ratio {base:.2}");
 }
 
 /// One add on behalf of thread `n`.

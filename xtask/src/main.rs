@@ -7,6 +7,7 @@
 use std::process::Command;
 
 mod apt;
+mod bench;
 mod cpio;
 mod elf;
 mod ext4;
@@ -22,12 +23,14 @@ mod tool;
 use anyhow::{Context, bail};
 
 const USAGE: &str =
-    "usage: cargo xtask <ci | hwkvm [...] | bench [CRATE...] | soak [--ops N] | guest-linux [--test-kernel]>
+    "usage: cargo xtask <ci | hwkvm [...] | bench [--summary] [CRATE...] [-- OPTS] | soak [--ops N] | guest-linux [--test-kernel]>
 
   ci      format check, clippy with -D warnings, every test, rustdoc with -D warnings,
           cargo package (verified) of every published crate, and the hardware-KVM lane
   hwkvm   the hardware-KVM lane alone (cargo xtask hwkvm --help)
-  bench   run the criterion benchmarks (all crates, or the ones named)
+  bench   run the criterion benchmarks (all crates, or the ones named; criterion options after --);
+          --summary: only the benches behind the headline metrics, ending with one JSON object
+          a line: {\"metric\": NAME, \"value\": V, \"unit\": U, \"baseline\": B}
   soak    the release vmm under a mixed control-API load (default 100000 operations):
           no errors, bounded latency, no growth of descriptors or memory
   guest-linux  Debian kernel + busybox initramfs (or --test-kernel) for vmm run --kernel";
@@ -36,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("bench") => bench(&args[1..]),
+        Some("bench") => bench::run(&args[1..], cargo),
         Some("guest-linux") => guest_linux::run(&args[1..]),
         Some("hwkvm") => hwkvm::run(&args[1..]),
         Some("soak") => soak::run(&args[1..], cargo),
@@ -109,15 +112,4 @@ fn package() -> anyhow::Result<()> {
         "xtask",
         "--allow-dirty",
     ])
-}
-
-fn bench(crates: &[String]) -> anyhow::Result<()> {
-    let mut args = vec!["bench"];
-    if crates.is_empty() {
-        args.push("--workspace");
-    }
-    for c in crates {
-        args.extend(["-p", c.as_str()]);
-    }
-    cargo(&args)
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::error::PhysError;
+use super::range_index::{Bounds, RangeIndex};
 
 /// Default maximum number of handler ranges (as in VirtualBox).
 pub const DEFAULT_MAX_HANDLERS: usize = 6144;
@@ -145,6 +146,12 @@ pub enum IntegrityError {
         /// `forward` or `backward`.
         direction: &'static str,
     },
+    /// The lookup index disagrees with the entries.
+    #[error("handler lookup index: {reason}")]
+    Index {
+        /// What is wrong.
+        reason: String,
+    },
     /// The lookup keys disagree with the entry.
     #[error(
         "handler {index}: key {key:#x} differs from its start {first:#x} or its end key is stale"
@@ -187,8 +194,10 @@ pub enum IntegrityError {
 }
 
 /// The handler table: non-overlapping handler ranges sorted by address,
-/// with a separate key array so a lookup is one binary search over a dense
-/// `u64` slice.
+/// with a lookup index rebuilt on every insert and remove: a small
+/// first-level radix table over the handlers' starts and a dense array of
+/// their bounds, so that a lookup reads about two cache lines, does not
+/// allocate and takes no data-dependent branch in the common case.
 ///
 /// ```
 /// use pgm::phys::{HandlerTable, HandlerRange};
@@ -203,8 +212,7 @@ pub enum IntegrityError {
 /// ```
 #[derive(Debug, Clone)]
 pub struct HandlerTable {
-    keys: Vec<u64>,
-    lasts: Vec<u64>,
+    index: RangeIndex,
     entries: Vec<HandlerRange>,
     max: usize,
 }
@@ -218,8 +226,7 @@ impl HandlerTable {
             )));
         }
         Ok(Self {
-            keys: Vec::new(),
-            lasts: Vec::new(),
+            index: RangeIndex::default(),
             entries: Vec::new(),
             max,
         })
@@ -228,8 +235,7 @@ impl HandlerTable {
     /// An empty table with the default maximum (6144).
     pub fn with_default_max() -> Self {
         Self {
-            keys: Vec::new(),
-            lasts: Vec::new(),
+            index: RangeIndex::default(),
             entries: Vec::new(),
             max: DEFAULT_MAX_HANDLERS,
         }
@@ -250,37 +256,15 @@ impl HandlerTable {
         self.entries.is_empty()
     }
 
-    /// Index of the entry covering `addr`.
-    #[inline]
-    fn find(&self, addr: u64) -> Option<usize> {
-        // Branch-free binary search for the last range starting at or
-        // below `addr`: the halving steps compile to conditional moves, so
-        // a lookup costs no mispredictions, whatever the address.
-        let keys = &self.keys;
-        let mut base = 0;
-        let mut len = keys.len();
-        if len == 0 {
-            return None;
-        }
-        while len > 1 {
-            let half = len / 2;
-            if keys[base + half] <= addr {
-                base += half;
-            }
-            len -= half;
-        }
-        (keys[base] <= addr && self.lasts[base] >= addr).then_some(base)
-    }
-
     /// The handler range covering `addr`.
     #[inline]
     pub fn lookup(&self, addr: u64) -> Option<&HandlerRange> {
-        self.find(addr).map(|i| &self.entries[i])
+        self.index.find(addr).and_then(|i| self.entries.get(i))
     }
 
     /// A handler range overlapping `first..=last` (the highest one), if any.
     pub fn any_overlap(&self, first: u64, last: u64) -> Option<&HandlerRange> {
-        let idx = self.keys.partition_point(|&k| k <= last);
+        let idx = self.entries.partition_point(|e| e.first <= last);
         let i = idx.checked_sub(1)?;
         let e = &self.entries[i];
         (e.last >= first).then_some(e)
@@ -288,7 +272,7 @@ impl HandlerTable {
 
     /// All ranges overlapping `first..=last`, in address order.
     pub fn overlapping(&self, first: u64, last: u64) -> impl Iterator<Item = &HandlerRange> {
-        let start = self.lasts.partition_point(|&l| l < first);
+        let start = self.entries.partition_point(|e| e.last < first);
         self.entries[start..]
             .iter()
             .take_while(move |h| h.first <= last)
@@ -312,22 +296,29 @@ impl HandlerTable {
         if self.entries.len() >= self.max {
             return Err(PhysError::TooManyHandlers { max: self.max });
         }
-        let idx = self.keys.partition_point(|&k| k < range.first);
-        self.keys.insert(idx, range.first);
-        self.lasts.insert(idx, range.last);
+        let idx = self.entries.partition_point(|e| e.first < range.first);
         self.entries.insert(idx, range);
+        self.reindex();
         Ok(())
     }
 
     /// Removes the range starting at `first`.
     pub fn remove(&mut self, first: u64) -> Result<HandlerRange, PhysError> {
         let idx = self
-            .keys
-            .binary_search(&first)
+            .entries
+            .binary_search_by_key(&first, |e| e.first)
             .map_err(|_| PhysError::NoSuchHandler(first))?;
-        self.keys.remove(idx);
-        self.lasts.remove(idx);
-        Ok(self.entries.remove(idx))
+        let removed = self.entries.remove(idx);
+        self.reindex();
+        Ok(removed)
+    }
+
+    /// Rebuilds the lookup index from the entries.
+    fn reindex(&mut self) {
+        self.index = RangeIndex::build(self.entries.iter().map(|e| Bounds {
+            first: e.first,
+            last: e.last,
+        }));
     }
 
     /// All ranges in address order.
@@ -352,8 +343,8 @@ impl HandlerTable {
                     last: e.last,
                 });
             }
-            let key = self.keys.get(index).copied().unwrap_or(!e.first);
-            let last = self.lasts.get(index).copied().unwrap_or(!e.last);
+            let b = self.index.bounds().get(index).copied();
+            let (key, last) = b.map_or((!e.first, !e.last), |b| (b.first, b.last));
             if key != e.first || last != e.last {
                 return Err(IntegrityError::Key {
                     index,
@@ -388,14 +379,16 @@ impl HandlerTable {
             next = Some((index, e));
             backward += 1;
         }
-        if forward != len || backward != len || self.keys.len() != len || self.lasts.len() != len {
+        if forward != len || backward != len || self.index.len() != len {
             return Err(IntegrityError::Count {
                 forward,
                 backward,
                 len,
             });
         }
-        Ok(())
+        self.index
+            .verify()
+            .map_err(|reason| IntegrityError::Index { reason })
     }
 }
 
@@ -452,13 +445,13 @@ mod tests {
             bad.check_integrity(),
             Err(IntegrityError::Key { .. })
         ));
-        bad.lasts[0] = 0x3000;
+        bad.index.bounds_mut()[0].last = 0x3000;
         assert!(matches!(
             bad.check_integrity(),
             Err(IntegrityError::Order { .. })
         ));
         let mut bad = t.clone();
-        bad.keys[1] = 0x3001;
+        bad.index.bounds_mut()[1].first = 0x3001;
         assert!(matches!(
             bad.check_integrity(),
             Err(IntegrityError::Key { .. })
@@ -509,6 +502,13 @@ mod tests {
                 }
                 prop_assert!(t.check_integrity().is_ok());
                 prop_assert_eq!(t.len(), model.len());
+                // Both ends of every range and their outer neighbours, after
+                // every insert and removal.
+                let edges = model.iter().flat_map(|&(f, l)| [f.wrapping_sub(1), f, l, l + 1]);
+                for p in edges.chain([0, u64::MAX]) {
+                    let linear = model.iter().find(|&&(f, l)| f <= p && p <= l).map(|&(f, _)| f);
+                    prop_assert_eq!(t.lookup(p).map(|e| e.first), linear, "address {:#x}", p);
+                }
             }
             for p in probes {
                 let linear = model.iter().find(|&&(f, l)| f <= p && p <= l).map(|&(f, _)| f);

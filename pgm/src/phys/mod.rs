@@ -37,6 +37,7 @@ mod map;
 mod observe;
 mod page;
 mod range;
+mod range_index;
 mod report;
 mod rom_patch;
 mod rom_window;
