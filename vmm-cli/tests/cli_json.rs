@@ -13,13 +13,16 @@ use hm_vmx::testing::kvm_available;
 use serde_json::Value;
 use support::{VMM, Vmm, read};
 
-/// `vmm ARGS` (must succeed) and its stdout.
-fn text_of(args: &[&str]) -> String {
-    let out = Command::new(VMM)
-        .args(args)
-        .env_remove("VMM_API_SOCKET")
-        .output()
-        .unwrap();
+/// `vmm ARGS` (must succeed) and its stdout; `socket` becomes
+/// `VMM_API_SOCKET` (none: the variable is removed).
+fn stdout_of(socket: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new(VMM);
+    cmd.args(args);
+    match socket {
+        Some(socket) => cmd.env("VMM_API_SOCKET", socket),
+        None => cmd.env_remove("VMM_API_SOCKET"),
+    };
+    let out = cmd.output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -27,6 +30,11 @@ fn text_of(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     said
+}
+
+/// `vmm ARGS` without an API socket in the environment.
+fn text_of(args: &[&str]) -> String {
+    stdout_of(None, args)
 }
 
 /// `vmm ARGS --json`: one line that parses.
@@ -231,18 +239,7 @@ fn client_commands_json_has_the_texts_facts() {
 
 /// A client call with its socket in `VMM_API_SOCKET`; its stdout.
 fn with_socket(socket: &str, args: &[&str]) -> String {
-    let out = Command::new(VMM)
-        .args(args)
-        .env("VMM_API_SOCKET", socket)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "vmm {args:?}: {said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    said
+    stdout_of(Some(socket), args)
 }
 
 /// [`with_socket`] with `--json`: one line that parses.

@@ -2,17 +2,14 @@
 //! frames over several buffers (`MRG_RXBUF`), and notifications and
 //! interrupts suppressed by the event indices (`EVENT_IDX`).
 
-use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
-
 use virtio_bindings::virtio_net::*;
 use vmm_sys_util::epoll::EventSet;
 
 use super::offloads_for;
-use super::rxtx::{RX_QUEUE, RxTx, TX_QUEUE};
-use crate::devices::virtio::testing::net::device;
-use crate::devices::virtio::testing::{Recorder, Ring, guest_ram};
-use crate::devices::virtio::{GuestRam, WorkerEvent};
+use super::rxtx::{RX_QUEUE, TX_QUEUE};
+use super::tests::fixture_with;
+use crate::devices::virtio::WorkerEvent;
+use crate::devices::virtio::testing::guest_ram;
 
 const BUFS: u64 = 0x10_0000;
 const HOST: WorkerEvent = WorkerEvent::Host {
@@ -22,30 +19,6 @@ const HOST: WorkerEvent = WorkerEvent::Host {
 
 fn bit(b: u32) -> u64 {
     1 << b
-}
-
-struct Fixture<'m> {
-    rx: Ring<'m>,
-    tx: Ring<'m>,
-    dev: RxTx<UnixDatagram>,
-    host: UnixDatagram,
-    irq: Arc<Recorder>,
-}
-
-fn fixture(mem: &GuestRam, features: u64, event_idx: bool) -> Fixture<'_> {
-    let mut rx = Ring::new(mem, 0, 16);
-    let mut tx = Ring::new(mem, 0x1_0000, 16);
-    rx.set_event_idx(event_idx);
-    tx.set_event_idx(event_idx);
-    let irq = Recorder::new();
-    let (dev, host) = device(mem, &rx, &tx, &irq, &stam::Registry::new(), features);
-    Fixture {
-        rx,
-        tx,
-        dev,
-        host,
-        irq,
-    }
 }
 
 /// A frame: a virtio-net header (its `num_buffers` 0xffff, which the
@@ -85,7 +58,7 @@ fn offloads_follow_the_accepted_guest_features() {
 #[test]
 fn a_mergeable_frame_spreads_over_buffers_and_counts_them_in_its_header() {
     let mem = guest_ram(16 << 20);
-    let mut f = fixture(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), false);
+    let mut f = fixture_with(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), false);
     let sent = frame(250); // 262 bytes: 100 + 100 + 62
     f.host.send(&sent).unwrap();
     let heads: Vec<u16> = (0..4)
@@ -114,7 +87,7 @@ fn a_mergeable_frame_spreads_over_buffers_and_counts_them_in_its_header() {
 #[test]
 fn a_mergeable_frame_waits_whole_until_the_driver_adds_buffers() {
     let mem = guest_ram(16 << 20);
-    let mut f = fixture(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), true);
+    let mut f = fixture_with(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), true);
     f.host.send(&frame(250)).unwrap();
     // Its header split over two descriptors of the first chain.
     let first = f.rx.add(&[(BUFS, 8, true), (BUFS + 0x800, 92, true)]);
@@ -137,7 +110,7 @@ fn a_mergeable_frame_waits_whole_until_the_driver_adds_buffers() {
 #[test]
 fn a_buffer_smaller_than_the_header_drops_the_mergeable_frame() {
     let mem = guest_ram(16 << 20);
-    let mut f = fixture(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), false);
+    let mut f = fixture_with(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), false);
     f.host.send(&frame(250)).unwrap();
     f.host.send(&frame(5)).unwrap();
     let a = f.rx.add(&[(BUFS, 100, true)]);
@@ -152,7 +125,7 @@ fn a_buffer_smaller_than_the_header_drops_the_mergeable_frame() {
 #[test]
 fn a_frame_larger_than_the_whole_ring_is_dropped_not_held_forever() {
     let mem = guest_ram(16 << 20);
-    let mut f = fixture(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), false);
+    let mut f = fixture_with(&mem, bit(VIRTIO_NET_F_MRG_RXBUF), false);
     f.host.send(&frame(2000)).unwrap();
     for i in 0..16 {
         f.rx.add(&[(BUFS + i * 0x1000, 64, true)]);
@@ -167,7 +140,7 @@ fn a_frame_larger_than_the_whole_ring_is_dropped_not_held_forever() {
 #[test]
 fn without_mrg_rxbuf_a_frame_takes_one_buffer_or_is_dropped() {
     let mem = guest_ram(16 << 20);
-    let mut f = fixture(&mem, 0, false);
+    let mut f = fixture_with(&mem, 0, false);
     f.host.send(&frame(250)).unwrap();
     let a = f.rx.add(&[(BUFS, 100, true)]);
     let b = f.rx.add(&[(BUFS + 0x1000, 300, true)]);
@@ -181,7 +154,7 @@ fn without_mrg_rxbuf_a_frame_takes_one_buffer_or_is_dropped() {
 #[test]
 fn event_idx_interrupts_only_when_the_used_index_passes_used_event() {
     let mem = guest_ram(16 << 20);
-    let mut f = fixture(&mem, 0, true);
+    let mut f = fixture_with(&mem, 0, true);
     let body = frame(50);
     f.tx.write(BUFS, &body);
     // The driver wants to hear once its third chain is done.
@@ -217,7 +190,7 @@ fn event_idx_interrupts_only_when_the_used_index_passes_used_event() {
 #[test]
 fn without_event_idx_every_batch_interrupts() {
     let mem = guest_ram(16 << 20);
-    let mut f = fixture(&mem, 0, false);
+    let mut f = fixture_with(&mem, 0, false);
     let body = frame(50);
     f.tx.write(BUFS, &body);
     f.tx.set_used_event(100); // meaningless without EVENT_IDX

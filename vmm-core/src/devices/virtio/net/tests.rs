@@ -13,21 +13,27 @@ const RX_BASE: u64 = 0;
 const TX_BASE: u64 = 0x1_0000;
 const BUFS: u64 = 0x10_0000;
 
-struct Fixture<'m> {
-    rx: Ring<'m>,
-    tx: Ring<'m>,
-    dev: RxTx<UnixDatagram>,
-    host: UnixDatagram,
-    irq: Arc<Recorder>,
-    stats: stam::Registry,
+/// A device between two rings and a socket standing in for the tap; shared
+/// with the feature tests.
+pub(super) struct Fixture<'m> {
+    pub(super) rx: Ring<'m>,
+    pub(super) tx: Ring<'m>,
+    pub(super) dev: RxTx<UnixDatagram>,
+    pub(super) host: UnixDatagram,
+    pub(super) irq: Arc<Recorder>,
+    pub(super) stats: stam::Registry,
 }
 
-fn fixture(mem: &GuestRam) -> Fixture<'_> {
-    let rx = Ring::new(mem, RX_BASE, 16);
-    let tx = Ring::new(mem, TX_BASE, 16);
+/// A device that accepted `features`, its rings using event indices when
+/// `event_idx` is set.
+pub(super) fn fixture_with(mem: &GuestRam, features: u64, event_idx: bool) -> Fixture<'_> {
+    let mut rx = Ring::new(mem, RX_BASE, 16);
+    let mut tx = Ring::new(mem, TX_BASE, 16);
+    rx.set_event_idx(event_idx);
+    tx.set_event_idx(event_idx);
     let irq = Recorder::new();
     let stats = stam::Registry::new();
-    let (dev, host) = device(mem, &rx, &tx, &irq, &stats, 0);
+    let (dev, host) = device(mem, &rx, &tx, &irq, &stats, features);
     Fixture {
         rx,
         tx,
@@ -36,6 +42,10 @@ fn fixture(mem: &GuestRam) -> Fixture<'_> {
         irq,
         stats,
     }
+}
+
+fn fixture(mem: &GuestRam) -> Fixture<'_> {
+    fixture_with(mem, 0, false)
 }
 
 fn stat(stats: &stam::Registry, leaf: &str) -> u64 {
