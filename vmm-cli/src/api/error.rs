@@ -5,7 +5,6 @@ use dbgf::InfoError;
 use serde::Serialize;
 use vmm_core::Error as VmError;
 use vmm_core::saved_state::TeleportError;
-use vmm_core::sync::vmstate::VmStateError;
 
 /// A request the API refused or could not carry out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,24 +121,9 @@ impl ApiError {
     }
 }
 
-/// What a VM error says to an API client: a refused state change names
-/// the state the VM is in and the ones the request needs (not the
-/// vmm-core function that refused it).
-fn vm_message(e: &VmError) -> String {
-    match e {
-        VmError::State(VmStateError::WrongState {
-            current, expected, ..
-        }) => {
-            let needed: Vec<&str> = expected.iter().map(|s| s.name()).collect();
-            format!("the VM is {current}, not {}", needed.join(" or "))
-        }
-        other => other.to_string(),
-    }
-}
-
 impl From<VmError> for ApiError {
     fn from(e: VmError) -> Self {
-        let message = vm_message(&e);
+        let message = e.to_string();
         match e {
             VmError::State(_)
             | VmError::Rendezvous(_)

@@ -262,6 +262,12 @@ impl fmt::Display for VmState {
     }
 }
 
+/// `A or B or C`: the states a refused change needed.
+fn one_of(states: &[VmState]) -> String {
+    let names: Vec<&str> = states.iter().map(|s| s.name()).collect();
+    names.join(" or ")
+}
+
 /// Why a state change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum VmStateError {
@@ -274,7 +280,7 @@ pub enum VmStateError {
         to: VmState,
     },
     /// None of the proposed transitions starts from the current state.
-    #[error("{who}: VM state is {current}, expected one of {expected:?}")]
+    #[error("the VM is {current}, not {}", one_of(expected))]
     WrongState {
         /// Who attempted the change (for the log).
         who: &'static str,
