@@ -244,6 +244,21 @@ fn control_a_running_vm_with_the_vmm_client_and_curl() {
     poll("UART writes to grow after resume", || {
         (vm.uart_writes() > first).then_some(())
     });
+
+    // Reset: the UART's counters start again from zero (the guest writes
+    // one heartbeat in about half a second, far fewer than it has so far).
+    let before = vm.uart_writes();
+    let said = json(&vm.vmm_ok(&["stats", "--reset", "/IOM/Port/uart/*", "--json"]));
+    assert!(said["reset"].as_u64().unwrap() >= 2, "{said}");
+    let after = vm.uart_writes();
+    assert!(
+        after < before,
+        "{after} UART writes after a reset, {before} before"
+    );
+    assert!(
+        vm.vmm_ok(&["stats", "--reset", "/NoSuch/*"])
+            .contains("reset 0 statistics")
+    );
     let (status, body) = vm.curl("GET", "/v1/stats?pattern=/HM/Exit/*", None);
     assert_eq!(status, 200);
     let exits = json(&body)["samples"].as_array().unwrap().len();

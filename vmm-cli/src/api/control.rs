@@ -144,6 +144,9 @@ pub trait Control: Send + Sync + 'static {
     fn cancel_teleport(&self) -> Result<String, ApiError>;
     /// The statistics matching `pattern`, rendered in `format`.
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError>;
+    /// Resets the resettable statistics matching `pattern` (everything when
+    /// empty), as `VBoxManage debugvm statistics --reset`; returns how many.
+    fn reset_stats(&self, pattern: &str) -> usize;
     /// Runs info handler `name` (or `help`) with `args`.
     fn run_info(&self, name: &str, args: &str) -> Result<String, ApiError>;
     /// The names of the registered info handlers.
@@ -282,6 +285,10 @@ impl Control for VmControl {
         format
             .render(&snapshot)
             .map_err(|e| ApiError::internal(format!("cannot render statistics: {e:#}")))
+    }
+
+    fn reset_stats(&self, pattern: &str) -> usize {
+        self.handle.stats().reset(pattern)
     }
 
     fn run_info(&self, name: &str, args: &str) -> Result<String, ApiError> {

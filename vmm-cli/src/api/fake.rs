@@ -14,6 +14,7 @@ use super::format::StatsFormat;
 pub struct FakeVm {
     state: Mutex<&'static str>,
     balloon: Mutex<u64>,
+    resets: Mutex<Vec<String>>,
 }
 
 impl FakeVm {
@@ -22,6 +23,7 @@ impl FakeVm {
         FakeVm {
             state: Mutex::new("RUNNING"),
             balloon: Mutex::new(0),
+            resets: Mutex::new(Vec::new()),
         }
     }
 
@@ -31,6 +33,11 @@ impl FakeVm {
         let vm = Self::new();
         *vm.state.lock().unwrap() = state;
         vm
+    }
+
+    /// The patterns of the statistics resets asked so far, in order.
+    pub fn resets(&self) -> Vec<String> {
+        self.resets.lock().unwrap().clone()
     }
 }
 
@@ -111,6 +118,13 @@ impl Control for FakeVm {
 
     fn stats(&self, pattern: &str, format: StatsFormat) -> Result<String, ApiError> {
         Ok(format!("{}:{pattern}", format.name()))
+    }
+
+    /// Records `pattern`; the count is the number of resets so far.
+    fn reset_stats(&self, pattern: &str) -> usize {
+        let mut resets = self.resets.lock().unwrap();
+        resets.push(pattern.to_owned());
+        resets.len()
     }
 
     fn run_info(&self, name: &str, args: &str) -> Result<String, ApiError> {

@@ -60,6 +60,7 @@ enum Route<'a> {
     Teleport,
     Balloon,
     Stats,
+    StatsReset,
     InfoList,
     Info(&'a str),
 }
@@ -74,6 +75,7 @@ impl Route<'_> {
             "/vm/teleport" => Route::Teleport,
             "/balloon" => Route::Balloon,
             "/stats" => Route::Stats,
+            "/stats/reset" => Route::StatsReset,
             "/info" => Route::InfoList,
             _ => {
                 let name = rest.strip_prefix("/info/")?;
@@ -88,7 +90,7 @@ impl Route<'_> {
     fn methods(&self) -> &'static [&'static str] {
         match self {
             Route::Vm | Route::Stats | Route::InfoList | Route::Info(_) => &["GET"],
-            Route::State | Route::Save => &["PUT"],
+            Route::State | Route::Save | Route::StatsReset => &["PUT"],
             Route::Teleport => &["PUT", "DELETE"],
             Route::Balloon => &["GET", "PUT"],
         }
@@ -214,6 +216,12 @@ fn dispatch(
                 body: control.stats(pattern, format)?,
                 allow: None,
             })
+        }
+        Route::StatsReset => {
+            let params = query_params(query, &["pattern"])?;
+            no_body(body)?;
+            let reset = control.reset_stats(params.get("pattern").unwrap_or(""));
+            Ok(Response::json(200, &json!({ "reset": reset })))
         }
         Route::InfoList => {
             query_params(query, &[])?;

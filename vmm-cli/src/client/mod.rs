@@ -91,8 +91,12 @@ pub struct StatsArgs {
     /// Which statistics (`*`, `?`, `|`; everything when omitted).
     pattern: Option<String>,
     /// Output format (`--json` is the same as `--format json`).
-    #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text, conflicts_with = "reset")]
     format: StatsFormat,
+    /// Reset the matching statistics to zero instead of showing them (as
+    /// `VBoxManage debugvm statistics --reset`); prints how many.
+    #[arg(long)]
+    reset: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -406,6 +410,14 @@ pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
 
 /// `vmm stats [PATTERN]`: the statistics in any format.
 pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let pattern = args.pattern.as_deref().unwrap_or("");
+    if args.reset {
+        let target = format!("{PREFIX}/stats/reset?{}", query(&[("pattern", pattern)]));
+        return exchange(&args.connection, Method::PUT, &target, None, |reply| {
+            let n = reply.json()?["reset"].as_u64().unwrap_or(0);
+            Ok(format!("reset {n} statistics"))
+        });
+    }
     let format = if args.connection.json {
         StatsFormat::Json
     } else {
@@ -413,10 +425,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     };
     let target = format!(
         "{PREFIX}/stats?{}",
-        query(&[
-            ("pattern", args.pattern.as_deref().unwrap_or("")),
-            ("format", format.name()),
-        ])
+        query(&[("pattern", pattern), ("format", format.name()),])
     );
     exchange(&args.connection, Method::GET, &target, None, |reply| {
         Ok(reply.body.clone())

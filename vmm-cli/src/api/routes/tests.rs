@@ -75,6 +75,22 @@ fn unknown_endpoints_are_404_and_wrong_methods_405_with_allow() {
 }
 
 #[test]
+fn stats_reset_takes_a_pattern_and_no_body() {
+    let vm = FakeVm::new();
+    let (r, _) = call(&vm, "PUT", "/v1/stats/reset?pattern=%2FIOM%2F*", "");
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"reset":1}"#));
+    let (r, _) = call(&vm, "PUT", "/v1/stats/reset", "");
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"reset":2}"#));
+    assert_eq!(call(&vm, "GET", "/v1/stats/reset", "").0.status, 405);
+    assert_eq!(
+        call(&vm, "PUT", "/v1/stats/reset?format=json", "").0.status,
+        400
+    );
+    assert_eq!(call(&vm, "PUT", "/v1/stats/reset", "{}").0.status, 400);
+    assert_eq!(vm.resets(), ["/IOM/*".to_owned(), String::new()]);
+}
+
+#[test]
 fn stats_take_pattern_and_format_and_refuse_others() {
     let vm = FakeVm::new();
     let (r, _) = call(
