@@ -48,6 +48,7 @@ mod msrs;
 mod routing;
 mod stats;
 pub mod testing;
+mod tr_busy;
 mod types;
 mod vcpu;
 mod virtual_cpu;

@@ -15,6 +15,7 @@ use iom::Data;
 
 use crate::exit::{DebugExit, Exit, InternalError, IoAccess, MmioAccess};
 use crate::stats::ExitStats;
+use crate::tr_busy::TrReport;
 use crate::types::Cpuid;
 
 /// General-purpose registers, RIP and RFLAGS (KVM's layout).
@@ -115,15 +116,20 @@ pub struct VcpuState {
     fd: Arc<VcpuFd>,
     id: u32,
     pub(crate) entry: Arc<EntryGate>,
+    tr: TrReport,
 }
 
 impl VcpuState {
-    pub(crate) fn new(fd: VcpuFd, id: u32, entry: Arc<EntryGate>) -> Self {
-        VcpuState {
+    /// Wraps vCPU `id`'s descriptor; probes how its KVM reports TR (see
+    /// [`TrReport`]), so call it before the vCPU runs.
+    pub(crate) fn new(fd: VcpuFd, id: u32, entry: Arc<EntryGate>) -> Result<Self> {
+        let tr = TrReport::probe(&fd)?;
+        Ok(VcpuState {
             fd: Arc::new(fd),
             id,
             entry,
-        }
+            tr,
+        })
     }
 
     /// The vCPU's KVM file descriptor (this handle's duplicate).
@@ -170,11 +176,13 @@ impl VcpuState {
         self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))
     }
 
-    /// Writes segment, control and descriptor-table registers and EFER.
-    /// When KVM refuses them and they break a VM-entry rule, the error
-    /// names it.
+    /// Writes segment, control and descriptor-table registers and EFER, as
+    /// [`sregs`](VcpuState::sregs) reads them: KVM then holds what a read
+    /// saw (on AMD-V, TR's busy bit that KVM adds to what it reads is not
+    /// written into the guest's state). When KVM refuses
+    /// them and they break a VM-entry rule, the error names it.
     pub fn set_sregs(&self, sregs: &Sregs) -> Result<()> {
-        match self.fd.set_sregs(sregs) {
+        match self.fd.set_sregs(&self.tr.to_kvm(sregs)) {
             Ok(()) => {
                 self.entry.state_written();
                 Ok(())

@@ -201,7 +201,7 @@ impl Vm {
                 state_fd,
                 id,
                 Arc::new(EntryGate::new(Arc::clone(&self.checker))),
-            ),
+            )?,
             Arc::clone(&self.exits),
             in_guest,
         ))

@@ -2,9 +2,12 @@
 //! (`--disk`) appends numbered lines to a log with a `sync` after each,
 //! while L1 streams 16 MiB to it over TCP (`--net`); the VM is saved live
 //! into a file, restored in a new process, saved there and restored in a
-//! third one, where it finishes. Nothing may be lost or written twice: the log is
-//! numbered without a gap or a repeat, the stream's checksum matches, and
-//! the file system is clean. Needs the lane (`cargo xtask hwkvm`; a
+//! third one, which teleports it to a fourth on another tap (both taps on
+//! one bridge: the guest keeps its address and its TCP connection), where
+//! it finishes. A part of the stream is sent in each process, the part of
+//! the teleport's source while the teleport runs. Nothing may be lost or
+//! written twice: the log is numbered without a gap or a repeat, the
+//! stream's checksum matches, and the file system is clean. Needs the lane (`cargo xtask hwkvm`; a
 //! missing lane variable is a failure, never a skip), so it is ignored in
 //! a plain `cargo test`.
 
@@ -17,21 +20,27 @@ mod support;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lane::{Guest, Image, Stage, enter_new_netns};
-use support::read;
+use support::{incoming_address, read};
 
-/// L1's side of the guest's network.
-const TAP: &str = "tap0";
+/// L1's side of the guest's network: a bridge holding both taps, so that
+/// the teleport's target (on the second tap) is reached at the same
+/// address as the source.
+const BRIDGE: &str = "br0";
+const TAPS: [&str; 2] = ["tap0", "tap1"];
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_IP: &str = "10.0.2.15";
 /// The guest's MAC on either tap: a restore refuses another.
 const MAC: &str = "52:54:00:12:34:56";
 /// Lines the guest appends to its log.
 const LINES: u32 = 300;
-/// Bytes L1 streams to the guest, in pieces spread over the journey.
+/// Bytes L1 streams to the guest, in [`PARTS`] parts, each in pieces with
+/// pauses between them.
 const STREAM: usize = 16 << 20;
+const PARTS: usize = 5;
 const PIECE: usize = 64 << 10;
 
 fn ip(list: &[&str]) {
@@ -78,8 +87,9 @@ fn stream() -> (Vec<u8>, String) {
 }
 
 /// Sends `data` to the guest once it listens, a piece at a time with
-/// pauses, so that the stream is in flight while the VM moves.
-fn send(data: Vec<u8>) -> std::thread::JoinHandle<Result<(), String>> {
+/// pauses, in [`PARTS`] parts: the first at once, each of the others once
+/// `go` says so.
+fn send(data: Vec<u8>, go: mpsc::Receiver<()>) -> std::thread::JoinHandle<Result<(), String>> {
     std::thread::spawn(move || {
         let address = format!("{GUEST_IP}:5000").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -93,9 +103,15 @@ fn send(data: Vec<u8>) -> std::thread::JoinHandle<Result<(), String>> {
         stream
             .set_write_timeout(Some(Duration::from_secs(300)))
             .map_err(|e| e.to_string())?;
-        for piece in data.chunks(PIECE) {
-            stream.write_all(piece).map_err(|e| format!("send: {e}"))?;
-            std::thread::sleep(Duration::from_millis(100));
+        for (i, part) in data.chunks(STREAM.div_ceil(PARTS)).enumerate() {
+            if i > 0 {
+                go.recv_timeout(Duration::from_secs(600))
+                    .map_err(|e| format!("part {i} never released: {e}"))?;
+            }
+            for piece in part.chunks(PIECE) {
+                stream.write_all(piece).map_err(|e| format!("send: {e}"))?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         stream.shutdown(Shutdown::Write).map_err(|e| e.to_string())
     })
@@ -103,50 +119,74 @@ fn send(data: Vec<u8>) -> std::thread::JoinHandle<Result<(), String>> {
 
 #[test]
 #[ignore = "hardware-KVM lane: cargo xtask hwkvm"]
-fn a_disk_write_loop_and_a_tcp_stream_survive_live_save_save_and_restores() {
+fn a_disk_write_loop_and_a_tcp_stream_survive_live_save_save_restores_and_teleport() {
     enter_new_netns();
     ip(&["link", "set", "lo", "up"]);
-    ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
-    ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
-    ip(&["link", "set", TAP, "up"]);
+    ip(&["link", "add", BRIDGE, "type", "bridge"]);
+    ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", BRIDGE]);
+    ip(&["link", "set", BRIDGE, "up"]);
+    for tap in TAPS {
+        ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
+        ip(&["link", "set", tap, "master", BRIDGE]);
+        ip(&["link", "set", tap, "up"]);
+    }
     let disk = Image::rootfs();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let (data, sum) = stream();
-    let sender = send(data);
+    let (next_part, parts) = mpsc::channel();
+    let sender = send(data, parts);
+    // A sender that gave up says why when it is joined.
+    let release = || {
+        let _ = next_part.send(());
+    };
     let guest = Guest::from_lane("L2_KERNEL").with_disk_root();
-    let booted = guest.run_args_with("512M", 1, &guest_command(), &device_args(&disk, TAP));
+    let booted = guest.run_args_with("512M", 1, &guest_command(), &device_args(&disk, TAPS[0]));
     let (live, saved) = (dir.join("live.sav"), dir.join("saved.sav"));
 
     // Booted, saved live into a file in the middle of the writes...
-    let mut first = Stage::start(dir, "boot", booted);
+    let mut first = Stage::start(dir, "boot", booted.clone());
     first.wait_for_line("disk 40");
     let mut logs = vec![first.leave(
         &["save", live.to_str().unwrap(), "--live", "--poweroff"],
         "live passes",
     )];
     // ...restored in a second process (the first has let go of the tap),
-    // saved there plainly and restored in a third, where it finishes.
+    // saved there plainly and restored in a third...
     let restore = |file: &std::path::Path| {
         let mut args = vec![
             "run".to_owned(),
             "--restore".into(),
             file.display().to_string(),
         ];
-        args.extend(device_args(&disk, TAP));
+        args.extend(device_args(&disk, TAPS[0]));
         args
     };
     let mut second = Stage::start(dir, "restored", restore(&live));
+    release();
     second.wait_for_line(&format!("disk {}", last_line(&logs[0]) + 30));
     logs.push(second.leave(
         &["save", saved.to_str().unwrap(), "--poweroff"],
         "VM state saved",
     ));
     let mut third = Stage::start(dir, "restored-again", restore(&saved));
-    let status = third
+    release();
+    third.wait_for_line(&format!("disk {}", last_line(&logs[1]) + 30));
+    // ...which teleports it, with a part of the stream on its way, to a
+    // fourth on the other tap, where it finishes.
+    let mut target = booted;
+    let tap_at = target.iter().position(|a| a.starts_with("tap=")).unwrap();
+    target[tap_at] = format!("tap={},mac={MAC}", TAPS[1]);
+    target.extend(["--incoming".to_owned(), "127.0.0.1:0".to_owned()]);
+    let mut fourth = Stage::start(dir, "teleported", target);
+    let address = incoming_address(&mut fourth.vm, &dir.join("teleported.stderr"));
+    release();
+    logs.push(third.leave(&["teleport", &address], "VM teleported"));
+    release();
+    let status = fourth
         .vm
-        .wait(|| read(&third.serial) + &read(&dir.join("restored-again.stderr")));
-    logs.push(read(&third.serial));
+        .wait(|| read(&fourth.serial) + &read(&dir.join("teleported.stderr")));
+    logs.push(read(&fourth.serial));
     let journey = logs.join("\n--- next process ---\n");
     assert!(
         status.success(),
@@ -154,7 +194,13 @@ fn a_disk_write_loop_and_a_tcp_stream_survive_live_save_save_and_restores() {
     );
     assert_eq!(sender.join().unwrap(), Ok(()), "{journey}");
 
-    let end = &logs[2];
+    let end = &logs[3];
+    assert!(
+        end.lines()
+            .filter_map(|l| l.trim_end().strip_prefix("disk ")?.parse::<u32>().ok())
+            .any(|n| n > last_line(&logs[2])),
+        "the write loop did not go on after the teleport:\n{journey}"
+    );
     assert!(
         end.lines()
             .any(|l| l.trim_end() == format!("log=ok {LINES}")),

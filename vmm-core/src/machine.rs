@@ -328,11 +328,13 @@ impl VmHandle {
         Ok(())
     }
 
-    /// Resumes a suspended VM.
+    /// Resumes a suspended VM (its virtio devices parked by a save start
+    /// again first).
     pub fn resume(&self) -> Result<()> {
         let m = &self.machine;
         m.state
             .try_transition(&[(VmState::Suspended, VmState::Resuming)])?;
+        crate::saved_state::start_parked(&m.saved.virtio);
         m.state.set(VmState::Running)?;
         m.unhalt_all()
     }

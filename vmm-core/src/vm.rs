@@ -454,6 +454,8 @@ impl Vm {
             VmState::PoweringOn
         };
         machine.state.set(starting)?;
+        // A restored VM's devices start now, before its vCPUs.
+        crate::saved_state::start_parked(&machine.saved.virtio);
         machine.debug.power_on(&machine.state)?;
         std::thread::scope(|scope| {
             let (stop_watch, stopped) = std::sync::mpsc::channel::<()>();

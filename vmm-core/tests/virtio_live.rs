@@ -1,8 +1,14 @@
-//! Device writes to guest RAM during a live save reach the target: a
-//! teleport goes through a proxy that holds the stream once the first
-//! live pass has sent the device's buffer page; the virtio entropy device
-//! then fills that buffer (and its used ring) on its worker thread, bypassing
-//! KVM and its dirty log; the target must see those bytes.
+//! A virtio device through a teleport. Device writes to guest RAM during a
+//! live save reach the target: a teleport goes through a proxy that holds
+//! the stream once the first live pass has sent the device's buffer page;
+//! the virtio entropy device then fills that buffer (and its used ring) on
+//! its worker thread, bypassing KVM and its dirty log; the target must see
+//! those bytes. A request whose notification the source never served
+//! (it waited in the source's eventfd when the device stopped) is served
+//! by the target once it runs, and by nobody else: the proxy also holds
+//! the target's answer, and the source, stopped after its final pass,
+//! must not serve a notification that comes meanwhile (its guest RAM no
+//! longer goes anywhere).
 
 mod common;
 
@@ -24,6 +30,7 @@ const RAM: u64 = 64 << 20;
 /// live pass sends them early.
 const RINGS: u64 = 0x80_0000;
 const BUFFER: u64 = 0x90_0000;
+const SECOND: u64 = 0x91_0000;
 const LEN: u32 = 256;
 /// Incompressible guest RAM above the buffer: the first pass has far more
 /// to send after the buffer than socket buffers hold.
@@ -54,28 +61,49 @@ fn config(serial: &Capture) -> VmConfig {
     config
 }
 
-/// Copies `from` to `to` until `from` ends.
-fn pipe(mut from: TcpStream, mut to: TcpStream) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
-        let _ = to.shutdown(Shutdown::Write);
-    })
+/// Where a [`holding_proxy`] stops, says so on the first channel and
+/// waits for the second.
+struct Hold {
+    held: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+impl Hold {
+    fn wait(&self) {
+        self.held.send(()).unwrap();
+        self.release.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+}
+
+/// A hold and the test's ends of its channels (held, release).
+fn hold() -> (Hold, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (held, held_rx) = mpsc::channel();
+    let (release_tx, release) = mpsc::channel();
+    (Hold { held, release }, held_rx, release_tx)
 }
 
 /// A proxy between the teleport source and `target`: it forwards the
-/// source's first [`HOLD_AFTER`] bytes, reports on `held`, waits for
-/// `release` and forwards the rest; the target's answers pass through.
-fn holding_proxy(
-    target: String,
-    held: mpsc::Sender<()>,
-    release: mpsc::Receiver<()>,
-) -> (String, JoinHandle<()>) {
+/// source's first [`HOLD_AFTER`] bytes, holds (`stream`) and forwards
+/// the rest; it holds the target's first answer (`answer`: the state is
+/// loaded) before passing it and the rest on.
+fn holding_proxy(target: String, stream: Hold, answer: Hold) -> (String, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let proxy = std::thread::spawn(move || {
         let (mut source, _) = listener.accept().unwrap();
         let mut target = TcpStream::connect(target).unwrap();
-        let answers = pipe(target.try_clone().unwrap(), source.try_clone().unwrap());
+        let answers = {
+            let (mut from, mut to) = (target.try_clone().unwrap(), source.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut first = [0u8; 1];
+                if from.read_exact(&mut first).is_ok() {
+                    answer.wait();
+                    let _ = to.write_all(&first);
+                    let _ = std::io::copy(&mut from, &mut to);
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            })
+        };
         let mut buf = vec![0u8; 64 << 10];
         let mut sent = 0u64;
         let mut holding = true;
@@ -88,8 +116,7 @@ fn holding_proxy(
             sent += n as u64;
             if holding && sent >= HOLD_AFTER {
                 holding = false;
-                held.send(()).unwrap();
-                release.recv_timeout(Duration::from_secs(30)).unwrap();
+                stream.wait();
             }
         }
         let _ = target.shutdown(Shutdown::Write);
@@ -130,16 +157,17 @@ fn device_writes_during_a_live_teleport_reach_the_target() {
     // and the stall recovery that maps them writable takes `pgm`'s map
     // for writing, which waits for the held pass (and the MMIO exits of
     // the notify below behind it) until the stream moves again.
-    let (held_tx, held) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel();
-    let (proxy_address, proxy) = holding_proxy(target_address, held_tx, release_rx);
+    let (stream_hold, stream_held, stream_go) = hold();
+    let (answer_hold, answer_held, answer_go) = hold();
+    let (proxy_address, proxy) = holding_proxy(target_address, stream_hold, answer_hold);
     let teleport = {
         let handle = handle.clone();
         std::thread::spawn(move || handle.teleport(&proxy_address))
     };
     // The first live pass has sent the buffer's page (zero) and the rings;
     // the source waits on the socket, its guest and device running.
-    held.recv_timeout(Duration::from_secs(60))
+    stream_held
+        .recv_timeout(Duration::from_secs(60))
         .expect("the teleport streams");
     let mem = handle.memory();
     queue.offer(mem, 0, BUFFER, LEN);
@@ -149,13 +177,31 @@ fn device_writes_during_a_live_teleport_reach_the_target() {
         .read_slice(&mut written, GuestAddress(BUFFER))
         .unwrap();
     assert!(written.iter().any(|&b| b != 0));
-    release.send(()).unwrap();
+    // A second buffer whose notification the device will never see here.
+    queue.make_available(mem, 1, SECOND, LEN);
+    stream_go.send(()).unwrap();
+
+    // The state is in the target; the source is stopped after its final
+    // pass and waits for the answer. A notification now (one that waited
+    // in the eventfd when the device stopped) is not served: whatever the
+    // source's device did now would be lost, or done twice.
+    answer_held
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the target loads the state");
+    queue.notify(mem);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        queue.used_idx(mem),
+        1,
+        "the source served a request after its final pass"
+    );
+    answer_go.send(()).unwrap();
 
     let report = teleport.join().unwrap().expect("teleport");
     assert!(report.live_passes >= 1, "{report:?}");
     assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
     proxy.join().unwrap();
-    let moved = target.join().unwrap().expect("incoming");
+    let mut moved = target.join().unwrap().expect("incoming");
     let mut arrived = vec![0u8; LEN as usize];
     moved
         .memory()
@@ -163,9 +209,22 @@ fn device_writes_during_a_live_teleport_reach_the_target() {
         .read_slice(&mut arrived, GuestAddress(BUFFER))
         .unwrap();
     assert_eq!(arrived, written, "the device's bytes did not arrive");
-    // The used ring the device wrote arrived too: the target's device
-    // goes on with the next buffer.
+    // The used ring the device wrote arrived too; the second buffer waits
+    // until the target runs, which serves it without a new notification.
     assert_eq!(queue.used_idx(moved.memory()), 1);
-    queue.offer(moved.memory(), 1, BUFFER + 0x1000, 16);
-    queue.wait_used(moved.memory(), 2, || target_serial.text());
+    let handle = moved.handle();
+    let run = std::thread::spawn(move || moved.run());
+    queue.wait_used(handle.memory(), 2, || target_serial.text());
+    let mut second = vec![0u8; LEN as usize];
+    handle
+        .memory()
+        .ram()
+        .read_slice(&mut second, GuestAddress(SECOND))
+        .unwrap();
+    assert!(second.iter().any(|&b| b != 0), "the second buffer is empty");
+    // The device goes on with the next buffer.
+    queue.offer(handle.memory(), 2, SECOND + 0x1000, 16);
+    queue.wait_used(handle.memory(), 3, || target_serial.text());
+    handle.power_off().unwrap();
+    assert_eq!(run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
 }

@@ -97,14 +97,31 @@ fn an_entropy_device_is_found_served_and_saved() {
         stam::Registry::new(),
     )
     .expect("restore");
+    // Loaded, the device waits for the VM to run: a request made now is
+    // served only then.
     let text = info(&restored);
-    assert!(text.contains("status 0x0f (active)"), "{text}");
+    assert!(
+        text.contains("status 0x0f (parked until the VM runs)"),
+        "{text}"
+    );
     assert!(text.contains("1/1 queues ready"), "{text}");
-    // The queue goes on from where it was: a second request is served
-    // into the next used entry.
     assert_eq!(queue.used_idx(restored.memory()), 1);
     queue.offer(restored.memory(), 1, BUFFER + 0x1000, 32);
-    queue.wait_used(restored.memory(), 2, || info(&restored));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(queue.used_idx(restored.memory()), 1, "{}", info(&restored));
+    // Running, the queue goes on from where it was: the request is served
+    // into the next used entry, and so is the one after it.
+    let handle = restored.handle();
+    let mut restored = restored;
+    let run = std::thread::spawn(move || restored.run());
+    queue.wait_used(handle.memory(), 2, || format!("{:?}", handle.state()));
+    queue.offer(handle.memory(), 2, BUFFER + 0x2000, 32);
+    queue.wait_used(handle.memory(), 3, || format!("{:?}", handle.state()));
+    let mut text = String::new();
+    handle.run_info("virtio", "", &mut text).unwrap();
+    assert!(text.contains("status 0x0f (active)"), "{text}");
+    handle.power_off().unwrap();
+    run.join().unwrap().unwrap();
 }
 
 /// The threads of this process named `name` (as `/proc` shows them).

@@ -62,6 +62,7 @@ mod virtio_unit;
 pub(crate) use progress::SaveProgress;
 pub(crate) use teleport::{Ended, TeleportSlot, incoming, teleport};
 pub use teleport::{TeleportError, TeleportOptions};
+pub(crate) use virtio_unit::start_parked;
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -281,7 +282,6 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
         m.register(Box::new(VirtioUnit {
             slot: u32::from(v.at.bits() >> 3),
             transport: Arc::clone(&v.transport),
-            reactivate: false,
         }))?;
     }
     // Last: a restore sets the clock just before the VM runs, so loading

@@ -2,15 +2,25 @@
 //! transport registers, queue positions, MSI-X table and the device's own
 //! state.
 //!
-//! Saving quiesces the device first ([`VirtioDevice::deactivate`]: every
+//! Saving parks the device first ([`VirtioDevice::deactivate`]: every
 //! request it took is finished, its worker stopped, the queues handed
-//! back with their positions) and activates it again afterwards; the
-//! vCPUs are stopped throughout. The device is quiesced in `save_prep`,
-//! which runs for every unit before any unit's `save_exec`: the writes
-//! to guest RAM that finishing its requests makes land before `pgm`'s
-//! final pass reads the dirty pages (device writes are tracked in `pgm`'s
-//! write bitmaps), so none is lost; `save_done` activates it again. A
-//! load refuses a device of another type, name or offered features.
+//! back with their positions); the vCPUs are stopped throughout. The
+//! device is parked in `save_prep`, which runs for every unit before any
+//! unit's `save_exec`: the writes to guest RAM that finishing its requests
+//! makes land before `pgm`'s final pass reads the dirty pages (device
+//! writes are tracked in `pgm`'s write bitmaps), so none is lost. It
+//! starts again only when the VM resumes ([`start_parked`]), not when the
+//! save is done: a VM that powers off after the save (a teleport's
+//! source) must not take requests the saved state hands to another VMM,
+//! which would then serve them twice (a disk write replayed over a newer
+//! one, frames read from the tap that no guest sees).
+//!
+//! A load refuses a device of another type, name or offered features, or
+//! queues that do not fit in guest RAM; a running device's state leaves
+//! it parked until the VM runs ([`Vm::run`](crate::Vm::run)): a
+//! teleport's target serves nothing before the source handed the VM
+//! over, and then looks at every queue and interrupts the driver once
+//! per queue (see [`Transport::unpark`]).
 //!
 //! [`VirtioDevice::deactivate`]: crate::devices::virtio::VirtioDevice::deactivate
 
@@ -23,8 +33,8 @@ use virtio_queue::{QueueState, QueueT};
 
 use super::units::failed;
 use crate::devices::pci::{MSIX_ENTRY_SIZE as ENTRY_SIZE, MsixState};
-use crate::devices::virtio::Queue;
-use crate::devices::virtio::pci::transport::Transport;
+use crate::devices::virtio::pci::transport::{Parked, Transport};
+use crate::devices::virtio::{Queue, VirtioSlot};
 
 /// The unit's name.
 pub(crate) const VIRTIO_UNIT: &str = "virtio-pci";
@@ -45,10 +55,14 @@ const NEEDS_RESET: u8 = 0x40;
 pub(crate) struct VirtioUnit {
     pub(crate) slot: u32,
     pub(crate) transport: Arc<Mutex<Transport>>,
-    /// The device is to be activated when the save or load is done: it
-    /// was active when `save_prep` quiesced it, or the loaded state has it
-    /// running.
-    pub(crate) reactivate: bool,
+}
+
+/// Starts the parked devices of `slots` (call as the VM resumes, before
+/// its vCPUs run).
+pub(crate) fn start_parked(slots: &[VirtioSlot]) {
+    for slot in slots {
+        slot.transport.lock().unpark();
+    }
 }
 
 fn put_queue(w: &mut UnitWriter<'_>, s: &QueueState) -> ssm::Result<()> {
@@ -124,9 +138,7 @@ impl Unit for VirtioUnit {
     }
 
     fn save_prep(&mut self) -> ssm::Result<()> {
-        let mut t = self.transport.lock();
-        self.reactivate |= t.active;
-        t.deactivate().map_err(failed)
+        self.transport.lock().park().map_err(failed)
     }
 
     fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
@@ -138,13 +150,6 @@ impl Unit for VirtioUnit {
             )));
         }
         Self::save_quiesced(&t, w)
-    }
-
-    fn save_done(&mut self) -> ssm::Result<()> {
-        if std::mem::take(&mut self.reactivate) {
-            self.transport.lock().activate().map_err(failed)?;
-        }
-        Ok(())
     }
 
     fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
@@ -161,6 +166,7 @@ impl Unit for VirtioUnit {
             )));
         }
         t.deactivate().map_err(failed)?;
+        t.parked = None;
         let status = r.get_u8()?;
         t.common.device_feature_select = r.get_u32()?;
         t.common.driver_feature_select = r.get_u32()?;
@@ -183,7 +189,13 @@ impl Unit for VirtioUnit {
                     "{name}: queue {i} has another maximum size"
                 )));
             }
-            t.common.queues[i] = Queue::try_from(state).map_err(|e| failed(format!("{e:?}")))?;
+            let queue = Queue::try_from(state).map_err(|e| failed(format!("{e:?}")))?;
+            if queue.ready() && !queue.is_valid(&t.memory) {
+                return Err(failed(format!(
+                    "{name}: queue {i} does not fit in guest RAM (size, alignment or addresses)"
+                )));
+            }
+            t.common.queues[i] = queue;
             t.shared.queue_vectors[i].store(vector, Ordering::Release);
         }
         let control = r.get_u16()?;
@@ -213,17 +225,12 @@ impl Unit for VirtioUnit {
                 s.set_intx(true);
             }
         }
-        // Started once every unit is loaded (`load_done`): a device that
-        // completed a request now would interrupt a vCPU whose local APIC
-        // a later unit still overwrites.
-        self.reactivate = status & DRIVER_OK != 0 && status & NEEDS_RESET == 0;
-        Ok(())
-    }
-
-    fn load_done(&mut self) -> ssm::Result<()> {
-        if std::mem::take(&mut self.reactivate) {
-            self.transport.lock().activate().map_err(failed)?;
-        }
+        // Started when the VM runs: a device that completed a request now
+        // would interrupt a vCPU whose local APIC a later unit still
+        // overwrites, and a teleport's target must not serve requests
+        // before the source has handed the VM over.
+        let running = status & DRIVER_OK != 0 && status & NEEDS_RESET == 0;
+        t.parked = running.then_some(Parked::Loaded);
         Ok(())
     }
 }

@@ -64,6 +64,17 @@ impl RngQueue {
     /// avail entry `n` (the `n`-th buffer offered, from 0), as a driver
     /// does, and notifies the device through an MMIO exit.
     pub fn offer(&self, mem: &GuestMemoryMap, n: u16, addr: u64, len: u32) {
+        self.make_available(mem, n, addr, len);
+        self.notify(mem);
+    }
+
+    /// Notifies the device of queue 0 through an MMIO exit.
+    pub fn notify(&self, mem: &GuestMemoryMap) {
+        mmio_write(mem, BAR0 + 0x3000, 0, 2);
+    }
+
+    /// [`offer`](Self::offer) without the notification.
+    pub fn make_available(&self, mem: &GuestMemoryMap, n: u16, addr: u64, len: u32) {
         let ram = mem.ram();
         let entry = GuestAddress(self.desc_table + 16 * u64::from(n % QUEUE_SIZE));
         ram.write_obj(addr, entry).unwrap();
@@ -77,7 +88,6 @@ impl RngQueue {
         .unwrap();
         ram.write_obj(n.wrapping_add(1), GuestAddress(self.avail + 2))
             .unwrap();
-        mmio_write(mem, BAR0 + 0x3000, 0, 2);
     }
 
     /// The used ring's index in guest RAM.

@@ -1,5 +1,5 @@
 //! What the lane downloads (once, into the cache): QEMU, Debian's 6.12
-//! cloud kernel for L1 with its KVM and `tun` modules, busybox, gdb, the
+//! cloud kernel for L1 with its KVM, `tun` and `bridge` modules, busybox, gdb, the
 //! L2 guest of `cargo xtask guest-linux`, and Debian's generic kernel of
 //! the same release as a second L2 kernel.
 
@@ -12,9 +12,10 @@ use crate::apt::Apt;
 use crate::guest_linux::{self, DebianGuest};
 use crate::kmod::{self, Module};
 
-/// The modules L1 loads (with the ones they need): KVM for AMD-V, and
-/// `tun` for the taps of the network tests.
-const L1_MODULES: [&str; 2] = ["kvm_amd", "tun"];
+/// The modules L1 loads (with the ones they need): KVM for AMD-V, `tun`
+/// for the taps of the network tests, and `bridge` to join the taps of a
+/// teleport's source and target into one network.
+const L1_MODULES: [&str; 3] = ["kvm_amd", "tun", "bridge"];
 
 /// Everything the lane runs, on the host.
 pub struct Assets {

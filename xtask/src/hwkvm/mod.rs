@@ -10,7 +10,9 @@
 //!
 //! * `cargo xtask hwkvm` builds the release `vmm` and the test binaries,
 //!   runs them in L1 and prints one `N passed, N failed` line; it fails
-//!   unless every test passed.
+//!   unless every test passed. `--only NAME` (repeatable) builds and runs
+//!   only the test binary `NAME` of the suite (`hwkvm_virtio_save`,
+//!   `paging_kvm`, ...; an unknown name is an error listing them).
 //! * `cargo xtask hwkvm -- 'SHELL COMMAND'` runs one command in L1 with
 //!   `vmm` and `gdb` on PATH and `$L2_KERNEL`, `$L2_INITRD`, `$L2_CMDLINE`
 //!   naming the Debian guest (`$L2_KERNEL_MP`: Debian's generic kernel of
@@ -49,9 +51,10 @@ use image::Image;
 use report::Report;
 
 const USAGE: &str =
-    "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [--bench | --bench-virtio [--runs N] | -- 'SHELL COMMAND']
+    "usage: cargo xtask hwkvm [--l1-kernel PKG] [--timeout SECS] [--only NAME ... | --bench | --bench-virtio [--runs N] | -- 'SHELL COMMAND']
 
   (default)         run the hardware-KVM test binaries in L1; print N passed, N failed
+  --only NAME       run only the suite's test binary NAME (repeatable; e.g. hwkvm_virtio_save)
   -- 'COMMAND'      run COMMAND in L1 (vmm, gdb on PATH; $L2_KERNEL $L2_KERNEL_MP $L2_INITRD $L2_CMDLINE $L2_ROOTFS)
   --bench           boot time to userspace in L1: vmm vs qemu -M microvm and -M pc
   --bench-virtio    virtio disk (dd, direct I/O) and TCP throughput in L1: vmm vs qemu -M pc
@@ -60,6 +63,7 @@ const USAGE: &str =
   --timeout SECS    how long L1 may run (default 2400)";
 
 /// A test binary the lane runs in L1.
+#[derive(Debug)]
 struct TestBinary {
     package: &'static str,
     test: &'static str,
@@ -139,8 +143,8 @@ const NOT_CHECKED: &str = "not checked in this lane: software (int3) breakpoints
 
 /// What L1 runs.
 enum Task {
-    /// The test binaries of [`SUITE`].
-    Suite,
+    /// These test binaries of [`SUITE`].
+    Suite(Vec<&'static TestBinary>),
     /// A shell command.
     Command(String),
     /// A benchmark, with this many rounds.
@@ -161,6 +165,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut runs = None;
     let mut limit = Duration::from_secs(2400);
     let mut command = None;
+    let mut only = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -169,6 +174,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 let secs = it.next().context("--timeout needs seconds")?;
                 limit = Duration::from_secs(secs.parse().context("--timeout takes seconds")?);
             }
+            "--only" => only.push(it.next().context("--only needs a test binary's name")?),
             "--bench" => bench = Some(bench::Kind::Boot),
             "--bench-virtio" => bench = Some(bench::Kind::Virtio),
             "--runs" => {
@@ -187,24 +193,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             _ => bail!("unknown argument {arg:?}\n{USAGE}"),
         }
     }
+    if !only.is_empty() && (command.is_some() || bench.is_some()) {
+        bail!("--only selects test binaries of the suite: not with --bench or -- COMMAND\n{USAGE}");
+    }
     let task = match (command, bench, runs) {
         (Some(_), Some(_), _) => bail!("--bench and -- COMMAND exclude each other\n{USAGE}"),
         (_, None, Some(_)) => bail!("--runs goes with --bench\n{USAGE}"),
         (Some(c), None, None) => Task::Command(c),
         (None, Some(kind), runs) => Task::Bench(kind, runs.unwrap_or(5)),
-        (None, None, None) => Task::Suite,
+        (None, None, None) => Task::Suite(select(&only)?),
     };
     let started = Instant::now();
     let cache = crate::guest_linux::cache_dir();
     let assets = Assets::fetch(&cache, l1_package.map(String::as_str))?;
-    let (vmm, mut tests) = build_suite()?;
-    if !matches!(task, Task::Suite) {
-        tests.clear();
-    }
+    let (vmm, tests) = match &task {
+        Task::Suite(selected) => build_suite(selected)?,
+        // `vmm` as the whole suite's build makes it.
+        _ => (
+            build_suite(&SUITE.iter().collect::<Vec<_>>())?.0,
+            Vec::new(),
+        ),
+    };
     let run_script = match &task {
         Task::Command(c) => format!("{c}\n"),
         Task::Bench(kind, runs) => bench::script(*kind, *runs),
-        Task::Suite => suite_script(&tests),
+        Task::Suite(_) => suite_script(&tests),
     };
     let work = crate::workspace_root().join("target/hwkvm");
     std::fs::create_dir_all(&work)?;
@@ -252,12 +265,32 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             std::process::exit(status);
         }
         Task::Bench(kind, runs) => bench::report(kind, &console, runs, &work),
-        Task::Suite => summarize(&report),
+        Task::Suite(selected) => summarize(&report, selected.len()),
     }
 }
 
-/// Prints the summary line and fails unless every test passed.
-fn summarize(report: &Report) -> anyhow::Result<()> {
+/// The test binaries of [`SUITE`] named in `only` (all of them when it is
+/// empty); an unknown name is an error listing the suite's.
+fn select(only: &[&String]) -> anyhow::Result<Vec<&'static TestBinary>> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|n| !SUITE.iter().any(|t| t.test == n.as_str()))
+    {
+        let names: Vec<&str> = SUITE.iter().map(|t| t.test).collect();
+        bail!(
+            "--only {unknown}: no such test binary in the lane (it has {})",
+            names.join(", ")
+        );
+    }
+    Ok(SUITE
+        .iter()
+        .filter(|t| only.is_empty() || only.iter().any(|n| n.as_str() == t.test))
+        .collect())
+}
+
+/// Prints the summary line and fails unless every test of the `binaries`
+/// test binaries run passed.
+fn summarize(report: &Report, binaries: usize) -> anyhow::Result<()> {
     for step in &report.steps {
         let took = step
             .seconds
@@ -275,15 +308,14 @@ fn summarize(report: &Report) -> anyhow::Result<()> {
     for f in &failed {
         eprintln!("xtask: hwkvm: FAILED {f}");
     }
-    if report.steps.len() < SUITE.len() {
+    if report.steps.len() < binaries {
         eprintln!(
-            "xtask: hwkvm: only {} of {} test binaries ran",
+            "xtask: hwkvm: only {} of {binaries} test binaries ran",
             report.steps.len(),
-            SUITE.len()
         );
     }
     println!("hwkvm: {} passed, {} failed", report.passed(), failed.len());
-    if !failed.is_empty() || report.steps.len() < SUITE.len() || report.passed() == 0 {
+    if !failed.is_empty() || report.steps.len() < binaries || report.passed() == 0 {
         bail!("the hardware-KVM lane failed");
     }
     Ok(())
@@ -370,12 +402,23 @@ fn l1_image(
     Ok(image)
 }
 
-/// Builds the release `vmm` and the suite's test binaries in one cargo
+/// Builds the release `vmm` and the test binaries `tests` in one cargo
 /// run (separate runs would build the crates twice, with the features of
 /// a plain build and of a test build) and returns their paths.
-fn build_suite() -> anyhow::Result<(PathBuf, Vec<(&'static TestBinary, PathBuf)>)> {
+fn build_suite<'a>(
+    tests: &[&'a TestBinary],
+) -> anyhow::Result<(PathBuf, Vec<(&'a TestBinary, PathBuf)>)> {
     let mut args = vec!["test", "--release", "--no-run"];
-    for t in &SUITE {
+    for t in tests {
+        args.extend(["-p", t.package, "--test", t.test]);
+    }
+    // `vmm` is built for vmm-cli's integration tests: with none of them
+    // selected, one is built (not run) for it.
+    if let Some(t) = SUITE
+        .iter()
+        .find(|t| t.package == "vmm-cli")
+        .filter(|_| !tests.iter().any(|t| t.package == "vmm-cli"))
+    {
         args.extend(["-p", t.package, "--test", t.test]);
     }
     let mut found = cargo_executables(&args)?;
@@ -385,9 +428,9 @@ fn build_suite() -> anyhow::Result<(PathBuf, Vec<(&'static TestBinary, PathBuf)>
             .with_context(|| format!("cargo built no {name} executable"))
     };
     let vmm = take("vmm")?;
-    let tests = SUITE
+    let tests = tests
         .iter()
-        .map(|t| Ok((t, take(t.test)?)))
+        .map(|&t| Ok((t, take(t.test)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((vmm, tests))
 }
@@ -440,6 +483,32 @@ mod tests {
     }
 
     #[test]
+    fn only_selects_test_binaries_by_name() {
+        let all = select(&[]).unwrap();
+        assert_eq!(all.len(), SUITE.len());
+        let name = "hwkvm_virtio_save".to_owned();
+        let one = select(&[&name]).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            (one[0].package, one[0].test),
+            ("vmm-cli", "hwkvm_virtio_save")
+        );
+        let names = ["paging_kvm".to_owned(), "gdb_demo".to_owned()];
+        let two: Vec<_> = select(&[&names[0], &names[1]])
+            .unwrap()
+            .iter()
+            .map(|t| t.test)
+            .collect();
+        assert_eq!(two, ["paging_kvm", "gdb_demo"]);
+        let bogus = "hwkvm_nothing".to_owned();
+        let err = select(&[&bogus]).unwrap_err().to_string();
+        assert!(
+            err.contains("hwkvm_nothing") && err.contains("hwkvm_virtio_save"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         for args in [
             &["--bogus"][..],
@@ -454,6 +523,10 @@ mod tests {
             &["--measure-virtio"],
             &["--measure"],
             &["--measure", "many"],
+            &["--only"],
+            &["--only", "hwkvm_nothing"],
+            &["--only", "hwkvm_linux", "--bench"],
+            &["--only", "hwkvm_linux", "--", "true"],
         ] {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             assert!(run(&args).is_err(), "{args:?}");

@@ -196,6 +196,7 @@ impl VirtioPci {
             bar: None,
             memory,
             active: false,
+            parked: None,
         };
         Ok(VirtioPci {
             config,

@@ -303,3 +303,62 @@ fn notify_ioeventfds_follow_bar_0() {
     let t = r.pci.transport();
     assert_eq!(t.lock().shared.status.load(Ordering::Acquire), 0);
 }
+
+#[test]
+fn a_parked_device_starts_again_and_after_a_load_looks_at_and_signals_every_queue() {
+    let mut r = rig();
+    let mem = r.memory.clone();
+    let (q0, q1) = (
+        MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 8),
+        MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 8),
+    );
+    r.msix_enable();
+    // Vectors 1 and 2 (GSIs 25 and 26): programmed, unmasked.
+    for v in [1u64, 2] {
+        let entry = MSIX_TABLE_OFFSET + 16 * v;
+        r.write(entry, 0xfee0_0000, 4);
+        r.write(entry + 8, 0x40 + v, 4);
+        r.write(entry + 12, 0, 4);
+    }
+    r.negotiate(VERSION_1);
+    r.setup_queue(0, &q0, 1);
+    r.setup_queue(1, &q1, 2);
+    r.write(0x14, 15, 1);
+    assert_eq!(r.seen.lock().activations, 1);
+    let t = r.pci.transport();
+    let notified = |r: &Rig| -> Vec<u64> {
+        let seen = r.seen.lock();
+        let (_, queues, _) = seen.active.as_ref().expect("active");
+        queues
+            .iter()
+            .map(|q| q.notify.read().unwrap_or(0))
+            .collect()
+    };
+
+    // A save parks it; only resuming the VM starts it again, as it was.
+    t.lock().park().unwrap();
+    assert!(r.seen.lock().active.is_none(), "parked: stopped");
+    t.lock().unpark();
+    assert_eq!(r.seen.lock().activations, 2);
+    assert_eq!(notified(&r), [0, 0]);
+    assert_eq!((r.routing.fired(25), r.routing.fired(26)), (0, 0));
+    t.lock().unpark();
+    assert_eq!(r.seen.lock().activations, 2, "unparked once");
+
+    // A loaded state: each queue is looked at and signalled once.
+    {
+        let mut t = t.lock();
+        t.deactivate().unwrap();
+        t.parked = Some(transport::Parked::Loaded);
+    }
+    t.lock().unpark();
+    assert_eq!(r.seen.lock().activations, 3);
+    assert_eq!(notified(&r), [1, 1]);
+    assert_eq!((r.routing.fired(25), r.routing.fired(26)), (1, 1));
+
+    // A reset forgets a parked device.
+    t.lock().park().unwrap();
+    r.write(0x14, 0, 1);
+    t.lock().unpark();
+    assert_eq!(r.seen.lock().activations, 3);
+}

@@ -1,6 +1,14 @@
 //! The virtio-pci transport behind BAR 0: the register regions, device
 //! status transitions (feature negotiation, `DRIVER_OK`, reset),
-//! notifications through ioeventfds, and deactivation for saves.
+//! notifications through ioeventfds, and parking for saves and restores.
+//!
+//! A save parks a running device (it is deactivated: every request it
+//! took finished, its queues back with their positions); so does a load
+//! of a running device's state. A parked device starts again only when
+//! the VM runs ([`Transport::unpark`]): a VM whose state was saved and
+//! that powers off (a teleport's source, `save --poweroff`) never touches
+//! guest RAM, the disk or the network again, and a teleport's target
+//! touches nothing before the source has handed the VM over.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,6 +47,18 @@ pub(crate) struct Transport {
     /// Whether the device serves its queues (between `DRIVER_OK` and a
     /// reset or save).
     pub(crate) active: bool,
+    /// The driver had the device running, but a save or load parked it
+    /// until the VM runs.
+    pub(crate) parked: Option<Parked>,
+}
+
+/// Why a device the driver set going is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// Quiesced for a save of this VM.
+    Saved,
+    /// Its state was loaded from a save made elsewhere.
+    Loaded,
 }
 
 impl Transport {
@@ -159,6 +179,47 @@ impl Transport {
         Ok(())
     }
 
+    /// Parks a running device for a save: it stops (every request it
+    /// took finished) until [`unpark`](Self::unpark).
+    pub(crate) fn park(&mut self) -> Result<(), String> {
+        if self.active {
+            self.parked = Some(Parked::Saved);
+        }
+        self.deactivate()
+    }
+
+    /// Starts a parked device again, as the VM resumes. A device whose
+    /// state was loaded then also looks at every queue and interrupts the
+    /// driver once per queue: a notification that was waiting in the
+    /// saving VMM's eventfd, or an interrupt the saving host had not yet
+    /// delivered when the vCPUs' state was taken, did not travel with the
+    /// state. A look at an unchanged ring finds nothing, and virtio
+    /// drivers take an interrupt without new used buffers in their
+    /// stride. A device that cannot start asks the driver for a reset.
+    pub(crate) fn unpark(&mut self) {
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        if let Err(e) = self.activate() {
+            tracing::warn!("{}: activation failed: {e}", self.device.name());
+            use crate::devices::virtio::Interrupt;
+            self.shared.needs_reset();
+            return;
+        }
+        if parked == Parked::Loaded {
+            use crate::devices::virtio::Interrupt;
+            for (index, q) in self.common.queues.iter().enumerate() {
+                if !q.ready() {
+                    continue;
+                }
+                if let Err(e) = self.notify[index].write(1) {
+                    tracing::warn!("{}: notify queue {index}: {e}", self.device.name());
+                }
+                self.shared.signal_queue(index as u16);
+            }
+        }
+    }
+
     /// Stops the device and takes its queues back (with their positions).
     pub(crate) fn deactivate(&mut self) -> Result<(), String> {
         if !self.active {
@@ -180,6 +241,7 @@ impl Transport {
         if let Err(e) = self.deactivate() {
             tracing::warn!("{}: reset: {e}", self.device.name());
         }
+        self.parked = None;
         self.common.reset();
         self.shared.reset();
         // Notifications left from before the reset are stale.
@@ -218,7 +280,11 @@ impl Transport {
             out,
             "status {:#04x}{}, features {:#x}, {ready}/{} queues ready, MSI-X {}, BAR0 ",
             self.status(),
-            if self.active { " (active)" } else { "" },
+            match (self.active, self.parked) {
+                (true, _) => " (active)",
+                (false, Some(_)) => " (parked until the VM runs)",
+                (false, None) => "",
+            },
             self.common.driver_features,
             self.common.queues.len(),
             if self.shared.msix.lock().enabled() {
