@@ -208,7 +208,7 @@ impl From<RebootArg> for OnReboot {
 /// The kernel command line without --cmdline: the console on COM1, resets
 /// through the keyboard controller, and a panic (an oops too) resets a
 /// second later with the BIOS warm-reset flag set (`panic_warm`), which
-/// `vmm` takes as the end of the run ([`RunOutcome::WarmReset`]).
+/// `vmm` takes as the end of the run ([`vmm_core::RunOutcome::WarmReset`]).
 const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_warm panic=1 oops=panic";
 
 /// `--gdb-watch`: the debugger's watchpoint mode.
