@@ -88,14 +88,15 @@ impl Guest {
             mem,
             "--cpus",
             &cpus.to_string(),
+            "--exit-code",
+            "guest",
             "--kernel",
             &self.kernel,
             "--initrd",
             &self.initrd,
             "--cmdline",
+            // Last: tests append kernel parameters to it.
             &format!("{} quiet vmm_run=\"{command}\"", self.cmdline),
-            "--exit-code",
-            "guest",
         ]
         .map(str::to_owned)
         .to_vec();
