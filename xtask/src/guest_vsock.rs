@@ -127,12 +127,22 @@ fn if_argument_is(
     Ok(())
 }
 
-/// Emits the writes of the `sockaddr_vm` for port `ebx` and `cid`.
-fn sockaddr(a: &mut CodeAssembler, cid: u32) -> anyhow::Result<()> {
+/// Emits the writes of the `sockaddr_vm` for port `ebx` and `cid`, then a
+/// stream socket whose descriptor ends in `r13` and `edi` (jumping to
+/// `failed` when the socket call fails).
+fn vsock_socket(a: &mut CodeAssembler, cid: u32, failed: CodeLabel) -> anyhow::Result<()> {
     a.mov(edi, SOCKADDR)?;
     a.mov(dword_ptr(rdi), AF_VSOCK)?;
     a.mov(dword_ptr(rdi + 4), ebx)?;
     a.mov(dword_ptr(rdi + 8), cid)?;
+    syscall(
+        a,
+        SYS_SOCKET,
+        &[(edi, AF_VSOCK), (esi, SOCK_STREAM), (edx, 0)],
+        failed,
+    )?;
+    a.mov(r13, rax)?;
+    a.mov(edi, r13d)?;
     Ok(())
 }
 
@@ -197,15 +207,7 @@ fn code(entry: u64) -> anyhow::Result<Vec<u8>> {
 
     // listen: socket, bind to (any, port), listen, accept, echo.
     a.set_label(&mut listen_mode)?;
-    sockaddr(&mut a, VMADDR_CID_ANY)?;
-    syscall(
-        &mut a,
-        SYS_SOCKET,
-        &[(edi, AF_VSOCK), (esi, SOCK_STREAM), (edx, 0)],
-        socket,
-    )?;
-    a.mov(r13, rax)?;
-    a.mov(edi, r13d)?;
+    vsock_socket(&mut a, VMADDR_CID_ANY, socket)?;
     syscall(&mut a, SYS_BIND, &[(esi, SOCKADDR), (edx, 16)], bind)?;
     a.mov(edi, r13d)?;
     syscall(&mut a, SYS_LISTEN, &[(esi, 1)], listen)?;
@@ -219,15 +221,7 @@ fn code(entry: u64) -> anyhow::Result<Vec<u8>> {
     // connect: socket, connect to (host, port), stdin to the socket,
     // shutdown for writing, the socket to stdout.
     a.set_label(&mut connect_mode)?;
-    sockaddr(&mut a, HOST_CID)?;
-    syscall(
-        &mut a,
-        SYS_SOCKET,
-        &[(edi, AF_VSOCK), (esi, SOCK_STREAM), (edx, 0)],
-        socket,
-    )?;
-    a.mov(r13, rax)?;
-    a.mov(edi, r13d)?;
+    vsock_socket(&mut a, HOST_CID, socket)?;
     syscall(&mut a, SYS_CONNECT, &[(esi, SOCKADDR), (edx, 16)], connect)?;
     a.xor(r14d, r14d)?;
     a.mov(r15, r13)?;
