@@ -45,7 +45,10 @@ impl RunningIdle {
         if noise {
             vm.memory()
                 .ram()
-                .write_slice(&noise_bytes(NOISE), GuestAddress(NOISE_AT))
+                .write_slice(
+                    &common::noise_bytes(NOISE, 0x9e37_79b9_7f4a_7c15),
+                    GuestAddress(NOISE_AT),
+                )
                 .unwrap();
         }
         let handle = vm.handle();
@@ -104,20 +107,6 @@ impl RunningIdle {
         self.handle.power_off().expect("power off");
         assert_eq!(self.run.join().unwrap().unwrap(), RunOutcome::PoweredOff);
     }
-}
-
-/// Pseudo-random bytes (xorshift): nothing a save could compress.
-fn noise_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A teleport target that accepts one connection and, as `behave` says,

@@ -40,20 +40,6 @@ const NOISE: usize = 40 << 20;
 /// zero) pages below [`NOISE_AT`], well inside the noise.
 const HOLD_AFTER: u64 = 8 << 20;
 
-/// Pseudo-random bytes (xorshift): nothing a save could compress.
-fn noise_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn config(serial: &Capture) -> VmConfig {
     let mut config = VmConfig::new(RAM, guests::find("idle").unwrap().firmware().unwrap());
     config.serial = Box::new(serial.clone());
@@ -142,7 +128,10 @@ fn device_writes_during_a_live_teleport_reach_the_target() {
     let mut vm = Vm::new(config(&serial)).unwrap();
     vm.memory()
         .ram()
-        .write_slice(&noise_bytes(NOISE), GuestAddress(NOISE_AT))
+        .write_slice(
+            &common::noise_bytes(NOISE, 0x2545_f491_4f6c_dd1d),
+            GuestAddress(NOISE_AT),
+        )
         .unwrap();
     let queue = RngQueue::start(vm.memory(), RINGS);
     let handle = vm.handle();

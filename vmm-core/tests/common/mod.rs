@@ -30,6 +30,22 @@ impl Write for Capture {
     }
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift): nothing a save could
+/// compress.
+#[allow(dead_code)] // for the tests that fill guest RAM
+pub fn noise_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// The value of a counter, gauge or callback statistic of the VM.
 #[allow(dead_code)] // not every test binary reads statistics
 pub fn stat(vm: &vmm_core::VmHandle, name: &str) -> u64 {
