@@ -2,9 +2,12 @@
 //! shells (`bash -n`, `zsh -n`) and know the commands; the manual page is
 //! roff that lists them.
 
-use std::process::{Command, Stdio};
+#[allow(dead_code)] // shared by the end-to-end tests; this one checks a tool
+mod support;
 
-const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+use std::process::Command;
+
+use support::VMM;
 
 fn stdout_of(args: &[&str]) -> String {
     let out = Command::new(VMM).args(args).output().expect("vmm starts");
@@ -16,24 +19,6 @@ fn stdout_of(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
-/// Whether `shell` is installed; a missing one fails under CI=true.
-fn shell_available(shell: &str) -> bool {
-    let found = Command::new(shell)
-        .args(["-c", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{shell} is required under CI=true (.ci/run installs it) but is not installed"
-        );
-        eprintln!("!!! NOT CHECKED: {shell} is not installed (apt-get install {shell}) !!!");
-    }
-    found
-}
-
 /// Generates the completion script for `shell` and checks it with `shell -n`.
 fn completion_script_is_valid(shell: &str) {
     let script = stdout_of(&["completions", shell]);
@@ -41,7 +26,7 @@ fn completion_script_is_valid(shell: &str) {
         assert!(script.contains(command), "{shell}: no {command}");
     }
     assert!(script.contains("--api-socket"), "{shell}");
-    if !shell_available(shell) {
+    if !support::tool_available(shell, &["-c", "true"], "its completion script") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,29 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether `program` runs (`program PROBE_ARGS` succeeds); says so loudly
+/// when not, naming `what` it leaves unchecked, and fails under `CI=true`
+/// (`.ci/run` installs it).
+#[allow(dead_code)] // not every test binary needs a tool
+pub fn tool_available(program: &str, probe_args: &[&str], what: &str) -> bool {
+    let found = Command::new(program)
+        .args(probe_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what}: {program} is required under CI=true (.ci/run installs it) but is not installed"
+        );
+        eprintln!(
+            "!!! NOT CHECKED {what}: {program} is not installed (apt-get install {program}) !!!"
+        );
+    }
+    found
+}
+
 /// The `vmm` binary under test.
 pub const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
