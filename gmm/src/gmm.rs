@@ -105,8 +105,9 @@ impl Gmm {
     /// Runs a sharing scan over every RAM region of every VM: identical pages
     /// end up backed by one host page, zero pages by none.
     ///
-    /// The VMs' vCPUs must be stopped while the scan runs (a guest write
-    /// racing the scan could be lost); writes after the scan are safe.
+    /// Nothing may write the VMs' RAM while the scan runs, neither vCPUs nor
+    /// devices (a write racing the scan could be lost); writes after the
+    /// scan are safe.
     pub fn share_scan(&self) -> Result<ScanReport> {
         self.state.lock().share_scan()
     }

@@ -419,7 +419,9 @@ impl VmHandle {
     }
 
     /// Shares identical guest pages (GMM's page-sharing scan) with every
-    /// EMT out of the guest; returns what the scan did.
+    /// EMT out of the guest and the virtio devices parked (nothing may
+    /// write a page between the scan's compare and remap); returns what
+    /// the scan did.
     pub fn share_pages(&self) -> Result<gmm::ScanReport> {
         let machine = Arc::clone(&self.machine);
         let report = Arc::new(Mutex::new(None));
@@ -428,7 +430,11 @@ impl VmHandle {
             RendezvousType::Once,
             RendezvousFlags::default(),
             move |_| {
-                *slot.lock() = Some(machine.memory.share_pages()?);
+                let scan = crate::saved_state::with_devices_parked(&machine.saved.virtio, || {
+                    machine.memory.share_pages()
+                })
+                .map_err(crate::error::Error::Memory)?;
+                *slot.lock() = Some(scan?);
                 Ok(None)
             },
         )?;

@@ -246,8 +246,9 @@ impl GuestMemoryMap {
 
     /// Runs GMM's page-sharing scan: identical guest pages end up backed by
     /// one host page (copy on write), all-zero pages by none; `pgm`'s page
-    /// states follow. Call it with the vCPUs stopped (a write between compare
-    /// and remap would be lost).
+    /// states follow. Call it with nothing writing guest RAM, the vCPUs
+    /// stopped and the devices parked (a write between compare and remap
+    /// would be lost).
     pub fn share_pages(&self) -> Result<gmm::ScanReport> {
         let report = self.gmm.share_scan().map_err(pgm_error)?;
         self.map.read().sync_sharing().map_err(pgm_error)?;
@@ -265,7 +266,9 @@ impl GuestMemoryMap {
     /// vCPUs stopped.
     ///
     /// Guest writes through KVM do not pass through `pgm`, so page states are
-    /// brought up to date with a zero-page scan before zero pages are left out.
+    /// brought up to date with a zero-page scan before zero pages are left
+    /// out; that scan gives zero pages back to the host, so no device may
+    /// be serving requests either (as after the run).
     pub fn dump(&self, out: &mut (impl Write + Seek), include_zero: bool) -> Result<DumpReport> {
         let map = self.map.read();
         if !include_zero {

@@ -42,8 +42,10 @@ impl PhysMap {
     /// non-zero pages still in the zero state (written by the guest through
     /// KVM) become allocated. Ballooned and shared pages are left alone.
     ///
-    /// Call it with the vCPUs stopped: a page written between the check and
-    /// the discard would lose the write.
+    /// Call it with nothing else writing guest RAM, the vCPUs stopped and
+    /// the devices quiesced: a page written between the check and the
+    /// discard would lose the write. A save, which leaves the devices
+    /// running, wants [`allocate_written_zero_pages`](Self::allocate_written_zero_pages).
     pub fn scan_zero_pages(&self) -> Result<ZeroScanReport, PhysError> {
         let mut report = ZeroScanReport::default();
         let mut resident = Vec::new();
@@ -88,6 +90,48 @@ impl PhysMap {
             discard_run(self, mem, &mut run)?;
         }
         Ok(report)
+    }
+
+    /// Brings the page states up to date with writes `pgm` did not see:
+    /// resident zero-state pages that hold data (written by the guest
+    /// through KVM) become allocated. Returns how many did.
+    ///
+    /// Unlike [`scan_zero_pages`](Self::scan_zero_pages) it only reads guest
+    /// memory and never moves a page back to the zero state, so it is safe
+    /// while devices go on writing guest RAM (what they write through
+    /// [`guest_memory`](Self::guest_memory) is tracked on its own): a save
+    /// calls it with the vCPUs stopped so that no page the guest wrote is
+    /// saved as a zero page.
+    ///
+    /// ```
+    /// use pgm::phys::{PageState, PhysMap};
+    /// let mut map = PhysMap::with_defaults();
+    /// map.add_ram(0, 0x10000, "ram").unwrap();
+    /// assert_eq!(map.allocate_written_zero_pages().unwrap(), 0);
+    /// assert_eq!(map.page_info(0x3000).state, PageState::Zero);
+    /// ```
+    pub fn allocate_written_zero_pages(&self) -> Result<u64, PhysError> {
+        let mut allocated = 0;
+        let mut resident = Vec::new();
+        for mem in self.ram() {
+            self.host
+                .residency(&mem.region, 0, mem.region.size(), &mut resident)?;
+            for (i, slot) in mem.pages.iter().enumerate() {
+                let written = slot.get().state == PageState::Zero
+                    && resident.get(i).copied().unwrap_or(false)
+                    && !mem.page_is_zero((i as u64) << PAGE_SHIFT);
+                if written {
+                    slot.update(|mut p| {
+                        if p.state == PageState::Zero {
+                            p.state = PageState::Allocated;
+                        }
+                        p
+                    });
+                    allocated += 1;
+                }
+            }
+        }
+        Ok(allocated)
     }
 
     /// Number of RAM pages currently occupying host memory.
@@ -204,6 +248,28 @@ mod tests {
         assert_eq!(map.page_info(0x2000).state, PageState::Zero);
         let again = map.scan_zero_pages().unwrap();
         assert_eq!(again.freed, 0);
+    }
+
+    #[test]
+    fn pages_written_behind_pgm_become_allocated_and_nothing_is_discarded() {
+        let mut map = PhysMap::with_defaults();
+        map.add_ram(0, 0x10000, "ram").unwrap();
+        map.write(0x2000, &[0]).unwrap();
+        // A vCPU (through KVM) writes page 3, which pgm still takes for zero.
+        let host = map.ram().next().unwrap().region.as_ptr();
+        // SAFETY: 0x3000 lies inside the 64 KiB mapping of the RAM range.
+        unsafe { host.add(0x3000).write(9) };
+        assert_eq!(map.page_info(0x3000).state, PageState::Zero);
+        assert_eq!(map.allocate_written_zero_pages().unwrap(), 1);
+        assert_eq!(map.page_info(0x3000).state, PageState::Allocated);
+        // An allocated page of zeros stays allocated: a device may be
+        // writing it right now.
+        assert_eq!(map.page_info(0x2000).state, PageState::Allocated);
+        assert_eq!(map.page_info(0x5000).state, PageState::Zero);
+        let mut b = [0u8];
+        map.read(0x3000, &mut b).unwrap();
+        assert_eq!(b, [9]);
+        assert_eq!(map.allocate_written_zero_pages().unwrap(), 0);
     }
 
     #[test]

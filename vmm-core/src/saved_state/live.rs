@@ -17,7 +17,10 @@ use crate::sync::rendezvous::{RendezvousFlags, RendezvousType};
 /// allocated) and dirty logging switched on, with no vCPU in the guest in
 /// between: otherwise a write could land in a page the first pass sends as
 /// zero and the dirty log never reports. Both happen inside one EMT
-/// rendezvous; the guest runs on right after.
+/// rendezvous; the guest runs on right after. The scan only reads guest
+/// memory: the devices go on serving requests meanwhile, and a scan that
+/// gave all-zero pages back to the host would drop what they write into
+/// a page between its check and the discard.
 pub(crate) struct LivePgm {
     inner: Arc<Mutex<PgmUnit>>,
     name: String,
@@ -60,7 +63,7 @@ impl Unit for LivePgm {
                 move |cpu| {
                     // Descending: vCPU 0 is the last, when every EMT is out.
                     if cpu == 0 {
-                        machine.memory.phys().read().scan_zero_pages()?;
+                        machine.memory.phys().read().allocate_written_zero_pages()?;
                         inner.lock().live_prep()?;
                     }
                     Ok(None)

@@ -62,7 +62,7 @@ mod virtio_unit;
 pub(crate) use progress::SaveProgress;
 pub(crate) use teleport::{Ended, TeleportSlot, incoming, teleport};
 pub use teleport::{TeleportError, TeleportOptions};
-pub(crate) use virtio_unit::start_parked;
+pub(crate) use virtio_unit::{start_parked, with_devices_parked};
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -293,13 +293,15 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
 }
 
 /// Updates `pgm`'s page states from guest memory (call with the vCPUs out
-/// of the guest).
-fn scan_zero_pages(machine: &Machine) -> Result<()> {
+/// of the guest): pages the guest wrote through KVM are no longer taken
+/// for zero pages. Nothing is given back to the host, so the devices,
+/// still serving requests until they are parked, lose no write.
+fn allocate_written_pages(machine: &Machine) -> Result<()> {
     machine
         .memory
         .phys()
         .read()
-        .scan_zero_pages()
+        .allocate_written_zero_pages()
         .map_err(|e| Error::Memory(e.to_string()))?;
     Ok(())
 }
@@ -410,7 +412,7 @@ fn save_stopped(machine: &Arc<Machine>, mut file: ssm::AtomicFile) -> Result<Sav
         .try_transition(&[(VmState::Suspended, VmState::Saving)])?;
     // Guest writes through KVM bypass `pgm`'s page states: bring them up
     // to date so that no written page is saved as a zero page.
-    let written = scan_zero_pages(machine)
+    let written = allocate_written_pages(machine)
         .and_then(|()| manager(machine, None))
         .and_then(|mut m| {
             let sink = machine

@@ -65,6 +65,25 @@ pub(crate) fn start_parked(slots: &[VirtioSlot]) {
     }
 }
 
+/// Runs `f` with the devices of `slots` parked, so that none writes guest
+/// RAM meanwhile (a scan that compares pages and then remaps them would
+/// lose such a write), and starts them again after. A device that cannot
+/// be parked (its worker does not stop) is an error, and `f` does not run.
+pub(crate) fn with_devices_parked<T>(
+    slots: &[VirtioSlot],
+    f: impl FnOnce() -> T,
+) -> Result<T, String> {
+    let parked = slots.iter().try_for_each(|slot| {
+        slot.transport
+            .lock()
+            .park()
+            .map_err(|e| format!("virtio device at {}: {e}", slot.at))
+    });
+    let result = parked.map(|()| f());
+    start_parked(slots);
+    result
+}
+
 fn put_queue(w: &mut UnitWriter<'_>, s: &QueueState) -> ssm::Result<()> {
     w.put_u16(s.max_size)?;
     w.put_u16(s.next_avail)?;
