@@ -17,6 +17,7 @@ mod guest_vsock;
 mod hwkvm;
 mod kmod;
 mod light;
+mod package;
 mod soak;
 mod tool;
 
@@ -91,25 +92,8 @@ fn ci() -> anyhow::Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
         &["doc", "--workspace", "--exclude", "xtask", "--no-deps"],
     )?;
-    package()?;
+    package::run(cargo)?;
     hwkvm::run(&[])?;
     eprintln!("xtask: ci passed");
     Ok(())
-}
-
-/// Every publishable crate packaged as `cargo publish` would, and verified:
-/// each `.crate` is unpacked and built on its own. Cargo packages the crates
-/// in dependency order and resolves the workspace crates a crate depends on
-/// from a temporary local registry of the ones packaged before it (not from
-/// crates.io, where these versions are not published), so the check needs
-/// no upload and proves that the packages build from their published files
-/// alone (a missing `include`, a path outside the crate) before a release.
-fn package() -> anyhow::Result<()> {
-    cargo(&[
-        "package",
-        "--workspace",
-        "--exclude",
-        "xtask",
-        "--allow-dirty",
-    ])
 }
