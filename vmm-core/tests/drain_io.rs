@@ -109,7 +109,8 @@ fn port_io_is_never_repeated_across_saves_and_restores() {
         let outcome = run.join().unwrap();
         assert!(
             saved.is_ok() && matches!(outcome, Ok(RunOutcome::PoweredOff)),
-            "save {save} ({request:?}): {saved:?}, run {outcome:?}, after {} rounds; serial: {}",
+            "run {save} (then {request:?}): save {saved:?}, run {outcome:?}, after {} rounds; \
+             serial: {}",
             rounds(&handle),
             serial.text()
         );
