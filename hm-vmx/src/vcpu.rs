@@ -48,6 +48,9 @@ pub struct Vcpu {
     state: VcpuState,
     exits: Arc<ExitStats>,
     in_guest: Profile,
+    /// The last run ended in an I/O or MMIO exit whose instruction KVM
+    /// completes on the next `KVM_RUN`.
+    io_pending: bool,
 }
 
 impl Vcpu {
@@ -62,6 +65,7 @@ impl Vcpu {
             state,
             exits,
             in_guest,
+            io_pending: false,
         }
     }
 
@@ -88,10 +92,22 @@ impl Vcpu {
         if self.state.entry.due() {
             self.state.pre_entry_check()?;
         }
+        self.io_pending = false;
         let exit =
             enter(&mut self.fd, &self.in_guest).map_err(|e| self.state.explain_run_failure(e))?;
+        self.io_pending = matches!(exit, Exit::Io(_) | Exit::Mmio(_));
         self.exits.count(&exit);
         Ok(exit)
+    }
+
+    /// Whether the last [`run`](Vcpu::run) ended in an I/O or MMIO exit
+    /// whose instruction is not complete yet: KVM stores an `in`'s or MMIO
+    /// read's value into its register and moves RIP past the instruction
+    /// only on the next `KVM_RUN`, so the registers read until then are
+    /// those before the instruction (see
+    /// [`VirtualCpu::complete_pending_io`](crate::VirtualCpu::complete_pending_io)).
+    pub fn io_pending(&self) -> bool {
+        self.io_pending
     }
 
     pub(crate) fn run_page(&mut self) -> &mut kvm_bindings::kvm_run {

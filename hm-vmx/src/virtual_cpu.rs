@@ -40,6 +40,49 @@ pub trait VirtualCpu {
     /// completing a pending I/O or MMIO read).
     fn set_immediate_exit(&mut self, on: bool);
 
+    /// Whether the last exit was an I/O or MMIO access whose instruction
+    /// completes only on the next run (see [`Vcpu::io_pending`]).
+    fn io_pending(&self) -> bool;
+
+    /// Completes the instruction of the last I/O or MMIO exit without
+    /// running further guest code: one run with `immediate_exit` set, in
+    /// which KVM stores the value of an `in` or MMIO read and moves RIP
+    /// past the instruction. Call it before the vCPU's state is read from
+    /// outside the run loop (a save, a teleport, a reset): otherwise the
+    /// state has the instruction not executed yet, and a restored guest
+    /// executes it again, accessing the device twice.
+    ///
+    /// `None` once the instruction is complete (at once, without a run,
+    /// when nothing is pending). Completing it may need the VMM again (the
+    /// next piece of a string I/O, a single step it ended): that exit is
+    /// returned, to be handled as any other before calling again. After
+    /// such an exit `immediate_exit` may still be set, and the next run
+    /// returns [`Exit::Interrupted`] at once.
+    ///
+    /// ```
+    /// use hm_vmx::testing::{ScriptedExit, ScriptedVcpu};
+    /// use hm_vmx::VirtualCpu;
+    ///
+    /// let mut vcpu = ScriptedVcpu::new(0, [ScriptedExit::In { port: 0x60, size: 1, count: 1 }]);
+    /// assert!(vcpu.complete_pending_io()?.is_none()); // nothing ran yet
+    /// vcpu.run()?;
+    /// assert!(vcpu.io_pending());
+    /// assert!(vcpu.complete_pending_io()?.is_none());
+    /// assert!(!vcpu.io_pending());
+    /// assert_eq!((vcpu.runs(), vcpu.answers().len()), (2, 1));
+    /// # Ok::<(), hm_vmx::Error>(())
+    /// ```
+    fn complete_pending_io(&mut self) -> Result<Option<Exit<'_>>> {
+        if !self.io_pending() {
+            return Ok(None);
+        }
+        self.set_immediate_exit(true);
+        match self.run()? {
+            Exit::Interrupted => Ok(None),
+            exit => Ok(Some(exit)),
+        }
+    }
+
     /// Binds the vCPU to the calling thread for kicks (see
     /// [`Vcpu::bind_kicks`]).
     fn bind_kicks(&mut self) -> Result<(Kicker, KickBinding)>;
@@ -73,6 +116,10 @@ impl VirtualCpu for Vcpu {
 
     fn set_immediate_exit(&mut self, on: bool) {
         Vcpu::set_immediate_exit(self, on);
+    }
+
+    fn io_pending(&self) -> bool {
+        Vcpu::io_pending(self)
     }
 
     fn bind_kicks(&mut self) -> Result<(Kicker, KickBinding)> {

@@ -255,10 +255,18 @@ impl GuestMemoryMap {
         Ok(report)
     }
 
-    /// Resets memory as a machine reset does: RAM zeroed, ROM restored.
-    /// Call it with the vCPUs stopped.
+    /// Resets memory as a machine reset does: the balloon's pages back to
+    /// the guest, RAM zeroed, ROM restored. Call it with the vCPUs stopped.
+    /// When GMM refuses the balloon's pages, nothing changed.
     pub fn reset(&self) -> Result<()> {
         self.map.write().reset().map_err(pgm_error)
+    }
+
+    /// Gives every page of the balloon back to the guest (zero pages, and
+    /// GMM counts them allocated again), all or nothing: the part of a
+    /// machine reset that GMM may refuse. Returns how many pages.
+    pub fn deflate_balloon(&self) -> Result<u64> {
+        self.map.read().deflate_balloon().map_err(pgm_error)
     }
 
     /// Writes guest-physical memory to `out` as a flat image, skipping

@@ -7,6 +7,14 @@
 //! ROM restored, devices reset, and a direct-boot kernel loaded again with
 //! its initrd, command line, zero page and tables, so the bootstrap
 //! processor enters it as at power-on and the others wait for INIT/SIPI.
+//!
+//! The balloon is emptied: its pages are RAM of the guest again and the
+//! guest's driver starts over, inflating to the target, which stays (as
+//! VirtualBox's PGM turns ballooned pages into zero pages and resets GMM's
+//! balloon on a reset, and QEMU keeps virtio-balloon's requested size).
+//! Virtio devices reset with the PCI bus (their transports deactivate).
+//! A reset is all or nothing: the step that can be refused (GMM taking
+//! the balloon's pages back) comes before anything changes.
 
 use std::sync::Arc;
 
@@ -78,7 +86,8 @@ pub(crate) fn warm_reset(machine: &Machine) -> bool {
 }
 
 /// Resets the VM as the reset line of a PC does (see the module). Callable
-/// from any thread, an EMT included. A suspended VM stays suspended.
+/// from any thread, an EMT included. A suspended VM stays suspended. When
+/// a step is refused, the VM is as before (see [`reset_machine`]).
 pub(crate) fn reset(m: &Arc<Machine>) -> Result<()> {
     let resume_to = m.state.state();
     let from = [
@@ -91,24 +100,10 @@ pub(crate) fn reset(m: &Arc<Machine>) -> Result<()> {
         RendezvousType::Descending,
         RendezvousFlags::default(),
         move |cpu| {
-            let power_on = &machine.power_on;
-            let i = cpu as usize;
-            if let (Some(state), Some(initial)) = (machine.vcpu_states.get(i), power_on.cpus.get(i))
-            {
-                initial.write(state)?;
-            }
-            // Descending: vCPU 0 is the last, when every EMT is out.
+            // Descending: vCPU 0 is the last, when every EMT is out (each
+            // completed its last I/O instruction on the way).
             if cpu == 0 {
-                machine.memory.reset()?;
-                machine.io.reset();
-                let backend = &machine.saved.backend;
-                power_on.irqchip.write(backend)?;
-                power_on.pit.write(backend)?;
-                if let Some(k) = &power_on.kernel {
-                    k.boot
-                        .load(&k.plan, machine.memory.ram(), machine.cpus())
-                        .map_err(Error::Boot)?;
-                }
+                reset_machine(&machine)?;
             }
             Ok(None)
         },
@@ -123,5 +118,31 @@ pub(crate) fn reset(m: &Arc<Machine>) -> Result<()> {
     // to change: wake them.
     m.unhalt_all()?;
     result?;
+    Ok(())
+}
+
+/// The reset itself, with every EMT out of the guest. What may be refused
+/// comes first and changes nothing when it is: the balloon's pages go back
+/// to the guest (GMM counts them as the VM's again). Everything after it
+/// puts back states KVM produced or accepted at power-on, or cannot fail
+/// short of a broken host: the vCPUs, the devices (stopped before RAM is
+/// zeroed under their workers), RAM and ROM, the in-kernel irqchip and
+/// PIT, and a directly booted kernel.
+fn reset_machine(machine: &Machine) -> Result<()> {
+    let power_on = &machine.power_on;
+    machine.memory.deflate_balloon()?;
+    for (state, initial) in machine.vcpu_states.iter().zip(&power_on.cpus) {
+        initial.write(state)?;
+    }
+    machine.io.reset();
+    machine.memory.reset()?;
+    let backend = &machine.saved.backend;
+    power_on.irqchip.write(backend)?;
+    power_on.pit.write(backend)?;
+    if let Some(k) = &power_on.kernel {
+        k.boot
+            .load(&k.plan, machine.memory.ram(), machine.cpus())
+            .map_err(Error::Boot)?;
+    }
     Ok(())
 }

@@ -93,6 +93,8 @@ pub struct ScriptedVcpu {
     script: VecDeque<ScriptedExit>,
     /// The exit last returned, and the buffer of a read the caller fills.
     current: Option<(ScriptedExit, Vec<u8>)>,
+    /// The exit returned last was an I/O or MMIO access.
+    io_pending: bool,
     answers: Vec<Vec<u8>>,
     regs: Regs,
     /// `immediate_exit`, boxed so that a kick (a signal handler on the
@@ -110,6 +112,7 @@ impl ScriptedVcpu {
             id,
             script: script.into_iter().collect(),
             current: None,
+            io_pending: false,
             answers: Vec::new(),
             regs: Regs::default(),
             immediate_exit: Box::new(AtomicU8::new(0)),
@@ -163,6 +166,7 @@ impl VirtualCpu for ScriptedVcpu {
     fn run(&mut self) -> Result<Exit<'_>> {
         self.runs += 1;
         self.complete_pending_read();
+        self.io_pending = false;
         if self.immediate_exit.swap(0, Ordering::SeqCst) != 0 {
             return Ok(Exit::Interrupted);
         }
@@ -178,6 +182,13 @@ impl VirtualCpu for ScriptedVcpu {
             _ => Vec::new(),
         };
         let (exit, data) = self.current.insert((next, buffer));
+        self.io_pending = matches!(
+            exit,
+            ScriptedExit::In { .. }
+                | ScriptedExit::Out { .. }
+                | ScriptedExit::MmioRead { .. }
+                | ScriptedExit::MmioWrite { .. }
+        );
         Ok(match exit {
             ScriptedExit::In { port, size, .. } => Exit::Io(IoAccess {
                 port: *port,
@@ -213,6 +224,10 @@ impl VirtualCpu for ScriptedVcpu {
 
     fn set_immediate_exit(&mut self, on: bool) {
         self.immediate_exit.store(u8::from(on), Ordering::SeqCst);
+    }
+
+    fn io_pending(&self) -> bool {
+        self.io_pending
     }
 
     fn bind_kicks(&mut self) -> Result<(Kicker, KickBinding)> {
@@ -307,6 +322,31 @@ mod tests {
         assert!(matches!(vcpu.run().unwrap(), Exit::Interrupted));
         assert!(matches!(vcpu.run().unwrap(), Exit::Hlt));
         assert_eq!(vcpu.remaining(), 0);
+    }
+
+    #[test]
+    fn only_an_access_leaves_its_instruction_to_complete() {
+        let mut vcpu = ScriptedVcpu::new(
+            0,
+            [
+                ScriptedExit::Out {
+                    port: 0x80,
+                    size: 1,
+                    data: vec![1],
+                },
+                ScriptedExit::Hlt,
+            ],
+        );
+        vcpu.run().unwrap();
+        assert!(vcpu.io_pending());
+        assert!(vcpu.complete_pending_io().unwrap().is_none());
+        assert!(!vcpu.io_pending());
+        // Completed: the next run is the script's next exit, and a halt
+        // leaves nothing to complete (no further run).
+        assert!(matches!(vcpu.run().unwrap(), Exit::Hlt));
+        assert!(!vcpu.io_pending());
+        assert!(vcpu.complete_pending_io().unwrap().is_none());
+        assert_eq!(vcpu.runs(), 3);
     }
 
     #[test]

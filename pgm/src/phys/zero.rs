@@ -146,13 +146,17 @@ impl PhysMap {
         Ok(count)
     }
 
-    /// Resets the map as a machine reset does: RAM is zeroed and given back
-    /// to the host (unless [`PhysConfig::zero_ram_on_reset`] is off), ROM
-    /// protection returns to its initial mode and the shadow to the ROM
-    /// image, the A20 gate is enabled. MMIO2 belongs to devices and is kept.
+    /// Resets the map as a machine reset does: the balloon's pages return
+    /// to the guest ([`deflate_balloon`](Self::deflate_balloon)), RAM is
+    /// zeroed and given back to the host (unless
+    /// [`PhysConfig::zero_ram_on_reset`] is off), ROM protection returns to
+    /// its initial mode and the shadow to the ROM image, the A20 gate is
+    /// enabled. MMIO2 belongs to devices and is kept. When the host refuses
+    /// the balloon's pages, nothing changed.
     ///
     /// [`PhysConfig::zero_ram_on_reset`]: super::PhysConfig::zero_ram_on_reset
     pub fn reset(&mut self) -> Result<(), PhysError> {
+        self.deflate_balloon()?;
         self.set_a20(true);
         let zero = self.config.zero_ram_on_reset;
         for range in &mut self.ranges {
@@ -187,6 +191,52 @@ impl PhysMap {
         }
         self.refresh_slots();
         Ok(())
+    }
+
+    /// Gives every ballooned RAM page back to the guest as a zero page, as
+    /// a machine reset does (the guest's balloon driver starts over; so does
+    /// VirtualBox's PGM, whose reset turns ballooned pages into zero pages
+    /// and resets GMM's balloon). All or nothing: when the host refuses a
+    /// run of pages, the runs it took back before are ballooned again and
+    /// no page state changed. Returns how many pages the guest got back.
+    ///
+    /// ```
+    /// use pgm::phys::{PageState, PhysMap};
+    /// let mut map = PhysMap::with_defaults();
+    /// map.add_ram(0, 0x10000, "ram").unwrap();
+    /// map.balloon(&[0x1000, 0x2000, 0x8000], true).unwrap();
+    /// assert_eq!(map.deflate_balloon().unwrap(), 3);
+    /// assert_eq!(map.page_info(0x2000).state, PageState::Zero);
+    /// assert_eq!(map.deflate_balloon().unwrap(), 0);
+    /// ```
+    pub fn deflate_balloon(&self) -> Result<u64, PhysError> {
+        let mut given: Vec<(&Memory, usize, usize)> = Vec::new();
+        for mem in self.ram() {
+            for (first, count) in ballooned_runs(mem) {
+                let (offset, len) = (first * PAGE_SIZE as usize, count * PAGE_SIZE as usize);
+                if let Err(e) = self.host.balloon(&mem.region, offset, len, false) {
+                    for &(mem, offset, len) in given.iter().rev() {
+                        // The pages were the guest's a moment ago: taking
+                        // them back cannot be refused for room.
+                        self.host.balloon(&mem.region, offset, len, true)?;
+                    }
+                    return Err(e.into());
+                }
+                given.push((mem, offset, len));
+            }
+        }
+        let mut pages = 0;
+        for &(mem, offset, len) in &given {
+            let first = offset / PAGE_SIZE as usize;
+            for slot in &mem.pages[first..first + len / PAGE_SIZE as usize] {
+                slot.update(|mut p| {
+                    p.state = PageState::Zero;
+                    p
+                });
+                pages += 1;
+            }
+        }
+        Ok(pages)
     }
 
     /// Inflates (`true`) or deflates the balloon over the RAM pages at
@@ -227,6 +277,21 @@ impl PhysMap {
         }
         Ok(())
     }
+}
+
+/// The runs of ballooned pages of `mem`: first page and count.
+fn ballooned_runs(mem: &Memory) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, slot) in mem.pages.iter().enumerate() {
+        if slot.get().state != PageState::Ballooned {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == i => *count += 1,
+            _ => runs.push((i, 1)),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -352,6 +417,7 @@ mod tests {
 mod deferred_balloon_tests {
     use std::sync::Arc;
 
+    use crate::phys::HostMemory;
     use crate::phys::testing::ScriptedHost;
     use crate::phys::{PageState, PhysConfig, PhysMap};
 
@@ -367,5 +433,37 @@ mod deferred_balloon_tests {
         map.read(0x1000, &mut buf).unwrap();
         assert!(buf[..0x1000].iter().all(|&b| b == 0));
         assert!(buf[0x1000..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn a_reset_the_host_refuses_a_ballooned_page_changes_nothing() {
+        let host = Arc::new(ScriptedHost::default());
+        let mut map = PhysMap::new(host.clone(), PhysConfig::default()).unwrap();
+        map.add_ram(0, 0x8000, "ram").unwrap();
+        map.write(0x5000, &[9]).unwrap();
+        map.balloon(&[0x1000, 0x3000], true).unwrap();
+        map.set_a20(false);
+        // The host no longer holds page 3 as ballooned (taken back behind
+        // pgm's back): it refuses to give it back again.
+        let region = std::sync::Arc::clone(&map.ram().next().unwrap().region);
+        host.balloon(&region, 0x3000, 0x1000, false).unwrap();
+        assert!(map.reset().is_err());
+        // Both pages are still ballooned, RAM and A20 untouched.
+        for gpa in [0x1000, 0x3000] {
+            assert_eq!(map.page_info(gpa).state, PageState::Ballooned);
+        }
+        let mut b = [0u8];
+        map.read(0x5000, &mut b).unwrap();
+        assert_eq!(b, [9]);
+        assert!(!map.a20_enabled());
+        // With page 3 in the host's balloon again, the reset goes through:
+        // the host holds page 1 too (given back before page 3 was refused,
+        // then ballooned again), or it would refuse that one.
+        host.balloon(&region, 0x3000, 0x1000, true).unwrap();
+        map.reset().unwrap();
+        for gpa in [0x1000, 0x3000, 0x5000] {
+            assert_eq!(map.page_info(gpa).state, PageState::Zero);
+        }
+        assert!(map.a20_enabled());
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! A page the guest may not give or take (not RAM, already ballooned, not
 //! ballooned) is refused, counted under `/VMM/Balloon/Refused`, and changes
-//! nothing.
+//! nothing. A machine reset empties the balloon and keeps its target.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,5 +120,13 @@ impl PioDevice for Balloon {
             _ => self.refused.inc(),
         }
         DeviceAction::Continue
+    }
+
+    /// Machine reset: the guest's driver starts over with an empty balloon
+    /// (the reset gave `pgm`'s ballooned pages back to the guest first);
+    /// the target stays, for the driver to inflate to again (as QEMU's
+    /// virtio-balloon keeps the size it asks for across a reset).
+    fn reset(&mut self) {
+        self.state.pages.store(0, Ordering::Relaxed);
     }
 }

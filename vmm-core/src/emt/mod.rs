@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::machine::Machine;
-use crate::sync::ffs::VmFf;
+use crate::sync::ffs::{CpuFf, VmFf};
 
 use exit::{ExitAction, Unhandled, WatchHit, handle_exit};
 use host::EmtHost;
@@ -93,9 +93,7 @@ fn run_guest(vcpu: &mut impl VirtualCpu, host: &impl EmtHost) -> Result<()> {
     let mut state = EmtState::Ready;
     loop {
         state = match state {
-            EmtState::Ready if !host.serve_forced_actions(cpu)? => EmtState::Terminated,
-            EmtState::Ready if host.may_run(cpu) => EmtState::InGuest,
-            EmtState::Ready => EmtState::Waiting,
+            EmtState::Ready => ready(vcpu, host)?,
             EmtState::Waiting => {
                 host.wait(cpu)?;
                 EmtState::Ready
@@ -124,8 +122,57 @@ fn run_guest(vcpu: &mut impl VirtualCpu, host: &impl EmtHost) -> Result<()> {
     }
 }
 
+/// Where the EMT goes next: into the guest when nothing keeps it out;
+/// otherwise the last exit's instruction completes first
+/// ([`complete_instruction`]), then forced actions are served or the EMT
+/// waits, so that whoever looks at the vCPU meanwhile (a save, a teleport,
+/// a reset, the debugger) sees the instruction complete.
+fn ready(vcpu: &mut impl VirtualCpu, host: &impl EmtHost) -> Result<EmtState> {
+    let cpu = vcpu.id();
+    let ffs = host.forced_actions();
+    if !ffs.is_pending(cpu, VmFf::GUEST_EXIT_MASK, CpuFf::GUEST_EXIT_MASK)? && host.may_run(cpu) {
+        return Ok(EmtState::InGuest);
+    }
+    if let Some(next) = complete_instruction(vcpu, host)? {
+        return Ok(next);
+    }
+    Ok(if !host.serve_forced_actions(cpu)? {
+        EmtState::Terminated
+    } else if host.may_run(cpu) {
+        EmtState::InGuest
+    } else {
+        EmtState::Waiting
+    })
+}
+
+/// Completes the instruction of the last I/O or MMIO exit without running
+/// guest code (what gem5 calls draining): KVM stores an `in`'s value and
+/// moves RIP past the instruction only on the next entry, and a state read
+/// before it (by a save, a teleport, a reset) would make a restored guest
+/// execute the instruction again, a second device access. Exits on the way
+/// (the rest of a string I/O) are handled as usual; when one of them sends
+/// the EMT elsewhere, that is where it goes.
+fn complete_instruction(
+    vcpu: &mut impl VirtualCpu,
+    host: &impl EmtHost,
+) -> Result<Option<EmtState>> {
+    let cpu = vcpu.id();
+    while let Some(exit) = vcpu.complete_pending_io()? {
+        let action = handle_exit(exit, &host.exit_context(cpu))?;
+        match after_exit(vcpu, host, action)? {
+            EmtState::Ready => {}
+            next => return Ok(Some(next)),
+        }
+    }
+    Ok(None)
+}
+
 /// Carries out what the exit handler asked.
-fn after_exit(vcpu: &impl VirtualCpu, host: &impl EmtHost, action: ExitAction) -> Result<EmtState> {
+fn after_exit(
+    vcpu: &mut impl VirtualCpu,
+    host: &impl EmtHost,
+    action: ExitAction,
+) -> Result<EmtState> {
     let cpu = vcpu.id();
     Ok(match action {
         ExitAction::Continue => EmtState::Ready,
@@ -142,12 +189,17 @@ fn after_exit(vcpu: &impl VirtualCpu, host: &impl EmtHost, action: ExitAction) -
         ExitAction::Watched(hit) => EmtState::CompletingWatched(hit),
         ExitAction::Terminate => EmtState::Terminated,
         ExitAction::Unhandled(u) => return Err(unhandled(vcpu, u)),
-        ExitAction::Device(action) => match host.device_action(action)? {
-            Some(end) => {
-                host.end_run(end);
-                EmtState::Terminated
-            }
-            None => EmtState::Ready,
+        // The machine ends or resets once the instruction is complete (a
+        // reset must not find it pending in the power-on state).
+        ExitAction::Device(action) => match complete_instruction(vcpu, host)? {
+            Some(next) => next,
+            None => match host.device_action(action)? {
+                Some(end) => {
+                    host.end_run(end);
+                    EmtState::Terminated
+                }
+                None => EmtState::Ready,
+            },
         },
     })
 }
@@ -165,16 +217,28 @@ fn unhandled(vcpu: &impl VirtualCpu, u: Unhandled) -> Error {
     }
 }
 
-/// Completes the instruction of a watched access and reports the hit.
-/// KVM completes a pending MMIO access (a read's register write-back,
-/// RIP) on the next entry; `immediate_exit` makes that entry return
-/// before another guest instruction runs.
+/// Completes the instruction of a watched access (see
+/// [`complete_instruction`]) and reports the hit once the vCPU may run.
 fn complete_watched(
     vcpu: &mut impl VirtualCpu,
     host: &impl EmtHost,
     hit: WatchHit,
 ) -> Result<EmtState> {
     let cpu = vcpu.id();
+    match vcpu.complete_pending_io()? {
+        // The instruction is complete, now or on an earlier pass (a single
+        // step it ended is reported as the watchpoint hit, as with DR6.Bn
+        // and DR6.BS).
+        None | Some(hm_vmx::Exit::Debug(_)) => {}
+        // Anything else is handled as usual, and the hit waits on.
+        Some(other) => {
+            let action = handle_exit(other, &host.exit_context(cpu))?;
+            return Ok(match after_exit(vcpu, host, action)? {
+                EmtState::Ready => EmtState::CompletingWatched(hit),
+                next => next,
+            });
+        }
+    }
     if !host.serve_forced_actions(cpu)? {
         return Ok(EmtState::Terminated);
     }
@@ -182,29 +246,9 @@ fn complete_watched(
         host.wait(cpu)?;
         return Ok(EmtState::CompletingWatched(hit));
     }
-    let Some(guest) = host.forced_actions().enter_guest(cpu)? else {
-        return Ok(EmtState::CompletingWatched(hit));
-    };
-    vcpu.set_immediate_exit(true);
-    let exit = vcpu.run();
-    drop(guest);
-    match exit? {
-        // The instruction is complete (a single step it ended is reported
-        // as the watchpoint hit, as with DR6.Bn and DR6.BS).
-        hm_vmx::Exit::Interrupted | hm_vmx::Exit::Debug(_) => {
-            Ok(if host.report_watch_hit(cpu, hit)? {
-                EmtState::CompletingWatched(hit)
-            } else {
-                EmtState::Ready
-            })
-        }
-        // Anything else is handled as usual, and the hit waits on.
-        other => {
-            let action = handle_exit(other, &host.exit_context(cpu))?;
-            Ok(match after_exit(vcpu, host, action)? {
-                EmtState::Ready => EmtState::CompletingWatched(hit),
-                next => next,
-            })
-        }
-    }
+    Ok(if host.report_watch_hit(cpu, hit)? {
+        EmtState::CompletingWatched(hit)
+    } else {
+        EmtState::Ready
+    })
 }

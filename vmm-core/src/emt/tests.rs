@@ -253,7 +253,8 @@ fn a_vm_that_may_not_run_waits_before_entering() {
     let mut vcpu = ScriptedVcpu::new(0, [exit_with(1)]);
     run_guest(&mut vcpu, &host).unwrap();
     assert_eq!(host.log(), ["wait"]);
-    assert_eq!(vcpu.runs(), 1);
+    // The guest's exit, and the entry that completed its `out`.
+    assert_eq!(vcpu.runs(), 2);
 }
 
 #[test]
@@ -263,6 +264,32 @@ fn a_reset_that_restarts_the_machine_runs_on() {
     run_guest(&mut vcpu, &host).unwrap();
     assert_eq!(host.log(), ["reset"]);
     assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(4)));
+    // The `out` completed (one entry that returned at once) before the
+    // reset, and so did the exit's before the run ended.
+    assert_eq!(vcpu.runs(), 4);
+}
+
+#[test]
+fn an_access_completes_its_instruction_only_before_the_emt_stays_out() {
+    // Nothing keeps the EMT out after the recorder's accesses: no extra
+    // entry until the exit's own completion before the run ends.
+    let host = FakeHost::new(FakeDebugger::default());
+    let mut vcpu = ScriptedVcpu::new(
+        0,
+        [
+            out(RECORDER_PORT, 1, &[5]),
+            out(RECORDER_PORT, 1, &[6]),
+            exit_with(0),
+        ],
+    );
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(vcpu.runs(), 4);
+    // A request posted by the access: its instruction completes first.
+    let host = FakeHost::new(FakeDebugger::default());
+    let mut vcpu = ScriptedVcpu::new(0, [out(POSTER_PORT, 1, &[1]), exit_with(0)]);
+    run_guest(&mut vcpu, &host).unwrap();
+    assert_eq!(host.log(), ["request"]);
+    assert_eq!(vcpu.runs(), 4);
 }
 
 #[test]
@@ -300,8 +327,9 @@ fn a_watched_access_completes_its_instruction_before_the_hit_is_reported() {
     );
     run_guest(&mut vcpu, &host).unwrap();
     assert_eq!(host.log(), ["watch hit"]);
-    // The extra entry that completed the instruction returned at once.
-    assert_eq!(vcpu.runs(), 3);
+    // The extra entries that completed the watched access and the exit's
+    // `out` returned at once.
+    assert_eq!(vcpu.runs(), 4);
     assert_eq!(host.outcome.get(), Some(RunOutcome::GuestExit(0)));
 }
 

@@ -21,6 +21,11 @@
 //! | `virtio-pci` (instance = slot) | a virtio device's transport registers, queue positions, MSI-X table and device state (the device is quiesced before any unit saves, so `pgm` sees all its writes) |
 //! | `kvmclock` | the guest's paravirtual clock (set last, just before the VM runs) |
 //!
+//! An EMT that stops completes its vCPU's last `in`, `out` or MMIO
+//! instruction first (KVM finishes one only on the next entry), so a saved
+//! vCPU never has an access the device saw but the instruction did not
+//! finish, which the restored guest would make again.
+//!
 //! The debug-exit port has no state. GMM needs no unit of its own: its
 //! accounting follows the pages `pgm` allocates, maps and balloons while
 //! loading.
