@@ -99,8 +99,18 @@ impl Guest {
         }
     }
 
-    /// The guest's longest gap since the last reset, in ms.
+    /// The guest's longest gap since the last reset, in ms, once it has
+    /// run another loop iteration: a gap ends, and is counted, only when
+    /// the guest runs again, which a resumed vCPU does some time after
+    /// the save returned.
     fn max_gap_ms(&self) -> f64 {
+        let seen = self.read(LAST_TSC);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.read(LAST_TSC) == seen {
+            assert!(Instant::now() < deadline, "the guest does not run");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        // The guest stores its longest gap before the TSC.
         self.read(MAX_GAP) as f64 / self.ticks_per_ms
     }
 

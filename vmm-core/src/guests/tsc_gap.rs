@@ -5,7 +5,9 @@
 //! time (TSC ticks) between two loop iterations. While the VMM has the
 //! vCPU stopped (a save's stop window) the loop stands still, so a host
 //! that reads [`MAX_GAP`] around a save sees the downtime as the guest saw
-//! it, beside the gaps the guest has anyway (host scheduling, exits).
+//! it, beside the gaps the guest has anyway (host scheduling, exits). Each
+//! iteration updates [`MAX_GAP`] before it stores the TSC: once
+//! [`LAST_TSC`] has changed, a gap that just ended is counted.
 //!
 //! The host drives it through low RAM (every variable starts as zero):
 //! - writing a new value to [`RESET_REQUEST`] clears [`MAX_GAP`]; the
