@@ -16,8 +16,9 @@
 //! - [`inspect`] / [`verify`]: describe a file and check all its CRCs.
 //!
 //! Streams are any `Write` / `BufRead`: a `Vec<u8>` or slice, an
-//! [`AtomicFile`] (temporary name, fsync, rename), a `TcpStream` for
-//! teleporting. Reading never trusts the input: any damaged or hostile
+//! [`AtomicFile`] (temporary name, fsync, rename; written and made durable
+//! in two steps through [`WrittenFile`] where the writer stops a guest only
+//! for the writing), a `TcpStream` for teleporting. Reading never trusts the input: any damaged or hostile
 //! stream gives an [`Error`], never a panic or a hang.
 //!
 //! # How data flows
@@ -94,7 +95,7 @@ mod writer;
 mod zero;
 
 pub use error::{Error, Result, UnitId};
-pub use file::AtomicFile;
+pub use file::{AtomicFile, WrittenFile};
 pub use format::{
     DirEntry, FLAG_COMPRESSED, FLAG_LIVE, FORMAT_VERSION, Header, MAX_NAME_LEN, MAX_RUN_PAGES,
     OLDEST_FORMAT_VERSION, PAGE_SIZE, PASS_FINAL,

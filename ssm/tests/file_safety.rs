@@ -187,3 +187,63 @@ fn a_target_replaced_during_the_save_is_not_overwritten() {
     // The temporary went with the failed commit.
     assert_eq!(entries(dir.path()), [path]);
 }
+
+#[test]
+fn finished_writes_are_all_in_the_temporary_and_show_up_only_on_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.sav");
+    std::fs::write(&path, b"old").unwrap();
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut f = AtomicFile::create(&path).unwrap();
+    f.write_all(&data).unwrap();
+    let written = f.finish_writes().unwrap();
+    // Beyond the 1 MiB buffer and its tail: every byte is in the file...
+    assert_eq!(std::fs::read(written.temp_path()).unwrap(), data);
+    // ... and the target is still the previous file.
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    let temp = written.temp_path().to_path_buf();
+    written.commit().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert!(!temp.exists());
+    assert_eq!(entries(dir.path()), [path]);
+}
+
+#[test]
+fn a_written_file_dropped_uncommitted_leaves_the_target_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.sav");
+    std::fs::write(&path, b"old").unwrap();
+    let mut f = AtomicFile::create(&path).unwrap();
+    f.write_all(b"new").unwrap();
+    drop(f.finish_writes().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert_eq!(entries(dir.path()), [path]);
+}
+
+#[test]
+fn a_commit_that_fails_after_the_writes_leaves_no_file() {
+    // The directory goes away between the writes and the commit.
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("saves");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("vm.sav");
+    let mut f = AtomicFile::create(&path).unwrap();
+    f.write_all(b"state").unwrap();
+    let written = f.finish_writes().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = written.commit().unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert!(!path.exists() && !dir.exists());
+
+    // The target becomes a directory between the writes and the commit.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.sav");
+    let mut f = AtomicFile::create(&path).unwrap();
+    f.write_all(b"state").unwrap();
+    let written = f.finish_writes().unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let err = written.commit().unwrap_err();
+    assert!(err.to_string().contains("a directory"), "{err}");
+    assert!(path.is_dir());
+    assert_eq!(entries(dir.path()), [path]);
+}

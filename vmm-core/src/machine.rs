@@ -242,7 +242,7 @@ impl InfoExecutor for EmtExecutor {
 /// ```
 #[derive(Clone)]
 pub struct VmHandle {
-    machine: Arc<Machine>,
+    pub(crate) machine: Arc<Machine>,
 }
 
 impl VmHandle {
@@ -350,7 +350,11 @@ impl VmHandle {
 
     /// Saves the VM's state to `path`: suspends it (all EMTs out of the
     /// guest), saves (live if asked: memory in passes while the guest
-    /// runs), then resumes or powers it off as asked. See
+    /// runs), then resumes or powers it off as asked. Returns once the
+    /// file is durable: a VM that runs on resumes as soon as the last byte
+    /// is written and is running while the file is synced; if that fails,
+    /// the save fails, no file is left at `path`, and the VM runs on. A VM
+    /// powers off only once its file is durable. See
     /// [`saved_state`](crate::saved_state).
     pub fn save(
         &self,

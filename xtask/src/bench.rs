@@ -29,6 +29,16 @@ const SUMMARY_BENCHES: &[(&str, &str, &[&str])] = &[
     ("ssm", "save_load", &["ssm_save_speed_ratio"]),
     ("gmm", "gmm", &["gmm_scan_gib_s"]),
     ("vmm-core", "rendezvous", &["rendezvous_ratio"]),
+    (
+        "vmm-core",
+        "live_save_downtime",
+        &[
+            "live_save_downtime_ms",
+            "live_save_vmm_downtime_ms",
+            "live_save_downtime_dirty_ms",
+            "live_save_vmm_downtime_dirty_ms",
+        ],
+    ),
 ];
 
 /// Criterion options for the summary run unless others follow `--`.

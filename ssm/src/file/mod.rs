@@ -40,10 +40,14 @@ use target::Target;
 /// # std::fs::remove_dir_all(&dir)?;
 /// # Ok(()) }
 /// ```
+///
+/// Writing and making durable are two steps where that matters: a VMM
+/// stops the guest while it writes the last bytes, and lets it run on
+/// while the file is synced ([`finish_writes`](Self::finish_writes), then
+/// [`WrittenFile::commit`]).
 pub struct AtomicFile {
-    target: Target,
-    temp: PathBuf,
-    file: Option<BufWriter<File>>,
+    file: BufWriter<File>,
+    temp: TempFile,
     stale_removed: Vec<PathBuf>,
 }
 
@@ -54,15 +58,17 @@ impl AtomicFile {
     pub fn create(target: &Path) -> Result<Self> {
         let target = Target::resolve(target)?;
         let stale_removed = temp::remove_stale(&target.path);
-        let (temp, file) = temp::create(&target.path)?;
-        if let Err(e) = target.hand_over(&file) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
-        }
-        Ok(Self {
+        let (path, file) = temp::create(&target.path)?;
+        let temp = TempFile {
+            path,
             target,
+            renamed: false,
+        };
+        // On failure, dropping `temp` removes the file just created.
+        temp.target.hand_over(&file)?;
+        Ok(Self {
+            file: BufWriter::with_capacity(1 << 20, file),
             temp,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
             stale_removed,
         })
     }
@@ -75,57 +81,107 @@ impl AtomicFile {
 
     /// The temporary path being written.
     pub fn temp_path(&self) -> &Path {
-        &self.temp
+        &self.temp.path
+    }
+
+    /// Writes out what is still buffered: every byte is then in the
+    /// temporary file (in the kernel's page cache), none of it durable yet
+    /// and nothing under the target's name. On failure the temporary file
+    /// is removed.
+    pub fn finish_writes(self) -> Result<WrittenFile> {
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::from(e.into_error()))?;
+        Ok(WrittenFile {
+            file,
+            temp: self.temp,
+        })
     }
 
     /// Flushes and syncs the data, renames it over the target (checked
-    /// again to be a regular file or absent), syncs the directory.
-    pub fn commit(mut self) -> Result<()> {
-        let Some(buffered) = self.file.take() else {
-            return Err(Error::InvalidState("file already committed".into()));
-        };
-        let renamed = buffered
-            .into_inner()
-            .map_err(|e| Error::from(e.into_error()))
-            .and_then(|file| Ok(file.sync_all()?))
-            .and_then(|()| self.target.recheck())
-            .and_then(|()| Ok(std::fs::rename(&self.temp, &self.target.path)?));
-        if let Err(e) = renamed {
-            // Best effort: the previous file is untouched; drop the partial one.
-            let _ = std::fs::remove_file(&self.temp);
-            return Err(e);
-        }
-        let dir = temp::parent(&self.target.path).unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()?;
-        Ok(())
-    }
-
-    fn file(&mut self) -> std::io::Result<&mut BufWriter<File>> {
-        self.file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("file already committed"))
+    /// again to be a regular file or absent), syncs the directory:
+    /// [`finish_writes`](Self::finish_writes), then
+    /// [`WrittenFile::commit`].
+    pub fn commit(self) -> Result<()> {
+        self.finish_writes()?.commit()
     }
 }
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file()?.write(buf)
+        self.file.write(buf)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.file()?.write_all(buf)
+        self.file.write_all(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file()?.flush()
+        self.file.flush()
     }
 }
 
-impl Drop for AtomicFile {
+/// An [`AtomicFile`] whose bytes are all written but not yet durable, and
+/// not yet under the target's name: [`commit`](Self::commit) makes it
+/// both. Dropping it uncommitted, or a failed commit, removes the
+/// temporary file and leaves the target as it was.
+///
+/// ```
+/// use std::io::Write;
+/// # fn main() -> ssm::Result<()> {
+/// let dir = std::env::temp_dir().join(format!("ssm-doc-written-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("vm.sav");
+/// let mut f = ssm::AtomicFile::create(&path)?;
+/// f.write_all(b"state")?;
+/// let written = f.finish_writes()?;
+/// // Every byte is in the temporary file; the guest could run again here.
+/// assert_eq!(std::fs::read(written.temp_path())?, b"state");
+/// assert!(!path.exists());
+/// written.commit()?;
+/// assert_eq!(std::fs::read(&path)?, b"state");
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+pub struct WrittenFile {
+    file: File,
+    temp: TempFile,
+}
+
+impl WrittenFile {
+    /// The temporary path written.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp.path
+    }
+
+    /// Syncs the data, renames it over the target (checked again to be a
+    /// regular file or absent), syncs the directory. On failure the
+    /// temporary file is removed and the target left as it was.
+    pub fn commit(mut self) -> Result<()> {
+        self.file.sync_all()?;
+        self.temp.target.recheck()?;
+        std::fs::rename(&self.temp.path, &self.temp.target.path)?;
+        self.temp.renamed = true;
+        let dir = temp::parent(&self.temp.target.path).unwrap_or(Path::new("."));
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+/// The temporary file of a save and the target it replaces; removed when
+/// dropped unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    target: Target,
+    renamed: bool,
+}
+
+impl Drop for TempFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if !self.renamed {
             // Best effort: an unfinished save leaves no temporary behind.
-            let _ = std::fs::remove_file(&self.temp);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

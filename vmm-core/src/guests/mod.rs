@@ -14,6 +14,7 @@ pub mod rom;
 mod rom_gdt;
 mod smp;
 pub mod test_kernel;
+pub mod tsc_gap;
 
 use crate::error::{Error, Result};
 
@@ -55,6 +56,11 @@ pub const GUESTS: &[EmbeddedGuest] = &[
         name: "counter",
         description: "save/restore workload: ticks at 100 Hz, checks a counter (register and memory) and a 1 MiB buffer, APs count along; exits 0 after 400 ticks",
         build: counter::firmware,
+    },
+    EmbeddedGuest {
+        name: "tsc-gap",
+        description: "stores the TSC in a loop and keeps the longest gap between two stores (how long a save stopped it); dirties RAM at a rate the host sets",
+        build: tsc_gap::firmware,
     },
     EmbeddedGuest {
         name: "echo",

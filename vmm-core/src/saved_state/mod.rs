@@ -3,7 +3,10 @@
 //!
 //! A save stops every EMT outside the guest through a rendezvous (the VM
 //! goes `Running -> Suspending -> Suspended -> Saving -> Suspended`), writes
-//! the units in this order and then resumes or powers off:
+//! the units in this order and then resumes or powers off (a VM that runs
+//! on resumes once the last byte is written, and its file is synced and
+//! renamed into place while the guest runs; the save succeeds once the
+//! file is durable):
 //!
 //! | unit | contents |
 //! |---|---|
@@ -60,29 +63,30 @@ mod kbc_unit;
 mod live;
 mod pci_unit;
 mod progress;
+mod save;
 mod teleport;
 mod units;
 mod virtio_unit;
 
 pub(crate) use progress::SaveProgress;
+pub(crate) use save::save;
 pub(crate) use teleport::{Ended, TeleportSlot, incoming, teleport};
 pub use teleport::{TeleportError, TeleportOptions};
 pub(crate) use virtio_unit::{start_parked, with_devices_parked};
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use ssm::{Manager, SaveOptions, StreamReader};
+use ssm::{Manager, StreamReader};
 
 use crate::devices::pci::PciPlatform;
 use crate::devices::{AcpiPm, Cmos, I8042, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
-use crate::sync::rendezvous::{RendezvousFlags, RendezvousType};
-use crate::sync::vmstate::{VmState, VmStateError};
+use crate::sync::vmstate::VmState;
 
 use hm_vmx::{ClockState, IrqchipState, PitState};
 use kbc_unit::I8042Unit;
@@ -137,7 +141,10 @@ pub struct SaveReport {
     pub units: u32,
     /// Live passes before the VM stopped (0 for a plain save).
     pub live_passes: u32,
-    /// How long the guest was stopped.
+    /// How long the guest was stopped: from the vCPUs stopping to the VM
+    /// running again. The file of a VM that runs on is synced after it
+    /// resumed, outside this time; for a VM that stays stopped or powers
+    /// off it ends once the state is durable (a teleport: handed over).
     pub downtime: Duration,
 }
 
@@ -295,211 +302,6 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
         &ctx.backend,
     ))))?;
     Ok(m)
-}
-
-/// Updates `pgm`'s page states from guest memory (call with the vCPUs out
-/// of the guest): pages the guest wrote through KVM are no longer taken
-/// for zero pages. Nothing is given back to the host, so the devices,
-/// still serving requests until they are parked, lose no write.
-fn allocate_written_pages(machine: &Machine) -> Result<()> {
-    machine
-        .memory
-        .phys()
-        .read()
-        .allocate_written_zero_pages()
-        .map_err(|e| Error::Memory(e.to_string()))?;
-    Ok(())
-}
-
-/// Live passes may send at most this many times the guest's RAM before
-/// the save gives up (a guest that dirties memory faster than it can be
-/// sent never converges).
-const MAX_LIVE_RAM_MULTIPLE: u64 = 4;
-
-/// Live passes allowed. pgm votes by VirtualBox's rule, whose long-term
-/// average spans 64 passes: a guest that keeps dirtying a steady few hundred
-/// pages (Linux's timers and page cache) is done only once that history has
-/// filled, so the passes must not run out before it (32, ssm's default, made
-/// every live save of an idle Linux guest fail). The byte limit above is
-/// what bounds a guest that dirties memory faster than it can be sent.
-const MAX_LIVE_PASSES: u32 = 256;
-const _: () = assert!(MAX_LIVE_PASSES as usize > 2 * pgm::phys::DIRTY_HISTORY);
-
-fn save_options(machine: &Machine) -> SaveOptions {
-    let mut options = SaveOptions::default();
-    options.creator = concat!("vmm ", env!("CARGO_PKG_VERSION")).to_string();
-    options.max_passes = MAX_LIVE_PASSES;
-    options.max_live_bytes = Some(
-        machine
-            .saved
-            .config
-            .ram_bytes
-            .saturating_mul(MAX_LIVE_RAM_MULTIPLE),
-    );
-    options
-}
-
-/// Takes every EMT out of the guest: `from -> via`, a rendezvous, and
-/// `to` once the last EMT is out.
-fn stop_emts(machine: &Arc<Machine>, from: VmState, via: VmState, to: VmState) -> Result<()> {
-    machine.state.try_transition(&[(from, via)])?;
-    let m = Arc::clone(machine);
-    machine.rendezvous.call(
-        RendezvousType::Descending,
-        RendezvousFlags::default(),
-        move |cpu| {
-            // Descending: vCPU 0 is the last, when every EMT is out.
-            if cpu == 0 {
-                m.state.set(to)?;
-            }
-            Ok(None)
-        },
-    )?;
-    Ok(())
-}
-
-/// Saves the VM to `path` (see the module documentation).
-pub(crate) fn save(
-    machine: &Arc<Machine>,
-    path: &Path,
-    request: SaveRequest,
-) -> Result<SaveReport> {
-    let was_running = match machine.state.state() {
-        VmState::Running => true,
-        VmState::Suspended => false,
-        current => {
-            return Err(VmStateError::WrongState {
-                who: "save",
-                current,
-                expected: vec![VmState::Running, VmState::Suspended],
-            }
-            .into());
-        }
-    };
-    // Refused before the VM stops: a configuration that could not be
-    // restored, or a target that is not a regular file.
-    machine.saved.config.check()?;
-    let file = ssm::AtomicFile::create(path)?;
-    let outcome = if request.live && was_running {
-        save_live(machine, file)
-    } else {
-        if was_running {
-            stop_emts(
-                machine,
-                VmState::Running,
-                VmState::Suspending,
-                VmState::Suspended,
-            )?;
-        }
-        save_stopped(machine, file)
-    };
-    // Back to where the caller wants the VM, also after a failed save.
-    match (request.then, was_running) {
-        (AfterSave::PowerOff, _) if outcome.is_ok() => machine.power_off()?,
-        (_, true) => crate::VmHandle::new(Arc::clone(machine)).resume()?,
-        _ => {}
-    }
-    outcome
-}
-
-/// About what the first pass of a save writes: the guest pages that hold
-/// data (as far as `pgm` knows).
-fn expected_bytes(machine: &Machine) -> u64 {
-    let pages = machine.memory.phys().read().page_stats();
-    (pages.private + pages.rom) * pgm::phys::PAGE_SIZE
-}
-
-/// A save of a suspended VM into `file`.
-fn save_stopped(machine: &Arc<Machine>, mut file: ssm::AtomicFile) -> Result<SaveReport> {
-    let start = Instant::now();
-    machine
-        .state
-        .try_transition(&[(VmState::Suspended, VmState::Saving)])?;
-    // Guest writes through KVM bypass `pgm`'s page states: bring them up
-    // to date so that no written page is saved as a zero page.
-    let written = allocate_written_pages(machine)
-        .and_then(|()| manager(machine, None))
-        .and_then(|mut m| {
-            let sink = machine
-                .saved
-                .progress
-                .track(expected_bytes(machine), &mut file);
-            let stats = m.save(sink, &save_options(machine))?;
-            file.commit()?;
-            Ok(stats)
-        });
-    machine.state.set(VmState::Suspended)?;
-    let stats = written?;
-    Ok(SaveReport {
-        bytes: stats.bytes,
-        units: stats.units,
-        live_passes: 0,
-        downtime: start.elapsed(),
-    })
-}
-
-/// A live save of a running VM into `file`.
-fn save_live(machine: &Arc<Machine>, file: ssm::AtomicFile) -> Result<SaveReport> {
-    live_to(machine, file, |file| Ok(file.commit()?))
-}
-
-/// A live save of a running VM into `sink`; `finish` completes the sink
-/// (commits the file, waits for the teleport target's answer).
-fn live_to<W: Write>(
-    machine: &Arc<Machine>,
-    sink: W,
-    finish: impl FnOnce(W) -> Result<()>,
-) -> Result<SaveReport> {
-    let mut sink = machine.saved.progress.track(expected_bytes(machine), sink);
-    machine
-        .state
-        .try_transition(&[(VmState::Running, VmState::RunningLs)])?;
-    let stopped_at: Mutex<Option<Instant>> = Mutex::new(None);
-    let result = (|| {
-        let mut m = manager(machine, Some(machine))?;
-        let registered = u32::try_from(m.unit_ids().len()).unwrap_or(u32::MAX);
-        let stats = m.save_live(&mut sink, &save_options(machine), || {
-            stop_emts(
-                machine,
-                VmState::RunningLs,
-                VmState::SuspendingLs,
-                VmState::SuspendedLs,
-            )
-            .map_err(ssm::Error::callback)?;
-            *stopped_at.lock() = Some(Instant::now());
-            Ok(())
-        })?;
-        sink.flush().map_err(ssm::Error::from)?;
-        finish(sink.into_inner())?;
-        Ok::<_, Error>((stats, registered))
-    })();
-    let stopped = *stopped_at.lock();
-    // Wherever the save ended, bring the state back to Suspended (stopped)
-    // or Running (never stopped).
-    let back: &[(VmState, VmState)] = &[
-        (VmState::SuspendedLs, VmState::Suspended),
-        (VmState::RunningLs, VmState::Running),
-    ];
-    machine.state.try_transition(back)?;
-    if machine.state.state() == VmState::Running {
-        // The live save failed before stopping the VM; stop it now so
-        // that the caller's resume finds it suspended.
-        stop_emts(
-            machine,
-            VmState::Running,
-            VmState::Suspending,
-            VmState::Suspended,
-        )?;
-    }
-    let (stats, registered) = result?;
-    // The final pass writes one record per unit; `pgm` is the only live
-    // unit, so the other records are its live passes.
-    Ok(SaveReport {
-        bytes: stats.bytes,
-        units: stats.units,
-        live_passes: stats.units.saturating_sub(registered),
-        downtime: stopped.map_or(Duration::ZERO, |t| t.elapsed()),
-    })
 }
 
 /// Loads the saved state at `path` into a freshly created VM

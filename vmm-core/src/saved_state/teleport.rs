@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use ssm::StreamReader;
 
-use super::{SaveReport, live_to, manager};
+use super::save::live_to;
+use super::{SaveReport, manager};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::sync::vmstate::{VmState, VmStateError};
@@ -191,9 +192,9 @@ pub(crate) fn teleport(
     });
     let link = guard.link();
     match outcome {
-        Ok(report) => {
+        Ok(handed_over) => {
             machine.power_off()?;
-            Ok(report)
+            Ok(handed_over.end().0)
         }
         Err(e) => {
             crate::VmHandle::new(Arc::clone(machine)).resume()?;
