@@ -4,26 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Capture, stat};
+use common::{Capture, stat, wait_until};
 use hm_vmx::testing::kvm_available;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::sync::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
-
-/// Polls `cond` for up to 30 s (guests run slowly on software KVM).
-fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; serial output:\n{}",
-            serial.text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Where the idle guest counts its heartbeats, and a RAM address the test
 /// writes itself.

@@ -6,26 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::Capture;
+use common::{Capture, wait_until};
 use hm_vmx::testing::kvm_available;
 use vmm_core::saved_state::{AfterSave, RamLoad, RestoreOptions, SaveRequest};
 use vmm_core::sync::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, guests};
-
-/// Polls `cond` for up to 30 s (guests run slowly on software KVM).
-fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; serial output:\n{}",
-            serial.text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A running VM of the counter guest on `cpus` vCPUs that has printed tick
 /// 0x40: its handle, serial output and run thread.

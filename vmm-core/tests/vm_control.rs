@@ -5,24 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Capture, stat};
+use common::{Capture, stat, wait_until};
 use hm_vmx::testing::kvm_available;
 use vmm_core::saved_state::{AfterSave, SaveRequest};
 use vmm_core::sync::vmstate::VmState;
 use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
-
-/// Polls `cond` for up to 20 s (guests run slowly on software KVM).
-fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; serial output:\n{}",
-            serial.text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn start(
     guest: &str,

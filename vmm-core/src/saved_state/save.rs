@@ -83,6 +83,17 @@ fn stop_emts(machine: &Arc<Machine>, from: VmState, via: VmState, to: VmState) -
     Ok(())
 }
 
+/// Stops a running VM as a pause does (`Running -> Suspending ->
+/// Suspended`).
+fn suspend(machine: &Arc<Machine>) -> Result<()> {
+    stop_emts(
+        machine,
+        VmState::Running,
+        VmState::Suspending,
+        VmState::Suspended,
+    )
+}
+
 /// A save whose every byte is written, with the VM still stopped: what it
 /// wrote, when the vCPUs stopped, and the end of its sink.
 pub(super) struct Written<T> {
@@ -162,12 +173,7 @@ pub(super) fn save_and_resume(
         save_live(machine, file)
     } else {
         if was_running {
-            stop_emts(
-                machine,
-                VmState::Running,
-                VmState::Suspending,
-                VmState::Suspended,
-            )?;
+            suspend(machine)?;
         }
         save_stopped(machine, file)
     };
@@ -287,12 +293,7 @@ pub(super) fn live_to<W: Write, T>(
     if machine.state.state() == VmState::Running {
         // The live save failed before stopping the VM; stop it now so
         // that the caller's resume finds it suspended.
-        stop_emts(
-            machine,
-            VmState::Running,
-            VmState::Suspending,
-            VmState::Suspended,
-        )?;
+        suspend(machine)?;
     }
     let (stats, registered, sink) = result?;
     // The final pass writes one record per unit; `pgm` is the only live

@@ -113,3 +113,18 @@ pub fn run_and_save(
     );
     path
 }
+
+/// Polls `cond` for up to 30 s (guests run slowly on software KVM); the
+/// guest's serial output is in the failure.
+#[allow(dead_code)] // not every test binary waits on a guest
+pub fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; serial output:\n{}",
+            serial.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
