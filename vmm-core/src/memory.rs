@@ -216,7 +216,7 @@ impl GuestMemoryMap {
     /// changed (a handler registered or removed). Call it with the vCPUs out
     /// of the guest.
     pub fn sync_slots(&self, vm: &BackendVm) -> Result<()> {
-        sync_slots(&self.map, &self.applied, vm)
+        sync_slots(&self.map.read(), &self.applied, vm)
     }
 
     /// What the chipset's A20 line drives: opens or closes `pgm`'s A20
@@ -230,8 +230,13 @@ impl GuestMemoryMap {
             Arc::clone(vm),
         );
         move |open| {
-            map.write().set_a20(open);
-            if let Err(e) = sync_slots(&map, &applied, &vm) {
+            let mut m = map.write();
+            m.set_a20(open);
+            // Downgraded, not released: no other change of the map comes
+            // between, and a live save's dirty log, which reads KVM's
+            // slots under `applied`, waits until KVM has the new ones.
+            let m = parking_lot::RwLockWriteGuard::downgrade(m);
+            if let Err(e) = sync_slots(&m, &applied, &vm) {
                 tracing::error!("A20 gate {}: KVM slots not updated: {e}", on_off(open));
             }
         }
@@ -298,10 +303,10 @@ fn on_off(open: bool) -> &'static str {
 
 /// Brings `vm`'s slots (`applied`) up to date with `map`'s. The dirty log
 /// of a logging slot about to go is read into `pgm` first (KVM drops it
-/// with the slot), so that a live save loses no write.
-fn sync_slots(map: &SharedPhysMap, applied: &Mutex<SlotSet>, vm: &BackendVm) -> Result<()> {
+/// with the slot), so that a live save loses no write. Locks in the order
+/// write monitoring takes them: the map, then `applied`.
+fn sync_slots(map: &PhysMap, applied: &Mutex<SlotSet>, vm: &BackendVm) -> Result<()> {
     let mut applied = applied.lock();
-    let map = map.read();
     let current = map.kvm_slots();
     if *current == *applied {
         return Ok(());
