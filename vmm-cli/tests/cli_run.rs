@@ -78,6 +78,12 @@ fn run_boots_the_demo_guest_and_exits_with_its_status() {
         stderr(&out)
     );
     assert!(stdout.contains("vmm demo: real mode"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "vmm demo: A20 gate: FFFF:0510 wraps to 0000:0500 when closed, not when open, check ok"
+        ),
+        "{stdout}"
+    );
     assert!(stdout.contains("vmm demo: all checks passed"), "{stdout}");
 }
 
@@ -176,13 +182,16 @@ fn stats_count_every_port_write_the_guest_made() {
             .or_else(|| sample["value"].as_u64())
             .unwrap_or_else(|| panic!("{sample}"))
     };
-    // The guest writes each serial byte to the UART, then one byte to the
-    // debug-exit port: nothing else exits for port I/O.
+    // The guest writes each serial byte to the UART, two A20 commands to
+    // the i8042 and two values to port 0x92 (its A20 check), then one byte
+    // to the debug-exit port: nothing else exits for port I/O.
     let bytes = std::fs::read(&serial).unwrap().len() as u64;
     assert!(bytes > 100);
     assert_eq!(value("/IOM/Port/uart/Writes"), bytes);
+    assert_eq!(value("/IOM/Port/i8042/Writes"), 2);
+    assert_eq!(value("/IOM/Port/port92/Writes"), 2);
     assert_eq!(value("/IOM/Port/debug-exit/Writes"), 1);
-    assert_eq!(value("/HM/Exit/IoInstruction"), bytes + 1);
+    assert_eq!(value("/HM/Exit/IoInstruction"), bytes + 5);
 }
 
 #[test]

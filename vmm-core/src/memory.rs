@@ -112,11 +112,12 @@ impl GuestMemoryMap {
     /// Lays out `ram_size` bytes of RAM and a ROM holding `firmware`, which
     /// ends at 4 GiB and whose last 128 KiB at most are mirrored below
     /// 1 MiB, and an empty expansion ROM area (0xC0000-0xDFFFF), as on a
-    /// PC. Statistics and info handlers (`phys`,
-    /// `handlers`) go into `stats` and `info`.
+    /// PC, for `cpus` vCPUs (each has an A20 gate in `pgm`). Statistics and
+    /// info handlers (`phys`, `handlers`) go into `stats` and `info`.
     pub fn new(
         ram_size: u64,
         firmware: &[u8],
+        cpus: u32,
         stats: &stam::Registry,
         info: &dbgf::InfoRegistry,
     ) -> Result<Self> {
@@ -133,7 +134,8 @@ impl GuestMemoryMap {
         let mirror = rom_size.min(LOW_MIRROR_MAX);
         let expansion = EXPANSION_ROM_AREA.end - EXPANSION_ROM_AREA.start;
         let (gmm, host) = gmm_backing(ram_size, rom_size + mirror + expansion, stats, info)?;
-        let mut map = PhysMap::new(host, PhysConfig::default()).map_err(pgm_error)?;
+        let config = PhysConfig::default().with_cpus(cpus);
+        let mut map = PhysMap::new(host, config).map_err(pgm_error)?;
         layout.apply(&mut map).map_err(pgm_error)?;
         let protection = RomProtection::ReadRomWriteIgnore;
         map.add_rom(
@@ -214,13 +216,30 @@ impl GuestMemoryMap {
     /// changed (a handler registered or removed). Call it with the vCPUs out
     /// of the guest.
     pub fn sync_slots(&self, vm: &BackendVm) -> Result<()> {
-        let mut applied = self.applied.lock();
-        let current = self.map.read().kvm_slots().clone();
-        if current != *applied {
-            apply_slot_changes(vm, &applied, &current)?;
-            *applied = current;
+        sync_slots(&self.map.read(), &self.applied, vm)
+    }
+
+    /// What the chipset's A20 line drives: opens or closes `pgm`'s A20
+    /// gate of every vCPU and brings `vm`'s slots in line (the alias at
+    /// 1 MiB). A failure to change the slots is logged: the device that
+    /// moved the line cannot report it.
+    pub(crate) fn a20_control(&self, vm: &Arc<BackendVm>) -> impl Fn(bool) + Send + Sync + 'static {
+        let (map, applied, vm) = (
+            Arc::clone(&self.map),
+            Arc::clone(&self.applied),
+            Arc::clone(vm),
+        );
+        move |open| {
+            let mut m = map.write();
+            m.set_a20(open);
+            // Downgraded, not released: no other change of the map comes
+            // between, and a live save's dirty log, which reads KVM's
+            // slots under `applied`, waits until KVM has the new ones.
+            let m = parking_lot::RwLockWriteGuard::downgrade(m);
+            if let Err(e) = sync_slots(&m, &applied, &vm) {
+                tracing::error!("A20 gate {}: KVM slots not updated: {e}", on_off(open));
+            }
         }
-        Ok(())
     }
 
     /// The slot set the backend VM has now, shared with whoever else changes
@@ -284,6 +303,32 @@ impl GuestMemoryMap {
         }
         map.dump(out, include_zero).map_err(pgm_error)
     }
+}
+
+fn on_off(open: bool) -> &'static str {
+    if open { "opened" } else { "closed" }
+}
+
+/// Brings `vm`'s slots (`applied`) up to date with `map`'s. The dirty log
+/// of a logging slot about to go is read into `pgm` first (KVM drops it
+/// with the slot), so that a live save loses no write. Locks in the order
+/// write monitoring takes them: the map, then `applied`.
+fn sync_slots(map: &PhysMap, applied: &Mutex<SlotSet>, vm: &BackendVm) -> Result<()> {
+    let mut applied = applied.lock();
+    let current = map.kvm_slots();
+    if *current == *applied {
+        return Ok(());
+    }
+    for gone in current.changes_from(&applied).remove {
+        if gone.log_dirty {
+            let bitmap = vm.dirty_log(gone.slot, gone.size)?;
+            map.apply_slot_dirty_bitmap(&gone, &bitmap)
+                .map_err(pgm_error)?;
+        }
+    }
+    apply_slot_changes(vm, &applied, current)?;
+    *applied = current.clone();
+    Ok(())
 }
 
 fn memory_slot(s: &KvmSlot, size: u64) -> MemorySlot {

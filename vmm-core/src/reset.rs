@@ -137,6 +137,9 @@ fn reset_machine(machine: &Machine) -> Result<()> {
     machine.io.reset();
     machine.memory.reset()?;
     let backend = &machine.saved.backend;
+    // ROM protection and the A20 gate are back at power-on: so are the KVM
+    // slots.
+    machine.memory.sync_slots(backend)?;
     power_on.irqchip.write(backend)?;
     power_on.pit.write(backend)?;
     if let Some(k) = &power_on.kernel {

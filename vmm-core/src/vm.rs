@@ -16,9 +16,10 @@ use crate::debug::{DebugAttachment, DebugCtl};
 use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PciConf1};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{
-    ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState,
-    CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042, I8042_PORT,
-    I8042_PORTS, IrqLine, SerialInput, Uart, spawn_interrupts, system_clock,
+    A20Line, ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, BALLOON_PORT, BALLOON_PORTS, Balloon,
+    BalloonState, CMOS_PORT, CMOS_PORTS, COM1_PORT, Cmos, DEBUG_EXIT_PORT, DebugExit, I8042,
+    I8042_PORT, I8042_PORTS, IrqLine, Port92, SYSTEM_CONTROL_A_PORT, SerialInput, Uart,
+    spawn_interrupts, system_clock,
 };
 use crate::devices::{pci_platform, virtio::attach_virtio};
 use crate::emt::emt_main;
@@ -80,7 +81,13 @@ impl Vm {
             )));
         }
         let mut backend = hypervisor.create_vm_with_stats(&stats)?;
-        let memory = GuestMemoryMap::new(config.ram_bytes, &config.firmware, &stats, &info)?;
+        let memory = GuestMemoryMap::new(
+            config.ram_bytes,
+            &config.firmware,
+            config.cpus,
+            &stats,
+            &info,
+        )?;
         memory.map_into(&backend)?;
         backend.create_irqchip()?;
         let mut vcpus = backend.create_vcpus(config.cpus)?;
@@ -132,8 +139,12 @@ impl Vm {
             IrqLine::irqfd(&backend, line)
                 .map_err(|e| Error::Config(format!("cannot wire IRQ {line} to KVM: {e}")))
         };
-        let i8042 = Arc::new(Mutex::new(I8042::new(irq(KBD_IRQ)?, irq(AUX_IRQ)?)));
+        let a20 = A20Line::new(memory.a20_control(&backend));
+        let i8042 = I8042::new(irq(KBD_IRQ)?, irq(AUX_IRQ)?).with_a20(Arc::clone(&a20));
+        let i8042 = Arc::new(Mutex::new(i8042));
         io.register(I8042_PORT, I8042_PORTS, "i8042", i8042.clone())?;
+        let port92 = Arc::new(Mutex::new(Port92::new(Arc::clone(&a20))));
+        io.register(SYSTEM_CONTROL_A_PORT, 1, "port92", port92.clone())?;
         let acpi_pm = Arc::new(Mutex::new(AcpiPm::default()));
         io.register(ACPI_PM_PORT, ACPI_PM_PORTS, "acpi-pm", acpi_pm.clone())?;
         let below_4g = config
@@ -217,6 +228,8 @@ impl Vm {
                 xcrs: backend.guest_has_xsave(),
                 uart,
                 i8042,
+                port92,
+                a20,
                 acpi_pm,
                 cmos,
                 pci,

@@ -20,6 +20,7 @@ fn two_vcpus_get_the_boot_machine() {
     let memory = GuestMemoryMap::new(
         ram,
         &[0xf4; 4096],
+        2,
         &stam::Registry::new(),
         &dbgf::InfoRegistry::new(),
     )

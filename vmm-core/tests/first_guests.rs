@@ -49,13 +49,21 @@ fn demo_guest_passes_every_stage_in_order() {
             .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"))
     };
     let real = stage("vmm demo: real mode");
+    let a20 = stage(
+        "vmm demo: A20 gate: FFFF:0510 wraps to 0000:0500 when closed, not when open, check ok",
+    );
     let protected = stage("vmm demo: protected mode");
     let pae = stage("vmm demo: PAE paging");
     let long = stage("vmm demo: long mode, paged memory check ok");
     let user = stage("vmm demo: user mode (CPL 3)");
     let done = stage("vmm demo: all checks passed");
     assert!(
-        real < protected && protected < pae && pae < long && long < user && user < done,
+        real < a20
+            && a20 < protected
+            && protected < pae
+            && pae < long
+            && long < user
+            && user < done,
         "{text}"
     );
     assert!(!text.contains("FAILED"), "{text}");

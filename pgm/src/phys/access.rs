@@ -1,8 +1,6 @@
 //! Reads and writes of guest-physical memory honouring handlers, ROM
 //! protection, unassigned space and the A20 gate; MMIO exit dispatch.
 
-use std::sync::atomic::Ordering;
-
 use iom::Data;
 
 use super::error::PhysError;
@@ -70,7 +68,7 @@ impl PhysMap {
     }
 
     fn access(&self, gpa: u64, mut buf: Data<'_>) -> Result<(), PhysError> {
-        let mask = self.a20_mask.load(Ordering::Relaxed);
+        let mask = self.a20_mask();
         let len = buf.len();
         let mut done = 0usize;
         while done < len {

@@ -116,23 +116,43 @@ impl PhysMap {
             .sum()
     }
 
-    /// Marks the pages set in `bitmap` (for KVM slot `slot`) written.
-    /// Returns the number of bits set.
+    /// Marks the pages set in `bitmap` (for KVM slot `slot` of the current
+    /// set) written. Returns the number of bits set.
     pub fn apply_dirty_bitmap(&self, slot: u32, bitmap: &[u64]) -> Result<u64, PhysError> {
         let s = self
             .slots
             .current
             .get(slot)
             .ok_or_else(|| PhysError::NoSuchRange(format!("KVM slot {slot}")))?;
-        let pages = s.size >> PAGE_SHIFT;
+        self.apply_slot_dirty_bitmap(s, bitmap)
+    }
+
+    /// Marks the pages set in `bitmap` for `slot` written, also for a slot
+    /// no longer in the set (its log read just before KVM drops it). A bit
+    /// marks the page whose memory the slot maps, found by host address:
+    /// a write through the A20 alias at 1 MiB dirties the low page it
+    /// reached. Returns the number of bits set.
+    pub fn apply_slot_dirty_bitmap(
+        &self,
+        slot: &KvmSlot,
+        bitmap: &[u64],
+    ) -> Result<u64, PhysError> {
+        let pages = slot.size >> PAGE_SHIFT;
         let need = pages.div_ceil(64) as usize;
         if bitmap.len() < need {
             return Err(PhysError::DirtyBitmapSize {
-                slot,
+                slot: slot.slot,
                 got: bitmap.len(),
                 need,
             });
         }
+        let Some((mem, base)) = self.ranges.iter().find_map(|r| {
+            let m = r.writable_memory()?;
+            let offset = slot.host_addr.checked_sub(m.host_addr())?;
+            (offset < m.size()).then_some((m, offset))
+        }) else {
+            return Ok(0);
+        };
         let mut count = 0;
         for (w, &word) in bitmap.iter().take(need).enumerate() {
             let mut bits = word;
@@ -143,10 +163,7 @@ impl PhysMap {
                 if page >= pages {
                     break;
                 }
-                let gpa = s.guest_addr + page * PAGE_SIZE;
-                if let Some(r) = self.range_at(gpa)
-                    && let Some(p) = r.writable_memory().and_then(|m| m.page(gpa - r.start))
-                {
+                if let Some(p) = mem.page(base + page * PAGE_SIZE) {
                     p.note_write();
                     count += 1;
                 }

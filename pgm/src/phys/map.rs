@@ -1,10 +1,10 @@
 //! The guest-physical map: ranges and handler registration.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::write_bitmap::TrackedRegion;
 
+use super::a20::A20State;
 use super::error::PhysError;
 use super::handler::{
     DEFAULT_MAX_HANDLERS, HandlerAccess, HandlerAction, HandlerError, HandlerKind, HandlerRange,
@@ -29,6 +29,22 @@ pub struct PhysConfig {
     pub max_handlers: usize,
     /// Whether [`PhysMap::reset`] zeroes RAM.
     pub zero_ram_on_reset: bool,
+    /// Number of vCPUs, each with its own A20 gate (see
+    /// [`PhysMap::set_a20`]); 0 counts as 1.
+    pub cpus: u32,
+}
+
+impl PhysConfig {
+    /// This configuration for `cpus` vCPUs.
+    ///
+    /// ```
+    /// let config = pgm::phys::PhysConfig::default().with_cpus(4);
+    /// assert_eq!(config.cpus, 4);
+    /// ```
+    pub fn with_cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
 }
 
 impl Default for PhysConfig {
@@ -36,6 +52,7 @@ impl Default for PhysConfig {
         Self {
             max_handlers: DEFAULT_MAX_HANDLERS,
             zero_ram_on_reset: true,
+            cpus: 1,
         }
     }
 }
@@ -85,7 +102,8 @@ pub struct PhysMap {
     pub(crate) handler_types: Vec<HandlerType>,
     pub(crate) handlers: HandlerTable,
     pub(crate) mmio2: Vec<Mmio2Entry>,
-    pub(crate) a20_mask: AtomicU64,
+    /// Each vCPU's A20 gate.
+    pub(crate) a20: Vec<A20State>,
     pub(crate) slots: SlotTracker,
     pub(crate) monitoring: bool,
     #[cfg(feature = "stats")]
@@ -155,7 +173,7 @@ impl PhysMap {
             next_range_id: 0,
             handler_types: Vec::new(),
             mmio2: Vec::new(),
-            a20_mask: AtomicU64::new(!0),
+            a20: vec![A20State::OPEN; config.cpus.max(1) as usize],
             slots: SlotTracker::default(),
             monitoring: false,
             #[cfg(feature = "stats")]
@@ -449,7 +467,7 @@ impl PhysMap {
     /// The descriptor of the page containing `gpa` (MMIO and unassigned pages
     /// are synthesised).
     pub fn page_info(&self, gpa: u64) -> PageInfo {
-        let gpa = gpa & self.a20_mask.load(Ordering::Relaxed);
+        let gpa = gpa & self.a20_mask();
         let Some(range) = self.range_at(gpa) else {
             return PageInfo::new(PageType::Unassigned, super::page::PageState::Zero);
         };
@@ -474,19 +492,6 @@ impl PhysMap {
             Backing::Rom { shadow, .. } => shadow.page(gpa - range.start).map(|s| s.get()),
             _ => None,
         }
-    }
-
-    /// Enables or disables the A20 gate (disabled: address bit 20 is masked
-    /// in [`read`](Self::read), [`write`](Self::write) and
-    /// [`mmio_exit`](Self::mmio_exit)).
-    pub fn set_a20(&self, enabled: bool) {
-        let mask = if enabled { !0 } else { !(1u64 << 20) };
-        self.a20_mask.store(mask, Ordering::Relaxed);
-    }
-
-    /// Whether the A20 gate is enabled.
-    pub fn a20_enabled(&self) -> bool {
-        self.a20_mask.load(Ordering::Relaxed) == !0
     }
 
     /// Host memory spent on page tracking, in bytes (for the 16-bytes-per-page

@@ -21,10 +21,11 @@
 //!   (feature `stats`), `register_info` (feature `info`) and the saved-state
 //!   unit `PgmUnit` (feature `saved-state`).
 //!
-//! The A20 gate masks address bit 20 for accesses through `pgm`; the KVM
-//! slots do not model it (a VMM that needs A20 off for guest code must
-//! remap the slots itself).
+//! The A20 gate ([`PhysMap::set_a20`]) masks address bit 20 for accesses
+//! through `pgm`, and the KVM slots alias the 64 KiB at 1 MiB onto low
+//! memory while it is closed (see [`A20_ALIAS_START`]).
 
+mod a20;
 mod access;
 mod dirty;
 mod dump;
@@ -51,6 +52,7 @@ mod view;
 mod write_bitmap;
 mod zero;
 
+pub use a20::{A20_ALIAS_SIZE, A20_ALIAS_START, A20State};
 pub use dirty::DirtyLog;
 pub use dump::DumpReport;
 pub use error::PhysError;

@@ -59,7 +59,7 @@ impl PhysMap {
     /// assert!(map.rom_patches().is_empty());
     /// ```
     pub fn write_past_rom_protection(&self, gpa: u64, data: &[u8]) -> Result<(), PhysError> {
-        let mask = self.a20_mask.load(std::sync::atomic::Ordering::Relaxed);
+        let mask = self.a20_mask();
         let mut done = 0usize;
         while done < data.len() {
             let addr = gpa.wrapping_add(done as u64) & mask;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use super::a20::{Piece, alias_pieces};
 use super::handler::HandlerTable;
 use super::map::PhysMap;
 use super::page::{PAGE_OFFSET_MASK, PAGE_SIZE, PageHandlerState};
@@ -95,7 +96,7 @@ pub(crate) struct SlotTracker {
     pub(crate) open_rom: BTreeSet<u64>,
 }
 
-/// Pieces of one range KVM should map: (guest, size, host, read-only).
+/// Pieces of one range KVM should map.
 /// Only pages touched by a handler are looked at one by one, so the cost
 /// follows the handlers, not the size of RAM.
 /// ROM pages in `open` are mapped writable.
@@ -103,7 +104,7 @@ fn range_pieces(
     r: &PhysRange,
     handlers: &HandlerTable,
     open: &BTreeSet<u64>,
-    out: &mut Vec<(u64, u64, u64, bool)>,
+    out: &mut Vec<Piece>,
 ) {
     let mut push = |guest: u64, size: u64, host: u64, ro: bool| match out.last_mut() {
         _ if size == 0 => {}
@@ -170,6 +171,7 @@ impl PhysMap {
         for r in &self.ranges {
             range_pieces(r, &self.handlers, &self.slots.open_rom, &mut pieces);
         }
+        alias_pieces(&mut pieces, self.a20_enabled());
         let old = &self.slots.current;
         let max_old = old
             .slots
@@ -235,8 +237,5 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), after.slots.len());
         assert!(after.changes_from(&after).add.is_empty());
-        // no change, no new generation
-        map.set_a20(false);
-        assert_eq!(map.kvm_slots().generation, after.generation);
     }
 }

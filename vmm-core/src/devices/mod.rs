@@ -1,5 +1,6 @@
 //! Minimal PC devices.
 
+mod a20;
 mod acpi_pm;
 mod balloon;
 mod cmos;
@@ -11,6 +12,7 @@ mod serial;
 mod serial_input;
 pub mod virtio;
 
+pub use a20::{A20Line, A20Source, Port92, SYSTEM_CONTROL_A_PORT};
 pub use acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORTS, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP};
 pub use balloon::{BALLOON_PORT, BALLOON_PORTS, Balloon, BalloonState};
 pub use cmos::{

@@ -107,7 +107,8 @@ impl Machine {
         .unwrap();
         let firmware = vec![0xf4; 4096];
         let memory =
-            GuestMemoryMap::new(16 << 20, &firmware, &stats, &dbgf::InfoRegistry::new()).unwrap();
+            GuestMemoryMap::new(16 << 20, &firmware, 1, &stats, &dbgf::InfoRegistry::new())
+                .unwrap();
         let mmio_log = MmioLog::default();
         let log = mmio_log.clone();
         {

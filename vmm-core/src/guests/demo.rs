@@ -1,7 +1,11 @@
 //! The demo guest: walks a PC from reset to 64-bit long mode.
 //!
 //! Stages, each announced on COM1:
-//! 1. real mode at the reset vector;
+//! 1. real mode at the reset vector, and the A20 gate: with the keyboard
+//!    controller's A20 bit low (command 0xdd), port 0x92 closes the gate
+//!    and a byte written at 0000:0500 must read back at FFFF:0510 (the
+//!    real-mode wrap) and the other way round; with the gate open again
+//!    the two must be different bytes;
 //! 2. 32-bit protected mode (flat segments from a GDT in ROM);
 //! 3. PAE paging: a value written through an alias mapping must be read back
 //!    at its physical (identity-mapped) address. Some KVM implementations
@@ -24,9 +28,10 @@ use iced_x86::{BlockEncoderOptions, Code, Instruction};
 
 use super::asm::{
     FLAT_GDT, LOW_MIRROR, SEL_CODE32, SEL_DATA, STRINGS, StringTable, asm_err,
-    enter_protected_mode, exit_with, low, place_gdt, print_routine, pseudo_descriptor,
+    enter_protected_mode, exit_with, low, outb, place_gdt, print_routine, pseudo_descriptor,
 };
 use super::rom::RomImage;
+use crate::devices::{I8042_PORT, SYSTEM_CONTROL_A_PORT};
 use crate::error::Result;
 
 const ROM_SIZE: usize = 64 * 1024;
@@ -48,6 +53,16 @@ const PDPT_PAE: u32 = 0x12000;
 const PD: u32 = 0x13000;
 const TABLES_END: u32 = 0x14000;
 const STACK_TOP: u32 = 0x8000;
+
+/// The A20 check's byte below 1 MiB (segment 0) and its offset in segment
+/// 0xFFFF: linear 0x10_0500, which wraps onto it with the gate closed.
+const A20_LOW: u32 = 0x500;
+const A20_WRAP: u32 = A20_LOW + 0x10;
+/// i8042 commands that clear and set the output port's A20 bit.
+const KBC_A20_OFF: u32 = 0xdd;
+const KBC_A20_ON: u32 = 0xdf;
+/// Port 0x92's ALT_A20 bit.
+const ALT_A20: u32 = 0x02;
 
 /// Page-directory entry: present, writable, user, 2 MiB page, frame 0.
 const PDE_2M_FRAME0: u32 = 0x87;
@@ -88,6 +103,10 @@ const LONG_PATTERN: u64 = 0x0123_4567_89ab_cdef;
 pub(super) fn firmware() -> Result<Vec<u8>> {
     let mut strings = StringTable::default();
     let real = strings.add("vmm demo: real mode\n");
+    let a20_ok = strings.add(
+        "vmm demo: A20 gate: FFFF:0510 wraps to 0000:0500 when closed, not when open, check ok\n",
+    );
+    let a20_bad = strings.add("vmm demo: A20 gate check FAILED\n");
     let protected = strings.add("vmm demo: protected mode\n");
     let pae_ok = strings.add("vmm demo: PAE paging, paged memory check ok\n");
     let pae_bad = strings.add("vmm demo: PAE paging, paged memory check FAILED\n");
@@ -104,7 +123,7 @@ pub(super) fn firmware() -> Result<Vec<u8>> {
     let mut rom = RomImage::new(ROM_SIZE)?;
     place_gdt(&mut rom, &GDT_ENTRIES)?;
     rom.place(STRINGS, strings.bytes())?;
-    rom.place(CODE16, &real_mode(real)?)?;
+    rom.place(CODE16, &real_mode(real, a20_ok, a20_bad)?)?;
     let (code32, gp_handler) = protected_mode(protected, pae_ok, pae_bad, pae_refused)?;
     rom.place(CODE32, &code32)?;
     rom.place(IDT, &idt(gp_handler))?;
@@ -133,9 +152,10 @@ fn idt(gp_handler: u32) -> Vec<u8> {
     table
 }
 
-fn real_mode(banner: usize) -> Result<Vec<u8>> {
+fn real_mode(banner: usize, a20_ok: usize, a20_bad: usize) -> Result<Vec<u8>> {
     let mut a = CodeAssembler::new(16).map_err(asm_err)?;
     let mut print = a.create_label();
+    let mut a20_fail = a.create_label();
     a.cli().map_err(asm_err)?;
     a.xor(ax, ax).map_err(asm_err)?;
     a.mov(ss, ax).map_err(asm_err)?;
@@ -145,9 +165,46 @@ fn real_mode(banner: usize) -> Result<Vec<u8>> {
     a.mov(ds, ax).map_err(asm_err)?;
     a.mov(si, banner as u32).map_err(asm_err)?;
     a.call(print).map_err(asm_err)?;
+    a20_check(&mut a, a20_fail)?;
+    a.mov(si, a20_ok as u32).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
     enter_protected_mode(&mut a, CODE32)?;
+    a.set_label(&mut a20_fail).map_err(asm_err)?;
+    a.mov(si, a20_bad as u32).map_err(asm_err)?;
+    a.call(print).map_err(asm_err)?;
+    exit_with(&mut a, 1)?;
     print_routine(&mut a, &mut print)?;
     a.assemble(CODE16 as u64).map_err(asm_err)
+}
+
+/// The A20 check of stage 1 (real mode): jumps to `fail` on a mismatch.
+/// Leaves the gate open, driven by both sources. Clobbers AX, ES and FS.
+fn a20_check(a: &mut CodeAssembler, fail: CodeLabel) -> Result<()> {
+    let low = || byte_ptr(A20_LOW).es();
+    let wrap = || byte_ptr(A20_WRAP).fs();
+    a.xor(ax, ax).map_err(asm_err)?;
+    a.mov(es, ax).map_err(asm_err)?;
+    a.mov(ax, 0xffff_u32).map_err(asm_err)?;
+    a.mov(fs, ax).map_err(asm_err)?;
+    outb(a, u32::from(I8042_PORT) + 4, KBC_A20_OFF)?;
+    let port92 = u32::from(SYSTEM_CONTROL_A_PORT);
+    outb(a, port92, 0)?;
+    // Closed: each address sees what was written at the other.
+    a.mov(low(), 0x33_u32).map_err(asm_err)?;
+    a.cmp(wrap(), 0x33).map_err(asm_err)?;
+    a.jne(fail).map_err(asm_err)?;
+    a.mov(wrap(), 0x44_u32).map_err(asm_err)?;
+    a.cmp(low(), 0x44).map_err(asm_err)?;
+    a.jne(fail).map_err(asm_err)?;
+    // Open: two bytes.
+    outb(a, port92, ALT_A20)?;
+    a.mov(wrap(), 0x55_u32).map_err(asm_err)?;
+    a.mov(low(), 0x66_u32).map_err(asm_err)?;
+    a.cmp(wrap(), 0x55).map_err(asm_err)?;
+    a.jne(fail).map_err(asm_err)?;
+    a.cmp(low(), 0x66).map_err(asm_err)?;
+    a.jne(fail).map_err(asm_err)?;
+    outb(a, u32::from(I8042_PORT) + 4, KBC_A20_ON)
 }
 
 /// Returns the code and the address of its #GP handler.

@@ -18,6 +18,7 @@ fn memory() -> GuestMemoryMap {
     GuestMemoryMap::new(
         16 << 20,
         &[0xf4; 4096],
+        1,
         &stam::Registry::new(),
         &dbgf::InfoRegistry::new(),
     )

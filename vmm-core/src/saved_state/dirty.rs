@@ -24,6 +24,9 @@ impl KvmDirtyLog {
 
 impl DirtyLog for KvmDirtyLog {
     fn dirty_bitmap(&mut self, slot: &KvmSlot) -> Result<Vec<u64>, String> {
+        // KVM's slots do not change under the read (an A20 change applies
+        // its slots holding this lock).
+        let _applied = self.applied.lock();
         self.backend
             .dirty_log(slot.slot, slot.size)
             .map_err(|e| e.to_string())

@@ -1,5 +1,7 @@
 //! The `i8042` saved-state unit: the keyboard controller with its
-//! keyboard and mouse.
+//! keyboard and mouse, and System Control Port A (port 0x92), the other
+//! source of the A20 gate and of a reset (on a PC both sit in the Super
+//! I/O chip's keyboard-controller function).
 
 use std::sync::Arc;
 
@@ -8,18 +10,23 @@ use ssm::{Unit, UnitReader, UnitWriter};
 
 use super::units::failed;
 use crate::devices::{
-    DataTarget, I8042, I8042State, Keyboard, Mouse, PENDING_LIMIT, Queue, Source,
+    A20Line, DataTarget, I8042, I8042State, Keyboard, Mouse, PENDING_LIMIT, Port92, Queue, Source,
 };
 
 /// `i8042`: the keyboard controller (command byte, output port, output
 /// buffer and the answers waiting for it, what the next data byte is for)
-/// and its keyboard and mouse. Version 1 held the command byte, a queue of
-/// answers and whether a command byte was expected next.
+/// and its keyboard and mouse, then port 0x92's register (`u8`). Version 2
+/// had no port 0x92 (it loads as 0, as after a reset); version 1 held the
+/// command byte, a queue of answers and whether a command byte was
+/// expected next.
 pub(crate) struct I8042Unit {
     pub(crate) kbc: Arc<Mutex<I8042>>,
+    pub(crate) port92: Arc<Mutex<Port92>>,
+    /// The A20 line both drive, restored in one step.
+    pub(crate) a20: Arc<A20Line>,
 }
 
-const I8042_VERSION: u32 = 2;
+const I8042_VERSION: u32 = 3;
 
 fn source_code(source: Source) -> u8 {
     match source {
@@ -183,15 +190,21 @@ impl Unit for I8042Unit {
     }
 
     fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
-        put_i8042(w, &self.kbc.lock().state())
+        put_i8042(w, &self.kbc.lock().state())?;
+        w.put_u8(self.port92.lock().value())
     }
 
     fn load_exec(&mut self, r: &mut UnitReader<'_>, version: u32, _pass: u32) -> ssm::Result<()> {
-        let state = match version {
-            1 => get_i8042_v1(r)?,
-            _ => get_i8042(r)?,
+        let (state, port92) = match version {
+            1 => (get_i8042_v1(r)?, 0),
+            2 => (get_i8042(r)?, 0),
+            _ => (get_i8042(r)?, r.get_u8()?),
         };
+        let kbc_a20 = state.a20();
         self.kbc.lock().set_state(state);
+        let mut port = self.port92.lock();
+        port.set_value(port92);
+        self.a20.restore(kbc_a20, port.alt_a20());
         Ok(())
     }
 }
@@ -200,7 +213,7 @@ impl Unit for I8042Unit {
 mod tests {
     use super::*;
 
-    fn load(version: u32, write: impl FnOnce(&mut UnitWriter<'_>)) -> I8042State {
+    fn load(version: u32, write: impl FnOnce(&mut UnitWriter<'_>)) -> (I8042State, u8, bool) {
         let header = ssm::Header::for_this_host("test", 0);
         let mut w = ssm::StreamWriter::new(Vec::new(), &header).unwrap();
         let mut u = w.begin_unit("i8042", 0, version, ssm::PASS_FINAL).unwrap();
@@ -208,23 +221,30 @@ mod tests {
         u.end().unwrap();
         let bytes = w.finish().unwrap();
         let kbc = Arc::new(Mutex::new(I8042::default()));
+        let port92 = Arc::new(Mutex::new(Port92::default()));
+        port92.lock().set_value(0x02);
+        let a20 = A20Line::new(|_| {});
         let mut m = ssm::Manager::new();
         m.register(Box::new(I8042Unit {
             kbc: Arc::clone(&kbc),
+            port92: Arc::clone(&port92),
+            a20: Arc::clone(&a20),
         }))
         .unwrap();
         let reader = ssm::StreamReader::buffered(std::io::Cursor::new(bytes), true).unwrap();
         m.load(reader).unwrap();
-        kbc.lock().state()
+        let value = port92.lock().value();
+        (kbc.lock().state(), value, a20.is_open())
     }
 
     #[test]
     fn version_1_loads_into_the_output_buffer() {
-        let s = load(1, |u| {
+        let (s, port92, _) = load(1, |u| {
             u.put_u8(0x47).unwrap();
             u.put_bool(true).unwrap();
             u.put_buf(&[0x55, 0xfa]).unwrap();
         });
+        assert_eq!(port92, 0);
         assert_eq!(s.command_byte, 0x47);
         assert_eq!(s.output, Some((0x55, Source::Keyboard)));
         assert_eq!(Vec::from(s.pending), [(0xfa, Source::Keyboard)]);
@@ -232,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn version_2_round_trips_every_field() {
+    fn version_3_round_trips_every_field_and_port_92() {
         let mut state = I8042State {
             command_byte: 0x03,
             output_port: 0x01,
@@ -260,7 +280,14 @@ mod tests {
             wrap: true,
             last: 0x08,
         };
-        let loaded = load(I8042_VERSION, |u| put_i8042(u, &state).unwrap());
-        assert_eq!(loaded, state);
+        let loaded = load(I8042_VERSION, |u| {
+            put_i8042(u, &state).unwrap();
+            u.put_u8(0x03).unwrap();
+        });
+        // the controller's A20 bit is low, port 0x92's high: open
+        assert_eq!(loaded, (state.clone(), 0x03, true));
+        // version 2: no port 0x92, which loads as after a reset: closed
+        let loaded = load(2, |u| put_i8042(u, &state).unwrap());
+        assert_eq!(loaded, (state, 0, false));
     }
 }

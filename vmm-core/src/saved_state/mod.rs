@@ -14,9 +14,9 @@
 //! | `irqchip` | in-kernel PIC pair and IOAPIC |
 //! | `pit` | in-kernel PIT |
 //! | `cpu` (instance N) | registers, FPU, XCRs, MSRs, events, MP state and local APIC of vCPU N |
-//! | `pgm` | RAM, ROM shadows and protection, MMIO2 (live passes over the dirty log) |
+//! | `pgm` | RAM, ROM shadows and protection, MMIO2 (live passes over the dirty log), each vCPU's A20 gate |
 //! | `uart` | COM1 registers and receive FIFO |
-//! | `i8042` | the keyboard controller |
+//! | `i8042` | the keyboard controller and port 0x92 (System Control Port A) |
 //! | `acpi-pm` | the ACPI PM1a enable and control registers |
 //! | `cmos` | the RTC's registers, CMOS RAM and the guest clock's offset |
 //! | `balloon` | the balloon's target and the pages the guest has given |
@@ -83,7 +83,7 @@ use parking_lot::Mutex;
 use ssm::{Manager, StreamReader};
 
 use crate::devices::pci::PciPlatform;
-use crate::devices::{AcpiPm, Cmos, I8042, Uart};
+use crate::devices::{A20Line, AcpiPm, Cmos, I8042, Port92, Uart};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::sync::vmstate::VmState;
@@ -105,6 +105,8 @@ pub(crate) struct SaveContext {
     pub(crate) xcrs: bool,
     pub(crate) uart: Arc<Mutex<Uart>>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) port92: Arc<Mutex<Port92>>,
+    pub(crate) a20: Arc<A20Line>,
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm>>,
     pub(crate) cmos: Arc<Mutex<Cmos>>,
     pub(crate) pci: Arc<PciPlatform>,
@@ -277,6 +279,8 @@ fn manager(machine: &Machine, live: Option<&Arc<Machine>>) -> Result<Manager> {
     }))?;
     m.register(Box::new(I8042Unit {
         kbc: Arc::clone(&ctx.i8042),
+        port92: Arc::clone(&ctx.port92),
+        a20: Arc::clone(&ctx.a20),
     }))?;
     m.register(Box::new(AcpiPmUnit {
         pm: Arc::clone(&ctx.acpi_pm),

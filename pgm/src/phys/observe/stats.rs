@@ -44,7 +44,8 @@ const PAGE_STATS: [PageStat; 10] = [
 ];
 
 /// Registers the `/PGM/Page/...` page counts (computed on read), the
-/// handler count and slot generation, and counters for MMIO exits, handler
+/// handler count and slot generation, each vCPU's A20 gate changes
+/// (`/PGM/CPU<n>/cA20Changes`), and counters for MMIO exits, handler
 /// calls, unassigned accesses and ignored ROM writes.
 ///
 /// ```
@@ -87,6 +88,20 @@ pub fn register_stats(map: &SharedPhysMap, reg: &stam::Registry) -> Result<(), s
                 .map_or(0, |m| m.read_recursive().kvm_slots().generation)
         },
     )?;
+    let cpus = map.read_recursive().a20_states().len() as u32;
+    for cpu in 0..cpus {
+        let m = Arc::downgrade(map);
+        reg.callback(
+            format!("/PGM/CPU{cpu}/cA20Changes"),
+            stam::Unit::Occurrences,
+            format!("Times the A20 gate of vCPU {cpu} opened or closed"),
+            move || {
+                m.upgrade().map_or(0, |m| {
+                    m.read_recursive().a20_state(cpu).map_or(0, |s| s.changes)
+                })
+            },
+        )?;
+    }
     let m = Arc::downgrade(map);
     reg.callback(
         "/PGM/SavedState/cMappedPages",
@@ -146,5 +161,20 @@ mod tests {
         assert_eq!(c.unassigned.get(), 1);
         assert_eq!(c.rom_writes_ignored.get(), 1);
         assert!(reg.contains("/PGM/Page/cZeroPages"));
+    }
+
+    #[test]
+    fn a20_changes_are_counted_per_vcpu() {
+        let map = super::super::test_map();
+        let reg = stam::Registry::new();
+        register_stats(&map, &reg).unwrap();
+        map.write().set_a20(false);
+        map.write().set_a20(true);
+        let name = "/PGM/CPU0/cA20Changes";
+        match reg.snapshot(name).get(name).map(|s| s.value.clone()) {
+            Some(stam::Value::Callback { value, .. }) => assert_eq!(value, 2),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(!reg.contains("/PGM/CPU1/cA20Changes"));
     }
 }

@@ -2,7 +2,7 @@
 //! pages raw, ballooned pages), ROM shadow pages and protection, and MMIO2,
 //! saved in one go or in live passes that re-send dirty pages.
 //!
-//! Unit data (version 2): a table of the memory-backed ranges (`u32`
+//! Unit data (version 3): a table of the memory-backed ranges (`u32`
 //! count, then `u8` kind, `u64` start, `u64` size each), then page records
 //! until [`REC_END`]. A record is a `u8` tag, the page's `u64` guest
 //! address unless the tag has [`REC_NEXT`] set (then it is the previous
@@ -13,7 +13,10 @@
 //! ([`HostMemory::map_file`](super::HostMemory::map_file)) instead of
 //! reading; the address after it is the run's end. A [`REC_ZERO_RUN`]
 //! record (`u32` count after the address) stands for that many pages in
-//! the zero state. Version 1 (no runs) still loads.
+//! the zero state. The final pass then holds each vCPU's A20 gate (a
+//! `u32` vCPU count, then a `u8` per vCPU, 1 for open; version 3). Version
+//! 2 (no A20 gates: they load open) and version 1 (no runs either) still
+//! load.
 
 mod load;
 mod save;
@@ -64,7 +67,9 @@ pub const MIN_RUN_PAGES: u64 = 16;
 /// Pages copied out of guest memory per page-run record while saving.
 const RUN_CHUNK_PAGES: u64 = 1024;
 
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// The first version with the A20 gates.
+const A20_VERSION: u32 = 3;
 
 fn err(e: PhysError) -> ssm::Error {
     ssm::Error::callback(e)
@@ -242,7 +247,13 @@ impl Unit for PgmUnit {
         } else {
             Selection::All
         };
-        self.map.read().save_pages(w, sel)?;
+        let map = self.map.read();
+        map.save_pages(w, sel)?;
+        let gates = map.a20_states();
+        w.put_u32(gates.len() as u32)?;
+        for gate in gates {
+            w.put_u8(u8::from(gate.enabled))?;
+        }
         Ok(())
     }
 
@@ -253,7 +264,26 @@ impl Unit for PgmUnit {
         Ok(())
     }
 
-    fn load_exec(&mut self, r: &mut UnitReader<'_>, _version: u32, _pass: u32) -> ssm::Result<()> {
-        self.map.write().load_pages(r)
+    fn load_exec(&mut self, r: &mut UnitReader<'_>, version: u32, pass: u32) -> ssm::Result<()> {
+        let mut map = self.map.write();
+        map.load_pages(r)?;
+        if pass != ssm::PASS_FINAL {
+            return Ok(());
+        }
+        let mut gates = vec![true; map.a20_states().len()];
+        if version >= A20_VERSION {
+            let count = r.get_u32()? as usize;
+            if count != gates.len() {
+                return Err(ssm::Error::callback(format!(
+                    "saved state has A20 gates for {count} vCPUs, this VM {}",
+                    gates.len()
+                )));
+            }
+            for gate in &mut gates {
+                *gate = r.get_u8()? != 0;
+            }
+        }
+        map.load_a20(&gates);
+        Ok(())
     }
 }

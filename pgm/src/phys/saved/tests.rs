@@ -387,3 +387,75 @@ fn a_plain_save_keeps_device_writes_to_zero_pages() {
     m.save(&mut bytes, &SaveOptions::default()).unwrap();
     assert_eq!(byte(&load_into(&bytes), 0x7000), 5);
 }
+
+/// A `pgm` unit of version 2: pages, no A20 gates.
+struct Version2(Arc<RwLock<PhysMap>>);
+
+impl Unit for Version2 {
+    fn name(&self) -> &str {
+        "pgm"
+    }
+
+    fn version(&self) -> u32 {
+        2
+    }
+
+    fn save_exec(&mut self, w: &mut UnitWriter<'_>) -> ssm::Result<()> {
+        self.0.read().save_pages(w, Selection::All).map(drop)
+    }
+
+    fn load_exec(&mut self, _: &mut UnitReader<'_>, _: u32, _: u32) -> ssm::Result<()> {
+        Err(ssm::Error::callback("save only"))
+    }
+}
+
+fn save_with(unit: Box<dyn Unit>) -> Vec<u8> {
+    let mut m = Manager::new();
+    m.register(unit).unwrap();
+    let mut bytes = Vec::new();
+    m.save(&mut bytes, &SaveOptions::default()).unwrap();
+    bytes
+}
+
+#[test]
+fn a20_gates_round_trip_and_older_states_load_them_open() {
+    let src = shared();
+    src.write().set_a20(false);
+    let bytes = save_with(Box::new(PgmUnit::new(src.clone(), None)));
+    let dst = load_into(&bytes);
+    let d = dst.read();
+    assert!(!d.a20_enabled());
+    // a load is not a change the guest made
+    assert_eq!(d.a20_state(0).unwrap().changes, 0);
+    // the KVM slots alias 1 MiB onto low RAM
+    let low = d.kvm_slots().slots[0];
+    assert!(
+        d.kvm_slots()
+            .slots
+            .iter()
+            .any(|s| s.guest_addr == crate::phys::A20_ALIAS_START && s.host_addr == low.host_addr)
+    );
+    drop(d);
+
+    let old = save_with(Box::new(Version2(src.clone())));
+    let mut m = Manager::new();
+    m.register(Box::new(PgmUnit::new(dst.clone(), None)))
+        .unwrap();
+    m.load(StreamReader::from_slice(&old).unwrap()).unwrap();
+    assert!(dst.read().a20_enabled());
+
+    // a VM with another number of vCPUs refuses the gates
+    let config = crate::phys::PhysConfig {
+        cpus: 2,
+        ..Default::default()
+    };
+    let mut two = PhysMap::new(Arc::new(crate::phys::MmapHostMemory::new()), config).unwrap();
+    layout(&mut two);
+    let two = Arc::new(RwLock::new(two));
+    let mut m = Manager::new();
+    m.register(Box::new(PgmUnit::new(two, None))).unwrap();
+    let e = m
+        .load(StreamReader::from_slice(&bytes).unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("A20 gates for 1 vCPUs"), "{e}");
+}

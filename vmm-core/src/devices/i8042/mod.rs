@@ -8,15 +8,18 @@
 //! (controller and keyboard bytes) or IRQ 12 (mouse bytes) when the command
 //! byte enables that interrupt. The status register reports the keyboard
 //! as not inhibited (no keylock). Command 0xfe, and an output-port write
-//! that clears bit 0, reset the machine (Linux's `reboot=k`).
+//! that clears bit 0, reset the machine (Linux's `reboot=k`). The output
+//! port's bit 1 drives the A20 line ([`A20Line`]): written with command
+//! 0xd1, cleared by 0xdd and set by 0xdf.
 
 mod ps2;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use vm_superio::Trigger;
 
-use super::{DeviceAction, IrqLine, PioDevice};
+use super::{A20Line, A20Source, DeviceAction, IrqLine, PioDevice};
 pub use ps2::{Keyboard, Mouse, Queue};
 
 /// The I/O base of the controller: data at +0 (0x60), status and command
@@ -110,6 +113,13 @@ pub struct I8042State {
     pub mouse: Mouse,
 }
 
+impl I8042State {
+    /// Whether the output port drives the A20 line high.
+    pub fn a20(&self) -> bool {
+        self.output_port & OUTPUT_PORT_A20 != 0
+    }
+}
+
 impl Default for I8042State {
     fn default() -> Self {
         I8042State {
@@ -141,6 +151,7 @@ pub struct I8042 {
     state: I8042State,
     kbd_irq: IrqLine,
     aux_irq: IrqLine,
+    a20: Option<Arc<A20Line>>,
 }
 
 impl I8042 {
@@ -150,7 +161,14 @@ impl I8042 {
             state: I8042State::default(),
             kbd_irq,
             aux_irq,
+            a20: None,
         }
+    }
+
+    /// The controller with its output port's bit 1 driving `line`.
+    pub fn with_a20(mut self, line: Arc<A20Line>) -> Self {
+        self.a20 = Some(line);
+        self
     }
 
     /// The state, for a saved state.
@@ -158,9 +176,26 @@ impl I8042 {
         self.state.clone()
     }
 
-    /// Puts back a state [`I8042::state`] returned.
+    /// Puts back a state [`I8042::state`] returned; the A20 line is left
+    /// alone (see [`A20Line::restore`]).
     pub fn set_state(&mut self, state: I8042State) {
         self.state = state;
+    }
+
+    fn drive_a20(&self) {
+        if let Some(line) = &self.a20 {
+            line.drive(A20Source::KeyboardController, self.state.a20());
+        }
+    }
+
+    fn set_output_port_a20(&mut self, high: bool) {
+        let port = &mut self.state.output_port;
+        *port = if high {
+            *port | OUTPUT_PORT_A20
+        } else {
+            *port & !OUTPUT_PORT_A20
+        };
+        self.drive_a20();
     }
 
     /// Raises the interrupt of the byte in the output buffer, if the
@@ -246,6 +281,8 @@ impl I8042 {
             0xd2 => target = DataTarget::KeyboardLoopback,
             0xd3 => target = DataTarget::AuxLoopback,
             0xd4 => target = DataTarget::Aux,
+            0xdd => self.set_output_port_a20(false),
+            0xdf => self.set_output_port_a20(true),
             // Pulse output lines: bit 0 clear pulses the reset line.
             0xf0..=0xff if command & 1 == 0 => return DeviceAction::Reset,
             _ => {}
@@ -265,6 +302,7 @@ impl I8042 {
             DataTarget::CommandByte => self.set_command_byte(value),
             DataTarget::OutputPort => {
                 self.state.output_port = value;
+                self.drive_a20();
                 if value & OUTPUT_PORT_NO_RESET == 0 {
                     return DeviceAction::Reset;
                 }
@@ -331,7 +369,8 @@ impl PioDevice for I8042 {
     }
 
     fn reset(&mut self) {
-        self.state = I8042State::default();
+        self.set_state(I8042State::default());
+        self.drive_a20();
     }
 }
 

@@ -178,3 +178,30 @@ fn unread_answers_are_bounded() {
     assert_eq!(kbc.state().pending.len(), PENDING_LIMIT);
     assert_eq!(drain(&mut kbc).len(), PENDING_LIMIT + 1);
 }
+
+#[test]
+fn the_output_port_drives_the_a20_line() {
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let line = A20Line::new(move |open| log.lock().push(open));
+    let mut kbc = I8042::default().with_a20(Arc::clone(&line));
+    // 0xd1: bit 1 clear closes the gate (port 0x92 is low), bit 0 kept set
+    command(&mut kbc, 0xd1, Some(OUTPUT_PORT_NO_RESET));
+    assert!(!line.is_open());
+    assert_eq!(bytes(command(&mut kbc, 0xd0, None)), [OUTPUT_PORT_NO_RESET]);
+    command(&mut kbc, 0xdf, None);
+    assert!(line.is_open());
+    assert_eq!(
+        bytes(command(&mut kbc, 0xd0, None)),
+        [OUTPUT_PORT_NO_RESET | OUTPUT_PORT_A20]
+    );
+    command(&mut kbc, 0xdd, None);
+    assert!(!line.is_open());
+    // a restored state leaves the line to the restore; a reset drives it
+    kbc.set_state(I8042State::default());
+    assert!(kbc.state().a20());
+    assert!(!line.is_open());
+    kbc.reset();
+    assert!(line.is_open());
+    assert_eq!(*seen.lock(), [false, true, false, true]);
+}
