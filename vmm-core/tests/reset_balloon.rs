@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{Capture, stat, wait_until};
+use common::{ballooned_idle_vm, stat, wait_until};
 use hm_vmx::testing::kvm_available;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::sync::vmstate::VmState;
-use vmm_core::{RunOutcome, Vm, VmConfig, VmHandle, guests};
+use vmm_core::{RunOutcome, VmHandle};
 
 /// Where the idle guest counts its heartbeats, and a RAM address the test
 /// writes itself.
@@ -31,16 +31,7 @@ fn a_reset_empties_the_balloon_with_everything_else() {
     if !kvm_available("a_reset_empties_the_balloon_with_everything_else") {
         return;
     }
-    let serial = Capture::default();
-    let mut config = VmConfig::new(16 << 20, guests::find("idle").unwrap().firmware().unwrap());
-    config.serial = Box::new(serial.clone());
-    config.balloon_bytes = 4 << 20;
-    let mut vm = Vm::new(config).unwrap();
-    let handle = vm.handle();
-    let run = std::thread::spawn(move || vm.run());
-    wait_until("a 4 MiB balloon", &serial, || {
-        handle.balloon() == (4 << 20, 4 << 20)
-    });
+    let (handle, serial, run) = ballooned_idle_vm(4 << 20);
     assert_eq!(stat(&handle, "/GMM/cBalloonedPages"), 1024);
 
     // Suspended, so that the state right after the reset can be looked at.

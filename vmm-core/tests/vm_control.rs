@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Capture, stat, wait_until};
+use common::{Capture, ballooned_idle_vm, stat, wait_until};
 use hm_vmx::testing::kvm_available;
 use vmm_core::saved_state::{AfterSave, SaveRequest};
 use vmm_core::sync::vmstate::VmState;
@@ -147,16 +147,7 @@ fn the_idle_guest_inflates_and_deflates_its_balloon_on_request() {
     if !kvm_available("the_idle_guest_inflates_and_deflates_its_balloon_on_request") {
         return;
     }
-    let serial = Capture::default();
-    let mut config = VmConfig::new(16 << 20, guests::find("idle").unwrap().firmware().unwrap());
-    config.serial = Box::new(serial.clone());
-    config.balloon_bytes = 8 << 20;
-    let mut vm = Vm::new(config).unwrap();
-    let handle = vm.handle();
-    let run = std::thread::spawn(move || vm.run());
-    wait_until("an 8 MiB balloon", &serial, || {
-        handle.balloon() == (8 << 20, 8 << 20)
-    });
+    let (handle, serial, run) = ballooned_idle_vm(8 << 20);
     assert_eq!(stat(&handle, "/PGM/Page/cBalloonedPages"), 2048);
     assert_eq!(stat(&handle, "/GMM/cBalloonedPages"), 2048);
     handle.set_balloon(2 << 20);

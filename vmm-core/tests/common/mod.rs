@@ -128,3 +128,29 @@ pub fn wait_until(what: &str, serial: &Capture, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The idle guest on 16 MiB running on its own thread with a balloon of
+/// `bytes` it has inflated: the VM's handle, serial output and run thread.
+#[allow(dead_code)] // not every test binary balloons
+pub fn ballooned_idle_vm(
+    bytes: u64,
+) -> (
+    vmm_core::VmHandle,
+    Capture,
+    std::thread::JoinHandle<vmm_core::Result<vmm_core::RunOutcome>>,
+) {
+    let serial = Capture::default();
+    let mut config = vmm_core::VmConfig::new(
+        16 << 20,
+        vmm_core::guests::find("idle").unwrap().firmware().unwrap(),
+    );
+    config.serial = Box::new(serial.clone());
+    config.balloon_bytes = bytes;
+    let mut vm = vmm_core::Vm::new(config).expect("VM builds");
+    let handle = vm.handle();
+    let run = std::thread::spawn(move || vm.run());
+    wait_until(&format!("a balloon of {bytes} bytes"), &serial, || {
+        handle.balloon() == (bytes, bytes)
+    });
+    (handle, serial, run)
+}
