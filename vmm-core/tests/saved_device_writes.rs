@@ -17,12 +17,12 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Capture;
+use common::guest_config;
 use hm_vmx::testing::kvm_available;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_core::Vm;
 use vmm_core::saved_state::{AfterSave, SaveRequest};
 use vmm_core::sync::vmstate::VmState;
-use vmm_core::{Vm, VmConfig, guests};
 
 const RAM: u64 = 128 << 20;
 /// The device's pages: above what the idle guest touches.
@@ -65,9 +65,7 @@ fn device_writes_during_plain_and_live_saves_are_kept() {
     if !kvm_available("device_writes_during_plain_and_live_saves_are_kept") {
         return;
     }
-    let serial = Capture::default();
-    let mut config = VmConfig::new(RAM, guests::find("idle").unwrap().firmware().unwrap());
-    config.serial = Box::new(serial.clone());
+    let (config, _serial) = guest_config("idle", RAM);
     let mut vm = Vm::new(config).expect("VM builds");
     let handle = vm.handle();
     let ram = vm.memory().ram().clone();

@@ -63,13 +63,21 @@ pub fn stat(vm: &vmm_core::VmHandle, name: &str) -> u64 {
 /// output.
 #[allow(dead_code)] // not every test binary builds its VM this way
 pub fn guest_vm(name: &str) -> (vmm_core::Vm, Capture) {
+    let (config, serial) = guest_config(name, 16 << 20);
+    (vmm_core::Vm::new(config).expect("VM builds"), serial)
+}
+
+/// The configuration of a VM of `ram` bytes running the embedded guest
+/// `name`, its serial output captured.
+#[allow(dead_code)] // not every test binary builds its VM this way
+pub fn guest_config(name: &str, ram: u64) -> (vmm_core::VmConfig, Capture) {
     let serial = Capture::default();
     let mut config = vmm_core::VmConfig::new(
-        16 << 20,
+        ram,
         vmm_core::guests::find(name).unwrap().firmware().unwrap(),
     );
     config.serial = Box::new(serial.clone());
-    (vmm_core::Vm::new(config).expect("VM builds"), serial)
+    (config, serial)
 }
 
 /// Runs `vm` until its serial output shows `marker`, saves it with a power
@@ -139,12 +147,7 @@ pub fn ballooned_idle_vm(
     Capture,
     std::thread::JoinHandle<vmm_core::Result<vmm_core::RunOutcome>>,
 ) {
-    let serial = Capture::default();
-    let mut config = vmm_core::VmConfig::new(
-        16 << 20,
-        vmm_core::guests::find("idle").unwrap().firmware().unwrap(),
-    );
-    config.serial = Box::new(serial.clone());
+    let (mut config, serial) = guest_config("idle", 16 << 20);
     config.balloon_bytes = bytes;
     let mut vm = vmm_core::Vm::new(config).expect("VM builds");
     let handle = vm.handle();
